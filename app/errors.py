@@ -1,0 +1,52 @@
+"""Every failure the API reports, as one JSON shape: {"success": false, "error": {"code", "message"}}."""
+
+from __future__ import annotations
+
+import logging
+
+import redis
+from flask import Flask, jsonify
+from werkzeug.exceptions import HTTPException
+
+from serving.preprocess import ImageError
+
+log = logging.getLogger("api")
+
+_IMAGE_ERROR_STATUS = {"image_too_large": 413}  # every other ImageError is the client's bad image: 400
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+def error_response(status: int, code: str, message: str):
+    response = jsonify({"success": False, "error": {"code": code, "message": message}})
+    response.status_code = status
+    return response
+
+
+def register_error_handlers(app: Flask) -> None:
+    @app.errorhandler(ApiError)
+    def api_error(exc: ApiError):
+        return error_response(exc.status, exc.code, exc.message)
+
+    @app.errorhandler(ImageError)
+    def image_error(exc: ImageError):
+        return error_response(_IMAGE_ERROR_STATUS.get(exc.code, 400), exc.code, str(exc))
+
+    @app.errorhandler(redis.RedisError)
+    def redis_unavailable(exc: redis.RedisError):
+        log.warning("redis unavailable: %s", exc)
+        return error_response(503, "redis_unavailable", f"the queue (Redis) is unavailable: {exc}")
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException):
+        code = (exc.name or "error").lower().replace(" ", "_")
+        return error_response(exc.code or 500, code, exc.description or exc.name)
+
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception):
+        log.exception("unhandled error")
+        return error_response(500, "internal_error", f"internal error: {type(exc).__name__}")

@@ -1,0 +1,67 @@
+"""HTTP endpoints. A request goes: upload -> decode -> preprocess -> enqueue -> await result -> respond."""
+
+from __future__ import annotations
+
+import time
+
+from flask import Blueprint, current_app, request
+from werkzeug.datastructures import FileStorage
+
+from app.errors import ApiError
+from app.queue_client import InferenceQueue, NoAnswer, NoWorker
+from serving.config import Settings
+from serving.preprocess import decode_image, fit_to_model
+
+api = Blueprint("api", __name__)
+
+UPLOAD_FIELD = "image"
+
+
+@api.get("/healthz")
+def healthz():
+    """Liveness: the API process answers. It does not look at Redis or the workers."""
+    return {"status": "ok"}
+
+
+@api.post("/predict")
+def predict():
+    started = time.perf_counter()
+    settings: Settings = current_app.config["SETTINGS"]
+    queue: InferenceQueue = current_app.extensions["inference_queue"]
+    deadline = time.time() + settings.request_timeout
+
+    image = decode_image(_single_upload().read(), settings.max_image_pixels)
+    model = _served_model(queue)
+    pixels = fit_to_model(image, model.resize_size, model.input_size)
+    preprocess_ms = (time.perf_counter() - started) * 1000
+    try:
+        result = queue.classify(pixels, deadline)
+    except NoAnswer:
+        raise ApiError(504, "timeout", f"no answer within REQUEST_TIMEOUT={settings.request_timeout:g}s") from None
+    if not result["success"]:
+        error = result["error"]
+        raise ApiError(500, error["code"], error["message"])
+    timing = {"preprocess_ms": round(preprocess_ms, 2), **result["timing"],
+              "total_ms": round((time.perf_counter() - started) * 1000, 2)}
+    return {"success": True, "id": result["id"], "predictions": result["predictions"],
+            "model": result["model"], "timing": timing}
+
+
+def _single_upload() -> FileStorage:
+    files = request.files.getlist(UPLOAD_FIELD)
+    if not files:
+        if request.mimetype != "multipart/form-data":
+            raise ApiError(400, "missing_image",
+                           f"send the image as multipart/form-data in the file field '{UPLOAD_FIELD}' "
+                           f"(got Content-Type {request.mimetype or 'none'})")
+        raise ApiError(400, "missing_image", f"no file field '{UPLOAD_FIELD}' in the form")
+    if len(files) > 1:
+        raise ApiError(400, "too_many_images", f"send one image per request; got {len(files)} in '{UPLOAD_FIELD}'")
+    return files[0]
+
+
+def _served_model(queue: InferenceQueue):
+    try:
+        return queue.model_info()
+    except NoWorker:
+        raise ApiError(503, "no_worker", "no worker available: no worker has announced a model recently") from None

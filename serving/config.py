@@ -1,0 +1,129 @@
+"""Every setting of the service: its environment variable, default and meaning.
+
+This is the only module that reads the environment. The API, the worker and
+the launcher all receive a `Settings`; the README's configuration table is
+generated from `SETTINGS_TABLE` (`python -m serving.config`) and a test keeps
+the two in step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+
+def _setting(env: str, default, help: str):
+    return field(default=default, metadata={"env": env, "help": help})
+
+
+@dataclass(frozen=True)
+class Settings:
+    redis_url: str = _setting(
+        "REDIS_URL", "redis://127.0.0.1:6379/0",
+        "Redis to use (`redis://[:password@]host:port/db`, `rediss://` for TLS). "
+        "`make run` starts a private Redis when this is unset.")
+    key_prefix: str = _setting(
+        "KEY_PREFIX", "imgcls",
+        "Namespace of every Redis key. One model per prefix.")
+    host: str = _setting("HOST", "127.0.0.1", "Address the API listens on.")
+    port: int = _setting("PORT", 5000, "Port the API listens on.")
+    api_processes: int = _setting(
+        "API_PROCESSES", 2, "gunicorn worker processes of the API.")
+    api_threads: int = _setting(
+        "API_THREADS", 16,
+        "Threads per API process; each waiting request holds one.")
+    max_upload_mb: float = _setting(
+        "MAX_UPLOAD_MB", 10.0, "Largest accepted request body, in MiB (413 above).")
+    max_image_pixels: int = _setting(
+        "MAX_IMAGE_PIXELS", 40_000_000,
+        "Largest accepted image, width x height, checked before decoding (413 above).")
+    request_timeout: float = _setting(
+        "REQUEST_TIMEOUT", 10.0,
+        "Seconds a request may wait for its answer (504 after).")
+    top_k: int = _setting("TOP_K", 5, "Predictions returned per image.")
+    result_ttl: float = _setting(
+        "RESULT_TTL", 30.0,
+        "Seconds an unread result stays in Redis before it expires.")
+    workers: int = _setting("WORKERS", 1, "Worker processes `make run` starts.")
+    batch_size: int = _setting(
+        "BATCH_SIZE", 8, "Most images the worker runs in one forward pass.")
+    batch_wait_ms: float = _setting(
+        "BATCH_WAIT_MS", 0.0,
+        "After the first image, how long the worker waits for more to fill a batch "
+        "(0: take what is queued; under load the queue fills while the model runs).")
+    model_path: str = _setting(
+        "MODEL_PATH", "models/efficientnet_lite0.pth",
+        "Checkpoint the worker serves (built by `make run` when missing).")
+    model_format: str = _setting(
+        "MODEL_FORMAT", "auto",
+        "`auto`, `checkpoint` (pickled module, trusted files only) or `state_dict`.")
+    model_arch: str = _setting(
+        "MODEL_ARCH", "",
+        "Architecture of a bare state_dict (`resnet50`, `efficientnet_lite0`, ...).")
+    model_trusted: bool = _setting(
+        "MODEL_TRUSTED", False,
+        "Allow unpickling a `checkpoint`-format file that model_tools did not build.")
+    device: str = _setting(
+        "DEVICE", "auto", "`auto` (cuda when available, else cpu), `cpu`, `cuda`, `cuda:1` ...")
+    torch_threads: int = _setting(
+        "TORCH_THREADS", 0, "Intra-op threads of the worker; 0 keeps torch's default.")
+    log_level: str = _setting("LOG_LEVEL", "INFO", "Python log level of API and worker.")
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides) -> "Settings":
+        """Settings from the environment; `overrides` (field names) win over it."""
+        environ = os.environ if environ is None else environ
+        values = {}
+        for f in dataclasses.fields(cls):
+            raw = environ.get(f.metadata["env"])
+            if raw is not None and raw != "":
+                values[f.name] = _parse(f, raw)
+        values.update(overrides)
+        return cls(**values)
+
+    def as_env(self) -> dict[str, str]:
+        """These settings as environment variables, to hand to a child process."""
+        return {f.metadata["env"]: _format(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+
+class ConfigError(ValueError):
+    """An environment variable holds a value of the wrong kind."""
+
+
+def _parse(f: dataclasses.Field, raw: str):
+    kind = {"str": str, "int": int, "float": float, "bool": bool}[f.type]  # string annotations
+    try:
+        if kind is bool:
+            lowered = raw.strip().lower()
+            if lowered not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+                raise ValueError(raw)
+            return lowered in ("1", "true", "yes", "on")
+        return kind(raw)
+    except ValueError:
+        raise ConfigError(f"{f.metadata['env']}={raw!r} is not a valid {kind.__name__}") from None
+
+
+def _format(value) -> str:
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    return str(value)
+
+
+def settings_table() -> str:
+    """The markdown table of every variable, as the README shows it."""
+    rows = ["| Variable | Default | Meaning |", "| --- | --- | --- |"]
+    for f in dataclasses.fields(Settings):
+        default = _format(f.default) if f.default != "" else "(empty)"
+        rows.append(f"| `{f.metadata['env']}` | `{default}` | {f.metadata['help']} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    sys.stdout.write(settings_table() + "\n")

@@ -1,0 +1,102 @@
+"""Image decoding and geometry: upload bytes -> uint8 RGB pixels the model takes.
+
+Runs in the API process, so it must not import torch. What it produces
+is exactly what torchvision's Resize(resize_size) + CenterCrop(input_size)
+produce on the same decoded image; normalization (mean/std) belongs to the
+model itself (model_tools.serving_model), so it happens on the worker's device.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import warnings
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+log = logging.getLogger(__name__)
+
+_SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
+_ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
+
+
+class ImageError(ValueError):
+    """The upload is not an image this service can classify; `code` names why."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+def decode_image(data: bytes, max_pixels: int) -> Image.Image:
+    """Decode an upload into an upright RGB image, refusing oversized ones before decoding."""
+    if not data:
+        raise ImageError("empty_image", "the uploaded file is empty")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            width, height = image.size
+            if width * height > max_pixels:
+                raise ImageError("image_too_large",
+                                 f"image is {width}x{height} pixels; the limit is {max_pixels} pixels")
+            image.load()
+    except ImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        # Pillow's own guard, which fires inside open() for headers far beyond its default limit
+        raise ImageError("image_too_large", f"image is larger than the limit of {max_pixels} pixels") from None
+    except UnidentifiedImageError:
+        raise ImageError("invalid_image", "the uploaded file is not an image format Pillow can read") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ImageError("invalid_image", f"the image could not be decoded: {exc}") from None
+    return _to_rgb(_upright(image))
+
+
+def _upright(image: Image.Image) -> Image.Image:
+    """Apply the EXIF orientation, as phone photos need; a broken EXIF block is ignored."""
+    try:
+        return ImageOps.exif_transpose(image)
+    except Exception as exc:  # Pillow raises many kinds on malformed EXIF
+        log.warning("ignoring unreadable EXIF orientation: %s", exc)
+        return image
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode in _SIXTEEN_BIT_MODES:
+        # Scale 16-bit samples into 8 bits; a plain convert would clip them to white.
+        image = image.convert("I").point(lambda v: v / 256).convert("L")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in _ALPHA_MODES:
+        # Transparent pixels often hide arbitrary colours; show them on white, as a viewer would.
+        image = image.convert("RGBA")
+        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, image)
+    return image.convert("RGB")
+
+
+def fit_to_model(image: Image.Image, resize_size: int, input_size: int) -> np.ndarray:
+    """Resize the shorter side to resize_size and center-crop input_size: uint8 HWC.
+
+    The crop is cut from the original first and only that region is resampled,
+    which gives torchvision's resize-then-crop result without ever building the
+    resized whole (a 10000x1 strip would otherwise become 2.5 gigapixels).
+    """
+    width, height = image.size
+    short = min(width, height)
+    # Size of the resized image as torchvision computes it: the long side is truncated.
+    resized_w = resize_size if width == short else int(resize_size * width / short)
+    resized_h = resize_size if height == short else int(resize_size * height / short)
+    left = int(round((resized_w - input_size) / 2.0))
+    top = int(round((resized_h - input_size) / 2.0))
+    x_scale, y_scale = width / resized_w, height / resized_h
+    box = (left * x_scale, top * y_scale, (left + input_size) * x_scale, (top + input_size) * y_scale)
+    cropped = image.resize((input_size, input_size), Image.Resampling.BILINEAR, box=box)
+    return np.asarray(cropped, dtype=np.uint8)
+
+
+def prepare(data: bytes, resize_size: int, input_size: int, max_pixels: int) -> np.ndarray:
+    """Upload bytes to the uint8 HWC crop the model takes."""
+    return fit_to_model(decode_image(data, max_pixels), resize_size, input_size)

@@ -1,0 +1,176 @@
+"""Starting and stopping the whole service: a private Redis, workers and the gunicorn API.
+
+`make run` and the integration tests both go through `Stack`, so the tests
+exercise the same processes, commands and environment a user runs.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import redis
+import requests
+
+from serving.config import Settings
+from serving.protocol import LIVENESS_SECONDS, Keys
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+STOP_GRACE_SECONDS = 20.0
+
+
+class StartupError(RuntimeError):
+    """A process of the stack did not come up; the message says which and where its log is."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _die_with_parent() -> None:
+    """Runs in each child before exec: if the launcher dies, even by SIGKILL, the child gets SIGTERM."""
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class Stack:
+    """Context manager that runs Redis (unless settings name one), workers and the API."""
+
+    def __init__(self, settings: Settings, workers: int = 1, private_redis: bool = True,
+                 log_dir: Path | None = None, extra_env: dict[str, str] | None = None):
+        self.settings = settings
+        self.worker_count = workers
+        self.private_redis = private_redis
+        self.log_dir = log_dir  # None: children write to this process's stdout/stderr
+        self.extra_env = extra_env or {}
+        self.redis_process: subprocess.Popen | None = None
+        self.worker_processes: list[subprocess.Popen] = []
+        self.api_process: subprocess.Popen | None = None
+        self._scratch = Path(tempfile.mkdtemp(prefix="imgcls-stack-"))
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.settings.host}:{self.settings.port}"
+
+    def __enter__(self) -> "Stack":
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+    def start(self, ready_timeout: float = 120.0) -> None:
+        if self.private_redis:
+            self.start_redis()
+        for _ in range(self.worker_count):
+            self.start_worker()
+        self.start_api()
+        self.wait_until_ready(ready_timeout)
+
+    def start_redis(self) -> None:
+        if shutil.which("redis-server") is None:
+            raise StartupError("redis-server not found: install Debian's redis-server package")
+        port = free_port()
+        self.redis_process = self._spawn("redis", [
+            "redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            "--dir", str(self._scratch), "--loglevel", "warning"])
+        self.settings = dataclasses.replace(self.settings, redis_url=f"redis://127.0.0.1:{port}/0")
+        self._wait_for(lambda: self.redis().ping(), "redis", self.redis_process, 10.0)
+
+    def start_worker(self) -> subprocess.Popen:
+        process = self._spawn(f"worker{len(self.worker_processes)}", [sys.executable, "-m", "worker"])
+        self.worker_processes.append(process)
+        return process
+
+    def start_api(self) -> None:
+        self.api_process = self._spawn("api", [
+            sys.executable, "-m", "gunicorn", "-c", "python:app.gunicorn_conf", "app:create_app()"])
+
+    def wait_until_ready(self, timeout: float) -> None:
+        """Until the API answers and a worker has announced its model."""
+        self._wait_for(lambda: requests.get(self.url + "/healthz", timeout=1).raise_for_status(),
+                       "api", self.api_process, timeout)
+        for count, process in enumerate(self.worker_processes, start=1):
+            self._wait_for(lambda count=count: self._require_live_workers(count), f"worker{count - 1}",
+                           process, timeout)
+
+    def _require_live_workers(self, count: int) -> None:
+        recent = time.time() - LIVENESS_SECONDS
+        live = self.redis().zcount(Keys(self.settings.key_prefix).workers, recent, "+inf")
+        if live < count:
+            raise StartupError(f"{live} of {count} workers announced")
+
+    def redis(self) -> redis.Redis:
+        return redis.Redis.from_url(self.settings.redis_url, socket_connect_timeout=1, socket_timeout=5)
+
+    def stop(self) -> None:
+        """API first (it lets in-flight requests finish), then workers, then Redis."""
+        self.stop_process(self.api_process)
+        for process in self.worker_processes:
+            self.stop_process(process)
+        self.stop_process(self.redis_process)
+        shutil.rmtree(self._scratch, ignore_errors=True)
+
+    def stop_process(self, process: subprocess.Popen | None, grace: float = STOP_GRACE_SECONDS) -> None:
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(grace)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+    def alive(self) -> list[subprocess.Popen]:
+        everything = [self.redis_process, *self.worker_processes, self.api_process]
+        return [p for p in everything if p is not None and p.poll() is None]
+
+    def log_path(self, name: str) -> Path | None:
+        return self.log_dir / f"{name}.log" if self.log_dir else None
+
+    def _spawn(self, name: str, command: list[str]) -> subprocess.Popen:
+        env = {**os.environ, **self.settings.as_env(), **self.extra_env}
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+        output = None
+        if self.log_dir:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            output = open(self.log_path(name), "ab")
+        # Own session: a terminal's Ctrl-C reaches only the launcher, which stops children in order.
+        process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=output, stderr=subprocess.STDOUT
+                                   if output else None, start_new_session=True, preexec_fn=_die_with_parent)
+        if output:
+            output.close()
+        return process
+
+    def _wait_for(self, check, name: str, process: subprocess.Popen, timeout: float) -> None:
+        give_up_at = time.monotonic() + timeout
+        last_error: Exception | None = None
+        while time.monotonic() < give_up_at:
+            if process.poll() is not None:
+                raise StartupError(f"{name} exited with code {process.returncode}{self._log_hint(name)}")
+            try:
+                check()
+                return
+            except Exception as exc:  # not up yet: connection refused, key missing, ...
+                last_error = exc
+            time.sleep(0.1)
+        raise StartupError(f"{name} not ready after {timeout:.0f}s ({last_error}){self._log_hint(name)}")
+
+    def _log_hint(self, name: str) -> str:
+        path = self.log_path(name)
+        return f"; see {path}" if path else ""

@@ -1,0 +1,48 @@
+"""Images the tests make: odd modes, EXIF rotation, broken files, headers that lie about their size."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from pathlib import Path
+
+import skimage
+from PIL import Image
+
+# scikit-image's real sample photos: chelsea.png is a cat, coffee.png an espresso, ...
+PHOTOS = Path(skimage.data_dir)
+CAT_LABELS = {"tabby", "tiger cat", "Egyptian cat"}
+
+
+def photo_bytes(name: str) -> bytes:
+    return (PHOTOS / name).read_bytes()
+
+
+def encode(image: Image.Image, format: str, **params) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=format, **params)
+    return buffer.getvalue()
+
+
+def half_red_half_blue(width: int = 64, height: int = 32) -> Image.Image:
+    """Left half red, right half blue: orientation and channel order both show."""
+    image = Image.new("RGB", (width, height), (255, 0, 0))
+    image.paste((0, 0, 255), (width // 2, 0, width, height))
+    return image
+
+
+def jpeg_with_orientation(image: Image.Image, orientation: int) -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return encode(image, "JPEG", exif=exif.tobytes(), quality=95)
+
+
+def png_claiming_size(width: int, height: int) -> bytes:
+    """A tiny PNG whose header claims width x height pixels (a decompression bomb's calling card)."""
+    data = bytearray(encode(Image.new("L", (1, 1)), "PNG"))
+    ihdr_start = 8 + 4  # signature, then the IHDR chunk's length field
+    data[ihdr_start + 4:ihdr_start + 12] = struct.pack(">II", width, height)
+    crc = zlib.crc32(bytes(data[ihdr_start:ihdr_start + 4 + 13]))
+    data[ihdr_start + 4 + 13:ihdr_start + 4 + 17] = struct.pack(">I", crc)
+    return bytes(data)

@@ -1,0 +1,20 @@
+"""Integration fixtures: real redis-server, real worker processes, real gunicorn, real HTTP."""
+
+from __future__ import annotations
+
+import pytest
+
+from serving.config import Settings
+from stack.processes import Stack, free_port
+
+
+def stack_settings(**overrides) -> Settings:
+    # Two workers share two cores, so each gets one intra-op thread.
+    return Settings(port=free_port(), torch_threads=1, **overrides)
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory):
+    """The whole service as `make run` starts it, with two workers."""
+    with Stack(stack_settings(), workers=2, log_dir=tmp_path_factory.mktemp("logs")) as stack:
+        yield stack

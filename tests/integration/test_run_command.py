@@ -1,0 +1,85 @@
+"""`make run` (python -m stack): starts everything, serves, and Ctrl-C leaves no process behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from stack.processes import REPO_ROOT, free_port
+from tests.images import CAT_LABELS, photo_bytes
+
+pytestmark = pytest.mark.integration
+
+
+def descendants(pid: int) -> set[int]:
+    found = set()
+    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+        found |= {int(child)} | descendants(int(child))
+    return found
+
+
+def start_launcher(port: int) -> subprocess.Popen:
+    env = {**os.environ, "PORT": str(port), "TORCH_THREADS": "1"}
+    env.pop("REDIS_URL", None)  # a private Redis, as for a user who sets nothing
+    return subprocess.Popen([sys.executable, "-m", "stack"], cwd=REPO_ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def wait_for_line(launcher: subprocess.Popen, text: str, timeout: float = 120) -> str:
+    give_up_at = time.monotonic() + timeout
+    for line in launcher.stdout:
+        if text in line:
+            return line
+        assert time.monotonic() < give_up_at, f"no {text!r} within {timeout}s"
+    raise AssertionError(f"launcher exited ({launcher.wait()}) before printing {text!r}")
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}").exists() and "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM])
+def test_run_serves_predictions_and_a_stop_signal_ends_every_process(stop_signal):
+    port = free_port()
+    launcher = start_launcher(port)
+    try:
+        line = wait_for_line(launcher, "listening on")
+        assert f"http://127.0.0.1:{port}" in line
+        children = descendants(launcher.pid)
+        assert len(children) >= 4  # redis-server, worker, gunicorn master and its workers
+        response = requests.post(f"http://127.0.0.1:{port}/predict",
+                                 files={"image": ("chelsea.png", photo_bytes("chelsea.png"))}, timeout=30)
+        assert response.json()["predictions"][0]["label"] in CAT_LABELS
+        launcher.send_signal(stop_signal)
+        assert launcher.wait(timeout=60) == 0
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+    assert not [pid for pid in children if alive(pid)]
+
+
+def test_children_do_not_outlive_a_killed_launcher():
+    launcher = start_launcher(free_port())
+    try:
+        wait_for_line(launcher, "listening on")
+        children = descendants(launcher.pid)
+        launcher.kill()  # no chance to clean up: the children must notice on their own
+        launcher.wait()
+        give_up_at = time.monotonic() + 30
+        while [pid for pid in children if alive(pid)] and time.monotonic() < give_up_at:
+            time.sleep(0.2)
+        assert not [pid for pid in children if alive(pid)]
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()

@@ -1,0 +1,152 @@
+"""The API's contract, against fakeredis: every answer is JSON, every failure has its status."""
+
+import io
+import subprocess
+import sys
+import threading
+
+import fakeredis
+import pytest
+
+from app import create_app
+from serving import protocol
+from serving.config import Settings
+from serving.protocol import Keys, ModelInfo
+from tests.images import photo_bytes
+from worker.batching import publish_results, take_batch
+
+SETTINGS = Settings(request_timeout=0.3, max_upload_mb=1)
+KEYS = Keys(SETTINGS.key_prefix)
+MODEL = ModelInfo("tiny", "tiny", 3, 224, 256, (0.5,) * 3, (0.5,) * 3, "cpu", 8)
+
+
+@pytest.fixture
+def server():
+    return fakeredis.FakeServer()
+
+
+@pytest.fixture
+def client(server):
+    return create_app(SETTINGS, fakeredis.FakeRedis(server=server)).test_client()
+
+
+def announce_worker(server):
+    fakeredis.FakeRedis(server=server).set(KEYS.model, MODEL.to_json())
+
+
+def answer_next_request(server, make_result):
+    """A stand-in worker thread: takes one message and publishes make_result(request) for it."""
+    redis_client = fakeredis.FakeRedis(server=server)
+
+    def run():
+        for _ in range(200):
+            batch = take_batch(redis_client, KEYS, "w", 1, block_seconds=0.01, wait_for_more_seconds=0)
+            if batch:
+                request = protocol.decode_request(batch[0])
+                publish_results(redis_client, KEYS, "w", {request.id: make_result(request)}, ttl_seconds=5)
+                return
+            threading.Event().wait(0.005)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def post_image(client, data: bytes, field="image", filename="x.png"):
+    return client.post("/predict", data={field: (io.BytesIO(data), filename)}, content_type="multipart/form-data")
+
+
+def assert_error(response, status, code):
+    assert response.status_code == status, response.get_data(as_text=True)
+    body = response.get_json()
+    assert body["success"] is False and body["error"]["code"] == code and body["error"]["message"]
+
+
+def test_a_prediction_is_relayed_with_timing(client, server):
+    announce_worker(server)
+    predictions = [{"label": "tabby", "index": 281, "probability": 0.9}]
+    seen = {}
+
+    def result(request):
+        seen["shape"] = request.pixels.shape
+        return protocol.encode_success(request.id, predictions, "tiny", {"queue_ms": 1, "inference_ms": 2,
+                                                                       "batch_size": 1})
+    answer_next_request(server, result)
+    response = post_image(client, photo_bytes("chelsea.png"))
+    assert response.status_code == 200, response.get_data(as_text=True)
+    body = response.get_json()
+    assert body["success"] is True and body["predictions"] == predictions and body["model"] == "tiny"
+    assert {"preprocess_ms", "queue_ms", "inference_ms", "batch_size", "total_ms"} <= set(body["timing"])
+    assert seen["shape"] == (224, 224, 3)  # preprocessed to the announced model's input
+
+
+def test_a_worker_error_becomes_a_500_with_its_code(client, server):
+    announce_worker(server)
+    answer_next_request(server, lambda r: protocol.encode_failure(r.id, "inference_failed", "out of memory"))
+    response = post_image(client, photo_bytes("chelsea.png"))
+    assert_error(response, 500, "inference_failed")
+    assert "out of memory" in response.get_json()["error"]["message"]
+
+
+def test_missing_image_field_is_400(client, server):
+    announce_worker(server)
+    assert_error(post_image(client, photo_bytes("chelsea.png"), field="file"), 400, "missing_image")
+
+
+def test_a_body_that_is_not_multipart_is_400(client):
+    response = client.post("/predict", data=photo_bytes("chelsea.png"), content_type="image/png")
+    assert_error(response, 400, "missing_image")
+
+
+def test_two_images_in_one_request_are_400(client, server):
+    announce_worker(server)
+    data = {"image": [(io.BytesIO(photo_bytes("chelsea.png")), "a.png"),
+                      (io.BytesIO(photo_bytes("coffee.png")), "b.png")]}
+    response = client.post("/predict", data=data, content_type="multipart/form-data")
+    assert_error(response, 400, "too_many_images")
+
+
+@pytest.mark.parametrize("data, code", [(b"", "empty_image"), (b"not an image", "invalid_image")])
+def test_undecodable_upload_is_400(client, data, code):
+    assert_error(post_image(client, data), 400, code)
+
+
+def test_upload_over_the_size_limit_is_413(client):
+    assert_error(post_image(client, b"\0" * (SETTINGS.max_upload_bytes + 1)), 413, "request_entity_too_large")
+
+
+def test_wrong_method_is_405_json(client):
+    assert_error(client.get("/predict"), 405, "method_not_allowed")
+
+
+def test_unknown_path_is_404_json(client):
+    assert_error(client.get("/nope"), 404, "not_found")
+
+
+def test_no_announced_worker_is_503_at_once(client):
+    assert_error(post_image(client, photo_bytes("chelsea.png")), 503, "no_worker")
+
+
+def test_no_answer_before_the_deadline_is_504(client, server):
+    announce_worker(server)
+    assert_error(post_image(client, photo_bytes("chelsea.png")), 504, "timeout")
+
+
+def test_unreachable_redis_is_503(server):
+    server.connected = False
+    client = create_app(SETTINGS, fakeredis.FakeRedis(server=server)).test_client()
+    assert_error(post_image(client, photo_bytes("chelsea.png")), 503, "redis_unavailable")
+
+
+def test_healthz_answers_without_redis(server):
+    server.connected = False
+    client = create_app(SETTINGS, fakeredis.FakeRedis(server=server)).test_client()
+    assert client.get("/healthz").get_json() == {"status": "ok"}
+
+
+def test_the_api_never_imports_torch():
+    code = ("import sys, app; app.create_app(); "
+            "loaded = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision')); "
+            "print(loaded); sys.exit(1 if loaded else 0)")
+    finished = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert finished.returncode == 0, finished.stdout + finished.stderr

@@ -1,0 +1,74 @@
+"""Taking batches and publishing results: atomic, ordered, nothing taken twice or dropped."""
+
+import threading
+import time
+
+import fakeredis
+import pytest
+
+from serving.protocol import Keys
+from worker.batching import publish_results, take_batch
+
+KEYS = Keys("t")
+
+
+@pytest.fixture
+def client():
+    return fakeredis.FakeRedis()
+
+
+def enqueue(client, *messages):
+    for message in messages:
+        client.lpush(KEYS.queue, message)  # the API's side: LPUSH, so the oldest is on the right
+
+
+def take(client, worker="w1", max_size=4, wait=0.0):
+    return take_batch(client, KEYS, worker, max_size, block_seconds=0.01, wait_for_more_seconds=wait)
+
+
+def test_an_empty_queue_gives_an_empty_batch(client):
+    assert take(client) == []
+
+
+def test_takes_the_oldest_messages_up_to_the_batch_size(client):
+    enqueue(client, b"m1", b"m2", b"m3", b"m4", b"m5", b"m6")
+    assert take(client) == [b"m1", b"m2", b"m3", b"m4"]
+    assert client.lrange(KEYS.queue, 0, -1) == [b"m6", b"m5"]
+
+
+def test_taken_messages_wait_in_the_worker_processing_list(client):
+    enqueue(client, b"m1", b"m2")
+    batch = take(client)
+    assert sorted(client.lrange(KEYS.processing("w1"), 0, -1)) == sorted(batch)
+
+
+def test_two_workers_never_share_or_lose_a_message(client):
+    messages = [f"m{i}".encode() for i in range(23)]
+    enqueue(client, *messages)
+    taken = []
+    while batch := take(client, worker=f"w{len(taken) % 2}", max_size=3):
+        taken.extend(batch)
+    assert taken == messages
+
+
+def test_waits_briefly_for_more_when_asked(client):
+    enqueue(client, b"m1")
+    threading.Timer(0.02, enqueue, (client, b"m2")).start()
+    started = time.monotonic()
+    assert take(client, wait=2.0, max_size=2) == [b"m1", b"m2"]
+    assert time.monotonic() - started < 1.0  # a full batch stops the wait
+
+
+def test_without_a_wait_a_partial_batch_goes_at_once(client):
+    enqueue(client, b"m1")
+    assert take(client, wait=0.0) == [b"m1"]
+
+
+def test_publishing_answers_each_request_and_clears_the_batch(client):
+    enqueue(client, b"m1", b"m2")
+    take(client)
+    publish_results(client, KEYS, "w1", {"r1": b"one", "r2": b"two"}, ttl_seconds=30)
+    assert client.lrange(KEYS.result("r1"), 0, -1) == [b"one"]
+    assert client.lrange(KEYS.result("r2"), 0, -1) == [b"two"]
+    assert 0 < client.pttl(KEYS.result("r1")) <= 30_000  # unread answers expire
+    assert not client.exists(KEYS.processing("w1"))

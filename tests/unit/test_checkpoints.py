@@ -1,0 +1,122 @@
+"""Loading models: the default one, the safe state_dict format, and refusing untrusted pickles."""
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+
+from model_tools.architectures import Preprocessing, default_preprocessing
+from model_tools.checkpoints import (
+    ModelCard,
+    ModelLoadError,
+    is_trusted_file,
+    load_model,
+    save_checkpoint,
+    save_state_dict,
+)
+from serving.config import Settings
+
+DEFAULT_MODEL = Settings().model_path
+SMALL_ARCH = "mobilenet_v3_small"
+
+
+@pytest.fixture(scope="module")
+def small_network():
+    torch.manual_seed(0)
+    return torchvision.models.get_model(SMALL_ARCH, weights=None, num_classes=4).eval()
+
+
+@pytest.fixture(scope="module")
+def small_card():
+    return ModelCard("small", SMALL_ARCH, ("a", "b", "c", "d"),
+                     Preprocessing(96, 110, (0.4, 0.4, 0.4), (0.2, 0.2, 0.2)))
+
+
+def same_outputs(first, second):
+    x = torch.rand(2, 3, 96, 96)
+    with torch.inference_mode():
+        return torch.allclose(first(x), second(x), atol=1e-6)
+
+
+def test_the_default_model_is_efficientnet_lite0_with_imagenet_metadata():
+    loaded = load_model(DEFAULT_MODEL)
+    card = loaded.card
+    assert card.arch == "efficientnet_lite0" and len(card.class_names) == 1000
+    assert card.class_names[281] == "tabby" and card.class_names[967] == "espresso"
+    assert card.preprocessing == Preprocessing(224, 256, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    assert is_trusted_file(Path(DEFAULT_MODEL))  # built by model_tools, so unpickling it is allowed
+    assert not loaded.network.training
+
+
+def test_a_pickled_checkpoint_model_tools_wrote_is_trusted(tmp_path, small_network, small_card):
+    path = save_checkpoint(small_network, small_card, tmp_path / "m.pth")
+    assert is_trusted_file(path)
+    loaded = load_model(path)
+    assert loaded.card == small_card and same_outputs(loaded.network, small_network)
+
+
+def test_a_pickled_checkpoint_from_elsewhere_is_refused(tmp_path, small_network, small_card):
+    path = save_checkpoint(small_network, small_card, tmp_path / "m.pth")
+    foreign = tmp_path / "downloaded.pth"
+    shutil.copy(path, foreign)  # same bytes, but model_tools did not record it
+    with pytest.raises(ModelLoadError, match="MODEL_TRUSTED"):
+        load_model(foreign)
+    assert load_model(foreign, trusted=True).card == small_card
+
+
+def test_a_trusted_checkpoint_that_changed_afterwards_is_refused(tmp_path, small_network, small_card):
+    path = save_checkpoint(small_network, small_card, tmp_path / "m.pth")
+    with open(path, "ab") as f:
+        f.write(b"tampered")
+    assert not is_trusted_file(path)
+    with pytest.raises(ModelLoadError, match="pickled"):
+        load_model(path)
+
+
+def test_the_state_dict_format_loads_without_unpickling_code(tmp_path, small_network, small_card):
+    path = save_state_dict(small_network, small_card, tmp_path / "m.pt")
+    torch.load(path, weights_only=True)  # tensors and plain data only
+    loaded = load_model(path, format="state_dict")
+    assert loaded.card == small_card and same_outputs(loaded.network, small_network)
+
+
+def test_a_bare_state_dict_needs_its_architecture_named(tmp_path, small_network):
+    path = tmp_path / "bare.pt"
+    torch.save(small_network.state_dict(), path)
+    with pytest.raises(ModelLoadError, match="MODEL_ARCH"):
+        load_model(path)
+    loaded = load_model(path, arch=SMALL_ARCH)
+    assert same_outputs(loaded.network, small_network)
+    assert loaded.card.class_names == ("class_0", "class_1", "class_2", "class_3")
+    assert loaded.card.preprocessing == default_preprocessing(SMALL_ARCH)
+
+
+def test_a_state_dict_of_another_architecture_is_refused(tmp_path, small_network):
+    path = tmp_path / "bare.pt"
+    torch.save(small_network.state_dict(), path)
+    with pytest.raises(ModelLoadError, match="does not fit"):
+        load_model(path, arch="resnet18")
+
+
+def test_unknown_architectures_formats_and_missing_files_are_clear_errors(tmp_path, small_network):
+    path = tmp_path / "bare.pt"
+    torch.save(small_network.state_dict(), path)
+    with pytest.raises(ModelLoadError, match="unknown architecture"):
+        load_model(path, arch="not_a_net")
+    with pytest.raises(ModelLoadError, match="MODEL_FORMAT"):
+        load_model(path, format="onnx-please")
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        load_model(tmp_path / "missing.pth")
+
+
+def test_state_dict_format_refuses_a_pickled_module(tmp_path, small_network, small_card):
+    path = save_checkpoint(small_network, small_card, tmp_path / "m.pth")
+    with pytest.raises(ModelLoadError, match="not a tensors-only state_dict"):
+        load_model(path, format="state_dict")
+
+
+def test_torchvision_architectures_take_their_published_preprocessing():
+    assert default_preprocessing("resnet50") == Preprocessing(224, 232, (0.485, 0.456, 0.406),
+                                                              (0.229, 0.224, 0.225))

@@ -1,0 +1,42 @@
+from pathlib import Path
+
+import pytest
+
+from serving.config import ConfigError, Settings, settings_table
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def test_defaults_apply_when_the_environment_is_empty():
+    settings = Settings.from_env({})
+    assert settings == Settings()
+    assert settings.host == "127.0.0.1"  # nothing listens beyond loopback unless configured
+    assert settings.top_k == 5 and settings.max_upload_mb == 10
+
+
+def test_environment_variables_override_defaults_with_their_types():
+    settings = Settings.from_env({"PORT": "8080", "REQUEST_TIMEOUT": "2.5", "MODEL_TRUSTED": "yes",
+                                  "REDIS_URL": "rediss://:secret@example:6380/1"})
+    assert settings.port == 8080
+    assert settings.request_timeout == 2.5
+    assert settings.model_trusted is True
+    assert settings.redis_url == "rediss://:secret@example:6380/1"
+
+
+def test_empty_variables_count_as_unset():
+    assert Settings.from_env({"PORT": ""}).port == 5000
+
+
+@pytest.mark.parametrize("name, value", [("PORT", "http"), ("BATCH_SIZE", "1.5"), ("MODEL_TRUSTED", "maybe")])
+def test_a_malformed_value_is_refused_naming_its_variable(name, value):
+    with pytest.raises(ConfigError, match=name):
+        Settings.from_env({name: value})
+
+
+def test_settings_survive_the_trip_through_a_child_environment():
+    settings = Settings.from_env({"PORT": "6000", "MODEL_TRUSTED": "1", "BATCH_WAIT_MS": "3.5"})
+    assert Settings.from_env(settings.as_env()) == settings
+
+
+def test_readme_lists_every_variable_exactly_as_the_code_defines_it():
+    assert settings_table() in README.read_text(), "regenerate the table with `python -m serving.config`"

@@ -1,0 +1,82 @@
+import numpy as np
+import pytest
+import torchvision.transforms as T
+from PIL import Image
+
+from serving.preprocess import ImageError, decode_image, fit_to_model, prepare
+from tests.images import PHOTOS, encode, half_red_half_blue, jpeg_with_orientation, png_claiming_size
+
+LIMIT = 40_000_000
+
+
+@pytest.mark.parametrize("name", ["chelsea.png", "coffee.png", "rocket.jpg", "astronaut.png", "camera.png"])
+def test_geometry_matches_torchvision_resize_then_center_crop(name):
+    image = decode_image((PHOTOS / name).read_bytes(), LIMIT)
+    expected = np.asarray(T.Compose([T.Resize(256), T.CenterCrop(224)])(image), dtype=int)
+    ours = fit_to_model(image, 256, 224).astype(int)
+    assert ours.shape == (224, 224, 3)
+    assert np.abs(ours - expected).max() <= 1  # rounding of the bilinear filter only
+
+
+@pytest.mark.parametrize("size", [(1, 1), (20000, 3), (3, 20000), (300, 200), (224, 224)])
+def test_any_size_becomes_the_model_input(size):
+    pixels = fit_to_model(Image.new("RGB", size, (10, 20, 30)), 256, 224)
+    assert pixels.shape == (224, 224, 3) and pixels.dtype == np.uint8
+    assert (pixels == (10, 20, 30)).all()
+
+
+def test_exif_orientation_is_applied():
+    upright = half_red_half_blue(64, 32)  # red left, blue right
+    rotated = jpeg_with_orientation(upright.transpose(Image.Transpose.ROTATE_90), orientation=6)
+    image = decode_image(rotated, LIMIT)
+    assert image.size == (64, 32)
+    left, right = image.getpixel((5, 16)), image.getpixel((58, 16))
+    assert left[0] > 200 > left[2] and right[2] > 200 > right[0]
+
+
+@pytest.mark.parametrize("mode, colour, expected", [
+    ("L", 128, (128, 128, 128)),
+    ("RGBA", (0, 0, 0, 0), (255, 255, 255)),  # fully transparent shows as white, not as hidden black
+    ("RGBA", (0, 255, 0, 255), (0, 255, 0)),
+    ("LA", (0, 0), (255, 255, 255)),
+    ("CMYK", (0, 255, 255, 0), (255, 0, 0)),
+])
+def test_colour_modes_convert_to_rgb(mode, colour, expected):
+    image = decode_image(encode(Image.new(mode, (8, 8), colour), "TIFF"), LIMIT)
+    assert image.mode == "RGB" and image.getpixel((0, 0)) == expected
+
+
+def test_cmyk_jpeg_decodes():
+    image = decode_image(encode(Image.new("CMYK", (16, 16), (0, 255, 255, 0)), "JPEG"), LIMIT)
+    red, green, blue = image.getpixel((8, 8))
+    assert red > 200 and green < 60 and blue < 60
+
+
+def test_palette_gif_with_transparency_decodes():
+    palette = Image.new("P", (8, 8), 1)
+    palette.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)
+    image = decode_image(encode(palette, "GIF", transparency=0), LIMIT)
+    assert image.getpixel((0, 0)) == (255, 0, 0)
+
+
+def test_sixteen_bit_png_is_scaled_not_clipped():
+    image = decode_image(encode(Image.new("I;16", (8, 8), 32768), "PNG"), LIMIT)
+    assert image.getpixel((0, 0)) == (128, 128, 128)
+
+
+@pytest.mark.parametrize("data, code", [
+    (b"", "empty_image"),
+    (b"hello, I am a text file\n", "invalid_image"),
+    (encode(Image.new("RGB", (64, 64)), "JPEG")[:200], "invalid_image"),  # truncated
+    (png_claiming_size(30000, 30000), "image_too_large"),
+    (png_claiming_size(7000, 7000), "image_too_large"),  # under Pillow's own limit, over ours
+], ids=["empty", "text", "truncated-jpeg", "bomb", "over-limit"])
+def test_bad_uploads_raise_a_coded_image_error(data, code):
+    with pytest.raises(ImageError) as caught:
+        decode_image(data, LIMIT)
+    assert caught.value.code == code
+
+
+def test_prepare_goes_from_bytes_to_model_input():
+    pixels = prepare((PHOTOS / "chelsea.png").read_bytes(), 256, 224, LIMIT)
+    assert pixels.shape == (224, 224, 3) and pixels.dtype == np.uint8

@@ -1,0 +1,72 @@
+import base64
+import json
+
+import numpy as np
+import pytest
+
+from serving import protocol
+from serving.protocol import InferenceRequest, Keys, MalformedMessage, ModelInfo
+
+
+def make_request(shape=(224, 224, 3)) -> InferenceRequest:
+    pixels = np.random.default_rng(0).integers(0, 256, size=shape, dtype=np.uint8)
+    return InferenceRequest("abc123", pixels, 1000.0, 1010.0)
+
+
+def test_request_round_trip_preserves_every_pixel_and_field():
+    request = make_request()
+    decoded = protocol.decode_request(protocol.encode_request(request))
+    assert decoded.id == request.id
+    assert decoded.enqueued_at == 1000.0 and decoded.deadline == 1010.0
+    assert decoded.pixels.dtype == np.uint8
+    np.testing.assert_array_equal(decoded.pixels, request.pixels)
+
+
+def test_request_is_json_with_base64_of_raw_uint8_pixels():
+    fields = json.loads(protocol.encode_request(make_request((4, 5, 3))))
+    assert set(fields) == {"id", "shape", "dtype", "image", "enqueued_at", "deadline"}
+    assert fields["shape"] == [4, 5, 3] and fields["dtype"] == "uint8"
+    assert len(base64.b64decode(fields["image"])) == 4 * 5 * 3
+
+
+def tampered(**changes) -> bytes:
+    fields = json.loads(protocol.encode_request(make_request((2, 2, 3))))
+    fields.update(changes)
+    return json.dumps({k: v for k, v in fields.items() if v is not None}).encode()
+
+
+@pytest.mark.parametrize("raw, request_id", [
+    (b"\x80not json", None),
+    (b"[1, 2]", None),
+    (tampered(id=None), None),
+    (tampered(shape=[3, 3, 3]), "abc123"),
+    (tampered(dtype="float32"), "abc123"),
+    (tampered(image="***"), "abc123"),
+    (tampered(deadline=None), "abc123"),
+    (tampered(shape=[2, 2, 4]), "abc123"),
+])
+def test_malformed_messages_raise_with_the_request_id_when_readable(raw, request_id):
+    with pytest.raises(MalformedMessage) as caught:
+        protocol.decode_request(raw)
+    assert caught.value.request_id == request_id
+
+
+def test_every_key_lives_under_the_prefix_and_results_are_per_request():
+    keys = Keys("svc")
+    names = [keys.queue, keys.model, keys.workers, keys.processing("w1"), keys.result("r1")]
+    assert all(name.startswith("svc:") for name in names)
+    assert len(set(names)) == len(names)
+    assert keys.result("r1") != keys.result("r2")
+
+
+def test_results_carry_success_or_a_coded_error():
+    ok = protocol.decode_result(protocol.encode_success("r1", [{"label": "x"}], "m", {"inference_ms": 1}))
+    assert ok == {"id": "r1", "success": True, "predictions": [{"label": "x"}], "model": "m",
+                  "timing": {"inference_ms": 1}}
+    failed = protocol.decode_result(protocol.encode_failure("r1", "inference_failed", "boom"))
+    assert failed == {"id": "r1", "success": False, "error": {"code": "inference_failed", "message": "boom"}}
+
+
+def test_model_info_round_trip():
+    info = ModelInfo("m", "resnet50", 1000, 224, 256, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "cpu", 8)
+    assert ModelInfo.from_json(info.to_json()) == info

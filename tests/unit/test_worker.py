@@ -1,0 +1,118 @@
+"""The worker loop against fakeredis and a tiny real model: every message gets an answer or a reason."""
+
+import json
+import threading
+import time
+
+import fakeredis
+import numpy as np
+import pytest
+
+from serving import protocol
+from serving.config import Settings
+from serving.protocol import InferenceRequest, Keys
+from tests.unit.tiny_model import COLOURS, INPUT_SIZE, tiny_classifier
+from worker.loop import Worker
+
+SETTINGS = Settings(key_prefix="t", top_k=2, batch_size=8)
+KEYS = Keys("t")
+
+
+@pytest.fixture
+def server():
+    return fakeredis.FakeServer()
+
+
+@pytest.fixture
+def worker(server):
+    return Worker(fakeredis.FakeRedis(server=server), tiny_classifier(), SETTINGS, worker_id="w1")
+
+
+def message(request_id, colour="red", deadline_in=10.0, size=INPUT_SIZE) -> bytes:
+    pixels = np.full((size, size, 3), COLOURS[colour], dtype=np.uint8)
+    now = time.time()
+    return protocol.encode_request(InferenceRequest(request_id, pixels, now, now + deadline_in))
+
+
+def result(worker, request_id):
+    answers = worker.client.lrange(KEYS.result(request_id), 0, -1)
+    return json.loads(answers[0]) if answers else None
+
+
+def test_each_request_in_a_batch_gets_its_own_top_k(worker):
+    worker.process([message("r1", "red"), message("r2", "blue"), message("r3", "green")])
+    for request_id, colour in [("r1", "red"), ("r2", "blue"), ("r3", "green")]:
+        answer = result(worker, request_id)
+        assert answer["success"] is True and answer["model"] == "tiny"
+        predictions = answer["predictions"]
+        assert len(predictions) == 2
+        assert predictions[0]["label"] == colour
+        assert predictions[0]["index"] == list(COLOURS).index(colour)
+        assert predictions[0]["probability"] > predictions[1]["probability"] > 0
+        assert answer["timing"]["batch_size"] == 3
+
+
+def test_a_malformed_message_gets_an_error_and_the_rest_of_the_batch_is_served(worker):
+    broken = json.loads(message("bad"))
+    broken["image"] = "!!!"
+    worker.process([json.dumps(broken).encode(), b"garbage without an id", message("good")])
+    assert result(worker, "bad")["error"]["code"] == "malformed_message"
+    assert result(worker, "good")["success"] is True
+
+
+def test_an_image_of_the_wrong_shape_gets_an_error(worker):
+    worker.process([message("r1", size=INPUT_SIZE + 1)])
+    assert result(worker, "r1")["error"]["code"] == "wrong_input_shape"
+
+
+def test_requests_past_their_deadline_are_skipped_and_counted(worker):
+    worker.process([message("late", deadline_in=-1), message("on-time")])
+    assert result(worker, "late") is None
+    assert result(worker, "on-time")["success"] is True
+    assert worker.expired == 1
+
+
+def test_an_inference_failure_answers_the_batch_and_the_worker_carries_on(worker, monkeypatch):
+    def explode(images):
+        raise RuntimeError("device fell over")
+    with monkeypatch.context() as patched:
+        patched.setattr(worker.classifier, "probabilities", explode)
+        worker.process([message("r1")])
+    assert result(worker, "r1")["error"] == {"code": "inference_failed", "message": "device fell over"}
+    worker.process([message("r2")])
+    assert result(worker, "r2")["success"] is True
+
+
+def test_the_batch_leaves_the_processing_list_once_answered(worker):
+    worker.client.lpush(KEYS.queue, message("r1"))
+    worker.serve_once()
+    assert result(worker, "r1")["success"] is True
+    assert not worker.client.exists(KEYS.processing("w1"))
+
+
+def test_heartbeat_announces_the_model_and_the_worker_with_expiry(worker):
+    worker.heartbeat()
+    info = protocol.ModelInfo.from_json(worker.client.get(KEYS.model))
+    assert (info.name, info.input_size, info.num_classes, info.device) == ("tiny", INPUT_SIZE, 3, "cpu")
+    assert 0 < worker.client.pttl(KEYS.model) <= protocol.LIVENESS_SECONDS * 1000
+    assert worker.client.zscore(KEYS.workers, "w1") == pytest.approx(time.time(), abs=5)
+
+
+def test_run_survives_a_redis_outage_and_signs_off_when_stopped(worker, server):
+    stop = threading.Event()
+    server.connected = False
+    thread = threading.Thread(target=worker.run, args=(stop,))
+    thread.start()
+    time.sleep(0.3)
+    assert thread.is_alive()  # retrying with backoff, not dead
+    server.connected = True
+    worker.client.lpush(KEYS.queue, message("after-outage"))
+    for _ in range(100):
+        if result(worker, "after-outage"):
+            break
+        time.sleep(0.05)
+    assert result(worker, "after-outage")["success"] is True
+    stop.set()
+    thread.join(5)
+    assert not thread.is_alive()
+    assert worker.client.zscore(KEYS.workers, "w1") is None

@@ -1,0 +1,28 @@
+"""A three-class model small enough for unit tests whose answer is easy to predict: the dominant colour."""
+
+import torch
+import torch.nn as nn
+
+from model_tools.architectures import Preprocessing
+from model_tools.checkpoints import LoadedModel, ModelCard
+from worker.inference import Classifier
+
+INPUT_SIZE = 8
+COLOURS = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255)}
+
+
+class MeanColour(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(3, 3)
+        with torch.no_grad():
+            self.fc.weight.copy_(torch.eye(3) * 10)
+            self.fc.bias.zero_()
+
+    def forward(self, x):
+        return self.fc(x.mean(dim=(2, 3)))
+
+
+def tiny_classifier() -> Classifier:
+    card = ModelCard("tiny", "mean_colour", tuple(COLOURS), Preprocessing(INPUT_SIZE, INPUT_SIZE, (0, 0, 0), (1, 1, 1)))
+    return Classifier(LoadedModel(MeanColour().eval(), card), torch.device("cpu"))

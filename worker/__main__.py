@@ -1,0 +1,44 @@
+"""`python -m worker`: load the configured model once and serve the queue until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+
+import redis
+import torch
+
+from model_tools.checkpoints import ModelLoadError, load_model
+from serving.config import Settings
+from worker.inference import Classifier, choose_device
+from worker.loop import Worker
+
+log = logging.getLogger("worker")
+
+
+def main() -> int:
+    settings = Settings.from_env()
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    if settings.torch_threads > 0:
+        torch.set_num_threads(settings.torch_threads)
+    try:
+        loaded = load_model(settings.model_path, settings.model_format, settings.model_arch, settings.model_trusted)
+        classifier = Classifier(loaded, choose_device(settings.device))
+        classifier.warm_up()
+    except (ModelLoadError, RuntimeError) as exc:
+        log.error("cannot serve the model: %s", exc)
+        return 2
+
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    # The socket timeout must outlast BLMOVE's blocking wait, or every idle wait would look like a fault.
+    client = redis.Redis.from_url(settings.redis_url, socket_timeout=10, socket_connect_timeout=2)
+    Worker(client, classifier, settings).run(stop)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,132 @@
+"""The worker's loop: take a batch, classify it, publish each answer, repeat."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+
+import numpy as np
+import redis
+
+from serving import protocol
+from serving.config import Settings
+from serving.protocol import InferenceRequest, Keys, MalformedMessage, ModelInfo
+from worker.batching import publish_results, take_batch
+from worker.inference import Classifier
+
+log = logging.getLogger("worker")
+
+MAX_RECONNECT_DELAY_SECONDS = 5.0
+
+
+def new_worker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+class Worker:
+    def __init__(self, client: redis.Redis, classifier: Classifier, settings: Settings,
+                 worker_id: str | None = None):
+        self.client = client
+        self.classifier = classifier
+        self.settings = settings
+        self.keys = Keys(settings.key_prefix)
+        self.worker_id = worker_id or new_worker_id()
+        self.batches = 0
+        self.expired = 0
+
+    def run(self, stop: threading.Event) -> None:
+        """Serve until `stop` is set; the batch in hand is always finished first."""
+        log.info("worker=%s ready model=%s device=%s batch_size=%d", self.worker_id,
+                 self.classifier.card.name, self.classifier.device, self.settings.batch_size)
+        failures = 0
+        while not stop.is_set():
+            try:
+                self.serve_once()
+                failures = 0
+            except redis.RedisError as exc:
+                failures += 1
+                delay = min(MAX_RECONNECT_DELAY_SECONDS, 0.1 * 2 ** failures)
+                log.warning("worker=%s redis error (%s); retrying in %.1fs", self.worker_id, exc, delay)
+                stop.wait(delay)
+        try:
+            self.sign_off()
+        except redis.RedisError:
+            pass  # its heartbeat ages out of the registry instead
+        log.info("worker=%s stopped after %d batches", self.worker_id, self.batches)
+
+    def serve_once(self) -> None:
+        """Refresh the heartbeat, then wait up to one heartbeat period for a batch and serve it."""
+        self.heartbeat()
+        messages = take_batch(self.client, self.keys, self.worker_id, self.settings.batch_size,
+                              block_seconds=protocol.HEARTBEAT_SECONDS,
+                              wait_for_more_seconds=self.settings.batch_wait_ms / 1000)
+        if messages:
+            self.process(messages)
+
+    def heartbeat(self) -> None:
+        """Announce this worker and the model it serves, both expiring unless renewed."""
+        card, device = self.classifier.card, self.classifier.device
+        info = ModelInfo(card.name, card.arch, len(card.class_names), card.preprocessing.input_size,
+                         card.preprocessing.resize_size, card.preprocessing.mean, card.preprocessing.std,
+                         str(device), self.settings.batch_size)
+        pipe = self.client.pipeline(transaction=False)
+        pipe.set(self.keys.model, info.to_json(), px=int(protocol.LIVENESS_SECONDS * 1000))
+        pipe.zadd(self.keys.workers, {self.worker_id: time.time()})
+        pipe.execute()
+
+    def sign_off(self) -> None:
+        self.client.zrem(self.keys.workers, self.worker_id)
+
+    def process(self, messages: list[bytes]) -> None:
+        """Answer every message of the batch: a prediction, or an error saying why not."""
+        taken_at = time.time()
+        results: dict[str, bytes] = {}
+        runnable = [request for request in (self._admit(m, taken_at, results) for m in messages) if request]
+        inference_ms = self._classify(runnable, taken_at, results) if runnable else 0.0
+        publish_results(self.client, self.keys, self.worker_id, results, self.settings.result_ttl)
+        self.batches += 1
+        wait_ms = max((taken_at - min(r.enqueued_at for r in runnable)) * 1000, 0) if runnable else 0.0
+        log.info("worker=%s batch=%d size=%d answered=%d oldest_wait_ms=%.1f inference_ms=%.1f",
+                 self.worker_id, self.batches, len(runnable), len(results), wait_ms, inference_ms)
+
+    def _admit(self, raw: bytes, now: float, results: dict[str, bytes]) -> InferenceRequest | None:
+        """The decoded request if it should run; otherwise records why not."""
+        try:
+            request = protocol.decode_request(raw)
+        except MalformedMessage as exc:
+            log.error("worker=%s malformed message id=%s: %s", self.worker_id, exc.request_id, exc)
+            if exc.request_id:
+                results[exc.request_id] = protocol.encode_failure(
+                    exc.request_id, "malformed_message", f"the queued message is malformed: {exc}")
+            return None
+        if request.deadline < now:
+            # Its client has already been told 504; computing an answer nobody reads wastes the batch.
+            self.expired += 1
+            log.info("worker=%s skipped expired request id=%s", self.worker_id, request.id)
+            return None
+        if request.pixels.shape != self.classifier.input_shape:
+            results[request.id] = protocol.encode_failure(
+                request.id, "wrong_input_shape",
+                f"image of shape {list(request.pixels.shape)}; the model takes {list(self.classifier.input_shape)}")
+            return None
+        return request
+
+    def _classify(self, requests: list[InferenceRequest], taken_at: float, results: dict[str, bytes]) -> float:
+        started = time.perf_counter()
+        try:
+            probabilities = self.classifier.probabilities(np.stack([r.pixels for r in requests]))
+        except Exception as exc:  # one bad batch must not kill the worker: every request hears why
+            log.exception("worker=%s inference failed", self.worker_id)
+            for request in requests:
+                results[request.id] = protocol.encode_failure(request.id, "inference_failed", str(exc))
+            return (time.perf_counter() - started) * 1000
+        inference_ms = (time.perf_counter() - started) * 1000
+        for request, predictions in zip(requests, self.classifier.top_k(probabilities, self.settings.top_k)):
+            timing = {"queue_ms": round(max(taken_at - request.enqueued_at, 0) * 1000, 2),
+                      "inference_ms": round(inference_ms, 2), "batch_size": len(requests)}
+            results[request.id] = protocol.encode_success(request.id, predictions, self.classifier.card.name, timing)
+        return inference_ms
