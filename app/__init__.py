@@ -17,11 +17,19 @@ def create_app(settings: Settings | None = None, redis_client: redis.Redis | Non
     app = Flask(__name__)
     app.config["SETTINGS"] = settings
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes  # werkzeug answers 413 before reading more
+    waiting_client = redis_client
     if redis_client is None:
-        # The read timeout must outlast the longest BLPOP (one request timeout).
-        redis_client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=1,
-                                            socket_timeout=settings.request_timeout + 5)
-    app.extensions["inference_queue"] = InferenceQueue(redis_client, settings.key_prefix)
+        # Two pools: a hung Redis must cost a request REDIS_TIMEOUT, not the whole request timeout,
+        # while the BLPOP for the answer needs a read timeout longer than the request's.
+        redis_client = _redis(settings, settings.redis_timeout)
+        waiting_client = _redis(settings, settings.request_timeout + settings.redis_timeout)
+    app.extensions["inference_queue"] = InferenceQueue(redis_client, settings.key_prefix, settings.max_queue,
+                                                       waiting_client)
     register_error_handlers(app)
     app.register_blueprint(api)
     return app
+
+
+def _redis(settings: Settings, read_timeout: float) -> redis.Redis:
+    return redis.Redis.from_url(settings.redis_url, socket_connect_timeout=settings.redis_timeout,
+                                socket_timeout=read_timeout)

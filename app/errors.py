@@ -15,6 +15,9 @@ log = logging.getLogger("api")
 _IMAGE_ERROR_STATUS = {"image_too_large": 413}  # every other ImageError is the client's bad image: 400
 
 
+RETRY_AFTER_SECONDS = 1  # told to clients on every 503: the conditions behind it pass quickly or not at all
+
+
 class ApiError(Exception):
     def __init__(self, status: int, code: str, message: str):
         super().__init__(message)
@@ -24,6 +27,8 @@ class ApiError(Exception):
 def error_response(status: int, code: str, message: str):
     response = jsonify({"success": False, "error": {"code": code, "message": message}})
     response.status_code = status
+    if status == 503:
+        response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
     return response
 
 

@@ -16,20 +16,35 @@ class NoWorker(Exception):
     """No worker has announced a model recently: nobody would answer."""
 
 
+class QueueFull(Exception):
+    """More images are queued than can be served in time."""
+
+
 class NoAnswer(Exception):
     """The deadline passed before a worker answered."""
 
 
 class InferenceQueue:
-    def __init__(self, client: redis.Redis, key_prefix: str):
-        self.client = client
-        self.keys = Keys(key_prefix)
+    """`client` answers within the Redis timeout; `waiting_client` allows for a whole request's wait."""
 
-    def model_info(self) -> ModelInfo:
-        raw = self.client.get(self.keys.model)
-        if raw is None:
+    def __init__(self, client: redis.Redis, key_prefix: str, max_queue: int,
+                 waiting_client: redis.Redis | None = None):
+        self.client = client
+        self.waiting_client = waiting_client or client
+        self.keys = Keys(key_prefix)
+        self.max_queue = max_queue
+
+    def admit(self) -> ModelInfo:
+        """The served model, if a worker is alive and the queue has room; one round trip."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.get(self.keys.model)
+        pipe.llen(self.keys.queue)
+        raw_info, depth = pipe.execute()
+        if raw_info is None:
             raise NoWorker()
-        return ModelInfo.from_json(raw)
+        if depth >= self.max_queue:
+            raise QueueFull(depth)
+        return ModelInfo.from_json(raw_info)
 
     def classify(self, pixels: np.ndarray, deadline: float) -> dict:
         """Queue one preprocessed image and block until its result or the deadline."""
@@ -41,7 +56,7 @@ class InferenceQueue:
         # BLPOP wakes the moment the worker pushes the result: no polling, no sleeps.
         # Its timeout has one-millisecond resolution; zero would block forever.
         remaining = max(deadline - time.time(), 0.001)
-        popped = self.client.blpop([self.keys.result(request_id)], timeout=remaining)
+        popped = self.waiting_client.blpop([self.keys.result(request_id)], timeout=remaining)
         if popped is None:
             raise NoAnswer()
         return protocol.decode_result(popped[1])

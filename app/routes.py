@@ -8,7 +8,7 @@ from flask import Blueprint, current_app, request
 from werkzeug.datastructures import FileStorage
 
 from app.errors import ApiError
-from app.queue_client import InferenceQueue, NoAnswer, NoWorker
+from app.queue_client import InferenceQueue, NoAnswer, NoWorker, QueueFull
 from serving.config import Settings
 from serving.preprocess import decode_image, fit_to_model
 
@@ -31,7 +31,7 @@ def predict():
     deadline = time.time() + settings.request_timeout
 
     image = decode_image(_single_upload().read(), settings.max_image_pixels)
-    model = _served_model(queue)
+    model = _admit(queue, settings)
     pixels = fit_to_model(image, model.resize_size, model.input_size)
     preprocess_ms = (time.perf_counter() - started) * 1000
     try:
@@ -60,8 +60,13 @@ def _single_upload() -> FileStorage:
     return files[0]
 
 
-def _served_model(queue: InferenceQueue):
+def _admit(queue: InferenceQueue, settings: Settings):
+    """The model to preprocess for, unless nobody would answer in time."""
     try:
-        return queue.model_info()
+        return queue.admit()
     except NoWorker:
-        raise ApiError(503, "no_worker", "no worker available: no worker has announced a model recently") from None
+        raise ApiError(503, "no_worker", "no worker available: none has sent a heartbeat within "
+                       f"WORKER_TIMEOUT={settings.worker_timeout:g}s") from None
+    except QueueFull as exc:
+        raise ApiError(503, "queue_full", f"{exc} images are queued (MAX_QUEUE={settings.max_queue}); "
+                       "retry later") from None

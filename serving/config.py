@@ -43,6 +43,12 @@ class Settings:
     request_timeout: float = _setting(
         "REQUEST_TIMEOUT", 10.0,
         "Seconds a request may wait for its answer (504 after).")
+    redis_timeout: float = _setting(
+        "REDIS_TIMEOUT", 1.0,
+        "Seconds the API waits on Redis for anything but a result (503 after).")
+    max_queue: int = _setting(
+        "MAX_QUEUE", 200,
+        "Queued images above which the API answers 503 with Retry-After at once instead of queueing.")
     top_k: int = _setting("TOP_K", 5, "Predictions returned per image.")
     result_ttl: float = _setting(
         "RESULT_TTL", 30.0,
@@ -54,6 +60,13 @@ class Settings:
         "BATCH_WAIT_MS", 0.0,
         "After the first image, how long the worker waits for more to fill a batch "
         "(0: take what is queued; under load the queue fills while the model runs).")
+    worker_timeout: float = _setting(
+        "WORKER_TIMEOUT", 5.0,
+        "Seconds without a heartbeat after which a worker counts as dead and its unfinished "
+        "requests are queued again. Keep it above the longest batch.")
+    max_attempts: int = _setting(
+        "MAX_ATTEMPTS", 3,
+        "Deliveries of one request to workers that died on it before it is answered with an error (500).")
     model_path: str = _setting(
         "MODEL_PATH", "models/efficientnet_lite0.pth",
         "Checkpoint the worker serves (built by `make run` when missing).")
@@ -75,6 +88,11 @@ class Settings:
     @property
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * 1024 * 1024)
+
+    @property
+    def heartbeat_seconds(self) -> float:
+        """How often a worker announces itself: often enough that one late beat is not a death."""
+        return self.worker_timeout / 5
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides) -> "Settings":
@@ -125,5 +143,22 @@ def settings_table() -> str:
     return "\n".join(rows)
 
 
+def rewrite_readme_table(readme: str) -> str:
+    """The README text with its configuration table replaced by the current one."""
+    lines = readme.split("\n")
+    start = lines.index("| Variable | Default | Meaning |")
+    end = start
+    while end < len(lines) and lines[end].startswith("|"):
+        end += 1
+    return "\n".join(lines[:start] + settings_table().split("\n") + lines[end:])
+
+
 if __name__ == "__main__":
-    sys.stdout.write(settings_table() + "\n")
+    # `python -m serving.config` prints the table; `... --update README.md` rewrites it in place.
+    if sys.argv[1:2] == ["--update"]:
+        with open(sys.argv[2]) as f:
+            text = rewrite_readme_table(f.read())
+        with open(sys.argv[2], "w") as f:
+            f.write(text)
+    else:
+        sys.stdout.write(settings_table() + "\n")

@@ -9,9 +9,15 @@ Flow of one request:
           DEL its processing list                                 (one transaction)
   API:    BLPOP {prefix}:result:<request id> until the request's deadline
 Every heartbeat, a worker refreshes {prefix}:model, the served model's
-description, with a short TTL (the API reads its preprocessing from it; its
-absence means no worker is up), and its own score in the sorted set
-{prefix}:workers (worker id -> time of its last heartbeat).
+description, with a TTL of WORKER_TIMEOUT (the API reads its preprocessing from
+it; its absence means no worker is up), and its own score in the sorted set
+{prefix}:workers (worker id -> time of its last heartbeat). A sorted set makes
+"which workers are dead" one range query, where TTL keys per worker would need
+a scan. When a worker's heartbeat is older than WORKER_TIMEOUT, any live worker
+runs RETURN_UNFINISHED on it: its processing list goes back to the front of the
+queue with each message's `attempts` raised by one, and a message that has
+reached MAX_ATTEMPTS is answered with an error instead (at-least-once delivery,
+bounded).
 
 Images travel as base64 of raw uint8 HWC pixels inside JSON: no pickle ever
 crosses Redis, and a message is a quarter of the float32 the seed sent.
@@ -26,8 +32,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-HEARTBEAT_SECONDS = 1.0  # how often a worker announces itself
-LIVENESS_SECONDS = 5.0  # a worker silent for longer is presumed dead; the model key expires then too
+ATTEMPTS_EXHAUSTED = "attempts_exhausted"
 
 
 @dataclass(frozen=True)
@@ -52,6 +57,9 @@ class Keys:
     def result(self, request_id: str) -> str:
         return f"{self.prefix}:result:{request_id}"
 
+    def all_keys_pattern(self) -> str:
+        return f"{self.prefix}:*"
+
 
 class MalformedMessage(ValueError):
     """A queue message that cannot be decoded; `request_id` is set when it could be read."""
@@ -67,6 +75,7 @@ class InferenceRequest:
     pixels: np.ndarray  # uint8, height x width x 3
     enqueued_at: float  # epoch seconds
     deadline: float  # epoch seconds after which the client no longer waits
+    attempts: int = 0  # deliveries so far that ended with the worker dying
 
 
 def encode_request(request: InferenceRequest) -> bytes:
@@ -78,6 +87,7 @@ def encode_request(request: InferenceRequest) -> bytes:
         "image": base64.b64encode(pixels.data).decode("ascii"),
         "enqueued_at": request.enqueued_at,
         "deadline": request.deadline,
+        "attempts": request.attempts,
     }).encode()
 
 
@@ -102,7 +112,8 @@ def decode_request(raw: bytes) -> InferenceRequest:
         if len(data) != shape[0] * shape[1] * shape[2]:
             raise ValueError(f"{len(data)} pixel bytes for shape {list(shape)}")
         pixels = np.frombuffer(data, dtype=np.uint8).reshape(shape)
-        return InferenceRequest(request_id, pixels, float(fields["enqueued_at"]), float(fields["deadline"]))
+        return InferenceRequest(request_id, pixels, float(fields["enqueued_at"]), float(fields["deadline"]),
+                                int(fields.get("attempts", 0)))
     except KeyError as exc:
         raise MalformedMessage(f"missing field {exc}", request_id) from None
     except (TypeError, ValueError, binascii.Error) as exc:
@@ -121,6 +132,43 @@ def encode_failure(request_id: str, code: str, message: str) -> bytes:
 
 def decode_result(raw: bytes) -> dict:
     return json.loads(raw)
+
+
+# Atomically empty one worker's processing list back onto the queue and drop the worker from the
+# registry. Run by live workers on dead ones (count_attempt=1) and by a worker stopping cleanly
+# (count_attempt=0, nothing failed). Messages go to the queue's consuming end, so they are taken
+# next, oldest first. A message whose attempts reach max_attempts is answered instead, in the
+# format of encode_failure. Unparseable messages go back untouched; a worker answers those.
+# KEYS: processing list, queue, workers set.
+# ARGV: worker id, count_attempt (0/1), max_attempts, result key prefix, result TTL in ms.
+RETURN_UNFINISHED = """
+local returned, answered = 0, 0
+while true do
+  local raw = redis.call('LPOP', KEYS[1])
+  if not raw then break end
+  local ok, message = pcall(cjson.decode, raw)
+  if ok and type(message) == 'table' and type(message['id']) == 'string' and ARGV[2] == '1' then
+    message['attempts'] = (tonumber(message['attempts']) or 0) + 1
+    if message['attempts'] >= tonumber(ARGV[3]) then
+      local key = ARGV[4] .. message['id']
+      local text = 'the worker processing this request died ' .. message['attempts'] ..
+                   ' times; giving up (MAX_ATTEMPTS=' .. ARGV[3] .. ')'
+      redis.call('LPUSH', key, cjson.encode({id = message['id'], success = false,
+                                             error = {code = '""" + ATTEMPTS_EXHAUSTED + """', message = text}}))
+      redis.call('PEXPIRE', key, ARGV[5])
+      answered = answered + 1
+    else
+      redis.call('RPUSH', KEYS[2], cjson.encode(message))
+      returned = returned + 1
+    end
+  else
+    redis.call('RPUSH', KEYS[2], raw)
+    returned = returned + 1
+  end
+end
+redis.call('ZREM', KEYS[3], ARGV[1])
+return {returned, answered}
+"""
 
 
 @dataclass(frozen=True)

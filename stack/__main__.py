@@ -5,11 +5,14 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import time
 
 from serving.config import ConfigError, Settings
 from stack.processes import Stack, StartupError
 
 STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+CRASH_LOOP_RESTARTS = 5
+CRASH_LOOP_WINDOW_SECONDS = 60.0
 
 
 def main() -> int:
@@ -37,20 +40,30 @@ def main() -> int:
 
 
 def _serve_until_stopped(stack: Stack) -> int:
-    """Sleep until a stop signal, or until a child dies (then stop the rest and fail)."""
+    """Sleep until a stop signal. A dead worker is replaced; a dead API or Redis stops everything."""
     # Blocked signals queue up for sigwaitinfo instead of interrupting; children are already started,
     # so they do not inherit the mask.
     signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS | {signal.SIGCHLD})
-    expected = [stack.redis_process, *stack.worker_processes, stack.api_process]
-    expected = [p for p in expected if p is not None]
+    restarts: list[float] = []
     while True:
         received = signal.sigwaitinfo(STOP_SIGNALS | {signal.SIGCHLD})
         if received.si_signo in STOP_SIGNALS:
             return 0
-        dead = [p for p in expected if p.poll() is not None]
-        if dead:
-            names = ", ".join(f"{' '.join(p.args[:3])} (exit {p.returncode})" for p in dead)
-            print(f"a process of the stack exited: {names}; stopping the rest", file=sys.stderr)
+        essential = [p for p in (stack.redis_process, stack.api_process) if p is not None]
+        if dead := [p for p in essential if p.poll() is not None]:
+            names = ", ".join(f"{p.args[0] if p.args[0] != sys.executable else p.args[2]} (exit {p.returncode})"
+                              for p in dead)
+            print(f"{names} exited; stopping the rest", file=sys.stderr)
+            return 1
+        for index in range(len(stack.worker_processes)):
+            if stack.restart_worker_if_dead(index):
+                print(f"worker{index} died; started a new one (its unfinished requests are requeued)",
+                      file=sys.stderr, flush=True)
+                restarts.append(time.monotonic())
+        restarts = [t for t in restarts if t > time.monotonic() - CRASH_LOOP_WINDOW_SECONDS]
+        if len(restarts) > CRASH_LOOP_RESTARTS:
+            print(f"workers died {len(restarts)} times within {CRASH_LOOP_WINDOW_SECONDS:.0f}s; "
+                  "giving up (see the worker log above)", file=sys.stderr)
             return 1
 
 

@@ -22,7 +22,7 @@ import redis
 import requests
 
 from serving.config import Settings
-from serving.protocol import LIVENESS_SECONDS, Keys
+from serving.protocol import Keys
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 STOP_GRACE_SECONDS = 20.0
@@ -48,8 +48,11 @@ class Stack:
     """Context manager that runs Redis (unless settings name one), workers and the API."""
 
     def __init__(self, settings: Settings, workers: int = 1, private_redis: bool = True,
-                 log_dir: Path | None = None, extra_env: dict[str, str] | None = None):
+                 log_dir: Path | None = None, extra_env: dict[str, str] | None = None,
+                 redis_arguments: tuple[str, ...] = (), redis_url_template: str = "redis://127.0.0.1:{port}/0"):
         self.settings = settings
+        self.redis_arguments = redis_arguments  # e.g. --requirepass, TLS options; "{port}" is filled in
+        self.redis_url_template = redis_url_template
         self.worker_count = workers
         self.private_redis = private_redis
         self.log_dir = log_dir  # None: children write to this process's stdout/stderr
@@ -82,20 +85,32 @@ class Stack:
         self.start_api()
         self.wait_until_ready(ready_timeout)
 
-    def start_redis(self) -> None:
+    def start_redis(self, port: int | None = None) -> None:
+        """A private, memory-only Redis on loopback; `port` reuses an earlier one's (a restart)."""
         if shutil.which("redis-server") is None:
             raise StartupError("redis-server not found: install Debian's redis-server package")
-        port = free_port()
+        port = port or free_port()
         self.redis_process = self._spawn("redis", [
             "redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-            "--dir", str(self._scratch), "--loglevel", "warning"])
-        self.settings = dataclasses.replace(self.settings, redis_url=f"redis://127.0.0.1:{port}/0")
+            "--dir", str(self._scratch), "--loglevel", "warning",
+            *(argument.format(port=port) for argument in self.redis_arguments)])
+        self.settings = dataclasses.replace(self.settings, redis_url=self.redis_url_template.format(port=port))
         self._wait_for(lambda: self.redis().ping(), "redis", self.redis_process, 10.0)
+
+    def restart_worker_if_dead(self, index: int) -> bool:
+        """Start a fresh worker in place of a dead one; True if it had died."""
+        if self.worker_processes[index].poll() is None:
+            return False
+        self.worker_processes[index] = self._spawn(f"worker{index}", [sys.executable, "-m", "worker"])
+        return True
 
     def start_worker(self) -> subprocess.Popen:
         process = self._spawn(f"worker{len(self.worker_processes)}", [sys.executable, "-m", "worker"])
         self.worker_processes.append(process)
         return process
+
+    def redis_port(self) -> int:
+        return self.redis().connection_pool.connection_kwargs["port"]
 
     def start_api(self) -> None:
         self.api_process = self._spawn("api", [
@@ -110,7 +125,7 @@ class Stack:
                            process, timeout)
 
     def _require_live_workers(self, count: int) -> None:
-        recent = time.time() - LIVENESS_SECONDS
+        recent = time.time() - self.settings.worker_timeout
         live = self.redis().zcount(Keys(self.settings.key_prefix).workers, recent, "+inf")
         if live < count:
             raise StartupError(f"{live} of {count} workers announced")

@@ -46,3 +46,17 @@ def png_claiming_size(width: int, height: int) -> bytes:
     crc = zlib.crc32(bytes(data[ihdr_start:ihdr_start + 4 + 13]))
     data[ihdr_start + 4 + 13:ihdr_start + 4 + 17] = struct.pack(">I", crc)
     return bytes(data)
+
+
+def png_rgb16(width: int, height: int, sample: int) -> bytes:
+    """A 16-bit-per-channel RGB PNG (Pillow cannot write one), every sample equal to `sample`."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    row = b"\0" + struct.pack(">H", sample) * 3 * width
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(row * height)) + chunk(b"IEND", b""))
+
+
+def animated_gif() -> bytes:
+    frames = [Image.new("RGB", (32, 32), colour) for colour in ((255, 0, 0), (0, 255, 0), (0, 0, 255))]
+    return encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)

@@ -17,6 +17,7 @@ from serving.config import Settings
 from serving.protocol import InferenceRequest, Keys, MalformedMessage, ModelInfo
 from worker.batching import publish_results, take_batch
 from worker.inference import Classifier
+from worker.recovery import reap_dead_workers, return_unfinished
 
 log = logging.getLogger("worker")
 
@@ -37,6 +38,7 @@ class Worker:
         self.worker_id = worker_id or new_worker_id()
         self.batches = 0
         self.expired = 0
+        self._next_heartbeat = 0.0  # due at once
 
     def run(self, stop: threading.Event) -> None:
         """Serve until `stop` is set; the batch in hand is always finished first."""
@@ -54,15 +56,20 @@ class Worker:
                 stop.wait(delay)
         try:
             self.sign_off()
-        except redis.RedisError:
-            pass  # its heartbeat ages out of the registry instead
+        except redis.RedisError as exc:
+            # Whatever it held is recovered by the others once its heartbeat ages out.
+            log.warning("worker=%s could not sign off: %s", self.worker_id, exc)
         log.info("worker=%s stopped after %d batches", self.worker_id, self.batches)
 
     def serve_once(self) -> None:
-        """Refresh the heartbeat, then wait up to one heartbeat period for a batch and serve it."""
-        self.heartbeat()
+        """Heartbeat and maintenance when due, then wait up to one heartbeat period for a batch and serve it."""
+        if time.monotonic() >= self._next_heartbeat:
+            self.heartbeat()
+            reap_dead_workers(self.client, self.keys, self.settings.worker_timeout, self.settings.max_attempts,
+                              self.settings.result_ttl)
+            self._next_heartbeat = time.monotonic() + self.settings.heartbeat_seconds
         messages = take_batch(self.client, self.keys, self.worker_id, self.settings.batch_size,
-                              block_seconds=protocol.HEARTBEAT_SECONDS,
+                              block_seconds=self.settings.heartbeat_seconds,
                               wait_for_more_seconds=self.settings.batch_wait_ms / 1000)
         if messages:
             self.process(messages)
@@ -74,12 +81,16 @@ class Worker:
                          card.preprocessing.resize_size, card.preprocessing.mean, card.preprocessing.std,
                          str(device), self.settings.batch_size)
         pipe = self.client.pipeline(transaction=False)
-        pipe.set(self.keys.model, info.to_json(), px=int(protocol.LIVENESS_SECONDS * 1000))
+        pipe.set(self.keys.model, info.to_json(), px=int(self.settings.worker_timeout * 1000))
         pipe.zadd(self.keys.workers, {self.worker_id: time.time()})
         pipe.execute()
 
     def sign_off(self) -> None:
-        self.client.zrem(self.keys.workers, self.worker_id)
+        """Hand back anything not started (not a failed attempt) and leave the registry."""
+        returned, _ = return_unfinished(self.client, self.keys, self.worker_id, False,
+                                        self.settings.max_attempts, self.settings.result_ttl)
+        if returned:
+            log.info("worker=%s handed back %d unstarted requests", self.worker_id, returned)
 
     def process(self, messages: list[bytes]) -> None:
         """Answer every message of the batch: a prediction, or an error saying why not."""

@@ -13,7 +13,7 @@ def stack_settings(**overrides) -> Settings:
     return Settings(port=free_port(), torch_threads=1, **overrides)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def service(tmp_path_factory):
     """The whole service as `make run` starts it, with two workers."""
     with Stack(stack_settings(), workers=2, log_dir=tmp_path_factory.mktemp("logs")) as stack:

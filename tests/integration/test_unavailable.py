@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
-import requests
 
 from serving.protocol import Keys, ModelInfo
 from stack.processes import Stack, free_port
 from tests.images import photo_bytes
+from tests.integration.client import timed_post
 from tests.integration.conftest import stack_settings
 
 pytestmark = pytest.mark.integration
@@ -24,16 +22,9 @@ def api_without_workers(tmp_path_factory):
         yield stack
 
 
-def timed_post(stack):
-    started = time.monotonic()
-    response = requests.post(stack.url + "/predict", files={"image": ("c.png", photo_bytes("chelsea.png"))},
-                             timeout=30)
-    return response, time.monotonic() - started
-
-
 def test_no_worker_is_503_without_waiting_for_the_timeout(api_without_workers):
     api_without_workers.redis().delete(Keys(api_without_workers.settings.key_prefix).model)
-    response, elapsed = timed_post(api_without_workers)
+    response, elapsed = timed_post(api_without_workers.url, photo_bytes("chelsea.png"))
     assert response.status_code == 503 and response.json()["error"]["code"] == "no_worker"
     assert elapsed < TIMEOUT
 
@@ -42,7 +33,7 @@ def test_a_worker_that_never_answers_is_504_at_the_timeout(api_without_workers):
     keys = Keys(api_without_workers.settings.key_prefix)
     info = ModelInfo("silent", "silent", 1000, 224, 256, (0.5,) * 3, (0.5,) * 3, "cpu", 8)
     api_without_workers.redis().set(keys.model, info.to_json(), ex=60)  # announced, but nobody serves
-    response, elapsed = timed_post(api_without_workers)
+    response, elapsed = timed_post(api_without_workers.url, photo_bytes("chelsea.png"))
     assert response.status_code == 504 and response.json()["error"]["code"] == "timeout"
     assert TIMEOUT - 0.1 <= elapsed < TIMEOUT + 2
 
@@ -50,6 +41,6 @@ def test_a_worker_that_never_answers_is_504_at_the_timeout(api_without_workers):
 def test_unreachable_redis_is_503_quickly(tmp_path):
     dead_redis = f"redis://127.0.0.1:{free_port()}/0"
     with Stack(stack_settings(redis_url=dead_redis), workers=0, private_redis=False, log_dir=tmp_path) as stack:
-        response, elapsed = timed_post(stack)
+        response, elapsed = timed_post(stack.url, photo_bytes("chelsea.png"))
     assert response.status_code == 503 and response.json()["error"]["code"] == "redis_unavailable"
     assert elapsed < 2

@@ -150,3 +150,28 @@ def test_the_api_never_imports_torch():
             "print(loaded); sys.exit(1 if loaded else 0)")
     finished = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert finished.returncode == 0, finished.stdout + finished.stderr
+
+
+def test_a_full_queue_is_503_with_retry_after_at_once(server):
+    client = create_app(Settings(request_timeout=5, max_queue=3), fakeredis.FakeRedis(server=server)).test_client()
+    announce_worker(server)
+    fakeredis.FakeRedis(server=server).lpush(KEYS.queue, b"1", b"2", b"3")
+    response = post_image(client, photo_bytes("chelsea.png"))
+    assert_error(response, 503, "queue_full")
+    assert response.headers["Retry-After"] == "1"
+    assert fakeredis.FakeRedis(server=server).llen(KEYS.queue) == 3  # nothing added
+
+
+def test_every_503_says_when_to_retry(client):
+    response = post_image(client, photo_bytes("chelsea.png"))
+    assert_error(response, 503, "no_worker")
+    assert response.headers["Retry-After"] == "1"
+
+
+def test_a_request_whose_workers_kept_dying_is_500_naming_the_cause(client, server):
+    announce_worker(server)
+    answer_next_request(server, lambda r: protocol.encode_failure(
+        r.id, protocol.ATTEMPTS_EXHAUSTED, "the worker processing this request died 3 times"))
+    response = post_image(client, photo_bytes("chelsea.png"))
+    assert_error(response, 500, "attempts_exhausted")
+    assert "died 3 times" in response.get_json()["error"]["message"]

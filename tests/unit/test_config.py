@@ -39,4 +39,4 @@ def test_settings_survive_the_trip_through_a_child_environment():
 
 
 def test_readme_lists_every_variable_exactly_as_the_code_defines_it():
-    assert settings_table() in README.read_text(), "regenerate the table with `python -m serving.config`"
+    assert settings_table() in README.read_text(), "run `python -m serving.config --update README.md`"

@@ -4,7 +4,15 @@ import torchvision.transforms as T
 from PIL import Image
 
 from serving.preprocess import ImageError, decode_image, fit_to_model, prepare
-from tests.images import PHOTOS, encode, half_red_half_blue, jpeg_with_orientation, png_claiming_size
+from tests.images import (
+    PHOTOS,
+    animated_gif,
+    encode,
+    half_red_half_blue,
+    jpeg_with_orientation,
+    png_claiming_size,
+    png_rgb16,
+)
 
 LIMIT = 40_000_000
 
@@ -80,3 +88,11 @@ def test_bad_uploads_raise_a_coded_image_error(data, code):
 def test_prepare_goes_from_bytes_to_model_input():
     pixels = prepare((PHOTOS / "chelsea.png").read_bytes(), 256, 224, LIMIT)
     assert pixels.shape == (224, 224, 3) and pixels.dtype == np.uint8
+
+
+def test_sixteen_bit_rgb_png_decodes_to_its_8_bit_colour():
+    assert decode_image(png_rgb16(4, 4, 32768), LIMIT).getpixel((0, 0)) == (128, 128, 128)
+
+
+def test_an_animated_gif_is_classified_by_its_first_frame():
+    assert decode_image(animated_gif(), LIMIT).getpixel((0, 0)) == (255, 0, 0)

@@ -24,7 +24,7 @@ def test_request_round_trip_preserves_every_pixel_and_field():
 
 def test_request_is_json_with_base64_of_raw_uint8_pixels():
     fields = json.loads(protocol.encode_request(make_request((4, 5, 3))))
-    assert set(fields) == {"id", "shape", "dtype", "image", "enqueued_at", "deadline"}
+    assert set(fields) == {"id", "shape", "dtype", "image", "enqueued_at", "deadline", "attempts"}
     assert fields["shape"] == [4, 5, 3] and fields["dtype"] == "uint8"
     assert len(base64.b64decode(fields["image"])) == 4 * 5 * 3
 

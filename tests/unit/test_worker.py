@@ -1,16 +1,16 @@
-"""The worker loop against fakeredis and a tiny real model: every message gets an answer or a reason."""
+"""The worker loop against a real Redis and a tiny real model: every message gets an answer or a reason."""
 
 import json
 import threading
 import time
 
-import fakeredis
 import numpy as np
 import pytest
 
 from serving import protocol
 from serving.config import Settings
 from serving.protocol import InferenceRequest, Keys
+from stack.processes import Stack
 from tests.unit.tiny_model import COLOURS, INPUT_SIZE, tiny_classifier
 from worker.loop import Worker
 
@@ -19,13 +19,8 @@ KEYS = Keys("t")
 
 
 @pytest.fixture
-def server():
-    return fakeredis.FakeServer()
-
-
-@pytest.fixture
-def worker(server):
-    return Worker(fakeredis.FakeRedis(server=server), tiny_classifier(), SETTINGS, worker_id="w1")
+def worker(real_redis):
+    return Worker(real_redis, tiny_classifier(), SETTINGS, worker_id="w1")
 
 
 def message(request_id, colour="red", deadline_in=10.0, size=INPUT_SIZE) -> bytes:
@@ -94,25 +89,40 @@ def test_heartbeat_announces_the_model_and_the_worker_with_expiry(worker):
     worker.heartbeat()
     info = protocol.ModelInfo.from_json(worker.client.get(KEYS.model))
     assert (info.name, info.input_size, info.num_classes, info.device) == ("tiny", INPUT_SIZE, 3, "cpu")
-    assert 0 < worker.client.pttl(KEYS.model) <= protocol.LIVENESS_SECONDS * 1000
+    assert 0 < worker.client.pttl(KEYS.model) <= SETTINGS.worker_timeout * 1000
     assert worker.client.zscore(KEYS.workers, "w1") == pytest.approx(time.time(), abs=5)
 
 
-def test_run_survives_a_redis_outage_and_signs_off_when_stopped(worker, server):
+def test_run_survives_a_redis_outage_and_signs_off_when_stopped(redis_stack):
+    outage = Stack(Settings(), workers=0)
+    outage.start_redis()
+    port = outage.redis_port()
+    worker = Worker(outage.redis(), tiny_classifier(), SETTINGS, worker_id="w1")
     stop = threading.Event()
-    server.connected = False
     thread = threading.Thread(target=worker.run, args=(stop,))
-    thread.start()
-    time.sleep(0.3)
-    assert thread.is_alive()  # retrying with backoff, not dead
-    server.connected = True
-    worker.client.lpush(KEYS.queue, message("after-outage"))
-    for _ in range(100):
-        if result(worker, "after-outage"):
-            break
-        time.sleep(0.05)
-    assert result(worker, "after-outage")["success"] is True
-    stop.set()
-    thread.join(5)
+    try:
+        thread.start()
+        outage.stop_process(outage.redis_process)
+        time.sleep(1.0)
+        assert thread.is_alive()  # retrying with backoff, not dead
+        outage.start_redis(port)
+        outage.redis().lpush(KEYS.queue, message("after-outage"))
+        for _ in range(200):
+            if result(worker, "after-outage"):
+                break
+            time.sleep(0.05)
+        assert result(worker, "after-outage")["success"] is True
+    finally:
+        stop.set()
+        thread.join(10)
+        outage.stop()
     assert not thread.is_alive()
+
+
+def test_stopping_hands_back_unstarted_work_without_counting_an_attempt(worker):
+    worker.heartbeat()
+    worker.client.lpush(KEYS.processing("w1"), message("unstarted"))
+    worker.sign_off()
     assert worker.client.zscore(KEYS.workers, "w1") is None
+    requeued = protocol.decode_request(worker.client.rpop(KEYS.queue))
+    assert requeued.id == "unstarted" and requeued.attempts == 0

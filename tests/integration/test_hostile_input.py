@@ -1,0 +1,97 @@
+"""Hostile and odd uploads over real HTTP: a 4xx JSON error or a correct answer, never a 500 or a hang."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+import requests
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from tests.images import (
+    animated_gif,
+    encode,
+    half_red_half_blue,
+    jpeg_with_orientation,
+    photo_bytes,
+    png_claiming_size,
+    png_rgb16,
+)
+from tests.integration.client import post_image
+
+pytestmark = pytest.mark.integration
+
+BAD_UPLOADS = {
+    "zero-byte file": (b"", 400),
+    "text file": (b"name,age\nchelsea,7\n" * 20, 400),
+    "truncated jpeg": (photo_bytes("rocket.jpg")[:5000], 400),
+    "30000x30000 png (decompression bomb)": (png_claiming_size(30000, 30000), 413),
+}
+ODD_IMAGES = {
+    "16-bit png": png_rgb16(64, 48, 40000),
+    "16-bit grayscale png": encode(Image.new("I;16", (64, 48), 30000), "PNG"),
+    "cmyk jpeg": encode(Image.new("CMYK", (64, 48), (0, 200, 200, 0)), "JPEG"),
+    "palette gif": encode(Image.new("RGB", (64, 48), (200, 30, 30)).convert("P"), "GIF"),
+    "animated gif": animated_gif(),
+    "rgba png": encode(Image.new("RGBA", (64, 48), (0, 0, 255, 128)), "PNG"),
+    "exif-rotated jpeg": jpeg_with_orientation(half_red_half_blue(), orientation=6),
+    "1x1 image": encode(Image.new("RGB", (1, 1), (1, 2, 3)), "PNG"),
+    "very wide strip": encode(Image.new("RGB", (20000, 3), (9, 9, 9)), "PNG"),
+}
+
+
+@pytest.mark.parametrize("name", BAD_UPLOADS)
+def test_bad_files_get_a_4xx_json_error(service, name):
+    data, status = BAD_UPLOADS[name]
+    response = post_image(service.url, data, timeout=30)
+    assert response.status_code == status, response.text
+    assert response.json()["success"] is False and response.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("name", ODD_IMAGES)
+def test_odd_but_valid_images_are_classified(service, name):
+    response = post_image(service.url, ODD_IMAGES[name], timeout=30)
+    assert response.status_code == 200, response.text
+    assert len(response.json()["predictions"]) == 5
+
+
+def test_the_wrong_field_name_is_400(service):
+    response = post_image(service.url, photo_bytes("chelsea.png"), field="photo")
+    assert response.status_code == 400 and response.json()["error"]["code"] == "missing_image"
+
+
+def test_two_files_are_400(service):
+    files = [("image", ("a.png", photo_bytes("chelsea.png"))), ("image", ("b.png", photo_bytes("coffee.png")))]
+    response = requests.post(service.url + "/predict", files=files, timeout=30)
+    assert response.status_code == 400 and response.json()["error"]["code"] == "too_many_images"
+
+
+def test_a_body_that_is_not_multipart_is_400(service):
+    response = requests.post(service.url + "/predict", data=photo_bytes("chelsea.png"),
+                             headers={"Content-Type": "image/png"}, timeout=30)
+    assert response.status_code == 400 and response.json()["error"]["code"] == "missing_image"
+
+
+def test_an_oversized_upload_is_refused_before_it_is_read(service):
+    """Announce 1 GiB, send 1 KiB: the 413 must come back without the server waiting for the rest."""
+    with socket.create_connection((service.settings.host, service.settings.port), timeout=10) as conn:
+        conn.sendall(b"POST /predict HTTP/1.1\r\nHost: test\r\n"
+                     b"Content-Type: multipart/form-data; boundary=xyz\r\n"
+                     b"Content-Length: 1073741824\r\n\r\n" + b"x" * 1024)
+        status_line = conn.recv(4096).split(b"\r\n", 1)[0]
+    assert status_line.startswith(b"HTTP/1.1 413"), status_line
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.binary(max_size=2048))
+def test_arbitrary_bytes_get_400_or_413_and_the_server_stays_up(service, data):
+    response = post_image(service.url, data, timeout=30)
+    assert response.status_code in (400, 413), response.text
+    assert response.json()["success"] is False
+
+
+def test_after_all_that_the_same_processes_still_serve(service):
+    assert all(p.poll() is None for p in [service.api_process, *service.worker_processes])
+    assert post_image(service.url, photo_bytes("coffee.png")).json()["predictions"][0]["label"] == "espresso"

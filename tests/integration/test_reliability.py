@@ -1,0 +1,196 @@
+"""Fault injection on real processes: killed workers, poison messages, a Redis outage, a soak."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from serving import protocol
+from serving.protocol import InferenceRequest, Keys
+from stack.processes import Stack
+from tests.images import photo_bytes
+from tests.integration.client import post_image, timed_post, wait_until
+from tests.integration.conftest import stack_settings
+from tests.reference import assert_all_distinguishable, matches, reference_top3, variants
+
+pytestmark = pytest.mark.integration
+
+DISTINCT_IMAGES = 20
+
+
+@pytest.fixture(scope="module")
+def fault_stack(tmp_path_factory):
+    settings = stack_settings(request_timeout=30, worker_timeout=3)
+    with Stack(settings, workers=2, log_dir=tmp_path_factory.mktemp("logs")) as stack:
+        yield stack
+
+
+@pytest.fixture(scope="module")
+def images_and_answers():
+    images = variants(DISTINCT_IMAGES)
+    expected = reference_top3(images)
+    assert_all_distinguishable(expected)
+    return images, expected
+
+
+def keys_of(stack: Stack) -> Keys:
+    return Keys(stack.settings.key_prefix)
+
+
+def worker_id_of(stack: Stack, index: int) -> str:
+    pid = stack.worker_processes[index].pid
+    ids = [w.decode() for w in stack.redis().zrange(keys_of(stack).workers, 0, -1)]
+    return next(w for w in ids if f"-{pid}-" in w)
+
+
+def process_state(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+def freeze_while_holding_work(stack: Stack, index: int, timeout: float = 30) -> None:
+    """SIGSTOP worker `index` at a moment when its processing list holds messages."""
+    pid = stack.worker_processes[index].pid
+    processing = keys_of(stack).processing(worker_id_of(stack, index))
+    give_up_at = time.monotonic() + timeout
+    while time.monotonic() < give_up_at:
+        os.kill(pid, signal.SIGSTOP)
+        wait_until(lambda: process_state(pid) == "T", 5, 0.001, "worker stopped")
+        if stack.redis().llen(processing) > 0:
+            return
+        os.kill(pid, signal.SIGCONT)
+        time.sleep(0.002)
+    raise AssertionError("the worker never held work")
+
+
+def replace_dead_worker(stack: Stack, index: int) -> None:
+    assert stack.restart_worker_if_dead(index)
+    stack.wait_until_ready(120)
+
+
+def reaped_counts(stack: Stack, dead_worker_id: str) -> list[int]:
+    """How many requests each live worker's log says it requeued from the dead one."""
+    pattern = re.compile(rf"reaped dead worker={re.escape(dead_worker_id)} requeued=(\d+)")
+    logs = [stack.log_path(f"worker{i}").read_text() for i in range(len(stack.worker_processes))]
+    return [int(n) for log in logs for n in pattern.findall(log)]
+
+
+def test_killing_a_worker_mid_batch_loses_no_request(fault_stack, images_and_answers):
+    images, expected = images_and_answers
+    victim_id = worker_id_of(fault_stack, 0)
+    with ThreadPoolExecutor(max_workers=100) as pool:
+        futures = [pool.submit(post_image, fault_stack.url, images[i % DISTINCT_IMAGES]) for i in range(100)]
+        freeze_while_holding_work(fault_stack, 0)
+        fault_stack.worker_processes[0].kill()
+        responses = [f.result() for f in futures]
+
+    assert [r.status_code for r in responses] == [200] * 100, [r.text for r in responses if r.status_code != 200]
+    for i, response in enumerate(responses):
+        assert matches(response.json()["predictions"], expected[i % DISTINCT_IMAGES])
+    assert sum(reaped_counts(fault_stack, victim_id)) >= 1  # the killed batch really was recovered
+    replace_dead_worker(fault_stack, 0)
+
+
+def test_a_malformed_message_is_answered_and_the_worker_keeps_serving(fault_stack):
+    keys, client = keys_of(fault_stack), fault_stack.redis()
+    pids = [p.pid for p in fault_stack.worker_processes]
+    client.lpush(keys.queue, b'{"id": "poison-1", "shape": [224, 224, 3], "dtype": "uint8", "image": "AAAA"}')
+    _, raw = client.blpop([keys.result("poison-1")], timeout=10)
+    answer = protocol.decode_result(raw)
+    assert answer["success"] is False and answer["error"]["code"] == "malformed_message"
+    assert post_image(fault_stack.url, photo_bytes("coffee.png")).json()["predictions"][0]["label"] == "espresso"
+    assert [p.pid for p in fault_stack.worker_processes] == pids
+    assert all(p.poll() is None for p in fault_stack.worker_processes)
+
+
+def test_a_request_whose_workers_keep_dying_gets_an_error_answer(fault_stack):
+    """A message its workers died on twice already, held by a dead worker: the live ones give up on it."""
+    keys, client = keys_of(fault_stack), fault_stack.redis()
+    now = time.time()
+    pixels = np.zeros((224, 224, 3), dtype=np.uint8)
+    client.lpush(keys.processing("ghost"), protocol.encode_request(
+        InferenceRequest("deadly", pixels, now, now + 30, attempts=fault_stack.settings.max_attempts - 1)))
+    client.zadd(keys.workers, {"ghost": now - 60})
+    _, raw = client.blpop([keys.result("deadly")], timeout=10)
+    answer = protocol.decode_result(raw)
+    assert answer["error"]["code"] == "attempts_exhausted"
+    assert f"died {fault_stack.settings.max_attempts} times" in answer["error"]["message"]
+    assert not client.exists(keys.processing("ghost")) and client.zscore(keys.workers, "ghost") is None
+
+
+def test_a_redis_outage_is_503_fast_and_the_service_recovers_by_itself(fault_stack):
+    photo = photo_bytes("chelsea.png")
+    pids = [p.pid for p in [fault_stack.api_process, *fault_stack.worker_processes]]
+    port = fault_stack.redis_port()
+    outcomes: list[tuple[float, float, int]] = []  # (start, elapsed, status) under continuous load
+    stop = threading.Event()
+
+    def load():
+        while not stop.is_set():
+            started = time.monotonic()
+            response, elapsed = timed_post(fault_stack.url, photo, timeout=60)
+            outcomes.append((started, elapsed, response.status_code))
+
+    loaders = [threading.Thread(target=load) for _ in range(4)]
+    for thread in loaders:
+        thread.start()
+    time.sleep(1.0)
+    outage_start = time.monotonic()
+    fault_stack.stop_process(fault_stack.redis_process)
+    time.sleep(3.0)
+    outage_end = time.monotonic()
+    fault_stack.start_redis(port)
+    recovered = wait_until(lambda: post_image(fault_stack.url, photo).status_code == 200, 30,
+                           interval=0.2, what="a 200 after Redis came back")
+    stop.set()
+    for thread in loaders:
+        thread.join(60)
+
+    during = [(elapsed, status) for started, elapsed, status in outcomes
+              if outage_start + 0.1 < started < outage_end - 0.1]
+    assert during, "no request was made during the outage"
+    assert {status for _, status in during} == {503}
+    assert max(elapsed for elapsed, _ in during) < 2.0
+    assert {status for _, _, status in outcomes} <= {200, 503}
+    assert recovered
+    assert [p.pid for p in [fault_stack.api_process, *fault_stack.worker_processes]] == pids  # nothing restarted
+    fault_stack.wait_until_ready(30)
+
+
+def test_soak_two_thousand_requests_with_a_worker_restart(fault_stack, images_and_answers):
+    images, expected = images_and_answers
+    total = 2000
+    done = threading.Semaphore(0)
+
+    def request(i):
+        try:
+            return post_image(fault_stack.url, images[i % DISTINCT_IMAGES])
+        finally:
+            done.release()
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        futures = [pool.submit(request, i) for i in range(total)]
+        for _ in range(total // 3):
+            done.acquire()
+        freeze_while_holding_work(fault_stack, 1)
+        fault_stack.worker_processes[1].kill()
+        fault_stack.worker_processes[1].wait()
+        assert fault_stack.restart_worker_if_dead(1)
+        responses = [f.result() for f in futures]
+
+    statuses = [r.status_code for r in responses]
+    assert statuses.count(200) == total, {s: statuses.count(s) for s in set(statuses)}
+    crossed = [i for i, r in enumerate(responses) if not matches(r.json()["predictions"],
+                                                                 expected[i % DISTINCT_IMAGES])]
+    assert crossed == []
+    keys = keys_of(fault_stack)
+    fault_stack.wait_until_ready(60)
+    leftover = {k.decode() for k in fault_stack.redis().scan_iter(keys.all_keys_pattern())}
+    assert leftover == {keys.model, keys.workers}

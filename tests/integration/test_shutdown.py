@@ -1,0 +1,66 @@
+"""Graceful shutdown: SIGTERM finishes what is in hand, for workers and for the API."""
+
+from __future__ import annotations
+
+import os
+import signal
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from serving.protocol import Keys
+from stack.processes import Stack
+from tests.images import photo_bytes
+from tests.integration.client import post_image, wait_until
+from tests.integration.conftest import stack_settings
+from tests.integration.test_reliability import freeze_while_holding_work
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def one_worker_stack(tmp_path):
+    with Stack(stack_settings(request_timeout=60), workers=1, log_dir=tmp_path) as stack:
+        yield stack
+
+
+def test_sigterm_makes_a_worker_finish_its_batch_and_exit_zero(one_worker_stack):
+    stack = one_worker_stack
+    worker = stack.worker_processes[0]
+    workers_key = Keys(stack.settings.key_prefix).workers
+    [worker_id] = stack.redis().zrange(workers_key, 0, -1)
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        futures = [pool.submit(post_image, stack.url, photo_bytes("coffee.png")) for _ in range(12)]
+        freeze_while_holding_work(stack, 0)
+        worker.send_signal(signal.SIGTERM)
+        os.kill(worker.pid, signal.SIGCONT)
+        assert worker.wait(timeout=30) == 0
+        stack.start_worker()  # serves whatever the first one had not taken
+        responses = [f.result() for f in futures]
+    assert [r.status_code for r in responses] == [200] * 12
+    assert "stopped after" in stack.log_path("worker0").read_text()
+    assert stack.redis().zscore(workers_key, worker_id) is None  # signed off, not left for the reaper
+
+
+def waiting_messages(stack: Stack) -> int:
+    """Messages in the queue plus any the stopped worker's BLMOVE had already taken."""
+    keys, redis = Keys(stack.settings.key_prefix), stack.redis()
+    taken = sum(redis.llen(keys.processing(worker.decode())) for worker in redis.zrange(keys.workers, 0, -1))
+    return redis.llen(keys.queue) + taken
+
+
+def test_sigterm_lets_the_api_finish_requests_in_flight(one_worker_stack):
+    stack = one_worker_stack
+    worker, api = stack.worker_processes[0], stack.api_process
+    os.kill(worker.pid, signal.SIGSTOP)  # requests will wait until it resumes
+    try:
+        with ThreadPoolExecutor(max_workers=3) as pool:
+            futures = [pool.submit(post_image, stack.url, photo_bytes("chelsea.png")) for _ in range(3)]
+            wait_until(lambda: waiting_messages(stack) == 3, 10, what="three requests queued")
+            api.send_signal(signal.SIGTERM)
+            os.kill(worker.pid, signal.SIGCONT)
+            responses = [f.result() for f in futures]
+    finally:
+        os.kill(worker.pid, signal.SIGCONT)
+    assert [r.status_code for r in responses] == [200] * 3
+    assert api.wait(timeout=30) == 0

@@ -1,0 +1,86 @@
+"""Recovering the work of dead workers, against a real Redis (the Lua script runs server-side)."""
+
+import time
+
+import numpy as np
+import pytest
+
+from serving import protocol
+from serving.protocol import InferenceRequest, Keys
+from worker.recovery import reap_dead_workers, return_unfinished
+
+KEYS = Keys("t")
+TIMEOUT = 5.0
+
+
+def request(request_id, attempts=0) -> InferenceRequest:
+    pixels = np.arange(4 * 4 * 3, dtype=np.uint8).reshape(4, 4, 3)
+    return InferenceRequest(request_id, pixels, 1000.25, time.time() + 60, attempts)
+
+
+def holding(client, worker_id, *requests, heartbeat_age=0.0):
+    """Register a worker whose last heartbeat was heartbeat_age ago, holding these requests in order taken."""
+    client.zadd(KEYS.workers, {worker_id: time.time() - heartbeat_age})
+    for r in requests:
+        client.lpush(KEYS.processing(worker_id), protocol.encode_request(r))
+
+
+def reap(client, max_attempts=3):
+    return reap_dead_workers(client, KEYS, TIMEOUT, max_attempts, result_ttl=30)
+
+
+def queued_ids(client):
+    """Queue contents in the order workers will take them."""
+    return [protocol.decode_request(raw).id for raw in reversed(client.lrange(KEYS.queue, 0, -1))]
+
+
+def test_a_dead_workers_requests_go_back_first_in_line_with_an_attempt_counted(real_redis):
+    real_redis.lpush(KEYS.queue, protocol.encode_request(request("newcomer")))
+    holding(real_redis, "dead", request("a"), request("b"), heartbeat_age=TIMEOUT + 1)
+    assert reap(real_redis) == 1
+    assert queued_ids(real_redis) == ["a", "b", "newcomer"]
+    returned = protocol.decode_request(real_redis.rpop(KEYS.queue))
+    assert returned.attempts == 1
+    np.testing.assert_array_equal(returned.pixels, request("a").pixels)  # survives the trip through Lua's cjson
+    assert returned.enqueued_at == pytest.approx(1000.25)
+    assert real_redis.zscore(KEYS.workers, "dead") is None
+    assert not real_redis.exists(KEYS.processing("dead"))
+
+
+def test_a_live_worker_is_left_alone(real_redis):
+    holding(real_redis, "busy", request("a"), heartbeat_age=TIMEOUT - 2)
+    assert reap(real_redis) == 0
+    assert real_redis.llen(KEYS.processing("busy")) == 1 and real_redis.llen(KEYS.queue) == 0
+
+
+def test_a_request_whose_workers_keep_dying_is_answered_with_an_error(real_redis):
+    holding(real_redis, "dead", request("poison", attempts=2), request("fine", attempts=0),
+            heartbeat_age=TIMEOUT + 1)
+    reap(real_redis, max_attempts=3)
+    assert queued_ids(real_redis) == ["fine"]
+    answer = protocol.decode_result(real_redis.lpop(KEYS.result("poison")))
+    expected_shape = protocol.decode_result(protocol.encode_failure("poison", protocol.ATTEMPTS_EXHAUSTED, "x"))
+    assert answer.keys() == expected_shape.keys() and answer["error"].keys() == expected_shape["error"].keys()
+    assert answer["success"] is False and answer["error"]["code"] == "attempts_exhausted"
+    assert "died 3 times" in answer["error"]["message"]
+
+
+def test_an_exhausted_answer_expires_if_nobody_reads_it(real_redis):
+    holding(real_redis, "dead", request("poison", attempts=2), heartbeat_age=TIMEOUT + 1)
+    reap(real_redis)
+    assert 0 < real_redis.pttl(KEYS.result("poison")) <= 30_000
+
+
+def test_an_unreadable_message_goes_back_untouched_for_a_worker_to_answer(real_redis):
+    real_redis.zadd(KEYS.workers, {"dead": time.time() - TIMEOUT - 1})
+    real_redis.lpush(KEYS.processing("dead"), b"\xffnot json")
+    reap(real_redis)
+    assert real_redis.lrange(KEYS.queue, 0, -1) == [b"\xffnot json"]
+
+
+def test_reaping_twice_requeues_once(real_redis):
+    holding(real_redis, "dead", request("a"), heartbeat_age=TIMEOUT + 1)
+    first = return_unfinished(real_redis, KEYS, "dead", True, 3, 30)
+    second = return_unfinished(real_redis, KEYS, "dead", True, 3, 30)
+    assert first == (1, 0) and second == (0, 0)
+    assert queued_ids(real_redis) == ["a"]
