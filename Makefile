@@ -3,13 +3,17 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: run test setup redis-server model clean
+.PHONY: run test bench setup redis-server test-tools model model-ts cpp clean
 
 run: setup
 	$(PY) -m stack
 
-test: setup
+test: setup test-tools
 	$(PY) -m pytest
+
+# Model and pipeline ceilings, then the service at saturation, half load and unloaded: one markdown table.
+bench: setup
+	$(PY) -m scripts.bench
 
 setup: $(VENV)/.installed redis-server model
 
@@ -21,8 +25,21 @@ $(VENV)/.installed: requirements.txt
 redis-server:
 	@scripts/ensure-redis-server.sh
 
+# What the tests drive besides our code: the demo page's browser, the compose file's validator.
+test-tools:
+	@scripts/ensure-debian-package.sh /usr/bin/chromium chromium
+	@scripts/ensure-debian-package.sh docker-compose docker-compose
+
 model: $(VENV)/.installed
 	$(PY) -m model_tools build-default --if-missing
 
+# The default model as TorchScript (uint8 NHWC in, probabilities out, card inside): what cpp/ runs.
+model-ts: model
+	$(PY) -m model_tools trace --if-missing
+
+# The C++ client cpp/build/classify: finds or installs libtorch, OpenCV, cmake and g++ (cpp/build.sh).
+cpp: model-ts
+	cpp/build.sh
+
 clean:
-	rm -rf $(VENV) models/*.pth models/*.sha256 .pytest_cache
+	rm -rf $(VENV) models/*.pth models/*.sha256 models/*.ts.pt models/*.onnx cpp/build cpp/build-* cpp/libtorch .pytest_cache

@@ -5,7 +5,9 @@ from __future__ import annotations
 import redis
 from flask import Flask
 
+from app import request_log
 from app.errors import register_error_handlers
+from app.operations import operations
 from app.queue_client import InferenceQueue
 from app.routes import api
 from serving.config import Settings
@@ -26,7 +28,9 @@ def create_app(settings: Settings | None = None, redis_client: redis.Redis | Non
     app.extensions["inference_queue"] = InferenceQueue(redis_client, settings.key_prefix, settings.max_queue,
                                                        waiting_client)
     register_error_handlers(app)
+    request_log.install(app, settings.log_level)
     app.register_blueprint(api)
+    app.register_blueprint(operations)
     return app
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 import redis
-from flask import Flask, jsonify
+from flask import Flask, g, jsonify
 from werkzeug.exceptions import HTTPException
 
 from serving.preprocess import ImageError
@@ -26,6 +26,8 @@ class ApiError(Exception):
 
 def error_response(status: int, code: str, message: str):
     response = jsonify({"success": False, "error": {"code": code, "message": message}})
+    if "log_fields" in g:  # the request's log line names the error
+        g.log_fields["error"] = code
     response.status_code = status
     if status == 503:
         response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)

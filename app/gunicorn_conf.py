@@ -1,5 +1,10 @@
 """gunicorn settings, derived from serving.config: `gunicorn -c python:app.gunicorn_conf 'app:create_app()'`."""
 
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
 from serving.config import Settings
 
 _settings = Settings.from_env()
@@ -11,7 +16,34 @@ worker_class = "gthread"
 threads = _settings.api_threads
 timeout = int(_settings.request_timeout) + 30
 graceful_timeout = int(_settings.request_timeout) + 5  # lets in-flight requests finish on SIGTERM
-accesslog = "-"
+accesslog = None  # the app logs one structured line per request itself (app/request_log.py)
 loglevel = _settings.log_level.lower()
 # gunicorn's control socket lives at one fixed path per user, so two servers would fight over it.
 control_socket_disable = True
+
+# prometheus_client's multiprocess mode: each API process writes its metrics to files in one directory and
+# /metrics adds them up. prometheus_client picks the mode when it is first imported, so the directory is
+# set here, in the master, before a worker process imports the app. Without one given, a fresh one per start.
+_MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+_own_metrics_dir = not os.environ.get(_MULTIPROC_ENV)
+if _own_metrics_dir:
+    os.environ[_MULTIPROC_ENV] = tempfile.mkdtemp(prefix="imgcls-metrics-")
+
+
+def on_starting(server):
+    """A given directory may hold an earlier run's files, whose counts would be added to this run's."""
+    directory = Path(os.environ[_MULTIPROC_ENV])
+    directory.mkdir(parents=True, exist_ok=True)
+    for stale in directory.glob("*.db"):
+        stale.unlink()
+
+
+def child_exit(server, worker):
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server):
+    if _own_metrics_dir:
+        shutil.rmtree(os.environ[_MULTIPROC_ENV], ignore_errors=True)

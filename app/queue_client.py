@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import time
-import uuid
+from dataclasses import dataclass
 
 import numpy as np
 import redis
 
 from serving import protocol
-from serving.protocol import InferenceRequest, Keys, ModelInfo
+from serving.protocol import InferenceRequest, Keys, ModelInfo, WorkerStats
 
 
 class NoWorker(Exception):
@@ -22,6 +22,14 @@ class QueueFull(Exception):
 
 class NoAnswer(Exception):
     """The deadline passed before a worker answered."""
+
+
+@dataclass(frozen=True)
+class FleetStatus:
+    model: ModelInfo | None  # None: no worker has announced a model within WORKER_TIMEOUT
+    workers_alive: int
+    queue_depth: int
+    stats: WorkerStats
 
 
 class InferenceQueue:
@@ -46,9 +54,20 @@ class InferenceQueue:
             raise QueueFull(depth)
         return ModelInfo.from_json(raw_info)
 
-    def classify(self, pixels: np.ndarray, deadline: float) -> dict:
-        """Queue one preprocessed image and block until its result or the deadline."""
-        request = InferenceRequest(uuid.uuid4().hex, pixels, time.time(), deadline)
+    def fleet_status(self, worker_timeout: float) -> FleetStatus:
+        """The served model, live workers, queue depth and worker statistics; one round trip."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.get(self.keys.model)
+        pipe.zcount(self.keys.workers, time.time() - worker_timeout, "+inf")
+        pipe.llen(self.keys.queue)
+        pipe.hgetall(self.keys.worker_stats)
+        raw_info, alive, depth, stats = pipe.execute()
+        model = ModelInfo.from_json(raw_info) if raw_info is not None else None
+        return FleetStatus(model, alive, depth, protocol.decode_worker_stats(stats))
+
+    def classify(self, pixels: np.ndarray, deadline: float, request_id: str) -> dict:
+        """Queue one preprocessed image under `request_id` (unique) and block until its result or the deadline."""
+        request = InferenceRequest(request_id, pixels, time.time(), deadline)
         self.client.lpush(self.keys.queue, protocol.encode_request(request))
         return self.await_result(request.id, request.deadline)
 

@@ -9,6 +9,7 @@ from werkzeug.datastructures import FileStorage
 
 from app.errors import ApiError
 from app.queue_client import InferenceQueue, NoAnswer, NoWorker, QueueFull
+from app.request_log import log_fields, new_job_id
 from serving.config import Settings
 from serving.preprocess import decode_image, fit_to_model
 
@@ -34,8 +35,10 @@ def predict():
     model = _admit(queue, settings)
     pixels = fit_to_model(image, model.resize_size, model.input_size)
     preprocess_ms = (time.perf_counter() - started) * 1000
+    job_id = new_job_id()
+    log_fields(id=job_id)
     try:
-        result = queue.classify(pixels, deadline)
+        result = queue.classify(pixels, deadline, job_id)
     except NoAnswer:
         raise ApiError(504, "timeout", f"no answer within REQUEST_TIMEOUT={settings.request_timeout:g}s") from None
     if not result["success"]:
@@ -43,6 +46,7 @@ def predict():
         raise ApiError(500, error["code"], error["message"])
     timing = {"preprocess_ms": round(preprocess_ms, 2), **result["timing"],
               "total_ms": round((time.perf_counter() - started) * 1000, 2)}
+    log_fields(**timing, top=result["predictions"][0]["label"] if result["predictions"] else "")
     return {"success": True, "id": result["id"], "predictions": result["predictions"],
             "model": result["model"], "timing": timing}
 

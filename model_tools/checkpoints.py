@@ -16,6 +16,7 @@ Two formats are served:
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import pickle
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from model_tools.architectures import Preprocessing, build_architecture, default
 
 FORMATS = ("auto", "checkpoint", "state_dict")
 DEFAULT_ARCH = "efficientnet_lite0"
+CARD_FORMAT = 1  # version of the JSON card exported models carry
 
 
 class ModelLoadError(RuntimeError):
@@ -133,13 +135,12 @@ def _from_state_dict(contents, path: Path, arch: str) -> LoadedModel:
 
 
 def _card_from(metadata: dict, arch: str, network: nn.Module, path: Path) -> ModelCard:
-    defaults = default_preprocessing(arch) if arch else None
     def field(name):
         if name in metadata:
             return metadata[name]
-        if defaults is None:
+        if not arch:
             raise ModelLoadError(f"{path} has no {name!r} and no architecture to take a default from")
-        return getattr(defaults, name)
+        return getattr(default_preprocessing(arch), name)
     preprocessing = Preprocessing(int(field("input_size")), int(field("resize_size")),
                                   tuple(map(float, field("mean"))), tuple(map(float, field("std"))))
     if preprocessing.resize_size < preprocessing.input_size:
@@ -166,6 +167,31 @@ def _card_fields(card: ModelCard) -> dict:
     p = card.preprocessing
     return {"name": card.name, "arch": card.arch, "class_names": list(card.class_names),
             "input_size": p.input_size, "resize_size": p.resize_size, "mean": list(p.mean), "std": list(p.std)}
+
+
+def card_to_json(card: ModelCard) -> str:
+    """The card as the JSON that exported models carry (TorchScript extra file, ONNX metadata).
+
+    Besides the checkpoint's metadata fields it states the exported model's contract, so a
+    client in any language knows what to feed it: `input` is uint8 RGB pixels, NHWC, already
+    resized (shorter side to `resize_size`, bilinear) and center-cropped to `input_size`;
+    `output` is softmax probabilities. mean/std are applied inside the model; they are here
+    for the record, not for the client to apply again.
+    """
+    return json.dumps({**_card_fields(card), "format": CARD_FORMAT, "input": "uint8 NHWC RGB",
+                       "output": "probabilities", "normalized_inside": True}, indent=1)
+
+
+def card_from_json(text: str | bytes) -> ModelCard:
+    """Inverse of card_to_json; raises ModelLoadError for a card that is not one."""
+    try:
+        fields = json.loads(text)
+        preprocessing = Preprocessing(int(fields["input_size"]), int(fields["resize_size"]),
+                                      tuple(map(float, fields["mean"])), tuple(map(float, fields["std"])))
+        return ModelCard(str(fields["name"]), str(fields["arch"]), tuple(map(str, fields["class_names"])),
+                         preprocessing)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ModelLoadError(f"the model card is not valid JSON with the expected fields: {exc!r}") from None
 
 
 def _save_atomically(contents: dict, path: Path, trust: bool) -> Path:

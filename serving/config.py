@@ -81,8 +81,12 @@ class Settings:
         "Allow unpickling a `checkpoint`-format file that model_tools did not build.")
     device: str = _setting(
         "DEVICE", "auto", "`auto` (cuda when available, else cpu), `cpu`, `cuda`, `cuda:1` ...")
-    torch_threads: int = _setting(
-        "TORCH_THREADS", 0, "Intra-op threads of the worker; 0 keeps torch's default.")
+    backend: str = _setting(
+        "BACKEND", "auto",
+        "Engine that runs the model: `torch`, `torchscript`, `onnxruntime`, `openvino`, or `auto` (on a GPU "
+        "`torch`; on the CPU the fastest installed engine whose answers match eager PyTorch).")
+    inference_threads: int = _setting(
+        "INFERENCE_THREADS", 0, "Threads the worker's engine computes with; 0: one per core.")
     log_level: str = _setting("LOG_LEVEL", "INFO", "Python log level of API and worker.")
 
     @property

@@ -51,6 +51,10 @@ class Keys:
     def workers(self) -> str:
         return f"{self.prefix}:workers"
 
+    @property
+    def worker_stats(self) -> str:
+        return f"{self.prefix}:worker_stats"
+
     def processing(self, worker_id: str) -> str:
         return f"{self.prefix}:processing:{worker_id}"
 
@@ -183,6 +187,7 @@ class ModelInfo:
     std: tuple[float, float, float]
     device: str
     batch_size: int
+    backend: str = "torch"  # engine that runs the model (BACKEND); heartbeats from before this field mean eager torch
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self)).encode()
@@ -192,3 +197,59 @@ class ModelInfo:
         fields = json.loads(raw)
         fields["mean"], fields["std"] = tuple(fields["mean"]), tuple(fields["std"])
         return cls(**fields)
+
+
+# Worker statistics. Every worker adds each batch to one hash, {prefix}:worker_stats, with HINCRBY
+# (atomic, so workers never overwrite each other); the API's /metrics reads it at scrape time. The
+# sums are the fleet's and outlive any one worker: they restart from zero only when Redis loses its
+# data, which Prometheus reads as a counter reset. Fields: `batches`, `expired`, `<histogram>_sum`
+# and one `<histogram>_le:<upper bound>` per bucket, counting the observations of that bucket only.
+BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, float("inf"))
+INFERENCE_SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, float("inf"))
+
+
+def _bucket_field(histogram: str, bound: float) -> str:
+    return f"{histogram}_le:{'+Inf' if bound == float('inf') else f'{bound:g}'}"
+
+
+def batch_stats_increments(batch_size: int, inference_seconds: float, expired: int) -> dict[str, float]:
+    """What one batch adds to the worker_stats hash; a batch that ran nothing adds only its expired count."""
+    increments: dict[str, float] = {"expired": expired} if expired else {}
+    if batch_size:
+        increments["batches"] = 1
+        for histogram, buckets, value in (("batch_size", BATCH_SIZE_BUCKETS, batch_size),
+                                          ("inference_seconds", INFERENCE_SECONDS_BUCKETS, inference_seconds)):
+            increments[_bucket_field(histogram, next(b for b in buckets if value <= b))] = 1
+            increments[f"{histogram}_sum"] = value
+    return increments
+
+
+@dataclass(frozen=True)
+class Histogram:
+    buckets: list[tuple[str, int]]  # (upper bound as Prometheus spells it, cumulative count), ending with +Inf
+    sum: float
+
+
+@dataclass(frozen=True)
+class WorkerStats:
+    batches: int
+    expired: int
+    batch_size: Histogram
+    inference_seconds: Histogram
+
+
+def decode_worker_stats(fields: dict[bytes, bytes]) -> WorkerStats:
+    """The worker_stats hash (HGETALL) as totals and cumulative histograms; an absent hash is all zeros."""
+    values = {name.decode(): float(value) for name, value in fields.items()}
+
+    def histogram(name: str, bounds: tuple[float, ...]) -> Histogram:
+        running, buckets = 0, []
+        for bound in bounds:
+            field_name = _bucket_field(name, bound)
+            running += int(values.get(field_name, 0))
+            buckets.append((field_name.split(":", 1)[1], running))
+        return Histogram(buckets, values.get(f"{name}_sum", 0.0))
+
+    return WorkerStats(int(values.get("batches", 0)), int(values.get("expired", 0)),
+                       histogram("batch_size", BATCH_SIZE_BUCKETS),
+                       histogram("inference_seconds", INFERENCE_SECONDS_BUCKETS))

@@ -26,6 +26,9 @@ from serving.protocol import Keys
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 STOP_GRACE_SECONDS = 20.0
+# The two programs of the service, as `python <arguments>`; docker-compose.yml runs the same (a test checks).
+API_ARGUMENTS = ("-m", "gunicorn", "-c", "python:app.gunicorn_conf", "app:create_app()")
+WORKER_ARGUMENTS = ("-m", "worker")
 
 
 class StartupError(RuntimeError):
@@ -101,11 +104,11 @@ class Stack:
         """Start a fresh worker in place of a dead one; True if it had died."""
         if self.worker_processes[index].poll() is None:
             return False
-        self.worker_processes[index] = self._spawn(f"worker{index}", [sys.executable, "-m", "worker"])
+        self.worker_processes[index] = self._spawn(f"worker{index}", [sys.executable, *WORKER_ARGUMENTS])
         return True
 
     def start_worker(self) -> subprocess.Popen:
-        process = self._spawn(f"worker{len(self.worker_processes)}", [sys.executable, "-m", "worker"])
+        process = self._spawn(f"worker{len(self.worker_processes)}", [sys.executable, *WORKER_ARGUMENTS])
         self.worker_processes.append(process)
         return process
 
@@ -113,8 +116,10 @@ class Stack:
         return self.redis().connection_pool.connection_kwargs["port"]
 
     def start_api(self) -> None:
-        self.api_process = self._spawn("api", [
-            sys.executable, "-m", "gunicorn", "-c", "python:app.gunicorn_conf", "app:create_app()"])
+        # prometheus_client's multiprocess files, fresh for every start: an earlier run's would add old counts.
+        metrics_dir = tempfile.mkdtemp(prefix="api-metrics-", dir=self._scratch)
+        self.api_process = self._spawn("api", [sys.executable, *API_ARGUMENTS],
+                                       {"PROMETHEUS_MULTIPROC_DIR": metrics_dir})
 
     def wait_until_ready(self, timeout: float) -> None:
         """Until the API answers and a worker has announced its model."""
@@ -158,8 +163,8 @@ class Stack:
     def log_path(self, name: str) -> Path | None:
         return self.log_dir / f"{name}.log" if self.log_dir else None
 
-    def _spawn(self, name: str, command: list[str]) -> subprocess.Popen:
-        env = {**os.environ, **self.settings.as_env(), **self.extra_env}
+    def _spawn(self, name: str, command: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
+        env = {**os.environ, **self.settings.as_env(), **self.extra_env, **(env or {})}
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
         output = None
         if self.log_dir:

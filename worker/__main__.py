@@ -10,8 +10,9 @@ import threading
 import redis
 import torch
 
-from model_tools.checkpoints import ModelLoadError, load_model
+from model_tools.checkpoints import ModelLoadError
 from serving.config import Settings
+from worker.backends import BackendError, open_engine
 from worker.inference import Classifier, choose_device
 from worker.loop import Worker
 
@@ -21,15 +22,16 @@ log = logging.getLogger("worker")
 def main() -> int:
     settings = Settings.from_env()
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    if settings.torch_threads > 0:
-        torch.set_num_threads(settings.torch_threads)
+    if settings.inference_threads > 0:
+        torch.set_num_threads(settings.inference_threads)
     try:
-        loaded = load_model(settings.model_path, settings.model_format, settings.model_arch, settings.model_trusted)
-        classifier = Classifier(loaded, choose_device(settings.device))
+        device = choose_device(settings.device)
+        classifier = Classifier(open_engine(settings, device), device)
         classifier.warm_up()
-    except (ModelLoadError, RuntimeError) as exc:
+    except (ModelLoadError, BackendError, RuntimeError) as exc:
         log.error("cannot serve the model: %s", exc)
         return 2
+    log.info("serving %s with backend=%s on %s", classifier.card.name, classifier.backend, device)
 
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from model_tools.checkpoints import LoadedModel
-from model_tools.serving_model import ServingModel
+from worker.backends import Engine
 
 
 def choose_device(setting: str) -> torch.device:
@@ -20,12 +19,13 @@ def choose_device(setting: str) -> torch.device:
 
 
 class Classifier:
-    def __init__(self, loaded: LoadedModel, device: torch.device):
-        self.card = loaded.card
+    def __init__(self, engine: Engine, device: torch.device):
+        self.card = engine.card
+        self.backend = engine.backend
         self.device = device
-        preprocessing = loaded.card.preprocessing
-        self.model = ServingModel(loaded.network, preprocessing.mean, preprocessing.std).to(device).eval()
-        self.input_shape = (preprocessing.input_size, preprocessing.input_size, 3)
+        self._run = engine.run
+        size = engine.card.preprocessing.input_size
+        self.input_shape = (size, size, 3)
 
     def warm_up(self) -> None:
         """One forward pass before serving, so the first request does not pay for lazy initialisation."""
@@ -33,9 +33,7 @@ class Classifier:
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         """Class probabilities, one row per image of the uint8 NHWC batch."""
-        with torch.inference_mode():
-            batch = torch.from_numpy(images).to(self.device, non_blocking=True)
-            return self.model(batch).float().cpu().numpy()
+        return self._run(images)
 
     def top_k(self, probabilities: np.ndarray, k: int) -> list[list[dict]]:
         """The k most probable classes of each row, most probable first."""

@@ -17,6 +17,7 @@ from serving.config import Settings
 from serving.protocol import InferenceRequest, Keys, MalformedMessage, ModelInfo
 from worker.batching import publish_results, take_batch
 from worker.inference import Classifier
+from worker.metrics import BatchStats
 from worker.recovery import reap_dead_workers, return_unfinished
 
 log = logging.getLogger("worker")
@@ -38,6 +39,7 @@ class Worker:
         self.worker_id = worker_id or new_worker_id()
         self.batches = 0
         self.expired = 0
+        self.stats = BatchStats(client, self.keys)
         self._next_heartbeat = 0.0  # due at once
 
     def run(self, stop: threading.Event) -> None:
@@ -79,7 +81,7 @@ class Worker:
         card, device = self.classifier.card, self.classifier.device
         info = ModelInfo(card.name, card.arch, len(card.class_names), card.preprocessing.input_size,
                          card.preprocessing.resize_size, card.preprocessing.mean, card.preprocessing.std,
-                         str(device), self.settings.batch_size)
+                         str(device), self.settings.batch_size, self.classifier.backend)
         pipe = self.client.pipeline(transaction=False)
         pipe.set(self.keys.model, info.to_json(), px=int(self.settings.worker_timeout * 1000))
         pipe.zadd(self.keys.workers, {self.worker_id: time.time()})
@@ -101,8 +103,10 @@ class Worker:
         publish_results(self.client, self.keys, self.worker_id, results, self.settings.result_ttl)
         self.batches += 1
         wait_ms = max((taken_at - min(r.enqueued_at for r in runnable)) * 1000, 0) if runnable else 0.0
-        log.info("worker=%s batch=%d size=%d answered=%d oldest_wait_ms=%.1f inference_ms=%.1f",
-                 self.worker_id, self.batches, len(runnable), len(results), wait_ms, inference_ms)
+        log.info("worker=%s batch=%d size=%d answered=%d oldest_wait_ms=%.1f inference_ms=%.1f ids=%s",
+                 self.worker_id, self.batches, len(runnable), len(results), wait_ms, inference_ms,
+                 ",".join(r.id for r in runnable))
+        self.stats.record(len(runnable), inference_ms, self.expired)
 
     def _admit(self, raw: bytes, now: float, results: dict[str, bytes]) -> InferenceRequest | None:
         """The decoded request if it should run; otherwise records why not."""

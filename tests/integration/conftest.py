@@ -10,7 +10,7 @@ from stack.processes import Stack, free_port
 
 def stack_settings(**overrides) -> Settings:
     # Two workers share two cores, so each gets one intra-op thread.
-    return Settings(port=free_port(), torch_threads=1, **overrides)
+    return Settings(port=free_port(), inference_threads=1, **overrides)
 
 
 @pytest.fixture(scope="session")

@@ -26,7 +26,7 @@ def descendants(pid: int) -> set[int]:
 
 
 def start_launcher(port: int) -> subprocess.Popen:
-    env = {**os.environ, "PORT": str(port), "TORCH_THREADS": "1"}
+    env = {**os.environ, "PORT": str(port), "INFERENCE_THREADS": "1"}
     env.pop("REDIS_URL", None)  # a private Redis, as for a user who sets nothing
     return subprocess.Popen([sys.executable, "-m", "stack"], cwd=REPO_ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -96,3 +96,19 @@ def test_sixteen_bit_rgb_png_decodes_to_its_8_bit_colour():
 
 def test_an_animated_gif_is_classified_by_its_first_frame():
     assert decode_image(animated_gif(), LIMIT).getpixel((0, 0)) == (255, 0, 0)
+
+
+def test_a_large_jpeg_is_decoded_at_reduced_scale_but_never_below_the_resize_size():
+    photo = Image.open(PHOTOS / "chelsea.png").convert("RGB").resize((1804, 1200))  # 4x: libjpeg may halve twice
+    data = encode(photo, "JPEG", quality=95)
+    assert decode_image(data, LIMIT, min_side=256).size == (451, 300)
+    assert decode_image(data, LIMIT, min_side=400).size == (902, 600)
+    assert decode_image(data, LIMIT).size == (1804, 1200)
+
+
+def test_reduced_scale_decoding_changes_the_model_input_only_slightly():
+    photo = Image.open(PHOTOS / "coffee.png").convert("RGB").resize((2400, 1600))
+    data = encode(photo, "JPEG", quality=95)
+    full = fit_to_model(decode_image(data, LIMIT), 256, 224).astype(int)
+    reduced = prepare(data, 256, 224, LIMIT).astype(int)
+    assert np.abs(full - reduced).mean() < 2.0

@@ -5,6 +5,7 @@ import torch.nn as nn
 
 from model_tools.architectures import Preprocessing
 from model_tools.checkpoints import LoadedModel, ModelCard
+from worker.backends import engine_for_checkpoint
 from worker.inference import Classifier
 
 INPUT_SIZE = 8
@@ -23,6 +24,11 @@ class MeanColour(nn.Module):
         return self.fc(x.mean(dim=(2, 3)))
 
 
-def tiny_classifier() -> Classifier:
+def tiny_loaded_model() -> LoadedModel:
     card = ModelCard("tiny", "mean_colour", tuple(COLOURS), Preprocessing(INPUT_SIZE, INPUT_SIZE, (0, 0, 0), (1, 1, 1)))
-    return Classifier(LoadedModel(MeanColour().eval(), card), torch.device("cpu"))
+    return LoadedModel(MeanColour().eval(), card)
+
+
+def tiny_classifier() -> Classifier:
+    cpu = torch.device("cpu")
+    return Classifier(engine_for_checkpoint(tiny_loaded_model(), "torch", cpu, 1), cpu)

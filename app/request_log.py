@@ -1,0 +1,75 @@
+"""Per request: its id (X-Request-ID, accepted and echoed), one structured log line and its metrics.
+
+The line is key=value, like the worker's batch lines, e.g.
+  method=POST path=/predict status=200 duration_ms=41.2 request_id=3f2a... id=3f2a... batch_size=1 ...
+`id` is the request's id in Redis, the one the worker's batch line lists. It is the request id when the
+API made that up; a client's own X-Request-ID is only logged and echoed, since two clients may send the
+same one and their answers must never cross.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+import time
+import uuid
+
+from flask import Flask, Response, g, request
+
+from app import metrics
+
+log = logging.getLogger("api")
+
+REQUEST_ID_HEADER = "X-Request-ID"
+_ACCEPTED_REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=@-]{1,128}")  # printable, no spaces: safe in a log line
+
+
+def install(app: Flask, log_level: str) -> None:
+    _configure_logging(log_level)
+    app.before_request(_start)
+    app.after_request(_finish)
+
+
+def log_fields(**fields) -> None:
+    """Add fields to this request's log line."""
+    g.log_fields.update(fields)
+
+
+def new_job_id() -> str:
+    """The id a request travels under through Redis: unique, and the request id itself when the API made it."""
+    return g.request_id if g.generated_request_id else uuid.uuid4().hex
+
+
+def _start() -> None:
+    g.started = time.perf_counter()
+    given = request.headers.get(REQUEST_ID_HEADER, "")
+    g.generated_request_id = not _ACCEPTED_REQUEST_ID.fullmatch(given)
+    g.request_id = uuid.uuid4().hex if g.generated_request_id else given
+    g.log_fields = {}
+
+
+def _finish(response: Response) -> Response:
+    seconds = time.perf_counter() - g.started
+    response.headers[REQUEST_ID_HEADER] = g.request_id
+    endpoint = request.url_rule.rule if request.url_rule else "unmatched"  # never a label per unknown path
+    metrics.observe_request(endpoint, request.method, response.status_code, seconds)
+    fields = {"method": request.method, "path": request.path, "status": response.status_code,
+              "duration_ms": round(seconds * 1000, 1), "request_id": g.request_id, **g.log_fields}
+    log.info("%s", " ".join(f"{key}={_value(value)}" for key, value in fields.items()))
+    return response
+
+
+def _value(value) -> str:
+    text = str(value)
+    return text if text and not re.search(r'[\s"=]', text) else json.dumps(text)
+
+
+def _configure_logging(level: str) -> None:
+    """The API's lines on stderr in the worker's format; once per process (tests build many apps)."""
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+        log.addHandler(handler)
+    log.setLevel(level)

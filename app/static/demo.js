@@ -1,0 +1,93 @@
+// The demo page: show the chosen image, post it to /predict, draw the top-k answer as bars.
+"use strict";
+
+const fileInput = document.getElementById("file");
+const dropZone = document.getElementById("drop-zone");
+const preview = document.getElementById("preview");
+const dropHint = document.getElementById("drop-hint");
+const statusLine = document.getElementById("status");
+const results = document.getElementById("results");
+const latency = document.getElementById("latency");
+
+function showStatus(text, isError) {
+  statusLine.textContent = text;
+  statusLine.classList.toggle("error", Boolean(isError));
+}
+
+function showPredictions(predictions) {
+  results.replaceChildren(...predictions.map((p) => {
+    const row = document.createElement("li");
+    row.className = "prediction";
+    const label = document.createElement("span");
+    label.className = "label";
+    label.textContent = p.label;
+    label.title = `${p.label} (class ${p.index})`;
+    const bar = document.createElement("span");
+    bar.className = "bar";
+    const fill = document.createElement("span");
+    fill.className = "fill";
+    fill.style.width = `${(p.probability * 100).toFixed(1)}%`;
+    bar.append(fill);
+    const probability = document.createElement("span");
+    probability.className = "probability";
+    probability.textContent = `${(p.probability * 100).toFixed(1)}%`;
+    row.append(label, bar, probability);
+    return row;
+  }));
+}
+
+async function classify(file) {
+  if (!file) return;
+  preview.src = URL.createObjectURL(file);
+  preview.hidden = false;
+  dropHint.replaceChildren(Object.assign(document.createElement("strong"), { textContent: file.name }),
+                           " · choose or drop another");
+  results.replaceChildren();
+  latency.textContent = "";
+  showStatus("Classifying...");
+
+  const form = new FormData();
+  form.append("image", file, file.name);
+  const started = performance.now();
+  let body;
+  try {
+    const response = await fetch("/predict", { method: "POST", body: form });
+    body = await response.json();
+  } catch (error) {
+    showStatus(`The service did not answer: ${error.message}`, true);
+    return;
+  }
+  const roundTrip = performance.now() - started;
+  if (!body.success) {
+    showStatus(`${body.error.message} (${body.error.code})`, true);
+    return;
+  }
+  showStatus(`Top ${body.predictions.length} of ${body.model}:`);
+  showPredictions(body.predictions);
+  const t = body.timing;
+  latency.textContent = `${Math.round(roundTrip)} ms round trip · server ${t.total_ms.toFixed(0)} ms ` +
+    `(preprocess ${t.preprocess_ms.toFixed(0)}, queue ${t.queue_ms.toFixed(0)}, ` +
+    `inference ${t.inference_ms.toFixed(0)} in a batch of ${t.batch_size})`;
+}
+
+fileInput.addEventListener("change", () => classify(fileInput.files[0]));
+for (const name of ["dragenter", "dragover"]) {
+  dropZone.addEventListener(name, (event) => { event.preventDefault(); dropZone.classList.add("dragging"); });
+}
+for (const name of ["dragleave", "drop"]) {
+  dropZone.addEventListener(name, () => dropZone.classList.remove("dragging"));
+}
+dropZone.addEventListener("drop", (event) => {
+  event.preventDefault();
+  classify(event.dataTransfer.files[0]);
+});
+
+fetch("/model")
+  .then((response) => response.json())
+  .then((model) => {
+    document.getElementById("model").textContent = model.name
+      ? `${model.name}${model.arch !== model.name ? ` (${model.arch})` : ""} · ${model.num_classes} classes · ` +
+        `${model.backend} on ${model.device} · ${model.workers} worker${model.workers === 1 ? "" : "s"}`
+      : `No model is being served right now: ${model.error.message}`;
+  })
+  .catch(() => { document.getElementById("model").textContent = "The service did not answer."; });

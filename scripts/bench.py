@@ -1,0 +1,180 @@
+"""`make bench`: how fast the service is, measured against what the model and the machine allow.
+
+1. Model ceiling: each installed backend on preprocessed images already in memory,
+   batch sizes 1..32, the worker's thread count: images/s.
+2. Pipeline ceiling: decode + preprocess + infer of the benchmark photos in one
+   process (decoding on a thread pool while the model runs), no HTTP, no Redis.
+3. The service as `make run` starts it (private Redis, default settings): saturation
+   throughput (closed loop), latency at half that load (open loop), and one request
+   at a time unloaded.
+
+Everything is measured in one run on one machine, so the ratios mean something even
+where the absolute numbers move with the machine's other load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from itertools import cycle, islice
+from pathlib import Path
+
+import numpy as np
+import skimage
+import torch
+
+from model_tools.checkpoints import load_model
+from scripts.loadtest import Client, Report, closed_loop, open_loop, summarize
+from serving.config import Settings
+from serving.preprocess import prepare
+from stack.processes import Stack, free_port
+from worker.backends import CPU_PREFERENCE, engine_for_checkpoint, installed
+
+# Colour photos from scikit-image, PNG and JPEG, 451x300 to 1000x872 pixels.
+BENCH_PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "hubble_deep_field.jpg",
+                "motorcycle_left.png", "rocket.jpg")
+BATCH_SIZES = (1, 2, 4, 8, 16, 32)
+
+
+def bench_photos() -> list[tuple[str, bytes]]:
+    return [(name, (Path(skimage.data_dir) / name).read_bytes()) for name in BENCH_PHOTOS]
+
+
+def images_per_second(run, batch: np.ndarray, seconds: float) -> tuple[float, float]:
+    """(images/s, median seconds per call) of run(batch), after two warm-up calls."""
+    run(batch), run(batch)
+    calls: list[float] = []
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline or len(calls) < 3:
+        started = time.perf_counter()
+        run(batch)
+        calls.append(time.perf_counter() - started)
+    return len(batch) * len(calls) / sum(calls), statistics.median(calls)
+
+
+def model_ceilings(settings: Settings, photos: list[tuple[str, bytes]], seconds: float) -> dict[str, dict]:
+    """Per backend: images/s at each batch size and the batch-1 latency, on real preprocessed photos."""
+    loaded = load_model(settings.model_path)
+    size = loaded.card.preprocessing
+    pixels = [prepare(data, size.resize_size, size.input_size, settings.max_image_pixels) for _, data in photos]
+    results = {}
+    for backend in [name for name in reversed(CPU_PREFERENCE) if installed(name)]:
+        run = engine_for_checkpoint(loaded, backend, torch.device("cpu"), settings.inference_threads).run
+        rates, latency = {}, None
+        for batch_size in BATCH_SIZES:
+            batch = np.stack(list(islice(cycle(pixels), batch_size)))
+            rates[batch_size], per_call = images_per_second(run, batch, seconds)
+            latency = latency or per_call
+        results[backend] = {"images_per_s": rates, "batch1_latency_ms": latency * 1000}
+        print(f"  model ceiling {backend:12s} " + "  ".join(f"b{b}: {r:6.1f}" for b, r in rates.items())
+              + f"  (batch-1 latency {latency * 1000:.1f} ms)", flush=True)
+    return results
+
+
+def pipeline_ceiling(settings: Settings, photos: list[tuple[str, bytes]], seconds: float) -> float:
+    """images/s for upload bytes -> predictions in one process with the service's backend and batch size."""
+    loaded = load_model(settings.model_path)
+    engine = engine_for_checkpoint(loaded, settings.backend, torch.device("cpu"), settings.inference_threads)
+    size = loaded.card.preprocessing
+
+    def decode(item: tuple[str, bytes]) -> np.ndarray:
+        return prepare(item[1], size.resize_size, size.input_size, settings.max_image_pixels)
+
+    uploads = cycle(photos)
+    with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:
+        def decoded_batch():
+            return pool.map(decode, list(islice(uploads, settings.batch_size)))
+
+        engine.run(np.stack(list(decoded_batch())))  # warm-up
+        done, started = 0, time.perf_counter()
+        upcoming = decoded_batch()
+        while time.perf_counter() - started < seconds:
+            current, upcoming = np.stack(list(upcoming)), decoded_batch()  # decode the next batch meanwhile
+            engine.run(current)
+            done += len(current)
+        return done / (time.perf_counter() - started)
+
+
+def service(settings: Settings, photos: list[tuple[str, bytes]], seconds: float,
+            concurrency: int) -> dict[str, Report]:
+    """Saturation, half load and unloaded figures of the service `make run` starts."""
+    with tempfile.TemporaryDirectory() as logs, Stack(settings, workers=settings.workers, log_dir=Path(logs)) as stack:
+        client = Client(stack.url + "/predict", photos, timeout=30)
+        closed_loop(client, concurrency, 4 * concurrency, 60, progress=False)  # warm connections and caches
+        saturation = summarize("saturation", closed_loop(client, concurrency, 10**6, seconds, progress=False))
+        half_rate = saturation.throughput_rps / 2
+        half = summarize("half load", open_loop(client, half_rate, seconds, 256, progress=False))
+        unloaded = summarize("unloaded", closed_loop(client, 1, 10**6, seconds / 2, progress=False))
+    return {"saturation": saturation, "half_load": half, "unloaded": unloaded}
+
+
+def markdown(ceilings: dict, pipeline: float, runs: dict[str, Report], settings: Settings) -> str:
+    backend = _served_backend(settings, ceilings)
+    model = ceilings[backend]
+    best_batch, best_rate = max(model["images_per_s"].items(), key=lambda item: item[1])
+    saturation, half, unloaded = runs["saturation"], runs["half_load"], runs["unloaded"]
+    batch1 = model["batch1_latency_ms"]
+    rows = [
+        ("Service saturation throughput", f"{saturation.throughput_rps:.1f} images/s "
+         f"({saturation.mean_batch_size} mean batch, {saturation.latency_ms.get('p50', 0):.0f} ms p50)"),
+        ("Pipeline ceiling (decode + preprocess + infer, one process)", f"{pipeline:.1f} images/s"),
+        ("Service / pipeline ceiling", f"**{saturation.throughput_rps / pipeline:.2f}** (target >= 0.85)"),
+        (f"Model ceiling, {backend}", f"{best_rate:.1f} images/s at batch {best_batch}"),
+        (f"Latency at half load ({half.throughput_rps:.1f} requests/s)",
+         f"p50 {half.latency_ms['p50']:.0f} ms, p99 {half.latency_ms['p99']:.0f} ms "
+         f"(**{half.latency_ms['p99'] / unloaded.latency_ms['p50']:.1f}x** unloaded p50; target <= 3x)"),
+        ("Unloaded request p50 vs model batch-1 latency",
+         f"{unloaded.latency_ms['p50']:.1f} ms vs {batch1:.1f} ms "
+         f"(**+{unloaded.latency_ms['p50'] - batch1:.1f} ms**; target <= +10 ms)"),
+    ]
+    table = ["| Measure | Value |", "| --- | --- |", *(f"| {name} | {value} |" for name, value in rows)]
+    backends = ["", "| Backend | " + " | ".join(f"batch {b}" for b in BATCH_SIZES) + " | batch-1 latency |",
+                "| --- |" + " ---: |" * (len(BATCH_SIZES) + 1)]
+    for name, figures in ceilings.items():
+        rates = " | ".join(f"{figures['images_per_s'][b]:.1f}" for b in BATCH_SIZES)
+        backends.append(f"| {name} | {rates} | {figures['batch1_latency_ms']:.1f} ms |")
+    return "\n".join(table + backends)
+
+
+def _served_backend(settings: Settings, ceilings: dict) -> str:
+    if settings.backend != "auto":
+        return settings.backend
+    return next(name for name in CPU_PREFERENCE if name in ceilings)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=20.0, help="length of each service measurement")
+    parser.add_argument("--model-seconds", type=float, default=2.0, help="length of each model measurement")
+    parser.add_argument("--concurrency", type=int, default=32, help="clients of the saturation run")
+    parser.add_argument("--json", help="also write every figure to this file")
+    args = parser.parse_args(argv)
+    settings = dataclasses.replace(Settings.from_env(), port=free_port())
+    photos = bench_photos()
+
+    print(f"{os.cpu_count()} CPUs, torch {torch.__version__}; photos: {', '.join(BENCH_PHOTOS)}", flush=True)
+    ceilings = model_ceilings(settings, photos, args.model_seconds)
+    pipeline = pipeline_ceiling(settings, photos, args.seconds / 2)
+    print(f"  pipeline ceiling {pipeline:.1f} images/s", flush=True)
+    runs = service(settings, photos, args.seconds, args.concurrency)
+    for report in runs.values():
+        print(f"  service {report.mode}: {report.throughput_rps:.1f} requests/s, latency {report.latency_ms}, "
+              f"statuses {report.statuses}", flush=True)
+    print()
+    print(markdown(ceilings, pipeline, runs, settings))
+    if args.json:
+        figures = {"model_ceilings": ceilings, "pipeline_ceiling": pipeline,
+                   "service": {name: report.to_json() for name, report in runs.items()}}
+        Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,203 @@
+"""Python eager vs Python TorchScript vs the C++ client, on the same photos, model, threads and batch.
+
+    .venv/bin/python scripts/bench_cpp.py [--images 64] [--batch 8] [--threads 2] [--rounds 3]
+    .venv/bin/python scripts/bench_cpp.py --causes     # the README's "Why libtorch looked slower"
+
+Every measurement is a fresh process doing the same work: decode + preprocess + infer every
+photo of a folder, in batches, timed with a monotonic wall clock (model loading excluded);
+"warm-up excluded" first runs each batch shape twice untimed, "included" does not. Runs are
+interleaved over --rounds rounds and the median is reported, because a shared CPU drifts;
+compare the ratios within one run. Needs `make cpp` first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+CLASSIFY = ROOT / "cpp" / "build" / "classify"
+DEBUG_CLASSIFY = ROOT / "cpp" / "build-debug" / "classify"
+DEFAULT_TS = ROOT / "models" / "efficientnet_lite0.ts.pt"
+PHOTO_NAMES = ["chelsea.png", "coffee.png", "rocket.jpg", "astronaut.png", "hubble_deep_field.jpg",
+               "motorcycle_left.png", "retina.jpg", "ihc.png"]
+
+
+def make_photo_folder(folder: Path, count: int) -> Path:
+    """count JPEGs (quality 90): crops and mirror images of scikit-image's colour photos."""
+    import skimage
+    from PIL import Image
+
+    for i in range(count):
+        photo = Image.open(Path(skimage.data_dir) / PHOTO_NAMES[i % len(PHOTO_NAMES)]).convert("RGB")
+        step = i // len(PHOTO_NAMES)
+        w, h = photo.size
+        crop = photo.crop((step * w // 40, step * h // 50, w - step * w // 60, h - step * h // 70))
+        if step % 2:
+            crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        crop.save(folder / f"{i:04d}.jpg", quality=90)
+    return folder
+
+
+def python_run(kind: str, model: str, folder: str, batch: int, threads: int, warmup: bool) -> dict:
+    """One measurement in this process: kind is eager or torchscript."""
+    import torch
+
+    from model_tools.checkpoints import load_model
+    from model_tools.export import load_torchscript, serving_module
+    from serving.config import Settings
+    from serving.preprocess import prepare
+
+    torch.set_num_threads(threads)
+    if kind == "eager":
+        loaded = load_model(Settings().model_path)
+        module, card = serving_module(loaded), loaded.card
+    else:
+        module, card = load_torchscript(model)
+    p = card.preprocessing
+    files = sorted(Path(folder).iterdir())
+    warmup_ms = []
+    with torch.inference_mode():
+        if warmup:
+            for n in sorted({min(batch, len(files)), len(files) % batch} - {0}):
+                for _ in range(2):
+                    start = time.perf_counter()
+                    module(torch.zeros((n, p.input_size, p.input_size, 3), dtype=torch.uint8))
+                    warmup_ms.append(1000 * (time.perf_counter() - start))
+        decode = inference = 0.0
+        start_all = time.perf_counter()
+        for first in range(0, len(files), batch):
+            start = time.perf_counter()
+            images = torch.stack([torch.from_numpy(prepare(f.read_bytes(), p.resize_size, p.input_size, 10**9))
+                                  for f in files[first:first + batch]])
+            decode += time.perf_counter() - start
+            start = time.perf_counter()
+            module(images).topk(5)
+            inference += time.perf_counter() - start
+        wall = time.perf_counter() - start_all
+    return {"images": len(files), "wall_ms": 1000 * wall, "decode_preprocess_ms": 1000 * decode,
+            "inference_ms": 1000 * inference, "images_per_s": len(files) / wall, "warmup_ms": warmup_ms}
+
+
+def measure(config: dict, folder: Path, model: Path) -> dict:
+    if config["kind"] == "cpp":
+        command = [str(config.get("binary", CLASSIFY)), "--json", "--model", str(model),
+                   "--batch", str(config["batch"]), "--threads", str(config["threads"]), *config.get("flags", []),
+                   str(folder)]
+        completed = subprocess.run(command, capture_output=True, text=True, check=True)
+        return json.loads(completed.stdout.splitlines()[-1])
+    command = [sys.executable, __file__, "--one", json.dumps({**config, "folder": str(folder), "model": str(model)})]
+    completed = subprocess.run(command, capture_output=True, text=True, check=True)
+    return json.loads(completed.stdout.splitlines()[-1])
+
+
+def run_all(configs: dict[str, dict], folder: Path, model: Path, rounds: int) -> dict[str, list[dict]]:
+    runs = {name: [] for name in configs}
+    for round_number in range(rounds):
+        for name, config in configs.items():
+            runs[name].append(measure(config, folder, model))
+            print(f"  round {round_number + 1}: {name}: {runs[name][-1]['images_per_s']:.1f} images/s",
+                  file=sys.stderr)
+    return runs
+
+
+def median(runs: list[dict], key: str) -> float:
+    return statistics.median(run[key] for run in runs)
+
+
+def machine() -> str:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    load = os.getloadavg()[0]
+    return f"{os.cpu_count()} CPUs ({cpu}), {platform.system()} {platform.release()}, load average {load:.1f}"
+
+
+def compare(args, folder: Path) -> None:
+    base = {"batch": args.batch, "threads": args.threads}
+    configs = {}
+    for warmup in (True, False):
+        suffix = "" if warmup else ", warm-up included"
+        flags = [] if warmup else ["--no-warmup"]
+        configs[f"Python eager{suffix}"] = {**base, "kind": "eager", "warmup": warmup}
+        configs[f"Python TorchScript{suffix}"] = {**base, "kind": "torchscript", "warmup": warmup}
+        configs[f"C++ libtorch{suffix}"] = {**base, "kind": "cpp", "flags": flags}
+    runs = run_all(configs, folder, args.model, args.rounds)
+    reference = median(runs["Python TorchScript"], "images_per_s")
+    print(f"\n{args.images} JPEG photos, batch {args.batch}, {args.threads} threads, {args.model.name}, "
+          f"median of {args.rounds} interleaved rounds; {machine()}\n")
+    print("| run | images/s | vs Python TorchScript | decode+preprocess ms | inference ms |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    for name, measured in runs.items():
+        rate = median(measured, "images_per_s")
+        print(f"| {name} | {rate:.1f} | {rate / reference:.2f}x | {median(measured, 'decode_preprocess_ms'):.0f} "
+              f"| {median(measured, 'inference_ms'):.0f} |")
+
+
+def causes(args, folder: Path) -> None:
+    """Each cause of a slow-looking libtorch program, switched on alone, against the good baseline."""
+    if not DEBUG_CLASSIFY.is_file():
+        subprocess.run([str(ROOT / "cpp" / "build.sh")], check=True, env={
+            **os.environ, "BUILD_TYPE": "Debug", "BUILD_DIR": "build-debug"}, stdout=subprocess.DEVNULL)
+    base = {"kind": "cpp", "batch": args.batch, "threads": args.threads}
+    configs = {
+        "baseline: Release, InferenceMode, warm-up, batch 8, 2 threads": base,
+        "no warm-up (first calls profiled and optimized in the timed region)": {**base, "flags": ["--no-warmup"]},
+        "autograd on (no InferenceMode, no NoGradGuard)": {**base, "flags": ["--grad-mode", "enabled"]},
+        "NoGradGuard instead of InferenceMode": {**base, "flags": ["--grad-mode", "no-grad"]},
+        "1 thread": {**base, "threads": 1},
+        "4 threads on 2 cores": {**base, "threads": 4},
+        "Debug build of the client": {**base, "binary": DEBUG_CLASSIFY},
+        "batch 1": {**base, "batch": 1},
+        "batch 1, autograd on, no warm-up": {**base, "batch": 1, "flags": ["--no-warmup", "--grad-mode", "enabled"]},
+    }
+    runs = run_all(configs, folder, args.model, args.rounds)
+    baseline = median(next(iter(runs.values())), "images_per_s")
+    print(f"\n{args.images} JPEG photos, {args.model.name}, median of {args.rounds} interleaved rounds; {machine()}\n")
+    print("| C++ client run | images/s | vs baseline | decode+preprocess ms | inference ms | clock() ms / wall ms |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for name, measured in runs.items():
+        rate = median(measured, "images_per_s")
+        print(f"| {name} | {rate:.1f} | {rate / baseline:.2f}x | {median(measured, 'decode_preprocess_ms'):.0f} | "
+              f"{median(measured, 'inference_ms'):.0f} | "
+              f"{median(measured, 'clock_cpu_ms'):.0f} / {median(measured, 'wall_ms'):.0f} |")
+    first = [run["warmup_ms"] for run in runs[next(iter(runs))]]
+    print("\nwarm-up calls of the baseline (ms, batch 8 then the last partial batch): "
+          + "; ".join(", ".join(f"{ms:.0f}" for ms in calls) for calls in first))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=64, help="photos in the folder (default: %(default)s)")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--model", type=Path, default=DEFAULT_TS, help="TorchScript file (default: %(default)s)")
+    parser.add_argument("--causes", action="store_true", help="measure the causes of a slow-looking C++ client")
+    parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: one Python measurement, as JSON
+    args = parser.parse_args(argv)
+    if args.one:
+        config = json.loads(args.one)
+        print(json.dumps(python_run(config["kind"], config["model"], config["folder"], config["batch"],
+                                    config["threads"], config["warmup"])))
+        return 0
+    if not CLASSIFY.is_file() or not args.model.is_file():
+        print("run `make cpp` first: it builds cpp/build/classify and the TorchScript model", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = make_photo_folder(Path(tmp), args.images)
+        (causes if args.causes else compare)(args, folder)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

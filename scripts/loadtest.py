@@ -1,0 +1,245 @@
+"""Load test for any deployment of the /predict API.
+
+Closed loop (N clients, each sends its next request when the last is answered):
+    python scripts/loadtest.py --url http://127.0.0.1:5000/predict --images DIR --concurrency 32 --requests 500
+Open loop (requests start at a fixed rate whatever the answers do, so latency under load is honest):
+    python scripts/loadtest.py --url ... --images DIR --rate 40 --duration 30
+
+Both stop by themselves: after --requests or --duration, and never later than --max-time.
+Latency in open loop counts from the moment a request was due, not from when a
+thread got round to sending it, so a backed-up client cannot hide server slowness.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import requests
+from tqdm import tqdm
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp"}
+
+
+@dataclass
+class Outcome:
+    started: float  # seconds since the test began (when the request was due, in open loop)
+    latency: float  # seconds
+    status: int  # HTTP status; 0 when no response came back (connection error, client timeout)
+    batch_size: int | None = None  # the batch the service ran this image in
+
+
+@dataclass
+class Report:
+    mode: str
+    requests: int
+    duration_s: float
+    throughput_rps: float
+    statuses: dict[str, int]
+    latency_ms: dict[str, float]
+    batch_sizes: dict[str, int]
+    mean_batch_size: float | None
+    outcomes: list[Outcome] = field(repr=False)
+
+    @property
+    def succeeded(self) -> int:
+        return self.statuses.get("200", 0)
+
+    def to_json(self) -> dict:
+        figures = asdict(self)
+        figures.pop("outcomes")
+        return figures
+
+
+def load_images(path: str | Path) -> list[tuple[str, bytes]]:
+    """(name, bytes) of one image file, or of every image file in a folder (sorted)."""
+    path = Path(path)
+    files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if path.is_dir() else [path]
+    if not files:
+        raise SystemExit(f"no image files in {path}")
+    return [(p.name, p.read_bytes()) for p in files]
+
+
+class Client:
+    """One HTTP client per thread: requests.Session is not thread-safe, and reusing it keeps connections alive."""
+
+    def __init__(self, url: str, images: list[tuple[str, bytes]], timeout: float):
+        self.url, self.images, self.timeout = url, images, timeout
+        self._local = threading.local()
+
+    def send(self, index: int, due: float, clock_zero: float) -> Outcome:
+        session = getattr(self._local, "session", None) or self._new_session()
+        name, data = self.images[index % len(self.images)]
+        try:
+            response = session.post(self.url, files={"image": (name, data)}, timeout=self.timeout)
+            status, batch = response.status_code, _batch_size(response)
+        except requests.RequestException:
+            status, batch = 0, None
+        return Outcome(due - clock_zero, time.monotonic() - due, status, batch)
+
+    def _new_session(self) -> requests.Session:
+        self._local.session = requests.Session()
+        return self._local.session
+
+
+def _batch_size(response: requests.Response) -> int | None:
+    if response.status_code != 200:
+        return None
+    try:
+        return response.json()["timing"]["batch_size"]
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def closed_loop(client: Client, concurrency: int, total: int, max_time: float, progress: bool) -> list[Outcome]:
+    """`concurrency` clients send back to back until `total` requests are done or max_time is up."""
+    outcomes: list[Outcome] = []
+    counter = iter(range(total))
+    lock = threading.Lock()
+    zero = time.monotonic()
+    bar = tqdm(total=total, unit="req", disable=not progress)
+
+    def next_index() -> int | None:
+        with lock:
+            return None if time.monotonic() - zero > max_time else next(counter, None)
+
+    def run_client() -> None:
+        while (index := next_index()) is not None:
+            outcome = client.send(index, time.monotonic(), zero)
+            with lock:
+                outcomes.append(outcome)
+                bar.update()
+
+    threads = [threading.Thread(target=run_client, daemon=True) for _ in range(concurrency)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    bar.close()
+    return outcomes
+
+
+def open_loop(client: Client, rate: float, duration: float, max_in_flight: int, progress: bool) -> list[Outcome]:
+    """Start a request every 1/rate seconds for `duration` seconds, whatever the answers do."""
+    total = int(rate * duration)
+    zero = time.monotonic()
+    bar = tqdm(total=total, unit="req", disable=not progress)
+    with ThreadPoolExecutor(max_workers=max_in_flight) as pool:
+        futures = []
+        for index in range(total):
+            due = zero + index / rate
+            time.sleep(max(0.0, due - time.monotonic()))
+            future = pool.submit(client.send, index, due, zero)
+            future.add_done_callback(lambda _: bar.update())
+            futures.append(future)
+        outcomes = [f.result() for f in futures]
+    bar.close()
+    return outcomes
+
+
+def summarize(mode: str, outcomes: list[Outcome]) -> Report:
+    if not outcomes:
+        raise SystemExit("no request was sent")
+    finished = max(o.started + o.latency for o in outcomes)
+    duration = finished - min(o.started for o in outcomes)
+    statuses = Counter(str(o.status) for o in outcomes)
+    ok_latencies = np.array([o.latency for o in outcomes if o.status == 200]) * 1000
+    batches = [o.batch_size for o in outcomes if o.batch_size is not None]
+    latency = ({name: round(float(np.percentile(ok_latencies, q)), 1) for name, q in
+                (("p50", 50), ("p90", 90), ("p99", 99), ("max", 100))} if len(ok_latencies) else {})
+    return Report(mode=mode, requests=len(outcomes), duration_s=round(duration, 2),
+                  throughput_rps=round(statuses.get("200", 0) / duration, 2) if duration > 0 else 0.0,
+                  statuses=dict(sorted(statuses.items())), latency_ms=latency,
+                  batch_sizes={str(k): v for k, v in sorted(Counter(batches).items())},
+                  mean_batch_size=round(float(np.mean(batches)), 2) if batches else None, outcomes=outcomes)
+
+
+def print_report(report: Report) -> None:
+    print(f"{report.mode}: {report.requests} requests in {report.duration_s:.1f} s")
+    print("  status  " + ", ".join(f"{status if status != '0' else 'no response'}: {count}"
+                                   for status, count in report.statuses.items()))
+    print(f"  throughput  {report.throughput_rps:.1f} successful requests/s")
+    if report.latency_ms:
+        print("  latency ms  " + "  ".join(f"{name} {value:.0f}" for name, value in report.latency_ms.items()))
+    if report.batch_sizes:
+        print(f"  batch sizes {report.batch_sizes} (mean {report.mean_batch_size})")
+
+
+def plot(report: Report, path: Path) -> None:
+    """Latency histogram and throughput over time, side by side, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; no display here
+    import matplotlib.pyplot as plt
+
+    figure, (histogram, timeline) = plt.subplots(1, 2, figsize=(11, 4))
+    latencies = [o.latency * 1000 for o in report.outcomes if o.status == 200]
+    histogram.hist(latencies, bins=40)
+    histogram.set(title="Latency of successful requests", xlabel="ms", ylabel="requests")
+    ends = np.array([o.started + o.latency for o in report.outcomes if o.status == 200])
+    if len(ends):
+        seconds = np.arange(0, int(ends.max()) + 2)
+        counts, _ = np.histogram(ends, bins=seconds)
+        timeline.plot(seconds[:-1], counts, drawstyle="steps-post")
+    timeline.set(title="Throughput", xlabel="seconds since start", ylabel="answers/s")
+    figure.suptitle(f"{report.mode}: {report.throughput_rps:.1f} req/s, p50 {report.latency_ms.get('p50', 0):.0f} ms")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def run(argv: list[str] | None = None) -> Report:
+    args = _parse(argv)
+    client = Client(args.url, load_images(args.images), args.timeout)
+    progress = not args.quiet and sys.stderr.isatty()
+    if args.rate:
+        mode = f"open loop, {args.rate:g} requests/s for {args.duration:g} s"
+        outcomes = open_loop(client, args.rate, min(args.duration, args.max_time), args.max_in_flight, progress)
+    else:
+        mode = f"closed loop, {args.concurrency} clients"
+        outcomes = closed_loop(client, args.concurrency, args.requests, args.max_time, progress)
+    report = summarize(mode, outcomes)
+    if not args.quiet:
+        print_report(report)
+    if args.json:
+        Path(args.json).write_text(json.dumps(report.to_json(), indent=2) + "\n")
+    if args.plot:
+        plot(report, Path(args.plot))
+    return report
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--url", default="http://127.0.0.1:5000/predict")
+    parser.add_argument("--images", required=True, help="an image file, or a folder of them (used in turn)")
+    closed = parser.add_argument_group("closed loop (default)")
+    closed.add_argument("--concurrency", type=int, default=16)
+    closed.add_argument("--requests", type=int, default=500)
+    opened = parser.add_argument_group("open loop")
+    opened.add_argument("--rate", type=float, help="requests started per second")
+    opened.add_argument("--duration", type=float, default=30.0, help="seconds to keep starting requests")
+    opened.add_argument("--max-in-flight", type=int, default=256, help="most requests outstanding at once")
+    parser.add_argument("--timeout", type=float, default=30.0, help="client timeout per request, seconds")
+    parser.add_argument("--max-time", type=float, default=600.0, help="hard limit on the whole test, seconds")
+    parser.add_argument("--json", help="write the figures to this file")
+    parser.add_argument("--plot", help="write a PNG (latency histogram, throughput over time) to this file")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar, no printed report")
+    args = parser.parse_args(argv)
+    if args.rate is not None and args.rate <= 0:
+        parser.error("--rate must be positive")
+    if args.concurrency < 1 or args.requests < 1:
+        parser.error("--concurrency and --requests must be at least 1")
+    return args
+
+
+if __name__ == "__main__":
+    report = run()
+    sys.exit(0 if report.succeeded else 1)

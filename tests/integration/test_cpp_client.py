@@ -1,0 +1,141 @@
+"""The C++ client (cpp/classify): built by `make cpp`, it agrees with the service and fails clearly.
+
+Building is part of the test: a missing compiler, libtorch or OpenCV is a failure, not a skip.
+"""
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from model_tools.export import CARD_FILE
+from serving.preprocess import prepare
+from tests.images import CAT_LABELS, PHOTOS
+from tests.reference import COLOUR_PHOTOS, reference_top3
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+CLASSIFY = ROOT / "cpp" / "build" / "classify"
+DEFAULT_TS = ROOT / "models" / "efficientnet_lite0.ts.pt"
+PNG_PHOTOS = [name for name in COLOUR_PHOTOS if name.endswith(".png")]
+
+
+@pytest.fixture(scope="module")
+def classify() -> Path:
+    """`make cpp`: the default TorchScript model, libtorch, OpenCV and the Release build."""
+    build = subprocess.run(["make", "cpp"], cwd=ROOT, capture_output=True, text=True, timeout=1800)
+    if build.returncode != 0:
+        pytest.fail(f"make cpp failed ({build.returncode}):\n{build.stdout[-3000:]}\n{build.stderr[-3000:]}")
+    assert CLASSIFY.is_file() and DEFAULT_TS.is_file()
+    return CLASSIFY
+
+
+@pytest.fixture(scope="module")
+def photo_folder(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("photos")
+    for name in COLOUR_PHOTOS:
+        shutil.copy(PHOTOS / name, folder / name)
+    return folder
+
+
+def run(classify: Path, *args, cwd=ROOT / "cpp") -> subprocess.CompletedProcess:
+    return subprocess.run([str(classify), *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def results(completed: subprocess.CompletedProcess) -> tuple[dict[str, list[dict]], dict]:
+    lines = [json.loads(line) for line in completed.stdout.splitlines()]
+    return {line["file"]: line["predictions"] for line in lines if "file" in line}, lines[-1]
+
+
+def test_it_agrees_with_the_service_on_the_sample_photos(classify, photo_folder):
+    completed = run(classify, "--json", "--topk", 3, "--batch", 4, photo_folder)  # default model, from cpp/
+    assert completed.returncode == 0, completed.stderr
+    predictions, summary = results(completed)
+    assert sorted(predictions) == sorted(COLOUR_PHOTOS)  # every photo, in sorted order
+    assert list(predictions) == sorted(COLOUR_PHOTOS)
+    expected = reference_top3([(PHOTOS / name).read_bytes() for name in sorted(COLOUR_PHOTOS)])
+    for name, top3 in zip(sorted(COLOUR_PHOTOS), expected):
+        ours = predictions[name][0]
+        assert ours["index"] == top3[0][0], name
+        assert abs(ours["probability"] - top3[0][1]) <= 0.05, name
+    assert predictions["chelsea.png"][0]["label"] in CAT_LABELS
+    assert predictions["coffee.png"][0]["label"] == "espresso"
+    assert summary["images"] == len(COLOUR_PHOTOS) and summary["images_per_s"] > 0
+    assert summary["batches"] == 3 and len(summary["warmup_ms"]) == 4  # batch shapes 4 and 2, twice each
+
+
+def test_its_preprocessing_is_the_services_pixel_for_pixel(classify, photo_folder, tmp_path):
+    completed = run(classify, "--json", "--save-crops", tmp_path, photo_folder)
+    assert completed.returncode == 0, completed.stderr
+    for name in COLOUR_PHOTOS:
+        ours = np.asarray(Image.open(tmp_path / f"{name}.png").convert("RGB"), dtype=np.int16)
+        service = prepare((PHOTOS / name).read_bytes(), 256, 224, 10**9).astype(np.int16)
+        difference = np.abs(ours - service)
+        if name in PNG_PHOTOS:  # same pixels decoded: the resampling is Pillow's, bit for bit
+            assert difference.max() <= 1 and (difference > 0).mean() < 0.001, name
+        else:  # libjpeg versions differ in their last bit here and there
+            assert difference.mean() < 1.0, name
+
+
+def test_batch_size_does_not_change_the_answers(classify, photo_folder):
+    one, _ = results(run(classify, "--json", "--batch", 1, "--threads", 1, photo_folder))
+    eight, _ = results(run(classify, "--json", "--batch", 8, photo_folder))
+    for name in COLOUR_PHOTOS:
+        assert [p["index"] for p in one[name]] == [p["index"] for p in eight[name]]
+        assert np.allclose([p["probability"] for p in one[name]], [p["probability"] for p in eight[name]], atol=1e-4)
+
+
+def test_the_text_output_names_each_image_and_its_labels(classify, photo_folder):
+    completed = run(classify, "--topk", 2, photo_folder)
+    assert completed.returncode == 0, completed.stderr
+    lines = completed.stdout.splitlines()
+    assert lines[0] == "astronaut.png" and lines[-1].startswith("summary: 10 images")
+    assert "images/s" in lines[-1] and "warm-up" in lines[-1]
+    cat = lines[lines.index("chelsea.png") + 1]
+    assert any(label in cat for label in CAT_LABELS)
+
+
+def test_a_corrupt_image_is_a_warning_and_the_rest_is_classified(classify, tmp_path):
+    shutil.copy(PHOTOS / "coffee.png", tmp_path / "coffee.png")
+    (tmp_path / "broken.jpg").write_bytes((PHOTOS / "rocket.jpg").read_bytes()[:300])
+    (tmp_path / "notes.txt").write_text("not an image")
+    completed = run(classify, "--json", tmp_path)
+    assert completed.returncode == 1
+    assert "skipping notes.txt: not an image file name" in completed.stderr
+    assert "broken.jpg: cannot decode" in completed.stderr
+    predictions, summary = results(completed)
+    assert list(predictions) == ["coffee.png"] and summary["undecodable"] == 1
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model", "missing.ts.pt", "{folder}"], "model file missing.ts.pt does not exist"),
+    (["{folder}/nowhere"], "does not exist or is not a folder"),
+    (["{empty}"], "no image files in"),
+    ([], "no image folder given"),
+    (["--batch", "0", "{folder}"], "--batch expects an integer >= 1"),
+    (["--frobnicate", "{folder}"], "unknown option --frobnicate"),
+])
+def test_bad_usage_exits_2_with_a_clear_message(classify, photo_folder, tmp_path, args, message):
+    (tmp_path / "empty").mkdir()
+    args = [a.format(folder=photo_folder, empty=tmp_path / "empty") for a in args]
+    completed = run(classify, *args)
+    assert completed.returncode == 2
+    assert message in completed.stderr
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit.load/save are deprecated, still what libtorch reads
+def test_a_model_file_without_a_card_is_refused(classify, photo_folder, tmp_path):
+    bare = tmp_path / "bare.pt"
+    torch.jit.save(torch.jit.load(str(DEFAULT_TS)), str(bare))  # the same model without its extra file
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"PK\x03\x04 not really a zip")
+    completed = run(classify, "--model", bare, photo_folder)
+    assert completed.returncode == 2 and f"carries no {CARD_FILE}" in completed.stderr
+    completed = run(classify, "--model", junk, photo_folder)
+    assert completed.returncode == 2 and "is not a TorchScript file" in completed.stderr

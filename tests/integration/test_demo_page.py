@@ -1,0 +1,89 @@
+"""The demo page in a real headless Chromium (Debian's, driven by Playwright): upload a cat, see a cat."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import expect, sync_playwright
+
+from tests.images import CAT_LABELS, PHOTOS
+
+pytestmark = pytest.mark.integration
+
+# Installed by `make test` (its test-tools target); Playwright's own browser download cannot work offline.
+CHROMIUM = Path("/usr/bin/chromium")
+# Headless, and nothing that reaches for the network: this machine has none, and the page needs none.
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    # A missing browser fails the test: the demo page must be checked in every `make test`.
+    assert CHROMIUM.is_file() and os.access(CHROMIUM, os.X_OK), \
+        f"{CHROMIUM} missing: run `make test-tools` (apt-get install chromium)"
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 900, "height": 900})
+    page = context.new_page()
+    yield page
+    context.close()
+
+
+def watch_for_problems(page) -> list[str]:
+    """Script errors, failed loads and error responses (a CSP violation is one) the page runs into from now on."""
+    problems = []
+    page.on("pageerror", lambda error: problems.append(f"script error: {error}"))
+    page.on("console", lambda message: problems.append(message.text) if message.type == "error" else None)
+    page.on("requestfailed", lambda request: problems.append(f"failed: {request.url}"))
+    return problems
+
+
+def test_uploading_chelsea_shows_a_cat_with_its_probability_and_latency(service, page, tmp_path):
+    problems = watch_for_problems(page)
+    page.goto(service.url + "/")
+    expect(page.locator("#model")).to_contain_text("efficientnet_lite0")
+
+    page.set_input_files("#file", str(PHOTOS / "chelsea.png"))
+
+    predictions = page.locator("#results .prediction")
+    expect(predictions).to_have_count(5, timeout=30_000)
+    labels = [label.strip() for label in predictions.locator(".label").all_inner_texts()]
+    assert labels[0] in CAT_LABELS, labels
+    assert re.fullmatch(r"\d+\.\d%", predictions.first.locator(".probability").inner_text())
+    # Each bar is as long as its probability (once its transition is over).
+    page.wait_for_function("""() => [...document.querySelectorAll('#results .prediction')].every(row => {
+        const fill = row.querySelector('.fill').getBoundingClientRect().width;
+        const bar = row.querySelector('.bar').getBoundingClientRect().width;
+        return Math.abs(fill / bar * 100 - parseFloat(row.querySelector('.probability').textContent)) < 1;
+    })""", timeout=5_000)
+    expect(page.locator("#latency")).to_contain_text("ms round trip")
+    expect(page.locator("#preview")).to_be_visible()
+    assert page.locator("#preview").evaluate("image => image.naturalWidth") > 0  # the chosen image is shown
+
+    screenshot = tmp_path / "demo-page.png"
+    page.screenshot(path=str(screenshot), full_page=True)
+    assert screenshot.stat().st_size > 10_000
+    print(f"screenshot: {screenshot}")
+    assert problems == []
+
+
+def test_a_file_that_is_not_an_image_shows_the_error(service, page, tmp_path):
+    page.goto(service.url + "/")
+    problems = watch_for_problems(page)
+    not_an_image = tmp_path / "notes.txt"
+    not_an_image.write_text("this is not an image")
+    page.set_input_files("#file", str(not_an_image))
+    expect(page.locator("#status")).to_contain_text("invalid_image", timeout=30_000)
+    expect(page.locator("#status")).to_have_class(re.compile("error"))
+    expect(page.locator("#results .prediction")).to_have_count(0)
+    assert [p for p in problems if "status of 400" not in p] == []  # the 400 itself is the point

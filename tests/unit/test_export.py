@@ -1,0 +1,166 @@
+"""TorchScript and ONNX exports: the card travels inside, and verification catches a wrong export."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from model_tools.__main__ import main as model_tools_main
+from model_tools.architectures import Preprocessing
+from model_tools.checkpoints import (
+    LoadedModel,
+    ModelCard,
+    ModelLoadError,
+    card_from_json,
+    card_to_json,
+    save_checkpoint,
+)
+from model_tools.export import (
+    ExportMismatch,
+    export_onnx,
+    export_torchscript,
+    load_torchscript,
+    onnx_predictor,
+    read_onnx_card,
+    serving_module,
+    torch_predictor,
+    verify,
+)
+from serving.config import Settings
+
+SIZE = 16
+CARD = ModelCard("small", "small_cnn", ("red", "green", "blue", "other"),
+                 Preprocessing(SIZE, 18, (0.4, 0.45, 0.5), (0.2, 0.25, 0.3)))
+
+
+class SmallCNN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x):
+        return self.fc(self.bn(self.conv(x)).relu().mean(dim=(2, 3)))
+
+
+class BatchDependent(SmallCNN):
+    """Answers differently for a single image: tracing at batch 2 silently drops that branch."""
+
+    def forward(self, x):
+        logits = self.fc(self.bn(self.conv(x)).relu().mean(dim=(2, 3)))
+        if x.shape[0] == 1:
+            return -logits
+        return logits
+
+
+def small_model(network_class=SmallCNN, seed=0) -> LoadedModel:
+    torch.manual_seed(seed)
+    network = network_class()
+    with torch.no_grad():
+        network.bn.running_mean.uniform_(-0.5, 0.5)
+        network.bn.running_var.uniform_(0.5, 2.0)
+    return LoadedModel(network.eval(), CARD)
+
+
+def eager(loaded: LoadedModel):
+    return torch_predictor(serving_module(loaded))
+
+
+def test_the_card_survives_json():
+    assert card_from_json(card_to_json(CARD)) == CARD
+    with pytest.raises(ModelLoadError):
+        card_from_json('{"name": "no sizes"}')
+
+
+@pytest.mark.parametrize("method, optimize", [("trace", False), ("trace", True), ("script", False)])
+def test_a_torchscript_export_matches_the_eager_model_and_carries_its_card(tmp_path, method, optimize):
+    loaded = small_model()
+    path = export_torchscript(loaded, tmp_path / "m.ts.pt", method=method, optimize=optimize)
+    module, card = load_torchscript(path)
+    assert card == CARD
+    assert verify(eager(loaded), torch_predictor(module), SIZE, batch_sizes=(1, 3, 8)) < 1e-5
+    assert not list(tmp_path.glob("*.partial"))
+
+
+def test_the_export_takes_uint8_nhwc_and_returns_probabilities(tmp_path):
+    module, _ = load_torchscript(export_torchscript(small_model(), tmp_path / "m.ts.pt"))
+    with torch.inference_mode():
+        probabilities = module(torch.full((5, SIZE, SIZE, 3), 200, dtype=torch.uint8))
+    assert probabilities.shape == (5, 4)
+    assert torch.allclose(probabilities.sum(dim=1), torch.ones(5))
+
+
+def test_an_onnx_export_matches_the_eager_model_and_carries_its_card(tmp_path):
+    loaded = small_model()
+    path = export_onnx(loaded, tmp_path / "m.onnx")
+    assert read_onnx_card(path) == CARD
+    assert verify(eager(loaded), onnx_predictor(path), SIZE, batch_sizes=(1, 8)) < 1e-5
+
+
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
+def test_verify_catches_a_trace_that_baked_in_the_example_batch_size(tmp_path):
+    loaded = small_model(BatchDependent)
+    module, _ = load_torchscript(export_torchscript(loaded, tmp_path / "m.ts.pt"))
+    assert verify(eager(loaded), torch_predictor(module), SIZE, batch_sizes=(2, 8)) < 1e-5  # looks fine ...
+    with pytest.raises(ExportMismatch, match="differs"):
+        verify(eager(loaded), torch_predictor(module), SIZE, batch_sizes=(1, 8))  # ... until batch 1
+
+
+def test_verify_catches_an_export_of_other_weights(tmp_path):
+    wrong, _ = load_torchscript(export_torchscript(small_model(seed=1), tmp_path / "wrong.ts.pt"))
+    with pytest.raises(ExportMismatch):
+        verify(eager(small_model(seed=0)), torch_predictor(wrong), SIZE)
+
+
+def test_verify_catches_a_wrong_output_shape():
+    with pytest.raises(ExportMismatch, match="shape"):
+        verify(lambda x: np.zeros((len(x), 4)), lambda x: np.zeros((1, 4)), SIZE)
+
+
+def test_script_refuses_what_it_cannot_compile(tmp_path):
+    class Unscriptable(SmallCNN):
+        def forward(self, x):
+            return super().forward(x) * np.float32(1.0)  # numpy is opaque to torch.jit.script
+
+    with pytest.raises(ExportMismatch, match="torch.jit.script cannot compile"):
+        export_torchscript(small_model(Unscriptable), tmp_path / "m.ts.pt", method="script")
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+def test_loading_a_file_without_card_or_not_torchscript_fails_clearly(tmp_path):
+    bare = tmp_path / "bare.pt"
+    torch.jit.trace(SmallCNN().eval(), torch.rand(1, 3, 8, 8)).save(str(bare))
+    with pytest.raises(ModelLoadError, match="carries no model_card.json"):
+        load_torchscript(bare)
+    (tmp_path / "junk.pt").write_bytes(b"not a zip")
+    with pytest.raises(ModelLoadError, match="not a TorchScript file"):
+        load_torchscript(tmp_path / "junk.pt")
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        load_torchscript(tmp_path / "missing.pt")
+
+
+def test_the_trace_command_verifies_the_default_model(tmp_path, capsys):
+    out = tmp_path / "default.ts.pt"
+    assert model_tools_main(["trace", "--checkpoint", Settings().model_path, "--out", str(out)]) == 0
+    assert "max abs difference" in capsys.readouterr().out
+    module, card = load_torchscript(out)
+    assert card.arch == "efficientnet_lite0" and card.class_names[285] == "Egyptian cat"
+
+
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
+def test_the_trace_command_fails_and_removes_a_mismatching_export(tmp_path, capsys):
+    checkpoint = save_checkpoint(small_model(BatchDependent).network, CARD, tmp_path / "branchy.pth")
+    out = tmp_path / "branchy.ts.pt"
+    assert model_tools_main(["trace", "--checkpoint", str(checkpoint), "--out", str(out)]) == 1
+    assert "differs from the eager model" in capsys.readouterr().err
+    assert not out.exists()
+    # scripting keeps the branch, so the scripted export verifies
+    assert model_tools_main(["trace", "--script", "--checkpoint", str(checkpoint), "--out", str(out)]) == 0
+
+
+def test_the_export_onnx_command_verifies(tmp_path, capsys):
+    checkpoint = save_checkpoint(small_model().network, CARD, tmp_path / "small.pth")
+    out = tmp_path / "small.onnx"
+    assert model_tools_main(["export-onnx", "--checkpoint", str(checkpoint), "--out", str(out)]) == 0
+    assert "ONNX" in capsys.readouterr().out and read_onnx_card(out) == CARD

@@ -1,0 +1,23 @@
+"""The load test's arithmetic: statuses, throughput, percentiles and batch sizes from raw outcomes."""
+
+import pytest
+
+from scripts.loadtest import Outcome, summarize
+
+
+def test_the_summary_counts_every_status_and_measures_only_successes():
+    outcomes = [Outcome(started=i * 0.1, latency=0.1 + i / 1000, status=200, batch_size=4) for i in range(100)]
+    outcomes += [Outcome(started=1.0, latency=0.01, status=503), Outcome(started=2.0, latency=5.0, status=0)]
+    report = summarize("closed loop", outcomes)
+    assert report.statuses == {"0": 1, "200": 100, "503": 1}
+    assert report.succeeded == 100
+    assert report.duration_s == pytest.approx(10.099, abs=0.01)  # first start to last answer
+    assert report.throughput_rps == round(100 / 10.099, 2)
+    assert report.latency_ms["p50"] == 149.5 and report.latency_ms["max"] == 199.0
+    assert report.batch_sizes == {"4": 100} and report.mean_batch_size == 4.0
+
+
+def test_a_run_without_successes_has_no_latency_figures():
+    report = summarize("open loop", [Outcome(0.0, 0.5, 0), Outcome(0.1, 0.5, 503)])
+    assert report.succeeded == 0 and report.throughput_rps == 0 and report.latency_ms == {}
+    assert "outcomes" not in report.to_json()

@@ -1,0 +1,324 @@
+"""Readiness, model info, metrics, request ids and log lines, the demo page and the OpenAPI document (fakeredis)."""
+
+import io
+import logging
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import fakeredis
+import pytest
+from jsonschema import Draft202012Validator
+
+from app import create_app
+from app.operations import OPENAPI_DOCUMENT
+from serving import protocol
+from serving.config import Settings
+from serving.protocol import Keys, ModelInfo
+from tests.images import photo_bytes
+from tests.openapi_check import assert_conforms
+from tests.prometheus_text import sample_value
+from worker.batching import publish_results, take_batch
+from worker.metrics import BatchStats
+
+SETTINGS = Settings(request_timeout=0.3, max_upload_mb=1, worker_timeout=5)
+KEYS = Keys(SETTINGS.key_prefix)
+MODEL = ModelInfo("tiny", "tiny_arch", 3, 224, 256, (0.5, 0.4, 0.3), (0.2, 0.2, 0.2), "cpu", 8)
+STATIC = Path(__file__).resolve().parents[2] / "app" / "static"
+
+
+@pytest.fixture
+def server():
+    return fakeredis.FakeServer()
+
+
+@pytest.fixture
+def redis_client(server):
+    return fakeredis.FakeRedis(server=server)
+
+
+@pytest.fixture
+def client(redis_client):
+    return create_app(SETTINGS, redis_client).test_client()
+
+
+def heartbeat(redis_client, worker_id="w1", age=0.0, model=MODEL):
+    redis_client.set(KEYS.model, model.to_json())
+    redis_client.zadd(KEYS.workers, {worker_id: time.time() - age})
+
+
+def answer_next_request(redis_client, predictions):
+    """A stand-in worker: answers the next queued request with `predictions`; returns the request's id."""
+    seen = {}
+
+    def run():
+        for _ in range(200):
+            batch = take_batch(redis_client, KEYS, "w1", 1, block_seconds=0.01, wait_for_more_seconds=0)
+            if batch:
+                request = protocol.decode_request(batch[0])
+                seen["id"] = request.id
+                result = protocol.encode_success(request.id, predictions, "tiny",
+                                                 {"queue_ms": 1.0, "inference_ms": 2.0, "batch_size": 1})
+                publish_results(redis_client, KEYS, "w1", {request.id: result}, ttl_seconds=5)
+                return
+            time.sleep(0.005)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return seen
+
+
+def post_image(client, data=None, headers=None):
+    data = photo_bytes("chelsea.png") if data is None else data
+    return client.post("/predict", data={"image": (io.BytesIO(data), "chelsea.png")},
+                       content_type="multipart/form-data", headers=headers or {})
+
+
+# /readyz
+
+
+def test_readyz_is_ready_with_a_fresh_worker(client, redis_client):
+    heartbeat(redis_client)
+    redis_client.lpush(KEYS.queue, b"waiting")
+    response = client.get("/readyz")
+    assert response.status_code == 200
+    assert response.get_json() == {"status": "ready", "model": "tiny", "workers": 1, "queue_depth": 1}
+
+
+@pytest.mark.parametrize("state", ["nothing", "stale_worker", "no_model"])
+def test_readyz_is_503_no_worker_without_a_fresh_worker_with_its_model(client, redis_client, state):
+    if state == "stale_worker":
+        heartbeat(redis_client, age=SETTINGS.worker_timeout + 1)
+    if state == "no_model":
+        redis_client.zadd(KEYS.workers, {"w1": time.time()})
+    response = client.get("/readyz")
+    assert response.status_code == 503 and response.headers["Retry-After"] == "1"
+    assert response.get_json()["error"]["code"] == "no_worker"
+
+
+def test_readyz_is_503_when_redis_is_down(server, redis_client):
+    heartbeat(redis_client)
+    server.connected = False
+    response = create_app(SETTINGS, redis_client).test_client().get("/readyz")
+    assert response.status_code == 503 and response.get_json()["error"]["code"] == "redis_unavailable"
+
+
+# /model
+
+
+def test_model_describes_the_served_model_and_its_workers(client, redis_client):
+    heartbeat(redis_client, "w1")
+    heartbeat(redis_client, "w2")
+    body = client.get("/model").get_json()
+    assert body == {"name": "tiny", "arch": "tiny_arch", "num_classes": 3, "input_size": 224,
+                    "preprocessing": {"resize_size": 256, "crop_size": 224, "interpolation": "bilinear",
+                                      "mean": [0.5, 0.4, 0.3], "std": [0.2, 0.2, 0.2]},
+                    "backend": "torch", "device": "cpu", "batch_size": 8, "workers": 2}
+
+
+def test_model_reports_the_backend_a_worker_announces(client, redis_client):
+    heartbeat(redis_client, model=ModelInfo(*[getattr(MODEL, f) for f in ("name", "arch", "num_classes",
+                                                                        "input_size", "resize_size", "mean",
+                                                                        "std", "device", "batch_size")],
+                                            backend="torchscript"))
+    assert client.get("/model").get_json()["backend"] == "torchscript"
+
+
+def test_model_is_503_without_a_worker(client):
+    response = client.get("/model")
+    assert response.status_code == 503 and response.get_json()["error"]["code"] == "no_worker"
+
+
+def test_heartbeats_without_a_backend_field_mean_eager_torch():
+    raw = MODEL.to_json().replace(b', "backend": "torch"', b"")
+    assert b"backend" not in raw and ModelInfo.from_json(raw).backend == "torch"
+
+
+# /metrics
+
+
+def test_metrics_count_requests_by_endpoint_method_and_status(client):
+    before = client.get("/metrics").get_data(as_text=True)
+    client.get("/healthz")
+    client.get("/healthz")
+    client.get("/predict")  # 405
+    client.get("/no/such/path")  # 404
+    response = client.get("/metrics")
+    assert response.status_code == 200 and response.mimetype == "text/plain"
+    text = response.get_data(as_text=True)
+
+    def grew(**labels):
+        old = sample_value(before, "imgcls_http_requests_total", **labels) or 0
+        return sample_value(text, "imgcls_http_requests_total", **labels) - old
+
+    assert grew(endpoint="/healthz", method="GET", status=200) == 2
+    # One label for every request that matched no route, so that scanners cannot create series at will.
+    assert grew(endpoint="unmatched", method="GET", status=405) == 1
+    assert grew(endpoint="unmatched", method="GET", status=404) == 1
+    assert sample_value(text, "imgcls_http_request_duration_seconds_count", endpoint="/healthz") >= 2
+
+
+def test_metrics_show_the_fleet_and_the_workers_batches(client, redis_client):
+    heartbeat(redis_client, "w1")
+    heartbeat(redis_client, "w2")
+    heartbeat(redis_client, "dead", age=SETTINGS.worker_timeout + 1)
+    redis_client.lpush(KEYS.queue, b"a", b"b", b"c")
+    first, second = BatchStats(redis_client, KEYS), BatchStats(redis_client, KEYS)  # two workers
+    first.record(3, 20.0, expired_total=0)
+    second.record(8, 120.0, expired_total=2)
+    text = client.get("/metrics").get_data(as_text=True)
+    assert sample_value(text, "imgcls_redis_up") == 1
+    assert sample_value(text, "imgcls_queue_depth") == 3
+    assert sample_value(text, "imgcls_workers_alive") == 2
+    assert sample_value(text, "imgcls_batch_size_count") == 2
+    assert sample_value(text, "imgcls_batch_size_sum") == 11
+    assert sample_value(text, "imgcls_batch_size_bucket", le="2.0") == 0
+    assert sample_value(text, "imgcls_batch_size_bucket", le="4.0") == 1
+    assert sample_value(text, "imgcls_batch_size_bucket", le="+Inf") == 2
+    assert sample_value(text, "imgcls_inference_seconds_bucket", le="0.025") == 1
+    assert sample_value(text, "imgcls_inference_seconds_bucket", le="0.25") == 2
+    assert sample_value(text, "imgcls_inference_seconds_sum") == pytest.approx(0.14)
+    assert sample_value(text, "imgcls_requests_expired_total") == 2
+
+
+def test_metrics_still_answer_with_redis_down(server, redis_client):
+    server.connected = False
+    response = create_app(SETTINGS, redis_client).test_client().get("/metrics")
+    assert response.status_code == 200
+    text = response.get_data(as_text=True)
+    assert sample_value(text, "imgcls_redis_up") == 0 and sample_value(text, "imgcls_workers_alive") is None
+
+
+# X-Request-ID and the log line
+
+
+def test_a_request_id_is_echoed(client):
+    assert client.get("/healthz", headers={"X-Request-ID": "req-42.a"}).headers["X-Request-ID"] == "req-42.a"
+
+
+@pytest.mark.parametrize("given", [None, "has spaces", "x" * 129, "quote\"d"])
+def test_a_missing_or_unusable_request_id_is_replaced_by_a_new_one(client, given):
+    headers = {"X-Request-ID": given} if given else {}
+    assert re.fullmatch("[0-9a-f]{32}", client.get("/healthz", headers=headers).headers["X-Request-ID"])
+
+
+def test_the_request_id_is_the_queue_id_unless_the_client_chose_it(client, redis_client):
+    heartbeat(redis_client)
+    seen = answer_next_request(redis_client, [{"label": "tabby", "index": 281, "probability": 0.9}])
+    response = post_image(client)
+    assert response.headers["X-Request-ID"] == response.get_json()["id"] == seen["id"]
+
+    seen = answer_next_request(redis_client, [{"label": "tabby", "index": 281, "probability": 0.9}])
+    response = post_image(client, headers={"X-Request-ID": "mine"})
+    assert response.headers["X-Request-ID"] == "mine"  # two clients may pick the same id: never a queue id
+    assert response.get_json()["id"] == seen["id"] != "mine"
+
+
+def test_one_structured_log_line_per_request(client, redis_client, caplog):
+    heartbeat(redis_client)
+    seen = answer_next_request(redis_client, [{"label": "tabby", "index": 281, "probability": 0.9}])
+    with caplog.at_level(logging.INFO, logger="api"):
+        post_image(client, headers={"X-Request-ID": "trace-7"})
+        post_image(client, data=b"not an image")
+    lines = [r.getMessage() for r in caplog.records if r.name == "api" and r.getMessage().startswith("method=")]
+    assert len(lines) == 2
+    fields = dict(re.findall(r'(\w+)=("[^"]*"|\S+)', lines[0]))
+    assert fields["method"] == "POST" and fields["path"] == "/predict" and fields["status"] == "200"
+    assert fields["request_id"] == "trace-7" and fields["id"] == seen["id"]
+    assert fields["top"] == "tabby" and fields["batch_size"] == "1" and float(fields["duration_ms"]) >= 0
+    assert "status=400" in lines[1] and "error=invalid_image" in lines[1]
+
+
+# The demo page
+
+
+def test_the_demo_page_uses_only_its_own_assets(client):
+    response = client.get("/")
+    assert response.status_code == 200 and response.mimetype == "text/html"
+    assert "default-src 'self'" in response.headers["Content-Security-Policy"]
+    html = response.get_data(as_text=True)
+    assets = re.findall(r'(?:src|href)="([^"]+)"', html)
+    assert "/static/demo.js" in assets and "/static/demo.css" in assets
+    for asset in assets:
+        if asset != "data:,":  # the empty favicon, which spares the browser a request
+            assert asset.startswith("/"), f"{asset}: the page must work offline"
+            assert client.get(asset).status_code == 200, asset
+    for path in STATIC.iterdir():
+        assert not re.search(r"https?://", path.read_text()), f"{path.name} refers to another site"
+
+
+def test_the_demo_page_posts_what_predict_takes():
+    script = (STATIC / "demo.js").read_text()
+    assert 'fetch("/predict"' in script and 'form.append("image"' in script
+
+
+# The OpenAPI document
+
+
+def test_the_openapi_document_lists_exactly_the_routes_of_the_app(client):
+    app = client.application
+    routes = {(re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule), method.lower())
+              for rule in app.url_map.iter_rules() if rule.endpoint != "static"
+              for method in rule.methods - {"HEAD", "OPTIONS"}}
+    documented = {(path, method) for path, operations in OPENAPI_DOCUMENT["paths"].items() for method in operations}
+    assert routes == documented
+    assert client.get("/openapi.json").get_json() == OPENAPI_DOCUMENT
+
+
+def test_the_openapi_schemas_are_valid_json_schemas():
+    for schema in OPENAPI_DOCUMENT["components"]["schemas"].values():
+        Draft202012Validator.check_schema(schema)
+
+
+def test_every_answer_the_api_gives_is_documented(client, redis_client, server):
+    checked = []
+
+    def check(path, method, response):
+        assert_conforms(path, method, response.status_code, response.headers, response.get_data())
+        checked.append((path, response.status_code))
+
+    check("/predict", "post", post_image(client))  # 503 no_worker
+    check("/readyz", "get", client.get("/readyz"))  # 503
+    check("/model", "get", client.get("/model"))  # 503
+    heartbeat(redis_client)
+    check("/predict", "post", post_image(client))  # 504: nobody answers
+    answer_next_request(redis_client, [{"label": "tabby", "index": 281, "probability": 0.9}])
+    check("/predict", "post", post_image(client))  # 200
+    check("/predict", "post", post_image(client, data=b"junk"))  # 400
+    check("/predict", "post", post_image(client, data=b"\0" * (SETTINGS.max_upload_bytes + 1)))  # 413
+    check("/predict", "post", client.get("/predict"))  # 405: documented with the operation it refuses
+    for path in ("/healthz", "/readyz", "/model", "/metrics", "/openapi.json", "/"):
+        check(path, "get", client.get(path))
+    assert {status for _, status in checked} >= {200, 400, 405, 413, 503, 504}
+
+
+# gunicorn and prometheus_client's multiprocess mode
+
+
+def test_gunicorn_gives_prometheus_a_fresh_directory_and_removes_it(tmp_path):
+    code = """
+import os, sys
+os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+from app import gunicorn_conf
+directory = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+assert os.path.isdir(directory) and not os.listdir(directory)
+gunicorn_conf.on_starting(None)
+gunicorn_conf.on_exit(None)
+assert not os.path.exists(directory)
+"""
+    finished = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert finished.returncode == 0, finished.stderr
+
+
+def test_gunicorn_clears_an_earlier_runs_files_from_a_given_directory(tmp_path):
+    (tmp_path / "counter_123.db").write_bytes(b"old counts")
+    (tmp_path / "keep.txt").write_text("not ours")
+    code = "from app import gunicorn_conf; gunicorn_conf.on_starting(None); gunicorn_conf.on_exit(None)"
+    finished = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)})
+    assert finished.returncode == 0, finished.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.txt"]  # and the directory itself stays
