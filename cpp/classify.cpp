@@ -22,6 +22,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <climits>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -29,8 +30,10 @@
 #include <ctime>
 #include <filesystem>
 #include <fstream>
+#include <future>
 #include <iomanip>
 #include <iostream>
+#include <malloc.h>
 #include <map>
 #include <memory>
 #include <set>
@@ -453,6 +456,8 @@ struct Options {
   bool warmup = true;
   std::string grad_mode = "inference";  // inference | no-grad | enabled (the last two only to measure their cost)
   bool jit_optimize = true;
+  bool overlap = true;         // decode the next batch on another thread while this one runs
+  bool keep_memory = true;     // keep freed memory in the heap instead of handing it back to the kernel
   Resize resize = Resize::Pillow;
   std::string save_crops;
 };
@@ -479,6 +484,10 @@ const char* const kUsage =
     "  --no-warmup    time the first calls too (the TorchScript executor profiles and optimizes them)\n"
     "  --grad-mode M  inference (default: c10::InferenceMode) | no-grad (NoGradGuard) | enabled (autograd on)\n"
     "  --no-jit-optimize  torch::jit::setGraphExecutorOptimize(false)\n"
+    "  --no-overlap   decode each batch only after the previous one has run (default: the next batch is\n"
+    "                 decoded on a second thread while the model runs)\n"
+    "  --malloc-default  leave glibc's malloc as it is: large blocks are mmap'ed and unmapped again on\n"
+    "                 every forward pass, and the kernel zero-fills their pages each time\n"
     "  --resize R     pillow (default: the service's filter, exactly) | opencv (INTER_AREA)\n";
 
 int parse_int(const std::string& flag, const std::string& value, int minimum) {
@@ -523,6 +532,10 @@ Options parse_options(int argc, char** argv) {
         throw UsageError("--grad-mode expects inference, no-grad or enabled");
     } else if (a == "--no-jit-optimize") {
       o.jit_optimize = false;
+    } else if (a == "--no-overlap") {
+      o.overlap = false;
+    } else if (a == "--malloc-default") {
+      o.keep_memory = false;
     } else if (a == "--resize") {
       std::string r = value();
       if (r != "pillow" && r != "opencv") throw UsageError("--resize expects pillow or opencv");
@@ -631,7 +644,49 @@ void print_predictions(const Options& o, const ModelCard& card, const std::strin
   }
 }
 
+// A batch of decoded, preprocessed images, ready for the model.
+struct Batch {
+  std::vector<std::string> names;
+  torch::Tensor images;  // uint8 NHWC RGB, names.size() images
+  size_t undecodable = 0;
+  double decode_ms = 0;
+};
+
+// The next batch: up to o.batch decodable images from candidates[next...]; advances next.
+Batch prepare_batch(const Options& o, const ModelCard& card, const std::vector<fs::path>& candidates, size_t& next) {
+  auto start = Clock::now();
+  Batch batch;
+  batch.images = torch::empty({o.batch, card.input_size, card.input_size, 3}, torch::kUInt8);
+  while (next < candidates.size() && static_cast<int>(batch.names.size()) < o.batch) {
+    const fs::path& file = candidates[next++];
+    cv::Mat bgr = decode_bgr(file, card.resize_size);
+    if (bgr.empty()) {
+      std::cerr << "warning: skipping " << file.filename().string() << ": cannot decode it as an image\n";
+      ++batch.undecodable;
+      continue;
+    }
+    cv::Mat crop = fit_to_model(bgr, card.resize_size, card.input_size, o.resize);
+    if (!o.save_crops.empty())
+      cv::imwrite((fs::path(o.save_crops) / (file.filename().string() + ".png")).string(), crop);
+    // BGR to RGB straight into this image's slot of the batch tensor
+    cv::Mat slot(card.input_size, card.input_size, CV_8UC3,
+                 batch.images[static_cast<int64_t>(batch.names.size())].data_ptr());
+    cv::cvtColor(crop, slot, cv::COLOR_BGR2RGB);
+    batch.names.push_back(file.filename().string());
+  }
+  batch.images = batch.images.narrow(0, 0, static_cast<int64_t>(batch.names.size()));
+  batch.decode_ms = ms_since(start);
+  return batch;
+}
+
 int run(const Options& o) {
+  if (o.keep_memory) {
+    // glibc serves blocks above its mmap threshold (at most 32 MB) with fresh mmap()s and returns
+    // them on free(); a batch of 8 needs such blocks for its activations, so without this every
+    // forward pass page-faults a few hundred MB of zero-filled pages back in. Keep them instead.
+    mallopt(M_MMAP_MAX, 0);
+    mallopt(M_TRIM_THRESHOLD, INT_MAX);
+  }
   if (o.threads > 0) at::set_num_threads(o.threads);
   if (!o.jit_optimize) torch::jit::setGraphExecutorOptimize(false);
   Model model = load_model(o.model);
@@ -662,38 +717,31 @@ int run(const Options& o) {
   }
 
   size_t classified = 0, undecodable = 0, batches = 0;
-  double decode_ms = 0, inference_ms = 0;
+  double decode_ms = 0, decode_wait_ms = 0, inference_ms = 0;
   const auto wall_start = Clock::now();
   const std::clock_t cpu_start = std::clock();
-  size_t next = 0;
-  while (next < candidates.size()) {
+  size_t next = 0;  // the next candidate to decode; only the thread preparing a batch touches it
+  Batch current = prepare_batch(o, card, candidates, next);
+  decode_wait_ms += current.decode_ms;
+  while (true) {
+    decode_ms += current.decode_ms;
+    undecodable += current.undecodable;
+    if (current.names.empty()) break;  // nothing decodable was left
+    // With overlap, the next batch is decoded on a second thread while the model runs this one.
+    std::future<Batch> upcoming;
+    if (next < candidates.size())
+      upcoming = std::async(o.overlap ? std::launch::async : std::launch::deferred,
+                            [&] { return prepare_batch(o, card, candidates, next); });
     auto start = Clock::now();
-    std::vector<std::string> names;
-    torch::Tensor images = torch::empty({o.batch, card.input_size, card.input_size, 3}, torch::kUInt8);
-    while (next < candidates.size() && static_cast<int>(names.size()) < o.batch) {
-      const fs::path& file = candidates[next++];
-      cv::Mat bgr = decode_bgr(file, card.resize_size);
-      if (bgr.empty()) {
-        std::cerr << "warning: skipping " << file.filename().string() << ": cannot decode it as an image\n";
-        ++undecodable;
-        continue;
-      }
-      cv::Mat crop = fit_to_model(bgr, card.resize_size, card.input_size, o.resize);
-      if (!o.save_crops.empty())
-        cv::imwrite((fs::path(o.save_crops) / (file.filename().string() + ".png")).string(), crop);
-      // BGR to RGB straight into this image's slot of the batch tensor
-      cv::Mat slot(card.input_size, card.input_size, CV_8UC3, images[static_cast<int64_t>(names.size())].data_ptr());
-      cv::cvtColor(crop, slot, cv::COLOR_BGR2RGB);
-      names.push_back(file.filename().string());
-    }
-    decode_ms += ms_since(start);
-    if (names.empty()) break;
-    start = Clock::now();
-    torch::Tensor probabilities = forward(model.module, images.narrow(0, 0, names.size()), o.grad_mode);
+    torch::Tensor probabilities = forward(model.module, current.images, o.grad_mode);
     inference_ms += ms_since(start);
     ++batches;
-    for (size_t i = 0; i < names.size(); ++i) print_predictions(o, card, names[i], probabilities[i]);
-    classified += names.size();
+    for (size_t i = 0; i < current.names.size(); ++i) print_predictions(o, card, current.names[i], probabilities[i]);
+    classified += current.names.size();
+    if (!upcoming.valid()) break;
+    start = Clock::now();
+    current = upcoming.get();
+    decode_wait_ms += ms_since(start);
   }
   const double wall_ms = ms_since(wall_start);
   const double cpu_ms = 1000.0 * double(std::clock() - cpu_start) / CLOCKS_PER_SEC;
@@ -709,14 +757,17 @@ int run(const Options& o) {
     summary << "{\"summary\": true, \"images\": " << classified << ", \"undecodable\": " << undecodable
             << ", \"batches\": " << batches << ", \"batch\": " << o.batch << ", \"threads\": " << at::get_num_threads()
             << ", \"wall_ms\": " << wall_ms << ", \"decode_preprocess_ms\": " << decode_ms
-            << ", \"inference_ms\": " << inference_ms << ", \"clock_cpu_ms\": " << cpu_ms
+            << ", \"decode_wait_ms\": " << decode_wait_ms << ", \"inference_ms\": " << inference_ms
+            << ", \"overlap\": " << (o.overlap ? "true" : "false") << ", \"clock_cpu_ms\": " << cpu_ms
             << ", \"images_per_s\": " << per_second << ", \"warmup_ms\": [";
     for (size_t i = 0; i < warmup_ms.size(); ++i) summary << (i ? ", " : "") << warmup_ms[i];
     summary << "]}";
   } else {
     summary << "summary: " << classified << " images in " << batches << " batches of up to " << o.batch << " on "
             << at::get_num_threads() << " threads: " << per_second << " images/s (steady_clock wall time "
-            << wall_ms << " ms = decode+preprocess " << decode_ms << " ms + inference " << inference_ms << " ms; "
+            << wall_ms << " ms = inference " << inference_ms << " ms + waiting for decode+preprocess "
+            << decode_wait_ms << " ms, of " << decode_ms << " ms"
+            << (o.overlap ? " run on a second thread during inference; " : "; ")
             << (o.warmup ? "warm-up of " + std::to_string(warmup_ms.size()) + " calls, " +
                                std::to_string(static_cast<int>(warmup_total)) + " ms, excluded"
                          : std::string("no warm-up: first calls included"))

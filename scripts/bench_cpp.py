@@ -5,7 +5,10 @@
 
 Every measurement is a fresh process doing the same work: decode + preprocess + infer every
 photo of a folder, in batches, timed with a monotonic wall clock (model loading excluded);
-"warm-up excluded" first runs each batch shape twice untimed, "included" does not. Runs are
+"warm-up excluded" first runs each batch shape twice untimed, "included" does not. All three
+decode the next batch on a second thread while the model runs and keep freed memory in the
+heap (the C++ client by mallopt, Python by glibc's MALLOC_* environment variables) unless the
+row says otherwise. Runs are
 interleaved over --rounds rounds and the median is reported, because a shared CPU drifts;
 compare the ratios within one run. Needs `make cpp` first.
 """
@@ -21,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,6 +35,8 @@ DEBUG_CLASSIFY = ROOT / "cpp" / "build-debug" / "classify"
 DEFAULT_TS = ROOT / "models" / "efficientnet_lite0.ts.pt"
 PHOTO_NAMES = ["chelsea.png", "coffee.png", "rocket.jpg", "astronaut.png", "hubble_deep_field.jpg",
                "motorcycle_left.png", "retina.jpg", "ihc.png"]
+# What cpp/classify does with mallopt() (see its run()): no mmap'ed blocks, no trimming of the heap.
+KEEP_MEMORY_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2**31 - 1)}
 
 
 def make_photo_folder(folder: Path, count: int) -> Path:
@@ -49,8 +55,12 @@ def make_photo_folder(folder: Path, count: int) -> Path:
     return folder
 
 
-def python_run(kind: str, model: str, folder: str, batch: int, threads: int, warmup: bool) -> dict:
-    """One measurement in this process: kind is eager or torchscript."""
+def python_run(kind: str, model: str, folder: str, batch: int, threads: int, warmup: bool, overlap: bool) -> dict:
+    """One measurement in this process: kind is eager or torchscript.
+
+    With overlap, a thread decodes the next batch while the model runs this one, as the C++
+    client does: Pillow and TorchScript release the GIL while they work, so Python overlaps too.
+    """
     import torch
 
     from model_tools.checkpoints import load_model
@@ -66,38 +76,57 @@ def python_run(kind: str, model: str, folder: str, batch: int, threads: int, war
         module, card = load_torchscript(model)
     p = card.preprocessing
     files = sorted(Path(folder).iterdir())
+    batches = [files[first:first + batch] for first in range(0, len(files), batch)]
+
+    def prepare_batch(paths: list[Path]) -> tuple[torch.Tensor, float]:
+        start = time.perf_counter()
+        images = torch.stack([torch.from_numpy(prepare(f.read_bytes(), p.resize_size, p.input_size, 10**9))
+                              for f in paths])
+        return images, time.perf_counter() - start
+
     warmup_ms = []
-    with torch.inference_mode():
+    with torch.inference_mode(), ThreadPoolExecutor(1) as pool:
         if warmup:
             for n in sorted({min(batch, len(files)), len(files) % batch} - {0}):
                 for _ in range(2):
                     start = time.perf_counter()
                     module(torch.zeros((n, p.input_size, p.input_size, 3), dtype=torch.uint8))
                     warmup_ms.append(1000 * (time.perf_counter() - start))
-        decode = inference = 0.0
+        decode = wait = inference = 0.0
         start_all = time.perf_counter()
-        for first in range(0, len(files), batch):
-            start = time.perf_counter()
-            images = torch.stack([torch.from_numpy(prepare(f.read_bytes(), p.resize_size, p.input_size, 10**9))
-                                  for f in files[first:first + batch]])
-            decode += time.perf_counter() - start
+        images, decode = prepare_batch(batches[0])
+        wait = decode
+        for index in range(len(batches)):
+            following = batches[index + 1] if index + 1 < len(batches) else None
+            upcoming = pool.submit(prepare_batch, following) if overlap and following else None
             start = time.perf_counter()
             module(images).topk(5)
             inference += time.perf_counter() - start
+            if following:
+                start = time.perf_counter()
+                images, took = upcoming.result() if upcoming else prepare_batch(following)
+                wait += time.perf_counter() - start
+                decode += took
         wall = time.perf_counter() - start_all
     return {"images": len(files), "wall_ms": 1000 * wall, "decode_preprocess_ms": 1000 * decode,
-            "inference_ms": 1000 * inference, "images_per_s": len(files) / wall, "warmup_ms": warmup_ms}
+            "decode_wait_ms": 1000 * wait, "inference_ms": 1000 * inference, "images_per_s": len(files) / wall,
+            "warmup_ms": warmup_ms}
 
 
 def measure(config: dict, folder: Path, model: Path) -> dict:
     if config["kind"] == "cpp":
+        flags = [*config.get("flags", [])]
+        flags += [] if config.get("overlap", True) else ["--no-overlap"]
+        flags += [] if config.get("keep_memory", True) else ["--malloc-default"]
         command = [str(config.get("binary", CLASSIFY)), "--json", "--model", str(model),
-                   "--batch", str(config["batch"]), "--threads", str(config["threads"]), *config.get("flags", []),
-                   str(folder)]
+                   "--batch", str(config["batch"]), "--threads", str(config["threads"]), *flags, str(folder)]
         completed = subprocess.run(command, capture_output=True, text=True, check=True)
         return json.loads(completed.stdout.splitlines()[-1])
-    command = [sys.executable, __file__, "--one", json.dumps({**config, "folder": str(folder), "model": str(model)})]
-    completed = subprocess.run(command, capture_output=True, text=True, check=True)
+    one = {"overlap": True, "warmup": True, **config, "folder": str(folder), "model": str(model)}
+    # The C++ client keeps freed memory with mallopt(); Python gets the same from glibc's environment.
+    env = {**os.environ, **(KEEP_MEMORY_ENV if config.get("keep_memory", True) else {})}
+    completed = subprocess.run([sys.executable, __file__, "--one", json.dumps(one)], capture_output=True, text=True,
+                               check=True, env=env)
     return json.loads(completed.stdout.splitlines()[-1])
 
 
@@ -123,24 +152,26 @@ def machine() -> str:
 
 
 def compare(args, folder: Path) -> None:
+    """The three runs on the same work, then what overlap and memory keeping contribute to each."""
     base = {"batch": args.batch, "threads": args.threads}
-    configs = {}
-    for warmup in (True, False):
-        suffix = "" if warmup else ", warm-up included"
-        flags = [] if warmup else ["--no-warmup"]
-        configs[f"Python eager{suffix}"] = {**base, "kind": "eager", "warmup": warmup}
-        configs[f"Python TorchScript{suffix}"] = {**base, "kind": "torchscript", "warmup": warmup}
-        configs[f"C++ libtorch{suffix}"] = {**base, "kind": "cpp", "flags": flags}
+    kinds = {"Python eager": "eager", "Python TorchScript": "torchscript", "C++ libtorch": "cpp"}
+    configs = {name: {**base, "kind": kind} for name, kind in kinds.items()}
+    for name, kind in kinds.items():
+        configs[f"{name}, warm-up included"] = {**base, "kind": kind, "warmup": False, "flags": ["--no-warmup"]}
+    for name in ("Python TorchScript", "C++ libtorch"):
+        configs[f"{name}, no overlap"] = {**configs[name], "overlap": False}
+        configs[f"{name}, no overlap, glibc malloc defaults"] = {**configs[name], "overlap": False,
+                                                                 "keep_memory": False}
     runs = run_all(configs, folder, args.model, args.rounds)
     reference = median(runs["Python TorchScript"], "images_per_s")
     print(f"\n{args.images} JPEG photos, batch {args.batch}, {args.threads} threads, {args.model.name}, "
           f"median of {args.rounds} interleaved rounds; {machine()}\n")
-    print("| run | images/s | vs Python TorchScript | decode+preprocess ms | inference ms |")
-    print("| --- | ---: | ---: | ---: | ---: |")
+    print("| run | images/s | vs Python TorchScript | decode+preprocess ms | waiting for it ms | inference ms |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for name, measured in runs.items():
         rate = median(measured, "images_per_s")
         print(f"| {name} | {rate:.1f} | {rate / reference:.2f}x | {median(measured, 'decode_preprocess_ms'):.0f} "
-              f"| {median(measured, 'inference_ms'):.0f} |")
+              f"| {median(measured, 'decode_wait_ms'):.0f} | {median(measured, 'inference_ms'):.0f} |")
 
 
 def causes(args, folder: Path) -> None:
@@ -150,7 +181,10 @@ def causes(args, folder: Path) -> None:
             **os.environ, "BUILD_TYPE": "Debug", "BUILD_DIR": "build-debug"}, stdout=subprocess.DEVNULL)
     base = {"kind": "cpp", "batch": args.batch, "threads": args.threads}
     configs = {
-        "baseline: Release, InferenceMode, warm-up, batch 8, 2 threads": base,
+        "baseline: Release, InferenceMode, warm-up, batch 8, 2 threads, overlap, memory kept": base,
+        "glibc malloc defaults (freed blocks unmapped, page-faulted back each batch)": {
+            **base, "flags": ["--malloc-default"]},
+        "no overlap (decode only between forward passes)": {**base, "flags": ["--no-overlap"]},
         "no warm-up (first calls profiled and optimized in the timed region)": {**base, "flags": ["--no-warmup"]},
         "autograd on (no InferenceMode, no NoGradGuard)": {**base, "flags": ["--grad-mode", "enabled"]},
         "NoGradGuard instead of InferenceMode": {**base, "flags": ["--grad-mode", "no-grad"]},
@@ -188,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.one:
         config = json.loads(args.one)
         print(json.dumps(python_run(config["kind"], config["model"], config["folder"], config["batch"],
-                                    config["threads"], config["warmup"])))
+                                    config["threads"], config["warmup"], config["overlap"])))
         return 0
     if not CLASSIFY.is_file() or not args.model.is_file():
         print("run `make cpp` first: it builds cpp/build/classify and the TorchScript model", file=sys.stderr)

@@ -84,15 +84,18 @@ class InferenceRequest:
 
 def encode_request(request: InferenceRequest) -> bytes:
     pixels = np.ascontiguousarray(request.pixels, dtype=np.uint8)
-    return json.dumps({
+    header = json.dumps({
         "id": request.id,
         "shape": list(pixels.shape),
         "dtype": "uint8",
-        "image": base64.b64encode(pixels.data).decode("ascii"),
         "enqueued_at": request.enqueued_at,
         "deadline": request.deadline,
         "attempts": request.attempts,
     }).encode()
+    # The base64 alphabet needs no JSON escaping, so the 200 KB string is appended as it is rather
+    # than scanned by json.dumps (0.4 ms of the API's CPU per request).
+    return header[:-1] + b', "image": "' + base64.b64encode(pixels.data) + b'"}'
+
 
 
 def decode_request(raw: bytes) -> InferenceRequest:

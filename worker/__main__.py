@@ -22,8 +22,7 @@ log = logging.getLogger("worker")
 def main() -> int:
     settings = Settings.from_env()
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    if settings.inference_threads > 0:
-        torch.set_num_threads(settings.inference_threads)
+    torch.set_num_threads(settings.compute_threads)
     try:
         device = choose_device(settings.device)
         classifier = Classifier(open_engine(settings, device), device)

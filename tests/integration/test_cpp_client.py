@@ -91,6 +91,15 @@ def test_batch_size_does_not_change_the_answers(classify, photo_folder):
         assert np.allclose([p["probability"] for p in one[name]], [p["probability"] for p in eight[name]], atol=1e-4)
 
 
+def test_overlapped_decoding_and_kept_memory_do_not_change_the_answers(classify, photo_folder):
+    fast, summary = results(run(classify, "--json", "--batch", 3, photo_folder))
+    plain, plain_summary = results(run(classify, "--json", "--batch", 3, "--no-overlap", "--malloc-default",
+                                       photo_folder))
+    assert summary["overlap"] is True and plain_summary["overlap"] is False
+    assert list(fast) == list(plain) == sorted(COLOUR_PHOTOS)
+    assert fast == plain  # same batches, same kernels: identical probabilities
+
+
 def test_the_text_output_names_each_image_and_its_labels(classify, photo_folder):
     completed = run(classify, "--topk", 2, photo_folder)
     assert completed.returncode == 0, completed.stderr

@@ -53,20 +53,20 @@ def test_every_engine_gives_the_eager_top_1_on_real_photos(default_model, sample
 
 def test_auto_on_the_cpu_picks_the_fastest_engine_that_matches():
     engine = engine_for_checkpoint(tiny_loaded_model(), "auto", CPU, 1)
-    assert engine.backend == CPU_PREFERENCE[0] == "openvino"
+    assert engine.backend == CPU_PREFERENCE[0] == "onnxruntime"
     assert [engine.card.class_names[i] for i in engine.run(solid_colours()).argmax(axis=1)] == list(COLOURS)
 
 
 def test_auto_skips_an_engine_whose_answers_differ(monkeypatch):
     real_verify = export.verify
 
-    def openvino_disagrees(reference, candidate, input_size, **kwargs):
-        if candidate.__qualname__.startswith("_openvino_run"):
+    def onnxruntime_disagrees(reference, candidate, input_size, **kwargs):
+        if candidate.__qualname__.startswith("_onnxruntime_run"):
             raise export.ExportMismatch("differs by 0.5")
         return real_verify(reference, candidate, input_size, **kwargs)
 
-    monkeypatch.setattr(export, "verify", openvino_disagrees)
-    assert engine_for_checkpoint(tiny_loaded_model(), "auto", CPU, 1).backend == "onnxruntime"
+    monkeypatch.setattr(export, "verify", onnxruntime_disagrees)
+    assert engine_for_checkpoint(tiny_loaded_model(), "auto", CPU, 1).backend == "openvino"
 
 
 def test_an_explicit_engine_whose_answers_differ_refuses_to_serve(monkeypatch):
@@ -101,7 +101,7 @@ def model_files(tmp_path):
 
 
 @pytest.mark.parametrize("kind, backend, expected", [
-    ("onnx", "auto", "openvino"), ("onnx", "onnxruntime", "onnxruntime"), ("onnx", "openvino", "openvino"),
+    ("onnx", "auto", "onnxruntime"), ("onnx", "onnxruntime", "onnxruntime"), ("onnx", "openvino", "openvino"),
     ("torchscript", "auto", "torchscript"), ("torchscript", "torch", "torchscript"),
     ("torchscript", "torchscript", "torchscript"),
 ])
