@@ -35,7 +35,7 @@ model: $(VENV)/.installed
 
 # The default model as TorchScript (uint8 NHWC in, probabilities out, card inside): what cpp/ runs.
 model-ts: model
-	$(PY) -m model_tools trace --if-missing
+	$(PY) -m model_tools trace --if-missing --optimize
 
 # The C++ client cpp/build/classify: finds or installs libtorch, OpenCV, cmake and g++ (cpp/build.sh).
 cpp: model-ts

@@ -7,6 +7,8 @@
 // card inside the .pt file (model_card.json) gives the class names and the resize and crop.
 // Preprocessing is the service's (serving/preprocess.py), pixel for pixel: shorter side to
 // resize_size with Pillow's bilinear filter (reimplemented below), center crop to input_size.
+// Speed (README, "C++ client"): JPEGs decoded by libjpeg straight to RGB at Pillow's draft
+// scale, freed memory kept in the heap, the next batch decoded during inference when a core is free.
 //
 // Exit status: 0 all classified; 1 some image files could not be decoded (the rest were
 // classified); 2 bad usage, missing model or folder, no image to classify; 3 inference failed.
@@ -19,6 +21,11 @@
 #include <opencv2/core.hpp>
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
+
+#ifdef CLASSIFY_HAVE_LIBJPEG
+#include <csetjmp>
+#include <jpeglib.h>
+#endif
 
 #include <algorithm>
 #include <chrono>
@@ -40,6 +47,7 @@
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <unistd.h>
 #include <vector>
 
@@ -402,11 +410,118 @@ int jpeg_draft_flag(const std::vector<uint8_t>& bytes, int min_side) {
   return cv::IMREAD_COLOR;
 }
 
+#ifdef CLASSIFY_HAVE_LIBJPEG
+// JPEGs straight through libjpeg(-turbo), the library OpenCV and Pillow use: decoded to RGB at
+// the draft scale, where OpenCV 4.6 decodes to RGB and then swaps every pixel to BGR in a plain
+// byte loop (its largest cost after the IDCT here), only for us to swap the crop back.
+
+// The EXIF orientation (1-8) of a JPEG's APP1 segment; 1 when there is none or it is unreadable.
+int exif_orientation(const std::vector<uint8_t>& b) {
+  size_t i = 2;
+  while (i + 4 <= b.size() && b[i] == 0xFF) {
+    uint8_t marker = b[i + 1];
+    size_t length = (size_t(b[i + 2]) << 8) | b[i + 3];
+    if (marker == 0xDA || length < 2) break;  // start of scan: no more metadata
+    size_t start = i + 4, end = std::min(b.size(), i + 2 + length);
+    if (marker == 0xE1 && end - start >= 14 && std::memcmp(&b[start], "Exif\0\0", 6) == 0) {
+      const uint8_t* tiff = &b[start + 6];
+      size_t size = end - start - 6;
+      bool little = tiff[0] == 'I';
+      auto u16 = [&](size_t at) -> unsigned {
+        return at + 2 > size ? 0 : little ? tiff[at] | tiff[at + 1] << 8 : tiff[at] << 8 | tiff[at + 1];
+      };
+      auto u32 = [&](size_t at) -> size_t { return little ? u16(at) | size_t(u16(at + 2)) << 16
+                                                          : size_t(u16(at)) << 16 | u16(at + 2); };
+      size_t ifd = u32(4);
+      unsigned entries = u16(ifd);
+      for (unsigned e = 0; e < entries; ++e) {
+        size_t entry = ifd + 2 + 12 * e;
+        if (u16(entry) == 0x0112) {
+          unsigned value = u16(entry + 8);
+          return value >= 1 && value <= 8 ? static_cast<int>(value) : 1;
+        }
+      }
+      return 1;
+    }
+    i += 2 + length;
+  }
+  return 1;
+}
+
+// Turn a decoded image upright as its EXIF orientation says (as OpenCV's IMREAD_COLOR does).
+cv::Mat apply_orientation(cv::Mat image, int orientation) {
+  cv::Mat out;
+  switch (orientation) {
+    case 2: cv::flip(image, out, 1); return out;
+    case 3: cv::flip(image, out, -1); return out;
+    case 4: cv::flip(image, out, 0); return out;
+    case 5: cv::transpose(image, out); return out;
+    case 6: cv::transpose(image, out); cv::flip(out, out, 1); return out;
+    case 7: cv::transpose(image, out); cv::flip(out, out, -1); return out;
+    case 8: cv::transpose(image, out); cv::flip(out, out, 0); return out;
+    default: return image;
+  }
+}
+
+struct JpegErrorJump {
+  jpeg_error_mgr manager;
+  std::jmp_buf jump;
+};
+
+// An RGB JPEG decoded at Pillow's draft scale, upright; empty when libjpeg cannot (the caller
+// then lets OpenCV try, which also covers CMYK).
+cv::Mat decode_jpeg_rgb(const std::vector<uint8_t>& bytes, int min_side) {
+  jpeg_decompress_struct info;
+  JpegErrorJump error;
+  info.err = jpeg_std_error(&error.manager);
+  error.manager.error_exit = [](j_common_ptr common) {
+    std::longjmp(reinterpret_cast<JpegErrorJump*>(common->err)->jump, 1);
+  };
+  error.manager.output_message = [](j_common_ptr) {};  // warnings (a truncated file) as OpenCV: quietly
+  cv::Mat image;  // constructed before setjmp: nothing with a destructor is created between setjmp and longjmp
+  if (setjmp(error.jump)) {
+    jpeg_destroy_decompress(&info);
+    return {};
+  }
+  jpeg_create_decompress(&info);
+  jpeg_mem_src(&info, bytes.data(), static_cast<unsigned long>(bytes.size()));
+  jpeg_read_header(&info, TRUE);
+  if (info.jpeg_color_space != JCS_YCbCr && info.jpeg_color_space != JCS_GRAYSCALE &&
+      info.jpeg_color_space != JCS_RGB) {
+    jpeg_destroy_decompress(&info);
+    return {};
+  }
+  info.out_color_space = JCS_RGB;
+  info.scale_num = 1;
+  info.scale_denom = 1;
+  if (min_side > 0) {
+    unsigned scale = std::min(info.image_width, info.image_height) / static_cast<unsigned>(min_side);
+    info.scale_denom = scale >= 8 ? 8 : scale >= 4 ? 4 : scale >= 2 ? 2 : 1;
+  }
+  jpeg_start_decompress(&info);
+  image.create(static_cast<int>(info.output_height), static_cast<int>(info.output_width), CV_8UC3);
+  while (info.output_scanline < info.output_height) {
+    JSAMPROW row = image.ptr<uint8_t>(static_cast<int>(info.output_scanline));
+    jpeg_read_scanlines(&info, &row, 1);
+  }
+  jpeg_finish_decompress(&info);
+  jpeg_destroy_decompress(&info);
+  return apply_orientation(image, exif_orientation(bytes));
+}
+#endif
+
+
+// An image as decoded: 8-bit, 3 channels, in OpenCV's BGR order or (JPEGs through libjpeg) RGB.
+struct Decoded {
+  cv::Mat pixels;
+  bool rgb = false;
+};
+
 // Decode as the service does: JPEGs at a reduced scale when the resize allows it, EXIF
-// orientation applied, 16-bit scaled to 8, transparency on white, grey to colour. Returns
-// 8-bit BGR (OpenCV's order; resampling treats channels alike, so only the small crop is
-// swapped to RGB), or an empty Mat when OpenCV cannot decode the file.
-cv::Mat decode_bgr(const fs::path& path, int min_side) {
+// orientation applied, 16-bit scaled to 8, transparency on white, grey to colour. Resampling
+// treats channels alike, so only the small crop is put in RGB order. Empty pixels when the
+// file cannot be decoded.
+Decoded decode_image(const fs::path& path, int min_side) {
   std::ifstream file(path, std::ios::binary | std::ios::ate);
   if (!file) return {};
   std::vector<uint8_t> bytes(static_cast<size_t>(file.tellg()));
@@ -414,6 +529,12 @@ cv::Mat decode_bgr(const fs::path& path, int min_side) {
   if (bytes.empty() || !file.read(reinterpret_cast<char*>(bytes.data()), static_cast<std::streamsize>(bytes.size())))
     return {};
   bool jpeg = bytes.size() > 2 && bytes[0] == 0xFF && bytes[1] == 0xD8;
+#ifdef CLASSIFY_HAVE_LIBJPEG
+  if (jpeg) {
+    cv::Mat rgb = decode_jpeg_rgb(bytes, min_side);
+    if (!rgb.empty()) return {rgb, true};
+  }
+#endif
   // JPEG: IMREAD_COLOR (and REDUCED) apply the EXIF orientation. Others: IMREAD_UNCHANGED keeps alpha and depth.
   cv::Mat image = cv::imdecode(bytes, jpeg ? jpeg_draft_flag(bytes, min_side) : cv::IMREAD_UNCHANGED);
   if (image.empty()) return {};
@@ -440,7 +561,7 @@ cv::Mat decode_bgr(const fs::path& path, int min_side) {
     }
     default: return {};
   }
-  return bgr;
+  return {bgr, false};
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -456,7 +577,9 @@ struct Options {
   bool warmup = true;
   std::string grad_mode = "inference";  // inference | no-grad | enabled (the last two only to measure their cost)
   bool jit_optimize = true;
-  bool overlap = true;         // decode the next batch on another thread while this one runs
+  // Decode the next batch on another thread while this one runs: yes, no, or (the default) only
+  // when a core is left over by the intra-op threads; on a full machine it slows inference more.
+  enum class Overlap { Auto, On, Off } overlap = Overlap::Auto;
   bool keep_memory = true;     // keep freed memory in the heap instead of handing it back to the kernel
   Resize resize = Resize::Pillow;
   std::string save_crops;
@@ -484,8 +607,8 @@ const char* const kUsage =
     "  --no-warmup    time the first calls too (the TorchScript executor profiles and optimizes them)\n"
     "  --grad-mode M  inference (default: c10::InferenceMode) | no-grad (NoGradGuard) | enabled (autograd on)\n"
     "  --no-jit-optimize  torch::jit::setGraphExecutorOptimize(false)\n"
-    "  --no-overlap   decode each batch only after the previous one has run (default: the next batch is\n"
-    "                 decoded on a second thread while the model runs)\n"
+    "  --overlap, --no-overlap  decode the next batch on a second thread while the model runs, or not\n"
+    "                 (default: overlap when --threads leaves a core free)\n"
     "  --malloc-default  leave glibc's malloc as it is: large blocks are mmap'ed and unmapped again on\n"
     "                 every forward pass, and the kernel zero-fills their pages each time\n"
     "  --resize R     pillow (default: the service's filter, exactly) | opencv (INTER_AREA)\n";
@@ -532,8 +655,10 @@ Options parse_options(int argc, char** argv) {
         throw UsageError("--grad-mode expects inference, no-grad or enabled");
     } else if (a == "--no-jit-optimize") {
       o.jit_optimize = false;
+    } else if (a == "--overlap") {
+      o.overlap = Options::Overlap::On;
     } else if (a == "--no-overlap") {
-      o.overlap = false;
+      o.overlap = Options::Overlap::Off;
     } else if (a == "--malloc-default") {
       o.keep_memory = false;
     } else if (a == "--resize") {
@@ -659,19 +784,25 @@ Batch prepare_batch(const Options& o, const ModelCard& card, const std::vector<f
   batch.images = torch::empty({o.batch, card.input_size, card.input_size, 3}, torch::kUInt8);
   while (next < candidates.size() && static_cast<int>(batch.names.size()) < o.batch) {
     const fs::path& file = candidates[next++];
-    cv::Mat bgr = decode_bgr(file, card.resize_size);
-    if (bgr.empty()) {
+    Decoded image = decode_image(file, card.resize_size);
+    if (image.pixels.empty()) {
       std::cerr << "warning: skipping " << file.filename().string() << ": cannot decode it as an image\n";
       ++batch.undecodable;
       continue;
     }
-    cv::Mat crop = fit_to_model(bgr, card.resize_size, card.input_size, o.resize);
-    if (!o.save_crops.empty())
-      cv::imwrite((fs::path(o.save_crops) / (file.filename().string() + ".png")).string(), crop);
-    // BGR to RGB straight into this image's slot of the batch tensor
+    cv::Mat crop = fit_to_model(image.pixels, card.resize_size, card.input_size, o.resize);
+    // RGB straight into this image's slot of the batch tensor
     cv::Mat slot(card.input_size, card.input_size, CV_8UC3,
                  batch.images[static_cast<int64_t>(batch.names.size())].data_ptr());
-    cv::cvtColor(crop, slot, cv::COLOR_BGR2RGB);
+    if (image.rgb)
+      crop.copyTo(slot);
+    else
+      cv::cvtColor(crop, slot, cv::COLOR_BGR2RGB);
+    if (!o.save_crops.empty()) {
+      cv::Mat bgr;
+      cv::cvtColor(slot, bgr, cv::COLOR_RGB2BGR);
+      cv::imwrite((fs::path(o.save_crops) / (file.filename().string() + ".png")).string(), bgr);
+    }
     batch.names.push_back(file.filename().string());
   }
   batch.images = batch.images.narrow(0, 0, static_cast<int64_t>(batch.names.size()));
@@ -688,6 +819,9 @@ int run(const Options& o) {
     mallopt(M_TRIM_THRESHOLD, INT_MAX);
   }
   if (o.threads > 0) at::set_num_threads(o.threads);
+  const bool overlap = o.overlap == Options::Overlap::Auto
+                           ? static_cast<unsigned>(at::get_num_threads()) < std::thread::hardware_concurrency()
+                           : o.overlap == Options::Overlap::On;
   if (!o.jit_optimize) torch::jit::setGraphExecutorOptimize(false);
   Model model = load_model(o.model);
   const ModelCard& card = model.card;
@@ -730,7 +864,7 @@ int run(const Options& o) {
     // With overlap, the next batch is decoded on a second thread while the model runs this one.
     std::future<Batch> upcoming;
     if (next < candidates.size())
-      upcoming = std::async(o.overlap ? std::launch::async : std::launch::deferred,
+      upcoming = std::async(overlap ? std::launch::async : std::launch::deferred,
                             [&] { return prepare_batch(o, card, candidates, next); });
     auto start = Clock::now();
     torch::Tensor probabilities = forward(model.module, current.images, o.grad_mode);
@@ -758,7 +892,7 @@ int run(const Options& o) {
             << ", \"batches\": " << batches << ", \"batch\": " << o.batch << ", \"threads\": " << at::get_num_threads()
             << ", \"wall_ms\": " << wall_ms << ", \"decode_preprocess_ms\": " << decode_ms
             << ", \"decode_wait_ms\": " << decode_wait_ms << ", \"inference_ms\": " << inference_ms
-            << ", \"overlap\": " << (o.overlap ? "true" : "false") << ", \"clock_cpu_ms\": " << cpu_ms
+            << ", \"overlap\": " << (overlap ? "true" : "false") << ", \"clock_cpu_ms\": " << cpu_ms
             << ", \"images_per_s\": " << per_second << ", \"warmup_ms\": [";
     for (size_t i = 0; i < warmup_ms.size(); ++i) summary << (i ? ", " : "") << warmup_ms[i];
     summary << "]}";
@@ -767,7 +901,7 @@ int run(const Options& o) {
             << at::get_num_threads() << " threads: " << per_second << " images/s (steady_clock wall time "
             << wall_ms << " ms = inference " << inference_ms << " ms + waiting for decode+preprocess "
             << decode_wait_ms << " ms, of " << decode_ms << " ms"
-            << (o.overlap ? " run on a second thread during inference; " : "; ")
+            << (overlap ? " run on a second thread during inference; " : "; ")
             << (o.warmup ? "warm-up of " + std::to_string(warmup_ms.size()) + " calls, " +
                                std::to_string(static_cast<int>(warmup_total)) + " ms, excluded"
                          : std::string("no warm-up: first calls included"))

@@ -6,9 +6,9 @@
 Every measurement is a fresh process doing the same work: decode + preprocess + infer every
 photo of a folder, in batches, timed with a monotonic wall clock (model loading excluded);
 "warm-up excluded" first runs each batch shape twice untimed, "included" does not. All three
-decode the next batch on a second thread while the model runs and keep freed memory in the
-heap (the C++ client by mallopt, Python by glibc's MALLOC_* environment variables) unless the
-row says otherwise. Runs are
+keep freed memory in the heap (the C++ client by mallopt, Python by glibc's MALLOC_* environment
+variables) and, when --threads leaves a core free, decode the next batch on a second thread
+while the model runs, unless the row says otherwise. Runs are
 interleaved over --rounds rounds and the median is reported, because a shared CPU drifts;
 compare the ratios within one run. Needs `make cpp` first.
 """
@@ -116,13 +116,15 @@ def python_run(kind: str, model: str, folder: str, batch: int, threads: int, war
 def measure(config: dict, folder: Path, model: Path) -> dict:
     if config["kind"] == "cpp":
         flags = [*config.get("flags", [])]
-        flags += [] if config.get("overlap", True) else ["--no-overlap"]
+        flags += {True: ["--overlap"], False: ["--no-overlap"], None: []}[config.get("overlap")]
         flags += [] if config.get("keep_memory", True) else ["--malloc-default"]
         command = [str(config.get("binary", CLASSIFY)), "--json", "--model", str(model),
                    "--batch", str(config["batch"]), "--threads", str(config["threads"]), *flags, str(folder)]
         completed = subprocess.run(command, capture_output=True, text=True, check=True)
         return json.loads(completed.stdout.splitlines()[-1])
-    one = {"overlap": True, "warmup": True, **config, "folder": str(folder), "model": str(model)}
+    one = {"warmup": True, **config, "folder": str(folder), "model": str(model)}
+    if one.get("overlap") is None:  # the C++ client's default: overlap when the threads leave a core free
+        one["overlap"] = config["threads"] < (os.cpu_count() or 1)
     # The C++ client keeps freed memory with mallopt(); Python gets the same from glibc's environment.
     env = {**os.environ, **(KEEP_MEMORY_ENV if config.get("keep_memory", True) else {})}
     completed = subprocess.run([sys.executable, __file__, "--one", json.dumps(one)], capture_output=True, text=True,
@@ -158,10 +160,10 @@ def compare(args, folder: Path) -> None:
     configs = {name: {**base, "kind": kind} for name, kind in kinds.items()}
     for name, kind in kinds.items():
         configs[f"{name}, warm-up included"] = {**base, "kind": kind, "warmup": False, "flags": ["--no-warmup"]}
+    overlap = args.threads < (os.cpu_count() or 1)  # what both do by default
     for name in ("Python TorchScript", "C++ libtorch"):
-        configs[f"{name}, no overlap"] = {**configs[name], "overlap": False}
-        configs[f"{name}, no overlap, glibc malloc defaults"] = {**configs[name], "overlap": False,
-                                                                 "keep_memory": False}
+        configs[f"{name}, {'no overlap' if overlap else 'overlap'}"] = {**configs[name], "overlap": not overlap}
+        configs[f"{name}, glibc malloc defaults"] = {**configs[name], "keep_memory": False}
     runs = run_all(configs, folder, args.model, args.rounds)
     reference = median(runs["Python TorchScript"], "images_per_s")
     print(f"\n{args.images} JPEG photos, batch {args.batch}, {args.threads} threads, {args.model.name}, "
@@ -181,10 +183,10 @@ def causes(args, folder: Path) -> None:
             **os.environ, "BUILD_TYPE": "Debug", "BUILD_DIR": "build-debug"}, stdout=subprocess.DEVNULL)
     base = {"kind": "cpp", "batch": args.batch, "threads": args.threads}
     configs = {
-        "baseline: Release, InferenceMode, warm-up, batch 8, 2 threads, overlap, memory kept": base,
+        "baseline: Release, InferenceMode, warm-up, batch 8, 2 threads, memory kept": base,
         "glibc malloc defaults (freed blocks unmapped, page-faulted back each batch)": {
             **base, "flags": ["--malloc-default"]},
-        "no overlap (decode only between forward passes)": {**base, "flags": ["--no-overlap"]},
+        "overlap on 2 busy cores (next batch decoded during inference)": {**base, "flags": ["--overlap"]},
         "no warm-up (first calls profiled and optimized in the timed region)": {**base, "flags": ["--no-warmup"]},
         "autograd on (no InferenceMode, no NoGradGuard)": {**base, "flags": ["--grad-mode", "enabled"]},
         "NoGradGuard instead of InferenceMode": {**base, "flags": ["--grad-mode", "no-grad"]},

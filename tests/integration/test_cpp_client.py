@@ -83,6 +83,22 @@ def test_its_preprocessing_is_the_services_pixel_for_pixel(classify, photo_folde
             assert difference.mean() < 1.0, name
 
 
+def test_jpegs_are_turned_upright_by_their_exif_orientation(classify, tmp_path):
+    photos, crops = tmp_path / "photos", tmp_path / "crops"
+    photos.mkdir()
+    rocket = Image.open(PHOTOS / "rocket.jpg")
+    for orientation in range(1, 9):
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        rocket.save(photos / f"{orientation}.jpg", quality=90, exif=exif)
+    completed = run(classify, "--json", "--save-crops", crops, photos)
+    assert completed.returncode == 0, completed.stderr
+    for orientation in range(1, 9):
+        ours = np.asarray(Image.open(crops / f"{orientation}.jpg.png").convert("RGB"), dtype=np.int16)
+        service = prepare((photos / f"{orientation}.jpg").read_bytes(), 256, 224, 10**9).astype(np.int16)
+        assert np.abs(ours - service).max() <= 1, orientation
+
+
 def test_batch_size_does_not_change_the_answers(classify, photo_folder):
     one, _ = results(run(classify, "--json", "--batch", 1, "--threads", 1, photo_folder))
     eight, _ = results(run(classify, "--json", "--batch", 8, photo_folder))
@@ -92,9 +108,9 @@ def test_batch_size_does_not_change_the_answers(classify, photo_folder):
 
 
 def test_overlapped_decoding_and_kept_memory_do_not_change_the_answers(classify, photo_folder):
-    fast, summary = results(run(classify, "--json", "--batch", 3, photo_folder))
-    plain, plain_summary = results(run(classify, "--json", "--batch", 3, "--no-overlap", "--malloc-default",
-                                       photo_folder))
+    fast, summary = results(run(classify, "--json", "--batch", 3, "--threads", 1, "--overlap", photo_folder))
+    plain, plain_summary = results(run(classify, "--json", "--batch", 3, "--threads", 1, "--no-overlap",
+                                       "--malloc-default", photo_folder))
     assert summary["overlap"] is True and plain_summary["overlap"] is False
     assert list(fast) == list(plain) == sorted(COLOUR_PHOTOS)
     assert fast == plain  # same batches, same kernels: identical probabilities
