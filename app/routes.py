@@ -11,7 +11,7 @@ from app.errors import ApiError
 from app.queue_client import InferenceQueue, NoAnswer, NoWorker, QueueFull
 from app.request_log import log_fields, new_job_id
 from serving.config import Settings
-from serving.preprocess import decode_image, fit_to_model
+from serving.preprocess import decode, fit_to_model, read_header
 
 api = Blueprint("api", __name__)
 
@@ -31,8 +31,9 @@ def predict():
     queue: InferenceQueue = current_app.extensions["inference_queue"]
     deadline = time.time() + settings.request_timeout
 
-    image = decode_image(_single_upload().read(), settings.max_image_pixels)
+    upload = read_header(_single_upload().read(), settings.max_image_pixels)
     model = _admit(queue, settings)
+    image = decode(upload, min_side=model.resize_size)
     pixels = fit_to_model(image, model.resize_size, model.input_size)
     preprocess_ms = (time.perf_counter() - started) * 1000
     job_id = new_job_id()

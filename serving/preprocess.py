@@ -11,8 +11,12 @@ from __future__ import annotations
 import io
 import logging
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 
 import numpy as np
+import pyspng
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 log = logging.getLogger(__name__)
@@ -29,36 +33,75 @@ class ImageError(ValueError):
         self.code = code
 
 
-def decode_image(data: bytes, max_pixels: int, min_side: int = 0) -> Image.Image:
-    """Decode an upload into an upright RGB image, refusing oversized ones before decoding.
+@dataclass(frozen=True)
+class EncodedImage:
+    """An upload whose header has been read and checked; its pixels are not decoded yet."""
+
+    data: bytes
+    header: Image.Image  # Pillow's handle: format, mode and size known, decoding deferred
+
+    @property
+    def is_plain_png(self) -> bool:
+        """8-bit RGB or RGBA PNG without an EXIF block: what libspng decodes for us.
+
+        The IHDR chunk comes first in every PNG (Pillow has checked that): bit depth at
+        byte 24, colour type at byte 25 (2 = RGB, 6 = RGBA). An eXIf chunk may carry an
+        orientation, and only Pillow applies it; a chance match inside compressed data
+        merely sends the image down the slower path.
+        """
+        return (self.header.format == "PNG" and self.data[24] == 8 and self.data[25] in (2, 6)
+                and b"eXIf" not in self.data)
+
+
+def read_header(data: bytes, max_pixels: int) -> EncodedImage:
+    """Identify the upload and refuse oversized images, without decoding any pixels."""
+    if not data:
+        raise ImageError("empty_image", "the uploaded file is empty")
+    try:
+        with warnings.catch_warnings(), _undecodable_as_image_error():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            header = Image.open(io.BytesIO(data))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        # Pillow's own guard, which fires for headers far beyond its default limit
+        raise ImageError("image_too_large", f"image is larger than the limit of {max_pixels} pixels") from None
+    width, height = header.size
+    if width * height > max_pixels:
+        raise ImageError("image_too_large", f"image is {width}x{height} pixels; the limit is {max_pixels} pixels")
+    return EncodedImage(data, header)
+
+
+def decode(encoded: EncodedImage, min_side: int = 0) -> Image.Image:
+    """Decode checked pixels into an upright RGB image.
 
     With min_side, a JPEG is decoded at a reduced scale (libjpeg scales by 1/2, 1/4
     or 1/8 while decoding) as long as both sides stay at least min_side: a 1920x1280
     photo decodes about 5x faster, and the model sees it resized far below that anyway.
+    Plain PNGs go to libspng, which gives Pillow's pixels 1.5-5x faster (README, Levers).
     """
-    if not data:
-        raise ImageError("empty_image", "the uploaded file is empty")
+    with _undecodable_as_image_error():
+        if encoded.is_plain_png:
+            return _to_rgb(Image.fromarray(pyspng.load(encoded.data)))
+        image = encoded.header
+        if min_side and image.format == "JPEG":
+            image.draft("RGB", (min_side, min_side))
+        image.load()
+    return _to_rgb(_upright(image))
+
+
+def decode_image(data: bytes, max_pixels: int, min_side: int = 0) -> Image.Image:
+    """Upload bytes to an upright RGB image: read_header, then decode."""
+    return decode(read_header(data, max_pixels), min_side)
+
+
+@contextmanager
+def _undecodable_as_image_error() -> Iterator[None]:
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-            width, height = image.size
-            if width * height > max_pixels:
-                raise ImageError("image_too_large",
-                                 f"image is {width}x{height} pixels; the limit is {max_pixels} pixels")
-            if min_side and image.format == "JPEG":
-                image.draft("RGB", (min_side, min_side))
-            image.load()
-    except ImageError:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        # Pillow's own guard, which fires inside open() for headers far beyond its default limit
-        raise ImageError("image_too_large", f"image is larger than the limit of {max_pixels} pixels") from None
+        yield
     except UnidentifiedImageError:
         raise ImageError("invalid_image", "the uploaded file is not an image format Pillow can read") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+    # RuntimeError: libspng's, for truncated or corrupt PNG data
+    except (OSError, SyntaxError, ValueError, EOFError, RuntimeError) as exc:
         raise ImageError("invalid_image", f"the image could not be decoded: {exc}") from None
-    return _to_rgb(_upright(image))
 
 
 def _upright(image: Image.Image) -> Image.Image:

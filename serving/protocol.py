@@ -25,12 +25,12 @@ crosses Redis, and a message is a quarter of the float32 the seed sent.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import json
 from dataclasses import asdict, dataclass
 
 import numpy as np
+import pybase64
 
 ATTEMPTS_EXHAUSTED = "attempts_exhausted"
 
@@ -93,15 +93,31 @@ def encode_request(request: InferenceRequest) -> bytes:
         "attempts": request.attempts,
     }).encode()
     # The base64 alphabet needs no JSON escaping, so the 200 KB string is appended as it is rather
-    # than scanned by json.dumps (0.4 ms of the API's CPU per request).
-    return header[:-1] + b', "image": "' + base64.b64encode(pixels.data) + b'"}'
+    # than scanned by json.dumps (0.4 ms of the API's CPU per request); decode_request counts on it.
+    return header[:-1] + _IMAGE_FIELD + pybase64.b64encode(pixels.data) + b'"}'
 
+
+_IMAGE_FIELD = b', "image": "'
+
+
+def _fields_and_image(raw: bytes) -> tuple[object, bytes | str | None]:
+    """The message's JSON (without the image when it comes last) and its base64 image.
+
+    encode_request writes the image last, so it is cut off rather than scanned by json.loads
+    (0.3 ms of the worker's CPU per image). Any other layout, such as a message the reaper's
+    Lua script re-encoded, is parsed whole.
+    """
+    head, separator, image = raw.rpartition(_IMAGE_FIELD)
+    if separator and image.endswith(b'"}'):
+        return json.loads(head + b"}"), image[:-2]
+    fields = json.loads(raw)
+    return fields, fields.get("image") if isinstance(fields, dict) else None
 
 
 def decode_request(raw: bytes) -> InferenceRequest:
     """Parse and validate one queue message; raises MalformedMessage."""
     try:
-        fields = json.loads(raw)
+        fields, image = _fields_and_image(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise MalformedMessage(f"not JSON: {exc}") from None
     if not isinstance(fields, dict):
@@ -115,7 +131,9 @@ def decode_request(raw: bytes) -> InferenceRequest:
             raise ValueError(f"dtype {fields['dtype']!r}, expected 'uint8'")
         if len(shape) != 3 or shape[2] != 3 or min(shape) <= 0:
             raise ValueError(f"shape {list(shape)}, expected [height, width, 3]")
-        data = base64.b64decode(fields["image"], validate=True)
+        if image is None:
+            raise KeyError("image")
+        data = pybase64.b64decode(image, validate=True)
         if len(data) != shape[0] * shape[1] * shape[2]:
             raise ValueError(f"{len(data)} pixel bytes for shape {list(shape)}")
         pixels = np.frombuffer(data, dtype=np.uint8).reshape(shape)

@@ -6,13 +6,16 @@ import sys
 import threading
 
 import fakeredis
+import numpy as np
 import pytest
+from PIL import Image
 
 from app import create_app
 from serving import protocol
 from serving.config import Settings
+from serving.preprocess import prepare
 from serving.protocol import Keys, ModelInfo
-from tests.images import photo_bytes
+from tests.images import PHOTOS, encode, photo_bytes
 from worker.batching import publish_results, take_batch
 
 SETTINGS = Settings(request_timeout=0.3, max_upload_mb=1)
@@ -78,6 +81,21 @@ def test_a_prediction_is_relayed_with_timing(client, server):
     assert body["success"] is True and body["predictions"] == predictions and body["model"] == "tiny"
     assert {"preprocess_ms", "queue_ms", "inference_ms", "batch_size", "total_ms"} <= set(body["timing"])
     assert seen["shape"] == (224, 224, 3)  # preprocessed to the announced model's input
+
+
+def test_the_api_sends_exactly_what_prepare_makes_of_a_large_jpeg(client, server):
+    """Decoded at reduced scale for the announced model, as the C++ client and the benchmarks do."""
+    announce_worker(server)
+    photo = Image.open(PHOTOS / "coffee.png").convert("RGB").resize((2400, 1600))
+    data = encode(photo, "JPEG", quality=95)
+    seen = {}
+
+    def result(request):
+        seen["pixels"] = request.pixels
+        return protocol.encode_success(request.id, [], "tiny", {"queue_ms": 1, "inference_ms": 2, "batch_size": 1})
+    answer_next_request(server, result)
+    assert post_image(client, data, filename="x.jpg").status_code == 200
+    assert np.array_equal(seen["pixels"], prepare(data, MODEL.resize_size, MODEL.input_size, 10**8))
 
 
 def test_a_worker_error_becomes_a_500_with_its_code(client, server):

@@ -1,15 +1,18 @@
+import io
+
 import numpy as np
 import pytest
 import torchvision.transforms as T
 from PIL import Image
 
-from serving.preprocess import ImageError, decode_image, fit_to_model, prepare
+from serving.preprocess import ImageError, decode, decode_image, fit_to_model, prepare, read_header
 from tests.images import (
     PHOTOS,
     animated_gif,
     encode,
     half_red_half_blue,
     jpeg_with_orientation,
+    photo_bytes,
     png_claiming_size,
     png_rgb16,
 )
@@ -112,3 +115,42 @@ def test_reduced_scale_decoding_changes_the_model_input_only_slightly():
     full = fit_to_model(decode_image(data, LIMIT), 256, 224).astype(int)
     reduced = prepare(data, 256, 224, LIMIT).astype(int)
     assert np.abs(full - reduced).mean() < 2.0
+
+
+def pillow_rgb(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+@pytest.mark.parametrize("name", ["chelsea.png", "coffee.png", "astronaut.png", "motorcycle_left.png"])
+def test_plain_pngs_are_decoded_by_libspng_to_exactly_pillows_pixels(name):
+    upload = read_header(photo_bytes(name), LIMIT)
+    assert upload.is_plain_png
+    assert np.array_equal(np.asarray(decode(upload)), pillow_rgb(upload.data))
+
+
+def test_an_interlaced_rgba_png_takes_the_fast_path_and_is_composited_on_white():
+    image = Image.new("RGBA", (40, 30), (255, 0, 0, 255))
+    image.paste((0, 0, 255, 0), (20, 0, 40, 30))  # right half fully transparent
+    upload = read_header(encode(image, "PNG", interlace=1), LIMIT)
+    assert upload.is_plain_png
+    decoded = decode(upload)
+    assert decoded.getpixel((0, 0)) == (255, 0, 0) and decoded.getpixel((39, 0)) == (255, 255, 255)
+
+
+@pytest.mark.parametrize("data", [
+    png_rgb16(4, 4, 32768),
+    encode(Image.new("P", (8, 8)), "PNG"),
+    encode(Image.new("L", (8, 8)), "PNG"),
+    encode(Image.new("RGB", (8, 8)), "PNG", exif=Image.Exif().tobytes()),
+], ids=["16-bit", "palette", "grey", "exif"])
+def test_other_pngs_are_left_to_pillow(data):
+    assert not read_header(data, LIMIT).is_plain_png
+
+
+def test_a_truncated_plain_png_is_an_invalid_image():
+    data = photo_bytes("chelsea.png")
+    upload = read_header(data[:len(data) // 2], LIMIT)
+    assert upload.is_plain_png
+    with pytest.raises(ImageError) as caught:
+        decode(upload)
+    assert caught.value.code == "invalid_image"

@@ -29,6 +29,15 @@ def test_request_is_json_with_base64_of_raw_uint8_pixels():
     assert len(base64.b64decode(fields["image"])) == 4 * 5 * 3
 
 
+def test_a_message_in_any_json_layout_decodes_the_same():
+    """The reaper's Lua script re-encodes messages: compact, in its own key order, image not last."""
+    request = make_request((4, 5, 3))
+    fields = json.loads(protocol.encode_request(request))
+    relaid = json.dumps(dict(sorted(fields.items())), separators=(",", ":")).encode()
+    assert list(json.loads(relaid))[-1] != "image"
+    np.testing.assert_array_equal(protocol.decode_request(relaid).pixels, request.pixels)
+
+
 def tampered(**changes) -> bytes:
     fields = json.loads(protocol.encode_request(make_request((2, 2, 3))))
     fields.update(changes)
@@ -42,6 +51,7 @@ def tampered(**changes) -> bytes:
     (tampered(shape=[3, 3, 3]), "abc123"),
     (tampered(dtype="float32"), "abc123"),
     (tampered(image="***"), "abc123"),
+    (tampered(image=None), "abc123"),
     (tampered(deadline=None), "abc123"),
     (tampered(shape=[2, 2, 4]), "abc123"),
 ])
