@@ -35,10 +35,15 @@ def main() -> int:
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    # The socket timeout must outlast BLMOVE's blocking wait, or every idle wait would look like a fault.
-    client = redis.Redis.from_url(settings.redis_url, socket_timeout=10, socket_connect_timeout=2)
-    Worker(client, classifier, settings).run(stop)
+    Worker(redis_client(settings), classifier, settings).run(stop)
     return 0
+
+
+def redis_client(settings: Settings) -> redis.Redis:
+    # The read timeout must outlast BLMOVE's blocking wait (one heartbeat period, WORKER_TIMEOUT / 5),
+    # or every idle wait would look like a fault.
+    return redis.Redis.from_url(settings.redis_url, socket_connect_timeout=settings.redis_timeout,
+                                socket_timeout=settings.heartbeat_seconds + settings.redis_timeout)
 
 
 if __name__ == "__main__":

@@ -5,8 +5,8 @@ The worker serves one model file (MODEL_PATH), which is either a checkpoint
 BACKEND picks the engine that runs it:
 
 - `torch`: eager PyTorch, channels_last, any device.
-- `torchscript`: a TorchScript file as it is, or a checkpoint traced, frozen and
-  optimized for inference at start.
+- `torchscript`: a TorchScript file as it is, or a checkpoint traced and frozen at
+  start (model_tools.export says why not optimize_for_inference).
 - `onnxruntime`, `openvino`: an ONNX file, or a checkpoint exported to ONNX at start.
 - `auto`: on a GPU `torch`; on the CPU the fastest engine that is installed and
   whose output matches the reference, tried in the order of CPU_PREFERENCE.
@@ -17,6 +17,7 @@ serves (model_tools.export.verify), so a faster engine can never mean other answ
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import logging
 import tempfile
@@ -30,7 +31,6 @@ import torch
 
 from model_tools import export
 from model_tools.checkpoints import LoadedModel, ModelCard, ModelLoadError, load_model
-from model_tools.serving_model import ServingModel
 from serving.config import Settings
 
 log = logging.getLogger("worker")
@@ -143,9 +143,9 @@ def _require_cpu(backend: str, device: torch.device) -> None:
 
 
 def _torch_run(loaded: LoadedModel, device: torch.device) -> Run:
-    preprocessing = loaded.card.preprocessing
-    model = ServingModel(loaded.network, preprocessing.mean, preprocessing.std).to(device).eval()
-    model = model.to(memory_format=torch.channels_last)
+    # A copy, because Module.to moves parameters in place: the checkpoint's own network must stay on
+    # the CPU, where the TorchScript and ONNX exports built from it next trace their example images.
+    model = copy.deepcopy(export.serving_module(loaded)).to(device).to(memory_format=torch.channels_last)
     return _torchscript_run(model, device)  # the same calling convention as a scripted module
 
 

@@ -122,3 +122,12 @@ def test_torchscript_files_are_told_apart_from_torch_save_zips(model_files):
     assert backends.is_torchscript_file(model_files["torchscript"])
     assert not backends.is_torchscript_file(model_files["state_dict"])
     assert not backends.is_torchscript_file(model_files["onnx"])
+
+
+def test_the_eager_engine_leaves_the_checkpoint_network_on_the_cpu_for_the_exports(tmp_path):
+    # "meta" stands in for a GPU: Module.to would move the shared network there in place, and the
+    # TorchScript and ONNX exports built from it next trace CPU example images.
+    loaded = tiny_loaded_model()
+    engine_for_checkpoint(loaded, "torch", torch.device("meta"), 1)
+    assert {p.device.type for p in loaded.network.parameters()} == {"cpu"}
+    export.export_torchscript(loaded, tmp_path / "tiny.ts.pt")

@@ -12,6 +12,7 @@ from serving.config import Settings
 from serving.protocol import InferenceRequest, Keys
 from stack.processes import Stack
 from tests.unit.tiny_model import COLOURS, INPUT_SIZE, tiny_classifier
+from worker.__main__ import redis_client
 from worker.loop import Worker
 
 SETTINGS = Settings(key_prefix="t", top_k=2, batch_size=8)
@@ -126,3 +127,10 @@ def test_stopping_hands_back_unstarted_work_without_counting_an_attempt(worker):
     assert worker.client.zscore(KEYS.workers, "w1") is None
     requeued = protocol.decode_request(worker.client.rpop(KEYS.queue))
     assert requeued.id == "unstarted" and requeued.attempts == 0
+
+
+def test_the_workers_redis_reads_outlast_its_blocking_take_whatever_the_worker_timeout():
+    for worker_timeout in (5.0, 100.0):
+        settings = Settings(worker_timeout=worker_timeout)
+        timeout = redis_client(settings).connection_pool.connection_kwargs["socket_timeout"]
+        assert timeout > settings.heartbeat_seconds
