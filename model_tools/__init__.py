@@ -1,1 +1,1 @@
-"""Build, load and (later) export the models the service runs. Imports torch: never used by the API."""
+"""Build, load, export and verify the models the service runs. Imports torch: never used by the API."""

@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import pickle
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -194,16 +195,27 @@ def card_from_json(text: str | bytes) -> ModelCard:
         raise ModelLoadError(f"the model card is not valid JSON with the expected fields: {exc!r}") from None
 
 
-def _save_atomically(contents: dict, path: Path, trust: bool) -> Path:
+def write_atomically(path: Path, write: Callable[[Path], None]) -> Path:
+    """Have `write` fill a partial file beside `path`, then rename it over `path`: readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
-    torch.save(contents, partial)
-    if trust:
-        _hash_path(path).write_text(_sha256(partial) + "\n")
-    else:
-        _hash_path(path).unlink(missing_ok=True)
-    os.replace(partial, path)
+    try:
+        write(partial)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
     return path
+
+
+def _save_atomically(contents: dict, path: Path, trust: bool) -> Path:
+    def write(partial: Path) -> None:
+        torch.save(contents, partial)
+        if trust:
+            _hash_path(path).write_text(_sha256(partial) + "\n")
+        else:
+            _hash_path(path).unlink(missing_ok=True)
+
+    return write_atomically(path, write)
 
 
 def _hash_path(path: Path) -> Path:

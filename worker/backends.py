@@ -115,7 +115,7 @@ def _build_from_checkpoint(backend: str, loaded: LoadedModel, device: torch.devi
         with tempfile.TemporaryDirectory() as scratch:
             path = export.export_torchscript(loaded, Path(scratch) / "model.ts.pt", optimize=device.type == "cpu")
             module, _ = export.load_torchscript(path, device)
-        return _torchscript_run(module, device)
+        return export.torch_predictor(module, device)
     with tempfile.TemporaryDirectory() as scratch:
         onnx_path = export.export_onnx(loaded, Path(scratch) / "model.onnx")
         return _onnx_run(backend, onnx_path, threads)
@@ -134,7 +134,7 @@ def _engine_for_torchscript_file(path: Path, backend: str, device: torch.device)
     if backend not in ("auto", "torch", "torchscript"):
         raise BackendError(f"{path} is a TorchScript file; BACKEND={backend} needs a checkpoint or an ONNX file")
     module, card = export.load_torchscript(path, device)
-    return Engine("torchscript", card, _torchscript_run(module, device))
+    return Engine("torchscript", card, export.torch_predictor(module, device))
 
 
 def _require_cpu(backend: str, device: torch.device) -> None:
@@ -146,36 +146,13 @@ def _torch_run(loaded: LoadedModel, device: torch.device) -> Run:
     # A copy, because Module.to moves parameters in place: the checkpoint's own network must stay on
     # the CPU, where the TorchScript and ONNX exports built from it next trace their example images.
     model = copy.deepcopy(export.serving_module(loaded)).to(device).to(memory_format=torch.channels_last)
-    return _torchscript_run(model, device)  # the same calling convention as a scripted module
-
-
-def _torchscript_run(module: torch.nn.Module, device: torch.device) -> Run:
-    def run(images: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            batch = torch.from_numpy(images).to(device, non_blocking=True)
-            return module(batch).float().cpu().numpy()
-    return run
+    return export.torch_predictor(model, device)
 
 
 def _onnx_run(backend: str, path: Path, threads: int) -> Run:
     if not installed(backend):
         raise BackendError(f"BACKEND={backend} is not installed (pip install {_NEEDS_MODULE[backend]})")
-    return _onnxruntime_run(path, threads) if backend == "onnxruntime" else _openvino_run(path, threads)
-
-
-def _onnxruntime_run(path: Path, threads: int) -> Run:
-    import onnxruntime
-
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = threads
-    # Idle compute threads would otherwise spin, taking the CPU from the API processes beside the worker.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    try:
-        session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime raises its own exception types for unreadable files
-        raise ModelLoadError(f"onnxruntime cannot load {path}: {exc}") from None
-    input_name = session.get_inputs()[0].name
-    return lambda images: session.run(None, {input_name: images})[0]
+    return export.onnx_predictor(path, threads) if backend == "onnxruntime" else _openvino_run(path, threads)
 
 
 def _openvino_run(path: Path, threads: int) -> Run:
