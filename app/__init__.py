@@ -25,8 +25,8 @@ def create_app(settings: Settings | None = None, redis_client: redis.Redis | Non
         # while the BLPOP for the answer needs a read timeout longer than the request's.
         redis_client = _redis(settings, settings.redis_timeout)
         waiting_client = _redis(settings, settings.request_timeout + settings.redis_timeout)
-    app.extensions["inference_queue"] = InferenceQueue(redis_client, settings.key_prefix, settings.max_queue,
-                                                       waiting_client)
+    app.extensions["inference_queue"] = InferenceQueue(redis_client, waiting_client, settings.key_prefix,
+                                                       settings.max_queue)
     register_error_handlers(app)
     request_log.install(app, settings.log_level)
     app.register_blueprint(api)

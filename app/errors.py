@@ -5,9 +5,11 @@ from __future__ import annotations
 import logging
 
 import redis
-from flask import Flask, g, jsonify
+from flask import Flask, current_app, g, jsonify
 from werkzeug.exceptions import HTTPException
 
+from app.queue_client import NoWorker, QueueFull
+from app.request_log import log_fields
 from serving.preprocess import ImageError
 
 log = logging.getLogger("api")
@@ -27,7 +29,7 @@ class ApiError(Exception):
 def error_response(status: int, code: str, message: str):
     response = jsonify({"success": False, "error": {"code": code, "message": message}})
     if "log_fields" in g:  # the request's log line names the error
-        g.log_fields["error"] = code
+        log_fields(error=code)
     response.status_code = status
     if status == 503:
         response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
@@ -42,6 +44,17 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(ImageError)
     def image_error(exc: ImageError):
         return error_response(_IMAGE_ERROR_STATUS.get(exc.code, 400), exc.code, str(exc))
+
+    @app.errorhandler(NoWorker)
+    def no_worker(exc: NoWorker):
+        timeout = current_app.config["SETTINGS"].worker_timeout
+        return error_response(503, "no_worker", "no worker available: none with a loaded model has sent a "
+                              f"heartbeat within WORKER_TIMEOUT={timeout:g}s")
+
+    @app.errorhandler(QueueFull)
+    def queue_full(exc: QueueFull):
+        max_queue = current_app.config["SETTINGS"].max_queue
+        return error_response(503, "queue_full", f"{exc} images are queued (MAX_QUEUE={max_queue}); retry later")
 
     @app.errorhandler(redis.RedisError)
     def redis_unavailable(exc: redis.RedisError):

@@ -8,15 +8,13 @@ from pathlib import Path
 from flask import Blueprint, Response, current_app
 
 from app import metrics
-from app.errors import ApiError
-from app.queue_client import FleetStatus, InferenceQueue
+from app.queue_client import FleetStatus, InferenceQueue, NoWorker
 from serving.config import Settings
+from serving.preprocess import RESIZE_FILTER
 
 operations = Blueprint("operations", __name__)
 
 OPENAPI_DOCUMENT = json.loads((Path(__file__).parent / "openapi.json").read_text())
-# How the API resizes (serving/preprocess.fit_to_model); reported by /model so clients can do the same.
-RESIZE_INTERPOLATION = "bilinear"
 
 
 @operations.get("/")
@@ -42,9 +40,10 @@ def model():
     fleet = _fleet_status()
     _require_worker(fleet)
     info = fleet.model
+    preprocessing = {"resize_size": info.resize_size, "crop_size": info.input_size,
+                     "interpolation": RESIZE_FILTER.name.lower(), "mean": list(info.mean), "std": list(info.std)}
     return {"name": info.name, "arch": info.arch, "num_classes": info.num_classes, "input_size": info.input_size,
-            "preprocessing": {"resize_size": info.resize_size, "crop_size": info.input_size,
-                              "interpolation": RESIZE_INTERPOLATION, "mean": list(info.mean), "std": list(info.std)},
+            "preprocessing": preprocessing,
             "backend": info.backend, "device": info.device, "batch_size": info.batch_size,
             "workers": fleet.workers_alive}
 
@@ -67,6 +66,4 @@ def _fleet_status() -> FleetStatus:
 
 def _require_worker(fleet: FleetStatus) -> None:
     if fleet.model is None or fleet.workers_alive == 0:
-        settings: Settings = current_app.config["SETTINGS"]
-        raise ApiError(503, "no_worker", "no worker with a loaded model has sent a heartbeat within "
-                       f"WORKER_TIMEOUT={settings.worker_timeout:g}s")
+        raise NoWorker()

@@ -35,10 +35,9 @@ class FleetStatus:
 class InferenceQueue:
     """`client` answers within the Redis timeout; `waiting_client` allows for a whole request's wait."""
 
-    def __init__(self, client: redis.Redis, key_prefix: str, max_queue: int,
-                 waiting_client: redis.Redis | None = None):
+    def __init__(self, client: redis.Redis, waiting_client: redis.Redis, key_prefix: str, max_queue: int):
         self.client = client
-        self.waiting_client = waiting_client or client
+        self.waiting_client = waiting_client
         self.keys = Keys(key_prefix)
         self.max_queue = max_queue
 

@@ -19,6 +19,7 @@ import uuid
 from flask import Flask, Response, g, request
 
 from app import metrics
+from serving.config import LOG_FORMAT
 
 log = logging.getLogger("api")
 
@@ -67,9 +68,9 @@ def _value(value) -> str:
 
 
 def _configure_logging(level: str) -> None:
-    """The API's lines on stderr in the worker's format; once per process (tests build many apps)."""
+    """The API's lines on stderr in the format the worker uses too; once per process (tests build many apps)."""
     if not log.handlers:
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
         log.addHandler(handler)
     log.setLevel(level)

@@ -8,7 +8,7 @@ from flask import Blueprint, current_app, request
 from werkzeug.datastructures import FileStorage
 
 from app.errors import ApiError
-from app.queue_client import InferenceQueue, NoAnswer, NoWorker, QueueFull
+from app.queue_client import InferenceQueue, NoAnswer
 from app.request_log import log_fields, new_job_id
 from serving.config import Settings
 from serving.preprocess import decode, fit_to_model, read_header
@@ -32,7 +32,7 @@ def predict():
     deadline = time.time() + settings.request_timeout
 
     upload = read_header(_single_upload().read(), settings.max_image_pixels)
-    model = _admit(queue, settings)
+    model = queue.admit()  # 503 now (app/errors.py) rather than after decoding, if nobody would answer
     image = decode(upload, min_side=model.resize_size)
     pixels = fit_to_model(image, model.resize_size, model.input_size)
     preprocess_ms = (time.perf_counter() - started) * 1000
@@ -64,14 +64,3 @@ def _single_upload() -> FileStorage:
         raise ApiError(400, "too_many_images", f"send one image per request; got {len(files)} in '{UPLOAD_FIELD}'")
     return files[0]
 
-
-def _admit(queue: InferenceQueue, settings: Settings):
-    """The model to preprocess for, unless nobody would answer in time."""
-    try:
-        return queue.admit()
-    except NoWorker:
-        raise ApiError(503, "no_worker", "no worker available: none has sent a heartbeat within "
-                       f"WORKER_TIMEOUT={settings.worker_timeout:g}s") from None
-    except QueueFull as exc:
-        raise ApiError(503, "queue_full", f"{exc} images are queued (MAX_QUEUE={settings.max_queue}); "
-                       "retry later") from None

@@ -35,7 +35,7 @@ from scripts.loadtest import Client, Report, closed_loop, open_loop, summarize
 from serving.config import Settings
 from serving.preprocess import prepare
 from stack.processes import Stack, free_port
-from worker.backends import CPU_PREFERENCE, engine_for_checkpoint, installed
+from worker.backends import CPU_PREFERENCE, engine_for_checkpoint, installed, open_engine
 
 # Colour photos from scikit-image, PNG and JPEG, 451x300 to 1000x872 pixels.
 BENCH_PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "hubble_deep_field.jpg",
@@ -61,7 +61,7 @@ def images_per_second(run, batch: np.ndarray, seconds: float) -> tuple[float, fl
 
 def model_ceilings(settings: Settings, photos: list[tuple[str, bytes]], seconds: float) -> dict[str, dict]:
     """Per backend: images/s at each batch size and the batch-1 latency, on real preprocessed photos."""
-    loaded = load_model(settings.model_path)
+    loaded = load_model(settings.model_path, settings.model_format, settings.model_arch, settings.model_trusted)
     size = loaded.card.preprocessing
     pixels = [prepare(data, size.resize_size, size.input_size, settings.max_image_pixels) for _, data in photos]
     results = {}
@@ -78,23 +78,26 @@ def model_ceilings(settings: Settings, photos: list[tuple[str, bytes]], seconds:
     return results
 
 
-def pipeline_ceiling(settings: Settings, photos: list[tuple[str, bytes]], seconds: float) -> tuple[float, int]:
-    """Best (images/s, inference threads) for upload bytes -> predictions in one process.
+def pipeline_ceiling(settings: Settings, photos: list[tuple[str, bytes]],
+                     seconds: float) -> tuple[float, int, str]:
+    """Best (images/s, inference threads) for upload bytes -> predictions in one process, and the backend.
 
-    The service's backend and batch size; the inference thread count that does best
-    here, so the ceiling is what the machine allows, not what the service's setting allows.
+    The engine the worker opens (open_engine) and its batch size; the inference thread count
+    that does best here, so the ceiling is what the machine allows, not what the service's
+    setting allows.
     """
-    rates = {threads: _pipeline_rate(settings, photos, seconds, threads)
-             for threads in sorted({settings.compute_threads, os.cpu_count() or 1})}
+    rates, backend = {}, ""
+    for threads in sorted({settings.compute_threads, os.cpu_count() or 1}):
+        rates[threads], backend = _pipeline_rate(dataclasses.replace(settings, inference_threads=threads),
+                                                 photos, seconds)
     best = max(rates, key=rates.get)
-    return rates[best], best
+    return rates[best], best, backend
 
 
-def _pipeline_rate(settings: Settings, photos: list[tuple[str, bytes]], seconds: float, threads: int) -> float:
-    loaded = load_model(settings.model_path)
-    torch.set_num_threads(threads)  # for the torch engines; main() sets the worker's count back
-    engine = engine_for_checkpoint(loaded, settings.backend, torch.device("cpu"), threads)
-    size = loaded.card.preprocessing
+def _pipeline_rate(settings: Settings, photos: list[tuple[str, bytes]], seconds: float) -> tuple[float, str]:
+    torch.set_num_threads(settings.compute_threads)  # for the torch engines; main() sets the worker's count back
+    engine = open_engine(settings, torch.device("cpu"))
+    size = engine.card.preprocessing
 
     def decode(item: tuple[str, bytes]) -> np.ndarray:
         return prepare(item[1], size.resize_size, size.input_size, settings.max_image_pixels)
@@ -111,7 +114,7 @@ def _pipeline_rate(settings: Settings, photos: list[tuple[str, bytes]], seconds:
             current, upcoming = np.stack(list(upcoming)), decoded_batch()  # decode the next batch meanwhile
             engine.run(current)
             done += len(current)
-        return done / (time.perf_counter() - started)
+        return done / (time.perf_counter() - started), engine.backend
 
 
 def service(settings: Settings, photos: list[tuple[str, bytes]], seconds: float,
@@ -127,9 +130,7 @@ def service(settings: Settings, photos: list[tuple[str, bytes]], seconds: float,
     return {"saturation": saturation, "half_load": half, "unloaded": unloaded}
 
 
-def markdown(ceilings: dict, pipeline: float, pipeline_threads: int, runs: dict[str, Report],
-             settings: Settings) -> str:
-    backend = _served_backend(settings, ceilings)
+def markdown(ceilings: dict, pipeline: float, pipeline_threads: int, backend: str, runs: dict[str, Report]) -> str:
     model = ceilings[backend]
     best_batch, best_rate = max(model["images_per_s"].items(), key=lambda item: item[1])
     saturation, half, unloaded = runs["saturation"], runs["half_load"], runs["unloaded"]
@@ -157,12 +158,6 @@ def markdown(ceilings: dict, pipeline: float, pipeline_threads: int, runs: dict[
     return "\n".join(table + backends)
 
 
-def _served_backend(settings: Settings, ceilings: dict) -> str:
-    if settings.backend != "auto":
-        return settings.backend
-    return next(name for name in CPU_PREFERENCE if name in ceilings)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=20.0, help="length of each service measurement")
@@ -177,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{os.cpu_count()} CPUs, {settings.compute_threads} inference threads, torch {torch.__version__}; "
           f"photos: {', '.join(BENCH_PHOTOS)}", flush=True)
     ceilings = model_ceilings(settings, photos, args.model_seconds)
-    pipeline, pipeline_threads = pipeline_ceiling(settings, photos, args.seconds / 2)
+    pipeline, pipeline_threads, backend = pipeline_ceiling(settings, photos, args.seconds / 2)
     torch.set_num_threads(settings.compute_threads)
     print(f"  pipeline ceiling {pipeline:.1f} images/s ({pipeline_threads} inference threads)", flush=True)
     runs = service(settings, photos, args.seconds, args.concurrency)
@@ -185,9 +180,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  service {report.mode}: {report.throughput_rps:.1f} requests/s, latency {report.latency_ms}, "
               f"statuses {report.statuses}", flush=True)
     print()
-    print(markdown(ceilings, pipeline, pipeline_threads, runs, settings))
+    print(markdown(ceilings, pipeline, pipeline_threads, backend, runs))
     if args.json:
         figures = {"model_ceilings": ceilings, "pipeline_ceiling": pipeline, "pipeline_threads": pipeline_threads,
+                   "backend": backend,
                    "service": {name: report.to_json() for name, report in runs.items()}}
         Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
     return 0

@@ -14,6 +14,8 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"  # of API and worker alike, at LOG_LEVEL
+
 
 def _setting(env: str, default, help: str):
     return field(default=default, metadata={"env": env, "help": help})

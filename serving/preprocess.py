@@ -21,6 +21,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 log = logging.getLogger(__name__)
 
+RESIZE_FILTER = Image.Resampling.BILINEAR  # torchvision's Resize default; /model reports it
+
 _SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
 _ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
 
@@ -143,7 +145,7 @@ def fit_to_model(image: Image.Image, resize_size: int, input_size: int) -> np.nd
     top = int(round((resized_h - input_size) / 2.0))
     x_scale, y_scale = width / resized_w, height / resized_h
     box = (left * x_scale, top * y_scale, (left + input_size) * x_scale, (top + input_size) * y_scale)
-    cropped = image.resize((input_size, input_size), Image.Resampling.BILINEAR, box=box)
+    cropped = image.resize((input_size, input_size), RESIZE_FILTER, box=box)
     return np.asarray(cropped, dtype=np.uint8)
 
 

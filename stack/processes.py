@@ -51,7 +51,7 @@ class Stack:
     """Context manager that runs Redis (unless settings name one), workers and the API."""
 
     def __init__(self, settings: Settings, workers: int = 1, private_redis: bool = True,
-                 log_dir: Path | None = None, extra_env: dict[str, str] | None = None,
+                 log_dir: Path | None = None,
                  redis_arguments: tuple[str, ...] = (), redis_url_template: str = "redis://127.0.0.1:{port}/0"):
         self.settings = settings
         self.redis_arguments = redis_arguments  # e.g. --requirepass, TLS options; "{port}" is filled in
@@ -59,7 +59,6 @@ class Stack:
         self.worker_count = workers
         self.private_redis = private_redis
         self.log_dir = log_dir  # None: children write to this process's stdout/stderr
-        self.extra_env = extra_env or {}
         self.redis_process: subprocess.Popen | None = None
         self.worker_processes: list[subprocess.Popen] = []
         self.api_process: subprocess.Popen | None = None
@@ -156,15 +155,11 @@ class Stack:
             process.kill()
             process.wait()
 
-    def alive(self) -> list[subprocess.Popen]:
-        everything = [self.redis_process, *self.worker_processes, self.api_process]
-        return [p for p in everything if p is not None and p.poll() is None]
-
     def log_path(self, name: str) -> Path | None:
         return self.log_dir / f"{name}.log" if self.log_dir else None
 
     def _spawn(self, name: str, command: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
-        env = {**os.environ, **self.settings.as_env(), **self.extra_env, **(env or {})}
+        env = {**os.environ, **self.settings.as_env(), **(env or {})}
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
         output = None
         if self.log_dir:

@@ -11,7 +11,7 @@ import redis
 import torch
 
 from model_tools.checkpoints import ModelLoadError
-from serving.config import Settings
+from serving.config import LOG_FORMAT, Settings
 from worker.backends import BackendError, open_engine
 from worker.inference import Classifier, choose_device
 from worker.loop import Worker
@@ -21,7 +21,7 @@ log = logging.getLogger("worker")
 
 def main() -> int:
     settings = Settings.from_env()
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.basicConfig(level=settings.log_level, format=LOG_FORMAT)
     torch.set_num_threads(settings.compute_threads)
     try:
         device = choose_device(settings.device)
