@@ -27,8 +27,7 @@ redis-server:
 
 # What the tests drive besides our code: the demo page's browser, the compose file's validator.
 test-tools:
-	@scripts/ensure-debian-package.sh /usr/bin/chromium chromium
-	@scripts/ensure-debian-package.sh docker-compose docker-compose
+	@scripts/ensure-debian-package.sh /usr/bin/chromium chromium docker-compose docker-compose
 
 model: $(VENV)/.installed
 	$(PY) -m model_tools build-default --if-missing

@@ -6,7 +6,7 @@
 #   BUILD_TYPE=Debug BUILD_DIR=cpp/build-debug cpp/build.sh   another build (the README's measurements)
 #
 # Missing cmake, g++ or Debian's libopencv-dev are installed with apt-get when running as root;
-# otherwise the script says what to install and fails.
+# otherwise the script says what to install and fails (scripts/ensure-debian-package.sh).
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -18,22 +18,14 @@ BUILD_TYPE=${BUILD_TYPE:-Release}
 
 fail() { echo "cpp/build.sh: $*" >&2; exit 1; }
 
-missing_packages=()
-command -v cmake >/dev/null || missing_packages+=(cmake)
-command -v g++ >/dev/null || missing_packages+=(g++)
-ls /usr/lib/*/cmake/opencv4/OpenCVConfig.cmake >/dev/null 2>&1 || missing_packages+=(libopencv-dev)
-if [ ${#missing_packages[@]} -gt 0 ]; then
-    [ "$(id -u)" = 0 ] || fail "missing ${missing_packages[*]}: install them (apt-get install ${missing_packages[*]})"
-    echo "cpp/build.sh: installing ${missing_packages[*]} with apt-get" >&2
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing_packages[@]}" >/dev/null
-fi
+# OpenCV is there when its CMake config is (the glob is expanded by the script).
+../scripts/ensure-debian-package.sh cmake cmake g++ g++ \
+    '/usr/lib/*/cmake/opencv4/OpenCVConfig.cmake' libopencv-dev
 
 find_wheel() {
-    # This machine keeps the CPU wheel in pip's find-links folder; elsewhere pip fetches it from PyPI's mirror.
-    for candidate in "${TORCH_WHEEL:-}" "/opt/wheels/$WHEEL_NAME" "/work/.library/env/packages/$WHEEL_NAME"; do
-        [ -n "$candidate" ] && [ -f "$candidate" ] && { echo "$candidate"; return; }
-    done
+    # TORCH_WHEEL if set; else pip, which finds the wheel in its configured find-links folder or
+    # index (on this machine pip.conf's find-links=/opt/wheels holds it) and copies it here.
+    [ -n "${TORCH_WHEEL:-}" ] && [ -f "$TORCH_WHEEL" ] && { echo "$TORCH_WHEEL"; return; }
     local download=libtorch.download
     mkdir -p "$download"
     python3 -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.11 \

@@ -13,7 +13,6 @@
 // Exit status: 0 all classified; 1 some image files could not be decoded (the rest were
 // classified); 2 bad usage, missing model or folder, no image to classify; 3 inference failed.
 
-#include <torch/csrc/jit/runtime/graph_executor.h>
 #include <ATen/Parallel.h>
 #include <torch/script.h>
 #include <torch/version.h>
@@ -61,8 +60,11 @@ constexpr int kUndecodable = 1;
 constexpr int kInferenceError = 3;
 const char* const kCardFile = "model_card.json";
 
+// Bad usage (exit status 2); show_usage: the message is followed by the usage text.
 struct UsageError : std::runtime_error {
-  using std::runtime_error::runtime_error;
+  explicit UsageError(const std::string& what, bool show_usage = false)
+      : std::runtime_error(what), show_usage(show_usage) {}
+  bool show_usage;
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -397,17 +399,25 @@ std::pair<int, int> jpeg_size(const std::vector<uint8_t>& b) {
   return {0, 0};
 }
 
-// The scale the service decodes a JPEG at (Pillow's draft mode, serving/preprocess.py): the
-// largest of 1/8, 1/4, 1/2 that keeps both stored sides at least min_side. libjpeg does the
-// scaling inside the DCT, for Pillow and for OpenCV's IMREAD_REDUCED_COLOR_* alike.
+// The scale the service decodes a JPEG at (Pillow's draft mode, serving/preprocess.py), as the
+// denominator of 1/8, 1/4, 1/2 or 1/1: the largest of 8, 4, 2 that keeps both stored sides at
+// least min_side, else 1 (also for unknown sizes). libjpeg does the scaling inside the DCT, for
+// Pillow and for OpenCV's IMREAD_REDUCED_COLOR_* alike.
+int draft_denominator(int width, int height, int min_side) {
+  if (width <= 0 || height <= 0 || min_side <= 0) return 1;
+  int scale = std::min(width / min_side, height / min_side);
+  return scale >= 8 ? 8 : scale >= 4 ? 4 : scale >= 2 ? 2 : 1;
+}
+
+// OpenCV's imdecode flag for that scale.
 int jpeg_draft_flag(const std::vector<uint8_t>& bytes, int min_side) {
   auto [width, height] = jpeg_size(bytes);
-  if (width <= 0 || height <= 0 || min_side <= 0) return cv::IMREAD_COLOR;
-  int scale = std::min(width / min_side, height / min_side);
-  if (scale >= 8) return cv::IMREAD_REDUCED_COLOR_8;
-  if (scale >= 4) return cv::IMREAD_REDUCED_COLOR_4;
-  if (scale >= 2) return cv::IMREAD_REDUCED_COLOR_2;
-  return cv::IMREAD_COLOR;
+  switch (draft_denominator(width, height, min_side)) {
+    case 8: return cv::IMREAD_REDUCED_COLOR_8;
+    case 4: return cv::IMREAD_REDUCED_COLOR_4;
+    case 2: return cv::IMREAD_REDUCED_COLOR_2;
+    default: return cv::IMREAD_COLOR;
+  }
 }
 
 #ifdef CLASSIFY_HAVE_LIBJPEG
@@ -493,11 +503,8 @@ cv::Mat decode_jpeg_rgb(const std::vector<uint8_t>& bytes, int min_side) {
   }
   info.out_color_space = JCS_RGB;
   info.scale_num = 1;
-  info.scale_denom = 1;
-  if (min_side > 0) {
-    unsigned scale = std::min(info.image_width, info.image_height) / static_cast<unsigned>(min_side);
-    info.scale_denom = scale >= 8 ? 8 : scale >= 4 ? 4 : scale >= 2 ? 2 : 1;
-  }
+  info.scale_denom = static_cast<unsigned>(
+      draft_denominator(static_cast<int>(info.image_width), static_cast<int>(info.image_height), min_side));
   jpeg_start_decompress(&info);
   image.create(static_cast<int>(info.output_height), static_cast<int>(info.output_width), CV_8UC3);
   while (info.output_scanline < info.output_height) {
@@ -576,7 +583,6 @@ struct Options {
   bool json = false;
   bool warmup = true;
   std::string grad_mode = "inference";  // inference | no-grad | enabled (the last two only to measure their cost)
-  bool jit_optimize = true;
   // Decode the next batch on another thread while this one runs: yes, no, or (the default) only
   // when a core is left over by the intra-op threads; on a full machine it slows inference more.
   enum class Overlap { Auto, On, Off } overlap = Overlap::Auto;
@@ -606,7 +612,6 @@ const char* const kUsage =
     "measurement switches (README, \"Why libtorch looked slower\"):\n"
     "  --no-warmup    time the first calls too (the TorchScript executor profiles and optimizes them)\n"
     "  --grad-mode M  inference (default: c10::InferenceMode) | no-grad (NoGradGuard) | enabled (autograd on)\n"
-    "  --no-jit-optimize  torch::jit::setGraphExecutorOptimize(false)\n"
     "  --overlap, --no-overlap  decode the next batch on a second thread while the model runs, or not\n"
     "                 (default: overlap when --threads leaves a core free)\n"
     "  --malloc-default  leave glibc's malloc as it is: large blocks are mmap'ed and unmapped again on\n"
@@ -653,8 +658,6 @@ Options parse_options(int argc, char** argv) {
       o.grad_mode = value();
       if (o.grad_mode != "inference" && o.grad_mode != "no-grad" && o.grad_mode != "enabled")
         throw UsageError("--grad-mode expects inference, no-grad or enabled");
-    } else if (a == "--no-jit-optimize") {
-      o.jit_optimize = false;
     } else if (a == "--overlap") {
       o.overlap = Options::Overlap::On;
     } else if (a == "--no-overlap") {
@@ -666,14 +669,14 @@ Options parse_options(int argc, char** argv) {
       if (r != "pillow" && r != "opencv") throw UsageError("--resize expects pillow or opencv");
       o.resize = r == "pillow" ? Resize::Pillow : Resize::OpenCV;
     } else if (!a.empty() && a[0] == '-') {
-      throw UsageError("unknown option " + a);
+      throw UsageError("unknown option " + a, /*show_usage=*/true);
     } else if (o.folder.empty()) {
       o.folder = a;
     } else {
       throw UsageError("one image folder expected, got '" + o.folder + "' and '" + a + "'");
     }
   }
-  if (o.folder.empty()) throw UsageError("no image folder given");
+  if (o.folder.empty()) throw UsageError("no image folder given", /*show_usage=*/true);
   if (o.model.empty()) o.model = default_model();
   return o;
 }
@@ -822,7 +825,6 @@ int run(const Options& o) {
   const bool overlap = o.overlap == Options::Overlap::Auto
                            ? static_cast<unsigned>(at::get_num_threads()) < std::thread::hardware_concurrency()
                            : o.overlap == Options::Overlap::On;
-  if (!o.jit_optimize) torch::jit::setGraphExecutorOptimize(false);
   Model model = load_model(o.model);
   const ModelCard& card = model.card;
   std::vector<fs::path> candidates;
@@ -923,9 +925,7 @@ int main(int argc, char** argv) {
     return run(parse_options(argc, argv));
   } catch (const UsageError& e) {
     std::cerr << "error: " << e.what() << "\n";
-    if (std::string(e.what()).find("folder given") != std::string::npos ||
-        std::string(e.what()).find("unknown option") != std::string::npos)
-      std::cerr << kUsage;
+    if (e.show_usage) std::cerr << kUsage;
     return kUsageError;
   } catch (const std::exception& e) {
     std::string what = e.what();

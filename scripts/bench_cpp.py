@@ -113,9 +113,18 @@ def python_run(kind: str, model: str, folder: str, batch: int, threads: int, war
             "warmup_ms": warmup_ms}
 
 
+def default_overlap(threads: int) -> bool:
+    """The C++ client's default, which the Python runs follow: overlap when the threads leave a core free."""
+    return threads < (os.cpu_count() or 1)
+
+
 def measure(config: dict, folder: Path, model: Path) -> dict:
+    """One fresh process. config: kind (eager, torchscript or cpp), batch, threads; optional warmup
+    (default True), overlap (None: the default rule), keep_memory (default True), and for cpp
+    binary and further flags."""
     if config["kind"] == "cpp":
         flags = [*config.get("flags", [])]
+        flags += [] if config.get("warmup", True) else ["--no-warmup"]
         flags += {True: ["--overlap"], False: ["--no-overlap"], None: []}[config.get("overlap")]
         flags += [] if config.get("keep_memory", True) else ["--malloc-default"]
         command = [str(config.get("binary", CLASSIFY)), "--json", "--model", str(model),
@@ -123,8 +132,8 @@ def measure(config: dict, folder: Path, model: Path) -> dict:
         completed = subprocess.run(command, capture_output=True, text=True, check=True)
         return json.loads(completed.stdout.splitlines()[-1])
     one = {"warmup": True, **config, "folder": str(folder), "model": str(model)}
-    if one.get("overlap") is None:  # the C++ client's default: overlap when the threads leave a core free
-        one["overlap"] = config["threads"] < (os.cpu_count() or 1)
+    if one.get("overlap") is None:
+        one["overlap"] = default_overlap(config["threads"])
     # The C++ client keeps freed memory with mallopt(); Python gets the same from glibc's environment.
     env = {**os.environ, **(KEEP_MEMORY_ENV if config.get("keep_memory", True) else {})}
     completed = subprocess.run([sys.executable, __file__, "--one", json.dumps(one)], capture_output=True, text=True,
@@ -159,8 +168,8 @@ def compare(args, folder: Path) -> None:
     kinds = {"Python eager": "eager", "Python TorchScript": "torchscript", "C++ libtorch": "cpp"}
     configs = {name: {**base, "kind": kind} for name, kind in kinds.items()}
     for name, kind in kinds.items():
-        configs[f"{name}, warm-up included"] = {**base, "kind": kind, "warmup": False, "flags": ["--no-warmup"]}
-    overlap = args.threads < (os.cpu_count() or 1)  # what both do by default
+        configs[f"{name}, warm-up included"] = {**base, "kind": kind, "warmup": False}
+    overlap = default_overlap(args.threads)  # what both do by default
     for name in ("Python TorchScript", "C++ libtorch"):
         configs[f"{name}, {'no overlap' if overlap else 'overlap'}"] = {**configs[name], "overlap": not overlap}
         configs[f"{name}, glibc malloc defaults"] = {**configs[name], "keep_memory": False}
@@ -187,14 +196,14 @@ def causes(args, folder: Path) -> None:
         "glibc malloc defaults (freed blocks unmapped, page-faulted back each batch)": {
             **base, "flags": ["--malloc-default"]},
         "overlap on 2 busy cores (next batch decoded during inference)": {**base, "flags": ["--overlap"]},
-        "no warm-up (first calls profiled and optimized in the timed region)": {**base, "flags": ["--no-warmup"]},
+        "no warm-up (first calls profiled and optimized in the timed region)": {**base, "warmup": False},
         "autograd on (no InferenceMode, no NoGradGuard)": {**base, "flags": ["--grad-mode", "enabled"]},
         "NoGradGuard instead of InferenceMode": {**base, "flags": ["--grad-mode", "no-grad"]},
         "1 thread": {**base, "threads": 1},
         "4 threads on 2 cores": {**base, "threads": 4},
         "Debug build of the client": {**base, "binary": DEBUG_CLASSIFY},
         "batch 1": {**base, "batch": 1},
-        "batch 1, autograd on, no warm-up": {**base, "batch": 1, "flags": ["--no-warmup", "--grad-mode", "enabled"]},
+        "batch 1, autograd on, no warm-up": {**base, "batch": 1, "warmup": False, "flags": ["--grad-mode", "enabled"]},
     }
     runs = run_all(configs, folder, args.model, args.rounds)
     baseline = median(next(iter(runs.values())), "images_per_s")
