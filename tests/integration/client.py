@@ -8,8 +8,8 @@ import requests
 
 
 def post_image(url: str, data: bytes, field: str = "image", filename: str = "photo",
-               timeout: float = 60) -> requests.Response:
-    return requests.post(url + "/predict", files={field: (filename, data)}, timeout=timeout)
+               timeout: float = 60, headers: dict[str, str] | None = None) -> requests.Response:
+    return requests.post(url + "/predict", files={field: (filename, data)}, headers=headers, timeout=timeout)
 
 
 def timed_post(url: str, data: bytes, timeout: float = 60) -> tuple[requests.Response, float]:

@@ -15,7 +15,7 @@ from PIL import Image
 
 from model_tools.export import CARD_FILE
 from serving.preprocess import prepare
-from tests.images import CAT_LABELS, PHOTOS
+from tests.images import CAT_LABELS, PHOTOS, jpeg_with_orientation
 from tests.reference import COLOUR_PHOTOS, reference_top3
 
 pytestmark = pytest.mark.integration
@@ -88,9 +88,7 @@ def test_jpegs_are_turned_upright_by_their_exif_orientation(classify, tmp_path):
     photos.mkdir()
     rocket = Image.open(PHOTOS / "rocket.jpg")
     for orientation in range(1, 9):
-        exif = Image.Exif()
-        exif[0x0112] = orientation
-        rocket.save(photos / f"{orientation}.jpg", quality=90, exif=exif)
+        (photos / f"{orientation}.jpg").write_bytes(jpeg_with_orientation(rocket, orientation))
     completed = run(classify, "--json", "--save-crops", crops, photos)
     assert completed.returncode == 0, completed.stderr
     for orientation in range(1, 9):

@@ -57,11 +57,6 @@ def test_odd_but_valid_images_are_classified(service, name):
     assert len(response.json()["predictions"]) == 5
 
 
-def test_the_wrong_field_name_is_400(service):
-    response = post_image(service.url, photo_bytes("chelsea.png"), field="photo")
-    assert response.status_code == 400 and response.json()["error"]["code"] == "missing_image"
-
-
 def test_two_files_are_400(service):
     files = [("image", ("a.png", photo_bytes("chelsea.png"))), ("image", ("b.png", photo_bytes("coffee.png")))]
     response = requests.post(service.url + "/predict", files=files, timeout=30)

@@ -10,10 +10,10 @@ import time
 from pathlib import Path
 
 import pytest
-import requests
 
 from stack.processes import REPO_ROOT, free_port
 from tests.images import CAT_LABELS, photo_bytes
+from tests.integration.client import post_image
 
 pytestmark = pytest.mark.integration
 
@@ -58,8 +58,8 @@ def test_run_serves_predictions_and_a_stop_signal_ends_every_process(stop_signal
         assert f"http://127.0.0.1:{port}" in line
         children = descendants(launcher.pid)
         assert len(children) >= 4  # redis-server, worker, gunicorn master and its workers
-        response = requests.post(f"http://127.0.0.1:{port}/predict",
-                                 files={"image": ("chelsea.png", photo_bytes("chelsea.png"))}, timeout=30)
+        response = post_image(f"http://127.0.0.1:{port}", photo_bytes("chelsea.png"), filename="chelsea.png",
+                              timeout=30)
         assert response.json()["predictions"][0]["label"] in CAT_LABELS
         launcher.send_signal(stop_signal)
         assert launcher.wait(timeout=60) == 0

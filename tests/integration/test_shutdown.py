@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from serving.protocol import Keys
+from serving.protocol import Keys, decode_request
 from stack.processes import Stack
 from tests.images import photo_bytes
 from tests.integration.client import post_image, wait_until
 from tests.integration.conftest import stack_settings
-from tests.integration.test_reliability import freeze_while_holding_work
+from tests.integration.faults import freeze_while_holding_work
 
 pytestmark = pytest.mark.integration
 
@@ -27,18 +28,25 @@ def one_worker_stack(tmp_path):
 def test_sigterm_makes_a_worker_finish_its_batch_and_exit_zero(one_worker_stack):
     stack = one_worker_stack
     worker = stack.worker_processes[0]
-    workers_key = Keys(stack.settings.key_prefix).workers
+    keys = Keys(stack.settings.key_prefix)
+    workers_key = keys.workers
     [worker_id] = stack.redis().zrange(workers_key, 0, -1)
     with ThreadPoolExecutor(max_workers=12) as pool:
         futures = [pool.submit(post_image, stack.url, photo_bytes("coffee.png")) for _ in range(12)]
         freeze_while_holding_work(stack, 0)
+        held = [decode_request(raw).id for raw in stack.redis().lrange(keys.processing(worker_id.decode()), 0, -1)]
+        assert held  # what freeze_while_holding_work promised
         worker.send_signal(signal.SIGTERM)
         os.kill(worker.pid, signal.SIGCONT)
         assert worker.wait(timeout=30) == 0
         stack.start_worker()  # serves whatever the first one had not taken
         responses = [f.result() for f in futures]
     assert [r.status_code for r in responses] == [200] * 12
-    assert "stopped after" in stack.log_path("worker0").read_text()
+    first_worker_log = stack.log_path("worker0").read_text()  # the replacement logs to worker1
+    assert "stopped after" in first_worker_log
+    processed = {request_id for ids in re.findall(r" ids=(\S*)$", first_worker_log, re.MULTILINE)
+                 for request_id in ids.split(",")}
+    assert set(held) <= processed, f"the batch in hand {held} was not finished by the stopping worker"
     assert stack.redis().zscore(workers_key, worker_id) is None  # signed off, not left for the reaper
 
 

@@ -3,7 +3,6 @@
 import io
 import subprocess
 import sys
-import threading
 
 import fakeredis
 import numpy as np
@@ -14,49 +13,8 @@ from app import create_app
 from serving import protocol
 from serving.config import Settings
 from serving.preprocess import prepare
-from serving.protocol import Keys, ModelInfo
 from tests.images import PHOTOS, encode, photo_bytes
-from worker.batching import publish_results, take_batch
-
-SETTINGS = Settings(request_timeout=0.3, max_upload_mb=1)
-KEYS = Keys(SETTINGS.key_prefix)
-MODEL = ModelInfo("tiny", "tiny", 3, 224, 256, (0.5,) * 3, (0.5,) * 3, "cpu", 8)
-
-
-@pytest.fixture
-def server():
-    return fakeredis.FakeServer()
-
-
-@pytest.fixture
-def client(server):
-    return create_app(SETTINGS, fakeredis.FakeRedis(server=server)).test_client()
-
-
-def announce_worker(server):
-    fakeredis.FakeRedis(server=server).set(KEYS.model, MODEL.to_json())
-
-
-def answer_next_request(server, make_result):
-    """A stand-in worker thread: takes one message and publishes make_result(request) for it."""
-    redis_client = fakeredis.FakeRedis(server=server)
-
-    def run():
-        for _ in range(200):
-            batch = take_batch(redis_client, KEYS, "w", 1, block_seconds=0.01, wait_for_more_seconds=0)
-            if batch:
-                request = protocol.decode_request(batch[0])
-                publish_results(redis_client, KEYS, "w", {request.id: make_result(request)}, ttl_seconds=5)
-                return
-            threading.Event().wait(0.005)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread
-
-
-def post_image(client, data: bytes, field="image", filename="x.png"):
-    return client.post("/predict", data={field: (io.BytesIO(data), filename)}, content_type="multipart/form-data")
+from tests.unit.fake_api import KEYS, MODEL, SETTINGS, TABBY, answer_next_request, heartbeat, post_image, success
 
 
 def assert_error(response, status, code):
@@ -65,49 +23,42 @@ def assert_error(response, status, code):
     assert body["success"] is False and body["error"]["code"] == code and body["error"]["message"]
 
 
-def test_a_prediction_is_relayed_with_timing(client, server):
-    announce_worker(server)
-    predictions = [{"label": "tabby", "index": 281, "probability": 0.9}]
-    seen = {}
-
-    def result(request):
-        seen["shape"] = request.pixels.shape
-        return protocol.encode_success(request.id, predictions, "tiny", {"queue_ms": 1, "inference_ms": 2,
-                                                                       "batch_size": 1})
-    answer_next_request(server, result)
+def test_a_prediction_is_relayed_with_timing(client, fake_redis):
+    heartbeat(fake_redis)
+    seen = answer_next_request(fake_redis, success(TABBY))
     response = post_image(client, photo_bytes("chelsea.png"))
     assert response.status_code == 200, response.get_data(as_text=True)
     body = response.get_json()
-    assert body["success"] is True and body["predictions"] == predictions and body["model"] == "tiny"
+    assert body["success"] is True and body["predictions"] == TABBY and body["model"] == "tiny"
     assert {"preprocess_ms", "queue_ms", "inference_ms", "batch_size", "total_ms"} <= set(body["timing"])
-    assert seen["shape"] == (224, 224, 3)  # preprocessed to the announced model's input
+    assert seen["request"].pixels.shape == (224, 224, 3)  # preprocessed to the announced model's input
 
 
-def test_the_api_sends_exactly_what_prepare_makes_of_a_large_jpeg(client, server):
+def test_the_api_sends_exactly_what_prepare_makes_of_a_large_jpeg(client, fake_redis):
     """Decoded at reduced scale for the announced model, as the C++ client and the benchmarks do."""
-    announce_worker(server)
+    heartbeat(fake_redis)
     photo = Image.open(PHOTOS / "coffee.png").convert("RGB").resize((2400, 1600))
     data = encode(photo, "JPEG", quality=95)
-    seen = {}
-
-    def result(request):
-        seen["pixels"] = request.pixels
-        return protocol.encode_success(request.id, [], "tiny", {"queue_ms": 1, "inference_ms": 2, "batch_size": 1})
-    answer_next_request(server, result)
+    seen = answer_next_request(fake_redis, success([]))
     assert post_image(client, data, filename="x.jpg").status_code == 200
-    assert np.array_equal(seen["pixels"], prepare(data, MODEL.resize_size, MODEL.input_size, 10**8))
+    assert np.array_equal(seen["request"].pixels, prepare(data, MODEL.resize_size, MODEL.input_size, 10**8))
 
 
-def test_a_worker_error_becomes_a_500_with_its_code(client, server):
-    announce_worker(server)
-    answer_next_request(server, lambda r: protocol.encode_failure(r.id, "inference_failed", "out of memory"))
+@pytest.mark.parametrize("code, message", [
+    ("inference_failed", "out of memory"),
+    # A request whose workers kept dying: the reaper's answer names the cause.
+    (protocol.ATTEMPTS_EXHAUSTED, "the worker processing this request died 3 times"),
+])
+def test_a_worker_error_becomes_a_500_with_its_code(client, fake_redis, code, message):
+    heartbeat(fake_redis)
+    answer_next_request(fake_redis, lambda r: protocol.encode_failure(r.id, code, message))
     response = post_image(client, photo_bytes("chelsea.png"))
-    assert_error(response, 500, "inference_failed")
-    assert "out of memory" in response.get_json()["error"]["message"]
+    assert_error(response, 500, code)
+    assert message in response.get_json()["error"]["message"]
 
 
-def test_missing_image_field_is_400(client, server):
-    announce_worker(server)
+def test_missing_image_field_is_400(client, fake_redis):
+    heartbeat(fake_redis)
     assert_error(post_image(client, photo_bytes("chelsea.png"), field="file"), 400, "missing_image")
 
 
@@ -116,8 +67,8 @@ def test_a_body_that_is_not_multipart_is_400(client):
     assert_error(response, 400, "missing_image")
 
 
-def test_two_images_in_one_request_are_400(client, server):
-    announce_worker(server)
+def test_two_images_in_one_request_are_400(client, fake_redis):
+    heartbeat(fake_redis)
     data = {"image": [(io.BytesIO(photo_bytes("chelsea.png")), "a.png"),
                       (io.BytesIO(photo_bytes("coffee.png")), "b.png")]}
     response = client.post("/predict", data=data, content_type="multipart/form-data")
@@ -142,18 +93,22 @@ def test_unknown_path_is_404_json(client):
 
 
 def test_no_announced_worker_is_503_at_once(client):
-    assert_error(post_image(client, photo_bytes("chelsea.png")), 503, "no_worker")
+    response = post_image(client, photo_bytes("chelsea.png"))
+    assert_error(response, 503, "no_worker")
+    assert response.headers["Retry-After"] == "1"
 
 
-def test_no_answer_before_the_deadline_is_504(client, server):
-    announce_worker(server)
+def test_no_answer_before_the_deadline_is_504(client, fake_redis):
+    heartbeat(fake_redis)
     assert_error(post_image(client, photo_bytes("chelsea.png")), 504, "timeout")
 
 
 def test_unreachable_redis_is_503(server):
     server.connected = False
     client = create_app(SETTINGS, fakeredis.FakeRedis(server=server)).test_client()
-    assert_error(post_image(client, photo_bytes("chelsea.png")), 503, "redis_unavailable")
+    response = post_image(client, photo_bytes("chelsea.png"))
+    assert_error(response, 503, "redis_unavailable")
+    assert response.headers["Retry-After"] == "1"
 
 
 def test_healthz_answers_without_redis(server):
@@ -170,26 +125,12 @@ def test_the_api_never_imports_torch():
     assert finished.returncode == 0, finished.stdout + finished.stderr
 
 
-def test_a_full_queue_is_503_with_retry_after_at_once(server):
-    client = create_app(Settings(request_timeout=5, max_queue=3), fakeredis.FakeRedis(server=server)).test_client()
-    announce_worker(server)
-    fakeredis.FakeRedis(server=server).lpush(KEYS.queue, b"1", b"2", b"3")
+def test_a_full_queue_is_503_with_retry_after_at_once(fake_redis):
+    client = create_app(Settings(request_timeout=5, max_queue=3), fake_redis).test_client()
+    heartbeat(fake_redis)
+    fake_redis.lpush(KEYS.queue, b"1", b"2", b"3")
     response = post_image(client, photo_bytes("chelsea.png"))
     assert_error(response, 503, "queue_full")
     assert response.headers["Retry-After"] == "1"
-    assert fakeredis.FakeRedis(server=server).llen(KEYS.queue) == 3  # nothing added
+    assert fake_redis.llen(KEYS.queue) == 3  # nothing added
 
-
-def test_every_503_says_when_to_retry(client):
-    response = post_image(client, photo_bytes("chelsea.png"))
-    assert_error(response, 503, "no_worker")
-    assert response.headers["Retry-After"] == "1"
-
-
-def test_a_request_whose_workers_kept_dying_is_500_naming_the_cause(client, server):
-    announce_worker(server)
-    answer_next_request(server, lambda r: protocol.encode_failure(
-        r.id, protocol.ATTEMPTS_EXHAUSTED, "the worker processing this request died 3 times"))
-    response = post_image(client, photo_bytes("chelsea.png"))
-    assert_error(response, 500, "attempts_exhausted")
-    assert "died 3 times" in response.get_json()["error"]["message"]

@@ -1,118 +1,62 @@
 """Readiness, model info, metrics, request ids and log lines, the demo page and the OpenAPI document (fakeredis)."""
 
-import io
 import logging
 import os
 import re
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
-import fakeredis
 import pytest
 from jsonschema import Draft202012Validator
 
 from app import create_app
 from app.operations import OPENAPI_DOCUMENT
-from serving import protocol
-from serving.config import Settings
-from serving.protocol import Keys, ModelInfo
-from tests.images import photo_bytes
+from serving.protocol import ModelInfo
 from tests.openapi_check import assert_conforms
 from tests.prometheus_text import sample_value
-from worker.batching import publish_results, take_batch
+from tests.unit.fake_api import KEYS, MODEL, SETTINGS, TABBY, answer_next_request, heartbeat, post_image, success
 from worker.metrics import BatchStats
 
-SETTINGS = Settings(request_timeout=0.3, max_upload_mb=1, worker_timeout=5)
-KEYS = Keys(SETTINGS.key_prefix)
-MODEL = ModelInfo("tiny", "tiny_arch", 3, 224, 256, (0.5, 0.4, 0.3), (0.2, 0.2, 0.2), "cpu", 8)
 STATIC = Path(__file__).resolve().parents[2] / "app" / "static"
-
-
-@pytest.fixture
-def server():
-    return fakeredis.FakeServer()
-
-
-@pytest.fixture
-def redis_client(server):
-    return fakeredis.FakeRedis(server=server)
-
-
-@pytest.fixture
-def client(redis_client):
-    return create_app(SETTINGS, redis_client).test_client()
-
-
-def heartbeat(redis_client, worker_id="w1", age=0.0, model=MODEL):
-    redis_client.set(KEYS.model, model.to_json())
-    redis_client.zadd(KEYS.workers, {worker_id: time.time() - age})
-
-
-def answer_next_request(redis_client, predictions):
-    """A stand-in worker: answers the next queued request with `predictions`; returns the request's id."""
-    seen = {}
-
-    def run():
-        for _ in range(200):
-            batch = take_batch(redis_client, KEYS, "w1", 1, block_seconds=0.01, wait_for_more_seconds=0)
-            if batch:
-                request = protocol.decode_request(batch[0])
-                seen["id"] = request.id
-                result = protocol.encode_success(request.id, predictions, "tiny",
-                                                 {"queue_ms": 1.0, "inference_ms": 2.0, "batch_size": 1})
-                publish_results(redis_client, KEYS, "w1", {request.id: result}, ttl_seconds=5)
-                return
-            time.sleep(0.005)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return seen
-
-
-def post_image(client, data=None, headers=None):
-    data = photo_bytes("chelsea.png") if data is None else data
-    return client.post("/predict", data={"image": (io.BytesIO(data), "chelsea.png")},
-                       content_type="multipart/form-data", headers=headers or {})
 
 
 # /readyz
 
 
-def test_readyz_is_ready_with_a_fresh_worker(client, redis_client):
-    heartbeat(redis_client)
-    redis_client.lpush(KEYS.queue, b"waiting")
+def test_readyz_is_ready_with_a_fresh_worker(client, fake_redis):
+    heartbeat(fake_redis)
+    fake_redis.lpush(KEYS.queue, b"waiting")
     response = client.get("/readyz")
     assert response.status_code == 200
     assert response.get_json() == {"status": "ready", "model": "tiny", "workers": 1, "queue_depth": 1}
 
 
 @pytest.mark.parametrize("state", ["nothing", "stale_worker", "no_model"])
-def test_readyz_is_503_no_worker_without_a_fresh_worker_with_its_model(client, redis_client, state):
+def test_readyz_is_503_no_worker_without_a_fresh_worker_with_its_model(client, fake_redis, state):
     if state == "stale_worker":
-        heartbeat(redis_client, age=SETTINGS.worker_timeout + 1)
+        heartbeat(fake_redis, age=SETTINGS.worker_timeout + 1)
     if state == "no_model":
-        redis_client.zadd(KEYS.workers, {"w1": time.time()})
+        fake_redis.zadd(KEYS.workers, {"w1": time.time()})
     response = client.get("/readyz")
     assert response.status_code == 503 and response.headers["Retry-After"] == "1"
     assert response.get_json()["error"]["code"] == "no_worker"
 
 
-def test_readyz_is_503_when_redis_is_down(server, redis_client):
-    heartbeat(redis_client)
+def test_readyz_is_503_when_redis_is_down(server, fake_redis):
+    heartbeat(fake_redis)
     server.connected = False
-    response = create_app(SETTINGS, redis_client).test_client().get("/readyz")
+    response = create_app(SETTINGS, fake_redis).test_client().get("/readyz")
     assert response.status_code == 503 and response.get_json()["error"]["code"] == "redis_unavailable"
 
 
 # /model
 
 
-def test_model_describes_the_served_model_and_its_workers(client, redis_client):
-    heartbeat(redis_client, "w1")
-    heartbeat(redis_client, "w2")
+def test_model_describes_the_served_model_and_its_workers(client, fake_redis):
+    heartbeat(fake_redis, "w1")
+    heartbeat(fake_redis, "w2")
     body = client.get("/model").get_json()
     assert body == {"name": "tiny", "arch": "tiny_arch", "num_classes": 3, "input_size": 224,
                     "preprocessing": {"resize_size": 256, "crop_size": 224, "interpolation": "bilinear",
@@ -120,11 +64,11 @@ def test_model_describes_the_served_model_and_its_workers(client, redis_client):
                     "backend": "torch", "device": "cpu", "batch_size": 8, "workers": 2}
 
 
-def test_model_reports_the_backend_a_worker_announces(client, redis_client):
-    heartbeat(redis_client, model=ModelInfo(*[getattr(MODEL, f) for f in ("name", "arch", "num_classes",
-                                                                        "input_size", "resize_size", "mean",
-                                                                        "std", "device", "batch_size")],
-                                            backend="torchscript"))
+def test_model_reports_the_backend_a_worker_announces(client, fake_redis):
+    heartbeat(fake_redis, model=ModelInfo(*[getattr(MODEL, f) for f in ("name", "arch", "num_classes",
+                                                                      "input_size", "resize_size", "mean",
+                                                                      "std", "device", "batch_size")],
+                                          backend="torchscript"))
     assert client.get("/model").get_json()["backend"] == "torchscript"
 
 
@@ -162,12 +106,12 @@ def test_metrics_count_requests_by_endpoint_method_and_status(client):
     assert sample_value(text, "imgcls_http_request_duration_seconds_count", endpoint="/healthz") >= 2
 
 
-def test_metrics_show_the_fleet_and_the_workers_batches(client, redis_client):
-    heartbeat(redis_client, "w1")
-    heartbeat(redis_client, "w2")
-    heartbeat(redis_client, "dead", age=SETTINGS.worker_timeout + 1)
-    redis_client.lpush(KEYS.queue, b"a", b"b", b"c")
-    first, second = BatchStats(redis_client, KEYS), BatchStats(redis_client, KEYS)  # two workers
+def test_metrics_show_the_fleet_and_the_workers_batches(client, fake_redis):
+    heartbeat(fake_redis, "w1")
+    heartbeat(fake_redis, "w2")
+    heartbeat(fake_redis, "dead", age=SETTINGS.worker_timeout + 1)
+    fake_redis.lpush(KEYS.queue, b"a", b"b", b"c")
+    first, second = BatchStats(fake_redis, KEYS), BatchStats(fake_redis, KEYS)  # two workers
     first.record(3, 20.0, expired_total=0)
     second.record(8, 120.0, expired_total=2)
     text = client.get("/metrics").get_data(as_text=True)
@@ -185,9 +129,9 @@ def test_metrics_show_the_fleet_and_the_workers_batches(client, redis_client):
     assert sample_value(text, "imgcls_requests_expired_total") == 2
 
 
-def test_metrics_still_answer_with_redis_down(server, redis_client):
+def test_metrics_still_answer_with_redis_down(server, fake_redis):
     server.connected = False
-    response = create_app(SETTINGS, redis_client).test_client().get("/metrics")
+    response = create_app(SETTINGS, fake_redis).test_client().get("/metrics")
     assert response.status_code == 200
     text = response.get_data(as_text=True)
     assert sample_value(text, "imgcls_redis_up") == 0 and sample_value(text, "imgcls_workers_alive") is None
@@ -206,21 +150,21 @@ def test_a_missing_or_unusable_request_id_is_replaced_by_a_new_one(client, given
     assert re.fullmatch("[0-9a-f]{32}", client.get("/healthz", headers=headers).headers["X-Request-ID"])
 
 
-def test_the_request_id_is_the_queue_id_unless_the_client_chose_it(client, redis_client):
-    heartbeat(redis_client)
-    seen = answer_next_request(redis_client, [{"label": "tabby", "index": 281, "probability": 0.9}])
+def test_the_request_id_is_the_queue_id_unless_the_client_chose_it(client, fake_redis):
+    heartbeat(fake_redis)
+    seen = answer_next_request(fake_redis, success(TABBY))
     response = post_image(client)
-    assert response.headers["X-Request-ID"] == response.get_json()["id"] == seen["id"]
+    assert response.headers["X-Request-ID"] == response.get_json()["id"] == seen["request"].id
 
-    seen = answer_next_request(redis_client, [{"label": "tabby", "index": 281, "probability": 0.9}])
+    seen = answer_next_request(fake_redis, success(TABBY))
     response = post_image(client, headers={"X-Request-ID": "mine"})
     assert response.headers["X-Request-ID"] == "mine"  # two clients may pick the same id: never a queue id
-    assert response.get_json()["id"] == seen["id"] != "mine"
+    assert response.get_json()["id"] == seen["request"].id != "mine"
 
 
-def test_one_structured_log_line_per_request(client, redis_client, caplog):
-    heartbeat(redis_client)
-    seen = answer_next_request(redis_client, [{"label": "tabby", "index": 281, "probability": 0.9}])
+def test_one_structured_log_line_per_request(client, fake_redis, caplog):
+    heartbeat(fake_redis)
+    seen = answer_next_request(fake_redis, success(TABBY))
     with caplog.at_level(logging.INFO, logger="api"):
         post_image(client, headers={"X-Request-ID": "trace-7"})
         post_image(client, data=b"not an image")
@@ -228,7 +172,7 @@ def test_one_structured_log_line_per_request(client, redis_client, caplog):
     assert len(lines) == 2
     fields = dict(re.findall(r'(\w+)=("[^"]*"|\S+)', lines[0]))
     assert fields["method"] == "POST" and fields["path"] == "/predict" and fields["status"] == "200"
-    assert fields["request_id"] == "trace-7" and fields["id"] == seen["id"]
+    assert fields["request_id"] == "trace-7" and fields["id"] == seen["request"].id
     assert fields["top"] == "tabby" and fields["batch_size"] == "1" and float(fields["duration_ms"]) >= 0
     assert "status=400" in lines[1] and "error=invalid_image" in lines[1]
 
@@ -274,7 +218,7 @@ def test_the_openapi_schemas_are_valid_json_schemas():
         Draft202012Validator.check_schema(schema)
 
 
-def test_every_answer_the_api_gives_is_documented(client, redis_client, server):
+def test_every_answer_the_api_gives_is_documented(client, fake_redis, server):
     checked = []
 
     def check(path, method, response):
@@ -284,9 +228,9 @@ def test_every_answer_the_api_gives_is_documented(client, redis_client, server):
     check("/predict", "post", post_image(client))  # 503 no_worker
     check("/readyz", "get", client.get("/readyz"))  # 503
     check("/model", "get", client.get("/model"))  # 503
-    heartbeat(redis_client)
+    heartbeat(fake_redis)
     check("/predict", "post", post_image(client))  # 504: nobody answers
-    answer_next_request(redis_client, [{"label": "tabby", "index": 281, "probability": 0.9}])
+    answer_next_request(fake_redis, success(TABBY))
     check("/predict", "post", post_image(client))  # 200
     check("/predict", "post", post_image(client, data=b"junk"))  # 400
     check("/predict", "post", post_image(client, data=b"\0" * (SETTINGS.max_upload_bytes + 1)))  # 413
@@ -322,3 +266,31 @@ def test_gunicorn_clears_an_earlier_runs_files_from_a_given_directory(tmp_path):
                               env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)})
     assert finished.returncode == 0, finished.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.txt"]  # and the directory itself stays
+
+
+def test_metrics_add_up_the_requests_of_every_api_process(tmp_path):
+    """Two API processes count into one PROMETHEUS_MULTIPROC_DIR; /metrics, from a third, reports the sum."""
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    serve = """
+import sys, fakeredis
+from app import create_app, metrics
+from serving.config import Settings
+assert metrics.MULTIPROCESS
+client = create_app(Settings(), fakeredis.FakeRedis()).test_client()
+for _ in range(int(sys.argv[1])):
+    assert client.get("/healthz").status_code == 200
+"""
+    for count in (2, 3):  # one after the other: each process's counts must survive its exit
+        served = subprocess.run([sys.executable, "-c", serve, str(count)], capture_output=True, text=True, env=env)
+        assert served.returncode == 0, served.stderr
+    assert len(list(tmp_path.glob("counter_*.db"))) == 2  # one file per process, nothing shared in memory
+    scrape = """
+import sys, fakeredis
+from app import create_app
+from serving.config import Settings
+sys.stdout.write(create_app(Settings(), fakeredis.FakeRedis()).test_client().get("/metrics").get_data(as_text=True))
+"""
+    scraped = subprocess.run([sys.executable, "-c", scrape], capture_output=True, text=True, env=env)
+    assert scraped.returncode == 0, scraped.stderr
+    assert sample_value(scraped.stdout, "imgcls_http_requests_total", endpoint="/healthz", method="GET",
+                        status=200) == 5

@@ -4,14 +4,13 @@ import json
 import threading
 import time
 
-import numpy as np
 import pytest
 
 from serving import protocol
 from serving.config import Settings
-from serving.protocol import InferenceRequest, Keys
+from serving.protocol import Keys
 from stack.processes import Stack
-from tests.unit.tiny_model import COLOURS, INPUT_SIZE, tiny_classifier
+from tests.unit.tiny_model import COLOURS, INPUT_SIZE, message, tiny_classifier
 from worker.__main__ import redis_client
 from worker.loop import Worker
 
@@ -22,12 +21,6 @@ KEYS = Keys("t")
 @pytest.fixture
 def worker(real_redis):
     return Worker(real_redis, tiny_classifier(), SETTINGS, worker_id="w1")
-
-
-def message(request_id, colour="red", deadline_in=10.0, size=INPUT_SIZE) -> bytes:
-    pixels = np.full((size, size, 3), COLOURS[colour], dtype=np.uint8)
-    now = time.time()
-    return protocol.encode_request(InferenceRequest(request_id, pixels, now, now + deadline_in))
 
 
 def result(worker, request_id):
@@ -94,7 +87,7 @@ def test_heartbeat_announces_the_model_and_the_worker_with_expiry(worker):
     assert worker.client.zscore(KEYS.workers, "w1") == pytest.approx(time.time(), abs=5)
 
 
-def test_run_survives_a_redis_outage_and_signs_off_when_stopped(redis_stack):
+def test_run_survives_a_redis_outage_and_signs_off_when_stopped():
     outage = Stack(Settings(), workers=0)
     outage.start_redis()
     port = outage.redis_port()
@@ -113,11 +106,15 @@ def test_run_survives_a_redis_outage_and_signs_off_when_stopped(redis_stack):
                 break
             time.sleep(0.05)
         assert result(worker, "after-outage")["success"] is True
+        assert worker.client.zscore(KEYS.workers, "w1") is not None  # a heartbeat re-registered it
+        stop.set()
+        thread.join(10)
+        assert not thread.is_alive()
+        assert worker.client.zscore(KEYS.workers, "w1") is None  # signed off
     finally:
         stop.set()
         thread.join(10)
         outage.stop()
-    assert not thread.is_alive()
 
 
 def test_stopping_hands_back_unstarted_work_without_counting_an_attempt(worker):

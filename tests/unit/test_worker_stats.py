@@ -1,15 +1,12 @@
 """The workers' batch statistics in Redis: what one batch adds, how they read back, and the loop's hook."""
 
-import time
-
 import fakeredis
-import numpy as np
 import pytest
 
 from serving import protocol
 from serving.config import Settings
-from serving.protocol import InferenceRequest, Keys
-from tests.unit.tiny_model import COLOURS, INPUT_SIZE, tiny_classifier
+from serving.protocol import Keys
+from tests.unit.tiny_model import message, tiny_classifier
 from worker.loop import Worker
 from worker.metrics import BatchStats
 
@@ -76,13 +73,7 @@ def test_batch_stats_survive_a_redis_outage_and_report_the_expired_later():
 
 def test_the_worker_records_every_batch_it_serves(real_redis):
     worker = Worker(real_redis, tiny_classifier(), Settings(key_prefix="t"), worker_id="w1")
-    now = time.time()
-
-    def message(request_id, deadline):
-        pixels = np.full((INPUT_SIZE, INPUT_SIZE, 3), COLOURS["red"], dtype=np.uint8)
-        return protocol.encode_request(InferenceRequest(request_id, pixels, now, deadline))
-
-    worker.process([message("a", now + 10), message("b", now + 10), message("late", now - 1)])
+    worker.process([message("a"), message("b"), message("late", deadline_in=-1)])
     stats = protocol.decode_worker_stats(real_redis.hgetall(KEYS.worker_stats))
     assert stats.batches == 1 and stats.batch_size.sum == 2 and stats.expired == 1
     assert stats.inference_seconds.buckets[-1] == ("+Inf", 1) and stats.inference_seconds.sum > 0

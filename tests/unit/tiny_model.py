@@ -1,10 +1,15 @@
 """A three-class model small enough for unit tests whose answer is easy to predict: the dominant colour."""
 
+import time
+
+import numpy as np
 import torch
 import torch.nn as nn
 
 from model_tools.architectures import Preprocessing
 from model_tools.checkpoints import LoadedModel, ModelCard
+from serving import protocol
+from serving.protocol import InferenceRequest
 from worker.backends import engine_for_checkpoint
 from worker.inference import Classifier
 
@@ -32,3 +37,10 @@ def tiny_loaded_model() -> LoadedModel:
 def tiny_classifier() -> Classifier:
     cpu = torch.device("cpu")
     return Classifier(engine_for_checkpoint(tiny_loaded_model(), "torch", cpu, 1), cpu)
+
+
+def message(request_id: str, colour: str = "red", deadline_in: float = 10.0, size: int = INPUT_SIZE) -> bytes:
+    """A queue message, as the API sends it, of an image in one colour: the tiny model's answer is that colour."""
+    pixels = np.full((size, size, 3), COLOURS[colour], dtype=np.uint8)
+    now = time.time()
+    return protocol.encode_request(InferenceRequest(request_id, pixels, now, now + deadline_in))

@@ -1,0 +1,41 @@
+"""Fault-injection helpers for the integration tests: finding a worker's id and freezing it mid-batch."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+from serving.protocol import Keys
+from stack.processes import Stack
+from tests.integration.client import wait_until
+
+
+def keys_of(stack: Stack) -> Keys:
+    return Keys(stack.settings.key_prefix)
+
+
+def worker_id_of(stack: Stack, index: int) -> str:
+    pid = stack.worker_processes[index].pid
+    ids = [w.decode() for w in stack.redis().zrange(keys_of(stack).workers, 0, -1)]
+    return next(w for w in ids if f"-{pid}-" in w)
+
+
+def process_state(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+def freeze_while_holding_work(stack: Stack, index: int, timeout: float = 30) -> None:
+    """SIGSTOP worker `index` at a moment when its processing list holds messages."""
+    pid = stack.worker_processes[index].pid
+    processing = keys_of(stack).processing(worker_id_of(stack, index))
+    give_up_at = time.monotonic() + timeout
+    while time.monotonic() < give_up_at:
+        os.kill(pid, signal.SIGSTOP)
+        wait_until(lambda: process_state(pid) == "T", 5, 0.001, "worker stopped")
+        if stack.redis().llen(processing) > 0:
+            return
+        os.kill(pid, signal.SIGCONT)
+        time.sleep(0.002)
+    raise AssertionError("the worker never held work")

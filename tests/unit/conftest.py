@@ -1,0 +1,26 @@
+"""Fixtures of the API's unit tests: the app against fakeredis (helpers in tests/unit/fake_api.py).
+
+Tests that need a real Redis use `real_redis` from tests/conftest.py.
+"""
+
+import fakeredis
+import pytest
+
+from app import create_app
+from tests.unit.fake_api import SETTINGS
+
+
+@pytest.fixture
+def server() -> fakeredis.FakeServer:
+    return fakeredis.FakeServer()
+
+
+@pytest.fixture
+def fake_redis(server) -> fakeredis.FakeRedis:
+    return fakeredis.FakeRedis(server=server)
+
+
+@pytest.fixture
+def client(fake_redis):
+    """The API's Flask test client, on `fake_redis`."""
+    return create_app(SETTINGS, fake_redis).test_client()
