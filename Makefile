@@ -25,9 +25,10 @@ $(VENV)/.installed: requirements.txt
 redis-server:
 	@scripts/ensure-redis-server.sh
 
-# What the tests drive besides our code: the demo page's browser, the compose file's validator.
+# What the tests drive besides our code: the demo page's browser, the compose file's validator,
+# openssl for the TLS test's certificate.
 test-tools:
-	@scripts/ensure-debian-package.sh /usr/bin/chromium chromium docker-compose docker-compose
+	@scripts/ensure-debian-package.sh /usr/bin/chromium chromium docker-compose docker-compose openssl openssl
 
 model: $(VENV)/.installed
 	$(PY) -m model_tools build-default --if-missing
