@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
+import functools
 import os
 import shutil
 import signal
@@ -41,10 +42,27 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _die_with_parent() -> None:
-    """Runs in each child before exec: if the launcher dies, even by SIGKILL, the child gets SIGTERM."""
+SIG_DFL = 0  # libc's value
+
+
+def _child_setup(launcher_pid: int) -> None:
+    """Runs in each child between fork and exec.
+
+    A forked child inherits the launcher's signal mask, and exec keeps it: a worker restarted while
+    the launcher blocks SIGINT/SIGTERM for sigwaitinfo would never hear its stop signal. So every
+    child starts with an empty mask and the default dispositions of the stop signals (a launcher
+    started in the background by a shell ignores SIGINT, and ignored signals survive exec), and dies
+    with the launcher, even when the launcher is SIGKILLed (the parent-death signal; sent at once if
+    the launcher is already gone). libc's signal(), not Python's, which works in the main thread only.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD):
+        libc.signal(int(signum), SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, ())
     PR_SET_PDEATHSIG = 1
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != launcher_pid:
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 class Stack:
@@ -138,22 +156,28 @@ class Stack:
         return redis.Redis.from_url(self.settings.redis_url, socket_connect_timeout=1, socket_timeout=5)
 
     def stop(self) -> None:
-        """API first (it lets in-flight requests finish), then workers, then Redis."""
+        """API first (it lets in-flight requests finish), then every worker at once, then Redis."""
         self.stop_process(self.api_process)
-        for process in self.worker_processes:
-            self.stop_process(process)
+        self.stop_processes(self.worker_processes)
         self.stop_process(self.redis_process)
         shutil.rmtree(self._scratch, ignore_errors=True)
 
     def stop_process(self, process: subprocess.Popen | None, grace: float = STOP_GRACE_SECONDS) -> None:
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(grace)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        self.stop_processes([process] if process else [], grace)
+
+    @staticmethod
+    def stop_processes(processes: list[subprocess.Popen], grace: float = STOP_GRACE_SECONDS) -> None:
+        """SIGTERM to all, then each gets the same grace period, counted from then, before SIGKILL."""
+        running = [p for p in processes if p.poll() is None]
+        for process in running:
+            process.send_signal(signal.SIGTERM)
+        give_up_at = time.monotonic() + grace
+        for process in running:
+            try:
+                process.wait(max(give_up_at - time.monotonic(), 0))
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
 
     def log_path(self, name: str) -> Path | None:
         return self.log_dir / f"{name}.log" if self.log_dir else None
@@ -167,7 +191,8 @@ class Stack:
             output = open(self.log_path(name), "ab")
         # Own session: a terminal's Ctrl-C reaches only the launcher, which stops children in order.
         process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=output, stderr=subprocess.STDOUT
-                                   if output else None, start_new_session=True, preexec_fn=_die_with_parent)
+                                   if output else None, start_new_session=True,
+                                   preexec_fn=functools.partial(_child_setup, os.getpid()))
         if output:
             output.close()
         return process

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from stack.processes import REPO_ROOT, free_port
+from stack.processes import REPO_ROOT, STOP_GRACE_SECONDS, free_port
 from tests.images import CAT_LABELS, photo_bytes
 from tests.integration.client import post_image
 
@@ -80,6 +81,55 @@ def test_children_do_not_outlive_a_killed_launcher():
         while [pid for pid in children if alive(pid)] and time.monotonic() < give_up_at:
             time.sleep(0.2)
         assert not [pid for pid in children if alive(pid)]
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+
+
+def worker_pids(launcher: subprocess.Popen) -> set[int]:
+    children = Path(f"/proc/{launcher.pid}/task/{launcher.pid}/children").read_text().split()
+    return {int(pid) for pid in children
+            if Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[1:3] == [b"-m", b"worker"]}
+
+
+def blocked_signals(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line for line in status.splitlines() if line.startswith("SigBlk:")).split()[1], 16)
+
+
+def kill_a_worker_and_await_its_replacement(launcher: subprocess.Popen) -> int:
+    """SIGKILL one worker of a running launcher; the pid of the worker it starts in its place, once ready."""
+    before = worker_pids(launcher)
+    os.kill(min(before), signal.SIGKILL)
+    wait_for_line(launcher, "died; started a new one")
+    [replacement] = worker_pids(launcher) - before
+    wait_for_line(launcher, f"-{replacement}-")  # its id carries its pid: "worker=<host>-<pid>-... ready"
+    return replacement
+
+
+@pytest.mark.parametrize("how", ["interrupted", "killed"])
+def test_a_restarted_worker_stops_with_the_launcher(how):
+    """A worker started after a crash hears stop signals: Ctrl-C stops it cleanly, a killed launcher takes it along."""
+    launcher = start_launcher(free_port())
+    try:
+        wait_for_line(launcher, "listening on")
+        replacement = kill_a_worker_and_await_its_replacement(launcher)
+        assert blocked_signals(replacement) == 0
+        children = descendants(launcher.pid)
+        started = time.monotonic()
+        if how == "interrupted":
+            launcher.send_signal(signal.SIGINT)
+            output = launcher.communicate(timeout=STOP_GRACE_SECONDS * 2)[0]
+            assert launcher.returncode == 0
+            assert re.search(rf"worker=\S*-{replacement}-\S* stopped after", output), output
+        else:
+            launcher.kill()
+            launcher.wait()
+        while [pid for pid in children if alive(pid)] and time.monotonic() < started + STOP_GRACE_SECONDS:
+            time.sleep(0.1)
+        assert not [pid for pid in children if alive(pid)]
+        # Every worker heard SIGTERM at once: none waited out a grace period, nor behind another's.
+        assert time.monotonic() - started < STOP_GRACE_SECONDS / 2
     finally:
         if launcher.poll() is None:
             launcher.kill()
