@@ -43,7 +43,7 @@ def model():
     preprocessing = {"resize_size": info.resize_size, "crop_size": info.input_size,
                      "interpolation": RESIZE_FILTER.name.lower(), "mean": list(info.mean), "std": list(info.std)}
     return {"name": info.name, "arch": info.arch, "num_classes": info.num_classes, "input_size": info.input_size,
-            "preprocessing": preprocessing,
+            "preprocessing": preprocessing, "sources": info.sources,
             "backend": info.backend, "device": info.device, "batch_size": info.batch_size,
             "workers": fleet.workers_alive}
 

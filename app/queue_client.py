@@ -57,7 +57,7 @@ class InferenceQueue:
         """The served model, live workers, queue depth and worker statistics; one round trip."""
         pipe = self.client.pipeline(transaction=False)
         pipe.get(self.keys.model)
-        pipe.zcount(self.keys.workers, time.time() - worker_timeout, "+inf")
+        protocol.count_live_workers(pipe, self.keys, worker_timeout)
         pipe.llen(self.keys.queue)
         pipe.hgetall(self.keys.worker_stats)
         raw_info, alive, depth, stats = pipe.execute()

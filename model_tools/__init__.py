@@ -1,1 +1,6 @@
-"""Build, load, export and verify the models the service runs. Imports torch: never used by the API."""
+"""Build, load, export and verify the models the service runs. Imports torch: never used by the API.
+
+This file itself imports nothing, so `python -m model_tools ... --if-missing` answers without loading torch.
+"""
+
+TOLERANCE = 1e-4  # largest accepted difference of any probability between two engines; float32 reorderings stay near 1e-6

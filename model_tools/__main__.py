@@ -1,20 +1,30 @@
 """Command line of model_tools.
 
     python -m model_tools build-default [--out PATH] [--if-missing]
+    python -m model_tools import SRC --out PATH [--labels F] [--arch A] [--trusted] [preprocessing flags]
     python -m model_tools trace [--checkpoint PATH] [--out PATH] [--script] [--optimize] [--if-missing]
     python -m model_tools export-onnx [--checkpoint PATH] [--out PATH] [--if-missing]
 
-`trace` and `export-onnx` verify the export against the eager model, print the largest
-absolute difference of any probability, and exit 1 (removing the file) above the tolerance.
+`import` turns any model file the worker loads into one self-describing file that loads without
+unpickling, checks it against the source and prints what it wrote. `trace` and `export-onnx`
+verify the export against the eager model, print the largest absolute difference of any
+probability, and exit 1 (removing the file) above the tolerance.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
-from serving.config import Settings
+from model_tools import TOLERANCE
+from serving.config import ConfigError, Settings, channel_values
+
+# How this command spells each model option, for messages (the worker names environment variables instead).
+FLAG_NAMES = {"arch": "--arch", "labels_path": "--labels", "input_size": "--input-size",
+              "resize_size": "--resize-size", "mean": "--mean", "std": "--std", "format": "--format",
+              "trusted": "--trusted"}
 
 
 def default_export_path(checkpoint: str, suffix: str) -> str:
@@ -23,6 +33,7 @@ def default_export_path(checkpoint: str, suffix: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(format="%(levelname)s: %(message)s")  # the card's assumptions are warnings
     parser = argparse.ArgumentParser(prog="python -m model_tools")
     commands = parser.add_subparsers(dest="command", required=True)
     build = commands.add_parser("build-default",
@@ -30,37 +41,70 @@ def main(argv: list[str] | None = None) -> int:
     # The default model always goes to the default path, whatever MODEL_PATH says.
     build.add_argument("--out", default=Settings().model_path)
     build.add_argument("--if-missing", action="store_true", help="do nothing when the file exists")
+    importer = commands.add_parser(
+        "import", help="turn a model file the worker loads into a self-describing one that needs no unpickling")
+    importer.add_argument("checkpoint", metavar="SRC", help="the model file: a torch.save file of any kind, "
+                          "TorchScript, or a torch.export program")
+    importer.add_argument("--out", required=True, help="the file to write")
     trace = commands.add_parser("trace", help="export TorchScript (uint8 NHWC in, probabilities out) and verify it")
     onnx = commands.add_parser("export-onnx", help="export ONNX (uint8 NHWC in, probabilities out) and verify it")
     for command in (trace, onnx):
         command.add_argument("--checkpoint", default=Settings().model_path,
                              help="any model file the service loads (default: %(default)s)")
-        command.add_argument("--format", default="auto", help="checkpoint format, as MODEL_FORMAT")
-        command.add_argument("--arch", default="", help="architecture of a bare state_dict, as MODEL_ARCH")
-        command.add_argument("--trusted", action="store_true", help="allow unpickling, as MODEL_TRUSTED=1")
         command.add_argument("--out", help="output file (default: beside the checkpoint, .ts.pt or .onnx)")
-        command.add_argument("--tolerance", type=float,
-                             help="largest accepted probability difference (default: model_tools.export.TOLERANCE)")
+        command.add_argument("--tolerance", type=float, default=TOLERANCE,
+                             help="largest accepted probability difference (default: %(default)g)")
         command.add_argument("--if-missing", action="store_true", help="do nothing when the output exists")
+    for command in (importer, trace, onnx):
+        _add_model_options(command)
     trace.add_argument("--script", action="store_true", help="torch.jit.script instead of torch.jit.trace")
     trace.add_argument("--optimize", action="store_true",
                        help="freeze: weights become constants, conv+batchnorm fold (verified the same way)")
     args = parser.parse_args(argv)
 
-    if args.command == "build-default":
+    if args.command in ("build-default", "import"):
         out = Path(args.out)
     else:
         out = Path(args.out or default_export_path(args.checkpoint, ".ts.pt" if args.command == "trace" else ".onnx"))
-    if args.if_missing and out.is_file():
+    if getattr(args, "if_missing", False) and out.is_file():
         return 0  # before importing torch (1.5-3 s), which `make run`, `make test` and `make cpp` ask this every time
-    from model_tools.checkpoints import ModelLoadError
+    from model_tools.card import ModelLoadError
     from model_tools.export import ExportMismatch
 
     try:
-        return build_default(out) if args.command == "build-default" else export_and_verify(args, out)
-    except (ModelLoadError, ExportMismatch) as exc:
+        if args.command == "build-default":
+            return build_default(out)
+        if args.command == "import":
+            from model_tools.importer import import_model
+            print(import_model(Path(args.checkpoint), _model_options(args), out))
+            return 0
+        return export_and_verify(args, out)
+    except (ModelLoadError, ExportMismatch, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+
+
+def _add_model_options(command: argparse.ArgumentParser) -> None:
+    """What the model file may not say itself, as the worker's environment variables of the same meaning."""
+    command.add_argument("--format", default="auto", help="how to read a torch.save file: auto, state_dict or "
+                         "checkpoint (as MODEL_FORMAT)")
+    command.add_argument("--arch", default="", help="architecture, e.g. resnext101_32x8d (as MODEL_ARCH)")
+    command.add_argument("--trusted", action="store_true",
+                         help="allow unpickling a file model_tools did not write (as MODEL_TRUSTED=1)")
+    command.add_argument("--labels", default="", help="class names: one per line, a JSON list, or TorchServe's "
+                         "index_to_name.json (as LABELS_PATH)")
+    command.add_argument("--input-size", type=int, default=0, help="side of the square crop (as INPUT_SIZE)")
+    command.add_argument("--resize-size", type=int, default=0, help="shorter side before the crop (as RESIZE_SIZE)")
+    command.add_argument("--mean", default="", help="R,G,B mean of 0-1 pixels (as MEAN)")
+    command.add_argument("--std", default="", help="R,G,B standard deviation (as STD)")
+
+
+def _model_options(args: argparse.Namespace):
+    from model_tools.card import ModelOptions
+
+    return ModelOptions(args.arch, args.labels, args.input_size, args.resize_size,
+                        channel_values(args.mean, "--mean"), channel_values(args.std, "--std", positive=True),
+                        args.format, args.trusted, FLAG_NAMES)
 
 
 def build_default(out: Path) -> int:
@@ -75,7 +119,6 @@ def build_default(out: Path) -> int:
 def export_and_verify(args: argparse.Namespace, out: Path) -> int:
     from model_tools.checkpoints import load_model
     from model_tools.export import (
-        TOLERANCE,
         ExportMismatch,
         export_onnx,
         export_torchscript,
@@ -86,8 +129,8 @@ def export_and_verify(args: argparse.Namespace, out: Path) -> int:
         verify,
     )
 
-    tolerance = TOLERANCE if args.tolerance is None else args.tolerance
-    loaded = load_model(args.checkpoint, args.format, args.arch, args.trusted)
+    tolerance = args.tolerance
+    loaded = load_model(args.checkpoint, _model_options(args))
     if args.command == "trace":
         method = "script" if args.script else "trace"
         export_torchscript(loaded, out, method=method, optimize=args.optimize)

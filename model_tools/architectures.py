@@ -39,11 +39,13 @@ def build_architecture(arch: str, num_classes: int) -> nn.Module:
 
 
 def default_preprocessing(arch: str) -> Preprocessing:
-    """The preprocessing the architecture's published ImageNet weights were trained with."""
+    """The preprocessing the architecture's published ImageNet weights were trained with; ValueError if unknown."""
     if arch in _EFFICIENTNET_LITE_INPUT:
         # EfficientNet-Lite was trained on inputs in [-1, 1], at the usual 0.875 crop ratio.
         size = _EFFICIENTNET_LITE_INPUT[arch]
         return Preprocessing(size, int(round(size / 0.875)), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    if arch not in torchvision.models.list_models(module=torchvision.models):
+        raise ValueError(f"no published weights known for architecture {arch!r}")
     transforms = torchvision.models.get_model_weights(arch).DEFAULT.transforms()
     return Preprocessing(transforms.crop_size[0], transforms.resize_size[0],
                          tuple(transforms.mean), tuple(transforms.std))

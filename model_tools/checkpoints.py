@@ -1,16 +1,22 @@
-"""Building, saving and loading checkpoints, and the rule for which files may be unpickled.
+"""Building, saving and loading model files, and the rule for which files may be unpickled.
 
-Two formats are served:
+What `load_model` reads (the card's missing fields come from ModelOptions and
+defaults, model_tools.card says in which order):
 
-- `checkpoint`: the seed's dict with `'model'` (the pickled nn.Module) and
-  `'model_state_dict'`, plus the metadata serving needs (`name`, `arch`,
-  `class_names`, `input_size`, `resize_size`, `mean`, `std`). Loading it runs
-  pickled code, so it is loaded only when trusted: model_tools wrote it (its
-  SHA-256 sits beside it in `<file>.sha256`) or MODEL_TRUSTED is set.
 - `state_dict`: tensors only, loaded with `weights_only=True`, safe for any
-  file. Either a dict `{'arch': ..., 'state_dict': {...}}` with the same
-  optional metadata, or a bare state_dict whose architecture MODEL_ARCH names.
-  Missing metadata comes from the architecture's published ImageNet weights.
+  file. Either a dict `{'arch': ..., 'state_dict': {...}}` with optional card
+  fields (`name`, `class_names`, `input_size`, `resize_size`, `mean`, `std`),
+  or a bare state_dict whose architecture MODEL_ARCH names.
+- `torch.export` programs (`.pt2`, written by `python -m model_tools import`
+  for architectures the loader cannot rebuild by name): a serialized graph and
+  tensors, with the card inside; loading runs no pickled code either.
+- TorchScript: a bare network (float NCHW in, logits out), or the serving
+  model model_tools exports, whose network is taken out of it.
+- `checkpoint`: pickled. The classic `{'model': module, 'model_state_dict':
+  ...}` (card fields optional), or a whole module saved with
+  `torch.save(model, path)`. Loading it runs code from the file, so only when
+  trusted: model_tools wrote it (its SHA-256 sits beside it in
+  `<file>.sha256`) or MODEL_TRUSTED is set.
 """
 
 from __future__ import annotations
@@ -19,36 +25,35 @@ import hashlib
 import json
 import os
 import pickle
-from collections.abc import Callable
+import types
+import warnings
+import zipfile
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
-from model_tools.architectures import Preprocessing, build_architecture, default_preprocessing, imagenet_class_names
+from model_tools.architectures import build_architecture, default_preprocessing, imagenet_class_names
+from model_tools.card import (
+    CARD_FILE,
+    ModelCard,
+    ModelLoadError,
+    ModelOptions,
+    card_fields,
+    card_to_json,
+    resolve_card,
+)
 
 FORMATS = ("auto", "checkpoint", "state_dict")
 DEFAULT_ARCH = "efficientnet_lite0"
-CARD_FORMAT = 1  # version of the JSON card exported models carry
-
-
-class ModelLoadError(RuntimeError):
-    """The model file cannot be served; the message says why and what to do."""
-
-
-@dataclass(frozen=True)
-class ModelCard:
-    """Everything besides weights that serving a classifier needs."""
-    name: str
-    arch: str
-    class_names: tuple[str, ...]
-    preprocessing: Preprocessing
+IMPORT_COMMAND = "python -m model_tools import"
 
 
 @dataclass
 class LoadedModel:
-    network: nn.Module  # in eval mode, on the CPU
+    network: nn.Module  # in eval mode, on the CPU; float NCHW normalized images in, logits out
     card: ModelCard
 
 
@@ -65,98 +70,187 @@ def build_default_checkpoint(path: str | os.PathLike) -> Path:
 
 def save_checkpoint(network: nn.Module, card: ModelCard, path: str | os.PathLike) -> Path:
     """Write the seed format and mark the file trusted by recording its hash beside it."""
-    return _save_atomically({"model": network, "model_state_dict": network.state_dict(), **_card_fields(card)},
+    return _save_atomically({"model": network, "model_state_dict": network.state_dict(), **card_fields(card)},
                             Path(path), trust=True)
 
 
 def save_state_dict(network: nn.Module, card: ModelCard, path: str | os.PathLike) -> Path:
     """Write the safe format: tensors and plain metadata only."""
-    return _save_atomically({"state_dict": network.state_dict(), **_card_fields(card)}, Path(path), trust=False)
+    return _save_atomically({"state_dict": network.state_dict(), **card_fields(card)}, Path(path), trust=False)
 
 
-def load_model(path: str | os.PathLike, format: str = "auto", arch: str = "",
-               trusted: bool = False) -> LoadedModel:
-    """Load a checkpoint of either format; see the module docstring for the rules."""
+def save_exported_program(network: nn.Module, card: ModelCard, path: str | os.PathLike) -> Path:
+    """Write any network as a torch.export program with a dynamic batch and the card inside: no pickled code."""
+    size = card.preprocessing.input_size
+    example = torch.rand(2, 3, size, size)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            program = torch.export.export(network.eval(), (example,),
+                                          dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},))
+        except Exception as exc:  # torch.export raises many types for code it cannot capture
+            raise ModelLoadError(f"torch.export cannot capture this model: {first_line(exc)}") from None
+    _hash_path(Path(path)).unlink(missing_ok=True)
+
+    def write(partial: Path) -> None:
+        with open(partial, "wb") as f:  # a file object: given a path, torch.export wants it to end in .pt2
+            torch.export.save(program, f, extra_files={CARD_FILE: card_to_json(card)})
+
+    return write_atomically(Path(path), write)
+
+
+def load_model(path: str | os.PathLike, options: ModelOptions = ModelOptions()) -> LoadedModel:
+    """Load a model file of any format the service reads; see the module docstring for the rules."""
     path = Path(path)
-    if format not in FORMATS:
-        raise ModelLoadError(f"MODEL_FORMAT={format!r}; expected one of {', '.join(FORMATS)}")
+    if options.format not in FORMATS:
+        raise ModelLoadError(f"{options.names['format']}={options.format!r}; expected one of {', '.join(FORMATS)}")
     if not path.is_file():
         raise ModelLoadError(f"model file {path} does not exist (run `make model` to build the default one)")
-    if format in ("auto", "state_dict"):
-        try:
-            contents = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as exc:
-            if format == "state_dict":
-                raise ModelLoadError(f"{path} is not a tensors-only state_dict: {exc}") from None
-        else:
-            return _from_state_dict(contents, path, arch)
-    return _from_pickled_checkpoint(path, trusted)
+    if is_exported_program(path):
+        network, in_file = _from_exported_program(path)
+    elif is_torchscript_file(path):
+        network, in_file = _from_torchscript(path)
+    else:
+        network, in_file = _from_torch_save(path, options)
+    network.eval()
+    if isinstance(in_file.get("state_dict"), Mapping):  # its head's size is known without running it
+        num_classes = _output_size(in_file["state_dict"])
+        card = resolve_card(in_file, options, path, lambda _: num_classes)
+    else:
+        card = resolve_card(in_file, options, path, lambda size: _count_outputs(network, size, path))
+    return LoadedModel(network, card)
 
 
 def is_trusted_file(path: Path) -> bool:
     """True when model_tools wrote this exact file (its recorded SHA-256 matches)."""
     recorded = _hash_path(path)
-    return recorded.is_file() and recorded.read_text().strip() == _sha256(path)
+    return recorded.is_file() and recorded.read_text().strip() == sha256_of(path)
 
 
-def _from_pickled_checkpoint(path: Path, trusted: bool) -> LoadedModel:
-    if not (trusted or is_trusted_file(path)):
+def is_torchscript_file(path: Path) -> bool:
+    """TorchScript archives are zip files with a code/ folder; torch.save's zip files have none."""
+    return any("/code/" in name for name in _zip_members(path))
+
+
+def is_exported_program(path: Path) -> bool:
+    """torch.export.save's archives hold an archive_format record and serialized models/*.json."""
+    return any(name.endswith("/archive_format") for name in _zip_members(path))
+
+
+def _zip_members(path: Path) -> list[str]:
+    if not zipfile.is_zipfile(path):
+        return []
+    with zipfile.ZipFile(path) as archive:
+        return archive.namelist()
+
+
+def _from_torch_save(path: Path, options: ModelOptions) -> tuple[nn.Module, dict]:
+    if options.format in ("auto", "state_dict"):
+        try:
+            contents = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as exc:
+            if options.format == "state_dict":
+                raise ModelLoadError(f"{path} is not a tensors-only state_dict: {exc}") from None
+        else:
+            return _from_state_dict(contents, path, options)
+    return _from_pickled(path, options)
+
+
+def _from_pickled(path: Path, options: ModelOptions) -> tuple[nn.Module, dict]:
+    if not (options.trusted or is_trusted_file(path)):
         raise ModelLoadError(
-            f"{path} is a pickled checkpoint, and unpickling runs code from the file. It was not built by "
-            "model_tools (no matching .sha256 beside it). Convert it to the state_dict format, or set "
-            "MODEL_TRUSTED=1 if you trust where it came from.")
+            f"{path} is pickled, and unpickling runs code from the file; model_tools did not build it (no "
+            f"matching .sha256 beside it). Where you trust the file, convert it once into one that needs no "
+            f"unpickling: `{IMPORT_COMMAND} {path} --trusted --out model.pth` (add --labels and --arch if "
+            f"you have them), and serve that; or, to use it as it is: {options.names['trusted']}.")
     try:
         contents = torch.load(path, map_location="cpu", weights_only=False)
-        network = contents["model"]
-        network.load_state_dict(contents["model_state_dict"])
-    except (KeyError, TypeError) as exc:
-        raise ModelLoadError(f"{path} lacks the checkpoint fields 'model' and 'model_state_dict': {exc}") from None
-    except Exception as exc:
-        raise ModelLoadError(f"{path} could not be loaded as a checkpoint: {exc}") from None
-    return LoadedModel(network.eval(), _card_from(contents, contents.get("arch", ""), network, path))
+    except Exception as exc:  # unpickling raises whatever the pickled code raises
+        raise ModelLoadError(f"{path} could not be unpickled: {first_line(exc)}") from None
+    if isinstance(contents, nn.Module):  # torch.save(model, path)
+        return contents, {}
+    if not (isinstance(contents, dict) and isinstance(contents.get("model"), nn.Module)):
+        raise ModelLoadError(f"{path} holds {type(contents).__name__}, not a model: expected a module saved with "
+                             "torch.save(model, path), or a dict with the module under 'model'")
+    network = contents["model"]
+    if "model_state_dict" in contents:
+        try:
+            network.load_state_dict(contents["model_state_dict"])
+        except (RuntimeError, TypeError) as exc:
+            raise ModelLoadError(f"{path}: its 'model_state_dict' does not fit its 'model': {exc}") from None
+    return network, {k: v for k, v in contents.items() if k not in ("model", "model_state_dict")}
 
 
-def _from_state_dict(contents, path: Path, arch: str) -> LoadedModel:
+def _from_state_dict(contents, path: Path, options: ModelOptions) -> tuple[nn.Module, dict]:
     if isinstance(contents, dict) and isinstance(contents.get("state_dict"), dict):
-        metadata, state_dict = contents, contents["state_dict"]
-        arch = metadata.get("arch") or arch
+        in_file = contents
     elif isinstance(contents, dict) and all(isinstance(v, torch.Tensor) for v in contents.values()):
-        metadata, state_dict = {}, contents
+        in_file = {"state_dict": contents}
     else:
         raise ModelLoadError(f"{path} holds neither a state_dict nor a dict with 'state_dict'")
+    arch = in_file.get("arch") or options.arch
     if not arch:
-        raise ModelLoadError(f"{path} does not name its architecture: set MODEL_ARCH (e.g. resnet50)")
-    num_classes = len(metadata["class_names"]) if "class_names" in metadata else _output_size(state_dict)
+        raise ModelLoadError(f"{path} is a state_dict that does not name its architecture: "
+                             f"set {options.names['arch']} (e.g. resnet50)")
     try:
-        network = build_architecture(arch, num_classes)
-        network.load_state_dict(state_dict)
+        network = build_architecture(arch, _output_size(in_file["state_dict"]))
+        network.load_state_dict(in_file["state_dict"])
     except (ValueError, RuntimeError) as exc:
         raise ModelLoadError(f"{path} does not fit architecture {arch!r}: {exc}") from None
-    return LoadedModel(network.eval(), _card_from(metadata, arch, network, path))
+    return network, in_file
 
 
-def _card_from(metadata: dict, arch: str, network: nn.Module, path: Path) -> ModelCard:
-    def field(name):
-        if name in metadata:
-            return metadata[name]
-        if not arch:
-            raise ModelLoadError(f"{path} has no {name!r} and no architecture to take a default from")
-        return getattr(default_preprocessing(arch), name)
-    preprocessing = Preprocessing(int(field("input_size")), int(field("resize_size")),
-                                  tuple(map(float, field("mean"))), tuple(map(float, field("std"))))
-    if preprocessing.resize_size < preprocessing.input_size:
-        raise ModelLoadError(f"{path}: resize_size {preprocessing.resize_size} is below "
-                             f"input_size {preprocessing.input_size}")
-    class_names = metadata.get("class_names") or _default_class_names(network)
-    return ModelCard(metadata.get("name") or arch or path.stem, arch, tuple(class_names), preprocessing)
+def _from_exported_program(path: Path) -> tuple[nn.Module, dict]:
+    extra_files = {CARD_FILE: ""}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.export.load(str(path), extra_files=extra_files)
+    except Exception as exc:
+        raise ModelLoadError(f"{path} is not a torch.export program this torch can load: {first_line(exc)}") from None
+    module = program.module()
+    # The graph was captured in eval mode and stays so: torch makes train()/eval() raise on it, which
+    # would break every wrapper's eval(); here they are the no-ops they really are.
+    module.train = module.eval = types.MethodType(lambda self, mode=True: self, module)
+    return module, json.loads(extra_files[CARD_FILE]) if extra_files[CARD_FILE] else {}
 
 
-def _default_class_names(network: nn.Module) -> list[str]:
-    num_classes = _output_size(network.state_dict())
-    return imagenet_class_names() if num_classes == 1000 else [f"class_{i}" for i in range(num_classes)]
+def _from_torchscript(path: Path) -> tuple[nn.Module, dict]:
+    extra_files = {CARD_FILE: ""}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra_files)
+    except Exception as exc:
+        raise ModelLoadError(f"{path} is not a TorchScript file: {first_line(exc)}") from None
+    if not extra_files[CARD_FILE]:
+        return module, {}  # a bare network, as torch.jit.trace/script of the trained model writes it
+    # model_tools' export: the serving model (uint8 in, probabilities out) around the network.
+    if not hasattr(module, "network"):
+        raise ModelLoadError(f"{path} is a frozen TorchScript export, which keeps no network to take out; "
+                             "use the file it was exported from")
+    return module.network, json.loads(extra_files[CARD_FILE])
 
 
-def _output_size(state_dict: dict) -> int:
+def _count_outputs(network: nn.Module, input_size: int, path: Path) -> int:
+    """The model's number of classes, from one forward pass of a blank image at its input size."""
+    try:
+        with torch.inference_mode():
+            output = network(torch.zeros(1, 3, input_size, input_size))
+    except Exception as exc:
+        raise ModelLoadError(f"the model in {path} does not run on a 1x3x{input_size}x{input_size} image: "
+                             f"{first_line(exc)}") from None
+    if not isinstance(output, torch.Tensor) or output.dim() != 2 or output.shape[0] != 1:
+        raise ModelLoadError(f"the model in {path} returns {_describe(output)} for one image; a classifier "
+                             "returns one row of class scores per image")
+    return int(output.shape[1])
+
+
+def _describe(output) -> str:
+    return f"a tensor of shape {list(output.shape)}" if isinstance(output, torch.Tensor) else type(output).__name__
+
+
+def _output_size(state_dict: Mapping) -> int:
     """Rows of the last 2-D weight: the classifier head's number of classes."""
     matrices = [t for t in state_dict.values() if isinstance(t, torch.Tensor) and t.dim() == 2]
     if not matrices:
@@ -164,35 +258,10 @@ def _output_size(state_dict: dict) -> int:
     return matrices[-1].shape[0]
 
 
-def _card_fields(card: ModelCard) -> dict:
-    p = card.preprocessing
-    return {"name": card.name, "arch": card.arch, "class_names": list(card.class_names),
-            "input_size": p.input_size, "resize_size": p.resize_size, "mean": list(p.mean), "std": list(p.std)}
-
-
-def card_to_json(card: ModelCard) -> str:
-    """The card as the JSON that exported models carry (TorchScript extra file, ONNX metadata).
-
-    Besides the checkpoint's metadata fields it states the exported model's contract, so a
-    client in any language knows what to feed it: `input` is uint8 RGB pixels, NHWC, already
-    resized (shorter side to `resize_size`, bilinear) and center-cropped to `input_size`;
-    `output` is softmax probabilities. mean/std are applied inside the model; they are here
-    for the record, not for the client to apply again.
-    """
-    return json.dumps({**_card_fields(card), "format": CARD_FORMAT, "input": "uint8 NHWC RGB",
-                       "output": "probabilities", "normalized_inside": True}, indent=1)
-
-
-def card_from_json(text: str | bytes) -> ModelCard:
-    """Inverse of card_to_json; raises ModelLoadError for a card that is not one."""
-    try:
-        fields = json.loads(text)
-        preprocessing = Preprocessing(int(fields["input_size"]), int(fields["resize_size"]),
-                                      tuple(map(float, fields["mean"])), tuple(map(float, fields["std"])))
-        return ModelCard(str(fields["name"]), str(fields["arch"]), tuple(map(str, fields["class_names"])),
-                         preprocessing)
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ModelLoadError(f"the model card is not valid JSON with the expected fields: {exc!r}") from None
+def first_line(exc: BaseException) -> str:
+    """An exception's first non-empty line: torch's messages run to pages."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0].rstrip(":") if lines else type(exc).__name__
 
 
 def write_atomically(path: Path, write: Callable[[Path], None]) -> Path:
@@ -211,7 +280,7 @@ def _save_atomically(contents: dict, path: Path, trust: bool) -> Path:
     def write(partial: Path) -> None:
         torch.save(contents, partial)
         if trust:
-            _hash_path(path).write_text(_sha256(partial) + "\n")
+            _hash_path(path).write_text(sha256_of(partial) + "\n")
         else:
             _hash_path(path).unlink(missing_ok=True)
 
@@ -222,7 +291,7 @@ def _hash_path(path: Path) -> Path:
     return path.with_name(path.name + ".sha256")
 
 
-def _sha256(path: Path) -> str:
+def sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):

@@ -30,6 +30,7 @@ import numpy as np
 import skimage
 import torch
 
+from model_tools.card import ModelOptions
 from model_tools.checkpoints import load_model
 from scripts.loadtest import Client, Report, closed_loop, open_loop, summarize
 from serving.config import Settings
@@ -61,7 +62,7 @@ def images_per_second(run, batch: np.ndarray, seconds: float) -> tuple[float, fl
 
 def model_ceilings(settings: Settings, photos: list[tuple[str, bytes]], seconds: float) -> dict[str, dict]:
     """Per backend: images/s at each batch size and the batch-1 latency, on real preprocessed photos."""
-    loaded = load_model(settings.model_path, settings.model_format, settings.model_arch, settings.model_trusted)
+    loaded = load_model(settings.model_path, ModelOptions.from_settings(settings))
     size = loaded.card.preprocessing
     pixels = [prepare(data, size.resize_size, size.input_size, settings.max_image_pixels) for _, data in photos]
     results = {}

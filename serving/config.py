@@ -9,6 +9,7 @@ the two in step.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import sys
 from collections.abc import Mapping
@@ -77,13 +78,41 @@ class Settings:
         "Checkpoint the worker serves (built by `make run` when missing).")
     model_format: str = _setting(
         "MODEL_FORMAT", "auto",
-        "`auto`, `checkpoint` (pickled module, trusted files only) or `state_dict`.")
+        "How to read a `torch.save` file: `auto` (tensors-only when it is, else pickled), `state_dict` or "
+        "`checkpoint` (pickled: the classic `{'model', 'model_state_dict'}` dict or a whole module; trusted "
+        "files only). TorchScript, `torch.export` (.pt2) and ONNX files are recognised by their contents.")
     model_arch: str = _setting(
         "MODEL_ARCH", "",
-        "Architecture of a bare state_dict (`resnet50`, `efficientnet_lite0`, ...).")
+        "Architecture (`resnet50`, `resnext101_32x8d`, `efficientnet_lite0`, ...), where the model file does not "
+        "name one: needed by a bare state_dict; gives its published weights' preprocessing as the default.")
     model_trusted: bool = _setting(
         "MODEL_TRUSTED", False,
-        "Allow unpickling a `checkpoint`-format file that model_tools did not build.")
+        "Allow unpickling a model file that model_tools did not build (`python -m model_tools import` turns one "
+        "into a file that needs no unpickling).")
+    labels_path: str = _setting(
+        "LABELS_PATH", "",
+        "Class names, where the model file has none: a text file with one name per line, a JSON list, or "
+        "TorchServe's `index_to_name.json`. Without any: ImageNet's names for 1000 outputs, else `class_N`.")
+    input_size: int = _setting(
+        "INPUT_SIZE", 0,
+        "Side of the square crop the model takes, where the model file does not say (0: the architecture's "
+        "default, else 224).")
+    resize_size: int = _setting(
+        "RESIZE_SIZE", 0,
+        "The shorter image side is resized to this before the crop, where the model file does not say (0: the "
+        "architecture's default, else 256).")
+    mean: str = _setting(
+        "MEAN", "",
+        "Per-channel mean (R,G,B, of pixels scaled to 0-1) the model was trained with, where the model file "
+        "does not say (empty: the architecture's default, else ImageNet's 0.485,0.456,0.406).")
+    std: str = _setting(
+        "STD", "",
+        "Per-channel standard deviation (R,G,B), like MEAN (empty: the architecture's default, else ImageNet's "
+        "0.229,0.224,0.225).")
+    engine_cache_dir: str = _setting(
+        "ENGINE_CACHE_DIR", "models/engine-cache",
+        "Where verified engine exports (ONNX, TorchScript) are kept, keyed by the model file's content and the "
+        "engine's version, so a restart does not export again (empty: no cache).")
     device: str = _setting(
         "DEVICE", "auto", "`auto` (cuda when available, else cpu), `cpu`, `cuda`, `cuda:1` ...")
     backend: str = _setting(
@@ -95,6 +124,10 @@ class Settings:
         "Threads each worker's engine computes with; 0: half the cores, at least one (the API processes "
         "decoding uploads need the rest; on 2 cores one thread served 5-20% more than two).")
     log_level: str = _setting("LOG_LEVEL", "INFO", "Python log level of API and worker.")
+
+    def __post_init__(self):
+        channel_values(self.mean, "MEAN")  # raises ConfigError now, not when the worker loads the model
+        channel_values(self.std, "STD", positive=True)
 
     @property
     def max_upload_bytes(self) -> int:
@@ -129,6 +162,20 @@ class Settings:
 
 class ConfigError(ValueError):
     """An environment variable holds a value of the wrong kind."""
+
+
+def channel_values(text: str, name: str, positive: bool = False) -> tuple[float, float, float] | None:
+    """MEAN or STD as three floats, None when unset; raises ConfigError for anything else."""
+    if not text:
+        return None
+    try:
+        values = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3 or not all(math.isfinite(v) for v in values) or (positive and min(values) <= 0):
+        raise ConfigError(f"{name}={text!r}: expected three comma-separated numbers (R,G,B), like 0.485,0.456,0.406"
+                          + (", each above 0" if positive else ""))
+    return values
 
 
 def _parse(f: dataclasses.Field, raw: str):

@@ -8,16 +8,20 @@ Flow of one request:
   worker: LPUSH {prefix}:result:<request id> <result JSON>, EXPIRE it,
           DEL its processing list                                 (one transaction)
   API:    BLPOP {prefix}:result:<request id> until the request's deadline
-Every heartbeat, a worker refreshes {prefix}:model, the served model's
-description, with a TTL of WORKER_TIMEOUT (the API reads its preprocessing from
-it; its absence means no worker is up), and its own score in the sorted set
-{prefix}:workers (worker id -> time of its last heartbeat). A sorted set makes
-"which workers are dead" one range query, where TTL keys per worker would need
-a scan. When a worker's heartbeat is older than WORKER_TIMEOUT, any live worker
-runs RETURN_UNFINISHED on it: its processing list goes back to the front of the
-queue with each message's `attempts` raised by one, and a message that has
-reached MAX_ATTEMPTS is answered with an error instead (at-least-once delivery,
-bounded).
+Every heartbeat (HEARTBEAT, from a thread of its own, so it goes on while a
+batch computes however long that takes), a worker refreshes {prefix}:model, the
+served model's description, with a TTL of WORKER_TIMEOUT (the API reads its
+preprocessing from it; its absence means no worker is up), and its own score in
+the sorted set {prefix}:workers (worker id -> time of its last heartbeat). A
+sorted set makes "which workers are dead" one range query, where TTL keys per
+worker would need a scan. Heartbeat times and the cutoffs they are compared with
+are Redis's own clock (TIME inside the scripts), never a host's: hosts whose
+clocks disagree can neither reap a live worker nor keep a dead one. When a
+worker's heartbeat is older than WORKER_TIMEOUT, any live worker runs
+RETURN_UNFINISHED on it, which checks the score again inside the script: its
+processing list goes back to the front of the queue with each message's
+`attempts` raised by one, and a message that has reached MAX_ATTEMPTS is
+answered with an error instead (at-least-once delivery, bounded).
 
 Images travel as base64 of raw uint8 HWC pixels inside JSON: no pickle ever
 crosses Redis, and a message is a quarter of the float32 the seed sent.
@@ -26,8 +30,9 @@ crosses Redis, and a message is a quarter of the float32 the seed sent.
 from __future__ import annotations
 
 import binascii
+import dataclasses
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import pybase64
@@ -159,14 +164,43 @@ def decode_result(raw: bytes) -> dict:
     return json.loads(raw)
 
 
+# Redis's clock in seconds, as the scripts below read it.
+_NOW = "local clock = redis.call('TIME'); local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000\n"
+
+# A worker's heartbeat: the model description with its TTL, and the worker's score at Redis's time.
+# KEYS: model key, workers set. ARGV: worker id, model description (JSON), TTL in ms.
+HEARTBEAT = _NOW + """
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+redis.call('ZADD', KEYS[2], now, ARGV[1])
+"""
+
+# Workers whose last heartbeat is at most ARGV[1] seconds old by Redis's clock. KEYS: workers set.
+LIVE_WORKERS = _NOW + "return redis.call('ZCOUNT', KEYS[1], now - tonumber(ARGV[1]), '+inf')"
+
+
+
+def count_live_workers(client, keys: Keys, worker_timeout: float):
+    """Queue or run LIVE_WORKERS on a client or pipeline (a pipeline returns itself, the count comes at execute)."""
+    return client.eval(LIVE_WORKERS, 1, keys.workers, worker_timeout)
+
+
+# Workers whose last heartbeat is older than ARGV[1] seconds by Redis's clock. KEYS: workers set.
+SILENT_WORKERS = _NOW + "return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. (now - tonumber(ARGV[1])))"
+
 # Atomically empty one worker's processing list back onto the queue and drop the worker from the
 # registry. Run by live workers on dead ones (count_attempt=1) and by a worker stopping cleanly
-# (count_attempt=0, nothing failed). Messages go to the queue's consuming end, so they are taken
-# next, oldest first. A message whose attempts reach max_attempts is answered instead, in the
-# format of encode_failure. Unparseable messages go back untouched; a worker answers those.
+# (count_attempt=0, nothing failed). A dead one's heartbeat is checked again here, by Redis's clock:
+# one that came in since the caller found it silent means it is alive, and nothing happens ({-1, 0}).
+# Messages go to the queue's consuming end, so they are taken next, oldest first. A message whose
+# attempts reach max_attempts is answered instead, in the format of encode_failure. Unparseable
+# messages go back untouched; a worker answers those.
 # KEYS: processing list, queue, workers set.
-# ARGV: worker id, count_attempt (0/1), max_attempts, result key prefix, result TTL in ms.
-RETURN_UNFINISHED = """
+# ARGV: worker id, count_attempt (0/1), max_attempts, result key prefix, result TTL in ms, worker timeout in s.
+RETURN_UNFINISHED = _NOW + """
+if ARGV[2] == '1' then
+  local beat = redis.call('ZSCORE', KEYS[3], ARGV[1])
+  if beat and tonumber(beat) >= now - tonumber(ARGV[6]) then return {-1, 0} end
+end
 local returned, answered = 0, 0
 while true do
   local raw = redis.call('LPOP', KEYS[1])
@@ -198,7 +232,7 @@ return {returned, answered}
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """What a worker publishes about the model it serves."""
+    """What a worker publishes about the model it serves; a reader ignores fields it does not know (upgrades)."""
     name: str
     arch: str
     num_classes: int
@@ -209,6 +243,7 @@ class ModelInfo:
     device: str
     batch_size: int
     backend: str = "torch"  # engine that runs the model (BACKEND); heartbeats from before this field mean eager torch
+    sources: dict[str, str] = field(default_factory=dict)  # card field -> where its value came from
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self)).encode()
@@ -217,7 +252,10 @@ class ModelInfo:
     def from_json(cls, raw: bytes) -> "ModelInfo":
         fields = json.loads(raw)
         fields["mean"], fields["std"] = tuple(fields["mean"]), tuple(fields["std"])
-        return cls(**fields)
+        return cls(**{name: value for name, value in fields.items() if name in _MODEL_INFO_FIELDS})
+
+
+_MODEL_INFO_FIELDS = {f.name for f in dataclasses.fields(ModelInfo)}
 
 
 # Worker statistics. Every worker adds each batch to one hash, {prefix}:worker_stats, with HINCRBY

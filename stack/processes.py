@@ -23,7 +23,7 @@ import redis
 import requests
 
 from serving.config import Settings
-from serving.protocol import Keys
+from serving.protocol import Keys, count_live_workers
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 STOP_GRACE_SECONDS = 20.0
@@ -147,8 +147,7 @@ class Stack:
                            process, timeout)
 
     def _require_live_workers(self, count: int) -> None:
-        recent = time.time() - self.settings.worker_timeout
-        live = self.redis().zcount(Keys(self.settings.key_prefix).workers, recent, "+inf")
+        live = count_live_workers(self.redis(), Keys(self.settings.key_prefix), self.settings.worker_timeout)
         if live < count:
             raise StartupError(f"{live} of {count} workers announced")
 

@@ -10,7 +10,7 @@ import threading
 import redis
 import torch
 
-from model_tools.checkpoints import ModelLoadError
+from model_tools.card import ModelLoadError
 from serving.config import LOG_FORMAT, Settings
 from worker.backends import BackendError, open_engine
 from worker.inference import Classifier, choose_device

@@ -18,6 +18,7 @@ serves (model_tools.export.verify), so a faster engine can never mean other answ
 from __future__ import annotations
 
 import copy
+import functools
 import importlib.util
 import logging
 import tempfile
@@ -30,8 +31,10 @@ import numpy as np
 import torch
 
 from model_tools import export
-from model_tools.checkpoints import LoadedModel, ModelCard, ModelLoadError, load_model
+from model_tools.card import CARD_FILE, ModelCard, ModelLoadError, ModelOptions, card_fields, resolve_card
+from model_tools.checkpoints import LoadedModel, is_torchscript_file, load_model, sha256_of
 from serving.config import Settings
+from worker.engine_cache import EngineCache
 
 log = logging.getLogger("worker")
 
@@ -40,6 +43,7 @@ BACKENDS = ("auto", "torch", "torchscript", "onnxruntime", "openvino")
 # alone, openvino computes faster, but beside the API processes onnxruntime serves more.
 CPU_PREFERENCE = ("onnxruntime", "openvino", "torchscript", "torch")
 _NEEDS_MODULE = {"onnxruntime": "onnxruntime", "openvino": "openvino"}
+_EXPORT_SUFFIX = {"torchscript": ".ts.pt", "onnxruntime": ".onnx", "openvino": ".onnx"}
 
 Run = Callable[[np.ndarray], np.ndarray]
 
@@ -60,43 +64,45 @@ def open_engine(settings: Settings, device: torch.device) -> Engine:
     if settings.backend not in BACKENDS:
         raise BackendError(f"BACKEND={settings.backend!r}; expected one of {', '.join(BACKENDS)}")
     path = Path(settings.model_path)
+    options = ModelOptions.from_settings(settings)
     threads = settings.compute_threads
     if path.suffix == ".onnx":
-        return _engine_for_onnx_file(path, settings.backend, device, threads)
-    if is_torchscript_file(path):
-        return _engine_for_torchscript_file(path, settings.backend, device)
-    loaded = load_model(path, settings.model_format, settings.model_arch, settings.model_trusted)
-    return engine_for_checkpoint(loaded, settings.backend, device, threads)
+        return _engine_for_onnx_file(path, options, settings.backend, device, threads)
+    if is_serving_torchscript(path):
+        return _engine_for_torchscript_file(path, options, settings.backend, device)
+    loaded = load_model(path, options)
+    cache = EngineCache(Path(settings.engine_cache_dir), sha256_of(path)) if settings.engine_cache_dir else None
+    return engine_for_checkpoint(loaded, settings.backend, device, threads, cache)
 
 
-def engine_for_checkpoint(loaded: LoadedModel, backend: str, device: torch.device, threads: int) -> Engine:
-    """Build `backend` from a loaded checkpoint; `auto` keeps the first candidate that matches eager PyTorch."""
+def engine_for_checkpoint(loaded: LoadedModel, backend: str, device: torch.device, threads: int,
+                          cache: EngineCache | None = None) -> Engine:
+    """Build `backend` from a loaded model; `auto` keeps the first candidate that builds and matches eager PyTorch.
+
+    With a cache, an export verified before is used without exporting or verifying again.
+    """
     if backend in _NEEDS_MODULE:
         _require_cpu(backend, device)
-    reference = _torch_run(loaded, device)
+    reference = functools.cache(lambda: _torch_run(loaded, device))  # only built when something needs it
     candidates = [backend] if backend != "auto" else _auto_candidates(device)
     for name in candidates:
         if name == "torch":
-            return Engine("torch", loaded.card, reference)
+            return Engine("torch", loaded.card, reference())
         try:
-            run = _build_from_checkpoint(name, loaded, device, threads)
-            difference = export.verify(reference, run, loaded.card.preprocessing.input_size)
-        except (BackendError, export.ExportMismatch) as exc:
+            run = _verified_export(name, loaded, device, threads, reference, cache)
+        except (BackendError, ModelLoadError, export.ExportMismatch) as exc:
             if backend != "auto":
                 raise BackendError(f"BACKEND={name} cannot serve this model: {exc}") from None
             log.warning("backend %s skipped: %s", name, exc)
             continue
-        log.info("backend %s matches eager PyTorch (largest probability difference %.2g)", name, difference)
         return Engine(name, loaded.card, run)
     raise AssertionError("unreachable: torch ends every candidate list")
 
 
-def is_torchscript_file(path: Path) -> bool:
-    """TorchScript archives are zip files with a code/ folder; torch.save's zip files have none."""
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as archive:
-        return any("/code/" in name for name in archive.namelist())
+def is_serving_torchscript(path: Path) -> bool:
+    """A TorchScript export of model_tools (uint8 images in, probabilities out, card inside)."""
+    return is_torchscript_file(path) and any(name.endswith(f"/extra/{CARD_FILE}")
+                                             for name in zipfile.ZipFile(path).namelist())
 
 
 def installed(backend: str) -> bool:
@@ -110,31 +116,69 @@ def _auto_candidates(device: torch.device) -> list[str]:
     return [name for name in CPU_PREFERENCE if installed(name)]
 
 
-def _build_from_checkpoint(backend: str, loaded: LoadedModel, device: torch.device, threads: int) -> Run:
-    if backend == "torchscript":
+def _verified_export(backend: str, loaded: LoadedModel, device: torch.device, threads: int,
+                     reference: Callable[[], Run], cache: EngineCache | None) -> Run:
+    """The backend running an export of the model that gives eager PyTorch's answers, from the cache if it has one."""
+    if backend in _NEEDS_MODULE and not installed(backend):
+        raise BackendError(f"BACKEND={backend} is not installed (pip install {_NEEDS_MODULE[backend]})")
+    if cache is None:
         with tempfile.TemporaryDirectory() as scratch:
-            path = export.export_torchscript(loaded, Path(scratch) / "model.ts.pt", optimize=device.type == "cpu")
-            module, _ = export.load_torchscript(path, device)
+            return _export_and_verify(backend, loaded, device, threads, reference,
+                                      Path(scratch) / f"model{_EXPORT_SUFFIX[backend]}")
+    with cache.entry(backend, device, loaded.card, _EXPORT_SUFFIX[backend]) as entry:
+        if entry.verdict is not None:
+            if not entry.verdict.verified:
+                raise BackendError(f"{entry.verdict.reason} (remembered in {entry.path.parent})")
+            log.info("backend %s from the engine cache (%s), verified before", backend, entry.path.name)
+            return _open_export(backend, entry.path, device, threads)
+        try:
+            run = _export_and_verify(backend, loaded, device, threads, reference, entry.path)
+        except (BackendError, ModelLoadError, export.ExportMismatch) as exc:
+            entry.remember_failure(str(exc))
+            raise
+        entry.remember_success()
+        return run
+
+
+def _export_and_verify(backend: str, loaded: LoadedModel, device: torch.device, threads: int,
+                       reference: Callable[[], Run], path: Path) -> Run:
+    if backend == "torchscript":
+        export.export_torchscript(loaded, path, optimize=device.type == "cpu")
+    else:
+        export.export_onnx(loaded, path)
+    run = _open_export(backend, path, device, threads)
+    difference = export.verify(reference(), run, loaded.card.preprocessing.input_size)
+    log.info("backend %s matches eager PyTorch (largest probability difference %.2g)", backend, difference)
+    return run
+
+
+def _open_export(backend: str, path: Path, device: torch.device, threads: int) -> Run:
+    if backend == "torchscript":
+        module, _ = export.load_torchscript(path, device)
         return export.torch_predictor(module, device)
-    with tempfile.TemporaryDirectory() as scratch:
-        onnx_path = export.export_onnx(loaded, Path(scratch) / "model.onnx")
-        return _onnx_run(backend, onnx_path, threads)
+    return _onnx_run(backend, path, threads)
 
 
-def _engine_for_onnx_file(path: Path, backend: str, device: torch.device, threads: int) -> Engine:
+def _engine_for_onnx_file(path: Path, options: ModelOptions, backend: str, device: torch.device,
+                          threads: int) -> Engine:
     if backend in ("torch", "torchscript"):
         raise BackendError(f"{path} is an ONNX file; BACKEND={backend} needs a checkpoint or TorchScript file")
     _require_cpu("onnxruntime/openvino", device)
-    card = export.read_onnx_card(path)
+    card = _checked_card(export.read_onnx_card(path), options, path)
     backend = "onnxruntime" if backend == "auto" else backend  # the first CPU choice, and ONNX's reference
     return Engine(backend, card, _onnx_run(backend, path, threads))
 
 
-def _engine_for_torchscript_file(path: Path, backend: str, device: torch.device) -> Engine:
+def _engine_for_torchscript_file(path: Path, options: ModelOptions, backend: str, device: torch.device) -> Engine:
     if backend not in ("auto", "torch", "torchscript"):
         raise BackendError(f"{path} is a TorchScript file; BACKEND={backend} needs a checkpoint or an ONNX file")
     module, card = export.load_torchscript(path, device)
-    return Engine("torchscript", card, export.torch_predictor(module, device))
+    return Engine("torchscript", _checked_card(card, options, path), export.torch_predictor(module, device))
+
+
+def _checked_card(card: ModelCard, options: ModelOptions, path: Path) -> ModelCard:
+    """An export's own card, with the configuration checked against it (it may add nothing: the card is whole)."""
+    return resolve_card(card_fields(card), options, path, lambda _: len(card.class_names))
 
 
 def _require_cpu(backend: str, device: torch.device) -> None:

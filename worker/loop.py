@@ -40,22 +40,27 @@ class Worker:
         self.batches = 0
         self.expired = 0
         self.stats = BatchStats(client, self.keys)
-        self._next_heartbeat = 0.0  # due at once
+        card = classifier.card
+        self.model_info = ModelInfo(card.name, card.arch, len(card.class_names), card.preprocessing.input_size,
+                                    card.preprocessing.resize_size, card.preprocessing.mean, card.preprocessing.std,
+                                    str(classifier.device), settings.batch_size, classifier.backend,
+                                    dict(card.sources)).to_json()
 
     def run(self, stop: threading.Event) -> None:
-        """Serve until `stop` is set; the batch in hand is always finished first."""
+        """Serve until `stop` is set; the batch in hand is always finished first.
+
+        Heartbeats and maintenance run in a thread of their own, so a batch that computes for longer
+        than WORKER_TIMEOUT never makes this worker look dead. It stops before the sign-off, so no
+        late heartbeat registers a worker that has left.
+        """
         log.info("worker=%s ready model=%s device=%s batch_size=%d", self.worker_id,
                  self.classifier.card.name, self.classifier.device, self.settings.batch_size)
-        failures = 0
-        while not stop.is_set():
-            try:
-                self.serve_once()
-                failures = 0
-            except redis.RedisError as exc:
-                failures += 1
-                delay = min(MAX_RECONNECT_DELAY_SECONDS, 0.1 * 2 ** failures)
-                log.warning("worker=%s redis error (%s); retrying in %.1fs", self.worker_id, exc, delay)
-                stop.wait(delay)
+        beating = threading.Event()
+        heartbeat = threading.Thread(target=self.beat_until, args=(beating,), name="heartbeat", daemon=True)
+        heartbeat.start()
+        self._retry_on_redis_errors(self.serve_once, stop)
+        beating.set()
+        heartbeat.join()
         try:
             self.sign_off()
         except redis.RedisError as exc:
@@ -63,13 +68,30 @@ class Worker:
             log.warning("worker=%s could not sign off: %s", self.worker_id, exc)
         log.info("worker=%s stopped after %d batches", self.worker_id, self.batches)
 
-    def serve_once(self) -> None:
-        """Heartbeat and maintenance when due, then wait up to one heartbeat period for a batch and serve it."""
-        if time.monotonic() >= self._next_heartbeat:
+    def beat_until(self, stop: threading.Event) -> None:
+        """Every heartbeat period until `stop`: announce this worker, then reap dead ones."""
+        def beat_and_reap():
             self.heartbeat()
             reap_dead_workers(self.client, self.keys, self.settings.worker_timeout, self.settings.max_attempts,
                               self.settings.result_ttl)
-            self._next_heartbeat = time.monotonic() + self.settings.heartbeat_seconds
+            stop.wait(self.settings.heartbeat_seconds)
+        self._retry_on_redis_errors(beat_and_reap, stop)
+
+    def _retry_on_redis_errors(self, step, stop: threading.Event) -> None:
+        """Run step() until `stop`, backing off while Redis fails."""
+        failures = 0
+        while not stop.is_set():
+            try:
+                step()
+                failures = 0
+            except redis.RedisError as exc:
+                failures += 1
+                delay = min(MAX_RECONNECT_DELAY_SECONDS, 0.1 * 2 ** failures)
+                log.warning("worker=%s redis error (%s); retrying in %.1fs", self.worker_id, exc, delay)
+                stop.wait(delay)
+
+    def serve_once(self) -> None:
+        """Wait up to one heartbeat period for a batch and serve it."""
         messages = take_batch(self.client, self.keys, self.worker_id, self.settings.batch_size,
                               block_seconds=self.settings.heartbeat_seconds,
                               wait_for_more_seconds=self.settings.batch_wait_ms / 1000)
@@ -78,14 +100,8 @@ class Worker:
 
     def heartbeat(self) -> None:
         """Announce this worker and the model it serves, both expiring unless renewed."""
-        card, device = self.classifier.card, self.classifier.device
-        info = ModelInfo(card.name, card.arch, len(card.class_names), card.preprocessing.input_size,
-                         card.preprocessing.resize_size, card.preprocessing.mean, card.preprocessing.std,
-                         str(device), self.settings.batch_size, self.classifier.backend)
-        pipe = self.client.pipeline(transaction=False)
-        pipe.set(self.keys.model, info.to_json(), px=int(self.settings.worker_timeout * 1000))
-        pipe.zadd(self.keys.workers, {self.worker_id: time.time()})
-        pipe.execute()
+        self.client.eval(protocol.HEARTBEAT, 2, self.keys.model, self.keys.workers, self.worker_id,
+                         self.model_info, int(self.settings.worker_timeout * 1000))
 
     def sign_off(self) -> None:
         """Hand back anything not started (not a failed attempt) and leave the registry."""

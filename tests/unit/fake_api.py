@@ -19,7 +19,9 @@ from worker.batching import publish_results, take_batch
 
 SETTINGS = Settings(request_timeout=0.3, max_upload_mb=1, worker_timeout=5)
 KEYS = Keys(SETTINGS.key_prefix)
-MODEL = ModelInfo("tiny", "tiny_arch", 3, 224, 256, (0.5, 0.4, 0.3), (0.2, 0.2, 0.2), "cpu", 8)
+SOURCES = {"class_names": "LABELS_PATH (labels.txt)", "input_size": "assumed: torchvision's ImageNet convention",
+           "resize_size": "RESIZE_SIZE", "mean": "model file", "std": "model file"}
+MODEL = ModelInfo("tiny", "tiny_arch", 3, 224, 256, (0.5, 0.4, 0.3), (0.2, 0.2, 0.2), "cpu", 8, "torch", SOURCES)
 TABBY = [{"label": "tabby", "index": 281, "probability": 0.9}]
 
 

@@ -8,14 +8,8 @@ import torch
 import torchvision
 
 from model_tools.architectures import Preprocessing, default_preprocessing
-from model_tools.checkpoints import (
-    ModelCard,
-    ModelLoadError,
-    is_trusted_file,
-    load_model,
-    save_checkpoint,
-    save_state_dict,
-)
+from model_tools.card import ModelCard, ModelLoadError, ModelOptions
+from model_tools.checkpoints import is_trusted_file, load_model, save_checkpoint, save_state_dict
 from serving.config import Settings
 
 DEFAULT_MODEL = Settings().model_path
@@ -63,7 +57,7 @@ def test_a_pickled_checkpoint_from_elsewhere_is_refused(tmp_path, small_network,
     shutil.copy(path, foreign)  # same bytes, but model_tools did not record it
     with pytest.raises(ModelLoadError, match="MODEL_TRUSTED"):
         load_model(foreign)
-    assert load_model(foreign, trusted=True).card == small_card
+    assert load_model(foreign, ModelOptions(trusted=True)).card == small_card
 
 
 def test_a_trusted_checkpoint_that_changed_afterwards_is_refused(tmp_path, small_network, small_card):
@@ -78,7 +72,7 @@ def test_a_trusted_checkpoint_that_changed_afterwards_is_refused(tmp_path, small
 def test_the_state_dict_format_loads_without_unpickling_code(tmp_path, small_network, small_card):
     path = save_state_dict(small_network, small_card, tmp_path / "m.pt")
     torch.load(path, weights_only=True)  # tensors and plain data only
-    loaded = load_model(path, format="state_dict")
+    loaded = load_model(path, ModelOptions(format="state_dict"))
     assert loaded.card == small_card and same_outputs(loaded.network, small_network)
 
 
@@ -87,7 +81,7 @@ def test_a_bare_state_dict_needs_its_architecture_named(tmp_path, small_network)
     torch.save(small_network.state_dict(), path)
     with pytest.raises(ModelLoadError, match="MODEL_ARCH"):
         load_model(path)
-    loaded = load_model(path, arch=SMALL_ARCH)
+    loaded = load_model(path, ModelOptions(arch=SMALL_ARCH))
     assert same_outputs(loaded.network, small_network)
     assert loaded.card.class_names == ("class_0", "class_1", "class_2", "class_3")
     assert loaded.card.preprocessing == default_preprocessing(SMALL_ARCH)
@@ -97,16 +91,16 @@ def test_a_state_dict_of_another_architecture_is_refused(tmp_path, small_network
     path = tmp_path / "bare.pt"
     torch.save(small_network.state_dict(), path)
     with pytest.raises(ModelLoadError, match="does not fit"):
-        load_model(path, arch="resnet18")
+        load_model(path, ModelOptions(arch="resnet18"))
 
 
 def test_unknown_architectures_formats_and_missing_files_are_clear_errors(tmp_path, small_network):
     path = tmp_path / "bare.pt"
     torch.save(small_network.state_dict(), path)
     with pytest.raises(ModelLoadError, match="unknown architecture"):
-        load_model(path, arch="not_a_net")
+        load_model(path, ModelOptions(arch="not_a_net"))
     with pytest.raises(ModelLoadError, match="MODEL_FORMAT"):
-        load_model(path, format="onnx-please")
+        load_model(path, ModelOptions(format="onnx-please"))
     with pytest.raises(ModelLoadError, match="does not exist"):
         load_model(tmp_path / "missing.pth")
 
@@ -114,7 +108,7 @@ def test_unknown_architectures_formats_and_missing_files_are_clear_errors(tmp_pa
 def test_state_dict_format_refuses_a_pickled_module(tmp_path, small_network, small_card):
     path = save_checkpoint(small_network, small_card, tmp_path / "m.pth")
     with pytest.raises(ModelLoadError, match="not a tensors-only state_dict"):
-        load_model(path, format="state_dict")
+        load_model(path, ModelOptions(format="state_dict"))
 
 
 def test_torchvision_architectures_take_their_published_preprocessing():

@@ -7,14 +7,8 @@ import torch.nn as nn
 
 from model_tools.__main__ import main as model_tools_main
 from model_tools.architectures import Preprocessing
-from model_tools.checkpoints import (
-    LoadedModel,
-    ModelCard,
-    ModelLoadError,
-    card_from_json,
-    card_to_json,
-    save_checkpoint,
-)
+from model_tools.card import ModelCard, ModelLoadError, ModelOptions, card_from_json, card_to_json
+from model_tools.checkpoints import LoadedModel, save_checkpoint
 from model_tools.export import (
     ExportMismatch,
     export_onnx,

@@ -1,5 +1,7 @@
 """Readiness, model info, metrics, request ids and log lines, the demo page and the OpenAPI document (fakeredis)."""
 
+import dataclasses
+import json
 import logging
 import os
 import re
@@ -16,7 +18,17 @@ from app.operations import OPENAPI_DOCUMENT
 from serving.protocol import ModelInfo
 from tests.openapi_check import assert_conforms
 from tests.prometheus_text import sample_value
-from tests.unit.fake_api import KEYS, MODEL, SETTINGS, TABBY, answer_next_request, heartbeat, post_image, success
+from tests.unit.fake_api import (
+    KEYS,
+    MODEL,
+    SETTINGS,
+    SOURCES,
+    TABBY,
+    answer_next_request,
+    heartbeat,
+    post_image,
+    success,
+)
 from worker.metrics import BatchStats
 
 STATIC = Path(__file__).resolve().parents[2] / "app" / "static"
@@ -61,15 +73,19 @@ def test_model_describes_the_served_model_and_its_workers(client, fake_redis):
     assert body == {"name": "tiny", "arch": "tiny_arch", "num_classes": 3, "input_size": 224,
                     "preprocessing": {"resize_size": 256, "crop_size": 224, "interpolation": "bilinear",
                                       "mean": [0.5, 0.4, 0.3], "std": [0.2, 0.2, 0.2]},
-                    "backend": "torch", "device": "cpu", "batch_size": 8, "workers": 2}
+                    "sources": SOURCES, "backend": "torch", "device": "cpu", "batch_size": 8, "workers": 2}
 
 
 def test_model_reports_the_backend_a_worker_announces(client, fake_redis):
-    heartbeat(fake_redis, model=ModelInfo(*[getattr(MODEL, f) for f in ("name", "arch", "num_classes",
-                                                                      "input_size", "resize_size", "mean",
-                                                                      "std", "device", "batch_size")],
-                                          backend="torchscript"))
+    heartbeat(fake_redis, model=dataclasses.replace(MODEL, backend="torchscript"))
     assert client.get("/model").get_json()["backend"] == "torchscript"
+
+
+def test_a_heartbeat_with_fields_this_api_does_not_know_is_read_as_usual(client, fake_redis):
+    """A newer worker beside an older API (a rolling upgrade): the extra field is ignored, nothing is a 500."""
+    fake_redis.set(KEYS.model, json.dumps({**json.loads(MODEL.to_json()), "added_later": [1, 2]}))
+    fake_redis.zadd(KEYS.workers, {"w1": time.time()})
+    assert client.get("/model").get_json()["name"] == MODEL.name
 
 
 def test_model_is_503_without_a_worker(client):

@@ -7,7 +7,8 @@ import torch
 import torch.nn as nn
 
 from model_tools.architectures import Preprocessing
-from model_tools.checkpoints import LoadedModel, ModelCard
+from model_tools.card import ModelCard
+from model_tools.checkpoints import LoadedModel
 from serving import protocol
 from serving.protocol import InferenceRequest
 from worker.backends import engine_for_checkpoint

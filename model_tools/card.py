@@ -1,0 +1,233 @@
+"""The model card: everything besides weights that serving a classifier needs, and where each value came from.
+
+Each value comes from the first of these that says it:
+
+1. the model file (the card model_tools writes into every file it makes);
+2. what the user configured (MODEL_ARCH, LABELS_PATH, INPUT_SIZE, RESIZE_SIZE,
+   MEAN, STD; or the same as flags of `python -m model_tools`);
+3. the defaults of the architecture's published ImageNet weights, when the
+   architecture is named;
+4. torchvision's ImageNet convention (resize 256, crop 224, ImageNet mean and
+   std; ImageNet's class names for 1000 outputs, else `class_N`), logged as an
+   assumption.
+
+A configured value that contradicts the file is an error, not a silent choice
+of one of them. `ModelCard.sources` says where each value came from; the worker
+publishes it and `GET /model` shows it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from model_tools.architectures import Preprocessing, default_preprocessing, imagenet_class_names
+from serving.config import Settings, channel_values
+
+log = logging.getLogger("model_tools")
+
+CARD_FORMAT = 1  # version of the JSON card exported models carry
+CARD_FILE = "model_card.json"  # its name inside TorchScript, torch.export and ONNX files
+IMAGENET_CONVENTION = Preprocessing(224, 256, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+FROM_FILE = "model file"
+ASSUMED = "assumed: torchvision's ImageNet convention"
+PREPROCESSING_FIELDS = ("input_size", "resize_size", "mean", "std")
+
+
+class ModelLoadError(RuntimeError):
+    """The model file cannot be served; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """Everything besides weights that serving a classifier needs."""
+    name: str
+    arch: str
+    class_names: tuple[str, ...]
+    preprocessing: Preprocessing
+    # card field -> where its value came from (FROM_FILE, an option's name, a default); not part of the card's identity
+    sources: Mapping[str, str] = field(default_factory=dict, compare=False)
+
+
+# How the worker's configuration spells each option; the command line passes its flags' names instead.
+ENVIRONMENT_NAMES = {"arch": "MODEL_ARCH", "labels_path": "LABELS_PATH", "input_size": "INPUT_SIZE",
+                     "resize_size": "RESIZE_SIZE", "mean": "MEAN", "std": "STD", "format": "MODEL_FORMAT",
+                     "trusted": "MODEL_TRUSTED=1"}
+
+
+@dataclass(frozen=True)
+class ModelOptions:
+    """What the user says about a model file, for whatever the file does not say, and how to read it."""
+    arch: str = ""
+    labels_path: str = ""
+    input_size: int = 0  # 0: not given
+    resize_size: int = 0
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
+    format: str = "auto"
+    trusted: bool = False
+    names: Mapping[str, str] = field(default_factory=lambda: ENVIRONMENT_NAMES)  # option -> how the user sets it
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "ModelOptions":
+        return cls(settings.model_arch, settings.labels_path, settings.input_size, settings.resize_size,
+                   channel_values(settings.mean, "MEAN"), channel_values(settings.std, "STD", positive=True),
+                   settings.model_format, settings.model_trusted)
+
+
+def resolve_card(in_file: Mapping, options: ModelOptions, path: Path, count_outputs) -> ModelCard:
+    """The card of a model file from its own fields (`in_file`, the card format's keys), options and defaults.
+
+    count_outputs(input_size) gives the model's number of classes; it is asked only once the input size
+    is known, and a label count that differs from it is an error naming both numbers.
+    """
+    sources: dict[str, str] = {}
+    arch = _choose("arch", in_file.get("arch") or "", options, sources, path) or ""
+    values = {}
+    for name in PREPROCESSING_FIELDS:
+        values[name] = _choose(name, in_file.get(name), options, sources, path)
+        if values[name] is None:
+            defaults, sources[name] = _architecture_defaults(arch)
+            values[name] = getattr(defaults, name)
+    preprocessing = Preprocessing(int(values["input_size"]), int(values["resize_size"]),
+                                  tuple(map(float, values["mean"])), tuple(map(float, values["std"])))
+    if preprocessing.resize_size < preprocessing.input_size:
+        raise ModelLoadError(f"{path}: resize size {preprocessing.resize_size} ({sources['resize_size']}) is below "
+                             f"input size {preprocessing.input_size} ({sources['input_size']})")
+    num_outputs = count_outputs(preprocessing.input_size)
+    class_names = _class_names(in_file.get("class_names"), options, num_outputs, sources, path)
+    assumed = sorted(name for name, source in sources.items() if source.startswith("assumed"))
+    if assumed:
+        log.warning("%s does not say its %s, nor does the configuration: assumed %s", path, ", ".join(assumed),
+                    ", ".join(f"{name}={_shown(name, preprocessing, class_names)}" for name in assumed))
+    return ModelCard(in_file.get("name") or arch or path.stem, arch, tuple(class_names), preprocessing, sources)
+
+
+def _architecture_defaults(arch: str) -> tuple[Preprocessing, str]:
+    """The preprocessing of the architecture's published weights if it has some, else the ImageNet convention."""
+    try:
+        return default_preprocessing(arch), f"default of {arch}'s published weights"
+    except ValueError:
+        return IMAGENET_CONVENTION, ASSUMED
+
+
+def _choose(name: str, from_file, options: ModelOptions, sources: dict[str, str], path: Path):
+    """The file's value, else the option's; None when neither says. Both saying different things is an error."""
+    configured = getattr(options, name) or None
+    if from_file not in (None, "", []):
+        if configured is not None and _differs(from_file, configured):
+            raise ModelLoadError(f"{options.names[name]} is {_spell(configured)} but {path} says {_spell(from_file)}; "
+                                 f"unset {options.names[name]}, or import the model again with the new value "
+                                 "(python -m model_tools import)")
+        sources[name] = FROM_FILE
+        return from_file
+    if configured is not None:
+        sources[name] = options.names[name]
+    return configured
+
+
+def _class_names(in_file, options: ModelOptions, num_outputs: int, sources: dict[str, str], path: Path) -> list[str]:
+    configured = read_labels(Path(options.labels_path), options.names["labels_path"]) if options.labels_path else None
+    if in_file:
+        names, source = [str(n) for n in in_file], FROM_FILE
+        if configured is not None and configured != names:
+            raise ModelLoadError(f"{options.names['labels_path']}={options.labels_path} names other classes than "
+                                 f"{path} carries; unset it, or import the model again with these labels")
+    elif configured is not None:
+        names, source = configured, f"{options.names['labels_path']} ({options.labels_path})"
+    elif num_outputs == 1000:
+        names, source = imagenet_class_names(), "assumed: ImageNet's classes (the model has 1000 outputs)"
+    else:
+        names, source = [f"class_{i}" for i in range(num_outputs)], "assumed: no labels given, class_N"
+    if len(names) != num_outputs:
+        raise ModelLoadError(f"{source} names {len(names)} classes, but the model in {path} has {num_outputs} "
+                             "outputs: one name per output, in output order")
+    sources["class_names"] = source
+    return names
+
+
+def read_labels(path: Path, option: str = "LABELS_PATH") -> list[str]:
+    """Class names from a text file (one per line), a JSON list, or TorchServe's index_to_name.json."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ModelLoadError(f"{option}={path}: cannot read it ({exc})") from None
+    if path.suffix.lower() == ".json":
+        return _labels_from_json(text, path, option)
+    names = text.rstrip("\n").split("\n")
+    names = [name.rstrip("\r").strip() for name in names]
+    if not names or "" in names:
+        raise ModelLoadError(f"{option}={path}: line {names.index('') + 1 if names else 1} is empty; "
+                             "write one class name per line, in the model's output order")
+    return names
+
+
+def _labels_from_json(text: str, path: Path, option: str) -> list[str]:
+    try:
+        labels = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ModelLoadError(f"{option}={path} is not valid JSON: {exc}") from None
+    if isinstance(labels, dict):  # TorchServe: {"0": ["n01440764", "tench"], ...} or {"0": "tench", ...}
+        try:
+            by_index = {int(index): value for index, value in labels.items()}
+        except ValueError:
+            by_index = {}
+        if sorted(by_index) != list(range(len(labels))):
+            raise ModelLoadError(f"{option}={path}: the keys of an index_to_name.json must be 0 to N-1")
+        labels = [by_index[i][-1] if isinstance(by_index[i], list) and by_index[i] else by_index[i]
+                  for i in range(len(by_index))]
+    if not isinstance(labels, list) or not labels or not all(isinstance(n, str) and n for n in labels):
+        raise ModelLoadError(f"{option}={path}: expected a JSON list of class names, or TorchServe's "
+                             'index_to_name.json ({"0": ["wnid", "name"], ...})')
+    return labels
+
+
+def _differs(from_file, configured) -> bool:
+    if isinstance(configured, tuple):
+        return any(abs(float(a) - float(b)) > 1e-6 for a, b in zip(from_file, configured))
+    return str(from_file) != str(configured)
+
+
+def _spell(value) -> str:
+    return ",".join(f"{v:g}" for v in value) if isinstance(value, (tuple, list)) else str(value)
+
+
+def _shown(name: str, preprocessing: Preprocessing, class_names: list[str]) -> str:
+    if name == "class_names":
+        return f"{class_names[0]}..{class_names[-1]}"
+    return _spell(getattr(preprocessing, name))
+
+
+def card_fields(card: ModelCard) -> dict:
+    """The card as the plain fields model files carry."""
+    p = card.preprocessing
+    return {"name": card.name, "arch": card.arch, "class_names": list(card.class_names),
+            "input_size": p.input_size, "resize_size": p.resize_size, "mean": list(p.mean), "std": list(p.std)}
+
+
+def card_to_json(card: ModelCard) -> str:
+    """The card as the JSON that exported models carry (TorchScript extra file, ONNX metadata).
+
+    Besides the checkpoint's metadata fields it states the exported model's contract, so a
+    client in any language knows what to feed it: `input` is uint8 RGB pixels, NHWC, already
+    resized (shorter side to `resize_size`, bilinear) and center-cropped to `input_size`;
+    `output` is softmax probabilities. mean/std are applied inside the model; they are here
+    for the record, not for the client to apply again.
+    """
+    return json.dumps({**card_fields(card), "format": CARD_FORMAT, "input": "uint8 NHWC RGB",
+                       "output": "probabilities", "normalized_inside": True}, indent=1)
+
+
+def card_from_json(text: str | bytes) -> ModelCard:
+    """Inverse of card_to_json; raises ModelLoadError for a card that is not one."""
+    try:
+        fields = json.loads(text)
+        preprocessing = Preprocessing(int(fields["input_size"]), int(fields["resize_size"]),
+                                      tuple(map(float, fields["mean"])), tuple(map(float, fields["std"])))
+        return ModelCard(str(fields["name"]), str(fields["arch"]), tuple(map(str, fields["class_names"])),
+                         preprocessing, {name: FROM_FILE for name in ("arch", "class_names", *PREPROCESSING_FIELDS)})
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ModelLoadError(f"the model card is not valid JSON with the expected fields: {exc!r}") from None

@@ -1,0 +1,112 @@
+"""`python -m model_tools import`: any model file the worker loads -> one self-describing file, no unpickling.
+
+The result is the state_dict format when the architecture is known by name and
+the weights fit it; otherwise a torch.export program (.pt2) of the network, or,
+for a TorchScript network that torch.export cannot take, model_tools'
+TorchScript export. Each carries the whole card, so serving it needs no
+configuration and no MODEL_TRUSTED. Before it counts, the written file is loaded
+back as the worker would load it (no options, no trust) and checked against the
+source: the same top-1 on sample photos, every probability within TOLERANCE.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from model_tools import TOLERANCE, export
+from model_tools.architectures import build_architecture
+from model_tools.card import ModelCard, ModelLoadError, ModelOptions
+from model_tools.checkpoints import LoadedModel, load_model, save_exported_program, save_state_dict
+from serving.preprocess import prepare
+
+log = logging.getLogger("model_tools")
+
+SAMPLE_PHOTOS = ("chelsea.png", "coffee.png", "astronaut.png", "rocket.jpg")  # scikit-image's, where installed
+
+
+def import_model(source: Path, options: ModelOptions, out: Path) -> str:
+    """Write `out` from `source` and check it; returns the report to print."""
+    loaded = load_model(source, options)
+    kind = _write(loaded, out)
+    written = load_model(out)
+    photos = _sample_photos(loaded.card)
+    difference, top1 = _compare(loaded, written, photos)
+    return _report(out, kind, written.card, loaded.card.sources, source, difference, top1)
+
+
+def _write(loaded: LoadedModel, out: Path) -> str:
+    """Write the most portable format that holds this network; returns its description."""
+    if _fits_architecture(loaded):
+        save_state_dict(loaded.network, loaded.card, out)
+        return f"state_dict of {loaded.card.arch}"
+    if isinstance(loaded.network, torch.jit.ScriptModule):
+        export.export_torchscript(loaded, out)
+        return "TorchScript export"
+    save_exported_program(loaded.network, loaded.card, out)
+    return "torch.export program"
+
+
+def _fits_architecture(loaded: LoadedModel) -> bool:
+    """True when the named architecture, rebuilt, is the same code and takes these weights as they are."""
+    if not loaded.card.arch:
+        return False
+    try:
+        rebuilt = build_architecture(loaded.card.arch, len(loaded.card.class_names))
+        rebuilt.load_state_dict(loaded.network.state_dict())
+    except (ValueError, RuntimeError):
+        return False
+    return type(rebuilt) is type(loaded.network)
+
+
+def _sample_photos(card: ModelCard) -> list[tuple[str, np.ndarray]]:
+    try:
+        import skimage
+    except ImportError:
+        return []  # the generated images of export.verify still compare the two
+    p = card.preprocessing
+    folder = Path(skimage.data_dir)
+    return [(name, prepare((folder / name).read_bytes(), p.resize_size, p.input_size, 10**8))
+            for name in SAMPLE_PHOTOS if (folder / name).is_file()]
+
+
+def _compare(source: LoadedModel, written: LoadedModel, photos: list[tuple[str, np.ndarray]]
+             ) -> tuple[float, list[tuple[str, str, float]]]:
+    """Largest probability difference over photos and generated images; each photo's top-1 by the written file."""
+    if written.card != source.card:
+        raise ModelLoadError(f"the written card {written.card} differs from the source's {source.card}")
+    reference = export.torch_predictor(export.serving_module(source))
+    candidate = export.torch_predictor(export.serving_module(written))
+    difference = export.verify(reference, candidate, source.card.preprocessing.input_size, tolerance=TOLERANCE)
+    top1 = []
+    if photos:
+        batch = np.stack([pixels for _, pixels in photos])
+        expected, got = reference(batch), candidate(batch)
+        difference = max(difference, float(np.abs(expected - got).max()))
+        if difference > TOLERANCE or (expected.argmax(axis=1) != got.argmax(axis=1)).any():
+            raise export.ExportMismatch(f"the written file's answers on sample photos differ from the source's "
+                                        f"(largest probability difference {difference:.3g})")
+        top1 = [(name, written.card.class_names[int(row.argmax())], float(row.max()))
+                for (name, _), row in zip(photos, got)]
+    return difference, top1
+
+
+def _report(out: Path, kind: str, card: ModelCard, sources: dict[str, str], source: Path, difference: float,
+            top1: list[tuple[str, str, float]]) -> str:
+    """What was written, and where each value of its card came from when read from the source."""
+    p, names = card.preprocessing, card.class_names
+    shown = ", ".join(names) if len(names) <= 6 else f"{', '.join(names[:3])}, ..., {names[-1]}"
+    lines = [f"wrote {out}: {kind}, loads without unpickling",
+             f"  model:       {card.name} (architecture: {card.arch or 'not named'})",
+             f"  classes:     {len(names)}: {shown}  [{sources['class_names']}]",
+             f"  input size:  {p.input_size}  [{sources['input_size']}]",
+             f"  resize size: {p.resize_size}  [{sources['resize_size']}]",
+             f"  mean:        {','.join(f'{v:g}' for v in p.mean)}  [{sources['mean']}]",
+             f"  std:         {','.join(f'{v:g}' for v in p.std)}  [{sources['std']}]",
+             f"  checked against {source}: same top-1, largest probability difference {difference:.2g} "
+             f"(tolerance {TOLERANCE:g})"]
+    lines += [f"  {name}: {label} {probability:.3f}" for name, label, probability in top1]
+    return "\n".join(lines)
