@@ -42,4 +42,4 @@ cpp: model-ts
 	cpp/build.sh
 
 clean:
-	rm -rf $(VENV) models/*.pth models/*.sha256 models/*.ts.pt models/*.onnx cpp/build cpp/build-* cpp/libtorch .pytest_cache
+	rm -rf $(VENV) models/*.pth models/*.sha256 models/*.ts.pt models/*.onnx models/*.pt2 models/engine-cache cpp/build cpp/build-* cpp/libtorch .pytest_cache

@@ -7,10 +7,12 @@ import pytest
 
 from serving import protocol
 from serving.protocol import InferenceRequest, Keys
+from worker import recovery
 from worker.recovery import reap_dead_workers, return_unfinished
 
 KEYS = Keys("t")
 TIMEOUT = 5.0
+TRUE_TIME = time.time
 
 
 def request(request_id, attempts=0) -> InferenceRequest:
@@ -84,3 +86,29 @@ def test_reaping_twice_requeues_once(real_redis):
     second = return_unfinished(real_redis, KEYS, "dead", True, 3, 30)
     assert first == (1, 0) and second == (0, 0)
     assert queued_ids(real_redis) == ["a"]
+
+
+def test_a_heartbeat_between_the_check_and_the_script_keeps_the_worker(real_redis, monkeypatch):
+    """The reaper finds a worker silent, the worker's heartbeat lands, then the script runs: nothing is taken."""
+    holding(real_redis, "slow", request("a"), heartbeat_age=TIMEOUT + 1)
+    find_silent = recovery.silent_workers
+
+    def silent_then_heartbeat(client, keys, worker_timeout):
+        silent = find_silent(client, keys, worker_timeout)
+        client.eval(protocol.HEARTBEAT, 2, keys.model, keys.workers, "slow", b"{}", 5000)
+        return silent
+
+    monkeypatch.setattr(recovery, "silent_workers", silent_then_heartbeat)
+    assert reap(real_redis) == 0
+    assert real_redis.llen(KEYS.processing("slow")) == 1 and real_redis.llen(KEYS.queue) == 0
+    assert real_redis.zscore(KEYS.workers, "slow") is not None
+
+
+def test_heartbeats_and_the_reapers_cutoff_use_redis_time_not_the_hosts(real_redis, monkeypatch):
+    """A worker host whose clock runs an hour ahead neither looks alive forever nor reaps live workers."""
+    holding(real_redis, "dead", request("a"), heartbeat_age=TIMEOUT + 1)
+    real_redis.eval(protocol.HEARTBEAT, 2, KEYS.model, KEYS.workers, "live", b"{}", 5000)
+    monkeypatch.setattr(time, "time", lambda: 3600 + TRUE_TIME())
+    assert reap(real_redis) == 1
+    assert real_redis.zscore(KEYS.workers, "live") is not None and queued_ids(real_redis) == ["a"]
+    assert protocol.count_live_workers(real_redis, KEYS, TIMEOUT) == 1
