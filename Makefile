@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: run test bench setup redis-server test-tools model model-ts cpp clean
+.PHONY: run test bench bench-heavy setup redis-server test-tools model model-ts cpp clean
 
 run: setup
 	$(PY) -m stack
@@ -14,6 +14,10 @@ test: setup test-tools
 # Model and pipeline ceilings, then the service at saturation, half load and unloaded: one markdown table.
 bench: setup
 	$(PY) -m scripts.bench
+
+# A user's heavy model (ResNeXt-101 in the classic checkpoint format) at batch 8, 16 and 32: scripts/bench_heavy.py.
+bench-heavy: setup
+	$(PY) -m scripts.bench_heavy
 
 setup: $(VENV)/.installed redis-server model
 

@@ -67,8 +67,13 @@ class InferenceQueue:
     def classify(self, pixels: np.ndarray, deadline: float, request_id: str) -> dict:
         """Queue one preprocessed image under `request_id` (unique) and block until its result or the deadline."""
         request = InferenceRequest(request_id, pixels, time.time(), deadline)
-        self.client.lpush(self.keys.queue, protocol.encode_request(request))
+        self.enqueue(protocol.encode_request(request))
         return self.await_result(request.id, request.deadline)
+
+    def enqueue(self, message: bytes) -> None:
+        """Queue one message, or raise QueueFull when MAX_QUEUE are waiting (checked and pushed atomically)."""
+        if self.client.eval(protocol.ENQUEUE, 1, self.keys.queue, self.max_queue, message) < 0:
+            raise QueueFull(self.max_queue)
 
     def await_result(self, request_id: str, deadline: float) -> dict:
         # BLPOP wakes the moment the worker pushes the result: no polling, no sleeps.

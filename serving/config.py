@@ -69,7 +69,7 @@ class Settings:
     worker_timeout: float = _setting(
         "WORKER_TIMEOUT", 5.0,
         "Seconds without a heartbeat after which a worker counts as dead and its unfinished "
-        "requests are queued again. Keep it above the longest batch.")
+        "requests are queued again. Heartbeats go on while a batch computes, so it need not exceed the longest batch.")
     max_attempts: int = _setting(
         "MAX_ATTEMPTS", 3,
         "Deliveries of one request to workers that died on it before it is answered with an error (500).")
@@ -126,8 +126,23 @@ class Settings:
     log_level: str = _setting("LOG_LEVEL", "INFO", "Python log level of API and worker.")
 
     def __post_init__(self):
+        """Values that would break the service are configuration errors at start, not failures later."""
+        for name, lowest in _AT_LEAST.items():
+            if getattr(self, name) < lowest:
+                raise ConfigError(f"{self.env_name(name)}={getattr(self, name)!r}: must be at least {lowest}")
+        for name in _ABOVE_ZERO:
+            if not getattr(self, name) > 0:  # NaN too
+                raise ConfigError(f"{self.env_name(name)}={getattr(self, name)!r}: must be above 0")
+        if self.port > 65535:
+            raise ConfigError(f"PORT={self.port}: must be at most 65535")
+        if self.log_level not in LOG_LEVELS:
+            raise ConfigError(f"LOG_LEVEL={self.log_level!r}: expected one of {', '.join(LOG_LEVELS)}")
         channel_values(self.mean, "MEAN")  # raises ConfigError now, not when the worker loads the model
         channel_values(self.std, "STD", positive=True)
+
+    @classmethod
+    def env_name(cls, field_name: str) -> str:
+        return next(f.metadata["env"] for f in dataclasses.fields(cls) if f.name == field_name)
 
     @property
     def max_upload_bytes(self) -> int:
@@ -158,6 +173,15 @@ class Settings:
     def as_env(self) -> dict[str, str]:
         """These settings as environment variables, to hand to a child process."""
         return {f.metadata["env"]: _format(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+# Smallest workable value of each count and size (0 where 0 means "not set" or "none").
+_AT_LEAST = {"port": 1, "api_processes": 1, "api_threads": 1, "max_image_pixels": 1, "max_queue": 1, "top_k": 1,
+             "workers": 0, "batch_size": 1, "batch_wait_ms": 0, "max_attempts": 1, "input_size": 0,
+             "resize_size": 0, "inference_threads": 0}
+# Durations and sizes that must be above zero: a RESULT_TTL of 0 would expire every answer before it is read.
+_ABOVE_ZERO = ("max_upload_mb", "request_timeout", "redis_timeout", "result_ttl", "worker_timeout")
 
 
 class ConfigError(ValueError):

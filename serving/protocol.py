@@ -3,7 +3,7 @@
 Nothing outside this module spells a key or a message field.
 
 Flow of one request:
-  API:    LPUSH {prefix}:queue <request JSON>
+  API:    LPUSH {prefix}:queue <request JSON>   (ENQUEUE: unless MAX_QUEUE are waiting)
   worker: BLMOVE {prefix}:queue -> {prefix}:processing:<worker id>   (atomic take)
   worker: LPUSH {prefix}:result:<request id> <result JSON>, EXPIRE it,
           DEL its processing list                                 (one transaction)
@@ -32,6 +32,7 @@ from __future__ import annotations
 import binascii
 import dataclasses
 import json
+import math
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -120,11 +121,11 @@ def _fields_and_image(raw: bytes) -> tuple[object, bytes | str | None]:
 
 
 def decode_request(raw: bytes) -> InferenceRequest:
-    """Parse and validate one queue message; raises MalformedMessage."""
+    """Parse and validate one queue message; raises MalformedMessage, and nothing else, for any bytes at all."""
     try:
         fields, image = _fields_and_image(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise MalformedMessage(f"not JSON: {exc}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:  # deep nesting: RecursionError
+        raise MalformedMessage(f"not JSON: {type(exc).__name__}: {str(exc)[:200]}") from None
     if not isinstance(fields, dict):
         raise MalformedMessage("not a JSON object")
     request_id = fields.get("id")
@@ -133,21 +134,29 @@ def decode_request(raw: bytes) -> InferenceRequest:
     try:
         shape = tuple(int(n) for n in fields["shape"])
         if fields["dtype"] != "uint8":
-            raise ValueError(f"dtype {fields['dtype']!r}, expected 'uint8'")
+            raise ValueError(f"dtype {str(fields['dtype'])[:50]!r}, expected 'uint8'")
         if len(shape) != 3 or shape[2] != 3 or min(shape) <= 0:
-            raise ValueError(f"shape {list(shape)}, expected [height, width, 3]")
+            raise ValueError(f"shape {list(shape)[:4]}, expected [height, width, 3]")
         if image is None:
             raise KeyError("image")
         data = pybase64.b64decode(image, validate=True)
         if len(data) != shape[0] * shape[1] * shape[2]:
             raise ValueError(f"{len(data)} pixel bytes for shape {list(shape)}")
         pixels = np.frombuffer(data, dtype=np.uint8).reshape(shape)
-        return InferenceRequest(request_id, pixels, float(fields["enqueued_at"]), float(fields["deadline"]),
-                                int(fields.get("attempts", 0)))
+        enqueued_at, deadline = _finite(fields["enqueued_at"]), _finite(fields["deadline"])
+        attempts = int(fields.get("attempts", 0))
+        return InferenceRequest(request_id, pixels, enqueued_at, deadline, attempts)
     except KeyError as exc:
         raise MalformedMessage(f"missing field {exc}", request_id) from None
-    except (TypeError, ValueError, binascii.Error) as exc:
-        raise MalformedMessage(str(exc), request_id) from None
+    except (TypeError, ValueError, OverflowError, binascii.Error) as exc:  # "attempts": 1e999 overflows int()
+        raise MalformedMessage(f"{type(exc).__name__}: {str(exc)[:200]}", request_id) from None
+
+
+def _finite(value) -> float:
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError(f"{value!r} is not a finite time")
+    return number
 
 
 def encode_success(request_id: str, predictions: list[dict], model: str, timing: dict) -> bytes:
@@ -163,6 +172,14 @@ def encode_failure(request_id: str, code: str, message: str) -> bytes:
 def decode_result(raw: bytes) -> dict:
     return json.loads(raw)
 
+
+# Queue one message unless MAX_QUEUE are already waiting: check and push in one step, so concurrent
+# API threads cannot overshoot the limit. KEYS: queue. ARGV: max queued, message. Returns the new
+# depth, or -1 when full.
+ENQUEUE = """
+if redis.call('LLEN', KEYS[1]) >= tonumber(ARGV[1]) then return -1 end
+return redis.call('LPUSH', KEYS[1], ARGV[2])
+"""
 
 # Redis's clock in seconds, as the scripts below read it.
 _NOW = "local clock = redis.call('TIME'); local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000\n"

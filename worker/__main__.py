@@ -11,7 +11,7 @@ import redis
 import torch
 
 from model_tools.card import ModelLoadError
-from serving.config import LOG_FORMAT, Settings
+from serving.config import LOG_FORMAT, ConfigError, Settings
 from worker.backends import BackendError, open_engine
 from worker.inference import Classifier, choose_device
 from worker.loop import Worker
@@ -20,17 +20,27 @@ log = logging.getLogger("worker")
 
 
 def main() -> int:
-    settings = Settings.from_env()
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=settings.log_level, format=LOG_FORMAT)
     torch.set_num_threads(settings.compute_threads)
     try:
         device = choose_device(settings.device)
         classifier = Classifier(open_engine(settings, device), device)
-        classifier.warm_up()
+        batch_seconds = classifier.warm_up(settings.batch_size)
     except (ModelLoadError, BackendError, RuntimeError) as exc:
         log.error("cannot serve the model: %s", exc)
         return 2
-    log.info("serving %s with backend=%s on %s", classifier.card.name, classifier.backend, device)
+    log.info("serving %s with backend=%s on %s; a batch of %d takes %.2fs", classifier.card.name,
+             classifier.backend, device, settings.batch_size, batch_seconds)
+    if 2 * batch_seconds > settings.request_timeout:
+        # Under load a request waits for the batch in progress, then runs in the next one.
+        log.warning("REQUEST_TIMEOUT=%gs is shorter than two batches of %d (%.1fs): under load, requests will "
+                    "get 504; lower BATCH_SIZE or raise REQUEST_TIMEOUT", settings.request_timeout,
+                    settings.batch_size, 2 * batch_seconds)
 
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):

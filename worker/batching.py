@@ -3,8 +3,10 @@
 A message moves from the shared queue into this worker's own processing list
 with (B)LMOVE, which is atomic: two workers can never take the same message,
 and a message is never in neither list (the seed's LRANGE + LTRIM did both).
-The processing list is cleared in the same transaction that publishes the
-results, so a message leaves Redis only once its answer is there.
+A message leaves the processing list (LREM, the exact bytes taken) in the same
+transaction that publishes its result, so it leaves Redis only once its answer is
+there; what a failed publish or a lost reply leaves in the list is served again
+before anything new is taken (`held_messages`).
 """
 
 from __future__ import annotations
@@ -49,13 +51,19 @@ def _take_queued(client: redis.Redis, queue: str, processing: str, count: int) -
     return [message for message in pipe.execute() if message is not None]
 
 
-def publish_results(client: redis.Redis, keys: Keys, worker_id: str,
-                    results: dict[str, bytes], ttl_seconds: float) -> None:
-    """Hand each request its result and drop the finished batch, in one transaction."""
+def held_messages(client: redis.Redis, keys: Keys, worker_id: str) -> list[bytes]:
+    """What this worker's processing list holds, oldest first: work taken but not yet published."""
+    return client.lrange(keys.processing(worker_id), 0, -1)[::-1]
+
+
+def publish_results(client: redis.Redis, keys: Keys, worker_id: str, results: dict[str, bytes],
+                    handled: list[bytes], ttl_seconds: float) -> None:
+    """Hand each request its result and drop the handled messages (and only those), in one transaction."""
     pipe = client.pipeline(transaction=True)
     for request_id, payload in results.items():
         key = keys.result(request_id)
         pipe.lpush(key, payload)
         pipe.pexpire(key, int(ttl_seconds * 1000))
-    pipe.delete(keys.processing(worker_id))
+    for message in handled:
+        pipe.lrem(keys.processing(worker_id), 1, message)
     pipe.execute()

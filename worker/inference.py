@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import torch
 
@@ -27,9 +29,12 @@ class Classifier:
         size = engine.card.preprocessing.input_size
         self.input_shape = (size, size, 3)
 
-    def warm_up(self) -> None:
-        """One forward pass before serving, so the first request does not pay for lazy initialisation."""
-        self.probabilities(np.zeros((1, *self.input_shape), dtype=np.uint8))
+    def warm_up(self, batch_size: int) -> float:
+        """A full batch before serving, so the first requests do not pay for lazy initialisation; its seconds."""
+        images = np.zeros((batch_size, *self.input_shape), dtype=np.uint8)
+        started = time.perf_counter()
+        self.probabilities(images)
+        return time.perf_counter() - started
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         """Class probabilities, one row per image of the uint8 NHWC batch."""

@@ -15,7 +15,7 @@ import redis
 from serving import protocol
 from serving.config import Settings
 from serving.protocol import InferenceRequest, Keys, MalformedMessage, ModelInfo
-from worker.batching import publish_results, take_batch
+from worker.batching import held_messages, publish_results, take_batch
 from worker.inference import Classifier
 from worker.metrics import BatchStats
 from worker.recovery import reap_dead_workers, return_unfinished
@@ -40,6 +40,7 @@ class Worker:
         self.batches = 0
         self.expired = 0
         self.stats = BatchStats(client, self.keys)
+        self._may_hold_messages = False  # True after a Redis error: the processing list may hold unpublished work
         card = classifier.card
         self.model_info = ModelInfo(card.name, card.arch, len(card.class_names), card.preprocessing.input_size,
                                     card.preprocessing.resize_size, card.preprocessing.mean, card.preprocessing.std,
@@ -91,12 +92,25 @@ class Worker:
                 stop.wait(delay)
 
     def serve_once(self) -> None:
-        """Wait up to one heartbeat period for a batch and serve it."""
-        messages = take_batch(self.client, self.keys, self.worker_id, self.settings.batch_size,
-                              block_seconds=self.settings.heartbeat_seconds,
-                              wait_for_more_seconds=self.settings.batch_wait_ms / 1000)
+        """Serve what the processing list still holds after a Redis error; else wait for a batch and serve it.
+
+        A Redis error anywhere in a round (a take whose reply was lost, a publish that failed) may
+        leave messages in this worker's processing list; they are finished before anything new is
+        taken, so an error neither loses them nor leaves them for the reaper.
+        """
+        held = self._may_hold_messages
+        self._may_hold_messages = True  # until this round ends without an error
+        if held:
+            messages = held_messages(self.client, self.keys, self.worker_id)
+            if messages:
+                log.info("worker=%s serving %d requests held since a Redis error", self.worker_id, len(messages))
+        else:
+            messages = take_batch(self.client, self.keys, self.worker_id, self.settings.batch_size,
+                                  block_seconds=self.settings.heartbeat_seconds,
+                                  wait_for_more_seconds=self.settings.batch_wait_ms / 1000)
         if messages:
             self.process(messages)
+        self._may_hold_messages = False
 
     def heartbeat(self) -> None:
         """Announce this worker and the model it serves, both expiring unless renewed."""
@@ -116,7 +130,7 @@ class Worker:
         results: dict[str, bytes] = {}
         runnable = [request for request in (self._admit(m, taken_at, results) for m in messages) if request]
         inference_ms = self._classify(runnable, taken_at, results) if runnable else 0.0
-        publish_results(self.client, self.keys, self.worker_id, results, self.settings.result_ttl)
+        publish_results(self.client, self.keys, self.worker_id, results, messages, self.settings.result_ttl)
         self.batches += 1
         wait_ms = max((taken_at - min(r.enqueued_at for r in runnable)) * 1000, 0) if runnable else 0.0
         log.info("worker=%s batch=%d size=%d answered=%d oldest_wait_ms=%.1f inference_ms=%.1f ids=%s",

@@ -51,7 +51,8 @@ def answer_next_request(fake_redis: fakeredis.FakeRedis, make_result) -> dict[st
             if batch:
                 request = protocol.decode_request(batch[0])
                 seen["request"] = request
-                publish_results(fake_redis, KEYS, "w1", {request.id: make_result(request)}, ttl_seconds=5)
+                publish_results(fake_redis, KEYS, "w1", {request.id: make_result(request)}, batch,
+                                ttl_seconds=5)
                 return
             time.sleep(0.005)
 

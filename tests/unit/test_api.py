@@ -3,6 +3,7 @@
 import io
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import fakeredis
 import numpy as np
@@ -134,3 +135,15 @@ def test_a_full_queue_is_503_with_retry_after_at_once(fake_redis):
     assert response.headers["Retry-After"] == "1"
     assert fake_redis.llen(KEYS.queue) == 3  # nothing added
 
+
+
+def test_concurrent_requests_at_a_queue_one_below_the_limit_admit_exactly_one(fake_redis):
+    """Sixteen uploads race for the last place: one is queued (and times out, no worker), fifteen get 503."""
+    client = create_app(Settings(request_timeout=1, max_queue=5), fake_redis).test_client()
+    heartbeat(fake_redis)
+    fake_redis.lpush(KEYS.queue, b"1", b"2", b"3", b"4")
+    photo = photo_bytes("chelsea.png")
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        statuses = sorted(pool.map(lambda _: post_image(client, photo).status_code, range(16)))
+    assert statuses == [503] * 15 + [504]
+    assert fake_redis.llen(KEYS.queue) == 5

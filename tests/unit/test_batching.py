@@ -66,9 +66,16 @@ def test_without_a_wait_a_partial_batch_goes_at_once(client):
 
 def test_publishing_answers_each_request_and_clears_the_batch(client):
     enqueue(client, b"m1", b"m2")
-    take(client)
-    publish_results(client, KEYS, "w1", {"r1": b"one", "r2": b"two"}, ttl_seconds=30)
+    batch = take(client)
+    publish_results(client, KEYS, "w1", {"r1": b"one", "r2": b"two"}, batch, ttl_seconds=30)
     assert client.lrange(KEYS.result("r1"), 0, -1) == [b"one"]
     assert client.lrange(KEYS.result("r2"), 0, -1) == [b"two"]
     assert 0 < client.pttl(KEYS.result("r1")) <= 30_000  # unread answers expire
     assert not client.exists(KEYS.processing("w1"))
+
+
+def test_publishing_removes_only_the_messages_it_handled(client):
+    enqueue(client, b"m1", b"m2", b"m3")
+    first, second = take(client, max_size=1), take(client, max_size=2)
+    publish_results(client, KEYS, "w1", {"r2": b"two", "r3": b"three"}, second, ttl_seconds=30)
+    assert client.lrange(KEYS.processing("w1"), 0, -1) == first

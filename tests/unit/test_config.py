@@ -1,3 +1,6 @@
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -40,3 +43,22 @@ def test_settings_survive_the_trip_through_a_child_environment():
 
 def test_readme_lists_every_variable_exactly_as_the_code_defines_it():
     assert settings_table() in README.read_text(), "run `python -m serving.config --update README.md`"
+
+
+@pytest.mark.parametrize("variable, value, complaint", [
+    ("TOP_K", "0", "at least 1"), ("BATCH_SIZE", "0", "at least 1"), ("INFERENCE_THREADS", "-1", "at least 0"),
+    ("RESULT_TTL", "0", "above 0"), ("WORKER_TIMEOUT", "0", "above 0"), ("REQUEST_TIMEOUT", "nan", "above 0"),
+    ("MAX_QUEUE", "-5", "at least 1"), ("INPUT_SIZE", "-224", "at least 0"), ("PORT", "70000", "at most 65535"),
+    ("LOG_LEVEL", "LOUD", "expected one of DEBUG"),
+])
+def test_settings_that_would_break_the_service_are_configuration_errors(variable, value, complaint):
+    with pytest.raises(ConfigError, match=f"{variable}=.*{complaint}"):
+        Settings.from_env({variable: value})
+
+
+@pytest.mark.parametrize("program", ["stack", "worker"])
+def test_the_launcher_and_the_worker_say_a_configuration_error_in_one_line(program):
+    finished = subprocess.run([sys.executable, "-m", program], env={**os.environ, "BATCH_SIZE": "0"},
+                              capture_output=True, text=True, timeout=120)
+    assert finished.returncode == 2
+    assert finished.stderr.strip().splitlines() == ["configuration error: BATCH_SIZE=0: must be at least 1"]

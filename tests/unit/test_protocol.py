@@ -1,8 +1,11 @@
 import base64
 import json
+import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from serving import protocol
 from serving.protocol import InferenceRequest, Keys, MalformedMessage, ModelInfo
@@ -80,3 +83,36 @@ def test_results_carry_success_or_a_coded_error():
 def test_model_info_round_trip():
     info = ModelInfo("m", "resnet50", 1000, 224, 256, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "cpu", 8)
     assert ModelInfo.from_json(info.to_json()) == info
+
+
+MESSAGE_FIELDS = st.fixed_dictionaries({}, optional={
+    "id": st.one_of(st.text(max_size=8), st.integers(), st.none()),
+    "shape": st.one_of(st.lists(st.one_of(st.integers(), st.floats(), st.text(max_size=3)), max_size=4), st.text()),
+    "dtype": st.one_of(st.just("uint8"), st.text(max_size=5), st.integers()),
+    "enqueued_at": st.one_of(st.floats(), st.integers(), st.text(max_size=5), st.none()),
+    "deadline": st.one_of(st.floats(), st.integers(min_value=-10**400, max_value=10**400), st.none()),
+    "attempts": st.one_of(st.integers(min_value=-10**400, max_value=10**400), st.floats(), st.text(max_size=3)),
+    "image": st.one_of(st.text(max_size=20), st.binary(max_size=20).map(lambda b: base64.b64encode(b).decode())),
+})
+
+
+@settings(max_examples=300, deadline=None)
+@given(raw=st.one_of(st.binary(max_size=300), MESSAGE_FIELDS.map(lambda f: json.dumps(f).encode())))
+def test_any_message_decodes_or_is_malformed_never_another_error(raw):
+    try:
+        request = protocol.decode_request(raw)
+    except protocol.MalformedMessage:
+        return
+    assert request.pixels.shape[2] == 3 and math.isfinite(request.deadline)
+
+
+@pytest.mark.parametrize("raw", [
+    b'{"id": "x", "shape": [1, 1, 3], "dtype": "uint8", "enqueued_at": 0, "deadline": 1, "attempts": 1e999, '
+    b'"image": "AAAA"}',
+    b'{"id": "x", "shape": [1e999, 1, 3], "dtype": "uint8", "enqueued_at": 0, "deadline": 1, "image": "AAAA"}',
+    b'{"id": "x", "shape": [1, 1, 3], "dtype": "uint8", "enqueued_at": 0, "deadline": NaN, "image": "AAAA"}',
+    b'[' * 100_000 + b']' * 100_000,
+])
+def test_crafted_messages_that_used_to_kill_the_worker_are_malformed(raw):
+    with pytest.raises(protocol.MalformedMessage):
+        protocol.decode_request(raw)

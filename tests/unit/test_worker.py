@@ -5,12 +5,14 @@ import threading
 import time
 
 import pytest
+import redis
 
 from serving import protocol
 from serving.config import Settings
 from serving.protocol import Keys
 from stack.processes import Stack
 from tests.unit.tiny_model import COLOURS, INPUT_SIZE, message, tiny_classifier
+from worker import loop
 from worker.__main__ import redis_client
 from worker.loop import Worker
 
@@ -131,3 +133,24 @@ def test_the_workers_redis_reads_outlast_its_blocking_take_whatever_the_worker_t
         settings = Settings(worker_timeout=worker_timeout)
         timeout = redis_client(settings).connection_pool.connection_kwargs["socket_timeout"]
         assert timeout > settings.heartbeat_seconds
+
+
+def test_a_batch_whose_publish_failed_is_answered_before_anything_new_is_taken(worker, monkeypatch):
+    """A Redis error while publishing leaves the batch in the processing list; no later publish may drop it."""
+    publish, failures = loop.publish_results, []
+
+    def fails_once(*args, **kwargs):
+        if not failures:
+            failures.append("connection reset")
+            raise redis.ConnectionError("connection reset while publishing")
+        return publish(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "publish_results", fails_once)
+    worker.client.lpush(KEYS.queue, message("a1", "red"), message("a2", "green"))
+    with pytest.raises(redis.ConnectionError):
+        worker.serve_once()
+    worker.client.lpush(KEYS.queue, message("b1", "blue"))
+    worker.serve_once()  # the held batch first
+    worker.serve_once()  # then the new one
+    assert [result(worker, r)["predictions"][0]["label"] for r in ("a1", "a2", "b1")] == ["red", "green", "blue"]
+    assert not worker.client.exists(KEYS.processing("w1"))
