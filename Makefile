@@ -30,9 +30,10 @@ redis-server:
 	@scripts/ensure-redis-server.sh
 
 # What the tests drive besides our code: the demo page's browser, the compose file's validator,
-# openssl for the TLS test's certificate.
+# openssl for the TLS test's certificate, faketime for workers whose clocks are off.
 test-tools:
-	@scripts/ensure-debian-package.sh /usr/bin/chromium chromium docker-compose docker-compose openssl openssl
+	@scripts/ensure-debian-package.sh /usr/bin/chromium chromium docker-compose docker-compose openssl openssl \
+		faketime faketime
 
 model: $(VENV)/.installed
 	$(PY) -m model_tools build-default --if-missing

@@ -14,7 +14,7 @@ from serving.preprocess import ImageError
 
 log = logging.getLogger("api")
 
-_IMAGE_ERROR_STATUS = {"image_too_large": 413}  # every other ImageError is the client's bad image: 400
+_IMAGE_ERROR_STATUS = {"image_too_large": 413, "unsupported_format": 415}  # any other ImageError: 400
 
 
 RETRY_AFTER_SECONDS = 1  # told to clients on every 503: the conditions behind it pass quickly or not at all

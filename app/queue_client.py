@@ -9,7 +9,7 @@ import numpy as np
 import redis
 
 from serving import protocol
-from serving.protocol import InferenceRequest, Keys, ModelInfo, WorkerStats
+from serving.protocol import InferenceRequest, Keys, ModelInfo, RedisClock, WorkerStats, redis_seconds
 
 
 class NoWorker(Exception):
@@ -40,13 +40,17 @@ class InferenceQueue:
         self.waiting_client = waiting_client
         self.keys = Keys(key_prefix)
         self.max_queue = max_queue
+        self.clock = RedisClock()  # read again at every admission
 
     def admit(self) -> ModelInfo:
-        """The served model, if a worker is alive and the queue has room; one round trip."""
+        """The served model, if a worker is alive and the queue has room; one round trip, which reads Redis's clock."""
         pipe = self.client.pipeline(transaction=False)
         pipe.get(self.keys.model)
         pipe.llen(self.keys.queue)
-        raw_info, depth = pipe.execute()
+        pipe.time()
+        sent_at = time.time()
+        raw_info, depth, redis_time = pipe.execute()
+        self.clock.observe(redis_seconds(redis_time), sent_at, time.time())
         if raw_info is None:
             raise NoWorker()
         if depth >= self.max_queue:
@@ -65,10 +69,14 @@ class InferenceQueue:
         return FleetStatus(model, alive, depth, protocol.decode_worker_stats(stats))
 
     def classify(self, pixels: np.ndarray, deadline: float, request_id: str) -> dict:
-        """Queue one preprocessed image under `request_id` (unique) and block until its result or the deadline."""
-        request = InferenceRequest(request_id, pixels, time.time(), deadline)
+        """Queue one preprocessed image under `request_id` (unique) and block until its result or the deadline.
+
+        `deadline` is by this host's clock; the message carries it by Redis's, which workers compare with.
+        """
+        offset = self.clock.offset
+        request = InferenceRequest(request_id, pixels, time.time() + offset, deadline + offset)
         self.enqueue(protocol.encode_request(request))
-        return self.await_result(request.id, request.deadline)
+        return self.await_result(request.id, deadline)
 
     def enqueue(self, message: bytes) -> None:
         """Queue one message, or raise QueueFull when MAX_QUEUE are waiting (checked and pushed atomically)."""

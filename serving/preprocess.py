@@ -23,6 +23,10 @@ log = logging.getLogger(__name__)
 
 RESIZE_FILTER = Image.Resampling.BILINEAR  # torchvision's Resize default; /model reports it
 
+# What the API decodes. Pillow reads about 40 formats, some through plugins that run other programs
+# (EPS: Ghostscript) or parse rarely exercised code; the others are refused with 415. JPEG includes
+# MPO, the multi-picture JPEG many cameras write.
+ACCEPTED_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "TIFF", "BMP")
 _SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
 _ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
 
@@ -62,7 +66,11 @@ def read_header(data: bytes, max_pixels: int) -> EncodedImage:
     try:
         with warnings.catch_warnings(), _undecodable_as_image_error():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            header = Image.open(io.BytesIO(data))
+            try:
+                header = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
+            except UnidentifiedImageError:
+                _refuse_other_formats(data)
+                raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         # Pillow's own guard, which fires for headers far beyond its default limit
         raise ImageError("image_too_large", f"image is larger than the limit of {max_pixels} pixels") from None
@@ -70,6 +78,16 @@ def read_header(data: bytes, max_pixels: int) -> EncodedImage:
     if width * height > max_pixels:
         raise ImageError("image_too_large", f"image is {width}x{height} pixels; the limit is {max_pixels} pixels")
     return EncodedImage(data, header)
+
+
+def _refuse_other_formats(data: bytes) -> None:
+    """415 for an image in a format Pillow knows but this service does not accept (its header is only read)."""
+    try:
+        other = Image.open(io.BytesIO(data)).format
+    except Exception:  # not an image at all: the caller's invalid_image
+        return
+    raise ImageError("unsupported_format", f"{other} images are not accepted; send one of "
+                     f"{', '.join(ACCEPTED_FORMATS)}")
 
 
 def decode(encoded: EncodedImage, min_side: int = 0) -> Image.Image:
@@ -99,6 +117,8 @@ def decode_image(data: bytes, max_pixels: int, min_side: int = 0) -> Image.Image
 def _undecodable_as_image_error() -> Iterator[None]:
     try:
         yield
+    except ImageError:  # already says why (a ValueError, which the last clause would rewrap)
+        raise
     except UnidentifiedImageError:
         raise ImageError("invalid_image", "the uploaded file is not an image format Pillow can read") from None
     # RuntimeError: libspng's, for truncated or corrupt PNG data

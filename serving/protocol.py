@@ -4,7 +4,8 @@ Nothing outside this module spells a key or a message field.
 
 Flow of one request:
   API:    LPUSH {prefix}:queue <request JSON>   (ENQUEUE: unless MAX_QUEUE are waiting)
-  worker: BLMOVE {prefix}:queue -> {prefix}:processing:<worker id>   (atomic take)
+  worker: LMOVE {prefix}:retry -> {prefix}:processing:<worker id>    (one retried message alone, if any)
+          else BLMOVE {prefix}:queue -> {prefix}:processing:<worker id>   (atomic take of a batch)
   worker: LPUSH {prefix}:result:<request id> <result JSON>, EXPIRE it,
           DEL its processing list                                 (one transaction)
   API:    BLPOP {prefix}:result:<request id> until the request's deadline
@@ -33,6 +34,7 @@ import binascii
 import dataclasses
 import json
 import math
+import time
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -52,6 +54,11 @@ class Keys:
     @property
     def model(self) -> str:
         return f"{self.prefix}:model"
+
+    @property
+    def retry(self) -> str:
+        """Messages whose worker died while holding them: served one at a time, before the queue."""
+        return f"{self.prefix}:retry"
 
     @property
     def workers(self) -> str:
@@ -79,12 +86,37 @@ class MalformedMessage(ValueError):
         self.request_id = request_id
 
 
+class RedisClock:
+    """This host's reading of Redis's clock: the local clock plus the offset measured at the last TIME.
+
+    Times that cross hosts (a message's enqueue time and deadline) are written and compared in
+    Redis's clock, so an API and a worker whose clocks disagree still agree on what has expired.
+    The offset's error is half a round trip, a millisecond or less.
+    """
+
+    def __init__(self):
+        self.offset = 0.0  # Redis's time minus this host's, in seconds
+
+    def observe(self, redis_seconds: float, sent_at: float, received_at: float) -> None:
+        """Record a reading of Redis's TIME, made between the local times sent_at and received_at."""
+        self.offset = redis_seconds - (sent_at + received_at) / 2
+
+    def now(self) -> float:
+        return time.time() + self.offset
+
+
+def redis_seconds(reply: tuple[int, int]) -> float:
+    """The reply of Redis's TIME command as epoch seconds."""
+    seconds, microseconds = reply
+    return int(seconds) + int(microseconds) / 1e6
+
+
 @dataclass(frozen=True)
 class InferenceRequest:
     id: str
     pixels: np.ndarray  # uint8, height x width x 3
-    enqueued_at: float  # epoch seconds
-    deadline: float  # epoch seconds after which the client no longer waits
+    enqueued_at: float  # epoch seconds, by Redis's clock (RedisClock)
+    deadline: float  # epoch seconds by Redis's clock, after which the client no longer waits
     attempts: int = 0  # deliveries so far that ended with the worker dying
 
 
@@ -186,9 +218,11 @@ _NOW = "local clock = redis.call('TIME'); local now = tonumber(clock[1]) + tonum
 
 # A worker's heartbeat: the model description with its TTL, and the worker's score at Redis's time.
 # KEYS: model key, workers set. ARGV: worker id, model description (JSON), TTL in ms.
+# Returns Redis's time as a string (a Lua number would be cut to an integer), for the worker's RedisClock.
 HEARTBEAT = _NOW + """
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 redis.call('ZADD', KEYS[2], now, ARGV[1])
+return tostring(now)
 """
 
 # Workers whose last heartbeat is at most ARGV[1] seconds old by Redis's clock. KEYS: workers set.
@@ -204,14 +238,17 @@ def count_live_workers(client, keys: Keys, worker_timeout: float):
 # Workers whose last heartbeat is older than ARGV[1] seconds by Redis's clock. KEYS: workers set.
 SILENT_WORKERS = _NOW + "return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. (now - tonumber(ARGV[1])))"
 
-# Atomically empty one worker's processing list back onto the queue and drop the worker from the
+# Atomically empty one worker's processing list back onto the queues and drop the worker from the
 # registry. Run by live workers on dead ones (count_attempt=1) and by a worker stopping cleanly
 # (count_attempt=0, nothing failed). A dead one's heartbeat is checked again here, by Redis's clock:
 # one that came in since the caller found it silent means it is alive, and nothing happens ({-1, 0}).
-# Messages go to the queue's consuming end, so they are taken next, oldest first. A message whose
-# attempts reach max_attempts is answered instead, in the format of encode_failure. Unparseable
-# messages go back untouched; a worker answers those.
-# KEYS: processing list, queue, workers set.
+# A message that was being processed when a worker died, or had been before, goes to the retry list,
+# which workers serve one message at a time and before the queue: an image that kills workers then
+# dies alone instead of taking its batch-mates down with it. A message whose attempts reach
+# max_attempts is answered instead, in the format of encode_failure. Messages that never failed go
+# back to the queue's consuming end, taken next, oldest first. Unparseable messages go back to the
+# queue untouched; a worker answers those.
+# KEYS: processing list, queue, workers set, retry list.
 # ARGV: worker id, count_attempt (0/1), max_attempts, result key prefix, result TTL in ms, worker timeout in s.
 RETURN_UNFINISHED = _NOW + """
 if ARGV[2] == '1' then
@@ -223,7 +260,10 @@ while true do
   local raw = redis.call('LPOP', KEYS[1])
   if not raw then break end
   local ok, message = pcall(cjson.decode, raw)
-  if ok and type(message) == 'table' and type(message['id']) == 'string' and ARGV[2] == '1' then
+  if not (ok and type(message) == 'table' and type(message['id']) == 'string') then
+    redis.call('RPUSH', KEYS[2], raw)
+    returned = returned + 1
+  elseif ARGV[2] == '1' then
     message['attempts'] = (tonumber(message['attempts']) or 0) + 1
     if message['attempts'] >= tonumber(ARGV[3]) then
       local key = ARGV[4] .. message['id']
@@ -234,11 +274,11 @@ while true do
       redis.call('PEXPIRE', key, ARGV[5])
       answered = answered + 1
     else
-      redis.call('RPUSH', KEYS[2], cjson.encode(message))
+      redis.call('RPUSH', KEYS[4], cjson.encode(message))
       returned = returned + 1
     end
   else
-    redis.call('RPUSH', KEYS[2], raw)
+    redis.call('RPUSH', (tonumber(message['attempts']) or 0) > 0 and KEYS[4] or KEYS[2], raw)
     returned = returned + 1
   end
 end

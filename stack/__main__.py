@@ -11,8 +11,11 @@ from serving.config import ConfigError, Settings
 from stack.processes import Stack, StartupError
 
 STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
-CRASH_LOOP_RESTARTS = 5
-CRASH_LOOP_WINDOW_SECONDS = 60.0
+# Seconds before a dead worker's replacement starts, by how many times that worker died in the last
+# CRASH_WINDOW_SECONDS: a worker that keeps dying (a poison image, a broken model file) is restarted
+# ever more slowly, while the API and Redis, and with them the queue, stay up.
+RESTART_DELAYS = (0, 1, 2, 4, 8, 15, 30)
+CRASH_WINDOW_SECONDS = 60.0
 
 
 def main() -> int:
@@ -40,14 +43,17 @@ def main() -> int:
 
 
 def _serve_until_stopped(stack: Stack) -> int:
-    """Sleep until a stop signal. A dead worker is replaced; a dead API or Redis stops everything."""
-    # Blocked signals queue up for sigwaitinfo instead of interrupting; children are already started,
-    # so they do not inherit the mask.
+    """Sleep until a stop signal. A dead worker is replaced, later each time it keeps dying; a dead API or Redis
+    stops everything."""
+    # Blocked signals queue up for sigtimedwait instead of interrupting; children unblock them (stack/processes.py).
     signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS | {signal.SIGCHLD})
-    restarts: list[float] = []
+    deaths: dict[int, list[float]] = {}  # worker index -> times it died within the crash window
+    due: dict[int, float] = {}  # worker index -> when its replacement starts
     while True:
-        received = signal.sigwaitinfo(STOP_SIGNALS | {signal.SIGCHLD})
-        if received.si_signo in STOP_SIGNALS:
+        wait = max(min(due.values()) - time.monotonic(), 0) if due else None
+        received = signal.sigwaitinfo(STOP_SIGNALS | {signal.SIGCHLD}) if wait is None else \
+            signal.sigtimedwait(STOP_SIGNALS | {signal.SIGCHLD}, wait)
+        if received is not None and received.si_signo in STOP_SIGNALS:
             return 0
         essential = [p for p in (stack.redis_process, stack.api_process) if p is not None]
         if dead := [p for p in essential if p.poll() is not None]:
@@ -55,16 +61,19 @@ def _serve_until_stopped(stack: Stack) -> int:
                               for p in dead)
             print(f"{names} exited; stopping the rest", file=sys.stderr)
             return 1
-        for index in range(len(stack.worker_processes)):
-            if stack.restart_worker_if_dead(index):
-                print(f"worker{index} died; started a new one (its unfinished requests are requeued)",
-                      file=sys.stderr, flush=True)
-                restarts.append(time.monotonic())
-        restarts = [t for t in restarts if t > time.monotonic() - CRASH_LOOP_WINDOW_SECONDS]
-        if len(restarts) > CRASH_LOOP_RESTARTS:
-            print(f"workers died {len(restarts)} times within {CRASH_LOOP_WINDOW_SECONDS:.0f}s; "
-                  "giving up (see the worker log above)", file=sys.stderr)
-            return 1
+        now = time.monotonic()
+        for index, process in enumerate(stack.worker_processes):
+            if index not in due and process.poll() is not None:
+                deaths[index] = [t for t in deaths.get(index, []) if t > now - CRASH_WINDOW_SECONDS] + [now]
+                delay = RESTART_DELAYS[min(len(deaths[index]), len(RESTART_DELAYS)) - 1]
+                due[index] = now + delay
+                print(f"worker{index} died (exit {process.returncode}, {len(deaths[index])} time(s) in "
+                      f"{CRASH_WINDOW_SECONDS:.0f}s); its unfinished requests are requeued; starting a new one"
+                      + (f" in {delay}s" if delay else ""), file=sys.stderr, flush=True)
+        for index in [index for index, at in due.items() if at <= now]:
+            stack.restart_worker_if_dead(index)
+            del due[index]
+            print(f"started a new worker{index}", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

@@ -124,8 +124,9 @@ class Stack:
         self.worker_processes[index] = self._spawn(f"worker{index}", [sys.executable, *WORKER_ARGUMENTS])
         return True
 
-    def start_worker(self) -> subprocess.Popen:
-        process = self._spawn(f"worker{len(self.worker_processes)}", [sys.executable, *WORKER_ARGUMENTS])
+    def start_worker(self, wrapper: tuple[str, ...] = ()) -> subprocess.Popen:
+        """One more worker; `wrapper` runs it through another program (tests: `faketime -f +20s`)."""
+        process = self._spawn(f"worker{len(self.worker_processes)}", [*wrapper, sys.executable, *WORKER_ARGUMENTS])
         self.worker_processes.append(process)
         return process
 

@@ -51,6 +51,12 @@ def _take_queued(client: redis.Redis, queue: str, processing: str, count: int) -
     return [message for message in pipe.execute() if message is not None]
 
 
+def take_retry(client: redis.Redis, keys: Keys, worker_id: str) -> list[bytes]:
+    """One message from the retry list, alone, or []: a retried message never shares a batch (RETURN_UNFINISHED)."""
+    message = client.lmove(keys.retry, keys.processing(worker_id), "RIGHT", "LEFT")
+    return [message] if message is not None else []
+
+
 def held_messages(client: redis.Redis, keys: Keys, worker_id: str) -> list[bytes]:
     """What this worker's processing list holds, oldest first: work taken but not yet published."""
     return client.lrange(keys.processing(worker_id), 0, -1)[::-1]

@@ -14,8 +14,8 @@ import redis
 
 from serving import protocol
 from serving.config import Settings
-from serving.protocol import InferenceRequest, Keys, MalformedMessage, ModelInfo
-from worker.batching import held_messages, publish_results, take_batch
+from serving.protocol import InferenceRequest, Keys, MalformedMessage, ModelInfo, RedisClock
+from worker.batching import held_messages, publish_results, take_batch, take_retry
 from worker.inference import Classifier
 from worker.metrics import BatchStats
 from worker.recovery import reap_dead_workers, return_unfinished
@@ -41,6 +41,8 @@ class Worker:
         self.expired = 0
         self.stats = BatchStats(client, self.keys)
         self._may_hold_messages = False  # True after a Redis error: the processing list may hold unpublished work
+        self.clock = RedisClock()  # read again at every heartbeat
+        self.first_heartbeat = threading.Event()
         card = classifier.card
         self.model_info = ModelInfo(card.name, card.arch, len(card.class_names), card.preprocessing.input_size,
                                     card.preprocessing.resize_size, card.preprocessing.mean, card.preprocessing.std,
@@ -59,6 +61,8 @@ class Worker:
         beating = threading.Event()
         heartbeat = threading.Thread(target=self.beat_until, args=(beating,), name="heartbeat", daemon=True)
         heartbeat.start()
+        while not (self.first_heartbeat.wait(0.1) or stop.is_set()):
+            pass  # messages' deadlines are by Redis's clock, which the first heartbeat reads
         self._retry_on_redis_errors(self.serve_once, stop)
         beating.set()
         heartbeat.join()
@@ -92,7 +96,7 @@ class Worker:
                 stop.wait(delay)
 
     def serve_once(self) -> None:
-        """Serve what the processing list still holds after a Redis error; else wait for a batch and serve it.
+        """Serve what the processing list still holds after a Redis error; else a retried message alone; else a batch.
 
         A Redis error anywhere in a round (a take whose reply was lost, a publish that failed) may
         leave messages in this worker's processing list; they are finished before anything new is
@@ -105,17 +109,20 @@ class Worker:
             if messages:
                 log.info("worker=%s serving %d requests held since a Redis error", self.worker_id, len(messages))
         else:
-            messages = take_batch(self.client, self.keys, self.worker_id, self.settings.batch_size,
-                                  block_seconds=self.settings.heartbeat_seconds,
-                                  wait_for_more_seconds=self.settings.batch_wait_ms / 1000)
+            messages = take_retry(self.client, self.keys, self.worker_id) or take_batch(
+                self.client, self.keys, self.worker_id, self.settings.batch_size,
+                block_seconds=self.settings.heartbeat_seconds, wait_for_more_seconds=self.settings.batch_wait_ms / 1000)
         if messages:
             self.process(messages)
         self._may_hold_messages = False
 
     def heartbeat(self) -> None:
         """Announce this worker and the model it serves, both expiring unless renewed."""
-        self.client.eval(protocol.HEARTBEAT, 2, self.keys.model, self.keys.workers, self.worker_id,
-                         self.model_info, int(self.settings.worker_timeout * 1000))
+        sent_at = time.time()
+        redis_now = self.client.eval(protocol.HEARTBEAT, 2, self.keys.model, self.keys.workers, self.worker_id,
+                                     self.model_info, int(self.settings.worker_timeout * 1000))
+        self.clock.observe(float(redis_now), sent_at, time.time())
+        self.first_heartbeat.set()
 
     def sign_off(self) -> None:
         """Hand back anything not started (not a failed attempt) and leave the registry."""
@@ -126,7 +133,7 @@ class Worker:
 
     def process(self, messages: list[bytes]) -> None:
         """Answer every message of the batch: a prediction, or an error saying why not."""
-        taken_at = time.time()
+        taken_at = self.clock.now()  # messages' times are by Redis's clock
         results: dict[str, bytes] = {}
         runnable = [request for request in (self._admit(m, taken_at, results) for m in messages) if request]
         inference_ms = self._classify(runnable, taken_at, results) if runnable else 0.0

@@ -20,7 +20,7 @@ def return_unfinished(client: redis.Redis, keys: Keys, worker_id: str, count_as_
     by the time the script runs, it is alive after all, nothing is touched and the answer is None.
     """
     returned, answered = client.eval(
-        protocol.RETURN_UNFINISHED, 3, keys.processing(worker_id), keys.queue, keys.workers,
+        protocol.RETURN_UNFINISHED, 4, keys.processing(worker_id), keys.queue, keys.workers, keys.retry,
         worker_id, "1" if count_as_failure else "0", max_attempts, keys.result(""), int(result_ttl * 1000),
         worker_timeout)
     return None if returned < 0 else (int(returned), int(answered))

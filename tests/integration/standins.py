@@ -1,5 +1,6 @@
 """Stand-in models for integration tests, importable by the worker processes (the repository is on their path)."""
 
+import os
 import time
 
 import torch
@@ -16,4 +17,18 @@ class SlowClassifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         time.sleep(self.seconds)
+        return self.head(x.mean(dim=(2, 3)))
+
+
+class DiesOnWhite(nn.Module):
+    """A model with a native crash on one input: it kills its process on an all-white image (1.0 everywhere once
+    normalized with MEAN=0,0,0 and STD=1,1,1), and answers like a small linear classifier otherwise."""
+
+    def __init__(self, num_classes: int = 4):
+        super().__init__()
+        self.head = nn.Linear(3, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if bool((x.flatten(1).amin(dim=1) >= 1.0).any()):
+            os._exit(70)
         return self.head(x.mean(dim=(2, 3)))

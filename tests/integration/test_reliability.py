@@ -162,3 +162,22 @@ def test_soak_two_thousand_requests_with_a_worker_restart(fault_stack, images_an
     fault_stack.wait_until_ready(60)
     leftover = {k.decode() for k in fault_stack.redis().scan_iter(keys.all_keys_pattern())}
     assert leftover == {keys.model, keys.workers, keys.worker_stats}
+
+
+def test_workers_whose_clocks_are_20s_off_answer_every_request_and_reap_nobody(tmp_path):
+    """Deadlines, heartbeats and the reaper's cutoff are by Redis's clock: a host's clock error changes nothing."""
+    settings = stack_settings(request_timeout=30)
+    with Stack(settings, workers=1, log_dir=tmp_path) as stack:
+        for offset in ("+20s", "-20s"):
+            stack.start_worker(("faketime", "-f", offset))
+        stack.wait_until_ready(120)
+        photo = photo_bytes("chelsea.png")
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            give_up_at = time.monotonic() + 10
+            statuses = list(pool.map(lambda _: post_image(stack.url, photo).status_code
+                                     if time.monotonic() < give_up_at else None, range(400)))
+    statuses = [s for s in statuses if s is not None]
+    assert statuses and set(statuses) == {200}, {s: statuses.count(s) for s in set(statuses)}
+    logs = [stack.log_path(f"worker{i}").read_text() for i in range(3)]
+    assert all(" batch=" in log for log in logs)  # each of the three served
+    assert not any("reaped dead worker" in log or "skipped expired" in log for log in logs)

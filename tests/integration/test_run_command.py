@@ -7,14 +7,19 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+import torch
+from PIL import Image
 
 from stack.processes import REPO_ROOT, STOP_GRACE_SECONDS, free_port
-from tests.images import CAT_LABELS, photo_bytes
+from tests.images import CAT_LABELS, encode, photo_bytes
 from tests.integration.client import post_image
+from tests.integration.standins import DiesOnWhite
 
 pytestmark = pytest.mark.integration
 
@@ -26,8 +31,8 @@ def descendants(pid: int) -> set[int]:
     return found
 
 
-def start_launcher(port: int) -> subprocess.Popen:
-    env = {**os.environ, "PORT": str(port), "INFERENCE_THREADS": "1"}
+def start_launcher(port: int, **settings: str) -> subprocess.Popen:
+    env = {**os.environ, "PORT": str(port), "INFERENCE_THREADS": "1", **settings}
     env.pop("REDIS_URL", None)  # a private Redis, as for a user who sets nothing
     return subprocess.Popen([sys.executable, "-m", "stack"], cwd=REPO_ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -101,7 +106,7 @@ def kill_a_worker_and_await_its_replacement(launcher: subprocess.Popen) -> int:
     """SIGKILL one worker of a running launcher; the pid of the worker it starts in its place, once ready."""
     before = worker_pids(launcher)
     os.kill(min(before), signal.SIGKILL)
-    wait_for_line(launcher, "died; started a new one")
+    wait_for_line(launcher, "started a new worker")
     [replacement] = worker_pids(launcher) - before
     wait_for_line(launcher, f"-{replacement}-")  # its id carries its pid: "worker=<host>-<pid>-... ready"
     return replacement
@@ -133,3 +138,32 @@ def test_a_restarted_worker_stops_with_the_launcher(how):
     finally:
         if launcher.poll() is None:
             launcher.kill()
+
+
+def test_a_poison_image_fails_alone_and_the_launcher_keeps_serving(tmp_path):
+    """An image that kills every worker it reaches: it is answered 500 after MAX_ATTEMPTS deaths, its batch-mates
+    200, and `make run` restarts the workers (later each time) instead of stopping the service."""
+    model = tmp_path / "dies_on_white.pth"
+    network = DiesOnWhite().eval()
+    torch.save({"model": network, "model_state_dict": network.state_dict()}, model)
+    port = free_port()
+    launcher = start_launcher(port, MODEL_PATH=str(model), MODEL_TRUSTED="1", BACKEND="torch", MEAN="0,0,0",
+                              STD="1,1,1", WORKER_TIMEOUT="2", REQUEST_TIMEOUT="120", BATCH_SIZE="8")
+    output: list[str] = []
+    try:
+        wait_for_line(launcher, "listening on")
+        threading.Thread(target=lambda: output.extend(launcher.stdout), daemon=True).start()  # never a full pipe
+        url = f"http://127.0.0.1:{port}"
+        white = encode(Image.new("RGB", (64, 64), (255, 255, 255)), "PNG")
+        others = [encode(Image.new("RGB", (64, 64), (40 * i, 255 - 30 * i, 90)), "PNG") for i in range(7)]
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            responses = list(pool.map(lambda image: post_image(url, image, timeout=150), [white, *others]))
+        poisoned, *survivors = responses
+        assert poisoned.status_code == 500 and poisoned.json()["error"]["code"] == "attempts_exhausted"
+        assert [r.status_code for r in survivors] == [200] * 7
+        assert launcher.poll() is None, "".join(output)
+        assert post_image(url, others[0], timeout=60).status_code == 200  # still serving
+        assert any("in 1s" in line for line in output)  # the second death in a row waited before its restart
+    finally:
+        launcher.send_signal(signal.SIGINT)
+        launcher.wait(timeout=60)

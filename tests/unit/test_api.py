@@ -81,6 +81,27 @@ def test_undecodable_upload_is_400(client, data, code):
     assert_error(post_image(client, data), 400, code)
 
 
+EPS = (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\n"  # Pillow would hand this to Ghostscript
+       b"newpath 0 0 moveto 8 8 lineto stroke\nshowpage\n%%EOF\n")
+
+
+@pytest.mark.parametrize("data", [encode(Image.new("RGB", (8, 8)), "PPM"), encode(Image.new("RGB", (16, 16)), "ICO"),
+                                  encode(Image.new("RGB", (8, 8)), "PCX"), EPS],
+                         ids=["ppm", "ico", "pcx", "eps"])
+def test_an_image_format_outside_the_accepted_ones_is_415(client, fake_redis, data):
+    heartbeat(fake_redis)
+    response = post_image(client, data)
+    assert_error(response, 415, "unsupported_format")
+    assert "JPEG, PNG, GIF, WEBP, TIFF, BMP" in response.get_json()["error"]["message"]
+
+
+@pytest.mark.parametrize("format", ["JPEG", "PNG", "GIF", "WEBP", "TIFF", "BMP"])
+def test_every_accepted_format_is_classified(client, fake_redis, format):
+    heartbeat(fake_redis)
+    answer_next_request(fake_redis, success(TABBY))
+    assert post_image(client, encode(Image.new("RGB", (300, 260), (200, 120, 40)), format)).status_code == 200
+
+
 def test_upload_over_the_size_limit_is_413(client):
     assert_error(post_image(client, b"\0" * (SETTINGS.max_upload_bytes + 1)), 413, "request_entity_too_large")
 

@@ -31,17 +31,21 @@ def reap(client, max_attempts=3):
     return reap_dead_workers(client, KEYS, TIMEOUT, max_attempts, result_ttl=30)
 
 
-def queued_ids(client):
-    """Queue contents in the order workers will take them."""
-    return [protocol.decode_request(raw).id for raw in reversed(client.lrange(KEYS.queue, 0, -1))]
+def queued_ids(client, key=KEYS.queue):
+    """A list's requests in the order workers will take them."""
+    return [protocol.decode_request(raw).id for raw in reversed(client.lrange(key, 0, -1))]
 
 
-def test_a_dead_workers_requests_go_back_first_in_line_with_an_attempt_counted(real_redis):
+def retried_ids(client):
+    return queued_ids(client, KEYS.retry)
+
+
+def test_a_dead_workers_requests_go_to_the_retry_list_in_order_with_an_attempt_counted(real_redis):
     real_redis.lpush(KEYS.queue, protocol.encode_request(request("newcomer")))
     holding(real_redis, "dead", request("a"), request("b"), heartbeat_age=TIMEOUT + 1)
     assert reap(real_redis) == 1
-    assert queued_ids(real_redis) == ["a", "b", "newcomer"]
-    returned = protocol.decode_request(real_redis.rpop(KEYS.queue))
+    assert retried_ids(real_redis) == ["a", "b"] and queued_ids(real_redis) == ["newcomer"]
+    returned = protocol.decode_request(real_redis.rpop(KEYS.retry))
     assert returned.attempts == 1
     np.testing.assert_array_equal(returned.pixels, request("a").pixels)  # survives the trip through Lua's cjson
     assert returned.enqueued_at == pytest.approx(1000.25)
@@ -59,7 +63,7 @@ def test_a_request_whose_workers_keep_dying_is_answered_with_an_error(real_redis
     holding(real_redis, "dead", request("poison", attempts=2), request("fine", attempts=0),
             heartbeat_age=TIMEOUT + 1)
     reap(real_redis, max_attempts=3)
-    assert queued_ids(real_redis) == ["fine"]
+    assert retried_ids(real_redis) == ["fine"]
     answer = protocol.decode_result(real_redis.lpop(KEYS.result("poison")))
     expected_shape = protocol.decode_result(protocol.encode_failure("poison", protocol.ATTEMPTS_EXHAUSTED, "x"))
     assert answer.keys() == expected_shape.keys() and answer["error"].keys() == expected_shape["error"].keys()
@@ -85,7 +89,7 @@ def test_reaping_twice_requeues_once(real_redis):
     first = return_unfinished(real_redis, KEYS, "dead", True, 3, 30)
     second = return_unfinished(real_redis, KEYS, "dead", True, 3, 30)
     assert first == (1, 0) and second == (0, 0)
-    assert queued_ids(real_redis) == ["a"]
+    assert retried_ids(real_redis) == ["a"]
 
 
 def test_a_heartbeat_between_the_check_and_the_script_keeps_the_worker(real_redis, monkeypatch):
@@ -100,7 +104,7 @@ def test_a_heartbeat_between_the_check_and_the_script_keeps_the_worker(real_redi
 
     monkeypatch.setattr(recovery, "silent_workers", silent_then_heartbeat)
     assert reap(real_redis) == 0
-    assert real_redis.llen(KEYS.processing("slow")) == 1 and real_redis.llen(KEYS.queue) == 0
+    assert real_redis.llen(KEYS.processing("slow")) == 1 and not real_redis.exists(KEYS.queue, KEYS.retry)
     assert real_redis.zscore(KEYS.workers, "slow") is not None
 
 
@@ -110,5 +114,12 @@ def test_heartbeats_and_the_reapers_cutoff_use_redis_time_not_the_hosts(real_red
     real_redis.eval(protocol.HEARTBEAT, 2, KEYS.model, KEYS.workers, "live", b"{}", 5000)
     monkeypatch.setattr(time, "time", lambda: 3600 + TRUE_TIME())
     assert reap(real_redis) == 1
-    assert real_redis.zscore(KEYS.workers, "live") is not None and queued_ids(real_redis) == ["a"]
+    assert real_redis.zscore(KEYS.workers, "live") is not None and retried_ids(real_redis) == ["a"]
     assert protocol.count_live_workers(real_redis, KEYS, TIMEOUT) == 1
+
+
+def test_a_stopping_worker_hands_back_fresh_requests_to_the_queue_and_retried_ones_to_the_retry_list(real_redis):
+    holding(real_redis, "stopping", request("fresh"), request("retried", attempts=1))
+    assert return_unfinished(real_redis, KEYS, "stopping", False, 3, 30) == (2, 0)
+    assert queued_ids(real_redis) == ["fresh"] and retried_ids(real_redis) == ["retried"]
+    assert protocol.decode_request(real_redis.rpop(KEYS.retry)).attempts == 1  # a clean stop counts no attempt

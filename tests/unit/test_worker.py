@@ -154,3 +154,14 @@ def test_a_batch_whose_publish_failed_is_answered_before_anything_new_is_taken(w
     worker.serve_once()  # then the new one
     assert [result(worker, r)["predictions"][0]["label"] for r in ("a1", "a2", "b1")] == ["red", "green", "blue"]
     assert not worker.client.exists(KEYS.processing("w1"))
+
+
+def test_a_retried_request_runs_alone_before_the_queue(worker):
+    """A request whose worker died runs in a batch of its own, so a poison image takes no batch-mate down."""
+    retried = message("r1", "red")
+    worker.client.lpush(KEYS.retry, retried)
+    worker.client.lpush(KEYS.queue, message("q1", "green"), message("q2", "blue"))
+    worker.serve_once()
+    assert result(worker, "r1")["timing"]["batch_size"] == 1 and result(worker, "q1") is None
+    worker.serve_once()
+    assert result(worker, "q1")["timing"]["batch_size"] == result(worker, "q2")["timing"]["batch_size"] == 2
