@@ -6,6 +6,7 @@ PY     := $(VENV)/bin/python
 .PHONY: run test bench bench-heavy setup redis-server test-tools model model-ts cpp clean
 
 run: setup
+	@if [ "$(PROXY)" = nginx ]; then scripts/ensure-nginx.sh; fi
 	$(PY) -m stack
 
 test: setup test-tools
@@ -30,10 +31,11 @@ redis-server:
 	@scripts/ensure-redis-server.sh
 
 # What the tests drive besides our code: the demo page's browser, the compose file's validator,
-# openssl for the TLS test's certificate, faketime for workers whose clocks are off.
+# openssl for the TLS test's certificate, faketime for workers whose clocks are off, nginx for PROXY=nginx.
 test-tools:
 	@scripts/ensure-debian-package.sh /usr/bin/chromium chromium docker-compose docker-compose openssl openssl \
 		faketime faketime
+	@scripts/ensure-nginx.sh
 
 model: $(VENV)/.installed
 	$(PY) -m model_tools build-default --if-missing

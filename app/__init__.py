@@ -6,6 +6,7 @@ import redis
 from flask import Flask
 
 from app import request_log
+from app.decode_budget import DecodeBudget
 from app.errors import register_error_handlers
 from app.operations import operations
 from app.queue_client import InferenceQueue
@@ -27,6 +28,7 @@ def create_app(settings: Settings | None = None, redis_client: redis.Redis | Non
         waiting_client = _redis(settings, settings.request_timeout + settings.redis_timeout)
     app.extensions["inference_queue"] = InferenceQueue(redis_client, waiting_client, settings.key_prefix,
                                                        settings.max_queue)
+    app.extensions["decode_budget"] = DecodeBudget(settings.decode_pixel_budget)
     register_error_handlers(app)
     request_log.install(app, settings.log_level)
     app.register_blueprint(api)

@@ -8,6 +8,7 @@ import redis
 from flask import Flask, current_app, g, jsonify
 from werkzeug.exceptions import HTTPException
 
+from app.decode_budget import DecoderBusy
 from app.queue_client import NoWorker, QueueFull
 from app.request_log import log_fields
 from serving.preprocess import ImageError
@@ -51,6 +52,12 @@ def register_error_handlers(app: Flask) -> None:
         return error_response(503, "no_worker", "no worker available: none with a loaded model has sent a "
                               f"heartbeat within WORKER_TIMEOUT={timeout:g}s")
 
+    @app.errorhandler(DecoderBusy)
+    def decoder_busy(exc: DecoderBusy):
+        budget = current_app.config["SETTINGS"].decode_pixel_budget
+        return error_response(503, "decoder_busy", f"this API process is decoding its limit of {budget} pixels "
+                              "(DECODE_PIXEL_BUDGET); retry later")
+
     @app.errorhandler(QueueFull)
     def queue_full(exc: QueueFull):
         max_queue = current_app.config["SETTINGS"].max_queue
@@ -58,8 +65,8 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(redis.RedisError)
     def redis_unavailable(exc: redis.RedisError):
-        log.warning("redis unavailable: %s", exc)
-        return error_response(503, "redis_unavailable", f"the queue (Redis) is unavailable: {exc}")
+        log.warning("redis unavailable: %s", exc)  # the log has the details; the client needs none of them
+        return error_response(503, "redis_unavailable", "the queue (Redis) is unavailable; retry later")
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):

@@ -32,8 +32,12 @@ HTTP_LATENCY = Histogram("http_request_duration_seconds", "Time from receiving a
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
+# HTTP's methods; any other token a client sends counts as "other", so nobody can grow the series without bound.
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"})
+
+
 def observe_request(endpoint: str, method: str, status: int, seconds: float) -> None:
-    HTTP_REQUESTS.labels(endpoint, method, str(status)).inc()
+    HTTP_REQUESTS.labels(endpoint, method if method in KNOWN_METHODS else "other", str(status)).inc()
     HTTP_LATENCY.labels(endpoint).observe(seconds)
 
 

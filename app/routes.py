@@ -7,6 +7,7 @@ import time
 from flask import Blueprint, current_app, request
 from werkzeug.datastructures import FileStorage
 
+from app.decode_budget import DecodeBudget
 from app.errors import ApiError
 from app.queue_client import InferenceQueue, NoAnswer
 from app.request_log import log_fields, new_job_id
@@ -33,8 +34,12 @@ def predict():
 
     upload = read_header(_single_upload().read(), settings.max_image_pixels)
     model = queue.admit()  # 503 now (app/errors.py) rather than after decoding, if nobody would answer
-    image = decode(upload, min_side=model.resize_size)
-    pixels = fit_to_model(image, model.resize_size, model.input_size)
+    budget: DecodeBudget = current_app.extensions["decode_budget"]
+    width, height = upload.header.size
+    with budget.reserve(width * height):
+        image = decode(upload, min_side=model.resize_size)
+        pixels = fit_to_model(image, model.resize_size, model.input_size)
+        del image  # the decoded image's memory goes back with its share of the budget
     preprocess_ms = (time.perf_counter() - started) * 1000
     job_id = new_job_id()
     log_fields(id=job_id)

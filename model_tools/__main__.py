@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         out = Path(args.out)
     else:
         out = Path(args.out or default_export_path(args.checkpoint, ".ts.pt" if args.command == "trace" else ".onnx"))
-    if getattr(args, "if_missing", False) and out.is_file():
+    if getattr(args, "if_missing", False) and out.is_file() and not _pickled_by_an_earlier_version(out):
         return 0  # before importing torch (1.5-3 s), which `make run`, `make test` and `make cpp` ask this every time
     from model_tools.card import ModelLoadError
     from model_tools.export import ExportMismatch
@@ -82,6 +82,15 @@ def main(argv: list[str] | None = None) -> int:
     except (ModelLoadError, ExportMismatch, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+
+
+def _pickled_by_an_earlier_version(path: Path) -> bool:
+    """Earlier versions wrote the default model pickled, with a .sha256 beside it: rebuilt as a state_dict."""
+    return _earlier_version_marker(path).is_file()
+
+
+def _earlier_version_marker(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
 
 
 def _add_model_options(command: argparse.ArgumentParser) -> None:
@@ -111,6 +120,7 @@ def build_default(out: Path) -> int:
     from model_tools.checkpoints import build_default_checkpoint, load_model
 
     path = build_default_checkpoint(out)
+    _earlier_version_marker(out).unlink(missing_ok=True)
     card = load_model(path).card  # read it back: a file that does not load is not built
     print(f"wrote {path}: {card.name}, {len(card.class_names)} classes, {card.preprocessing}")
     return 0

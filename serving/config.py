@@ -12,6 +12,7 @@ import dataclasses
 import math
 import os
 import sys
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -33,6 +34,10 @@ class Settings:
         "Namespace of every Redis key. One model per prefix.")
     host: str = _setting("HOST", "127.0.0.1", "Address the API listens on.")
     port: int = _setting("PORT", 5000, "Port the API listens on.")
+    proxy: str = _setting(
+        "PROXY", "none",
+        "`nginx`: `make run` puts nginx in front of the API on PORT (deploy/nginx/), so slow clients hold "
+        "nginx connections rather than API threads; `none`: the API itself listens on PORT.")
     api_processes: int = _setting(
         "API_PROCESSES", 2, "gunicorn worker processes of the API.")
     api_threads: int = _setting(
@@ -43,6 +48,10 @@ class Settings:
     max_image_pixels: int = _setting(
         "MAX_IMAGE_PIXELS", 40_000_000,
         "Largest accepted image, width x height, checked before decoding (413 above).")
+    decode_pixel_budget: int = _setting(
+        "DECODE_PIXEL_BUDGET", 80_000_000,
+        "Pixels one API process may be decoding at once (about 12 bytes of memory each at the peak); an upload "
+        "that does not fit waits up to 1 s, then gets 503 decoder_busy. At least MAX_IMAGE_PIXELS.")
     request_timeout: float = _setting(
         "REQUEST_TIMEOUT", 10.0,
         "Seconds a request may wait for its answer (504 after).")
@@ -133,8 +142,13 @@ class Settings:
         for name in _ABOVE_ZERO:
             if not getattr(self, name) > 0:  # NaN too
                 raise ConfigError(f"{self.env_name(name)}={getattr(self, name)!r}: must be above 0")
+        if self.decode_pixel_budget < self.max_image_pixels:
+            raise ConfigError(f"DECODE_PIXEL_BUDGET={self.decode_pixel_budget} is below MAX_IMAGE_PIXELS="
+                              f"{self.max_image_pixels}: the largest accepted image could never be decoded")
         if self.port > 65535:
             raise ConfigError(f"PORT={self.port}: must be at most 65535")
+        if self.proxy not in PROXIES:
+            raise ConfigError(f"PROXY={self.proxy!r}: expected one of {', '.join(PROXIES)}")
         if self.log_level not in LOG_LEVELS:
             raise ConfigError(f"LOG_LEVEL={self.log_level!r}: expected one of {', '.join(LOG_LEVELS)}")
         channel_values(self.mean, "MEAN")  # raises ConfigError now, not when the worker loads the model
@@ -143,6 +157,16 @@ class Settings:
     @classmethod
     def env_name(cls, field_name: str) -> str:
         return next(f.metadata["env"] for f in dataclasses.fields(cls) if f.name == field_name)
+
+    @property
+    def redis_url_redacted(self) -> str:
+        """REDIS_URL fit for a log or a terminal: its password, if any, replaced by ***."""
+        parts = urllib.parse.urlsplit(self.redis_url)
+        if parts.password is None:
+            return self.redis_url
+        user = f"{parts.username}:" if parts.username else ":"
+        host = parts.netloc.rsplit("@", 1)[1]
+        return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}***@{host}"))
 
     @property
     def max_upload_bytes(self) -> int:
@@ -176,6 +200,7 @@ class Settings:
 
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+PROXIES = ("none", "nginx")
 # Smallest workable value of each count and size (0 where 0 means "not set" or "none").
 _AT_LEAST = {"port": 1, "api_processes": 1, "api_threads": 1, "max_image_pixels": 1, "max_queue": 1, "top_k": 1,
              "workers": 0, "batch_size": 1, "batch_wait_ms": 0, "max_attempts": 1, "input_size": 0,

@@ -31,7 +31,7 @@ def main() -> int:
         with stack:
             redis_note = "private Redis" if private_redis else "Redis"
             print(f"listening on {stack.url} ({settings.workers} worker(s), {redis_note} at "
-                  f"{stack.settings.redis_url}); Ctrl-C stops everything", flush=True)
+                  f"{stack.settings.redis_url_redacted}); Ctrl-C stops everything", flush=True)
             return _serve_until_stopped(stack)
     except StartupError as exc:
         print(f"start-up failed: {exc}", file=sys.stderr)
@@ -55,7 +55,7 @@ def _serve_until_stopped(stack: Stack) -> int:
             signal.sigtimedwait(STOP_SIGNALS | {signal.SIGCHLD}, wait)
         if received is not None and received.si_signo in STOP_SIGNALS:
             return 0
-        essential = [p for p in (stack.redis_process, stack.api_process) if p is not None]
+        essential = [p for p in (stack.redis_process, stack.api_process, stack.proxy_process) if p is not None]
         if dead := [p for p in essential if p.poll() is not None]:
             names = ", ".join(f"{p.args[0] if p.args[0] != sys.executable else p.args[2]} (exit {p.returncode})"
                               for p in dead)

@@ -13,6 +13,7 @@ import os
 import shutil
 import signal
 import socket
+import string
 import subprocess
 import sys
 import tempfile
@@ -30,6 +31,23 @@ STOP_GRACE_SECONDS = 20.0
 # The two programs of the service, as `python <arguments>`; docker-compose.yml runs the same (a test checks).
 API_ARGUMENTS = ("-m", "gunicorn", "-c", "python:app.gunicorn_conf", "app:create_app()")
 WORKER_ARGUMENTS = ("-m", "worker")
+NGINX_TEMPLATE = REPO_ROOT / "deploy" / "nginx" / "imgcls.conf.template"  # docker-compose.yml mounts the same
+# nginx's main configuration around the template, for a private nginx that runs in the foreground.
+NGINX_MAIN = """daemon off;
+worker_processes 1;
+pid {scratch}/nginx.pid;
+error_log stderr warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_temp_path {scratch}/nginx-body;
+    proxy_temp_path {scratch}/nginx-proxy;
+    fastcgi_temp_path {scratch}/nginx-fastcgi;
+    uwsgi_temp_path {scratch}/nginx-uwsgi;
+    scgi_temp_path {scratch}/nginx-scgi;
+    include {scratch}/imgcls.conf;
+}}
+"""
 
 
 class StartupError(RuntimeError):
@@ -80,6 +98,7 @@ class Stack:
         self.redis_process: subprocess.Popen | None = None
         self.worker_processes: list[subprocess.Popen] = []
         self.api_process: subprocess.Popen | None = None
+        self.proxy_process: subprocess.Popen | None = None
         self._scratch = Path(tempfile.mkdtemp(prefix="imgcls-stack-"))
 
     @property
@@ -124,9 +143,9 @@ class Stack:
         self.worker_processes[index] = self._spawn(f"worker{index}", [sys.executable, *WORKER_ARGUMENTS])
         return True
 
-    def start_worker(self, wrapper: tuple[str, ...] = ()) -> subprocess.Popen:
-        """One more worker; `wrapper` runs it through another program (tests: `faketime -f +20s`)."""
-        process = self._spawn(f"worker{len(self.worker_processes)}", [*wrapper, sys.executable, *WORKER_ARGUMENTS])
+    def start_worker(self, env: dict[str, str] | None = None) -> subprocess.Popen:
+        """One more worker; `env` adds to its environment (tests: libfaketime's, for a clock that is off)."""
+        process = self._spawn(f"worker{len(self.worker_processes)}", [sys.executable, *WORKER_ARGUMENTS], env)
         self.worker_processes.append(process)
         return process
 
@@ -134,10 +153,27 @@ class Stack:
         return self.redis().connection_pool.connection_kwargs["port"]
 
     def start_api(self) -> None:
+        """The API on HOST:PORT; with PROXY=nginx, nginx there and the API behind it on a loopback port."""
         # prometheus_client's multiprocess files, fresh for every start: an earlier run's would add old counts.
-        metrics_dir = tempfile.mkdtemp(prefix="api-metrics-", dir=self._scratch)
-        self.api_process = self._spawn("api", [sys.executable, *API_ARGUMENTS],
-                                       {"PROMETHEUS_MULTIPROC_DIR": metrics_dir})
+        env = {"PROMETHEUS_MULTIPROC_DIR": tempfile.mkdtemp(prefix="api-metrics-", dir=self._scratch)}
+        if self.settings.proxy == "nginx":
+            env |= {"HOST": "127.0.0.1", "PORT": str(free_port())}
+            self.start_proxy(f"127.0.0.1:{env['PORT']}")
+        self.api_process = self._spawn("api", [sys.executable, *API_ARGUMENTS], env)
+
+    def start_proxy(self, api_address: str) -> None:
+        if shutil.which("nginx") is None:
+            raise StartupError("PROXY=nginx, but nginx is not installed: install Debian's nginx-light package")
+        values = {"LISTEN": f"{self.settings.host}:{self.settings.port}", "API_UPSTREAM": api_address,
+                  "MAX_UPLOAD_MB": f"{self.settings.max_upload_mb:g}",
+                  "PROXY_READ_TIMEOUT": f"{self.settings.request_timeout + 10:g}s"}
+        nginx_dir = self._scratch / "nginx"
+        nginx_dir.mkdir()
+        nginx_dir.chmod(0o777)  # nginx's worker runs as nobody when started as root; it writes its buffers here
+        (nginx_dir / "imgcls.conf").write_text(string.Template(NGINX_TEMPLATE.read_text()).safe_substitute(values))
+        (nginx_dir / "nginx.conf").write_text(NGINX_MAIN.format(scratch=nginx_dir))
+        self._scratch.chmod(0o711)
+        self.proxy_process = self._spawn("proxy", ["nginx", "-p", str(nginx_dir), "-c", str(nginx_dir / "nginx.conf")])
 
     def wait_until_ready(self, timeout: float) -> None:
         """Until the API answers and a worker has announced its model."""
@@ -156,21 +192,24 @@ class Stack:
         return redis.Redis.from_url(self.settings.redis_url, socket_connect_timeout=1, socket_timeout=5)
 
     def stop(self) -> None:
-        """API first (it lets in-flight requests finish), then every worker at once, then Redis."""
+        """Proxy, then API (each lets in-flight requests finish), then every worker at once, then Redis."""
+        self.stop_process(self.proxy_process, stop_signal=signal.SIGQUIT)  # nginx's graceful stop; TERM is not
         self.stop_process(self.api_process)
         self.stop_processes(self.worker_processes)
         self.stop_process(self.redis_process)
         shutil.rmtree(self._scratch, ignore_errors=True)
 
-    def stop_process(self, process: subprocess.Popen | None, grace: float = STOP_GRACE_SECONDS) -> None:
-        self.stop_processes([process] if process else [], grace)
+    def stop_process(self, process: subprocess.Popen | None, grace: float = STOP_GRACE_SECONDS,
+                     stop_signal: signal.Signals = signal.SIGTERM) -> None:
+        self.stop_processes([process] if process else [], grace, stop_signal)
 
     @staticmethod
-    def stop_processes(processes: list[subprocess.Popen], grace: float = STOP_GRACE_SECONDS) -> None:
-        """SIGTERM to all, then each gets the same grace period, counted from then, before SIGKILL."""
+    def stop_processes(processes: list[subprocess.Popen], grace: float = STOP_GRACE_SECONDS,
+                       stop_signal: signal.Signals = signal.SIGTERM) -> None:
+        """stop_signal to all, then each gets the same grace period, counted from then, before SIGKILL."""
         running = [p for p in processes if p.poll() is None]
         for process in running:
-            process.send_signal(signal.SIGTERM)
+            process.send_signal(stop_signal)
         give_up_at = time.monotonic() + grace
         for process in running:
             try:

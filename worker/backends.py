@@ -32,7 +32,7 @@ import torch
 
 from model_tools import export
 from model_tools.card import CARD_FILE, ModelCard, ModelLoadError, ModelOptions, card_fields, resolve_card
-from model_tools.checkpoints import LoadedModel, is_torchscript_file, load_model, sha256_of
+from model_tools.checkpoints import LoadedModel, is_torchscript_file, load_model
 from serving.config import Settings
 from worker.engine_cache import EngineCache
 
@@ -71,7 +71,7 @@ def open_engine(settings: Settings, device: torch.device) -> Engine:
     if is_serving_torchscript(path):
         return _engine_for_torchscript_file(path, options, settings.backend, device)
     loaded = load_model(path, options)
-    cache = EngineCache(Path(settings.engine_cache_dir), sha256_of(path)) if settings.engine_cache_dir else None
+    cache = EngineCache.for_model_file(Path(settings.engine_cache_dir), path) if settings.engine_cache_dir else None
     return engine_for_checkpoint(loaded, settings.backend, device, threads, cache)
 
 

@@ -72,6 +72,15 @@ class EngineCache:
         self.directory = directory
         self.model_digest = model_digest  # SHA-256 of the model file
 
+    @classmethod
+    def for_model_file(cls, directory: Path, model_path: Path) -> "EngineCache":
+        """The cache of exports of this model file's content (hashed here: about 1 s per GB)."""
+        digest = hashlib.sha256()
+        with open(model_path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+        return cls(directory, digest.hexdigest())
+
     @contextlib.contextmanager
     def entry(self, backend: str, device: torch.device, card: ModelCard, suffix: str) -> Iterator[Entry]:
         """The entry of this export, held under an exclusive lock while the caller reads or makes it."""

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 import requests
@@ -90,3 +94,35 @@ def test_arbitrary_bytes_get_400_or_413_and_the_server_stays_up(service, data):
 def test_after_all_that_the_same_processes_still_serve(service):
     assert all(p.poll() is None for p in [service.api_process, *service.worker_processes])
     assert post_image(service.url, photo_bytes("coffee.png")).json()["predictions"][0]["label"] == "espresso"
+
+
+def resident_megabytes(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line for line in status.splitlines() if line.startswith("VmRSS:")).split()[1]) / 1024
+
+
+def test_concurrent_large_images_stay_within_the_decode_budget(service):
+    """32 uploads of a 36-megapixel PNG (60 KB each) at once: each API process decodes at most its budget."""
+    large = encode(Image.new("RGB", (6000, 6000), (30, 120, 200)), "PNG", compress_level=9)
+    api_processes = [int(pid) for pid in Path(f"/proc/{service.api_process.pid}/task/{service.api_process.pid}"
+                                              "/children").read_text().split()]
+    peak = {pid: resident_megabytes(pid) for pid in api_processes}
+    sampling = threading.Event()
+
+    def sample():
+        while not sampling.is_set():
+            for pid in api_processes:
+                peak[pid] = max(peak[pid], resident_megabytes(pid))
+            time.sleep(0.01)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    with ThreadPoolExecutor(max_workers=32) as pool:
+        responses = list(pool.map(lambda _: post_image(service.url, large, timeout=120), range(32)))
+    sampling.set()
+    sampler.join()
+    codes = [r.status_code if r.status_code == 200 else r.json()["error"]["code"] for r in responses]
+    assert set(codes) <= {200, "decoder_busy"} and 200 in codes, codes
+    # Budget: 80 Mpx, so two 36 Mpx images at a time, ~0.45 GB each at the peak; unbounded, 16 threads would
+    # take 7 GB in one process.
+    assert max(peak.values()) < 1500, peak

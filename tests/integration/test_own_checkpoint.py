@@ -11,7 +11,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
-import torch
 
 from model_tools.checkpoints import load_model
 from serving.config import Settings
@@ -20,6 +19,7 @@ from tests.images import CAT_LABELS, photo_bytes
 from tests.integration.client import post_image
 from tests.integration.conftest import stack_settings
 from tests.integration.standins import SlowClassifier
+from tests.model_files import save_classic
 
 pytestmark = pytest.mark.integration
 
@@ -31,7 +31,7 @@ def classic_checkpoint(tmp_path_factory):
     """The default model saved the classic way (`{'model', 'model_state_dict'}`, nothing else) and its labels."""
     folder = tmp_path_factory.mktemp("classic")
     loaded = load_model(Settings().model_path)
-    torch.save({"model": loaded.network, "model_state_dict": loaded.network.state_dict()}, folder / "classic.pth")
+    save_classic(loaded.network, folder / "classic.pth")
     (folder / "labels.txt").write_text("\n".join(loaded.card.class_names) + "\n")
     return folder / "classic.pth", folder / "labels.txt"
 
@@ -87,7 +87,7 @@ def test_batches_three_times_longer_than_the_worker_timeout_never_look_like_dead
     worker_timeout = 1.0
     model = tmp_path / "slow.pth"
     network = SlowClassifier(seconds=3 * worker_timeout).eval()
-    torch.save({"model": network, "model_state_dict": network.state_dict()}, model)
+    save_classic(network, model)
     settings = stack_settings(model_path=str(model), model_trusted=True, backend="torch", batch_size=4,
                               worker_timeout=worker_timeout, request_timeout=60)
     readiness: list[int] = []

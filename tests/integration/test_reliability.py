@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -164,12 +165,24 @@ def test_soak_two_thousand_requests_with_a_worker_restart(fault_stack, images_an
     assert leftover == {keys.model, keys.workers, keys.worker_stats}
 
 
+def clock_off_by(offset: str) -> dict[str, str]:
+    """The environment that runs a process under libfaketime (Debian's faketime) with its clock off by `offset`.
+
+    LD_PRELOAD rather than the `faketime` command, which would run the worker as its child: the stack's
+    stop signal and parent-death signal would reach the wrapper, not the worker. Only the wall clock is
+    off; monotonic timers stay true, as on a host whose clock was set wrong.
+    """
+    library = subprocess.run(["dpkg", "-L", "libfaketime"], capture_output=True, text=True, check=True).stdout
+    preload = next(line for line in library.split() if line.endswith("/libfaketime.so.1"))
+    return {"LD_PRELOAD": preload, "FAKETIME": offset, "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
+
+
 def test_workers_whose_clocks_are_20s_off_answer_every_request_and_reap_nobody(tmp_path):
     """Deadlines, heartbeats and the reaper's cutoff are by Redis's clock: a host's clock error changes nothing."""
     settings = stack_settings(request_timeout=30)
     with Stack(settings, workers=1, log_dir=tmp_path) as stack:
         for offset in ("+20s", "-20s"):
-            stack.start_worker(("faketime", "-f", offset))
+            stack.start_worker(clock_off_by(offset))
         stack.wait_until_ready(120)
         photo = photo_bytes("chelsea.png")
         with ThreadPoolExecutor(max_workers=8) as pool:

@@ -13,13 +13,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-import torch
 from PIL import Image
 
 from stack.processes import REPO_ROOT, STOP_GRACE_SECONDS, free_port
 from tests.images import CAT_LABELS, encode, photo_bytes
 from tests.integration.client import post_image
 from tests.integration.standins import DiesOnWhite
+from tests.model_files import save_classic
 
 pytestmark = pytest.mark.integration
 
@@ -145,7 +145,7 @@ def test_a_poison_image_fails_alone_and_the_launcher_keeps_serving(tmp_path):
     200, and `make run` restarts the workers (later each time) instead of stopping the service."""
     model = tmp_path / "dies_on_white.pth"
     network = DiesOnWhite().eval()
-    torch.save({"model": network, "model_state_dict": network.state_dict()}, model)
+    save_classic(network, model)
     port = free_port()
     launcher = start_launcher(port, MODEL_PATH=str(model), MODEL_TRUSTED="1", BACKEND="torch", MEAN="0,0,0",
                               STD="1,1,1", WORKER_TIMEOUT="2", REQUEST_TIMEOUT="120", BATCH_SIZE="8")

@@ -28,6 +28,7 @@ def test_a_password_protected_redis(tmp_path):
         assert classify_chelsea(stack) in CAT_LABELS
         with pytest.raises(redis.AuthenticationError):
             redis.Redis(port=stack.redis_port()).ping()  # really protected
+    assert not [log.name for log in tmp_path.glob("*.log") if "s3cret" in log.read_text()]
 
 
 def self_signed_certificate(folder) -> tuple[str, str]:

@@ -131,6 +131,7 @@ def test_unreachable_redis_is_503(server):
     response = post_image(client, photo_bytes("chelsea.png"))
     assert_error(response, 503, "redis_unavailable")
     assert response.headers["Retry-After"] == "1"
+    assert response.get_json()["error"]["message"] == "the queue (Redis) is unavailable; retry later"
 
 
 def test_healthz_answers_without_redis(server):

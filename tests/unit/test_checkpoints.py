@@ -1,7 +1,6 @@
 """Loading models: the default one, the safe state_dict format, and refusing untrusted pickles."""
 
-import shutil
-from pathlib import Path
+import hashlib
 
 import pytest
 import torch
@@ -9,8 +8,9 @@ import torchvision
 
 from model_tools.architectures import Preprocessing, default_preprocessing
 from model_tools.card import ModelCard, ModelLoadError, ModelOptions
-from model_tools.checkpoints import is_trusted_file, load_model, save_checkpoint, save_state_dict
+from model_tools.checkpoints import load_model, save_state_dict
 from serving.config import Settings
+from tests.model_files import save_classic
 
 DEFAULT_MODEL = Settings().model_path
 SMALL_ARCH = "mobilenet_v3_small"
@@ -40,33 +40,17 @@ def test_the_default_model_is_efficientnet_lite0_with_imagenet_metadata():
     assert card.arch == "efficientnet_lite0" and len(card.class_names) == 1000
     assert card.class_names[281] == "tabby" and card.class_names[967] == "espresso"
     assert card.preprocessing == Preprocessing(224, 256, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
-    assert is_trusted_file(Path(DEFAULT_MODEL))  # built by model_tools, so unpickling it is allowed
+    torch.load(DEFAULT_MODEL, weights_only=True)  # the default model needs no unpickling
     assert not loaded.network.training
 
 
-def test_a_pickled_checkpoint_model_tools_wrote_is_trusted(tmp_path, small_network, small_card):
-    path = save_checkpoint(small_network, small_card, tmp_path / "m.pth")
-    assert is_trusted_file(path)
-    loaded = load_model(path)
-    assert loaded.card == small_card and same_outputs(loaded.network, small_network)
-
-
-def test_a_pickled_checkpoint_from_elsewhere_is_refused(tmp_path, small_network, small_card):
-    path = save_checkpoint(small_network, small_card, tmp_path / "m.pth")
-    foreign = tmp_path / "downloaded.pth"
-    shutil.copy(path, foreign)  # same bytes, but model_tools did not record it
-    with pytest.raises(ModelLoadError, match="MODEL_TRUSTED"):
-        load_model(foreign)
-    assert load_model(foreign, ModelOptions(trusted=True)).card == small_card
-
-
-def test_a_trusted_checkpoint_that_changed_afterwards_is_refused(tmp_path, small_network, small_card):
-    path = save_checkpoint(small_network, small_card, tmp_path / "m.pth")
-    with open(path, "ab") as f:
-        f.write(b"tampered")
-    assert not is_trusted_file(path)
-    with pytest.raises(ModelLoadError, match="pickled"):
+def test_a_pickled_checkpoint_loads_only_with_model_trusted(tmp_path, small_network, small_card):
+    path = save_classic(small_network, tmp_path / "m.pth", small_card)
+    (tmp_path / "m.pth.sha256").write_text(hashlib.sha256(path.read_bytes()).hexdigest())  # proves nothing
+    with pytest.raises(ModelLoadError, match="MODEL_TRUSTED=1"):
         load_model(path)
+    loaded = load_model(path, ModelOptions(trusted=True))
+    assert loaded.card == small_card and same_outputs(loaded.network, small_network)
 
 
 def test_the_state_dict_format_loads_without_unpickling_code(tmp_path, small_network, small_card):
@@ -106,7 +90,7 @@ def test_unknown_architectures_formats_and_missing_files_are_clear_errors(tmp_pa
 
 
 def test_state_dict_format_refuses_a_pickled_module(tmp_path, small_network, small_card):
-    path = save_checkpoint(small_network, small_card, tmp_path / "m.pth")
+    path = save_classic(small_network, tmp_path / "m.pth", small_card)
     with pytest.raises(ModelLoadError, match="not a tensors-only state_dict"):
         load_model(path, ModelOptions(format="state_dict"))
 

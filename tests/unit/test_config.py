@@ -62,3 +62,12 @@ def test_the_launcher_and_the_worker_say_a_configuration_error_in_one_line(progr
                               capture_output=True, text=True, timeout=120)
     assert finished.returncode == 2
     assert finished.stderr.strip().splitlines() == ["configuration error: BATCH_SIZE=0: must be at least 1"]
+
+
+@pytest.mark.parametrize("url, shown", [
+    ("redis://:s3cret@10.1.2.3:6379/0", "redis://:***@10.1.2.3:6379/0"),
+    ("rediss://app:s3cret@redis.internal:6380/1", "rediss://app:***@redis.internal:6380/1"),
+    ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
+])
+def test_the_redis_url_is_shown_without_its_password(url, shown):
+    assert Settings(redis_url=url).redis_url_redacted == shown

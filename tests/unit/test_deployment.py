@@ -28,8 +28,8 @@ def dockerfile_instructions(name: str) -> list[str]:
     return [line.split(None, 1)[1] for line in joined.splitlines() if line.split(None, 1)[:1] == [name]]
 
 
-def test_compose_has_redis_api_a_scalable_worker_and_a_gpu_worker():
-    assert set(SERVICES) == {"redis", "api", "worker", "worker-gpu"}
+def test_compose_has_redis_api_a_proxy_a_scalable_worker_and_a_gpu_worker():
+    assert set(SERVICES) == {"redis", "proxy", "api", "worker", "worker-gpu"}
     for name in ("worker", "worker-gpu"):
         # `--scale worker=3` needs containers without a fixed name or host port.
         assert "container_name" not in SERVICES[name] and "ports" not in SERVICES[name]
@@ -54,7 +54,7 @@ def test_compose_runs_the_same_commands_as_make_run():
 
 def test_compose_and_dockerfile_set_only_variables_the_code_reads():
     for name, service in SERVICES.items():
-        if name != "redis":
+        if name not in ("redis", "proxy"):
             unknown = set(service.get("environment", {})) - SETTING_NAMES
             assert not unknown, f"{name} sets {unknown}, which serving/config.py does not read"
     for env in dockerfile_instructions("ENV"):
@@ -63,10 +63,18 @@ def test_compose_and_dockerfile_set_only_variables_the_code_reads():
                                          "PIP_DISABLE_PIP_VERSION_CHECK", "PATH"}, names
 
 
-def test_the_api_is_published_on_its_port_and_listens_beyond_loopback():
+def test_only_the_proxy_is_published_and_it_forwards_to_the_api_as_make_run_does():
     api = Settings.from_env({k: str(v) for k, v in SERVICES["api"]["environment"].items()})
-    assert api.host == "0.0.0.0"
-    assert any(port.endswith(f":{api.port}") for port in SERVICES["api"]["ports"])
+    assert api.host == "0.0.0.0" and "ports" not in SERVICES["api"]
+    proxy = SERVICES["proxy"]
+    assert proxy["environment"]["API_UPSTREAM"] == f"api:{api.port}"
+    assert any(port.endswith(f":{proxy['environment']['LISTEN']}") for port in proxy["ports"])
+    assert float(proxy["environment"]["MAX_UPLOAD_MB"]) == api.max_upload_mb
+    assert float(proxy["environment"]["PROXY_READ_TIMEOUT"].rstrip("s")) > api.request_timeout
+    template = (ROOT / "deploy" / "nginx" / "imgcls.conf.template").read_text()
+    (mounted,) = proxy["volumes"]
+    assert mounted.startswith("./deploy/nginx/imgcls.conf.template:/etc/nginx/templates/")
+    assert set(re.findall(r"\$\{(\w+)\}", template)) == set(proxy["environment"])  # every placeholder is set
     health_url = next(part for part in SERVICES["api"]["healthcheck"]["test"] if "http://" in part)
     path = re.search(rf"http://127\.0\.0\.1:{api.port}(/\w*)", health_url)[1]
     assert create_app(Settings()).test_client().get(path).status_code == 200

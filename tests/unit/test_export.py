@@ -7,8 +7,8 @@ import torch.nn as nn
 
 from model_tools.__main__ import main as model_tools_main
 from model_tools.architectures import Preprocessing
-from model_tools.card import ModelCard, ModelLoadError, ModelOptions, card_from_json, card_to_json
-from model_tools.checkpoints import LoadedModel, save_checkpoint
+from model_tools.card import ModelCard, ModelLoadError, card_from_json, card_to_json
+from model_tools.checkpoints import LoadedModel
 from model_tools.export import (
     ExportMismatch,
     export_onnx,
@@ -21,6 +21,7 @@ from model_tools.export import (
     verify,
 )
 from serving.config import Settings
+from tests.model_files import save_classic
 
 SIZE = 16
 CARD = ModelCard("small", "small_cnn", ("red", "green", "blue", "other"),
@@ -144,17 +145,18 @@ def test_the_trace_command_verifies_the_default_model(tmp_path, capsys):
 
 @pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
 def test_the_trace_command_fails_and_removes_a_mismatching_export(tmp_path, capsys):
-    checkpoint = save_checkpoint(small_model(BatchDependent).network, CARD, tmp_path / "branchy.pth")
+    checkpoint = save_classic(small_model(BatchDependent).network, tmp_path / "branchy.pth", CARD)
     out = tmp_path / "branchy.ts.pt"
-    assert model_tools_main(["trace", "--checkpoint", str(checkpoint), "--out", str(out)]) == 1
+    assert model_tools_main(["trace", "--trusted", "--checkpoint", str(checkpoint), "--out", str(out)]) == 1
     assert "differs from the eager model" in capsys.readouterr().err
     assert not out.exists()
     # scripting keeps the branch, so the scripted export verifies
-    assert model_tools_main(["trace", "--script", "--checkpoint", str(checkpoint), "--out", str(out)]) == 0
+    assert model_tools_main(["trace", "--trusted", "--script", "--checkpoint", str(checkpoint), "--out",
+                             str(out)]) == 0
 
 
 def test_the_export_onnx_command_verifies(tmp_path, capsys):
-    checkpoint = save_checkpoint(small_model().network, CARD, tmp_path / "small.pth")
+    checkpoint = save_classic(small_model().network, tmp_path / "small.pth", CARD)
     out = tmp_path / "small.onnx"
-    assert model_tools_main(["export-onnx", "--checkpoint", str(checkpoint), "--out", str(out)]) == 0
+    assert model_tools_main(["export-onnx", "--trusted", "--checkpoint", str(checkpoint), "--out", str(out)]) == 0
     assert "ONNX" in capsys.readouterr().out and read_onnx_card(out) == CARD

@@ -9,15 +9,11 @@ from model_tools.card import FROM_FILE, ModelLoadError, ModelOptions
 from model_tools.checkpoints import is_exported_program, load_model
 from model_tools.importer import import_model
 from serving.config import Settings
+from tests.model_files import save_classic
 from tests.unit.test_model_card import LABELS, SMALL_ARCH, FourClasses, labels_file
 from worker.backends import open_engine
 
 CPU = torch.device("cpu")
-
-
-def save_classic(network: torch.nn.Module, path):
-    torch.save({"model": network, "model_state_dict": network.state_dict()}, path)
-    return path
 
 
 def same_answers(first: torch.nn.Module, second: torch.nn.Module, size: int = 64) -> bool:

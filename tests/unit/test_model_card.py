@@ -25,6 +25,7 @@ from model_tools.card import (
 )
 from model_tools.checkpoints import load_model, save_state_dict
 from serving.config import ConfigError, Settings
+from tests.model_files import save_classic
 
 
 class FourClasses(nn.Module):
@@ -47,7 +48,7 @@ def classic(tmp_path):
     """A checkpoint saved the way the classic tutorial does: the module and its state_dict, nothing else."""
     network = FourClasses().eval()
     path = tmp_path / "classic.pth"
-    torch.save({"model": network, "model_state_dict": network.state_dict()}, path)
+    save_classic(network, path)
     return path
 
 

@@ -122,6 +122,14 @@ def test_metrics_count_requests_by_endpoint_method_and_status(client):
     assert sample_value(text, "imgcls_http_request_duration_seconds_count", endpoint="/healthz") >= 2
 
 
+def test_made_up_http_methods_are_counted_as_other_not_as_new_series(client):
+    for method in ("BREW", "XYZZY1", "XYZZY2"):
+        client.open("/healthz", method=method)
+    text = client.get("/metrics").get_data(as_text=True)
+    assert "XYZZY" not in text and "BREW" not in text
+    assert sample_value(text, "imgcls_http_requests_total", endpoint="unmatched", method="other", status=405) == 3
+
+
 def test_metrics_show_the_fleet_and_the_workers_batches(client, fake_redis):
     heartbeat(fake_redis, "w1")
     heartbeat(fake_redis, "w2")

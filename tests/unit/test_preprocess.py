@@ -36,9 +36,16 @@ def test_any_size_becomes_the_model_input(size):
     assert (pixels == (10, 20, 30)).all()
 
 
-def test_exif_orientation_is_applied():
+def png_with_orientation(image: Image.Image, orientation: int) -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return encode(image, "PNG", exif=exif.tobytes())  # an eXIf chunk
+
+
+@pytest.mark.parametrize("encoder", [jpeg_with_orientation, png_with_orientation], ids=["jpeg", "png"])
+def test_exif_orientation_is_applied(encoder):
     upright = half_red_half_blue(64, 32)  # red left, blue right
-    rotated = jpeg_with_orientation(upright.transpose(Image.Transpose.ROTATE_90), orientation=6)
+    rotated = encoder(upright.transpose(Image.Transpose.ROTATE_90), orientation=6)
     image = decode_image(rotated, LIMIT)
     assert image.size == (64, 32)
     left, right = image.getpixel((5, 16)), image.getpixel((58, 16))

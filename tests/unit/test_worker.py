@@ -63,13 +63,16 @@ def test_requests_past_their_deadline_are_skipped_and_counted(worker):
     assert worker.expired == 1
 
 
-def test_an_inference_failure_answers_the_batch_and_the_worker_carries_on(worker, monkeypatch):
+def test_an_inference_failure_answers_the_batch_and_the_worker_carries_on(worker, monkeypatch, caplog):
     def explode(images):
-        raise RuntimeError("device fell over")
+        raise RuntimeError("device fell over at /opt/secret/model.bin")
     with monkeypatch.context() as patched:
         patched.setattr(worker.classifier, "probabilities", explode)
         worker.process([message("r1")])
-    assert result(worker, "r1")["error"] == {"code": "inference_failed", "message": "device fell over"}
+    error = result(worker, "r1")["error"]
+    assert error["code"] == "inference_failed" and "worker's log" in error["message"]
+    assert "/opt/secret" not in error["message"]  # the exception's text goes to the log only
+    assert "device fell over" in caplog.text and "ids=r1" in caplog.text
     worker.process([message("r2")])
     assert result(worker, "r2")["success"] is True
 
