@@ -37,9 +37,9 @@ def main() -> int:
     log.info("serving %s with backend=%s on %s; a batch of %d takes %.2fs", classifier.card.name,
              classifier.backend, device, settings.batch_size, batch_seconds)
     if 2 * batch_seconds > settings.request_timeout:
-        # Under load a request waits for the batch in progress, then runs in the next one.
-        log.warning("REQUEST_TIMEOUT=%gs is shorter than two batches of %d (%.1fs): under load, requests will "
-                    "get 504; lower BATCH_SIZE or raise REQUEST_TIMEOUT", settings.request_timeout,
+        # A request that arrives while a full batch computes waits for it, then runs in the next one.
+        log.warning("REQUEST_TIMEOUT=%gs is shorter than two full batches of %d (%.1fs): when batches fill, "
+                    "requests can get 504; lower BATCH_SIZE or raise REQUEST_TIMEOUT", settings.request_timeout,
                     settings.batch_size, 2 * batch_seconds)
 
     stop = threading.Event()

@@ -85,9 +85,9 @@ def test_an_oversized_upload_is_refused_before_it_is_read(service):
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.binary(max_size=2048))
-def test_arbitrary_bytes_get_400_or_413_and_the_server_stays_up(service, data):
+def test_arbitrary_bytes_get_a_4xx_and_the_server_stays_up(service, data):
     response = post_image(service.url, data, timeout=30)
-    assert response.status_code in (400, 413), response.text
+    assert response.status_code in (400, 413, 415), response.text  # 415: bytes Pillow takes for another format
     assert response.json()["success"] is False
 
 

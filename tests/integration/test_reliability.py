@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import subprocess
 import threading
 import time
@@ -130,6 +132,22 @@ def test_a_redis_outage_is_503_fast_and_the_service_recovers_by_itself(fault_sta
     assert max(elapsed for elapsed, _ in during) < 2.0
     assert {status for _, _, status in outcomes} <= {200, 503}
     assert [p.pid for p in [fault_stack.api_process, *fault_stack.worker_processes]] == pids  # nothing restarted
+    fault_stack.wait_until_ready(30)
+
+
+def test_a_hung_redis_is_503_within_the_redis_timeout_and_the_service_recovers(fault_stack):
+    """Redis stopped (SIGSTOP: connections stay open, nothing answers), unlike one that is gone."""
+    photo = photo_bytes("coffee.png")
+    redis_pid = fault_stack.redis_process.pid
+    os.kill(redis_pid, signal.SIGSTOP)
+    try:
+        response, elapsed = timed_post(fault_stack.url, photo, timeout=30)
+    finally:
+        os.kill(redis_pid, signal.SIGCONT)
+    assert response.status_code == 503 and response.json()["error"]["code"] == "redis_unavailable"
+    assert elapsed < fault_stack.settings.redis_timeout + 1.5
+    wait_until(lambda: post_image(fault_stack.url, photo).status_code == 200, 30, interval=0.2,
+               what="a 200 after Redis resumed")
     fault_stack.wait_until_ready(30)
 
 
