@@ -16,7 +16,8 @@ import sys
 import time
 import uuid
 
-from flask import Flask, Response, g, request
+from flask import Flask, Response, current_app, g, request
+from werkzeug.exceptions import MethodNotAllowed
 
 from app import metrics
 from serving.config import LOG_FORMAT
@@ -54,12 +55,23 @@ def _start() -> None:
 def _finish(response: Response) -> Response:
     seconds = time.perf_counter() - g.started
     response.headers[REQUEST_ID_HEADER] = g.request_id
-    endpoint = request.url_rule.rule if request.url_rule else "unmatched"  # never a label per unknown path
-    metrics.observe_request(endpoint, request.method, response.status_code, seconds)
+    metrics.observe_request(_route(), request.method, response.status_code, seconds)
     fields = {"method": request.method, "path": request.path, "status": response.status_code,
               "duration_ms": round(seconds * 1000, 1), "request_id": g.request_id, **g.log_fields}
     log.info("%s", " ".join(f"{key}={_value(value)}" for key, value in fields.items()))
     return response
+
+
+def _route() -> str:
+    """The route a request went to, also when its method was wrong (405); `unmatched` for a path no route has,
+    so that no client can make a label per path it invents."""
+    if request.url_rule:
+        return request.url_rule.rule
+    refused = request.routing_exception
+    if isinstance(refused, MethodNotAllowed) and refused.valid_methods:
+        adapter = current_app.url_map.bind_to_environ(request.environ)
+        return adapter.match(method=refused.valid_methods[0], return_rule=True)[0].rule
+    return "unmatched"
 
 
 def _value(value) -> str:

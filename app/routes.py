@@ -25,7 +25,7 @@ def healthz():
     return {"status": "ok"}
 
 
-@api.post("/predict")
+@api.post("/predict", provide_automatic_options=False)  # OPTIONS is 405 like every method but POST
 def predict():
     started = time.perf_counter()
     settings: Settings = current_app.config["SETTINGS"]

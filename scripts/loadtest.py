@@ -64,6 +64,8 @@ class Report:
 def load_images(path: str | Path) -> list[tuple[str, bytes]]:
     """(name, bytes) of one image file, or of every image file in a folder (sorted)."""
     path = Path(path)
+    if not path.exists():
+        raise SystemExit(f"--images {path}: no such file or folder")
     files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if path.is_dir() else [path]
     if not files:
         raise SystemExit(f"no image files in {path}")
@@ -209,7 +211,7 @@ def plot(report: Report, path: Path) -> None:
 
 
 def run(argv: list[str] | None = None) -> Report:
-    args = _parse(argv)
+    args = parse_arguments(argv)
     client = Client(args.url, load_images(args.images), args.timeout)
     progress = not args.quiet and sys.stderr.isatty()
     if args.rate:
@@ -228,10 +230,11 @@ def run(argv: list[str] | None = None) -> Report:
     return report
 
 
-def _parse(argv: list[str] | None) -> argparse.Namespace:
+def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--url", default="http://127.0.0.1:5000/predict")
-    parser.add_argument("--images", required=True, help="an image file, or a folder of them (used in turn)")
+    parser.add_argument("--images", default=None, help="an image file, or a folder of them (used in turn); "
+                        "default: scikit-image's sample photos")
     closed = parser.add_argument_group("closed loop (default)")
     closed.add_argument("--concurrency", type=int, default=16)
     closed.add_argument("--requests", type=int, default=500)
@@ -245,6 +248,10 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--plot", help="write a PNG (latency histogram, throughput over time) to this file")
     parser.add_argument("--quiet", action="store_true", help="no progress bar, no printed report")
     args = parser.parse_args(argv)
+    if args.images is None:
+        import skimage  # installed with the test requirements; imported only when no folder is given
+
+        args.images = skimage.data_dir
     if args.rate is not None and args.rate <= 0:
         parser.error("--rate must be positive")
     if args.concurrency < 1 or args.requests < 1:

@@ -246,6 +246,15 @@ def _format(value) -> str:
     return str(value)
 
 
+def usage(program: str, what: str) -> str:
+    """`--help` text of a program that takes no arguments: what it does, then every setting."""
+    lines = [f"usage: {program}", "", what, "", "Configuration (environment variables; README, Configuration):"]
+    for f in dataclasses.fields(Settings):
+        default = _format(f.default) if f.default != "" else "(empty)"
+        lines.append(f"  {f.metadata['env']}={default}\n      {f.metadata['help']}")
+    return "\n".join(lines)
+
+
 def settings_table() -> str:
     """The markdown table of every variable, as the README shows it."""
     rows = ["| Variable | Default | Meaning |", "| --- | --- | --- |"]

@@ -117,8 +117,12 @@ class Stack:
         self.stop()
 
     def start(self, ready_timeout: float = 120.0) -> None:
+        """Everything, after checking what would otherwise fail late: the port, and a Redis the user named."""
+        self._require_free_port()
         if self.private_redis:
             self.start_redis()
+        else:
+            self._require_redis()
         for _ in range(self.worker_count):
             self.start_worker()
         self.start_api()
@@ -135,6 +139,24 @@ class Stack:
             *(argument.format(port=port) for argument in self.redis_arguments)])
         self.settings = dataclasses.replace(self.settings, redis_url=self.redis_url_template.format(port=port))
         self._wait_for(lambda: self.redis().ping(), "redis", self.redis_process, 10.0)
+
+    def _require_free_port(self) -> None:
+        # gunicorn would find out only after the workers loaded their models, and the readiness check
+        # could meanwhile be answered by whatever holds the port.
+        with socket.socket() as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn binds
+            try:
+                probe.bind((self.settings.host, self.settings.port))
+            except OSError as exc:
+                raise StartupError(f"port {self.settings.port} on {self.settings.host} is in use ({exc.strerror}): "
+                                   "stop what listens there, or set PORT to another port") from None
+
+    def _require_redis(self) -> None:
+        try:
+            redis.Redis.from_url(self.settings.redis_url, socket_connect_timeout=3, socket_timeout=3).ping()
+        except redis.RedisError as exc:
+            raise StartupError(f"Redis at {self.settings.redis_url_redacted} does not answer ({exc}): start it, or "
+                               "fix REDIS_URL (unset, make run starts a private one)") from None
 
     def restart_worker_if_dead(self, index: int) -> bool:
         """Start a fresh worker in place of a dead one; True if it had died."""

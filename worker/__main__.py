@@ -11,7 +11,7 @@ import redis
 import torch
 
 from model_tools.card import ModelLoadError
-from serving.config import LOG_FORMAT, ConfigError, Settings
+from serving.config import LOG_FORMAT, ConfigError, Settings, usage
 from worker.backends import BackendError, open_engine
 from worker.inference import Classifier, choose_device
 from worker.loop import Worker
@@ -20,6 +20,10 @@ log = logging.getLogger("worker")
 
 
 def main() -> int:
+    if {"-h", "--help"} & set(sys.argv[1:]):
+        print(usage("python -m worker", "One batching worker: loads MODEL_PATH, then serves the queue in REDIS_URL "
+                    "until SIGTERM or SIGINT, finishing the batch in hand."))
+        return 0
     try:
         settings = Settings.from_env()
     except ConfigError as exc:

@@ -172,6 +172,8 @@ def _engine_for_onnx_file(path: Path, options: ModelOptions, backend: str, devic
 def _engine_for_torchscript_file(path: Path, options: ModelOptions, backend: str, device: torch.device) -> Engine:
     if backend not in ("auto", "torch", "torchscript"):
         raise BackendError(f"{path} is a TorchScript file; BACKEND={backend} needs a checkpoint or an ONNX file")
+    if backend == "torch":
+        log.warning("BACKEND=torch with a TorchScript export (%s): it runs on the TorchScript engine", path)
     module, card = export.load_torchscript(path, device)
     return Engine("torchscript", _checked_card(card, options, path), export.torch_predictor(module, device))
 

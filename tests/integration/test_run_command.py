@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -32,8 +33,9 @@ def descendants(pid: int) -> set[int]:
 
 
 def start_launcher(port: int, **settings: str) -> subprocess.Popen:
-    env = {**os.environ, "PORT": str(port), "INFERENCE_THREADS": "1", **settings}
+    env = {**os.environ, "PORT": str(port), "INFERENCE_THREADS": "1"}
     env.pop("REDIS_URL", None)  # a private Redis, as for a user who sets nothing
+    env.update(settings)
     return subprocess.Popen([sys.executable, "-m", "stack"], cwd=REPO_ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
@@ -167,3 +169,23 @@ def test_a_poison_image_fails_alone_and_the_launcher_keeps_serving(tmp_path):
     finally:
         launcher.send_signal(signal.SIGINT)
         launcher.wait(timeout=60)
+
+
+def test_a_port_in_use_is_said_at_once():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        launcher = start_launcher(port)
+        output = launcher.communicate(timeout=30)[0]
+    assert launcher.returncode == 1
+    assert f"port {port} on 127.0.0.1 is in use" in output and "listening on" not in output
+
+
+def test_an_unreachable_redis_url_is_said_within_seconds_without_its_password():
+    started = time.monotonic()
+    launcher = start_launcher(free_port(), REDIS_URL=f"redis://:hunter2@127.0.0.1:{free_port()}/0")
+    output = launcher.communicate(timeout=30)[0]
+    assert launcher.returncode == 1 and time.monotonic() - started < 15
+    assert "Redis at redis://:***@127.0.0.1:" in output and "does not answer" in output
+    assert "hunter2" not in output

@@ -106,8 +106,12 @@ def test_upload_over_the_size_limit_is_413(client):
     assert_error(post_image(client, b"\0" * (SETTINGS.max_upload_bytes + 1)), 413, "request_entity_too_large")
 
 
-def test_wrong_method_is_405_json(client):
-    assert_error(client.get("/predict"), 405, "method_not_allowed")
+@pytest.mark.parametrize("method", ["GET", "HEAD", "PUT", "PATCH", "DELETE", "OPTIONS"])
+def test_every_method_but_post_is_405_json(client, method):
+    response = client.open("/predict", method=method)
+    assert response.status_code == 405 and response.headers["Allow"] == "POST"
+    if method != "HEAD":  # a HEAD answer has no body
+        assert_error(response, 405, "method_not_allowed")
 
 
 def test_unknown_path_is_404_json(client):

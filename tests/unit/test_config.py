@@ -71,3 +71,10 @@ def test_the_launcher_and_the_worker_say_a_configuration_error_in_one_line(progr
 ])
 def test_the_redis_url_is_shown_without_its_password(url, shown):
     assert Settings(redis_url=url).redis_url_redacted == shown
+
+
+@pytest.mark.parametrize("program", ["stack", "worker"])
+def test_help_prints_usage_and_the_configuration_and_starts_nothing(program):
+    finished = subprocess.run([sys.executable, "-m", program, "--help"], capture_output=True, text=True, timeout=60)
+    assert finished.returncode == 0 and finished.stdout.startswith(f"usage: python -m {program}")
+    assert "REDIS_URL=redis://127.0.0.1:6379/0" in finished.stdout and "BATCH_SIZE=8" in finished.stdout

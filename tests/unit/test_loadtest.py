@@ -1,8 +1,14 @@
 """The load test's arithmetic: statuses, throughput, percentiles and batch sizes from raw outcomes."""
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
-from scripts.loadtest import Outcome, summarize
+from scripts.loadtest import Outcome, load_images, parse_arguments, summarize
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_the_summary_counts_every_status_and_measures_only_successes():
@@ -21,3 +27,17 @@ def test_a_run_without_successes_has_no_latency_figures():
     report = summarize("open loop", [Outcome(0.0, 0.5, 0), Outcome(0.1, 0.5, 503)])
     assert report.succeeded == 0 and report.throughput_rps == 0 and report.latency_ms == {}
     assert "outcomes" not in report.to_json()
+
+
+def test_the_load_test_as_the_readme_runs_it_sends_the_sample_photos_by_default(tmp_path):
+    finished = subprocess.run([sys.executable, "scripts/loadtest.py", "--help"], cwd=ROOT, capture_output=True,
+                              text=True)
+    assert finished.returncode == 0 and "--images" in finished.stdout
+    assert {name for name, _ in load_images(parse_arguments([]).images)} >= {"chelsea.png", "coffee.png"}
+
+
+def test_a_missing_image_path_is_one_line_not_a_traceback(tmp_path):
+    finished = subprocess.run([sys.executable, "scripts/loadtest.py", "--images", str(tmp_path / "photos"),
+                               "--requests", "1"], cwd=ROOT, capture_output=True, text=True)
+    assert finished.returncode == 1
+    assert finished.stderr.strip() == f"--images {tmp_path / 'photos'}: no such file or folder"
