@@ -14,11 +14,13 @@ probability, and exit 1 (removing the file) above the tolerance.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
+import zipfile
 from pathlib import Path
 
-from model_tools import TOLERANCE
+from model_tools import CARD_FILE, TOLERANCE
 from serving.config import ConfigError, Settings, channel_values
 
 # How this command spells each model option, for messages (the worker names environment variables instead).
@@ -54,7 +56,9 @@ def main(argv: list[str] | None = None) -> int:
         command.add_argument("--out", help="output file (default: beside the checkpoint, .ts.pt or .onnx)")
         command.add_argument("--tolerance", type=float, default=TOLERANCE,
                              help="largest accepted probability difference (default: %(default)g)")
-        command.add_argument("--if-missing", action="store_true", help="do nothing when the output exists")
+        command.add_argument("--if-missing", action="store_true",
+                             help="do nothing when the output exists, is newer than the checkpoint and, for trace, "
+                                  "was made with the same --script and --optimize")
     for command in (importer, trace, onnx):
         _add_model_options(command)
     trace.add_argument("--script", action="store_true", help="torch.jit.script instead of torch.jit.trace")
@@ -66,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         out = Path(args.out)
     else:
         out = Path(args.out or default_export_path(args.checkpoint, ".ts.pt" if args.command == "trace" else ".onnx"))
-    if getattr(args, "if_missing", False) and out.is_file() and not _pickled_by_an_earlier_version(out):
+    if getattr(args, "if_missing", False) and _up_to_date(args, out):
         return 0  # before importing torch (1.5-3 s), which `make run`, `make test` and `make cpp` ask this every time
     from model_tools.card import ModelLoadError
     from model_tools.export import ExportMismatch
@@ -82,6 +86,31 @@ def main(argv: list[str] | None = None) -> int:
     except (ModelLoadError, ExportMismatch, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+
+
+def _up_to_date(args: argparse.Namespace, out: Path) -> bool:
+    """Whether `out` is what this command would write now; answered without importing torch."""
+    if not out.is_file():
+        return False
+    if args.command == "build-default":
+        return not _pickled_by_an_earlier_version(out)
+    if Path(args.checkpoint).stat().st_mtime > out.stat().st_mtime:
+        return False  # the model changed since
+    return args.command != "trace" or _torchscript_export_options(out) == _export_options(args)
+
+
+def _export_options(args: argparse.Namespace) -> dict:
+    """How `trace` exports, as the card records it (model_tools.export.export_torchscript)."""
+    return {"method": "script" if args.script else "trace", "frozen": args.optimize}
+
+
+def _torchscript_export_options(path: Path) -> dict | None:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            card = next(name for name in archive.namelist() if name.endswith(f"/extra/{CARD_FILE}"))
+            return json.loads(archive.read(card)).get("export")
+    except (zipfile.BadZipFile, StopIteration, ValueError):
+        return None
 
 
 def _pickled_by_an_earlier_version(path: Path) -> bool:

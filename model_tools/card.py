@@ -30,7 +30,6 @@ from serving.config import Settings, channel_values
 log = logging.getLogger("model_tools")
 
 CARD_FORMAT = 1  # version of the JSON card exported models carry
-CARD_FILE = "model_card.json"  # its name inside TorchScript, torch.export and ONNX files
 IMAGENET_CONVENTION = Preprocessing(224, 256, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 FROM_FILE = "model file"
 ASSUMED = "assumed: torchvision's ImageNet convention"
@@ -208,7 +207,7 @@ def card_fields(card: ModelCard) -> dict:
             "input_size": p.input_size, "resize_size": p.resize_size, "mean": list(p.mean), "std": list(p.std)}
 
 
-def card_to_json(card: ModelCard) -> str:
+def card_to_json(card: ModelCard, export: dict | None = None) -> str:
     """The card as the JSON that exported models carry (TorchScript extra file, ONNX metadata).
 
     Besides the checkpoint's metadata fields it states the exported model's contract, so a
@@ -217,8 +216,9 @@ def card_to_json(card: ModelCard) -> str:
     `output` is softmax probabilities. mean/std are applied inside the model; they are here
     for the record, not for the client to apply again.
     """
+    extra = {"export": export} if export else {}  # how the file was made (`trace --if-missing` compares it)
     return json.dumps({**card_fields(card), "format": CARD_FORMAT, "input": "uint8 NHWC RGB",
-                       "output": "probabilities", "normalized_inside": True}, indent=1)
+                       "output": "probabilities", "normalized_inside": True, **extra}, indent=1)
 
 
 def card_from_json(text: str | bytes) -> ModelCard:

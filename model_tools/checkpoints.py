@@ -34,9 +34,9 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from model_tools import CARD_FILE
 from model_tools.architectures import build_architecture, default_preprocessing, imagenet_class_names
 from model_tools.card import (
-    CARD_FILE,
     ModelCard,
     ModelLoadError,
     ModelOptions,

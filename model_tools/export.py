@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from model_tools import TOLERANCE
-from model_tools.card import CARD_FILE, ModelCard, ModelLoadError, card_from_json, card_to_json
+from model_tools import CARD_FILE, TOLERANCE
+from model_tools.card import ModelCard, ModelLoadError, card_from_json, card_to_json
 from model_tools.checkpoints import LoadedModel, first_line, write_atomically
 from model_tools.serving_model import ServingModel
 
@@ -69,7 +69,8 @@ def export_torchscript(loaded: LoadedModel, out: str | os.PathLike, *, method: s
         if optimize:
             converted = torch.jit.freeze(converted.eval())
         return write_atomically(Path(out), lambda partial: torch.jit.save(
-            converted, str(partial), _extra_files={CARD_FILE: card_to_json(loaded.card)}))
+            converted, str(partial),
+            _extra_files={CARD_FILE: card_to_json(loaded.card, {"method": method, "frozen": optimize})}))
 
 
 def load_torchscript(path: str | os.PathLike, device: str | torch.device = "cpu"

@@ -1,6 +1,6 @@
 """Python eager vs Python TorchScript vs the C++ client, on the same photos, model, threads and batch.
 
-    .venv/bin/python scripts/bench_cpp.py [--images 64] [--batch 8] [--threads 2] [--rounds 3]
+    .venv/bin/python scripts/bench_cpp.py [--images 64] [--batch 8] [--threads 2] [--rounds 5]
     .venv/bin/python scripts/bench_cpp.py --causes     # the README's "Why libtorch looked slower"
 
 Every measurement is a fresh process doing the same work: decode + preprocess + infer every
@@ -225,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=64, help="photos in the folder (default: %(default)s)")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--model", type=Path, default=DEFAULT_TS, help="TorchScript file (default: %(default)s)")
     parser.add_argument("--causes", action="store_true", help="measure the causes of a slow-looking C++ client")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: one Python measurement, as JSON

@@ -30,8 +30,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from model_tools import export
-from model_tools.card import CARD_FILE, ModelCard, ModelLoadError, ModelOptions, card_fields, resolve_card
+from model_tools import CARD_FILE, export
+from model_tools.card import ModelCard, ModelLoadError, ModelOptions, card_fields, resolve_card
 from model_tools.checkpoints import LoadedModel, is_torchscript_file, load_model
 from serving.config import Settings
 from worker.engine_cache import EngineCache

@@ -1,5 +1,8 @@
 """TorchScript and ONNX exports: the card travels inside, and verification catches a wrong export."""
 
+import os
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -160,3 +163,14 @@ def test_the_export_onnx_command_verifies(tmp_path, capsys):
     out = tmp_path / "small.onnx"
     assert model_tools_main(["export-onnx", "--trusted", "--checkpoint", str(checkpoint), "--out", str(out)]) == 0
     assert "ONNX" in capsys.readouterr().out and read_onnx_card(out) == CARD
+
+
+def test_trace_if_missing_rebuilds_an_export_made_with_other_options_or_from_an_older_checkpoint(tmp_path, capsys):
+    checkpoint = save_classic(small_model().network, tmp_path / "small.pth", CARD)
+    out = tmp_path / "small.ts.pt"
+    command = ["trace", "--trusted", "--if-missing", "--checkpoint", str(checkpoint), "--out", str(out)]
+    assert model_tools_main(command) == 0 and "wrote" in capsys.readouterr().out  # plain trace
+    assert model_tools_main(command) == 0 and capsys.readouterr().out == ""  # up to date: nothing to do
+    assert model_tools_main([*command, "--optimize"]) == 0 and "frozen" in capsys.readouterr().out
+    os.utime(checkpoint, (time.time() + 5, time.time() + 5))  # the model changed since
+    assert model_tools_main([*command, "--optimize"]) == 0 and "wrote" in capsys.readouterr().out
