@@ -32,10 +32,15 @@ def half_red_half_blue(width: int = 64, height: int = 32) -> Image.Image:
     return image
 
 
-def jpeg_with_orientation(image: Image.Image, orientation: int) -> bytes:
+def exif_orientation(orientation: int) -> bytes:
+    """An EXIF block that says only how the picture is turned."""
     exif = Image.Exif()
     exif[0x0112] = orientation
-    return encode(image, "JPEG", exif=exif.tobytes(), quality=95)
+    return exif.tobytes()
+
+
+def jpeg_with_orientation(image: Image.Image, orientation: int) -> bytes:
+    return encode(image, "JPEG", exif=exif_orientation(orientation), quality=100, subsampling=0)
 
 
 def png_claiming_size(width: int, height: int) -> bytes:

@@ -9,7 +9,7 @@ import pytest
 import requests
 
 from tests.images import CAT_LABELS, photo_bytes
-from tests.integration.client import post_image
+from tests.integration.client import post_image, wait_until
 from tests.reference import assert_all_distinguishable, matches, reference_top3, variants
 
 pytestmark = pytest.mark.integration
@@ -72,13 +72,26 @@ def test_wrong_method_is_405(service):
 
 
 def test_the_api_processes_never_load_torch(service):
+    """Checked after every API process has served a prediction, so a lazy import on the way would show."""
     pids = [service.api_process.pid, *_children(service.api_process.pid)]
     assert len(pids) == 1 + service.settings.api_processes
+    wait_until(lambda: _each_has_served_a_prediction(service, pids[1:]), 60, interval=0,
+               what="a prediction served by every API process")
     for pid in pids:
         maps = Path(f"/proc/{pid}/maps").read_text()
         assert "libtorch" not in maps and "/torch/" not in maps, pid
     worker_maps = Path(f"/proc/{service.worker_processes[0].pid}/maps").read_text()
     assert "libtorch" in worker_maps  # the check above can see torch where it is
+
+
+def _each_has_served_a_prediction(service, api_pids: list[int]) -> bool:
+    """prometheus_client's multiprocess mode writes a file per process once it has counted a request."""
+    environment = Path(f"/proc/{service.api_process.pid}/environ").read_bytes().split(b"\0")
+    metrics_dir = next(v.split(b"=", 1)[1].decode() for v in environment if v.startswith(b"PROMETHEUS_MULTIPROC_DIR="))
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        assert all(r.status_code == 200 for r in pool.map(
+            lambda _: post_image(service.url, photo_bytes("coffee.png")), range(8)))
+    return all((Path(metrics_dir) / f"counter_{pid}.db").exists() for pid in api_pids)
 
 
 def _children(pid: int) -> list[int]:

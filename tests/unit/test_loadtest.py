@@ -1,12 +1,15 @@
 """The load test's arithmetic: statuses, throughput, percentiles and batch sizes from raw outcomes."""
 
+import http.server
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
-from scripts.loadtest import Outcome, load_images, parse_arguments, summarize
+from scripts.loadtest import Outcome, load_images, parse_arguments, run, summarize
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -41,3 +44,32 @@ def test_a_missing_image_path_is_one_line_not_a_traceback(tmp_path):
                                "--requests", "1"], cwd=ROOT, capture_output=True, text=True)
     assert finished.returncode == 1
     assert finished.stderr.strip() == f"--images {tmp_path / 'photos'}: no such file or folder"
+
+
+def test_open_loop_requests_arrive_at_the_rate_even_when_answers_are_slow():
+    """The arrival times a server records, not the load test's own plan: one every 1/rate s, answers or not."""
+    arrivals: list[float] = []
+
+    class SlowServer(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            arrivals.append(time.monotonic())
+            self.rfile.read(int(self.headers["Content-Length"]))
+            time.sleep(0.5)  # ten times the interval: a closed loop would fall far behind
+            self.send_response(503)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), SlowServer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        report = run(["--url", f"http://127.0.0.1:{server.server_port}/predict", "--rate", "20", "--duration", "2",
+                      "--quiet"])
+    finally:
+        server.shutdown()
+    assert report.requests == len(arrivals) == 40
+    gaps = sorted(b - a for a, b in zip(sorted(arrivals), sorted(arrivals)[1:]))
+    assert 0.035 < gaps[len(gaps) // 2] < 0.065  # the median gap is the planned 50 ms
+    assert 1.8 < max(arrivals) - min(arrivals) < 2.3

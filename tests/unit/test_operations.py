@@ -12,10 +12,13 @@ from pathlib import Path
 
 import pytest
 from jsonschema import Draft202012Validator
+from PIL import Image
 
 from app import create_app
 from app.operations import OPENAPI_DOCUMENT
+from serving import protocol
 from serving.protocol import ModelInfo
+from tests.images import encode
 from tests.openapi_check import assert_conforms
 from tests.prometheus_text import sample_value
 from tests.unit.fake_api import (
@@ -245,23 +248,28 @@ def test_the_openapi_schemas_are_valid_json_schemas():
 def test_every_answer_the_api_gives_is_documented(client, fake_redis, server):
     checked = []
 
-    def check(path, method, response):
+    def check(path, method, response, expected_status):
+        assert response.status_code == expected_status, response.get_data(as_text=True)
         assert_conforms(path, method, response.status_code, response.headers, response.get_data())
         checked.append((path, response.status_code))
 
-    check("/predict", "post", post_image(client))  # 503 no_worker
-    check("/readyz", "get", client.get("/readyz"))  # 503
-    check("/model", "get", client.get("/model"))  # 503
+    check("/predict", "post", post_image(client), 503)  # no_worker
+    check("/readyz", "get", client.get("/readyz"), 503)
+    check("/model", "get", client.get("/model"), 503)
     heartbeat(fake_redis)
-    check("/predict", "post", post_image(client))  # 504: nobody answers
+    check("/predict", "post", post_image(client), 504)  # nobody answers
+    fake_redis.delete(KEYS.queue)  # that request's message, which the next answerer would otherwise take
     answer_next_request(fake_redis, success(TABBY))
-    check("/predict", "post", post_image(client))  # 200
-    check("/predict", "post", post_image(client, data=b"junk"))  # 400
-    check("/predict", "post", post_image(client, data=b"\0" * (SETTINGS.max_upload_bytes + 1)))  # 413
-    check("/predict", "post", client.get("/predict"))  # 405: documented with the operation it refuses
+    check("/predict", "post", post_image(client), 200)
+    answer_next_request(fake_redis, lambda r: protocol.encode_failure(r.id, "inference_failed", "model failed"))
+    check("/predict", "post", post_image(client), 500)
+    check("/predict", "post", post_image(client, data=b"junk"), 400)
+    check("/predict", "post", post_image(client, data=b"\0" * (SETTINGS.max_upload_bytes + 1)), 413)
+    check("/predict", "post", post_image(client, data=encode(Image.new("RGB", (8, 8)), "PPM")), 415)
+    check("/predict", "post", client.get("/predict"), 405)  # documented with the operation it refuses
     for path in ("/healthz", "/readyz", "/model", "/metrics", "/openapi.json", "/"):
-        check(path, "get", client.get(path))
-    assert {status for _, status in checked} >= {200, 400, 405, 413, 503, 504}
+        check(path, "get", client.get(path), 200)
+    assert {status for path, status in checked if path == "/predict"} == {200, 400, 405, 413, 415, 500, 503, 504}
 
 
 # gunicorn and prometheus_client's multiprocess mode

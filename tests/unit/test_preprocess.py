@@ -10,6 +10,7 @@ from tests.images import (
     PHOTOS,
     animated_gif,
     encode,
+    exif_orientation,
     half_red_half_blue,
     jpeg_with_orientation,
     photo_bytes,
@@ -37,9 +38,7 @@ def test_any_size_becomes_the_model_input(size):
 
 
 def png_with_orientation(image: Image.Image, orientation: int) -> bytes:
-    exif = Image.Exif()
-    exif[0x0112] = orientation
-    return encode(image, "PNG", exif=exif.tobytes())  # an eXIf chunk
+    return encode(image, "PNG", exif=exif_orientation(orientation))  # an eXIf chunk
 
 
 @pytest.mark.parametrize("encoder", [jpeg_with_orientation, png_with_orientation], ids=["jpeg", "png"])
