@@ -60,16 +60,17 @@ def images_per_second(run, batch: np.ndarray, seconds: float) -> tuple[float, fl
     return len(batch) * len(calls) / sum(calls), statistics.median(calls)
 
 
-def model_ceilings(settings: Settings, photos: list[tuple[str, bytes]], seconds: float) -> dict[str, dict]:
-    """Per backend: images/s at each batch size and the batch-1 latency, on real preprocessed photos."""
+def model_ceilings(settings: Settings, photos: list[tuple[str, bytes]], seconds: float, backends: list[str],
+                   batch_sizes: list[int]) -> dict[str, dict]:
+    """Per backend: images/s at each batch size and the latency of the first, on real preprocessed photos."""
     loaded = load_model(settings.model_path, ModelOptions.from_settings(settings))
     size = loaded.card.preprocessing
     pixels = [prepare(data, size.resize_size, size.input_size, settings.max_image_pixels) for _, data in photos]
     results = {}
-    for backend in [name for name in reversed(CPU_PREFERENCE) if installed(name)]:
+    for backend in backends:
         run = engine_for_checkpoint(loaded, backend, torch.device("cpu"), settings.compute_threads).run
         rates, latency = {}, None
-        for batch_size in BATCH_SIZES:
+        for batch_size in batch_sizes:
             batch = np.stack(list(islice(cycle(pixels), batch_size)))
             rates[batch_size], per_call = images_per_second(run, batch, seconds)
             latency = latency or per_call
@@ -151,10 +152,11 @@ def markdown(ceilings: dict, pipeline: float, pipeline_threads: int, backend: st
          f"(**+{unloaded.latency_ms['p50'] - batch1:.1f} ms**; target <= +10 ms)"),
     ]
     table = ["| Measure | Value |", "| --- | --- |", *(f"| {name} | {value} |" for name, value in rows)]
-    backends = ["", "| Backend | " + " | ".join(f"batch {b}" for b in BATCH_SIZES) + " | batch-1 latency |",
-                "| --- |" + " ---: |" * (len(BATCH_SIZES) + 1)]
+    batch_sizes = list(model["images_per_s"])
+    backends = ["", "| Backend | " + " | ".join(f"batch {b}" for b in batch_sizes) + " | batch-1 latency |",
+                "| --- |" + " ---: |" * (len(batch_sizes) + 1)]
     for name, figures in ceilings.items():
-        rates = " | ".join(f"{figures['images_per_s'][b]:.1f}" for b in BATCH_SIZES)
+        rates = " | ".join(f"{figures['images_per_s'][b]:.1f}" for b in batch_sizes)
         backends.append(f"| {name} | {rates} | {figures['batch1_latency_ms']:.1f} ms |")
     return "\n".join(table + backends)
 
@@ -164,6 +166,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=20.0, help="length of each service measurement")
     parser.add_argument("--model-seconds", type=float, default=2.0, help="length of each model measurement")
     parser.add_argument("--concurrency", type=int, default=32, help="clients of the saturation run")
+    parser.add_argument("--backends", default=",".join(name for name in reversed(CPU_PREFERENCE) if installed(name)),
+                        help="engines whose model ceiling to measure (default: every installed one)")
+    parser.add_argument("--batch-sizes", default=",".join(map(str, BATCH_SIZES)),
+                        help="batch sizes of the model ceilings, 1 first (default: %(default)s)")
     parser.add_argument("--json", help="also write every figure to this file")
     args = parser.parse_args(argv)
     settings = dataclasses.replace(Settings.from_env(), port=free_port())
@@ -172,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"{os.cpu_count()} CPUs, {settings.compute_threads} inference threads, torch {torch.__version__}; "
           f"photos: {', '.join(BENCH_PHOTOS)}", flush=True)
-    ceilings = model_ceilings(settings, photos, args.model_seconds)
+    ceilings = model_ceilings(settings, photos, args.model_seconds, args.backends.split(","),
+                              [int(b) for b in args.batch_sizes.split(",")])
     pipeline, pipeline_threads, backend = pipeline_ceiling(settings, photos, args.seconds / 2)
     torch.set_num_threads(settings.compute_threads)
     print(f"  pipeline ceiling {pipeline:.1f} images/s ({pipeline_threads} inference threads)", flush=True)
