@@ -246,6 +246,21 @@ def _format(value) -> str:
     return str(value)
 
 
+def program_settings(program: str, what: str, argv: list[str]) -> Settings:
+    """The settings of a program that takes no arguments but --help.
+
+    Exits 0 after printing its usage for --help, and 2 after one line for a configuration error.
+    """
+    if {"-h", "--help"} & set(argv):
+        print(usage(program, what))
+        raise SystemExit(0)
+    try:
+        return Settings.from_env()
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 def usage(program: str, what: str) -> str:
     """`--help` text of a program that takes no arguments: what it does, then every setting."""
     lines = [f"usage: {program}", "", what, "", "Configuration (environment variables; README, Configuration):"]

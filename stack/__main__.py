@@ -7,7 +7,7 @@ import signal
 import sys
 import time
 
-from serving.config import ConfigError, Settings, usage
+from serving.config import program_settings
 from stack.processes import Stack, StartupError
 
 STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
@@ -19,16 +19,9 @@ CRASH_WINDOW_SECONDS = 60.0
 
 
 def main() -> int:
-    if {"-h", "--help"} & set(sys.argv[1:]):
-        print(usage("python -m stack", "Runs the whole service on this machine (what `make run` runs): a private "
-                    "Redis unless REDIS_URL is set, WORKERS workers, and the API on HOST:PORT (behind nginx with "
-                    "PROXY=nginx). Ctrl-C stops everything."))
-        return 0
-    try:
-        settings = Settings.from_env()
-    except ConfigError as exc:
-        print(f"configuration error: {exc}", file=sys.stderr)
-        return 2
+    settings = program_settings("python -m stack", "Runs the whole service on this machine (what `make run` runs): "
+                                "a private Redis unless REDIS_URL is set, WORKERS workers, and the API on HOST:PORT "
+                                "(behind nginx with PROXY=nginx). Ctrl-C stops everything.", sys.argv[1:])
     private_redis = not os.environ.get("REDIS_URL")
     stack = Stack(settings, workers=settings.workers, private_redis=private_redis)
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM during start-up unwinds like Ctrl-C

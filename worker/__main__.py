@@ -11,7 +11,7 @@ import redis
 import torch
 
 from model_tools.card import ModelLoadError
-from serving.config import LOG_FORMAT, ConfigError, Settings, usage
+from serving.config import LOG_FORMAT, Settings, program_settings
 from worker.backends import BackendError, open_engine
 from worker.inference import Classifier, choose_device
 from worker.loop import Worker
@@ -20,15 +20,8 @@ log = logging.getLogger("worker")
 
 
 def main() -> int:
-    if {"-h", "--help"} & set(sys.argv[1:]):
-        print(usage("python -m worker", "One batching worker: loads MODEL_PATH, then serves the queue in REDIS_URL "
-                    "until SIGTERM or SIGINT, finishing the batch in hand."))
-        return 0
-    try:
-        settings = Settings.from_env()
-    except ConfigError as exc:
-        print(f"configuration error: {exc}", file=sys.stderr)
-        return 2
+    settings = program_settings("python -m worker", "One batching worker: loads MODEL_PATH, then serves the queue "
+                                "in REDIS_URL until SIGTERM or SIGINT, finishing the batch in hand.", sys.argv[1:])
     logging.basicConfig(level=settings.log_level, format=LOG_FORMAT)
     torch.set_num_threads(settings.compute_threads)
     try:

@@ -108,3 +108,16 @@ def test_publishing_removes_only_the_messages_it_handled(client):
     first, second = take(client, max_size=1), take(client, max_size=2)
     publish_results(client, KEYS, "w1", {"r2": b"two", "r3": b"three"}, second, ttl_seconds=30)
     assert client.lrange(KEYS.processing("w1"), 0, -1) == first
+
+
+def test_results_and_the_removal_of_their_messages_go_out_in_one_transaction(real_redis, redis_stack):
+    """What Redis itself saw (MONITOR): every result and every LREM between one MULTI and its EXEC."""
+    enqueue(real_redis, b"m1", b"m2")
+    batch = take_batch(real_redis, KEYS, "w1", 2, block_seconds=0.01, wait_for_more_seconds=0)
+    with redis_stack.redis().monitor() as monitor:
+        publish_results(real_redis, KEYS, "w1", {"r1": b"one", "r2": b"two"}, batch, ttl_seconds=30)
+        seen = []
+        while not seen or seen[-1] != "EXEC":
+            seen.append(monitor.next_command()["command"].split()[0].upper())
+    start = seen.index("MULTI")
+    assert seen[start:] == ["MULTI", "LPUSH", "PEXPIRE", "LPUSH", "PEXPIRE", "LREM", "LREM", "EXEC"]

@@ -1,0 +1,134 @@
+"""The README's command blocks work as written: each one that can run here is run, the rest checked.
+
+`make run` and `make test` are the suite's own start; a `make run` line of the README is checked for
+settings that exist, and the commands around it run for real (a small stand-in model where the README
+names the user's). The C++ block is covered by test_cpp_client.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+
+from serving.config import Settings
+from stack.processes import REPO_ROOT
+from tests.images import PHOTOS
+from tests.model_files import save_classic
+
+pytestmark = pytest.mark.integration
+
+README = (REPO_ROOT / "README.md").read_text()
+SETTING_NAMES = {Settings.env_name(name) for name in Settings.__dataclass_fields__}
+
+
+def blocks(language: str) -> list[str]:
+    return [body for kind, body in re.findall(r"```(\w+)\n(.*?)```", README, re.S) if kind == language]
+
+
+def commands(block: str) -> list[str]:
+    """The block's commands: comments dropped, continuation lines joined."""
+    joined = re.sub(r"\\\n\s*", " ", block)
+    return [line.split(" #")[0].strip() for line in joined.splitlines() if line.strip() and not line.startswith("#")]
+
+
+def block_with(text: str, language: str = "sh") -> list[str]:
+    (block,) = [b for b in blocks(language) if text in b]
+    return commands(block)
+
+
+def run(command: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 300) -> str:
+    finished = subprocess.run(command, shell=True, cwd=cwd, env={**os.environ, **(env or {})}, capture_output=True,
+                              text=True, timeout=timeout)
+    assert finished.returncode == 0, f"{command}\n{finished.stdout[-2000:]}\n{finished.stderr[-2000:]}"
+    return finished.stdout
+
+
+def test_the_curl_example_gives_the_answer_the_readme_shows(service):
+    (console,) = [b for b in blocks("console") if "curl" in b]
+    command, shown = console.split("\n", 1)
+    answer = json.loads(run(command.removeprefix("$ ").replace("http://127.0.0.1:5000", service.url), cwd=PHOTOS))
+    expected = json.loads(shown)
+    assert [p["label"] for p in answer["predictions"]] == [p["label"] for p in expected["predictions"]]
+    for got, printed in zip(answer["predictions"], expected["predictions"]):
+        assert abs(got["probability"] - printed["probability"]) < 1e-3
+    assert answer["model"] == expected["model"] and set(answer["timing"]) >= set(expected["timing"])
+
+
+def test_the_load_test_commands_run_as_written_only_shorter(service, tmp_path):
+    for command in block_with("scripts/loadtest.py"):
+        shorter = command.replace("--requests 500", "--requests 16").replace("--duration 30", "--duration 1")
+        shorter = shorter.replace("http://127.0.0.1:5000", service.url).replace(".venv/bin/python", sys.executable)
+        output = run(shorter.replace("scripts/", f"{REPO_ROOT}/scripts/"), cwd=tmp_path)  # out.* into tmp_path
+        assert "status  200:" in output
+    assert (tmp_path / "out.json").exists() and (tmp_path / "out.png").exists()
+
+
+def test_the_compose_commands_name_services_and_profiles_the_file_has():
+    services = set(run("docker-compose config --services", cwd=REPO_ROOT).split())
+    with_gpu = set(run("docker-compose --profile gpu config --services", cwd=REPO_ROOT).split())
+    for command in block_with("docker compose up"):
+        words = shlex.split(command)
+        scaled = [w.split("=")[0] for w in words if "=" in w and not w.startswith("-")]
+        assert set(scaled) <= (with_gpu if "--profile" in words else services), command
+
+
+class MyNet(torch.nn.Module):
+    """An architecture of the user's own, as the README's third case has it."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = torch.nn.Conv2d(3, 8, 3, stride=4)
+        self.head = torch.nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.head(self.features(x).mean(dim=(2, 3)))
+
+
+def test_the_serve_your_own_model_commands_work_as_written(tmp_path):
+    """Run in a scratch copy of the layout the README assumes: the user's files beside models/ and .venv."""
+    for package in ("app", "model_tools", "serving", "stack", "worker"):
+        (tmp_path / package).symlink_to(REPO_ROOT / package)
+    (tmp_path / "models").mkdir()
+    (tmp_path / ".venv").symlink_to(sys.prefix)  # this test's venv, where the README says .venv
+    (tmp_path / "labels.txt").write_text("daisy\nrose\ntulip\n")
+    torch.manual_seed(0)
+    save_classic(torchvision.models.get_model("resnext101_32x8d", weights=None, num_classes=3).eval(),
+                 tmp_path / "resnext101_32x8.pth")
+    code = tmp_path / "path" / "to" / "your" / "code"
+    code.mkdir(parents=True)
+    (code / "mynet.py").write_text("import torch\n\n" + _source_of(MyNet))
+    subprocess.run([sys.executable, "-c", "import torch, mynet; from tests.model_files import save_classic; "
+                    f"save_classic(mynet.MyNet().eval(), {str(tmp_path / 'mynet.pth')!r})"],
+                   env={**os.environ, "PYTHONPATH": os.pathsep.join([str(code), str(REPO_ROOT)])}, check=True)
+    outputs = []
+    for command in _own_model_commands():
+        if command.endswith("make run"):
+            variables = dict(re.findall(r"(\w+)=(\S+)", command.removesuffix("make run")))
+            assert set(variables) <= SETTING_NAMES, command
+            Settings.from_env(variables)  # valid values too
+        elif command.startswith("curl"):
+            continue  # the curl example above runs for real
+        else:
+            outputs.append(run(command, cwd=tmp_path))
+            assert "checked against" in outputs[-1] and "same top-1" in outputs[-1]
+    assert "wrote models/flowers.pth: state_dict of resnext101_32x8d" in outputs[0]
+    assert "wrote models/mynet.pt2: torch.export program" in outputs[1]
+
+
+def _own_model_commands() -> list[str]:
+    (block,) = [b for b in blocks("sh") if "model_tools import" in b]
+    return commands(block)
+
+
+def _source_of(cls) -> str:
+    import inspect
+    return inspect.getsource(cls)
