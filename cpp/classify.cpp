@@ -10,8 +10,10 @@
 // Speed (README, "C++ client"): JPEGs decoded by libjpeg straight to RGB at Pillow's draft
 // scale, freed memory kept in the heap, the next batch decoded during inference when a core is free.
 //
-// Exit status: 0 all classified; 1 some image files could not be decoded (the rest were
-// classified); 2 bad usage, missing model or folder, no image to classify; 3 inference failed.
+// Exit status: 0 every image file classified; 1 some image files skipped, each named on stderr with
+// why (a GIF, a float TIFF, a broken file), the rest classified; 2 bad usage, missing model or
+// folder, no image to classify; 3 inference failed. Files without an image file name are not read
+// (one note line), and do not change the status.
 
 #include <ATen/Parallel.h>
 #include <torch/script.h>
@@ -27,6 +29,7 @@
 #endif
 
 #include <algorithm>
+#include <cctype>
 #include <chrono>
 #include <climits>
 #include <cmath>
@@ -518,11 +521,32 @@ cv::Mat decode_jpeg_rgb(const std::vector<uint8_t>& bytes, int min_side) {
 #endif
 
 
-// An image as decoded: 8-bit, 3 channels, in OpenCV's BGR order or (JPEGs through libjpeg) RGB.
+// An image as decoded: 8-bit, 3 channels, in OpenCV's BGR order or (JPEGs through libjpeg) RGB;
+// or no pixels and why not.
 struct Decoded {
   cv::Mat pixels;
   bool rgb = false;
+  std::string why_not;
 };
+
+// Why OpenCV gave no pixels, in one line: its own exception text it prints to stderr, or the format.
+std::string undecodable_reason(const std::vector<uint8_t>& bytes, const std::string& opencv_said) {
+  static const std::string kGif = "GIF8";
+  if (bytes.size() >= kGif.size() && std::equal(kGif.begin(), kGif.end(), bytes.begin()))
+    return "GIF is not among the formats this client decodes (OpenCV " CV_VERSION " has no GIF reader)";
+  static const std::string kMarker = "error: ";
+  auto at = opencv_said.find(kMarker);
+  if (at == std::string::npos) return "OpenCV cannot decode it as an image";
+  auto unsupported = opencv_said.find("Unsupported");  // past the function signature, to what went wrong
+  std::string detail;  // its layout ("> " quoting, line breaks, indents) folded into single spaces
+  for (char c : opencv_said.substr(unsupported != std::string::npos ? unsupported : at + kMarker.size())) {
+    bool blank = c == '>' || std::isspace(static_cast<unsigned char>(c));
+    if (!blank) detail += c;
+    else if (!detail.empty() && detail.back() != ' ') detail += ' ';
+  }
+  while (!detail.empty() && detail.back() == ' ') detail.pop_back();
+  return "OpenCV cannot decode it: " + detail.substr(0, 160);
+}
 
 // Decode as the service does: JPEGs at a reduced scale when the resize allows it, EXIF
 // orientation applied, 16-bit scaled to 8, transparency on white, grey to colour. Resampling
@@ -530,23 +554,28 @@ struct Decoded {
 // file cannot be decoded.
 Decoded decode_image(const fs::path& path, int min_side) {
   std::ifstream file(path, std::ios::binary | std::ios::ate);
-  if (!file) return {};
+  if (!file) return {{}, false, "cannot open it"};
   std::vector<uint8_t> bytes(static_cast<size_t>(file.tellg()));
   file.seekg(0);
   if (bytes.empty() || !file.read(reinterpret_cast<char*>(bytes.data()), static_cast<std::streamsize>(bytes.size())))
-    return {};
+    return {{}, false, bytes.empty() ? "the file is empty" : "cannot read it"};
   bool jpeg = bytes.size() > 2 && bytes[0] == 0xFF && bytes[1] == 0xD8;
 #ifdef CLASSIFY_HAVE_LIBJPEG
   if (jpeg) {
     cv::Mat rgb = decode_jpeg_rgb(bytes, min_side);
-    if (!rgb.empty()) return {rgb, true};
+    if (!rgb.empty()) return {rgb, true, ""};
   }
 #endif
   // JPEG: IMREAD_COLOR (and REDUCED) apply the EXIF orientation. Others: IMREAD_UNCHANGED keeps alpha and depth.
+  // OpenCV prints a page about a file it cannot read to std::cerr; it becomes part of one warning line instead.
+  std::ostringstream opencv_said;
+  std::streambuf* stderr_buffer = std::cerr.rdbuf(opencv_said.rdbuf());
   cv::Mat image = cv::imdecode(bytes, jpeg ? jpeg_draft_flag(bytes, min_side) : cv::IMREAD_UNCHANGED);
-  if (image.empty()) return {};
+  std::cerr.rdbuf(stderr_buffer);
+  if (image.empty()) return {{}, false, undecodable_reason(bytes, opencv_said.str())};
   if (image.depth() == CV_16U) image.convertTo(image, CV_8U, 1.0 / 256.0);
-  if (image.depth() != CV_8U) return {};
+  if (image.depth() != CV_8U) return {{}, false, "samples of OpenCV depth " + std::to_string(image.depth()) +
+                                                      " (not 8 or 16 bit) are not decoded by this client"};
   cv::Mat bgr;
   switch (image.channels()) {
     case 1: cv::cvtColor(image, bgr, cv::COLOR_GRAY2BGR); break;
@@ -566,9 +595,9 @@ Decoded decode_image(const fs::path& path, int min_side) {
       cv::merge(bgra, 3, bgr);
       break;
     }
-    default: return {};
+    default: return {{}, false, std::to_string(image.channels()) + " channels are not decoded by this client"};
   }
-  return {bgr, false};
+  return {bgr, false, ""};
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -789,7 +818,7 @@ Batch prepare_batch(const Options& o, const ModelCard& card, const std::vector<f
     const fs::path& file = candidates[next++];
     Decoded image = decode_image(file, card.resize_size);
     if (image.pixels.empty()) {
-      std::cerr << "warning: skipping " << file.filename().string() << ": cannot decode it as an image\n";
+      std::cerr << "warning: skipping " << file.filename().string() << ": " << image.why_not << "\n";
       ++batch.undecodable;
       continue;
     }
@@ -828,11 +857,17 @@ int run(const Options& o) {
   Model model = load_model(o.model);
   const ModelCard& card = model.card;
   std::vector<fs::path> candidates;
+  std::vector<std::string> not_images;
   for (const fs::path& file : list_files(o.folder)) {
     if (has_image_extension(file))
       candidates.push_back(file);
     else
-      std::cerr << "warning: skipping " << file.filename().string() << ": not an image file name\n";
+      not_images.push_back(file.filename().string());
+  }
+  if (!not_images.empty()) {  // one line: a folder of photos often holds notes and sidecar files too
+    std::cerr << "note: " << not_images.size() << " file(s) without an image file name not read: " << not_images[0];
+    for (size_t i = 1; i < std::min<size_t>(not_images.size(), 4); ++i) std::cerr << ", " << not_images[i];
+    std::cerr << (not_images.size() > 4 ? ", ...\n" : "\n");
   }
   if (candidates.empty()) throw UsageError("no image files in " + o.folder);
   if (!o.save_crops.empty()) fs::create_directories(o.save_crops);
@@ -911,7 +946,7 @@ int run(const Options& o) {
   }
   std::cout << summary.str() << std::endl;
   if (undecodable) {
-    std::cerr << "error: " << undecodable << " image file(s) could not be decoded; the other " << classified
+    std::cerr << "error: " << undecodable << " image file(s) skipped, each named above; the other " << classified
               << " were classified\n";
     return kUndecodable;
   }

@@ -4,6 +4,7 @@ Building is part of the test: a missing compiler, libtorch or OpenCV is a failur
 """
 
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from model_tools.export import CARD_FILE
+from model_tools import CARD_FILE
 from serving.preprocess import prepare
 from tests.images import CAT_LABELS, PHOTOS, jpeg_with_orientation
 from tests.reference import COLOUR_PHOTOS, reference_top3
@@ -130,8 +131,8 @@ def test_a_corrupt_image_is_a_warning_and_the_rest_is_classified(classify, tmp_p
     (tmp_path / "notes.txt").write_text("not an image")
     completed = run(classify, "--json", tmp_path)
     assert completed.returncode == 1
-    assert "skipping notes.txt: not an image file name" in completed.stderr
-    assert "broken.jpg: cannot decode" in completed.stderr
+    assert "note: 1 file(s) without an image file name not read: notes.txt" in completed.stderr
+    assert "skipping broken.jpg: OpenCV cannot decode it" in completed.stderr
     predictions, summary = results(completed)
     assert list(predictions) == ["coffee.png"] and summary["undecodable"] == 1
 
@@ -162,3 +163,20 @@ def test_a_model_file_without_a_card_is_refused(classify, photo_folder, tmp_path
     assert completed.returncode == 2 and f"carries no {CARD_FILE}" in completed.stderr
     completed = run(classify, "--model", junk, photo_folder)
     assert completed.returncode == 2 and "is not a TorchScript file" in completed.stderr
+
+
+def test_scikit_images_folder_as_the_readme_runs_it_names_each_skipped_file_in_one_line(classify):
+    """The README's example: the photos are classified; a GIF and a float TIFF are skipped, one line each."""
+    completed = run(classify, "--topk", 1, PHOTOS)
+    assert completed.returncode == 1
+    warnings = [line for line in completed.stderr.splitlines() if not line.startswith("libpng warning")]
+    warnings = [re.sub(r"OpenCV [\d.]+ has", "OpenCV has", line) for line in warnings]
+    assert warnings == [
+        "note: 9 file(s) without an image file name not read: README.txt, __init__.py, __init__.pyi, "
+        "_binary_blobs.py, ...",
+        "warning: skipping multipage_rgb.tif: OpenCV cannot decode it: Unsupported depth of input image: "
+        "'VDepth::contains(depth)' where 'depth' is 6 (CV_64F)",
+        "warning: skipping no_time_for_that_tiny.gif: GIF is not among the formats this client decodes "
+        "(OpenCV has no GIF reader)",
+        "error: 2 image file(s) skipped, each named above; the other 27 were classified"], completed.stderr
+    assert "chelsea.png\n    0.3773  Egyptian cat (285)" in completed.stdout
