@@ -58,6 +58,8 @@ def _serve_until_stopped(stack: Stack) -> int:
             names = ", ".join(f"{p.args[0] if p.args[0] != sys.executable else p.args[2]} (exit {p.returncode})"
                               for p in dead)
             print(f"{names} exited; stopping the rest", file=sys.stderr)
+            if stack.redis_process in dead:
+                print(f"redis-server's log ends:\n{stack.redis_log_tail()}", file=sys.stderr)
             return 1
         now = time.monotonic()
         for index, process in enumerate(stack.worker_processes):

@@ -136,6 +136,9 @@ class Stack:
         self.redis_process = self._spawn("redis", [
             "redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
             "--dir", str(self._scratch), "--loglevel", "warning",
+            # Redis logs its banner and shutdown at "warning" too: to a file, not the launcher's terminal
+            # (the launcher shows its last lines if it dies).
+            *(() if self.log_dir else ("--logfile", str(self.redis_log))),
             *(argument.format(port=port) for argument in self.redis_arguments)])
         self.settings = dataclasses.replace(self.settings, redis_url=self.redis_url_template.format(port=port))
         self._wait_for(lambda: self.redis().ping(), "redis", self.redis_process, 10.0)
@@ -243,6 +246,17 @@ class Stack:
     def log_path(self, name: str) -> Path | None:
         return self.log_dir / f"{name}.log" if self.log_dir else None
 
+    @property
+    def redis_log(self) -> Path:
+        return self.log_path("redis") or self._scratch / "redis.log"
+
+    def redis_log_tail(self, lines: int = 5) -> str:
+        """The private Redis's last log lines, for a message about its death."""
+        try:
+            return "\n".join(self.redis_log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
     def _spawn(self, name: str, command: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
         env = {**os.environ, **self.settings.as_env(), **(env or {})}
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
@@ -274,4 +288,6 @@ class Stack:
 
     def _log_hint(self, name: str) -> str:
         path = self.log_path(name)
-        return f"; see {path}" if path else ""
+        if path:
+            return f"; see {path}"
+        return f"; its log ends:\n{self.redis_log_tail()}" if name == "redis" else ""
