@@ -10,6 +10,7 @@ run: setup
 	$(PY) -m stack
 
 test: setup test-tools
+	$(PY) -m ruff check .
 	$(PY) -m pytest
 
 # Model and pipeline ceilings, then the service at saturation, half load and unloaded: one markdown table.

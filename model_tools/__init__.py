@@ -4,4 +4,5 @@ This file itself imports nothing, so `python -m model_tools ... --if-missing` an
 """
 
 CARD_FILE = "model_card.json"  # the card's name inside TorchScript, torch.export and ONNX files
-TOLERANCE = 1e-4  # largest accepted difference of any probability between two engines; float32 reorderings stay near 1e-6
+# Largest accepted difference of any probability between two engines; float32 reorderings stay near 1e-6.
+TOLERANCE = 1e-4

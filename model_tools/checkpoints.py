@@ -147,8 +147,9 @@ def _from_pickled(path: Path, options: ModelOptions) -> tuple[nn.Module, dict]:
     if not options.trusted:
         raise ModelLoadError(
             f"{path} is pickled, and unpickling runs code from the file. Where you trust the file, convert it "
-            f"once into one that needs no unpickling: `{IMPORT_COMMAND} {path} --trusted --out model.pth` (add --labels and --arch if "
-            f"you have them), and serve that; or, to use it as it is: {options.names['trusted']}.")
+            f"once into one that needs no unpickling: `{IMPORT_COMMAND} {path} --trusted --out model.pth` "
+            f"(add --labels and --arch if you have them), and serve that; or, to use it as it is: "
+            f"{options.names['trusted']}.")
     try:
         contents = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # unpickling raises whatever the pickled code raises
