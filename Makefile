@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: run test bench bench-heavy setup redis-server test-tools model model-ts cpp clean
+.PHONY: run test bench bench-heavy mutants setup redis-server test-tools model model-ts cpp clean
 
 run: setup
 	@if [ "$(PROXY)" = nginx ]; then scripts/ensure-nginx.sh; fi
@@ -16,6 +16,10 @@ test: setup test-tools
 # Model and pipeline ceilings, then the service at saturation, half load and unloaded: one markdown table.
 bench: setup
 	$(PY) -m scripts.bench
+
+# Break each guarantee on purpose (a named list of mutants) and check a test fails: scripts/mutants.py.
+mutants: setup test-tools
+	$(PY) -m scripts.mutants
 
 # A user's heavy model (ResNeXt-101 in the classic checkpoint format) at batch 8, 16 and 32: scripts/bench_heavy.py.
 bench-heavy: setup
