@@ -3,7 +3,7 @@
 #
 #   LIBTORCH=/path/to/libtorch cpp/build.sh   use that libtorch (an unzipped download from pytorch.org)
 #   cpp/build.sh                              unpack libtorch from the CPU wheel of torch 2.13.0 into cpp/libtorch
-#   BUILD_TYPE=Debug BUILD_DIR=cpp/build-debug cpp/build.sh   another build (the README's measurements)
+#   BUILD_TYPE=Debug BUILD_DIR=cpp/build-debug cpp/build.sh   another build (docs/cpp-client.md's measurements)
 #
 # Missing cmake, g++ or Debian's libopencv-dev are installed with apt-get when running as root;
 # otherwise the script says what to install and fails (scripts/ensure-debian-package.sh).

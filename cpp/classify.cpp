@@ -7,7 +7,7 @@
 // card inside the .pt file (model_card.json) gives the class names and the resize and crop.
 // Preprocessing is the service's (serving/preprocess.py), pixel for pixel: shorter side to
 // resize_size with Pillow's bilinear filter (reimplemented below), center crop to input_size.
-// Speed (README, "C++ client"): JPEGs decoded by libjpeg straight to RGB at Pillow's draft
+// Speed (docs/cpp-client.md "The C++ client"): JPEGs decoded by libjpeg straight to RGB at Pillow's draft
 // scale, freed memory kept in the heap, the next batch decoded during inference when a core is free.
 //
 // Exit status: 0 every image file classified; 1 some image files skipped, each named on stderr with
@@ -638,7 +638,7 @@ const char* const kUsage =
     "  --threads T    intra-op threads (default: libtorch's, one per physical core)\n"
     "  --json         one JSON object per image and a final summary object, instead of text\n"
     "  --save-crops D write each image's model input (the resized, cropped RGB) as D/<name>.png\n"
-    "measurement switches (README, \"Why libtorch looked slower\"):\n"
+    "measurement switches (docs/cpp-client.md, \"Why libtorch looked slower\"):\n"
     "  --no-warmup    time the first calls too (the TorchScript executor profiles and optimizes them)\n"
     "  --grad-mode M  inference (default: c10::InferenceMode) | no-grad (NoGradGuard) | enabled (autograd on)\n"
     "  --overlap, --no-overlap  decode the next batch on a second thread while the model runs, or not\n"

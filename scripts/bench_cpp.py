@@ -1,7 +1,7 @@
 """Python eager vs Python TorchScript vs the C++ client, on the same photos, model, threads and batch.
 
     .venv/bin/python scripts/bench_cpp.py [--images 64] [--batch 8] [--threads 2] [--rounds 5]
-    .venv/bin/python scripts/bench_cpp.py --causes     # the README's "Why libtorch looked slower"
+    .venv/bin/python scripts/bench_cpp.py --causes     # docs/cpp-client.md "Why libtorch looked slower"
 
 Every measurement is a fresh process doing the same work: decode + preprocess + infer every
 photo of a folder, in batches, timed with a monotonic wall clock (model loading excluded);

@@ -68,7 +68,7 @@ class Settings:
     workers: int = _setting(
         "WORKERS", 2,
         "Worker processes `make run` starts. Two served 6-10% more than one on 2 cores: while one "
-        "unpacks or answers a batch, the other computes (README, Levers measured).")
+        "unpacks or answers a batch, the other computes (docs/performance.md, Levers measured).")
     batch_size: int = _setting(
         "BATCH_SIZE", 8, "Most images the worker runs in one forward pass.")
     batch_wait_ms: float = _setting(

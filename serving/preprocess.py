@@ -96,7 +96,7 @@ def decode(encoded: EncodedImage, min_side: int = 0) -> Image.Image:
     With min_side, a JPEG is decoded at a reduced scale (libjpeg scales by 1/2, 1/4
     or 1/8 while decoding) as long as both sides stay at least min_side: a 1920x1280
     photo decodes about 5x faster, and the model sees it resized far below that anyway.
-    Plain PNGs go to libspng, which gives Pillow's pixels 1.5-5x faster (README, Levers).
+    Plain PNGs go to libspng, which gives Pillow's pixels 1.5-5x faster (docs/performance.md "Levers measured").
     """
     with _undecodable_as_image_error():
         if encoded.is_plain_png:

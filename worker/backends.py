@@ -39,7 +39,7 @@ from worker.engine_cache import EngineCache
 log = logging.getLogger("worker")
 
 BACKENDS = ("auto", "torch", "torchscript", "onnxruntime", "openvino")
-# Fastest first in the service on this project's 2-core CPU with EfficientNet-Lite0 (README, Performance):
+# Fastest first in the service on this project's 2-core CPU with EfficientNet-Lite0 (docs/performance.md "make bench"):
 # alone, openvino computes faster, but beside the API processes onnxruntime serves more.
 CPU_PREFERENCE = ("onnxruntime", "openvino", "torchscript", "torch")
 _NEEDS_MODULE = {"onnxruntime": "onnxruntime", "openvino": "openvino"}

@@ -1,4 +1,4 @@
-"""The README's command blocks work as written: each one that can run here is run, the rest checked.
+"""The command blocks of the README and docs/ work as written: each one that can run here is run, the rest checked.
 
 `make run` and `make test` are the suite's own start; a `make run` line of the README is checked for
 settings that exist, and the commands around it run for real (a small stand-in model where the README
@@ -26,7 +26,7 @@ from tests.model_files import save_classic
 
 pytestmark = pytest.mark.integration
 
-README = (REPO_ROOT / "README.md").read_text()
+README = "\n".join(path.read_text() for path in [REPO_ROOT / "README.md", *sorted((REPO_ROOT / "docs").glob("*.md"))])
 SETTING_NAMES = {Settings.env_name(name) for name in Settings.__dataclass_fields__}
 
 

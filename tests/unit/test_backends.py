@@ -37,7 +37,7 @@ def solid_colours() -> np.ndarray:
 
 
 def test_every_engine_is_installed():
-    # requirements.txt installs them all, so `auto` is never quietly slower than the README says
+    # requirements.txt installs them all, so `auto` is never quietly slower than docs/performance.md says
     assert all(installed(name) for name in ENGINES)
 
 
