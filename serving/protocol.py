@@ -229,7 +229,6 @@ return tostring(now)
 LIVE_WORKERS = _NOW + "return redis.call('ZCOUNT', KEYS[1], now - tonumber(ARGV[1]), '+inf')"
 
 
-
 def count_live_workers(client, keys: Keys, worker_timeout: float):
     """Queue or run LIVE_WORKERS on a client or pipeline (a pipeline returns itself, the count comes at execute)."""
     return client.eval(LIVE_WORKERS, 1, keys.workers, worker_timeout)

@@ -26,6 +26,8 @@ def main() -> int:
     stack = Stack(settings, workers=settings.workers, private_redis=private_redis)
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM during start-up unwinds like Ctrl-C
     try:
+        if not private_redis:
+            stack.require_redis()
         with stack:
             redis_note = "private Redis" if private_redis else "Redis"
             print(f"listening on {stack.url} ({settings.workers} worker(s), {redis_note} at "

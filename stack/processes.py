@@ -117,12 +117,11 @@ class Stack:
         self.stop()
 
     def start(self, ready_timeout: float = 120.0) -> None:
-        """Everything, after checking what would otherwise fail late: the port, and a Redis the user named."""
+        """Everything, after checking that the port is free (gunicorn would find out only after the workers
+        loaded their models, and the readiness check could meanwhile be answered by whatever holds the port)."""
         self._require_free_port()
         if self.private_redis:
             self.start_redis()
-        else:
-            self._require_redis()
         for _ in range(self.worker_count):
             self.start_worker()
         self.start_api()
@@ -144,8 +143,6 @@ class Stack:
         self._wait_for(lambda: self.redis().ping(), "redis", self.redis_process, 10.0)
 
     def _require_free_port(self) -> None:
-        # gunicorn would find out only after the workers loaded their models, and the readiness check
-        # could meanwhile be answered by whatever holds the port.
         with socket.socket() as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn binds
             try:
@@ -154,7 +151,8 @@ class Stack:
                 raise StartupError(f"port {self.settings.port} on {self.settings.host} is in use ({exc.strerror}): "
                                    "stop what listens there, or set PORT to another port") from None
 
-    def _require_redis(self) -> None:
+    def require_redis(self) -> None:
+        """A Redis the user named answers; else StartupError at once, rather than workers retrying for minutes."""
         try:
             redis.Redis.from_url(self.settings.redis_url, socket_connect_timeout=3, socket_timeout=3).ping()
         except redis.RedisError as exc:

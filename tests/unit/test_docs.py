@@ -8,15 +8,19 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-# Pointers in code and configuration: docs/performance.md "Levers measured", docs/cpp-client.md, "Why ..." (C++),
-# (docs/performance.md, Levers measured), README "Configuration".
+# Pointers in code and configuration name a document and a heading: the document's path, then the heading in
+# double quotes (after a comma in C++ strings, escaped), or after a comma in parentheses; README for the README.
 QUOTED = re.compile(r'(README|docs/[\w-]+\.md),?\s*\\?"([^"\\]+)\\?"')
 COMMA = re.compile(r"(docs/[\w-]+\.md), ([A-Z][\w ]+)\)")
 
 
 def headings(document: Path) -> set[str]:
-    return {line.lstrip("#").strip().strip("`").replace("`", "") for line in document.read_text().splitlines()
-            if line.startswith("#")}
+    found, in_code = set(), False
+    for line in document.read_text().splitlines():
+        in_code ^= line.startswith("```")
+        if line.startswith("#") and not in_code:
+            found.add(line.lstrip("#").strip().replace("`", ""))
+    return found
 
 
 def anchor(heading: str) -> str:
@@ -25,8 +29,8 @@ def anchor(heading: str) -> str:
 
 def tracked_code_files() -> list[Path]:
     names = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
-    return [ROOT / name for name in names
-            if Path(name).suffix in {".py", ".cpp", ".sh", ".yml", ".toml"} or Path(name).name in {"Makefile",
+    return [ROOT / name for name in names if ROOT / name != Path(__file__)
+            and Path(name).suffix in {".py", ".cpp", ".sh", ".yml", ".toml"} or Path(name).name in {"Makefile",
                                                                                                    "Dockerfile"}]
 
 
