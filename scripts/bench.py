@@ -27,25 +27,17 @@ from itertools import cycle, islice
 from pathlib import Path
 
 import numpy as np
-import skimage
 import torch
 
 from model_tools.card import ModelOptions
 from model_tools.checkpoints import load_model
-from scripts.loadtest import Client, Report, closed_loop, open_loop, summarize
+from scripts.loadtest import SAMPLE_PHOTOS, Client, Report, closed_loop, open_loop, sample_photos, summarize
 from serving.config import Settings
 from serving.preprocess import prepare
 from stack.processes import Stack, free_port
 from worker.backends import CPU_PREFERENCE, engine_for_checkpoint, installed, open_engine
 
-# Colour photos from scikit-image, PNG and JPEG, 451x300 to 1000x872 pixels.
-BENCH_PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "hubble_deep_field.jpg",
-                "motorcycle_left.png", "rocket.jpg")
 BATCH_SIZES = (1, 2, 4, 8, 16, 32)
-
-
-def bench_photos() -> list[tuple[str, bytes]]:
-    return [(name, (Path(skimage.data_dir) / name).read_bytes()) for name in BENCH_PHOTOS]
 
 
 def images_per_second(run, batch: np.ndarray, seconds: float) -> tuple[float, float]:
@@ -173,11 +165,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", help="also write every figure to this file")
     args = parser.parse_args(argv)
     settings = dataclasses.replace(Settings.from_env(), port=free_port())
-    photos = bench_photos()
+    photos = sample_photos()
     torch.set_num_threads(settings.compute_threads)  # the worker's thread count, for every engine
 
     print(f"{os.cpu_count()} CPUs, {settings.compute_threads} inference threads, torch {torch.__version__}; "
-          f"photos: {', '.join(BENCH_PHOTOS)}", flush=True)
+          f"photos: {', '.join(SAMPLE_PHOTOS)}", flush=True)
     ceilings = model_ceilings(settings, photos, args.model_seconds, args.backends.split(","),
                               [int(b) for b in args.batch_sizes.split(",")])
     pipeline, pipeline_threads, backend = pipeline_ceiling(settings, photos, args.seconds / 2)

@@ -23,8 +23,7 @@ from pathlib import Path
 import torch
 import torchvision
 
-from scripts.bench import bench_photos
-from scripts.loadtest import Client, Report, closed_loop, summarize
+from scripts.loadtest import Client, Report, closed_loop, sample_photos, summarize
 from serving.config import Settings
 from stack.processes import Stack, free_port
 
@@ -51,7 +50,7 @@ def seconds_until_ready(settings: Settings, logs: Path) -> float:
 def under_load(settings: Settings, logs: Path, seconds: float, concurrency: int) -> tuple[Report, int]:
     """The closed-loop report at these settings, and how many times a worker was reaped meanwhile."""
     with Stack(settings, workers=2, log_dir=logs) as stack:
-        client = Client(stack.url + "/predict", bench_photos(), timeout=settings.request_timeout + 30)
+        client = Client(stack.url + "/predict", sample_photos(), timeout=settings.request_timeout + 30)
         report = summarize(f"batch {settings.batch_size}", closed_loop(client, concurrency, 10**6, seconds, False))
     reaped = sum(path.read_text().count("reaped dead worker") for path in logs.glob("worker*.log"))
     return report, reaped
