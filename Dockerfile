@@ -28,8 +28,11 @@ RUN python -m model_tools build-default
 COPY app/ app/
 COPY worker/ worker/
 
-# Not root; the code and the model stay read-only to the service.
-RUN useradd --system --no-create-home --shell /usr/sbin/nologin imgcls
+# Not root; the code and the model stay read-only to the service. Verified engine exports go to a cache
+# the service may write (a volume in docker-compose.yml, so restarts and scaled workers share it).
+RUN useradd --system --no-create-home --shell /usr/sbin/nologin imgcls \
+ && mkdir -p /var/cache/imgcls && chown imgcls /var/cache/imgcls
+ENV ENGINE_CACHE_DIR=/var/cache/imgcls
 USER imgcls
 
 ENV HOST=0.0.0.0 PORT=5000

@@ -21,6 +21,7 @@ import copy
 import functools
 import importlib.util
 import logging
+import os
 import tempfile
 import zipfile
 from collections.abc import Callable
@@ -71,8 +72,24 @@ def open_engine(settings: Settings, device: torch.device) -> Engine:
     if is_serving_torchscript(path):
         return _engine_for_torchscript_file(path, options, settings.backend, device)
     loaded = load_model(path, options)
-    cache = EngineCache.for_model_file(Path(settings.engine_cache_dir), path) if settings.engine_cache_dir else None
-    return engine_for_checkpoint(loaded, settings.backend, device, threads, cache)
+    return engine_for_checkpoint(loaded, settings.backend, device, threads, _engine_cache(settings, path))
+
+
+def _engine_cache(settings: Settings, model_path: Path) -> EngineCache | None:
+    """ENGINE_CACHE_DIR's cache for this model file; None when it is unset or cannot be written."""
+    if not settings.engine_cache_dir:
+        return None
+    directory = Path(settings.engine_cache_dir)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        log.warning("ENGINE_CACHE_DIR=%s cannot be created (%s): engines are exported at every start", directory,
+                    exc.strerror)
+        return None
+    if not os.access(directory, os.W_OK):
+        log.warning("ENGINE_CACHE_DIR=%s is not writable: engines are exported at every start", directory)
+        return None
+    return EngineCache.for_model_file(directory, model_path)
 
 
 def engine_for_checkpoint(loaded: LoadedModel, backend: str, device: torch.device, threads: int,

@@ -79,3 +79,10 @@ def test_an_export_that_failed_is_remembered_and_not_tried_at_every_start(tmp_pa
     assert open_engine(settings, CPU).backend == "torchscript"  # auto: both ONNX engines failed, the next one serves
     assert open_engine(settings, CPU).backend == "torchscript"
     assert len(attempts) == 2  # onnxruntime and openvino once each, not again at the second start
+
+
+def test_a_cache_folder_that_cannot_be_written_means_exporting_at_every_start_not_a_dead_worker(tmp_path, exports):
+    model = write_model(tmp_path / "model.pth", seed=0)
+    (tmp_path / "file").write_text("a file where the folder would go")
+    assert start(model, tmp_path / "file" / "cache").backend == "onnxruntime"
+    assert len(exports) == 1
