@@ -42,8 +42,7 @@ def main() -> int:
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    Worker(redis_client(settings), classifier, settings).run(stop)
-    return 0
+    return 0 if Worker(redis_client(settings), classifier, settings).run(stop) else 1
 
 
 def redis_client(settings: Settings) -> redis.Redis:

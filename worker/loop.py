@@ -43,23 +43,26 @@ class Worker:
         self._may_hold_messages = False  # True after a Redis error: the processing list may hold unpublished work
         self.clock = RedisClock()  # read again at every heartbeat
         self.first_heartbeat = threading.Event()
+        self.heartbeat_failed = False
         card = classifier.card
         self.model_info = ModelInfo(card.name, card.arch, len(card.class_names), card.preprocessing.input_size,
                                     card.preprocessing.resize_size, card.preprocessing.mean, card.preprocessing.std,
                                     str(classifier.device), settings.batch_size, classifier.backend,
                                     dict(card.sources)).to_json()
 
-    def run(self, stop: threading.Event) -> None:
-        """Serve until `stop` is set; the batch in hand is always finished first.
+    def run(self, stop: threading.Event) -> bool:
+        """Serve until `stop` is set; the batch in hand is always finished first. False if the heartbeat failed.
 
         Heartbeats and maintenance run in a thread of their own, so a batch that computes for longer
         than WORKER_TIMEOUT never makes this worker look dead. It stops before the sign-off, so no
-        late heartbeat registers a worker that has left.
+        late heartbeat registers a worker that has left. Should it fail for anything but a Redis error
+        (which it retries), the worker stops too: serving on without heartbeats would get its requests
+        run twice and, were it the only worker, have the API answer 503 while it computes.
         """
         log.info("worker=%s ready model=%s device=%s batch_size=%d", self.worker_id,
                  self.classifier.card.name, self.classifier.device, self.settings.batch_size)
         beating = threading.Event()
-        heartbeat = threading.Thread(target=self.beat_until, args=(beating,), name="heartbeat", daemon=True)
+        heartbeat = threading.Thread(target=self._beat_or_stop, args=(beating, stop), name="heartbeat", daemon=True)
         heartbeat.start()
         while not (self.first_heartbeat.wait(0.1) or stop.is_set()):
             pass  # messages' deadlines are by Redis's clock, which the first heartbeat reads
@@ -72,6 +75,15 @@ class Worker:
             # Whatever it held is recovered by the others once its heartbeat ages out.
             log.warning("worker=%s could not sign off: %s", self.worker_id, exc)
         log.info("worker=%s stopped after %d batches", self.worker_id, self.batches)
+        return not self.heartbeat_failed
+
+    def _beat_or_stop(self, beating: threading.Event, stop: threading.Event) -> None:
+        try:
+            self.beat_until(beating)
+        except Exception:
+            log.exception("worker=%s heartbeat failed; stopping the worker", self.worker_id)
+            self.heartbeat_failed = True
+            stop.set()
 
     def beat_until(self, stop: threading.Event) -> None:
         """Every heartbeat period until `stop`: announce this worker, then reap dead ones."""

@@ -168,3 +168,24 @@ def test_a_retried_request_runs_alone_before_the_queue(worker):
     assert result(worker, "r1")["timing"]["batch_size"] == 1 and result(worker, "q1") is None
     worker.serve_once()
     assert result(worker, "q1")["timing"]["batch_size"] == result(worker, "q2")["timing"]["batch_size"] == 2
+
+
+def test_a_heartbeat_that_fails_for_good_stops_the_worker_instead_of_serving_unannounced(real_redis, monkeypatch):
+    worker = Worker(real_redis, tiny_classifier(), SETTINGS, worker_id="w1")
+    beats = []
+
+    def second_beat_breaks():
+        beats.append(time.monotonic())
+        if len(beats) > 1:
+            raise ValueError("unexpected reply")
+        real_redis.zadd(KEYS.workers, {"w1": time.time()})
+        worker.first_heartbeat.set()
+
+    monkeypatch.setattr(worker, "heartbeat", second_beat_breaks)
+    stop = threading.Event()
+    finished = []
+    thread = threading.Thread(target=lambda: finished.append(worker.run(stop)))
+    thread.start()
+    thread.join(10)
+    assert not thread.is_alive() and finished == [False]
+    assert worker.client.zscore(KEYS.workers, "w1") is None  # signed off: its work goes back at once
