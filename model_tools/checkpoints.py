@@ -124,6 +124,12 @@ def is_exported_program(path: Path) -> bool:
     return any(name.endswith("/archive_format") for name in _zip_members(path))
 
 
+def is_serving_torchscript(path: Path) -> bool:
+    """A TorchScript export of model_tools (uint8 images in, probabilities out, card inside)."""
+    members = _zip_members(path)
+    return any("/code/" in name for name in members) and any(name.endswith(f"/extra/{CARD_FILE}") for name in members)
+
+
 def _zip_members(path: Path) -> list[str]:
     if not zipfile.is_zipfile(path):
         return []

@@ -23,7 +23,6 @@ import importlib.util
 import logging
 import os
 import tempfile
-import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,9 +30,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from model_tools import CARD_FILE, export
+from model_tools import export
 from model_tools.card import ModelCard, ModelLoadError, ModelOptions, card_fields, resolve_card
-from model_tools.checkpoints import LoadedModel, is_torchscript_file, load_model
+from model_tools.checkpoints import LoadedModel, is_serving_torchscript, load_model
 from serving.config import Settings
 from worker.engine_cache import EngineCache
 
@@ -116,12 +115,6 @@ def engine_for_checkpoint(loaded: LoadedModel, backend: str, device: torch.devic
     raise AssertionError("unreachable: torch ends every candidate list")
 
 
-def is_serving_torchscript(path: Path) -> bool:
-    """A TorchScript export of model_tools (uint8 images in, probabilities out, card inside)."""
-    return is_torchscript_file(path) and any(name.endswith(f"/extra/{CARD_FILE}")
-                                             for name in zipfile.ZipFile(path).namelist())
-
-
 def installed(backend: str) -> bool:
     module = _NEEDS_MODULE.get(backend)
     return module is None or importlib.util.find_spec(module) is not None
@@ -136,8 +129,7 @@ def _auto_candidates(device: torch.device) -> list[str]:
 def _verified_export(backend: str, loaded: LoadedModel, device: torch.device, threads: int,
                      reference: Callable[[], Run], cache: EngineCache | None) -> Run:
     """The backend running an export of the model that gives eager PyTorch's answers, from the cache if it has one."""
-    if backend in _NEEDS_MODULE and not installed(backend):
-        raise BackendError(f"BACKEND={backend} is not installed (pip install {_NEEDS_MODULE[backend]})")
+    _require_installed(backend)  # before the cache's key, which reads the runtime's version
     if cache is None:
         with tempfile.TemporaryDirectory() as scratch:
             return _export_and_verify(backend, loaded, device, threads, reference,
@@ -212,9 +204,13 @@ def _torch_run(loaded: LoadedModel, device: torch.device) -> Run:
     return export.torch_predictor(model, device)
 
 
-def _onnx_run(backend: str, path: Path, threads: int) -> Run:
+def _require_installed(backend: str) -> None:
     if not installed(backend):
         raise BackendError(f"BACKEND={backend} is not installed (pip install {_NEEDS_MODULE[backend]})")
+
+
+def _onnx_run(backend: str, path: Path, threads: int) -> Run:
+    _require_installed(backend)
     return export.onnx_predictor(path, threads) if backend == "onnxruntime" else _openvino_run(path, threads)
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from model_tools.card import ModelCard, card_to_json
+from model_tools.checkpoints import write_atomically
 
 # The distributions whose version changes what an engine's export computes.
 _RUNTIMES = {"torchscript": ("torch",), "onnxruntime": ("torch", "onnx", "onnxruntime"),
@@ -62,9 +63,7 @@ class Entry:
         return verdict if not verdict.verified or self.path.is_file() else None
 
     def _write(self, record: dict) -> None:
-        partial = self._record.with_name(self._record.name + ".partial")
-        partial.write_text(json.dumps(record))
-        partial.replace(self._record)
+        write_atomically(self._record, lambda partial: partial.write_text(json.dumps(record)))
 
 
 class EngineCache:

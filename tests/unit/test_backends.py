@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from model_tools import export
-from model_tools.checkpoints import load_model, save_state_dict
+from model_tools.checkpoints import is_serving_torchscript, is_torchscript_file, load_model, save_state_dict
 from serving.config import Settings
 from serving.preprocess import prepare
 from tests.images import PHOTOS
@@ -119,9 +119,9 @@ def test_an_engine_that_cannot_run_the_file_says_so(model_files, kind, backend):
 
 
 def test_torchscript_files_are_told_apart_from_torch_save_zips(model_files):
-    assert backends.is_torchscript_file(model_files["torchscript"])
-    assert not backends.is_torchscript_file(model_files["state_dict"])
-    assert not backends.is_torchscript_file(model_files["onnx"])
+    assert is_torchscript_file(model_files["torchscript"]) and is_serving_torchscript(model_files["torchscript"])
+    assert not is_torchscript_file(model_files["state_dict"]) and not is_serving_torchscript(model_files["state_dict"])
+    assert not is_torchscript_file(model_files["onnx"]) and not is_serving_torchscript(model_files["onnx"])
 
 
 def test_the_eager_engine_leaves_the_checkpoint_network_on_the_cpu_for_the_exports(tmp_path):
