@@ -1,5 +1,6 @@
 """gunicorn settings, derived from serving.config: `gunicorn -c python:app.gunicorn_conf 'app:create_app()'`."""
 
+import ctypes
 import os
 import shutil
 import tempfile
@@ -8,6 +9,23 @@ from pathlib import Path
 from serving.config import Settings
 
 _settings = Settings.from_env()
+
+
+def _return_large_buffers_to_the_system() -> None:
+    """Decoded images (tens to hundreds of MB, allocated by Pillow in 16 MB blocks) go straight to mmap and back.
+
+    glibc raises its mmap threshold after the first large free, after which such blocks come from per-thread
+    arenas that keep their memory: a process whose threads each decoded one large upload stays at the sum of
+    their peaks, well past DECODE_PIXEL_BUDGET. A fixed threshold disables that. Set here, in the master, so
+    every forked API process inherits it.
+    """
+    M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
+    libc = ctypes.CDLL(None)
+    if hasattr(libc, "mallopt"):  # glibc only; musl (Alpine) returns large blocks to the system anyway
+        libc.mallopt(M_MMAP_THRESHOLD, 1024 * 1024)
+
+
+_return_large_buffers_to_the_system()
 
 bind = f"{_settings.host}:{_settings.port}"
 workers = _settings.api_processes
