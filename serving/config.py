@@ -31,7 +31,8 @@ class Settings:
         "`make run` starts a private Redis when this is unset.")
     key_prefix: str = _setting(
         "KEY_PREFIX", "imgcls",
-        "Namespace of every Redis key. One model per prefix.")
+        "Namespace of every Redis key: `{imgcls}:queue`, `{imgcls}:workers`... (the braces are a Redis Cluster "
+        "hash tag: one queue's keys share a slot). One model per prefix.")
     host: str = _setting("HOST", "127.0.0.1", "Address the API listens on.")
     port: int = _setting("PORT", 5000, "Port the API listens on.")
     proxy: str = _setting(
@@ -145,6 +146,9 @@ class Settings:
         if self.decode_pixel_budget < self.max_image_pixels:
             raise ConfigError(f"DECODE_PIXEL_BUDGET={self.decode_pixel_budget} is below MAX_IMAGE_PIXELS="
                               f"{self.max_image_pixels}: the largest accepted image could never be decoded")
+        if not self.key_prefix or set(self.key_prefix) & set("{}"):
+            raise ConfigError(f"KEY_PREFIX={self.key_prefix!r}: must be non-empty, without braces (the keys put it "
+                              "between braces themselves, as their Redis Cluster hash tag)")
         if self.port > 65535:
             raise ConfigError(f"PORT={self.port}: must be at most 65535")
         if self.proxy not in PROXIES:

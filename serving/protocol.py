@@ -45,37 +45,48 @@ ATTEMPTS_EXHAUSTED = "attempts_exhausted"
 
 @dataclass(frozen=True)
 class Keys:
+    """Every key of one queue, all under the hash tag `{prefix}`.
+
+    Redis Cluster places a key by the part between its first braces, so every key of a queue lies in one
+    slot: the transactions, scripts and BLMOVEs that span them work on a cluster as on one server
+    (CROSSSLOT otherwise). Another queue (another prefix) gets another tag and may live on another node.
+    """
+
     prefix: str
 
     @property
+    def tag(self) -> str:
+        return "{" + self.prefix + "}"
+
+    @property
     def queue(self) -> str:
-        return f"{self.prefix}:queue"
+        return f"{self.tag}:queue"
 
     @property
     def model(self) -> str:
-        return f"{self.prefix}:model"
+        return f"{self.tag}:model"
 
     @property
     def retry(self) -> str:
         """Messages whose worker died while holding them: served one at a time, before the queue."""
-        return f"{self.prefix}:retry"
+        return f"{self.tag}:retry"
 
     @property
     def workers(self) -> str:
-        return f"{self.prefix}:workers"
+        return f"{self.tag}:workers"
 
     @property
     def worker_stats(self) -> str:
-        return f"{self.prefix}:worker_stats"
+        return f"{self.tag}:worker_stats"
 
     def processing(self, worker_id: str) -> str:
-        return f"{self.prefix}:processing:{worker_id}"
+        return f"{self.tag}:processing:{worker_id}"
 
     def result(self, request_id: str) -> str:
-        return f"{self.prefix}:result:{request_id}"
+        return f"{self.tag}:result:{request_id}"
 
     def all_keys_pattern(self) -> str:
-        return f"{self.prefix}:*"
+        return f"{self.tag}:*"
 
 
 class MalformedMessage(ValueError):

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from redis.crc import key_slot
 
 from serving import protocol
 from serving.protocol import InferenceRequest, Keys, MalformedMessage, ModelInfo
@@ -64,10 +65,12 @@ def test_malformed_messages_raise_with_the_request_id_when_readable(raw, request
     assert caught.value.request_id == request_id
 
 
-def test_every_key_lives_under_the_prefix_and_results_are_per_request():
+def test_every_key_of_a_queue_lies_in_one_cluster_slot_and_results_are_per_request():
     keys = Keys("svc")
-    names = [keys.queue, keys.model, keys.workers, keys.processing("w1"), keys.result("r1")]
-    assert all(name.startswith("svc:") for name in names)
+    names = [keys.queue, keys.model, keys.retry, keys.workers, keys.worker_stats, keys.processing("w1"),
+             keys.result("r1")]
+    assert all(name.startswith("{svc}:") for name in names)
+    assert {key_slot(name.encode()) for name in names} == {key_slot(b"svc")}  # the hash tag decides the slot
     assert len(set(names)) == len(names)
     assert keys.result("r1") != keys.result("r2")
 
