@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import redis
 from flask import Flask
 
 from app import request_log
@@ -12,9 +11,10 @@ from app.operations import operations
 from app.queue_client import InferenceQueue
 from app.routes import api
 from serving.config import Settings
+from serving.redis_client import RedisClient, connect
 
 
-def create_app(settings: Settings | None = None, redis_client: redis.Redis | None = None) -> Flask:
+def create_app(settings: Settings | None = None, redis_client: RedisClient | None = None) -> Flask:
     """Application factory; gunicorn calls it as `app:create_app()`."""
     settings = settings or Settings.from_env()
     app = Flask(__name__)
@@ -36,6 +36,5 @@ def create_app(settings: Settings | None = None, redis_client: redis.Redis | Non
     return app
 
 
-def _redis(settings: Settings, read_timeout: float) -> redis.Redis:
-    return redis.Redis.from_url(settings.redis_url, socket_connect_timeout=settings.redis_timeout,
-                                socket_timeout=read_timeout)
+def _redis(settings: Settings, read_timeout: float) -> RedisClient:
+    return connect(settings.redis_url, settings.redis_timeout, read_timeout)

@@ -6,10 +6,10 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-import redis
 
 from serving import protocol
 from serving.protocol import InferenceRequest, Keys, ModelInfo, RedisClock, WorkerStats, redis_seconds
+from serving.redis_client import RedisClient
 
 
 class NoWorker(Exception):
@@ -35,7 +35,7 @@ class FleetStatus:
 class InferenceQueue:
     """`client` answers within the Redis timeout; `waiting_client` allows for a whole request's wait."""
 
-    def __init__(self, client: redis.Redis, waiting_client: redis.Redis, key_prefix: str, max_queue: int):
+    def __init__(self, client: RedisClient, waiting_client: RedisClient, key_prefix: str, max_queue: int):
         self.client = client
         self.waiting_client = waiting_client
         self.keys = Keys(key_prefix)
@@ -44,12 +44,8 @@ class InferenceQueue:
 
     def admit(self) -> ModelInfo:
         """The served model, if a worker is alive and the queue has room; one round trip, which reads Redis's clock."""
-        pipe = self.client.pipeline(transaction=False)
-        pipe.get(self.keys.model)
-        pipe.llen(self.keys.queue)
-        pipe.time()
         sent_at = time.time()
-        raw_info, depth, redis_time = pipe.execute()
+        raw_info, depth, redis_time = self.client.eval(protocol.ADMISSION, 2, self.keys.model, self.keys.queue)
         self.clock.observe(redis_seconds(redis_time), sent_at, time.time())
         if raw_info is None:
             raise NoWorker()

@@ -27,7 +27,9 @@ def _setting(env: str, default, help: str):
 class Settings:
     redis_url: str = _setting(
         "REDIS_URL", "redis://127.0.0.1:6379/0",
-        "Redis to use (`redis://[:password@]host:port/db`, `rediss://` for TLS). "
+        "Redis to use: `redis://[:password@]host:port/db`; through Sentinel "
+        "`redis+sentinel://[:password@]host:port[,host:port...]/master_name[/db]`; a Cluster "
+        "`redis+cluster://[:password@]host:port[,host:port...]`; `rediss` in place of `redis` for TLS. "
         "`make run` starts a private Redis when this is unset.")
     key_prefix: str = _setting(
         "KEY_PREFIX", "imgcls",
@@ -155,6 +157,7 @@ class Settings:
             raise ConfigError(f"PROXY={self.proxy!r}: expected one of {', '.join(PROXIES)}")
         if self.log_level not in LOG_LEVELS:
             raise ConfigError(f"LOG_LEVEL={self.log_level!r}: expected one of {', '.join(LOG_LEVELS)}")
+        parse_redis_url(self.redis_url)  # a malformed URL is a configuration error at start
         channel_values(self.mean, "MEAN")  # raises ConfigError now, not when the worker loads the model
         channel_values(self.std, "STD", positive=True)
 
@@ -215,6 +218,81 @@ _ABOVE_ZERO = ("max_upload_mb", "request_timeout", "redis_timeout", "result_ttl"
 
 class ConfigError(ValueError):
     """An environment variable holds a value of the wrong kind."""
+
+
+@dataclass(frozen=True)
+class RedisAddress:
+    """REDIS_URL taken apart: which kind of deployment, where, and how to authenticate.
+
+    `server` is one Redis (redis-py reads `url` itself, query options included); `sentinel` names the
+    Sentinels to ask for the master called `master`; `cluster` names some nodes of a Redis Cluster.
+    """
+
+    kind: str  # "server", "sentinel" or "cluster"
+    url: str
+    nodes: tuple[tuple[str, int], ...] = ()
+    master: str = ""
+    db: int = 0
+    username: str | None = None
+    password: str | None = None
+    tls: bool = False
+    tls_options: tuple[tuple[str, str], ...] = ()  # ssl_ca_certs=..., passed on to redis-py
+
+
+REDIS_SCHEMES = {"redis": ("server", False), "rediss": ("server", True), "unix": ("server", False),
+                 "redis+sentinel": ("sentinel", False), "rediss+sentinel": ("sentinel", True),
+                 "redis+cluster": ("cluster", False), "rediss+cluster": ("cluster", True)}
+DEFAULT_PORTS = {"sentinel": 26379, "cluster": 6379}
+TLS_OPTIONS = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs")
+
+
+def parse_redis_url(url: str) -> RedisAddress:
+    """REDIS_URL as a RedisAddress; ConfigError naming what is wrong (never the password)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in REDIS_SCHEMES:
+        raise ConfigError(f"REDIS_URL: scheme {parts.scheme + '://' if parts.scheme else 'missing'}; expected one of "
+                          + ", ".join(f"{scheme}://" for scheme in REDIS_SCHEMES))
+    kind, tls = REDIS_SCHEMES[parts.scheme]
+    if kind == "server":
+        return RedisAddress("server", url, tls=tls)
+    credentials, _, hosts = parts.netloc.rpartition("@")
+    username, _, password = credentials.partition(":")
+    nodes = tuple(_host_and_port(node, DEFAULT_PORTS[kind], parts.scheme) for node in hosts.split(","))
+    path = [segment for segment in parts.path.split("/") if segment]
+    if kind == "sentinel":
+        if not 1 <= len(path) <= 2:
+            raise ConfigError(f"REDIS_URL: {parts.scheme}:// needs the master's name after the hosts, "
+                              "like redis+sentinel://host:26379,host2:26379/mymaster/0")
+        master, db = path[0], _database(path[1:])
+    else:
+        if _database(path) != 0 or len(path) > 1:
+            raise ConfigError(f"REDIS_URL: {parts.scheme}:// has no database to choose (a cluster has only 0)")
+        master, db = "", 0
+    options = urllib.parse.parse_qsl(parts.query)
+    unknown = sorted({name for name, _ in options} - set(TLS_OPTIONS))
+    if unknown:
+        raise ConfigError(f"REDIS_URL: unknown option {', '.join(unknown)}; {parts.scheme}:// takes "
+                          + ", ".join(TLS_OPTIONS))
+    return RedisAddress(kind, url, nodes, master, db, urllib.parse.unquote(username) or None,
+                        urllib.parse.unquote(password) or None, tls, tuple(options))
+
+
+def _host_and_port(node: str, default_port: int, scheme: str) -> tuple[str, int]:
+    host, colon, port = node.rpartition(":") if not node.endswith("]") else (node, "", "")
+    if not colon:
+        host, port = node, str(default_port)
+    host = host.strip("[]")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"REDIS_URL: {node!r} is not host:port in a {scheme}:// list of hosts")
+    return host, int(port)
+
+
+def _database(path: list[str]) -> int:
+    if not path:
+        return 0
+    if not path[0].isdigit():
+        raise ConfigError(f"REDIS_URL: database {path[0]!r} is not a number")
+    return int(path[0])
 
 
 def channel_values(text: str, name: str, positive: bool = False) -> tuple[float, float, float] | None:

@@ -224,6 +224,11 @@ if redis.call('LLEN', KEYS[1]) >= tonumber(ARGV[1]) then return -1 end
 return redis.call('LPUSH', KEYS[1], ARGV[2])
 """
 
+# What the API needs before it takes an upload, in one round trip: the served model (nil: no worker), the
+# queue's depth and Redis's TIME, read on the node that holds the queue (on a Redis Cluster, another node's
+# clock may differ). KEYS: model key, queue.
+ADMISSION = "return {redis.call('GET', KEYS[1]), redis.call('LLEN', KEYS[2]), redis.call('TIME')}"
+
 # Redis's clock in seconds, as the scripts below read it.
 _NOW = "local clock = redis.call('TIME'); local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000\n"
 

@@ -25,6 +25,7 @@ import requests
 
 from serving.config import Settings
 from serving.protocol import Keys, count_live_workers
+from serving.redis_client import RedisClient, connect
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 STOP_GRACE_SECONDS = 20.0
@@ -154,7 +155,7 @@ class Stack:
     def require_redis(self) -> None:
         """A Redis the user named answers; else StartupError at once, rather than workers retrying for minutes."""
         try:
-            redis.Redis.from_url(self.settings.redis_url, socket_connect_timeout=3, socket_timeout=3).ping()
+            connect(self.settings.redis_url, 3, 3).ping()
         except redis.RedisError as exc:
             raise StartupError(f"Redis at {self.settings.redis_url_redacted} does not answer ({exc}): start it, or "
                                "fix REDIS_URL (unset, make run starts a private one)") from None
@@ -211,8 +212,8 @@ class Stack:
         if live < count:
             raise StartupError(f"{live} of {count} workers announced")
 
-    def redis(self) -> redis.Redis:
-        return redis.Redis.from_url(self.settings.redis_url, socket_connect_timeout=1, socket_timeout=5)
+    def redis(self) -> RedisClient:
+        return connect(self.settings.redis_url, 1, 5)
 
     def stop(self) -> None:
         """Proxy, then API (each lets in-flight requests finish), then every worker at once, then Redis."""

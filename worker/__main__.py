@@ -7,11 +7,11 @@ import signal
 import sys
 import threading
 
-import redis
 import torch
 
 from model_tools.card import ModelLoadError
 from serving.config import LOG_FORMAT, Settings, program_settings
+from serving.redis_client import RedisClient, connect
 from worker.backends import BackendError, open_engine
 from worker.inference import Classifier, choose_device
 from worker.loop import Worker
@@ -45,11 +45,10 @@ def main() -> int:
     return 0 if Worker(redis_client(settings), classifier, settings).run(stop) else 1
 
 
-def redis_client(settings: Settings) -> redis.Redis:
+def redis_client(settings: Settings) -> RedisClient:
     # The read timeout must outlast BLMOVE's blocking wait (one heartbeat period, WORKER_TIMEOUT / 5),
     # or every idle wait would look like a fault.
-    return redis.Redis.from_url(settings.redis_url, socket_connect_timeout=settings.redis_timeout,
-                                socket_timeout=settings.heartbeat_seconds + settings.redis_timeout)
+    return connect(settings.redis_url, settings.redis_timeout, settings.heartbeat_seconds + settings.redis_timeout)
 
 
 if __name__ == "__main__":

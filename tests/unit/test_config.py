@@ -1,11 +1,12 @@
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from serving.config import ConfigError, Settings, settings_table
+from serving.config import ConfigError, Settings, parse_redis_url, settings_table
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -68,9 +69,43 @@ def test_the_launcher_and_the_worker_say_a_configuration_error_in_one_line(progr
     ("redis://:s3cret@10.1.2.3:6379/0", "redis://:***@10.1.2.3:6379/0"),
     ("rediss://app:s3cret@redis.internal:6380/1", "rediss://app:***@redis.internal:6380/1"),
     ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
+    ("redis+sentinel://:s3cret@a:26379,b:26379/main/0", "redis+sentinel://:***@a:26379,b:26379/main/0"),
 ])
 def test_the_redis_url_is_shown_without_its_password(url, shown):
     assert Settings(redis_url=url).redis_url_redacted == shown
+
+
+def test_a_sentinel_url_names_the_sentinels_the_master_and_the_database():
+    address = parse_redis_url("redis+sentinel://:p%40ss@10.0.0.1:26380,sentinel-b,[fd00::3]:26381/main/2")
+    assert (address.kind, address.master, address.db, address.password, address.tls) == ("sentinel", "main", 2,
+                                                                                          "p@ss", False)
+    assert address.nodes == (("10.0.0.1", 26380), ("sentinel-b", 26379), ("fd00::3", 26381))  # 26379: Sentinel's
+
+
+def test_a_cluster_url_names_its_seed_nodes_and_tls_options():
+    address = parse_redis_url("rediss+cluster://app:pw@n1:7000,n2:7001?ssl_ca_certs=/etc/ca.pem")
+    assert (address.kind, address.username, address.password, address.tls) == ("cluster", "app", "pw", True)
+    assert address.nodes == (("n1", 7000), ("n2", 7001))
+    assert address.tls_options == (("ssl_ca_certs", "/etc/ca.pem"),)
+
+
+def test_a_plain_url_is_left_to_redis_py():
+    assert parse_redis_url("rediss://:pw@host:6380/3?ssl_cert_reqs=none").kind == "server"
+
+
+@pytest.mark.parametrize("url, complaint", [
+    ("http://host:6379", "scheme http://; expected one of redis://"),
+    ("host:6379", "expected one of"),
+    ("redis+sentinel://a:26379,b:26379", "needs the master's name"),
+    ("redis+sentinel://a:26379/main/zero", "database 'zero' is not a number"),
+    ("redis+sentinel://a:port/main", "'a:port' is not host:port"),
+    ("redis+cluster://a:7000,,b:7001", "'' is not host:port"),
+    ("redis+cluster://a:7000/1", "a cluster has only 0"),
+    ("redis+cluster://a:7000?timeout=3", "unknown option timeout"),
+])
+def test_a_malformed_redis_url_is_a_configuration_error_that_says_what_is_wrong(url, complaint):
+    with pytest.raises(ConfigError, match=re.escape(complaint)):
+        Settings(redis_url=url)
 
 
 @pytest.mark.parametrize("program", ["stack", "worker"])
