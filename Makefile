@@ -36,10 +36,11 @@ redis-server:
 	@scripts/ensure-redis-server.sh
 
 # What the tests drive besides our code: the demo page's browser, the compose file's validator,
-# openssl for the TLS test's certificate, faketime for workers whose clocks are off, nginx for PROXY=nginx.
+# openssl for the TLS test's certificate, faketime for workers whose clocks are off, nginx for PROXY=nginx,
+# redis-sentinel for the failover test.
 test-tools:
 	@scripts/ensure-debian-package.sh /usr/bin/chromium chromium docker-compose docker-compose openssl openssl \
-		faketime faketime
+		faketime faketime redis-sentinel redis-sentinel
 	@scripts/ensure-nginx.sh
 
 model: $(VENV)/.installed

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 
-import redis
 from flask import Flask, current_app, g, jsonify
 from werkzeug.exceptions import HTTPException
 
@@ -12,6 +11,7 @@ from app.decode_budget import DecoderBusy
 from app.queue_client import NoWorker, QueueFull
 from app.request_log import log_fields
 from serving.preprocess import ImageError
+from serving.redis_client import REDIS_ERRORS
 
 log = logging.getLogger("api")
 
@@ -63,10 +63,12 @@ def register_error_handlers(app: Flask) -> None:
         max_queue = current_app.config["SETTINGS"].max_queue
         return error_response(503, "queue_full", f"{exc} images are queued (MAX_QUEUE={max_queue}); retry later")
 
-    @app.errorhandler(redis.RedisError)
-    def redis_unavailable(exc: redis.RedisError):
+    def redis_unavailable(exc: Exception):
         log.warning("redis unavailable: %s", exc)  # the log has the details; the client needs none of them
         return error_response(503, "redis_unavailable", "the queue (Redis) is unavailable; retry later")
+
+    for error in REDIS_ERRORS:
+        app.register_error_handler(error, redis_unavailable)
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):

@@ -246,8 +246,11 @@ LIVE_WORKERS = _NOW + "return redis.call('ZCOUNT', KEYS[1], now - tonumber(ARGV[
 
 
 def count_live_workers(client, keys: Keys, worker_timeout: float):
-    """Queue or run LIVE_WORKERS on a client or pipeline (a pipeline returns itself, the count comes at execute)."""
-    return client.eval(LIVE_WORKERS, 1, keys.workers, worker_timeout)
+    """Queue or run LIVE_WORKERS on a client or pipeline (a pipeline returns itself, the count comes at execute).
+
+    As a plain EVAL command: redis-py's Redis Cluster pipelines have no eval(), but route EVAL by its key.
+    """
+    return client.execute_command("EVAL", LIVE_WORKERS, 1, keys.workers, worker_timeout)
 
 
 # Workers whose last heartbeat is older than ARGV[1] seconds by Redis's clock. KEYS: workers set.

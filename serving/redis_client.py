@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import redis
 from redis.cluster import ClusterNode, RedisCluster
+from redis.exceptions import RedisClusterException
 from redis.sentinel import Sentinel
 
 from serving.config import RedisAddress, parse_redis_url
 
 RedisClient = redis.Redis | RedisCluster
+# Every way a Redis call can fail, whatever the deployment: redis-py's cluster client also raises
+# RedisClusterException (no node covers a slot, ...), which is not a RedisError.
+REDIS_ERRORS = (redis.RedisError, RedisClusterException)
 
 
 def connect(redis_url: str, connect_timeout: float, read_timeout: float) -> RedisClient:

@@ -20,12 +20,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import redis
 import requests
 
 from serving.config import Settings
 from serving.protocol import Keys, count_live_workers
-from serving.redis_client import RedisClient, connect
+from serving.redis_client import REDIS_ERRORS, RedisClient, connect
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 STOP_GRACE_SECONDS = 20.0
@@ -156,7 +155,7 @@ class Stack:
         """A Redis the user named answers; else StartupError at once, rather than workers retrying for minutes."""
         try:
             connect(self.settings.redis_url, 3, 3).ping()
-        except redis.RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise StartupError(f"Redis at {self.settings.redis_url_redacted} does not answer ({exc}): start it, or "
                                "fix REDIS_URL (unset, make run starts a private one)") from None
 

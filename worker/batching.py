@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import time
 
-import redis
-
 from serving.protocol import Keys
+from serving.redis_client import RedisClient
 
 FILL_POLL_SECONDS = 0.0005
 
 
-def take_batch(client: redis.Redis, keys: Keys, worker_id: str, max_size: int,
+def take_batch(client: RedisClient, keys: Keys, worker_id: str, max_size: int,
                block_seconds: float, wait_for_more_seconds: float) -> list[bytes]:
     """Up to max_size raw messages, oldest first; [] if none arrived within block_seconds.
 
@@ -41,7 +40,7 @@ def take_batch(client: redis.Redis, keys: Keys, worker_id: str, max_size: int,
     return batch
 
 
-def _take_queued(client: redis.Redis, queue: str, processing: str, count: int) -> list[bytes]:
+def _take_queued(client: RedisClient, queue: str, processing: str, count: int) -> list[bytes]:
     """Move up to count queued messages without blocking, in one round trip."""
     if count <= 0:
         return []
@@ -51,18 +50,18 @@ def _take_queued(client: redis.Redis, queue: str, processing: str, count: int) -
     return [message for message in pipe.execute() if message is not None]
 
 
-def take_retry(client: redis.Redis, keys: Keys, worker_id: str) -> list[bytes]:
+def take_retry(client: RedisClient, keys: Keys, worker_id: str) -> list[bytes]:
     """One message from the retry list, alone, or []: a retried message never shares a batch (RETURN_UNFINISHED)."""
     message = client.lmove(keys.retry, keys.processing(worker_id), "RIGHT", "LEFT")
     return [message] if message is not None else []
 
 
-def held_messages(client: redis.Redis, keys: Keys, worker_id: str) -> list[bytes]:
+def held_messages(client: RedisClient, keys: Keys, worker_id: str) -> list[bytes]:
     """What this worker's processing list holds, oldest first: work taken but not yet published."""
     return client.lrange(keys.processing(worker_id), 0, -1)[::-1]
 
 
-def publish_results(client: redis.Redis, keys: Keys, worker_id: str, results: dict[str, bytes],
+def publish_results(client: RedisClient, keys: Keys, worker_id: str, results: dict[str, bytes],
                     handled: list[bytes], ttl_seconds: float) -> None:
     """Hand each request its result and drop the handled messages (and only those), in one transaction."""
     pipe = client.pipeline(transaction=True)

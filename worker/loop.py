@@ -10,11 +10,11 @@ import time
 import uuid
 
 import numpy as np
-import redis
 
 from serving import protocol
 from serving.config import Settings
 from serving.protocol import InferenceRequest, Keys, MalformedMessage, ModelInfo, RedisClock
+from serving.redis_client import REDIS_ERRORS, RedisClient
 from worker.batching import held_messages, publish_results, take_batch, take_retry
 from worker.inference import Classifier
 from worker.metrics import BatchStats
@@ -30,7 +30,7 @@ def new_worker_id() -> str:
 
 
 class Worker:
-    def __init__(self, client: redis.Redis, classifier: Classifier, settings: Settings,
+    def __init__(self, client: RedisClient, classifier: Classifier, settings: Settings,
                  worker_id: str | None = None):
         self.client = client
         self.classifier = classifier
@@ -71,7 +71,7 @@ class Worker:
         heartbeat.join()
         try:
             self.sign_off()
-        except redis.RedisError as exc:
+        except REDIS_ERRORS as exc:
             # Whatever it held is recovered by the others once its heartbeat ages out.
             log.warning("worker=%s could not sign off: %s", self.worker_id, exc)
         log.info("worker=%s stopped after %d batches", self.worker_id, self.batches)
@@ -101,7 +101,7 @@ class Worker:
             try:
                 step()
                 failures = 0
-            except redis.RedisError as exc:
+            except REDIS_ERRORS as exc:
                 failures += 1
                 delay = min(MAX_RECONNECT_DELAY_SECONDS, 0.1 * 2 ** failures)
                 log.warning("worker=%s redis error (%s); retrying in %.1fs", self.worker_id, exc, delay)

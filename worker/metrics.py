@@ -10,16 +10,15 @@ from __future__ import annotations
 
 import logging
 
-import redis
-
 from serving import protocol
 from serving.protocol import Keys
+from serving.redis_client import REDIS_ERRORS, RedisClient
 
 log = logging.getLogger("worker")
 
 
 class BatchStats:
-    def __init__(self, client: redis.Redis, keys: Keys):
+    def __init__(self, client: RedisClient, keys: Keys):
         self.client = client
         self.keys = keys
         self._expired_reported = 0
@@ -38,7 +37,7 @@ class BatchStats:
                 pipe.hincrbyfloat(self.keys.worker_stats, field_name, amount)
         try:
             pipe.execute()
-        except redis.RedisError as exc:  # the answers are already out; statistics are not worth a retry
+        except REDIS_ERRORS as exc:  # the answers are already out; statistics are not worth a retry
             log.warning("could not record batch statistics: %s", exc)
             return
         self._expired_reported = expired_total

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import logging
 
-import redis
-
 from serving import protocol
 from serving.protocol import Keys
+from serving.redis_client import RedisClient
 
 log = logging.getLogger("worker")
 
 
-def return_unfinished(client: redis.Redis, keys: Keys, worker_id: str, count_as_failure: bool,
+def return_unfinished(client: RedisClient, keys: Keys, worker_id: str, count_as_failure: bool,
                       max_attempts: int, result_ttl: float, worker_timeout: float = 0.0) -> tuple[int, int] | None:
     """Empty a worker's processing list back onto the queue: (requeued, answered as exhausted).
 
@@ -26,12 +25,12 @@ def return_unfinished(client: redis.Redis, keys: Keys, worker_id: str, count_as_
     return None if returned < 0 else (int(returned), int(answered))
 
 
-def silent_workers(client: redis.Redis, keys: Keys, worker_timeout: float) -> list[str]:
+def silent_workers(client: RedisClient, keys: Keys, worker_timeout: float) -> list[str]:
     """Workers whose last heartbeat is older than worker_timeout, by Redis's clock."""
     return [w.decode() for w in client.eval(protocol.SILENT_WORKERS, 1, keys.workers, worker_timeout)]
 
 
-def reap_dead_workers(client: redis.Redis, keys: Keys, worker_timeout: float, max_attempts: int,
+def reap_dead_workers(client: RedisClient, keys: Keys, worker_timeout: float, max_attempts: int,
                       result_ttl: float) -> int:
     """Requeue the unfinished work of every worker silent for longer than worker_timeout."""
     reaped = 0

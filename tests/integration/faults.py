@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import time
 from pathlib import Path
@@ -39,3 +40,10 @@ def freeze_while_holding_work(stack: Stack, index: int, timeout: float = 30) -> 
         os.kill(pid, signal.SIGCONT)
         time.sleep(0.002)
     raise AssertionError("the worker never held work")
+
+
+def reaped_counts(stack: Stack, dead_worker_id: str) -> list[int]:
+    """How many requests each live worker's log says it requeued from the dead one."""
+    pattern = re.compile(rf"reaped dead worker={re.escape(dead_worker_id)} requeued=(\d+)")
+    logs = [stack.log_path(f"worker{i}").read_text() for i in range(len(stack.worker_processes))]
+    return [int(n) for log in logs for n in pattern.findall(log)]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
 import threading
@@ -18,13 +17,12 @@ from serving.protocol import InferenceRequest
 from stack.processes import Stack
 from tests.images import photo_bytes
 from tests.integration.client import post_image, timed_post, wait_until
-from tests.integration.conftest import stack_settings
-from tests.integration.faults import freeze_while_holding_work, keys_of, worker_id_of
-from tests.reference import assert_all_distinguishable, matches, reference_top3, variants
+from tests.integration.conftest import DISTINCT_IMAGES, stack_settings
+from tests.integration.faults import freeze_while_holding_work, keys_of, reaped_counts, worker_id_of
+from tests.reference import matches
 
 pytestmark = pytest.mark.integration
 
-DISTINCT_IMAGES = 20
 
 
 @pytest.fixture(scope="module")
@@ -34,24 +32,9 @@ def fault_stack(tmp_path_factory):
         yield stack
 
 
-@pytest.fixture(scope="module")
-def images_and_answers():
-    images = variants(DISTINCT_IMAGES)
-    expected = reference_top3(images)
-    assert_all_distinguishable(expected)
-    return images, expected
-
-
 def replace_dead_worker(stack: Stack, index: int) -> None:
     assert stack.restart_worker_if_dead(index)
     stack.wait_until_ready(120)
-
-
-def reaped_counts(stack: Stack, dead_worker_id: str) -> list[int]:
-    """How many requests each live worker's log says it requeued from the dead one."""
-    pattern = re.compile(rf"reaped dead worker={re.escape(dead_worker_id)} requeued=(\d+)")
-    logs = [stack.log_path(f"worker{i}").read_text() for i in range(len(stack.worker_processes))]
-    return [int(n) for log in logs for n in pattern.findall(log)]
 
 
 def test_killing_a_worker_mid_batch_loses_no_request(fault_stack, images_and_answers):

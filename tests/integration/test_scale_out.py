@@ -1,0 +1,103 @@
+"""Beyond one Redis: the service on a Sentinel-watched master that fails over, and on a Redis Cluster.
+
+Real servers on loopback (tests/integration/redis_topologies.py); the service reaches them by REDIS_URL alone.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from serving.protocol import Keys
+from stack.processes import Stack
+from tests.images import photo_bytes
+from tests.integration.client import post_image, wait_until
+from tests.integration.conftest import DISTINCT_IMAGES, stack_settings
+from tests.integration.faults import freeze_while_holding_work, reaped_counts, worker_id_of
+from tests.integration.redis_topologies import cluster_deployment, role, sentinel_deployment
+from tests.reference import matches
+
+pytestmark = pytest.mark.integration
+
+
+class ClosedLoopClients:
+    """`count` threads, each sending the next request when its answer is in, until stopped: (sent at, status)."""
+
+    def __init__(self, url: str, count: int = 4):
+        self.url, self.image = url, photo_bytes("coffee.png")
+        self.outcomes: list[tuple[float, int, dict]] = []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._send_until_stopped) for _ in range(count)]
+
+    def __enter__(self) -> "ClosedLoopClients":
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join()
+
+    def _send_until_stopped(self) -> None:
+        while not self._stop.is_set():
+            sent_at = time.monotonic()
+            response = post_image(self.url, self.image, timeout=30)
+            self.outcomes.append((sent_at, response.status_code, response.json()))
+
+    def answered_since(self, moment: float) -> list[int]:
+        return [status for sent_at, status, _ in list(self.outcomes) if sent_at >= moment]
+
+
+def test_a_sentinel_failover_under_load_is_503_for_moments_then_200_with_nothing_restarted(tmp_path):
+    with sentinel_deployment(tmp_path) as (url, servers, master, replica):
+        settings = stack_settings(redis_url=url)
+        with Stack(settings, workers=1, private_redis=False, log_dir=tmp_path / "logs") as stack:
+            pids = [stack.api_process.pid, *(p.pid for p in stack.worker_processes)]
+            with ClosedLoopClients(stack.url) as clients:
+                wait_until(lambda: clients.answered_since(0).count(200) >= 20, 30, what="20 answers before")
+                servers.processes[master].kill()
+                killed_at = time.monotonic()
+                wait_until(lambda: role(replica) == "master", 30, 0.1, "the replica promoted")
+                promoted_at = time.monotonic()
+                wait_until(lambda: clients.answered_since(promoted_at + 2).count(200) >= 20, 30,
+                           what="20 answers after the failover")
+            statuses = [status for _, status, _ in clients.outcomes]
+            errors = {body["error"]["code"] for _, status, body in clients.outcomes if status != 200}
+            assert set(statuses) <= {200, 503} and errors <= {"redis_unavailable"}, (set(statuses), errors)
+            assert set(clients.answered_since(promoted_at + 2)) == {200}  # once promoted, every request served
+            assert all(body["predictions"][0]["label"] == "espresso"
+                       for _, status, body in clients.outcomes if status == 200)
+            assert [stack.api_process.pid, *(p.pid for p in stack.worker_processes)] == pids
+            assert all(p.poll() is None for p in [stack.api_process, *stack.worker_processes])
+    last_refused = max(sent_at for sent_at, status, _ in clients.outcomes if status != 200)
+    print(f"failover: replica promoted {promoted_at - killed_at:.1f}s after the master's kill, last 503 sent "
+          f"{last_refused - killed_at:.1f}s after it; {statuses.count(503)} of {len(statuses)} requests 503")
+
+
+def test_on_a_redis_cluster_every_request_is_answered_even_when_a_worker_dies_mid_batch(tmp_path,
+                                                                                        images_and_answers):
+    images, expected = images_and_answers
+    with cluster_deployment(tmp_path) as (url, servers, ports):
+        settings = stack_settings(redis_url=url, request_timeout=30, worker_timeout=3)
+        with Stack(settings, workers=2, private_redis=False, log_dir=tmp_path / "logs") as stack:
+            victim = worker_id_of(stack, 0)
+            with ThreadPoolExecutor(max_workers=50) as pool:
+                futures = [pool.submit(post_image, stack.url, images[i % DISTINCT_IMAGES]) for i in range(100)]
+                freeze_while_holding_work(stack, 0)
+                stack.worker_processes[0].kill()
+                responses = [f.result() for f in futures]
+            assert [r.status_code for r in responses] == [200] * 100, [r.text for r in responses if not r.ok]
+            assert all(matches(r.json()["predictions"], expected[i % DISTINCT_IMAGES]) for i, r in enumerate(responses))
+            assert sum(reaped_counts(stack, victim)) >= 1  # the reaper's script ran on the cluster
+            logs = "".join(path.read_text() for path in (tmp_path / "logs").glob("*.log"))
+            assert "CROSSSLOT" not in logs and "Traceback" not in logs
+            # Every key of the queue sits on the one node that owns its hash tag's slot.
+            keys = Keys(settings.key_prefix)
+            client = stack.redis()
+            owner = client.get_node_from_key(keys.queue)
+            assert client.get_node_from_key(keys.workers) == owner == client.get_node_from_key(keys.result("x"))
+            assert client.exists(keys.workers) and client.exists(keys.worker_stats)
