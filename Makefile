@@ -37,10 +37,10 @@ redis-server:
 
 # What the tests drive besides our code: the demo page's browser, the compose file's validator,
 # openssl for the TLS test's certificate, faketime for workers whose clocks are off, nginx for PROXY=nginx,
-# redis-sentinel for the failover test.
+# redis-sentinel for the failover test, ip for the test whose hosts are network namespaces.
 test-tools:
 	@scripts/ensure-debian-package.sh /usr/bin/chromium chromium docker-compose docker-compose openssl openssl \
-		faketime faketime redis-sentinel redis-sentinel
+		faketime faketime redis-sentinel redis-sentinel ip iproute2
 	@scripts/ensure-nginx.sh
 
 model: $(VENV)/.installed

@@ -13,7 +13,7 @@ DISTINCT_IMAGES = 20  # images_and_answers: each with its own reference answer, 
 
 def stack_settings(**overrides) -> Settings:
     # Two workers share two cores, so each gets one intra-op thread.
-    return Settings(port=free_port(), inference_threads=1, **overrides)
+    return Settings(**{"port": free_port(), "inference_threads": 1, **overrides})
 
 
 @pytest.fixture(scope="session")

@@ -15,6 +15,7 @@ import redis
 
 from stack.processes import free_port
 from tests.integration.client import wait_until
+from tests.integration.hosts import Host
 
 MASTER_NAME = "main"
 
@@ -24,18 +25,29 @@ class RedisProcesses:
         self.folder = folder
         self.processes: dict[int, subprocess.Popen] = {}  # port -> process
 
-    def start(self, program: str, port: int, *arguments: str) -> subprocess.Popen:
+    def start(self, program: str, port: int, *arguments: str, host: Host | None = None,
+              password: str | None = None) -> subprocess.Popen:
         log = (self.folder / f"{program}-{port}.log").open("wb")
-        process = subprocess.Popen([program, *arguments], cwd=self.folder, stdout=log, stderr=subprocess.STDOUT)
+        command = [program, *arguments]
+        process = subprocess.Popen(host.command(*command) if host else command, cwd=self.folder, stdout=log,
+                                   stderr=subprocess.STDOUT)
         self.processes[port] = process
-        wait_until(lambda: _answers(port), 10, what=f"{program} on port {port}")
+        address = host.address if host else "127.0.0.1"
+        wait_until(lambda: _answers(address, port, password), 10, what=f"{program} on {address}:{port}")
         return process
 
     def start_server(self, port: int, *arguments: str) -> subprocess.Popen:
+        return self.start("redis-server", port, *self._server_arguments(port, "127.0.0.1"), *arguments)
+
+    def start_server_on(self, host: Host, port: int, password: str) -> subprocess.Popen:
+        """A password-protected server on a host of its own (tests/integration/hosts.py), as across real hosts."""
+        return self.start("redis-server", port, *self._server_arguments(port, host.address), "--requirepass",
+                          password, host=host, password=password)
+
+    def _server_arguments(self, port: int, address: str) -> list[str]:
         data = self.folder / f"data-{port}"
         data.mkdir()
-        return self.start("redis-server", port, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                          "--appendonly", "no", "--dir", str(data), *arguments)
+        return ["--port", str(port), "--bind", address, "--save", "", "--appendonly", "no", "--dir", str(data)]
 
     def stop_all(self) -> None:
         for process in self.processes.values():
@@ -44,9 +56,9 @@ class RedisProcesses:
             process.wait()
 
 
-def _answers(port: int) -> bool:
+def _answers(address: str, port: int, password: str | None) -> bool:
     try:
-        return redis.Redis(port=port, socket_timeout=1).ping()
+        return redis.Redis(address, port, password=password, socket_timeout=1).ping()
     except redis.RedisError:
         return False
 

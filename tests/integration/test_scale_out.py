@@ -1,4 +1,4 @@
-"""Beyond one Redis: the service on a Sentinel-watched master that fails over, and on a Redis Cluster.
+"""Beyond one machine: a Sentinel-watched master that fails over, a Redis Cluster, and hosts of their own.
 
 Real servers on loopback (tests/integration/redis_topologies.py); the service reaches them by REDIS_URL alone.
 """
@@ -17,7 +17,8 @@ from tests.images import photo_bytes
 from tests.integration.client import post_image, wait_until
 from tests.integration.conftest import DISTINCT_IMAGES, stack_settings
 from tests.integration.faults import freeze_while_holding_work, reaped_counts, worker_id_of
-from tests.integration.redis_topologies import cluster_deployment, role, sentinel_deployment
+from tests.integration.hosts import Host, network
+from tests.integration.redis_topologies import RedisProcesses, cluster_deployment, role, sentinel_deployment
 from tests.reference import matches
 
 pytestmark = pytest.mark.integration
@@ -101,3 +102,60 @@ def test_on_a_redis_cluster_every_request_is_answered_even_when_a_worker_dies_mi
             owner = client.get_node_from_key(keys.queue)
             assert client.get_node_from_key(keys.workers) == owner == client.get_node_from_key(keys.result("x"))
             assert client.exists(keys.workers) and client.exists(keys.worker_stats)
+
+
+class StackOnHosts(Stack):
+    """The stack with the API and each worker on hosts of their own (tests/integration/hosts.py)."""
+
+    def __init__(self, settings, hosts: dict[str, Host], **options):
+        super().__init__(settings, workers=2, private_redis=False, **options)
+        self.host_of = {"api": hosts["api"], "worker0": hosts["w1"], "worker1": hosts["w2"]}
+
+    def _require_free_port(self) -> None:
+        pass  # the API's host is a fresh namespace: nothing listens there
+
+    def _spawn(self, name, command, env=None):
+        return super()._spawn(name, self.host_of[name].command(*command), env)
+
+
+def test_a_worker_host_cut_off_under_load_loses_nothing_and_rejoins_without_a_restart(tmp_path, images_and_answers):
+    images, expected = images_and_answers
+    password = "across-hosts"
+    with network(["redis", "api", "w1", "w2"]) as hosts:
+        redis_host = hosts["redis"]
+        servers = RedisProcesses(tmp_path)
+        try:
+            servers.start_server_on(redis_host, 6379, password)
+            settings = stack_settings(host=hosts["api"].address, port=8000, request_timeout=30, worker_timeout=2,
+                                      redis_url=f"redis://:{password}@{redis_host.address}:6379/0")
+            with StackOnHosts(settings, hosts, log_dir=tmp_path / "logs") as stack:
+                cut_off = worker_id_of(stack, 0)
+                with ThreadPoolExecutor(max_workers=50) as pool:
+                    futures = [pool.submit(post_image, stack.url, images[i % DISTINCT_IMAGES]) for i in range(100)]
+                    wait_until(lambda: stack.redis().llen(Keys(settings.key_prefix).processing(cut_off)), 30, 0.005,
+                               "the first worker holding work")
+                    hosts["w1"].cut()
+                    responses = [f.result() for f in futures]
+                assert [r.status_code for r in responses] == [200] * 100, [r.text for r in responses if not r.ok]
+                assert all(matches(r.json()["predictions"], expected[i % DISTINCT_IMAGES])
+                           for i, r in enumerate(responses))
+                assert sum(reaped_counts(stack, cut_off)) >= 1  # what it held was served by the other worker
+
+                batches_before = stack.log_path("worker0").read_text().count(" batch=")
+                hosts["w1"].mend()
+                wait_until(lambda: worker_id_of_or_none(stack, cut_off), 30, 0.1, "the cut-off worker back")
+                with ThreadPoolExecutor(max_workers=40) as pool:
+                    again = list(pool.map(lambda i: post_image(stack.url, images[i % DISTINCT_IMAGES]), range(80)))
+                assert [r.status_code for r in again] == [200] * 80
+                assert stack.log_path("worker0").read_text().count(" batch=") > batches_before  # serving again
+                assert all(p.poll() is None for p in stack.worker_processes)  # the same process: no restart
+                # Each request was answered once: a second answer would wait, unread, under its result key.
+                assert list(stack.redis().scan_iter(Keys(settings.key_prefix).result("*"))) == []
+        finally:
+            servers.stop_all()
+
+
+def worker_id_of_or_none(stack: Stack, worker_id: str) -> bool:
+    """Is `worker_id` registered and alive again?"""
+    score = stack.redis().zscore(Keys(stack.settings.key_prefix).workers, worker_id)
+    return score is not None and score >= stack.redis().time()[0] - stack.settings.worker_timeout
