@@ -72,6 +72,11 @@ class Keys:
         return f"{self.tag}:retry"
 
     @property
+    def exhausted(self) -> str:
+        """Messages whose workers died on them MAX_ATTEMPTS times, each waiting for its error answer."""
+        return f"{self.tag}:exhausted"
+
+    @property
     def workers(self) -> str:
         return f"{self.tag}:workers"
 
@@ -263,17 +268,17 @@ SILENT_WORKERS = _NOW + "return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '('
 # A message that was being processed when a worker died, or had been before, goes to the retry list,
 # which workers serve one message at a time and before the queue: an image that kills workers then
 # dies alone instead of taking its batch-mates down with it. A message whose attempts reach
-# max_attempts is answered instead, in the format of encode_failure. Messages that never failed go
-# back to the queue's consuming end, taken next, oldest first. Unparseable messages go back to the
-# queue untouched; a worker answers those.
-# KEYS: processing list, queue, workers set, retry list.
-# ARGV: worker id, count_attempt (0/1), max_attempts, result key prefix, result TTL in ms, worker timeout in s.
+# max_attempts goes to the exhausted list instead, where a worker answers it with an error
+# (ANSWER_EXHAUSTED). Messages that never failed go back to the queue's consuming end, taken next,
+# oldest first. Unparseable messages go back to the queue untouched; a worker answers those.
+# KEYS: processing list, queue, workers set, retry list, exhausted list.
+# ARGV: worker id, count_attempt (0/1), max_attempts, worker timeout in s.
 RETURN_UNFINISHED = _NOW + """
 if ARGV[2] == '1' then
   local beat = redis.call('ZSCORE', KEYS[3], ARGV[1])
-  if beat and tonumber(beat) >= now - tonumber(ARGV[6]) then return {-1, 0} end
+  if beat and tonumber(beat) >= now - tonumber(ARGV[4]) then return {-1, 0} end
 end
-local returned, answered = 0, 0
+local returned, exhausted = 0, 0
 while true do
   local raw = redis.call('LPOP', KEYS[1])
   if not raw then break end
@@ -284,13 +289,8 @@ while true do
   elseif ARGV[2] == '1' then
     message['attempts'] = (tonumber(message['attempts']) or 0) + 1
     if message['attempts'] >= tonumber(ARGV[3]) then
-      local key = ARGV[4] .. message['id']
-      local text = 'the worker processing this request died ' .. message['attempts'] ..
-                   ' times; giving up (MAX_ATTEMPTS=' .. ARGV[3] .. ')'
-      redis.call('LPUSH', key, cjson.encode({id = message['id'], success = false,
-                                             error = {code = '""" + ATTEMPTS_EXHAUSTED + """', message = text}}))
-      redis.call('PEXPIRE', key, ARGV[5])
-      answered = answered + 1
+      redis.call('RPUSH', KEYS[5], cjson.encode(message))
+      exhausted = exhausted + 1
     else
       redis.call('RPUSH', KEYS[4], cjson.encode(message))
       returned = returned + 1
@@ -301,7 +301,16 @@ while true do
   end
 end
 redis.call('ZREM', KEYS[3], ARGV[1])
-return {returned, answered}
+return {returned, exhausted}
+"""
+
+# Answer one exhausted message, once: of two workers answering the same one, only the first finds
+# it in the list. KEYS: exhausted list, the request's result key. ARGV: message, answer, TTL in ms.
+ANSWER_EXHAUSTED = """
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
+redis.call('LPUSH', KEYS[2], ARGV[2])
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+return 1
 """
 
 

@@ -138,8 +138,7 @@ class Worker:
 
     def sign_off(self) -> None:
         """Hand back anything not started (not a failed attempt) and leave the registry."""
-        returned, _ = return_unfinished(self.client, self.keys, self.worker_id, False,
-                                        self.settings.max_attempts, self.settings.result_ttl)
+        returned, _ = return_unfinished(self.client, self.keys, self.worker_id, False, self.settings.max_attempts)
         if returned:
             log.info("worker=%s handed back %d unstarted requests", self.worker_id, returned)
 

@@ -77,6 +77,16 @@ def test_an_exhausted_answer_expires_if_nobody_reads_it(real_redis):
     assert 0 < real_redis.pttl(KEYS.result("poison")) <= 30_000
 
 
+def test_an_exhausted_request_is_answered_once_even_by_two_workers_and_after_its_reaper_died(real_redis):
+    """The script only sets the message aside; any worker's next pass answers it, and only one of them does."""
+    holding(real_redis, "dead", request("poison", attempts=2), heartbeat_age=TIMEOUT + 1)
+    assert return_unfinished(real_redis, KEYS, "dead", True, 3) == (0, 1)  # its reaper dies right after this
+    assert not real_redis.exists(KEYS.result("poison"))
+    assert recovery.answer_exhausted(real_redis, KEYS, 3, 30) == 1
+    assert recovery.answer_exhausted(real_redis, KEYS, 3, 30) == 0  # a second worker finds nothing to answer
+    assert real_redis.llen(KEYS.result("poison")) == 1 and not real_redis.exists(KEYS.exhausted)
+
+
 def test_an_unreadable_message_goes_back_untouched_for_a_worker_to_answer(real_redis):
     real_redis.zadd(KEYS.workers, {"dead": time.time() - TIMEOUT - 1})
     real_redis.lpush(KEYS.processing("dead"), b"\xffnot json")
@@ -86,8 +96,8 @@ def test_an_unreadable_message_goes_back_untouched_for_a_worker_to_answer(real_r
 
 def test_reaping_twice_requeues_once(real_redis):
     holding(real_redis, "dead", request("a"), heartbeat_age=TIMEOUT + 1)
-    first = return_unfinished(real_redis, KEYS, "dead", True, 3, 30)
-    second = return_unfinished(real_redis, KEYS, "dead", True, 3, 30)
+    first = return_unfinished(real_redis, KEYS, "dead", True, 3)
+    second = return_unfinished(real_redis, KEYS, "dead", True, 3)
     assert first == (1, 0) and second == (0, 0)
     assert retried_ids(real_redis) == ["a"]
 
@@ -120,6 +130,6 @@ def test_heartbeats_and_the_reapers_cutoff_use_redis_time_not_the_hosts(real_red
 
 def test_a_stopping_worker_hands_back_fresh_requests_to_the_queue_and_retried_ones_to_the_retry_list(real_redis):
     holding(real_redis, "stopping", request("fresh"), request("retried", attempts=1))
-    assert return_unfinished(real_redis, KEYS, "stopping", False, 3, 30) == (2, 0)
+    assert return_unfinished(real_redis, KEYS, "stopping", False, 3) == (2, 0)
     assert queued_ids(real_redis) == ["fresh"] and retried_ids(real_redis) == ["retried"]
     assert protocol.decode_request(real_redis.rpop(KEYS.retry)).attempts == 1  # a clean stop counts no attempt
