@@ -99,6 +99,7 @@ class Stack:
         self.worker_processes: list[subprocess.Popen] = []
         self.api_process: subprocess.Popen | None = None
         self.proxy_process: subprocess.Popen | None = None
+        self.metrics_dir: Path | None = None  # the API processes' prometheus_client files, once started
         self._scratch = Path(tempfile.mkdtemp(prefix="imgcls-stack-"))
 
     @property
@@ -178,7 +179,8 @@ class Stack:
     def start_api(self) -> None:
         """The API on HOST:PORT; with PROXY=nginx, nginx there and the API behind it on a loopback port."""
         # prometheus_client's multiprocess files, fresh for every start: an earlier run's would add old counts.
-        env = {"PROMETHEUS_MULTIPROC_DIR": tempfile.mkdtemp(prefix="api-metrics-", dir=self._scratch)}
+        self.metrics_dir = Path(tempfile.mkdtemp(prefix="api-metrics-", dir=self._scratch))
+        env = {"PROMETHEUS_MULTIPROC_DIR": str(self.metrics_dir)}
         if self.settings.proxy == "nginx":
             env |= {"HOST": "127.0.0.1", "PORT": str(free_port())}
             self.start_proxy(f"127.0.0.1:{env['PORT']}")

@@ -86,12 +86,10 @@ def test_the_api_processes_never_load_torch(service):
 
 def _each_has_served_a_prediction(service, api_pids: list[int]) -> bool:
     """prometheus_client's multiprocess mode writes a file per process once it has counted a request."""
-    environment = Path(f"/proc/{service.api_process.pid}/environ").read_bytes().split(b"\0")
-    metrics_dir = next(v.split(b"=", 1)[1].decode() for v in environment if v.startswith(b"PROMETHEUS_MULTIPROC_DIR="))
     with ThreadPoolExecutor(max_workers=8) as pool:
         assert all(r.status_code == 200 for r in pool.map(
             lambda _: post_image(service.url, photo_bytes("coffee.png")), range(8)))
-    return all((Path(metrics_dir) / f"counter_{pid}.db").exists() for pid in api_pids)
+    return all((service.metrics_dir / f"counter_{pid}.db").exists() for pid in api_pids)
 
 
 def _children(pid: int) -> list[int]:
