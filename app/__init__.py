@@ -7,8 +7,8 @@ from flask import Flask
 from app import request_log
 from app.decode_budget import DecodeBudget
 from app.errors import register_error_handlers
+from app.fleet import Fleet
 from app.operations import operations
-from app.queue_client import InferenceQueue
 from app.routes import api
 from serving.config import Settings
 from serving.redis_client import RedisClient, connect
@@ -26,8 +26,8 @@ def create_app(settings: Settings | None = None, redis_client: RedisClient | Non
         # while the BLPOP for the answer needs a read timeout longer than the request's.
         redis_client = _redis(settings, settings.redis_timeout)
         waiting_client = _redis(settings, settings.request_timeout + settings.redis_timeout)
-    app.extensions["inference_queue"] = InferenceQueue(redis_client, waiting_client, settings.key_prefix,
-                                                       settings.max_queue)
+    app.extensions["fleet"] = Fleet(redis_client, waiting_client, settings.key_prefix, settings.max_queue,
+                                    settings.worker_timeout, settings.default_model)
     app.extensions["decode_budget"] = DecodeBudget(settings.decode_pixel_budget)
     register_error_handlers(app)
     request_log.install(app, settings.log_level)

@@ -8,6 +8,7 @@ from flask import Flask, current_app, g, jsonify
 from werkzeug.exceptions import HTTPException
 
 from app.decode_budget import DecoderBusy
+from app.fleet import NoDefaultModel, UnknownModel
 from app.queue_client import NoWorker, QueueFull
 from app.request_log import log_fields
 from serving.preprocess import ImageError
@@ -45,6 +46,15 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(ImageError)
     def image_error(exc: ImageError):
         return error_response(_IMAGE_ERROR_STATUS.get(exc.code, 400), exc.code, str(exc))
+
+    @app.errorhandler(UnknownModel)
+    def unknown_model(exc: UnknownModel):
+        return error_response(404, "unknown_model", f"no model {exc} is served here: GET /models lists them")
+
+    @app.errorhandler(NoDefaultModel)
+    def no_default_model(exc: NoDefaultModel):
+        return error_response(404, "no_default_model", f"several models are served ({', '.join(exc.args[0])}) "
+                              "and DEFAULT_MODEL names none of them: POST /models/<name>/predict")
 
     @app.errorhandler(NoWorker)
     def no_worker(exc: NoWorker):

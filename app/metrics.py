@@ -18,6 +18,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.utils import floatToGoString
 
 from serving.protocol import Histogram as StoredHistogram
+from serving.protocol import split_model_id
 
 NAMESPACE = "imgcls"
 MULTIPROCESS = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
@@ -25,9 +26,15 @@ MULTIPROCESS = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
 # registry=None: these are collected only by the per-scrape registry of `render`.
 HTTP_REQUESTS = Counter("http_requests", "HTTP requests answered, by endpoint, method and status.",
                         ["endpoint", "method", "status"], namespace=NAMESPACE, registry=None)
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 HTTP_LATENCY = Histogram("http_request_duration_seconds", "Time from receiving a request to answering it.",
-                         ["endpoint"], namespace=NAMESPACE, registry=None,
-                         buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0))
+                         ["endpoint"], namespace=NAMESPACE, registry=None, buckets=LATENCY_BUCKETS)
+
+PREDICTIONS = Counter("predictions", "Images classified, by the model version that answered.",
+                      ["model", "version"], namespace=NAMESPACE, registry=None)
+PREDICTION_LATENCY = Histogram("prediction_duration_seconds", "Time from receiving an image to its answer, by the "
+                               "model version that answered.", ["model", "version"], namespace=NAMESPACE,
+                               registry=None, buckets=LATENCY_BUCKETS)
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -41,48 +48,63 @@ def observe_request(endpoint: str, method: str, status: int, seconds: float) -> 
     HTTP_LATENCY.labels(endpoint).observe(seconds)
 
 
-def render(read_fleet_status) -> bytes:
-    """The exposition text: this API's (or every API process's) metrics and the fleet's, read now."""
+def observe_prediction(model: str, version: str, seconds: float) -> None:
+    PREDICTIONS.labels(model, version).inc()
+    PREDICTION_LATENCY.labels(model, version).observe(seconds)
+
+
+def render(read_statuses) -> bytes:
+    """The exposition text: this API's (or every API process's) metrics and the fleet's, read now.
+
+    `read_statuses` returns every model version's FleetStatus by model id.
+    """
     registry = CollectorRegistry()
     if MULTIPROCESS:
         MultiProcessCollector(registry)
     else:
-        registry.register(HTTP_REQUESTS)
-        registry.register(HTTP_LATENCY)
-    registry.register(_FleetCollector(read_fleet_status))
+        for own in (HTTP_REQUESTS, HTTP_LATENCY, PREDICTIONS, PREDICTION_LATENCY):
+            registry.register(own)
+    registry.register(_FleetCollector(read_statuses))
     return generate_latest(registry)
 
 
 class _FleetCollector:
-    """Metrics read from Redis; with Redis down only `imgcls_redis_up 0`, so the scrape itself still works."""
+    """Metrics read from Redis, one series per model version; with Redis down only `imgcls_redis_up 0`, so the
+    scrape itself still works."""
 
-    def __init__(self, read_fleet_status):
-        self.read_fleet_status = read_fleet_status
+    def __init__(self, read_statuses):
+        self.read_statuses = read_statuses
 
     def collect(self):
         redis_up = GaugeMetricFamily(f"{NAMESPACE}_redis_up", "1 when the API reached Redis during this scrape.")
         try:
-            fleet = self.read_fleet_status()
+            statuses = self.read_statuses()
         except Exception:  # redis.RedisError mostly; a scrape must never fail because of it
             redis_up.add_metric([], 0)
             yield redis_up
             return
         redis_up.add_metric([], 1)
         yield redis_up
-        yield GaugeMetricFamily(f"{NAMESPACE}_queue_depth", "Images waiting in the queue for a worker.",
-                                value=fleet.queue_depth)
-        yield GaugeMetricFamily(f"{NAMESPACE}_workers_alive",
-                                "Workers whose last heartbeat is within WORKER_TIMEOUT.", value=fleet.workers_alive)
-        stats = fleet.stats
-        yield _histogram(f"{NAMESPACE}_batch_size", "Images per forward pass, over all workers.",
-                         stats.batch_size)
-        yield _histogram(f"{NAMESPACE}_inference_seconds",
-                         "Time of one forward pass (a whole batch), over all workers.", stats.inference_seconds)
-        yield CounterMetricFamily(f"{NAMESPACE}_requests_expired",
-                                  "Requests a worker skipped because their client had already been answered 504.",
-                                  value=stats.expired)
+        labels = ["model", "version"]
+        depth = GaugeMetricFamily(f"{NAMESPACE}_queue_depth", "Images waiting in a version's queue for a worker.",
+                                  labels=labels)
+        alive = GaugeMetricFamily(f"{NAMESPACE}_workers_alive",
+                                  "Workers of a version whose last heartbeat is within WORKER_TIMEOUT.", labels=labels)
+        batch_size = HistogramMetricFamily(f"{NAMESPACE}_batch_size", "Images per forward pass, over a version's "
+                                           "workers.", labels=labels)
+        inference = HistogramMetricFamily(f"{NAMESPACE}_inference_seconds", "Time of one forward pass (a whole "
+                                          "batch), over a version's workers.", labels=labels)
+        expired = CounterMetricFamily(f"{NAMESPACE}_requests_expired", "Requests a worker skipped because their "
+                                      "client had already been answered 504.", labels=labels)
+        for model, status in sorted(statuses.items()):
+            values = list(split_model_id(model))
+            depth.add_metric(values, status.queue_depth)
+            alive.add_metric(values, status.workers_alive)
+            for family, stored in ((batch_size, status.stats.batch_size), (inference, status.stats.inference_seconds)):
+                family.add_metric(values, _buckets(stored), stored.sum)
+            expired.add_metric(values, status.stats.expired)
+        yield from (depth, alive, batch_size, inference, expired)
 
 
-def _histogram(name: str, documentation: str, stored: StoredHistogram) -> HistogramMetricFamily:
-    buckets = [(floatToGoString(float(bound)), count) for bound, count in stored.buckets]  # "2" -> "2.0"
-    return HistogramMetricFamily(name, documentation, buckets=buckets, sum_value=stored.sum)
+def _buckets(stored: StoredHistogram) -> list[tuple[str, int]]:
+    return [(floatToGoString(float(bound)), count) for bound, count in stored.buckets]  # "2" -> "2.0"

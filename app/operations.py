@@ -8,9 +8,11 @@ from pathlib import Path
 from flask import Blueprint, Response, current_app
 
 from app import metrics
-from app.queue_client import FleetStatus, InferenceQueue, NoWorker
-from serving.config import Settings
+from app.fleet import Fleet
+from app.queue_client import FleetStatus, NoWorker
+from serving import routing
 from serving.preprocess import RESIZE_FILTER
+from serving.protocol import model_id
 
 operations = Blueprint("operations", __name__)
 
@@ -28,29 +30,40 @@ def demo_page():
 
 @operations.get("/readyz")
 def readyz():
-    """Ready: Redis answers and a worker with its model loaded has a fresh heartbeat (a Redis error is 503 too)."""
-    fleet = _fleet_status()
-    _require_worker(fleet)
-    return {"status": "ready", "model": fleet.model.name, "workers": fleet.workers_alive,
-            "queue_depth": fleet.queue_depth}
+    """Ready: Redis answers and the default model has a live worker (a Redis error is 503 too)."""
+    fleet = _fleet()
+    status = fleet.queue_for(fleet.name_for(None)).fleet_status(fleet.worker_timeout)
+    _require_worker(status)
+    return {"status": "ready", "model": status.model.name, "version": status.model.version,
+            "workers": status.workers_alive, "queue_depth": status.queue_depth}
 
 
 @operations.get("/model")
 def model():
-    fleet = _fleet_status()
-    _require_worker(fleet)
-    info = fleet.model
-    preprocessing = {"resize_size": info.resize_size, "crop_size": info.input_size,
-                     "interpolation": RESIZE_FILTER.name.lower(), "mean": list(info.mean), "std": list(info.std)}
-    return {"name": info.name, "arch": info.arch, "num_classes": info.num_classes, "input_size": info.input_size,
-            "preprocessing": preprocessing, "sources": info.sources,
-            "backend": info.backend, "device": info.device, "batch_size": info.batch_size,
-            "workers": fleet.workers_alive}
+    """The default model's version that requests go to now (GET /models/<name> lists every version)."""
+    fleet = _fleet()
+    status = fleet.queue_for(fleet.name_for(None)).fleet_status(fleet.worker_timeout)
+    _require_worker(status)
+    return _describe(status)
+
+
+@operations.get("/models")
+def models():
+    """Every model name served, with each version's weight, live workers, queue depth and input size."""
+    fleet = _fleet()
+    snapshot = fleet.snapshot(fresh=True)
+    return {"models": [_name_summary(fleet, name) for name in sorted(snapshot.versions)]}
+
+
+@operations.get("/models/<name>")
+def model_named(name: str):
+    fleet = _fleet()
+    return _name_summary(fleet, fleet.name_for(name))
 
 
 @operations.get("/metrics")
 def prometheus_metrics():
-    return Response(metrics.render(_fleet_status), content_type=metrics.CONTENT_TYPE)
+    return Response(metrics.render(_every_version_status), content_type=metrics.CONTENT_TYPE)
 
 
 @operations.get("/openapi.json")
@@ -58,10 +71,39 @@ def openapi():
     return OPENAPI_DOCUMENT
 
 
-def _fleet_status() -> FleetStatus:
-    queue: InferenceQueue = current_app.extensions["inference_queue"]
-    settings: Settings = current_app.config["SETTINGS"]
-    return queue.fleet_status(settings.worker_timeout)
+def _fleet() -> Fleet:
+    return current_app.extensions["fleet"]
+
+
+def _every_version_status() -> dict[str, FleetStatus]:
+    """model id -> its status, for every version the registry knows."""
+    fleet = _fleet()
+    snapshot = fleet.snapshot(fresh=True)
+    return {model_id(name, version): fleet.queue(model_id(name, version)).fleet_status(fleet.worker_timeout)
+            for name, versions in snapshot.versions.items() for version in versions}
+
+
+def _name_summary(fleet: Fleet, name: str) -> dict:
+    snapshot = fleet.snapshot()
+    weights = snapshot.weights.get(name, {})
+    versions = []
+    for version in sorted(snapshot.versions[name], key=routing.version_order):
+        status = fleet.queue(model_id(name, version)).fleet_status(fleet.worker_timeout)
+        described = _describe(status) if status.model else {"version": version, "workers": 0,
+                                                                 "queue_depth": status.queue_depth}
+        versions.append({**described, "weight": weights.get(version)})
+    return {"name": name, "default": name == fleet.default_model or len(snapshot.versions) == 1,
+            "routing": weights or "the only live version, or the lowest (no weights set)", "versions": versions}
+
+
+def _describe(status: FleetStatus) -> dict:
+    info = status.model
+    preprocessing = {"resize_size": info.resize_size, "crop_size": info.input_size,
+                     "interpolation": RESIZE_FILTER.name.lower(), "mean": list(info.mean), "std": list(info.std)}
+    return {"name": info.name, "version": info.version, "arch": info.arch, "num_classes": info.num_classes,
+            "input_size": info.input_size, "preprocessing": preprocessing, "sources": info.sources,
+            "backend": info.backend, "device": info.device, "batch_size": info.batch_size,
+            "workers": status.workers_alive, "queue_depth": status.queue_depth}
 
 
 def _require_worker(fleet: FleetStatus) -> None:

@@ -35,10 +35,10 @@ class FleetStatus:
 class InferenceQueue:
     """`client` answers within the Redis timeout; `waiting_client` allows for a whole request's wait."""
 
-    def __init__(self, client: RedisClient, waiting_client: RedisClient, key_prefix: str, max_queue: int):
+    def __init__(self, client: RedisClient, waiting_client: RedisClient, keys: Keys, max_queue: int):
         self.client = client
         self.waiting_client = waiting_client
-        self.keys = Keys(key_prefix)
+        self.keys = keys
         self.max_queue = max_queue
         self.clock = RedisClock()  # read again at every admission
 

@@ -7,9 +7,11 @@ import time
 from flask import Blueprint, current_app, request
 from werkzeug.datastructures import FileStorage
 
+from app import metrics
 from app.decode_budget import DecodeBudget
 from app.errors import ApiError
-from app.queue_client import InferenceQueue, NoAnswer
+from app.fleet import Fleet
+from app.queue_client import NoAnswer
 from app.request_log import log_fields, new_job_id
 from serving.config import Settings
 from serving.preprocess import decode, fit_to_model, read_header
@@ -25,14 +27,31 @@ def healthz():
     return {"status": "ok"}
 
 
+# A client may pin its requests to one version of a model (a canary's own testers, a comparison).
+VERSION_HEADER = "X-Model-Version"
+
+
 @api.post("/predict", provide_automatic_options=False)  # OPTIONS is 405 like every method but POST
 def predict():
+    """The default model: DEFAULT_MODEL, or the only one served."""
+    return _classify(None)
+
+
+@api.post("/models/<name>/predict", provide_automatic_options=False)
+def predict_with(name: str):
+    return _classify(name)
+
+
+def _classify(requested_name: str | None):
     started = time.perf_counter()
     settings: Settings = current_app.config["SETTINGS"]
-    queue: InferenceQueue = current_app.extensions["inference_queue"]
+    fleet: Fleet = current_app.extensions["fleet"]
     deadline = time.time() + settings.request_timeout
 
     upload = read_header(_single_upload().read(), settings.max_image_pixels)
+    name = fleet.name_for(requested_name)
+    queue = fleet.queue_for(name, request.headers.get(VERSION_HEADER))
+    log_fields(model=queue.keys.model_id)
     model = queue.admit()  # 503 now (app/errors.py) rather than after decoding, if nobody would answer
     budget: DecodeBudget = current_app.extensions["decode_budget"]
     width, height = upload.header.size
@@ -53,8 +72,9 @@ def predict():
     timing = {"preprocess_ms": round(preprocess_ms, 2), **result["timing"],
               "total_ms": round((time.perf_counter() - started) * 1000, 2)}
     log_fields(**timing, top=result["predictions"][0]["label"] if result["predictions"] else "")
+    metrics.observe_prediction(result["model"], result["version"], (time.perf_counter() - started))
     return {"success": True, "id": result["id"], "predictions": result["predictions"],
-            "model": result["model"], "timing": timing}
+            "model": result["model"], "version": result["version"], "timing": timing}
 
 
 def _single_upload() -> FileStorage:

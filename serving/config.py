@@ -11,11 +11,13 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import sys
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+MODEL_ID_PART = re.compile(r"[A-Za-z0-9._-]{1,64}")  # a model's name or version: safe in a key, a URL and a log
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"  # of API and worker alike, at LOG_LEVEL
 
 
@@ -88,6 +90,17 @@ class Settings:
     model_path: str = _setting(
         "MODEL_PATH", "models/efficientnet_lite0.pth",
         "Checkpoint the worker serves (built by `make run` when missing).")
+    model_name: str = _setting(
+        "MODEL_NAME", "",
+        "Name the worker serves its model under (`POST /models/<name>/predict`; empty: the model card's name). "
+        "Letters, digits, `.`, `_`, `-`.")
+    model_version: str = _setting(
+        "MODEL_VERSION", "1",
+        "Version of that name the worker serves; each name@version has its own queue, and "
+        "`python -m model_tools route` shares a name's requests among its versions.")
+    default_model: str = _setting(
+        "DEFAULT_MODEL", "",
+        "Model name `POST /predict` and `GET /model` use (empty: the only name served).")
     model_format: str = _setting(
         "MODEL_FORMAT", "auto",
         "How to read a `torch.save` file: `auto` (tensors-only when it is, else pickled), `state_dict` or "
@@ -148,6 +161,10 @@ class Settings:
         if self.decode_pixel_budget < self.max_image_pixels:
             raise ConfigError(f"DECODE_PIXEL_BUDGET={self.decode_pixel_budget} is below MAX_IMAGE_PIXELS="
                               f"{self.max_image_pixels}: the largest accepted image could never be decoded")
+        for name in ("model_name", "model_version", "default_model"):
+            value = getattr(self, name)
+            if (value or name == "model_version") and not MODEL_ID_PART.fullmatch(value):
+                raise ConfigError(f"{self.env_name(name)}={value!r}: expected 1-64 letters, digits, '.', '_' or '-'")
         if not self.key_prefix or set(self.key_prefix) & set("{}"):
             raise ConfigError(f"KEY_PREFIX={self.key_prefix!r}: must be non-empty, without braces (the keys put it "
                               "between braces themselves, as their Redis Cluster hash tag)")

@@ -43,20 +43,32 @@ import pybase64
 ATTEMPTS_EXHAUSTED = "attempts_exhausted"
 
 
+def model_id(name: str, version: str) -> str:
+    """One model version's id, `name@version`: its queue's name and its entry in the fleet's registry."""
+    return f"{name}@{version}"
+
+
+def split_model_id(model: str) -> tuple[str, str]:
+    name, _, version = model.rpartition("@")
+    return name, version
+
+
 @dataclass(frozen=True)
 class Keys:
-    """Every key of one queue, all under the hash tag `{prefix}`.
+    """Every key of one model version's queue, all under the hash tag `{prefix:name@version}`.
 
     Redis Cluster places a key by the part between its first braces, so every key of a queue lies in one
     slot: the transactions, scripts and BLMOVEs that span them work on a cluster as on one server
-    (CROSSSLOT otherwise). Another queue (another prefix) gets another tag and may live on another node.
+    (CROSSSLOT otherwise). Each model version has its own queue, so its own tag, and may live on
+    another node.
     """
 
     prefix: str
+    model_id: str  # model_id(name, version)
 
     @property
     def tag(self) -> str:
-        return "{" + self.prefix + "}"
+        return "{" + f"{self.prefix}:{self.model_id}" + "}"
 
     @property
     def queue(self) -> str:
@@ -81,6 +93,11 @@ class Keys:
         return f"{self.tag}:workers"
 
     @property
+    def stopping(self) -> str:
+        """Set of workers that have been told to stop and serve on only to empty the queue."""
+        return f"{self.tag}:stopping"
+
+    @property
     def worker_stats(self) -> str:
         return f"{self.tag}:worker_stats"
 
@@ -92,6 +109,22 @@ class Keys:
 
     def all_keys_pattern(self) -> str:
         return f"{self.tag}:*"
+
+
+@dataclass(frozen=True)
+class FleetKeys:
+    """The keys shared by every model of a prefix: which model versions are served, and how names route."""
+
+    prefix: str
+
+    @property
+    def models(self) -> str:
+        """Sorted set: model id -> Redis time of the last heartbeat of any of its workers."""
+        return "{" + self.prefix + "}:models"
+
+    def routes(self, name: str) -> str:
+        """Hash: version -> weight, the share of the name's requests that version gets (absent: RoutingTable)."""
+        return "{" + self.prefix + "}:routes:" + name
 
 
 class MalformedMessage(ValueError):
@@ -207,9 +240,9 @@ def _finite(value) -> float:
     return number
 
 
-def encode_success(request_id: str, predictions: list[dict], model: str, timing: dict) -> bytes:
+def encode_success(request_id: str, predictions: list[dict], model: str, version: str, timing: dict) -> bytes:
     return json.dumps({"id": request_id, "success": True, "predictions": predictions,
-                       "model": model, "timing": timing}).encode()
+                       "model": model, "version": version, "timing": timing}).encode()
 
 
 def encode_failure(request_id: str, code: str, message: str) -> bytes:
@@ -258,6 +291,54 @@ def count_live_workers(client, keys: Keys, worker_timeout: float):
     return client.execute_command("EVAL", LIVE_WORKERS, 1, keys.workers, worker_timeout)
 
 
+# A worker's entry in the fleet's registry of model versions, at the registry's own clock (on a Redis
+# Cluster it may sit on another node than the version's queue). KEYS: models set. ARGV: model id.
+REGISTER_MODEL = _NOW + "redis.call('ZADD', KEYS[1], now, ARGV[1])"
+
+# Every model version the registry knows, with the age of its last heartbeat by Redis's clock:
+# {id, age in seconds (as a string), id, age, ...}. KEYS: models set.
+MODEL_AGES = _NOW + """
+local entries = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
+local ages = {}
+for i = 1, #entries, 2 do
+  ages[#ages + 1] = entries[i]
+  ages[#ages + 1] = tostring(now - tonumber(entries[i + 1]))
+end
+return ages
+"""
+
+
+def model_ages(client, fleet: FleetKeys) -> dict[str, float]:
+    """Every model version ever announced under this prefix -> seconds since its last heartbeat."""
+    raw = client.eval(MODEL_AGES, 1, fleet.models)
+    return {raw[i].decode(): float(raw[i + 1]) for i in range(0, len(raw), 2)}
+
+
+# Mark a worker as stopping and count the live workers of its version that are not: the workers that
+# will go on serving its queue. KEYS: workers set, stopping set. ARGV: worker id, worker timeout in s.
+STOPPING = _NOW + """
+redis.call('SADD', KEYS[2], ARGV[1])
+local staying = 0
+for _, worker in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], now - tonumber(ARGV[2]), '+inf')) do
+  if redis.call('SISMEMBER', KEYS[2], worker) == 0 then staying = staying + 1 end
+end
+return staying
+"""
+
+
+def announce_stopping(client, keys: Keys, worker_id: str, worker_timeout: float) -> int:
+    """Mark `worker_id` as stopping; how many live workers of its version stay."""
+    return client.eval(STOPPING, 2, keys.workers, keys.stopping, worker_id, worker_timeout)
+
+
+def queued_for_version(client, keys: Keys) -> int:
+    """Messages waiting in the version's queue and retry list."""
+    pipe = client.pipeline(transaction=False)
+    pipe.llen(keys.queue)
+    pipe.llen(keys.retry)
+    return sum(pipe.execute())
+
+
 # Workers whose last heartbeat is older than ARGV[1] seconds by Redis's clock. KEYS: workers set.
 SILENT_WORKERS = _NOW + "return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. (now - tonumber(ARGV[1])))"
 
@@ -271,7 +352,8 @@ SILENT_WORKERS = _NOW + "return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '('
 # max_attempts goes to the exhausted list instead, where a worker answers it with an error
 # (ANSWER_EXHAUSTED). Messages that never failed go back to the queue's consuming end, taken next,
 # oldest first. Unparseable messages go back to the queue untouched; a worker answers those.
-# KEYS: processing list, queue, workers set, retry list, exhausted list.
+# Either way the worker leaves the registry and the stopping set.
+# KEYS: processing list, queue, workers set, retry list, exhausted list, stopping set.
 # ARGV: worker id, count_attempt (0/1), max_attempts, worker timeout in s.
 RETURN_UNFINISHED = _NOW + """
 if ARGV[2] == '1' then
@@ -301,6 +383,7 @@ while true do
   end
 end
 redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('SREM', KEYS[6], ARGV[1])
 return {returned, exhausted}
 """
 
@@ -317,7 +400,7 @@ return 1
 @dataclass(frozen=True)
 class ModelInfo:
     """What a worker publishes about the model it serves; a reader ignores fields it does not know (upgrades)."""
-    name: str
+    name: str  # MODEL_NAME, or the card's
     arch: str
     num_classes: int
     input_size: int  # side of the square crop the model takes
@@ -328,6 +411,7 @@ class ModelInfo:
     batch_size: int
     backend: str = "torch"  # engine that runs the model (BACKEND); heartbeats from before this field mean eager torch
     sources: dict[str, str] = field(default_factory=dict)  # card field -> where its value came from
+    version: str = "1"  # MODEL_VERSION
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self)).encode()

@@ -23,7 +23,7 @@ from pathlib import Path
 import requests
 
 from serving.config import Settings
-from serving.protocol import Keys, count_live_workers
+from serving.protocol import FleetKeys, Keys, count_live_workers, model_ages
 from serving.redis_client import REDIS_ERRORS, RedisClient, connect
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -209,7 +209,9 @@ class Stack:
                            process, timeout)
 
     def _require_live_workers(self, count: int) -> None:
-        live = count_live_workers(self.redis(), Keys(self.settings.key_prefix), self.settings.worker_timeout)
+        client, prefix = self.redis(), self.settings.key_prefix
+        live = sum(count_live_workers(client, Keys(prefix, model), self.settings.worker_timeout)
+                   for model in model_ages(client, FleetKeys(prefix)))
         if live < count:
             raise StartupError(f"{live} of {count} workers announced")
 

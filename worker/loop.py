@@ -13,7 +13,7 @@ import numpy as np
 
 from serving import protocol
 from serving.config import Settings
-from serving.protocol import InferenceRequest, Keys, MalformedMessage, ModelInfo, RedisClock
+from serving.protocol import FleetKeys, InferenceRequest, Keys, MalformedMessage, ModelInfo, RedisClock
 from serving.redis_client import REDIS_ERRORS, RedisClient
 from worker.batching import held_messages, publish_results, take_batch, take_retry
 from worker.inference import Classifier
@@ -35,7 +35,11 @@ class Worker:
         self.client = client
         self.classifier = classifier
         self.settings = settings
-        self.keys = Keys(settings.key_prefix)
+        card = classifier.card
+        self.name, self.version = settings.model_name or card.name, settings.model_version
+        self.model_id = protocol.model_id(self.name, self.version)
+        self.keys = Keys(settings.key_prefix, self.model_id)
+        self.fleet = FleetKeys(settings.key_prefix)
         self.worker_id = worker_id or new_worker_id()
         self.batches = 0
         self.expired = 0
@@ -44,11 +48,12 @@ class Worker:
         self.clock = RedisClock()  # read again at every heartbeat
         self.first_heartbeat = threading.Event()
         self.heartbeat_failed = False
-        card = classifier.card
-        self.model_info = ModelInfo(card.name, card.arch, len(card.class_names), card.preprocessing.input_size,
+        self.drained = threading.Event()  # set once a stopping worker may leave its version's queue behind
+        self._drain_deadline: float | None = None
+        self.model_info = ModelInfo(self.name, card.arch, len(card.class_names), card.preprocessing.input_size,
                                     card.preprocessing.resize_size, card.preprocessing.mean, card.preprocessing.std,
                                     str(classifier.device), settings.batch_size, classifier.backend,
-                                    dict(card.sources)).to_json()
+                                    dict(card.sources), self.version).to_json()
 
     def run(self, stop: threading.Event) -> bool:
         """Serve until `stop` is set; the batch in hand is always finished first. False if the heartbeat failed.
@@ -60,13 +65,15 @@ class Worker:
         run twice and, were it the only worker, have the API answer 503 while it computes.
         """
         log.info("worker=%s ready model=%s device=%s batch_size=%d", self.worker_id,
-                 self.classifier.card.name, self.classifier.device, self.settings.batch_size)
+                 self.model_id, self.classifier.device, self.settings.batch_size)
         beating = threading.Event()
         heartbeat = threading.Thread(target=self._beat_or_stop, args=(beating, stop), name="heartbeat", daemon=True)
         heartbeat.start()
         while not (self.first_heartbeat.wait(0.1) or stop.is_set()):
             pass  # messages' deadlines are by Redis's clock, which the first heartbeat reads
         self._retry_on_redis_errors(self.serve_once, stop)
+        if not self.heartbeat_failed:
+            self._retry_on_redis_errors(self.drain_if_last, self.drained)
         beating.set()
         heartbeat.join()
         try:
@@ -76,6 +83,27 @@ class Worker:
             log.warning("worker=%s could not sign off: %s", self.worker_id, exc)
         log.info("worker=%s stopped after %d batches", self.worker_id, self.batches)
         return not self.heartbeat_failed
+
+    def drain_if_last(self) -> None:
+        """Serve what is still queued for this version before leaving, if no other worker of it stays.
+
+        A version's queue is served by its own workers only: handed back by the last of them, its
+        messages would wait for nobody and their clients would get 504, which is what a rollout that
+        routes a name to a new version and then stops the old one's workers must not do. Workers
+        stopping together all count as leaving (the stopping set), so each drains. Bounded by
+        REQUEST_TIMEOUT: after that every client still waiting has had its answer or its 504.
+        """
+        if self._drain_deadline is None:
+            if protocol.announce_stopping(self.client, self.keys, self.worker_id, self.settings.worker_timeout):
+                self.drained.set()  # others of this version stay and serve the queue
+                return
+            self._drain_deadline = time.monotonic() + self.settings.request_timeout
+            log.info("worker=%s is the last of %s: serving what is queued before it stops", self.worker_id,
+                     self.model_id)
+        if time.monotonic() > self._drain_deadline or not protocol.queued_for_version(self.client, self.keys):
+            self.drained.set()
+            return
+        self.serve_once()
 
     def _beat_or_stop(self, beating: threading.Event, stop: threading.Event) -> None:
         try:
@@ -134,6 +162,7 @@ class Worker:
         redis_now = self.client.eval(protocol.HEARTBEAT, 2, self.keys.model, self.keys.workers, self.worker_id,
                                      self.model_info, int(self.settings.worker_timeout * 1000))
         self.clock.observe(float(redis_now), sent_at, time.time())
+        self.client.eval(protocol.REGISTER_MODEL, 1, self.fleet.models, self.model_id)
         self.first_heartbeat.set()
 
     def sign_off(self) -> None:
@@ -193,5 +222,5 @@ class Worker:
         for request, predictions in zip(requests, self.classifier.top_k(probabilities, self.settings.top_k)):
             timing = {"queue_ms": round(max(taken_at - request.enqueued_at, 0) * 1000, 2),
                       "inference_ms": round(inference_ms, 2), "batch_size": len(requests)}
-            results[request.id] = protocol.encode_success(request.id, predictions, self.classifier.card.name, timing)
+            results[request.id] = protocol.encode_success(request.id, predictions, self.name, self.version, timing)
         return inference_ms

@@ -20,8 +20,8 @@ def return_unfinished(client: RedisClient, keys: Keys, worker_id: str, count_as_
     Exhausted messages wait in their own list for answer_exhausted.
     """
     returned, exhausted = client.eval(
-        protocol.RETURN_UNFINISHED, 5, keys.processing(worker_id), keys.queue, keys.workers, keys.retry,
-        keys.exhausted, worker_id, "1" if count_as_failure else "0", max_attempts, worker_timeout)
+        protocol.RETURN_UNFINISHED, 6, keys.processing(worker_id), keys.queue, keys.workers, keys.retry,
+        keys.exhausted, keys.stopping, worker_id, "1" if count_as_failure else "0", max_attempts, worker_timeout)
     return None if returned < 0 else (int(returned), int(exhausted))
 
 

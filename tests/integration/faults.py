@@ -8,13 +8,16 @@ import signal
 import time
 from pathlib import Path
 
-from serving.protocol import Keys
+from serving.protocol import FleetKeys, Keys, model_ages
 from stack.processes import Stack
 from tests.integration.client import wait_until
 
 
 def keys_of(stack: Stack) -> Keys:
-    return Keys(stack.settings.key_prefix)
+    """The keys of the one model version the stack's workers serve."""
+    models = list(model_ages(stack.redis(), FleetKeys(stack.settings.key_prefix)))
+    assert len(models) == 1, models
+    return Keys(stack.settings.key_prefix, models[0])
 
 
 def worker_id_of(stack: Stack, index: int) -> str:

@@ -13,12 +13,13 @@ import fakeredis
 
 from serving import protocol
 from serving.config import Settings
-from serving.protocol import InferenceRequest, Keys, ModelInfo
+from serving.protocol import FleetKeys, InferenceRequest, Keys, ModelInfo
 from tests.images import photo_bytes
 from worker.batching import publish_results, take_batch
 
 SETTINGS = Settings(request_timeout=0.3, max_upload_mb=1, worker_timeout=5)
-KEYS = Keys(SETTINGS.key_prefix)
+KEYS = Keys(SETTINGS.key_prefix, "tiny@1")
+FLEET = FleetKeys(SETTINGS.key_prefix)
 SOURCES = {"class_names": "LABELS_PATH (labels.txt)", "input_size": "assumed: torchvision's ImageNet convention",
            "resize_size": "RESIZE_SIZE", "mean": "model file", "std": "model file"}
 MODEL = ModelInfo("tiny", "tiny_arch", 3, 224, 256, (0.5, 0.4, 0.3), (0.2, 0.2, 0.2), "cpu", 8, "torch", SOURCES)
@@ -27,19 +28,21 @@ TABBY = [{"label": "tabby", "index": 281, "probability": 0.9}]
 
 def heartbeat(fake_redis: fakeredis.FakeRedis, worker_id: str = "w1", age: float = 0.0,
               model: ModelInfo = MODEL) -> None:
-    """What a worker's heartbeat writes: the model it serves and its own entry in the registry."""
-    fake_redis.set(KEYS.model, model.to_json())
-    fake_redis.zadd(KEYS.workers, {worker_id: time.time() - age})
+    """What a worker's heartbeat writes: the model it serves, its own entry and its model's in the registries."""
+    keys = Keys(SETTINGS.key_prefix, protocol.model_id(model.name, model.version))
+    fake_redis.set(keys.model, model.to_json())
+    fake_redis.zadd(keys.workers, {worker_id: time.time() - age})
+    fake_redis.zadd(FLEET.models, {keys.model_id: time.time() - age})
 
 
-def success(predictions: list[dict]):
+def success(predictions: list[dict], model: ModelInfo = MODEL):
     """A make_result for answer_next_request: these predictions, with a worker's timing."""
-    return lambda request: protocol.encode_success(request.id, predictions, "tiny",
+    return lambda request: protocol.encode_success(request.id, predictions, model.name, model.version,
                                                    {"queue_ms": 1.0, "inference_ms": 2.0, "batch_size": 1})
 
 
-def answer_next_request(fake_redis: fakeredis.FakeRedis, make_result) -> dict[str, InferenceRequest]:
-    """A stand-in worker thread: takes the next queued message and publishes make_result(request) for it.
+def answer_next_request(fake_redis: fakeredis.FakeRedis, make_result, keys: Keys = KEYS) -> dict[str, InferenceRequest]:
+    """A stand-in worker thread: takes the next message of `keys`' queue and publishes make_result(request) for it.
 
     Returns a dict that holds the request under "request" once it has been taken.
     """
@@ -47,11 +50,11 @@ def answer_next_request(fake_redis: fakeredis.FakeRedis, make_result) -> dict[st
 
     def run():
         for _ in range(200):
-            batch = take_batch(fake_redis, KEYS, "w1", 1, block_seconds=0.01, wait_for_more_seconds=0)
+            batch = take_batch(fake_redis, keys, "w1", 1, block_seconds=0.01, wait_for_more_seconds=0)
             if batch:
                 request = protocol.decode_request(batch[0])
                 seen["request"] = request
-                publish_results(fake_redis, KEYS, "w1", {request.id: make_result(request)}, batch,
+                publish_results(fake_redis, keys, "w1", {request.id: make_result(request)}, batch,
                                 ttl_seconds=5)
                 return
             time.sleep(0.005)
@@ -61,8 +64,8 @@ def answer_next_request(fake_redis: fakeredis.FakeRedis, make_result) -> dict[st
 
 
 def post_image(client, data: bytes | None = None, field: str = "image", filename: str = "chelsea.png",
-               headers: dict[str, str] | None = None):
-    """POST /predict through the Flask test client, as multipart with one file; chelsea.png by default."""
+               headers: dict[str, str] | None = None, path: str = "/predict"):
+    """POST /predict (or `path`) through the Flask test client, as multipart with one file; chelsea.png by default."""
     data = photo_bytes("chelsea.png") if data is None else data
-    return client.post("/predict", data={field: (io.BytesIO(data), filename)}, content_type="multipart/form-data",
+    return client.post(path, data={field: (io.BytesIO(data), filename)}, content_type="multipart/form-data",
                        headers=headers or {})

@@ -11,7 +11,7 @@ import redis
 from serving.protocol import Keys
 from worker.batching import publish_results, take_batch
 
-KEYS = Keys("t")
+KEYS = Keys("t", "tiny@1")
 
 
 @pytest.fixture

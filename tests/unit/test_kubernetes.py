@@ -20,7 +20,7 @@ import yaml
 
 from app import create_app
 from serving.config import Settings, parse_redis_url
-from serving.protocol import Keys
+from serving.protocol import Keys, model_id
 from stack.processes import API_ARGUMENTS, WORKER_ARGUMENTS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -222,7 +222,8 @@ def test_keda_scales_the_workers_on_the_queue_the_api_fills():
     trigger = redis_trigger()
     assert trigger["type"] == "redis"  # one Redis server, as REDIS_URL names (README.md beside the manifests: others)
     assert parse_redis_url(settings().redis_url).kind == "server"
-    assert trigger["metadata"]["listName"] == Keys(settings().key_prefix).queue
+    queue = Keys(settings().key_prefix, model_id(settings().model_name, settings().model_version)).queue
+    assert trigger["metadata"]["listName"] == queue
 
 
 def test_keda_asks_for_a_worker_per_full_batch_queued_and_never_for_none():

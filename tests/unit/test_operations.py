@@ -35,6 +35,7 @@ from tests.unit.fake_api import (
 from worker.metrics import BatchStats
 
 STATIC = Path(__file__).resolve().parents[2] / "app" / "static"
+TINY = {"model": "tiny", "version": "1"}  # the labels of fake_api's model in the fleet's metrics
 
 
 # /readyz
@@ -45,7 +46,7 @@ def test_readyz_is_ready_with_a_fresh_worker(client, fake_redis):
     fake_redis.lpush(KEYS.queue, b"waiting")
     response = client.get("/readyz")
     assert response.status_code == 200
-    assert response.get_json() == {"status": "ready", "model": "tiny", "workers": 1, "queue_depth": 1}
+    assert response.get_json() == {"status": "ready", "model": "tiny", "version": "1", "workers": 1, "queue_depth": 1}
 
 
 @pytest.mark.parametrize("state", ["nothing", "stale_worker", "no_model"])
@@ -73,10 +74,11 @@ def test_model_describes_the_served_model_and_its_workers(client, fake_redis):
     heartbeat(fake_redis, "w1")
     heartbeat(fake_redis, "w2")
     body = client.get("/model").get_json()
-    assert body == {"name": "tiny", "arch": "tiny_arch", "num_classes": 3, "input_size": 224,
+    assert body == {"name": "tiny", "version": "1", "arch": "tiny_arch", "num_classes": 3, "input_size": 224,
                     "preprocessing": {"resize_size": 256, "crop_size": 224, "interpolation": "bilinear",
                                       "mean": [0.5, 0.4, 0.3], "std": [0.2, 0.2, 0.2]},
-                    "sources": SOURCES, "backend": "torch", "device": "cpu", "batch_size": 8, "workers": 2}
+                    "sources": SOURCES, "backend": "torch", "device": "cpu", "batch_size": 8, "workers": 2,
+                    "queue_depth": 0}
 
 
 def test_model_reports_the_backend_a_worker_announces(client, fake_redis):
@@ -86,8 +88,8 @@ def test_model_reports_the_backend_a_worker_announces(client, fake_redis):
 
 def test_a_heartbeat_with_fields_this_api_does_not_know_is_read_as_usual(client, fake_redis):
     """A newer worker beside an older API (a rolling upgrade): the extra field is ignored, nothing is a 500."""
+    heartbeat(fake_redis)
     fake_redis.set(KEYS.model, json.dumps({**json.loads(MODEL.to_json()), "added_later": [1, 2]}))
-    fake_redis.zadd(KEYS.workers, {"w1": time.time()})
     assert client.get("/model").get_json()["name"] == MODEL.name
 
 
@@ -143,17 +145,17 @@ def test_metrics_show_the_fleet_and_the_workers_batches(client, fake_redis):
     second.record(8, 120.0, expired_total=2)
     text = client.get("/metrics").get_data(as_text=True)
     assert sample_value(text, "imgcls_redis_up") == 1
-    assert sample_value(text, "imgcls_queue_depth") == 3
-    assert sample_value(text, "imgcls_workers_alive") == 2
-    assert sample_value(text, "imgcls_batch_size_count") == 2
-    assert sample_value(text, "imgcls_batch_size_sum") == 11
-    assert sample_value(text, "imgcls_batch_size_bucket", le="2.0") == 0
-    assert sample_value(text, "imgcls_batch_size_bucket", le="4.0") == 1
-    assert sample_value(text, "imgcls_batch_size_bucket", le="+Inf") == 2
-    assert sample_value(text, "imgcls_inference_seconds_bucket", le="0.025") == 1
-    assert sample_value(text, "imgcls_inference_seconds_bucket", le="0.25") == 2
-    assert sample_value(text, "imgcls_inference_seconds_sum") == pytest.approx(0.14)
-    assert sample_value(text, "imgcls_requests_expired_total") == 2
+    assert sample_value(text, "imgcls_queue_depth", **TINY) == 3
+    assert sample_value(text, "imgcls_workers_alive", **TINY) == 2
+    assert sample_value(text, "imgcls_batch_size_count", **TINY) == 2
+    assert sample_value(text, "imgcls_batch_size_sum", **TINY) == 11
+    assert sample_value(text, "imgcls_batch_size_bucket", **TINY, le="2.0") == 0
+    assert sample_value(text, "imgcls_batch_size_bucket", **TINY, le="4.0") == 1
+    assert sample_value(text, "imgcls_batch_size_bucket", **TINY, le="+Inf") == 2
+    assert sample_value(text, "imgcls_inference_seconds_bucket", **TINY, le="0.025") == 1
+    assert sample_value(text, "imgcls_inference_seconds_bucket", **TINY, le="0.25") == 2
+    assert sample_value(text, "imgcls_inference_seconds_sum", **TINY) == pytest.approx(0.14)
+    assert sample_value(text, "imgcls_requests_expired_total", **TINY) == 2
 
 
 def test_metrics_still_answer_with_redis_down(server, fake_redis):

@@ -66,18 +66,18 @@ def test_malformed_messages_raise_with_the_request_id_when_readable(raw, request
 
 
 def test_every_key_of_a_queue_lies_in_one_cluster_slot_and_results_are_per_request():
-    keys = Keys("svc")
+    keys = Keys("svc", "resnet50@v3")
     names = [keys.queue, keys.model, keys.retry, keys.workers, keys.worker_stats, keys.processing("w1"),
              keys.result("r1")]
-    assert all(name.startswith("{svc}:") for name in names)
-    assert {key_slot(name.encode()) for name in names} == {key_slot(b"svc")}  # the hash tag decides the slot
+    assert all(name.startswith("{svc:resnet50@v3}:") for name in names)
+    assert {key_slot(name.encode()) for name in names} == {key_slot(b"svc:resnet50@v3")}  # the tag decides
     assert len(set(names)) == len(names)
     assert keys.result("r1") != keys.result("r2")
 
 
 def test_results_carry_success_or_a_coded_error():
-    ok = protocol.decode_result(protocol.encode_success("r1", [{"label": "x"}], "m", {"inference_ms": 1}))
-    assert ok == {"id": "r1", "success": True, "predictions": [{"label": "x"}], "model": "m",
+    ok = protocol.decode_result(protocol.encode_success("r1", [{"label": "x"}], "m", "1", {"inference_ms": 1}))
+    assert ok == {"id": "r1", "success": True, "predictions": [{"label": "x"}], "model": "m", "version": "1",
                   "timing": {"inference_ms": 1}}
     failed = protocol.decode_result(protocol.encode_failure("r1", "inference_failed", "boom"))
     assert failed == {"id": "r1", "success": False, "error": {"code": "inference_failed", "message": "boom"}}

@@ -10,7 +10,7 @@ from serving.protocol import InferenceRequest, Keys
 from worker import recovery
 from worker.recovery import reap_dead_workers, return_unfinished
 
-KEYS = Keys("t")
+KEYS = Keys("t", "tiny@1")
 TIMEOUT = 5.0
 TRUE_TIME = time.time
 

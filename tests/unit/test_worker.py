@@ -17,7 +17,7 @@ from worker.__main__ import redis_client
 from worker.loop import Worker
 
 SETTINGS = Settings(key_prefix="t", top_k=2, batch_size=8)
-KEYS = Keys("t")
+KEYS = Keys("t", "tiny@1")
 
 
 @pytest.fixture

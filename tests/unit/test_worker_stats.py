@@ -10,7 +10,7 @@ from tests.unit.tiny_model import message, tiny_classifier
 from worker.loop import Worker
 from worker.metrics import BatchStats
 
-KEYS = Keys("t")
+KEYS = Keys("t", "tiny@1")
 
 
 def test_a_batch_adds_one_to_its_buckets_and_its_values_to_the_sums():

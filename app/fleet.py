@@ -1,0 +1,105 @@
+"""The API's view of every served model: which versions are live, which one a request goes to, their queues.
+
+Workers register each model version they serve (`name@version`) in the fleet's registry with every
+heartbeat; the API reads the registry and the names' routing weights at most once per
+`REFRESH_SECONDS` per process, so choosing a version costs a request no round trip to Redis.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+
+from app.queue_client import InferenceQueue, NoWorker
+from serving import routing
+from serving.protocol import FleetKeys, Keys, model_ages, model_id, split_model_id
+from serving.redis_client import RedisClient
+
+# How stale the API's picture of versions and weights may be: a new route takes effect within this.
+REFRESH_SECONDS = 1.0
+
+
+class UnknownModel(Exception):
+    """No worker has ever announced this model name under this KEY_PREFIX."""
+
+
+class NoDefaultModel(Exception):
+    """POST /predict with several names served and DEFAULT_MODEL unset."""
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    versions: dict[str, list[str]]  # name -> every version the registry knows
+    live: dict[str, list[str]]  # name -> versions with a heartbeat within WORKER_TIMEOUT
+    weights: dict[str, dict[str, int]]  # name -> routing weights (empty: none set)
+    taken_at: float
+
+
+class Fleet:
+    def __init__(self, client: RedisClient, waiting_client: RedisClient, key_prefix: str, max_queue: int,
+                 worker_timeout: float, default_model: str):
+        self.client, self.waiting_client = client, waiting_client
+        self.keys = FleetKeys(key_prefix)
+        self.max_queue, self.worker_timeout, self.default_model = max_queue, worker_timeout, default_model
+        self._queues: dict[str, InferenceQueue] = {}
+        self._snapshot = Snapshot({}, {}, {}, 0.0)
+        self._lock = threading.Lock()
+
+    def snapshot(self, fresh: bool = False) -> Snapshot:
+        """Versions and weights, read again when older than REFRESH_SECONDS (or `fresh`)."""
+        with self._lock:
+            if fresh or time.monotonic() - self._snapshot.taken_at > REFRESH_SECONDS:
+                self._snapshot = self._read()
+            return self._snapshot
+
+    def _read(self) -> Snapshot:
+        versions: dict[str, list[str]] = {}
+        live: dict[str, list[str]] = {}
+        for model, age in sorted(model_ages(self.client, self.keys).items()):
+            name, version = split_model_id(model)
+            versions.setdefault(name, []).append(version)
+            if age <= self.worker_timeout:
+                live.setdefault(name, []).append(version)
+        pipe = self.client.pipeline(transaction=False)
+        for name in versions:
+            pipe.hgetall(self.keys.routes(name))
+        weights = {name: {v.decode(): int(w) for v, w in raw.items()} for name, raw in zip(versions, pipe.execute())}
+        return Snapshot(versions, live, weights, time.monotonic())
+
+    def name_for(self, requested: str | None) -> str:
+        """The model name a request is for: the one in its path, else DEFAULT_MODEL, else the only one served."""
+        snapshot = self.snapshot()
+        if requested is not None:
+            if requested not in snapshot.versions and requested not in self.snapshot(fresh=True).versions:
+                raise UnknownModel(requested)
+            return requested
+        if self.default_model:
+            return self.default_model
+        names = sorted(snapshot.versions) or sorted(self.snapshot(fresh=True).versions)
+        if len(names) > 1:
+            raise NoDefaultModel(names)
+        if not names:
+            raise NoWorker()
+        return names[0]
+
+    def queue_for(self, name: str, pinned_version: str | None = None) -> InferenceQueue:
+        """The queue of the version this request goes to: the pinned one, else one chosen by the name's weights."""
+        snapshot = self.snapshot()
+        if not snapshot.live.get(name):  # perhaps a worker came up since the last read: look again before 503
+            snapshot = self.snapshot(fresh=True)
+        if pinned_version is not None:
+            if pinned_version not in snapshot.versions.get(name, []):
+                raise UnknownModel(model_id(name, pinned_version))
+            return self.queue(model_id(name, pinned_version))
+        version = routing.choose_version(snapshot.weights.get(name, {}), snapshot.live.get(name, []))
+        if version is None:
+            raise NoWorker()
+        return self.queue(model_id(name, version))
+
+    def queue(self, model: str) -> InferenceQueue:
+        """One InferenceQueue per model version (its id), made once."""
+        if model not in self._queues:
+            self._queues.setdefault(model, InferenceQueue(self.client, self.waiting_client,
+                                                          Keys(self.keys.prefix, model), self.max_queue))
+        return self._queues[model]

@@ -1,0 +1,54 @@
+"""Which version of a model answers a request: weights kept in Redis, one reader and writer for API and command.
+
+A model name routes to its versions by integer weights in the hash `{prefix}:routes:<name>` (`v3=90 v4=10`),
+set by `python -m model_tools route`. Without weights a name goes to its only live version, and with
+several to the lowest (versions compare as numbers where they are numbers: v9 < v10), so a new version
+gets no traffic until it is routed to.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+
+from serving.protocol import FleetKeys, Keys, count_live_workers, model_id
+
+
+class RoutingError(ValueError):
+    """Weights that cannot be set: a message for the operator."""
+
+
+def read_weights(client, fleet: FleetKeys, name: str) -> dict[str, int]:
+    return {version.decode(): int(weight) for version, weight in client.hgetall(fleet.routes(name)).items()}
+
+
+def write_weights(client, fleet: FleetKeys, name: str, weights: dict[str, int], worker_timeout: float) -> None:
+    """Replace a name's weights at once; refused unless every version given traffic has a live worker now."""
+    if not weights or any(weight < 0 for weight in weights.values()) or sum(weights.values()) == 0:
+        raise RoutingError("weights must be whole numbers >= 0, at least one above 0, like v3=90 v4=10")
+    for version, weight in weights.items():
+        if weight and count_live_workers(client, Keys(fleet.prefix, model_id(name, version)), worker_timeout) == 0:
+            raise RoutingError(f"{name}@{version} has no live worker: start its workers, wait until they are "
+                               "ready, then route to it")
+    pipe = client.pipeline(transaction=True)  # one key: readers see the old weights or the new, never a mix
+    pipe.delete(fleet.routes(name))
+    pipe.hset(fleet.routes(name), mapping=weights)
+    pipe.execute()
+
+
+def choose_version(weights: dict[str, int], live_versions: list[str], rng: random.Random = random) -> str | None:
+    """The version one request goes to, or None when the name has no version to offer.
+
+    Weighted versions with a live worker share the traffic by their weights; when none of them is live,
+    the weights alone decide (and the request meets "no worker"), so a route is never silently ignored.
+    """
+    if weights:
+        routed = {version: weight for version, weight in weights.items() if weight > 0}
+        candidates = {version: weight for version, weight in routed.items() if version in live_versions} or routed
+        return rng.choices(list(candidates), weights=list(candidates.values()))[0] if candidates else None
+    return min(live_versions, key=version_order) if live_versions else None
+
+
+def version_order(version: str) -> tuple:
+    """v9 before v10: digits compare as numbers."""
+    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", version) if part)

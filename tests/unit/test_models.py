@@ -1,0 +1,133 @@
+"""Several models and versions behind one API: naming, routing by weights, pinning, the registry's views."""
+
+import dataclasses
+import random
+from collections import Counter
+
+import pytest
+
+from app import create_app
+from serving import routing
+from serving.protocol import FleetKeys, Keys, announce_stopping
+from serving.routing import RoutingError, choose_version, version_order, write_weights
+from tests.openapi_check import assert_conforms
+from tests.prometheus_text import sample_value
+from tests.unit.fake_api import MODEL, SETTINGS, TABBY, answer_next_request, heartbeat, post_image, success
+
+SHAPES = dataclasses.replace(MODEL, name="shapes", num_classes=4)
+FLEET = FleetKeys(SETTINGS.key_prefix)
+SQUARE = [{"label": "square", "index": 2, "probability": 0.8}]
+
+
+def keys(name: str, version: str) -> Keys:
+    return Keys(SETTINGS.key_prefix, f"{name}@{version}")
+
+
+def test_each_name_answers_on_its_own_route_with_its_own_model(client, fake_redis):
+    heartbeat(fake_redis)
+    heartbeat(fake_redis, model=SHAPES)
+    answer_next_request(fake_redis, success(SQUARE, SHAPES), keys("shapes", "1"))
+    answer = post_image(client, path="/models/shapes/predict").get_json()
+    assert (answer["model"], answer["version"], answer["predictions"]) == ("shapes", "1", SQUARE)
+    answer_next_request(fake_redis, success(TABBY), keys("tiny", "1"))
+    assert post_image(client, path="/models/tiny/predict").get_json()["predictions"] == TABBY
+
+
+def test_predict_without_a_name_needs_a_default_when_several_are_served(client, fake_redis):
+    heartbeat(fake_redis)
+    heartbeat(fake_redis, model=SHAPES)
+    response = post_image(client)
+    assert response.status_code == 404 and response.get_json()["error"]["code"] == "no_default_model"
+    assert "shapes, tiny" in response.get_json()["error"]["message"]
+    chosen = create_app(dataclasses.replace(SETTINGS, default_model="shapes"), fake_redis).test_client()
+    answer_next_request(fake_redis, success(SQUARE, SHAPES), keys("shapes", "1"))
+    assert post_image(chosen).get_json()["model"] == "shapes"
+
+
+def test_an_unknown_model_is_404_with_a_json_error(client, fake_redis):
+    heartbeat(fake_redis)
+    for response in (post_image(client, path="/models/nope/predict"), client.get("/models/nope"),
+                     post_image(client, headers={"X-Model-Version": "7"})):
+        assert response.status_code == 404 and response.get_json()["error"]["code"] == "unknown_model"
+        assert_conforms("/models/{name}/predict" if response.request.method == "POST" and "nope" in
+                        response.request.path else ("/models/{name}" if response.request.method == "GET"
+                                                    else "/predict"),
+                        response.request.method.lower(), 404, response.headers, response.get_data())
+
+
+def test_a_version_without_live_workers_is_503_no_worker(client, fake_redis):
+    heartbeat(fake_redis, age=SETTINGS.worker_timeout + 1)  # announced once, silent since
+    response = post_image(client, path="/models/tiny/predict")
+    assert response.status_code == 503 and response.get_json()["error"]["code"] == "no_worker"
+
+
+def test_models_lists_every_name_with_its_versions_weights_workers_and_queues(client, fake_redis):
+    heartbeat(fake_redis)
+    heartbeat(fake_redis, "w2", model=dataclasses.replace(MODEL, version="2"))
+    heartbeat(fake_redis, model=SHAPES)
+    fake_redis.hset(FLEET.routes("tiny"), mapping={"1": 90, "2": 10})
+    fake_redis.lpush(keys("tiny", "2").queue, b"waiting")
+    response = client.get("/models")
+    assert_conforms("/models", "get", 200, response.headers, response.get_data())
+    models = {m["name"]: m for m in response.get_json()["models"]}
+    assert set(models) == {"tiny", "shapes"}
+    tiny = models["tiny"]
+    assert tiny["routing"] == {"1": 90, "2": 10}
+    assert [(v["version"], v["weight"], v["workers"], v["queue_depth"], v["input_size"]) for v in tiny["versions"]] \
+        == [("1", 90, 1, 0, 224), ("2", 10, 1, 1, 224)]
+    assert client.get("/models/shapes").get_json()["versions"][0]["num_classes"] == 4
+
+
+def test_a_pinned_version_gets_the_request_whatever_the_weights(client, fake_redis):
+    heartbeat(fake_redis)
+    heartbeat(fake_redis, "w2", model=dataclasses.replace(MODEL, version="2"))
+    fake_redis.hset(FLEET.routes("tiny"), mapping={"1": 100, "2": 0})
+    answer_next_request(fake_redis, success(TABBY, dataclasses.replace(MODEL, version="2")), keys("tiny", "2"))
+    assert post_image(client, headers={"X-Model-Version": "2"}).get_json()["version"] == "2"
+
+
+def test_weights_share_the_requests_among_live_versions():
+    rng = random.Random(7)
+    shares = Counter(choose_version({"v3": 90, "v4": 10}, ["v3", "v4"], rng) for _ in range(10_000))
+    assert 0.08 < shares["v4"] / 10_000 < 0.12
+    assert choose_version({"v3": 0, "v4": 100}, ["v3", "v4"]) == "v4"
+    assert choose_version({"v3": 90, "v4": 10}, ["v3"]) == "v3"  # a weighted version that died gets nothing
+    assert choose_version({"v4": 100}, ["v3"]) == "v4"  # the route stands: the request meets 503 no_worker
+
+
+def test_without_weights_a_name_goes_to_its_lowest_live_version_so_a_new_one_waits_for_a_route():
+    assert choose_version({}, ["v10", "v9"]) == "v9"
+    assert sorted(["v10", "v9", "2", "10"], key=version_order) == ["2", "10", "v9", "v10"]
+    assert choose_version({}, []) is None
+
+
+def test_routing_is_refused_to_a_version_without_a_live_worker(real_redis):
+    fleet = FleetKeys("t")
+    real_redis.eval("redis.call('ZADD', KEYS[1], redis.call('TIME')[1], 'w1')", 1, Keys("t", "m@v3").workers)
+    write_weights(real_redis, fleet, "m", {"v3": 100}, worker_timeout=5)
+    with pytest.raises(RoutingError, match="m@v4 has no live worker"):
+        write_weights(real_redis, fleet, "m", {"v3": 90, "v4": 10}, worker_timeout=5)
+    with pytest.raises(RoutingError, match="at least one above 0"):
+        write_weights(real_redis, fleet, "m", {"v3": 0}, worker_timeout=5)
+    assert routing.read_weights(real_redis, fleet, "m") == {"v3": 100}  # refused routes change nothing
+
+
+def test_of_two_workers_stopping_together_each_sees_nobody_staying(real_redis):
+    version = Keys("t", "m@1")
+    for worker in ("a", "b", "c"):
+        real_redis.eval("redis.call('ZADD', KEYS[1], redis.call('TIME')[1], ARGV[1])", 1, version.workers, worker)
+    assert announce_stopping(real_redis, version, "a", 5) == 2
+    assert announce_stopping(real_redis, version, "b", 5) == 1
+    assert announce_stopping(real_redis, version, "c", 5) == 0  # the last: it drains the queue before leaving
+
+
+def test_predictions_are_counted_per_model_and_version(client, fake_redis):
+    def counted():
+        text = client.get("/metrics").get_data(as_text=True)
+        return sample_value(text, "imgcls_predictions_total", model="shapes", version="1") or 0
+
+    heartbeat(fake_redis, model=SHAPES)
+    before = counted()
+    answer_next_request(fake_redis, success(SQUARE, SHAPES), keys("shapes", "1"))
+    assert post_image(client).status_code == 200
+    assert counted() == before + 1
