@@ -4,6 +4,10 @@
     python -m model_tools import SRC --out PATH [--labels F] [--arch A] [--trusted] [preprocessing flags]
     python -m model_tools trace [--checkpoint PATH] [--out PATH] [--script] [--optimize] [--if-missing]
     python -m model_tools export-onnx [--checkpoint PATH] [--out PATH] [--if-missing]
+    python -m model_tools route NAME [VERSION=WEIGHT ...]
+
+`route` shares a model name's requests among its versions (REDIS_URL and KEY_PREFIX say where);
+without weights it prints the name's versions and weights.
 
 `import` turns any model file the worker loads into one self-describing file that loads without
 unpickling, checks it against the source and prints what it wrote. `trace` and `export-onnx`
@@ -64,8 +68,14 @@ def main(argv: list[str] | None = None) -> int:
     trace.add_argument("--script", action="store_true", help="torch.jit.script instead of torch.jit.trace")
     trace.add_argument("--optimize", action="store_true",
                        help="freeze: weights become constants, conv+batchnorm fold (verified the same way)")
+    route = commands.add_parser("route", help="share a model name's requests among its versions, like v3=90 v4=10")
+    route.add_argument("name", help="the model name (GET /models lists them)")
+    route.add_argument("weights", nargs="*", metavar="VERSION=WEIGHT",
+                       help="whole numbers, shares of the traffic; none: print the current routing")
     args = parser.parse_args(argv)
 
+    if args.command == "route":
+        return set_route(args.name, args.weights)
     if args.command in ("build-default", "import"):
         out = Path(args.out)
     else:
@@ -86,6 +96,44 @@ def main(argv: list[str] | None = None) -> int:
     except (ModelLoadError, ExportMismatch, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+
+
+def set_route(name: str, pairs: list[str]) -> int:
+    """Write a name's weights (refused unless every version given traffic has a live worker) and print them."""
+    from serving import protocol, routing
+    from serving.redis_client import REDIS_ERRORS, connect
+
+    try:
+        settings = Settings.from_env()
+        weights = dict(_version_weight(pair) for pair in pairs)
+        client = connect(settings.redis_url, settings.redis_timeout, settings.redis_timeout)
+        fleet = protocol.FleetKeys(settings.key_prefix)
+        if weights:
+            routing.write_weights(client, fleet, name, weights, settings.worker_timeout)
+        ages = protocol.model_ages(client, fleet)
+        current = routing.read_weights(client, fleet, name)
+    except (ConfigError, routing.RoutingError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except REDIS_ERRORS as exc:
+        print(f"error: Redis at {settings.redis_url_redacted}: {exc}", file=sys.stderr)
+        return 1
+    versions = sorted({protocol.split_model_id(m)[1] for m in ages if protocol.split_model_id(m)[0] == name}
+                      | set(current), key=routing.version_order)
+    print(f"{name}: " + ("weights " + " ".join(f"{v}={w}" for v, w in current.items()) if current else
+                         "no weights: its only live version, or the lowest"))
+    for version in versions:
+        age = ages.get(protocol.model_id(name, version))
+        state = "live" if age is not None and age <= settings.worker_timeout else "no live worker"
+        print(f"  {version}: weight {current.get(version, '-')}, {state}")
+    return 0
+
+
+def _version_weight(pair: str) -> tuple[str, int]:
+    version, _, weight = pair.partition("=")
+    if not version or not weight.isdigit():
+        raise ConfigError(f"{pair!r}: expected VERSION=WEIGHT with a whole number, like v4=10")
+    return version, int(weight)
 
 
 def _up_to_date(args: argparse.Namespace, out: Path) -> bool:

@@ -5,7 +5,6 @@ Real servers on loopback (tests/integration/redis_topologies.py); the service re
 
 from __future__ import annotations
 
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -14,7 +13,7 @@ import pytest
 from serving.protocol import Keys
 from stack.processes import Stack
 from tests.images import photo_bytes
-from tests.integration.client import post_image, wait_until
+from tests.integration.client import ClosedLoopClients, post_image, wait_until
 from tests.integration.conftest import DISTINCT_IMAGES, stack_settings
 from tests.integration.faults import freeze_while_holding_work, reaped_counts, worker_id_of
 from tests.integration.hosts import Host, network
@@ -24,41 +23,12 @@ from tests.reference import matches
 pytestmark = pytest.mark.integration
 
 
-class ClosedLoopClients:
-    """`count` threads, each sending the next request when its answer is in, until stopped: (sent at, status)."""
-
-    def __init__(self, url: str, count: int = 4):
-        self.url, self.image = url, photo_bytes("coffee.png")
-        self.outcomes: list[tuple[float, int, dict]] = []
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._send_until_stopped) for _ in range(count)]
-
-    def __enter__(self) -> "ClosedLoopClients":
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join()
-
-    def _send_until_stopped(self) -> None:
-        while not self._stop.is_set():
-            sent_at = time.monotonic()
-            response = post_image(self.url, self.image, timeout=30)
-            self.outcomes.append((sent_at, response.status_code, response.json()))
-
-    def answered_since(self, moment: float) -> list[int]:
-        return [status for sent_at, status, _ in list(self.outcomes) if sent_at >= moment]
-
-
 def test_a_sentinel_failover_under_load_is_503_for_moments_then_200_with_nothing_restarted(tmp_path):
     with sentinel_deployment(tmp_path) as (url, servers, master, replica):
         settings = stack_settings(redis_url=url)
         with Stack(settings, workers=1, private_redis=False, log_dir=tmp_path / "logs") as stack:
             pids = [stack.api_process.pid, *(p.pid for p in stack.worker_processes)]
-            with ClosedLoopClients(stack.url) as clients:
+            with ClosedLoopClients(stack.url, photo_bytes("coffee.png")) as clients:
                 wait_until(lambda: clients.answered_since(0).count(200) >= 20, 30, what="20 answers before")
                 servers.processes[master].kill()
                 killed_at = time.monotonic()
@@ -66,15 +36,15 @@ def test_a_sentinel_failover_under_load_is_503_for_moments_then_200_with_nothing
                 promoted_at = time.monotonic()
                 wait_until(lambda: clients.answered_since(promoted_at + 2).count(200) >= 20, 30,
                            what="20 answers after the failover")
-            statuses = [status for _, status, _ in clients.outcomes]
-            errors = {body["error"]["code"] for _, status, body in clients.outcomes if status != 200}
+            statuses = [outcome.status for outcome in clients.outcomes]
+            errors = {outcome.body["error"]["code"] for outcome in clients.outcomes if outcome.status != 200}
             assert set(statuses) <= {200, 503} and errors <= {"redis_unavailable"}, (set(statuses), errors)
             assert set(clients.answered_since(promoted_at + 2)) == {200}  # once promoted, every request served
-            assert all(body["predictions"][0]["label"] == "espresso"
-                       for _, status, body in clients.outcomes if status == 200)
+            assert all(outcome.body["predictions"][0]["label"] == "espresso"
+                       for outcome in clients.outcomes if outcome.status == 200)
             assert [stack.api_process.pid, *(p.pid for p in stack.worker_processes)] == pids
             assert all(p.poll() is None for p in [stack.api_process, *stack.worker_processes])
-    last_refused = max(sent_at for sent_at, status, _ in clients.outcomes if status != 200)
+    last_refused = max(outcome.sent_at for outcome in clients.outcomes if outcome.status != 200)
     print(f"failover: replica promoted {promoted_at - killed_at:.1f}s after the master's kill, last 503 sent "
           f"{last_refused - killed_at:.1f}s after it; {statuses.count(503)} of {len(statuses)} requests 503")
 

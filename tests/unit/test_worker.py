@@ -131,6 +131,21 @@ def test_stopping_hands_back_unstarted_work_without_counting_an_attempt(worker):
     assert requeued.id == "unstarted" and requeued.attempts == 0
 
 
+@pytest.mark.parametrize("others_stay", [False, True])
+def test_the_last_worker_of_a_version_serves_its_queue_before_it_stops(worker, others_stay):
+    """Nobody else would: the version's queue is its own. With another worker of it staying, it just leaves."""
+    worker.heartbeat()
+    if others_stay:
+        worker.client.zadd(KEYS.workers, {"w2": float(worker.client.time()[0])})
+    worker.client.lpush(KEYS.queue, *(message(f"r{i}") for i in range(12)))
+    stop = threading.Event()
+    stop.set()  # told to stop before it took anything
+    assert worker.run(stop)
+    answered = [request_id for request_id in (f"r{i}" for i in range(12)) if result(worker, request_id)]
+    assert (len(answered), worker.client.llen(KEYS.queue)) == ((0, 12) if others_stay else (12, 0))
+    assert not worker.client.sismember(KEYS.stopping, "w1")
+
+
 def test_the_workers_redis_reads_outlast_its_blocking_take_whatever_the_worker_timeout():
     for worker_timeout in (5.0, 100.0):
         settings = Settings(worker_timeout=worker_timeout)
