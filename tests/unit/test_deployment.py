@@ -28,14 +28,17 @@ def dockerfile_instructions(name: str) -> list[str]:
     return [line.split(None, 1)[1] for line in joined.splitlines() if line.split(None, 1)[:1] == [name]]
 
 
-def test_compose_has_redis_api_a_proxy_a_scalable_worker_and_a_gpu_worker():
-    assert set(SERVICES) == {"redis", "proxy", "api", "worker", "worker-gpu"}
-    for name in ("worker", "worker-gpu"):
+def test_compose_has_redis_api_a_proxy_a_scalable_worker_a_gpu_worker_and_a_next_version():
+    assert set(SERVICES) == {"redis", "proxy", "api", "worker", "worker-gpu", "worker-next"}
+    for name in ("worker", "worker-gpu", "worker-next"):
         # `--scale worker=3` needs containers without a fixed name or host port.
         assert "container_name" not in SERVICES[name] and "ports" not in SERVICES[name]
     gpu = SERVICES["worker-gpu"]
     assert gpu["profiles"] == ["gpu"] and gpu["environment"]["DEVICE"].startswith("cuda")
     assert gpu["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
+    # The next version beside `worker` in a rollout: only when asked for, as its own version.
+    following = SERVICES["worker-next"]
+    assert following["profiles"] == ["rollout"] and "MODEL_VERSION" in following["environment"]
 
 
 def test_redis_is_healthchecked_and_persistent():
