@@ -35,8 +35,9 @@ class Settings:
         "`make run` starts a private Redis when this is unset.")
     key_prefix: str = _setting(
         "KEY_PREFIX", "imgcls",
-        "Namespace of every Redis key: `{imgcls}:queue`, `{imgcls}:workers`... (the braces are a Redis Cluster "
-        "hash tag: one queue's keys share a slot). One model per prefix.")
+        "Namespace of every Redis key: a model version's are `{imgcls:name@version}:queue`... (the braces are "
+        "a Redis Cluster hash tag: one queue's keys share a slot), the fleet's `{imgcls}:models`, "
+        "`{imgcls}:routes:name`.")
     host: str = _setting("HOST", "127.0.0.1", "Address the API listens on.")
     port: int = _setting("PORT", 5000, "Port the API listens on.")
     proxy: str = _setting(
