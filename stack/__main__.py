@@ -43,12 +43,13 @@ def main() -> int:
 
 
 def _serve_until_stopped(stack: Stack) -> int:
-    """Sleep until a stop signal. A dead worker is replaced, later each time it keeps dying; a dead API or Redis
-    stops everything."""
+    """Sleep until a stop signal. A dead worker is replaced, later each time it keeps dying, unless it exited 0
+    (stopped on purpose: SIGTERM to one worker retires it); a dead API or Redis stops everything."""
     # Blocked signals queue up for sigtimedwait instead of interrupting; children unblock them (stack/processes.py).
     signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS | {signal.SIGCHLD})
     deaths: dict[int, list[float]] = {}  # worker index -> times it died within the crash window
     due: dict[int, float] = {}  # worker index -> when its replacement starts
+    retired: set[int] = set()  # workers stopped on purpose (exit 0), e.g. the old version's in a rollout
     while True:
         wait = max(min(due.values()) - time.monotonic(), 0) if due else None
         received = signal.sigwaitinfo(STOP_SIGNALS | {signal.SIGCHLD}) if wait is None else \
@@ -65,7 +66,12 @@ def _serve_until_stopped(stack: Stack) -> int:
             return 1
         now = time.monotonic()
         for index, process in enumerate(stack.worker_processes):
-            if index not in due and process.poll() is not None:
+            if index in retired or index in due or process.poll() is None:
+                continue
+            if process.returncode == 0:  # it was told to stop (SIGTERM) and left cleanly: a rollout, not a crash
+                retired.add(index)
+                print(f"worker{index} stopped on purpose (exit 0); not replaced", file=sys.stderr, flush=True)
+            else:
                 deaths[index] = [t for t in deaths.get(index, []) if t > now - CRASH_WINDOW_SECONDS] + [now]
                 delay = RESTART_DELAYS[min(len(deaths[index]), len(RESTART_DELAYS)) - 1]
                 due[index] = now + delay

@@ -122,6 +122,11 @@ def test_a_restarted_worker_stops_with_the_launcher(how):
         wait_for_line(launcher, "listening on")
         replacement = kill_a_worker_and_await_its_replacement(launcher)
         assert blocked_signals(replacement) == 0
+        if how == "interrupted":  # SIGTERM to one worker retires it (a rollout's old version): it is not replaced
+            [other] = worker_pids(launcher) - {replacement}
+            os.kill(other, signal.SIGTERM)
+            wait_for_line(launcher, "stopped on purpose (exit 0); not replaced")
+            assert worker_pids(launcher) == {replacement}
         children = descendants(launcher.pid)
         started = time.monotonic()
         if how == "interrupted":
