@@ -103,6 +103,9 @@ class _FleetCollector:
             for family, stored in ((batch_size, status.stats.batch_size), (inference, status.stats.inference_seconds)):
                 family.add_metric(values, _buckets(stored), stored.sum)
             expired.add_metric(values, status.stats.expired)
+        live = sum(1 for status in statuses.values() if status.workers_alive > 0)
+        yield GaugeMetricFamily(f"{NAMESPACE}_model_versions_live", "Model versions with at least one live worker "
+                                "(0: every request is answered 503 no_worker).", value=live)
         yield from (depth, alive, batch_size, inference, expired)
 
 

@@ -55,12 +55,14 @@ def test_metrics_count_every_api_process_and_show_the_workers(service):
     assert sample_value(text, "imgcls_http_requests_total", endpoint="/predict", method="POST", status=200) >= 1
     assert sample_value(text, "imgcls_http_request_duration_seconds_count", endpoint="/predict") >= 1
     assert sample_value(text, "imgcls_redis_up") == 1
-    assert sample_value(text, "imgcls_workers_alive") == 2
-    assert sample_value(text, "imgcls_queue_depth") is not None
-    assert sample_value(text, "imgcls_batch_size_count") >= 1
-    assert sample_value(text, "imgcls_inference_seconds_count") >= 1
-    assert sample_value(text, "imgcls_inference_seconds_sum") > 0
-    assert sample_value(text, "imgcls_requests_expired_total") is not None
+    served = {"model": "efficientnet_lite0", "version": "1"}  # the fleet's series are per model version
+    assert sample_value(text, "imgcls_predictions_total", **served) >= 1
+    assert sample_value(text, "imgcls_workers_alive", **served) == 2
+    assert sample_value(text, "imgcls_queue_depth", **served) is not None
+    assert sample_value(text, "imgcls_batch_size_count", **served) >= 1
+    assert sample_value(text, "imgcls_inference_seconds_count", **served) >= 1
+    assert sample_value(text, "imgcls_inference_seconds_sum", **served) > 0
+    assert sample_value(text, "imgcls_requests_expired_total", **served) is not None
 
 
 def test_a_request_id_is_echoed_and_reaches_the_api_and_worker_logs(service):
@@ -102,4 +104,4 @@ def test_without_workers_readyz_and_model_are_503_and_metrics_say_so(tmp_path):
             assert response.status_code == 503 and response.json()["error"]["code"] == "no_worker"
             assert_conforms(path, "get", 503, response.headers, response.content)
         text = metrics(stack.url)
-        assert sample_value(text, "imgcls_workers_alive") == 0 and sample_value(text, "imgcls_redis_up") == 1
+        assert sample_value(text, "imgcls_model_versions_live") == 0 and sample_value(text, "imgcls_redis_up") == 1

@@ -144,7 +144,7 @@ def test_metrics_show_the_fleet_and_the_workers_batches(client, fake_redis):
     first.record(3, 20.0, expired_total=0)
     second.record(8, 120.0, expired_total=2)
     text = client.get("/metrics").get_data(as_text=True)
-    assert sample_value(text, "imgcls_redis_up") == 1
+    assert sample_value(text, "imgcls_redis_up") == 1 and sample_value(text, "imgcls_model_versions_live") == 1
     assert sample_value(text, "imgcls_queue_depth", **TINY) == 3
     assert sample_value(text, "imgcls_workers_alive", **TINY) == 2
     assert sample_value(text, "imgcls_batch_size_count", **TINY) == 2
