@@ -48,8 +48,6 @@ class Worker:
         self.clock = RedisClock()  # read again at every heartbeat
         self.first_heartbeat = threading.Event()
         self.heartbeat_failed = False
-        self.drained = threading.Event()  # set once a stopping worker may leave its version's queue behind
-        self._drain_deadline: float | None = None
         self.model_info = ModelInfo(self.name, card.arch, len(card.class_names), card.preprocessing.input_size,
                                     card.preprocessing.resize_size, card.preprocessing.mean, card.preprocessing.std,
                                     str(classifier.device), settings.batch_size, classifier.backend,
@@ -73,7 +71,7 @@ class Worker:
             pass  # messages' deadlines are by Redis's clock, which the first heartbeat reads
         self._retry_on_redis_errors(self.serve_once, stop)
         if not self.heartbeat_failed:
-            self._retry_on_redis_errors(self.drain_if_last, self.drained)
+            self.drain_if_last()
         beating.set()
         heartbeat.join()
         try:
@@ -91,19 +89,21 @@ class Worker:
         messages would wait for nobody and their clients would get 504, which is what a rollout that
         routes a name to a new version and then stops the old one's workers must not do. Workers
         stopping together all count as leaving (the stopping set), so each drains. Bounded by
-        REQUEST_TIMEOUT: after that every client still waiting has had its answer or its 504.
+        REQUEST_TIMEOUT: after that every client still waiting has had its answer or its 504. A Redis
+        error ends it too: what is queued stays in Redis for the version's next worker, and a worker
+        whose Redis has gone (the whole stack stopping) does not wait for it.
         """
-        if self._drain_deadline is None:
+        give_up_at = time.monotonic() + self.settings.request_timeout
+        try:
             if protocol.announce_stopping(self.client, self.keys, self.worker_id, self.settings.worker_timeout):
-                self.drained.set()  # others of this version stay and serve the queue
-                return
-            self._drain_deadline = time.monotonic() + self.settings.request_timeout
+                return  # others of this version stay and serve the queue
             log.info("worker=%s is the last of %s: serving what is queued before it stops", self.worker_id,
                      self.model_id)
-        if time.monotonic() > self._drain_deadline or not protocol.queued_for_version(self.client, self.keys):
-            self.drained.set()
-            return
-        self.serve_once()
+            while time.monotonic() < give_up_at and protocol.queued_for_version(self.client, self.keys):
+                self.serve_once()
+        except REDIS_ERRORS as exc:
+            log.warning("worker=%s stops without serving what is queued for %s: %s", self.worker_id,
+                        self.model_id, exc)
 
     def _beat_or_stop(self, beating: threading.Event, stop: threading.Event) -> None:
         try:

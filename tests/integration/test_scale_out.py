@@ -10,12 +10,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from serving.protocol import Keys
 from stack.processes import Stack
 from tests.images import photo_bytes
 from tests.integration.client import ClosedLoopClients, post_image, wait_until
 from tests.integration.conftest import DISTINCT_IMAGES, stack_settings
-from tests.integration.faults import freeze_while_holding_work, reaped_counts, worker_id_of
+from tests.integration.faults import freeze_while_holding_work, keys_of, reaped_counts, worker_id_of
 from tests.integration.hosts import Host, network
 from tests.integration.redis_topologies import RedisProcesses, cluster_deployment, role, sentinel_deployment
 from tests.reference import matches
@@ -67,7 +66,7 @@ def test_on_a_redis_cluster_every_request_is_answered_even_when_a_worker_dies_mi
             logs = "".join(path.read_text() for path in (tmp_path / "logs").glob("*.log"))
             assert "CROSSSLOT" not in logs and "Traceback" not in logs
             # Every key of the queue sits on the one node that owns its hash tag's slot.
-            keys = Keys(settings.key_prefix)
+            keys = keys_of(stack)
             client = stack.redis()
             owner = client.get_node_from_key(keys.queue)
             assert client.get_node_from_key(keys.workers) == owner == client.get_node_from_key(keys.result("x"))
@@ -102,7 +101,7 @@ def test_a_worker_host_cut_off_under_load_loses_nothing_and_rejoins_without_a_re
                 cut_off = worker_id_of(stack, 0)
                 with ThreadPoolExecutor(max_workers=50) as pool:
                     futures = [pool.submit(post_image, stack.url, images[i % DISTINCT_IMAGES]) for i in range(100)]
-                    wait_until(lambda: stack.redis().llen(Keys(settings.key_prefix).processing(cut_off)), 30, 0.005,
+                    wait_until(lambda: stack.redis().llen(keys_of(stack).processing(cut_off)), 30, 0.005,
                                "the first worker holding work")
                     hosts["w1"].cut()
                     responses = [f.result() for f in futures]
@@ -120,12 +119,12 @@ def test_a_worker_host_cut_off_under_load_loses_nothing_and_rejoins_without_a_re
                 assert stack.log_path("worker0").read_text().count(" batch=") > batches_before  # serving again
                 assert all(p.poll() is None for p in stack.worker_processes)  # the same process: no restart
                 # Each request was answered once: a second answer would wait, unread, under its result key.
-                assert list(stack.redis().scan_iter(Keys(settings.key_prefix).result("*"))) == []
+                assert list(stack.redis().scan_iter(keys_of(stack).result("*"))) == []
         finally:
             servers.stop_all()
 
 
 def worker_id_of_or_none(stack: Stack, worker_id: str) -> bool:
     """Is `worker_id` registered and alive again?"""
-    score = stack.redis().zscore(Keys(stack.settings.key_prefix).workers, worker_id)
+    score = stack.redis().zscore(keys_of(stack).workers, worker_id)
     return score is not None and score >= stack.redis().time()[0] - stack.settings.worker_timeout

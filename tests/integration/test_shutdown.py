@@ -9,12 +9,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from serving.protocol import Keys, decode_request
+from serving.protocol import decode_request
 from stack.processes import Stack
 from tests.images import photo_bytes
 from tests.integration.client import post_image, wait_until
 from tests.integration.conftest import stack_settings
-from tests.integration.faults import freeze_while_holding_work
+from tests.integration.faults import freeze_while_holding_work, keys_of
 
 pytestmark = pytest.mark.integration
 
@@ -28,7 +28,7 @@ def one_worker_stack(tmp_path):
 def test_sigterm_makes_a_worker_finish_its_batch_and_exit_zero(one_worker_stack):
     stack = one_worker_stack
     worker = stack.worker_processes[0]
-    keys = Keys(stack.settings.key_prefix)
+    keys = keys_of(stack)
     workers_key = keys.workers
     [worker_id] = stack.redis().zrange(workers_key, 0, -1)
     with ThreadPoolExecutor(max_workers=12) as pool:
@@ -52,7 +52,7 @@ def test_sigterm_makes_a_worker_finish_its_batch_and_exit_zero(one_worker_stack)
 
 def waiting_messages(stack: Stack) -> int:
     """Messages in the queue plus any the stopped worker's BLMOVE had already taken."""
-    keys, redis = Keys(stack.settings.key_prefix), stack.redis()
+    keys, redis = keys_of(stack), stack.redis()
     taken = sum(redis.llen(keys.processing(worker.decode())) for worker in redis.zrange(keys.workers, 0, -1))
     return redis.llen(keys.queue) + taken
 

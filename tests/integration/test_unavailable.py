@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from serving.protocol import Keys, ModelInfo
+from serving import protocol
+from serving.protocol import FleetKeys, Keys, ModelInfo
 from stack.processes import Stack, free_port
 from tests.images import photo_bytes
 from tests.integration.client import timed_post
@@ -23,16 +24,17 @@ def api_without_workers(tmp_path_factory):
 
 
 def test_no_worker_is_503_without_waiting_for_the_timeout(api_without_workers):
-    api_without_workers.redis().delete(Keys(api_without_workers.settings.key_prefix).model)
     response, elapsed = timed_post(api_without_workers.url, photo_bytes("chelsea.png"))
     assert response.status_code == 503 and response.json()["error"]["code"] == "no_worker"
     assert elapsed < TIMEOUT
 
 
 def test_a_worker_that_never_answers_is_504_at_the_timeout(api_without_workers):
-    keys = Keys(api_without_workers.settings.key_prefix)
+    prefix, client = api_without_workers.settings.key_prefix, api_without_workers.redis()
+    keys = Keys(prefix, "silent@1")
     info = ModelInfo("silent", "silent", 1000, 224, 256, (0.5,) * 3, (0.5,) * 3, "cpu", 8)
-    api_without_workers.redis().set(keys.model, info.to_json(), ex=60)  # announced, but nobody serves
+    client.set(keys.model, info.to_json(), ex=60)  # announced, but nobody serves
+    client.eval(protocol.REGISTER_MODEL, 1, FleetKeys(prefix).models, keys.model_id)
     response, elapsed = timed_post(api_without_workers.url, photo_bytes("chelsea.png"))
     assert response.status_code == 504 and response.json()["error"]["code"] == "timeout"
     assert TIMEOUT - 0.1 <= elapsed < TIMEOUT + 2
