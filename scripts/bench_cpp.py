@@ -1,7 +1,7 @@
 """Python eager vs Python TorchScript vs the C++ client, on the same photos, model, threads and batch.
 
-    .venv/bin/python scripts/bench_cpp.py [--images 64] [--batch 8] [--threads 2] [--rounds 5]
-    .venv/bin/python scripts/bench_cpp.py --causes     # docs/cpp-client.md "Why libtorch looked slower"
+    .venv/bin/python -m scripts.bench_cpp [--images 64] [--batch 8] [--threads 2] [--rounds 5]
+    .venv/bin/python -m scripts.bench_cpp --causes     # docs/cpp-client.md "Why libtorch looked slower"
 
 Every measurement is a fresh process doing the same work: decode + preprocess + infer every
 photo of a folder, in batches, timed with a monotonic wall clock (model loading excluded);
@@ -28,7 +28,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 CLASSIFY = ROOT / "cpp" / "build" / "classify"
 DEBUG_CLASSIFY = ROOT / "cpp" / "build-debug" / "classify"
@@ -136,8 +135,8 @@ def measure(config: dict, folder: Path, model: Path) -> dict:
         one["overlap"] = default_overlap(config["threads"])
     # The C++ client keeps freed memory with mallopt(); Python gets the same from glibc's environment.
     env = {**os.environ, **(KEEP_MEMORY_ENV if config.get("keep_memory", True) else {})}
-    completed = subprocess.run([sys.executable, __file__, "--one", json.dumps(one)], capture_output=True, text=True,
-                               check=True, env=env)
+    completed = subprocess.run([sys.executable, "-m", "scripts.bench_cpp", "--one", json.dumps(one)], cwd=ROOT,
+                               capture_output=True, text=True, check=True, env=env)
     return json.loads(completed.stdout.splitlines()[-1])
 
 

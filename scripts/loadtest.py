@@ -1,9 +1,9 @@
 """Load test for any deployment of the /predict API.
 
 Closed loop (N clients, each sends its next request when the last is answered):
-    python scripts/loadtest.py --url http://127.0.0.1:5000/predict --images DIR --concurrency 32 --requests 500
+    python -m scripts.loadtest --url http://127.0.0.1:5000/predict --images DIR --concurrency 32 --requests 500
 Open loop (requests start at a fixed rate whatever the answers do, so latency under load is honest):
-    python scripts/loadtest.py --url ... --images DIR --rate 40 --duration 30
+    python -m scripts.loadtest --url ... --images DIR --rate 40 --duration 30
 
 Both stop by themselves: after --requests or --duration, and never later than --max-time.
 Latency in open loop counts from the moment a request was due, not from when a

@@ -6,11 +6,14 @@ import os
 import re
 import signal
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from serving.protocol import FleetKeys, Keys, model_ages
 from stack.processes import Stack
-from tests.integration.client import wait_until
+from tests.integration.client import post_image, wait_until
+from tests.reference import Top3, matches
 
 
 def keys_of(stack: Stack) -> Keys:
@@ -50,3 +53,23 @@ def reaped_counts(stack: Stack, dead_worker_id: str) -> list[int]:
     pattern = re.compile(rf"reaped dead worker={re.escape(dead_worker_id)} requeued=(\d+)")
     logs = [stack.log_path(f"worker{i}").read_text() for i in range(len(stack.worker_processes))]
     return [int(n) for log in logs for n in pattern.findall(log)]
+
+
+def kill_while_holding_work(stack: Stack) -> None:
+    freeze_while_holding_work(stack, 0)
+    stack.worker_processes[0].kill()
+
+
+def every_request_answered_despite(stack: Stack, fault: Callable[[Stack], None],
+                                   images_and_answers: tuple[list[bytes], list[Top3]], requests: int = 100) -> None:
+    """`requests` concurrent requests of distinct images, `fault(stack)` on worker 0 while they are served: each
+    is answered 200 with its own image's answer, and another worker's reaper recovered worker 0's batch."""
+    images, expected = images_and_answers
+    victim = worker_id_of(stack, 0)
+    with ThreadPoolExecutor(max_workers=50) as pool:
+        futures = [pool.submit(post_image, stack.url, images[i % len(images)]) for i in range(requests)]
+        fault(stack)
+        responses = [f.result() for f in futures]
+    assert [r.status_code for r in responses] == [200] * requests, [r.text for r in responses if not r.ok]
+    assert all(matches(r.json()["predictions"], expected[i % len(images)]) for i, r in enumerate(responses))
+    assert sum(reaped_counts(stack, victim)) >= 1  # its batch really was recovered, not just never taken

@@ -51,7 +51,7 @@ def test_it_stops_at_max_time_and_counts_unanswered_requests():
 
 
 def test_the_command_prints_a_summary_and_fails_when_nothing_succeeds(service):
-    command = [sys.executable, "scripts/loadtest.py", "--images", str(PHOTOS / "coffee.png"), "--requests", "5"]
+    command = [sys.executable, "-m", "scripts.loadtest", "--images", str(PHOTOS / "coffee.png"), "--requests", "5"]
     ok = subprocess.run(command + ["--url", service.url + "/predict"], capture_output=True, text=True, timeout=60)
     assert ok.returncode == 0, ok.stderr
     assert "status  200: 5" in ok.stdout and "latency ms  p50" in ok.stdout

@@ -18,7 +18,12 @@ from stack.processes import Stack
 from tests.images import photo_bytes
 from tests.integration.client import post_image, timed_post, wait_until
 from tests.integration.conftest import DISTINCT_IMAGES, stack_settings
-from tests.integration.faults import freeze_while_holding_work, keys_of, reaped_counts, worker_id_of
+from tests.integration.faults import (
+    every_request_answered_despite,
+    freeze_while_holding_work,
+    keys_of,
+    kill_while_holding_work,
+)
 from tests.reference import matches
 
 pytestmark = pytest.mark.integration
@@ -38,18 +43,7 @@ def replace_dead_worker(stack: Stack, index: int) -> None:
 
 
 def test_killing_a_worker_mid_batch_loses_no_request(fault_stack, images_and_answers):
-    images, expected = images_and_answers
-    victim_id = worker_id_of(fault_stack, 0)
-    with ThreadPoolExecutor(max_workers=100) as pool:
-        futures = [pool.submit(post_image, fault_stack.url, images[i % DISTINCT_IMAGES]) for i in range(100)]
-        freeze_while_holding_work(fault_stack, 0)
-        fault_stack.worker_processes[0].kill()
-        responses = [f.result() for f in futures]
-
-    assert [r.status_code for r in responses] == [200] * 100, [r.text for r in responses if r.status_code != 200]
-    for i, response in enumerate(responses):
-        assert matches(response.json()["predictions"], expected[i % DISTINCT_IMAGES])
-    assert sum(reaped_counts(fault_stack, victim_id)) >= 1  # the killed batch really was recovered
+    every_request_answered_despite(fault_stack, kill_while_holding_work, images_and_answers)
     replace_dead_worker(fault_stack, 0)
 
 

@@ -33,7 +33,7 @@ def test_a_run_without_successes_has_no_latency_figures():
 
 
 def test_the_load_test_as_the_readme_runs_it_sends_the_sample_photos_by_default(tmp_path):
-    finished = subprocess.run([sys.executable, "scripts/loadtest.py", "--help"], cwd=ROOT, capture_output=True,
+    finished = subprocess.run([sys.executable, "-m", "scripts.loadtest", "--help"], cwd=ROOT, capture_output=True,
                               text=True)
     assert finished.returncode == 0 and "--images" in finished.stdout
     assert parse_arguments([]).images is None
@@ -41,7 +41,7 @@ def test_the_load_test_as_the_readme_runs_it_sends_the_sample_photos_by_default(
 
 
 def test_a_missing_image_path_is_one_line_not_a_traceback(tmp_path):
-    finished = subprocess.run([sys.executable, "scripts/loadtest.py", "--images", str(tmp_path / "photos"),
+    finished = subprocess.run([sys.executable, "-m", "scripts.loadtest", "--images", str(tmp_path / "photos"),
                                "--requests", "1"], cwd=ROOT, capture_output=True, text=True)
     assert finished.returncode == 1
     assert finished.stderr.strip() == f"--images {tmp_path / 'photos'}: no such file or folder"
