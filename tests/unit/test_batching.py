@@ -9,7 +9,7 @@ import pytest
 import redis
 
 from serving.protocol import Keys
-from worker.batching import publish_results, take_batch
+from worker.batching import held_messages, publish_results, take_batch, take_retry
 
 KEYS = Keys("t", "tiny@1")
 
@@ -86,6 +86,27 @@ def test_waits_briefly_for_more_when_asked(client):
     started = time.monotonic()
     assert take(client, wait=2.0, max_size=2) == [b"m1", b"m2"]
     assert time.monotonic() - started < 1.0  # a full batch stops the wait
+
+
+def test_what_arrives_during_the_wait_never_overfills_the_batch(client):
+    enqueue(client, b"m1")
+    threading.Timer(0.02, client.lpush, (KEYS.queue, b"m2", b"m3", b"m4")).start()  # three at once
+    assert take(client, wait=2.0, max_size=2) == [b"m1", b"m2"]
+    assert client.lrange(KEYS.queue, 0, -1) == [b"m4", b"m3"]
+
+
+def test_a_batch_is_held_oldest_first_until_published(client):
+    """What a worker serves again after a Redis error is its batch, in the order it was taken."""
+    enqueue(client, b"m1", b"m2", b"m3")
+    batch = take(client)
+    assert held_messages(client, KEYS, "w1") == batch == [b"m1", b"m2", b"m3"]
+
+
+def test_a_retried_message_is_taken_alone_oldest_first_into_the_workers_processing_list(client):
+    client.lpush(KEYS.retry, b"r1", b"r2")  # RETURN_UNFINISHED's side: LPUSH, so the oldest is on the right
+    assert take_retry(client, KEYS, "w1") == [b"r1"]
+    assert client.lrange(KEYS.processing("w1"), 0, -1) == [b"r1"] and client.lrange(KEYS.retry, 0, -1) == [b"r2"]
+    assert take_retry(client, KEYS, "w1") == [b"r2"] and take_retry(client, KEYS, "w1") == []
 
 
 def test_without_a_wait_a_partial_batch_goes_at_once(client):

@@ -30,6 +30,13 @@ def test_geometry_matches_torchvision_resize_then_center_crop(name):
     assert np.abs(ours - expected).max() <= 1  # rounding of the bilinear filter only
 
 
+def test_geometry_matches_torchvision_for_a_portrait_photo_too():
+    image = decode_image((PHOTOS / "coffee.png").read_bytes(), LIMIT).transpose(Image.Transpose.ROTATE_90)
+    assert image.height > image.width
+    expected = np.asarray(T.Compose([T.Resize(256), T.CenterCrop(224)])(image), dtype=int)
+    assert np.abs(fit_to_model(image, 256, 224).astype(int) - expected).max() <= 1
+
+
 @pytest.mark.parametrize("size", [(1, 1), (20000, 3), (3, 20000), (300, 200), (224, 224)])
 def test_any_size_becomes_the_model_input(size):
     pixels = fit_to_model(Image.new("RGB", size, (10, 20, 30)), 256, 224)
@@ -74,6 +81,14 @@ def test_palette_gif_with_transparency_decodes():
     palette.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)
     image = decode_image(encode(palette, "GIF", transparency=0), LIMIT)
     assert image.getpixel((0, 0)) == (255, 0, 0)
+
+
+def test_the_transparent_colour_of_a_palette_image_shows_as_white():
+    palette = Image.new("P", (8, 8), 0)  # index 0: black, and transparent
+    palette.paste(1, (4, 0, 8, 8))  # index 1: red
+    palette.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)
+    image = decode_image(encode(palette, "GIF", transparency=0), LIMIT)
+    assert image.getpixel((0, 0)) == (255, 255, 255) and image.getpixel((7, 7)) == (255, 0, 0)
 
 
 def test_sixteen_bit_png_is_scaled_not_clipped():

@@ -33,6 +33,13 @@ def test_request_is_json_with_base64_of_raw_uint8_pixels():
     assert len(base64.b64decode(fields["image"])) == 4 * 5 * 3
 
 
+def test_pixels_travel_as_uint8_whatever_integer_array_they_come_in():
+    pixels = np.arange(2 * 2 * 3, dtype=np.int64).reshape(2, 2, 3)
+    decoded = protocol.decode_request(protocol.encode_request(InferenceRequest("r1", pixels, 1000.0, 1010.0)))
+    assert decoded.pixels.dtype == np.uint8
+    np.testing.assert_array_equal(decoded.pixels, pixels)
+
+
 def test_a_message_in_any_json_layout_decodes_the_same():
     """The reaper's Lua script re-encodes messages: compact, in its own key order, image not last."""
     request = make_request((4, 5, 3))
@@ -63,6 +70,24 @@ def test_malformed_messages_raise_with_the_request_id_when_readable(raw, request
     with pytest.raises(MalformedMessage) as caught:
         protocol.decode_request(raw)
     assert caught.value.request_id == request_id
+
+
+def test_a_malformed_message_says_what_is_wrong_with_it():
+    with pytest.raises(MalformedMessage) as caught:
+        protocol.decode_request(tampered(deadline=math.inf))
+    assert str(caught.value) == "ValueError: inf is not a finite time"
+
+
+def test_redis_time_replies_are_epoch_seconds():
+    assert protocol.redis_seconds((5, 500000)) == 5.5
+    assert protocol.redis_seconds((b"1700000000", b"0")) == 1700000000.0
+
+
+def test_the_redis_clock_is_the_local_clock_plus_the_offset_measured_at_the_middle_of_the_round_trip(monkeypatch):
+    clock = protocol.RedisClock()
+    clock.observe(1000.5, sent_at=10.0, received_at=12.0)  # Redis read its clock at local time 11
+    monkeypatch.setattr(protocol.time, "time", lambda: 20.0)
+    assert clock.now() == 1009.5
 
 
 def test_every_key_of_a_queue_lies_in_one_cluster_slot_and_results_are_per_request():

@@ -118,6 +118,23 @@ def test_a_heartbeat_between_the_check_and_the_script_keeps_the_worker(real_redi
     assert real_redis.zscore(KEYS.workers, "slow") is not None
 
 
+def test_one_pass_reaps_every_dead_worker_even_after_one_that_came_back(real_redis, monkeypatch):
+    holding(real_redis, "slow", request("s"), heartbeat_age=TIMEOUT + 3)  # the oldest heartbeat: found first
+    holding(real_redis, "dead1", request("a"), heartbeat_age=TIMEOUT + 2)
+    holding(real_redis, "dead2", request("b"), heartbeat_age=TIMEOUT + 1)
+    find_silent = recovery.silent_workers
+
+    def silent_then_heartbeat(client, keys, worker_timeout):
+        silent = find_silent(client, keys, worker_timeout)
+        assert silent[0] == "slow"
+        client.eval(protocol.HEARTBEAT, 2, keys.model, keys.workers, "slow", b"{}", 5000)
+        return silent
+
+    monkeypatch.setattr(recovery, "silent_workers", silent_then_heartbeat)
+    assert reap(real_redis) == 2
+    assert sorted(retried_ids(real_redis)) == ["a", "b"] and real_redis.llen(KEYS.processing("slow")) == 1
+
+
 def test_heartbeats_and_the_reapers_cutoff_use_redis_time_not_the_hosts(real_redis, monkeypatch):
     """A worker host whose clock runs an hour ahead neither looks alive forever nor reaps live workers."""
     holding(real_redis, "dead", request("a"), heartbeat_age=TIMEOUT + 1)

@@ -1,15 +1,22 @@
 """The worker loop against a real Redis and a tiny real model: every message gets an answer or a reason."""
 
+import dataclasses
 import json
+import logging
+import socket
 import threading
 import time
+import types
 
+import numpy as np
 import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from serving import protocol
 from serving.config import Settings
-from serving.protocol import Keys
+from serving.protocol import InferenceRequest, Keys, ModelInfo
 from stack.processes import Stack
 from tests.unit.tiny_model import COLOURS, INPUT_SIZE, message, tiny_classifier
 from worker import loop
@@ -98,7 +105,8 @@ def test_run_survives_a_redis_outage_and_signs_off_when_stopped():
     port = outage.redis_port()
     worker = Worker(outage.redis(), tiny_classifier(), SETTINGS, worker_id="w1")
     stop = threading.Event()
-    thread = threading.Thread(target=worker.run, args=(stop,))
+    finished = []
+    thread = threading.Thread(target=lambda: finished.append(worker.run(stop)))
     try:
         thread.start()
         outage.stop_process(outage.redis_process)
@@ -114,7 +122,7 @@ def test_run_survives_a_redis_outage_and_signs_off_when_stopped():
         assert worker.client.zscore(KEYS.workers, "w1") is not None  # a heartbeat re-registered it
         stop.set()
         thread.join(10)
-        assert not thread.is_alive()
+        assert not thread.is_alive() and finished == [True]  # a clean stop, not a failed heartbeat
         assert worker.client.zscore(KEYS.workers, "w1") is None  # signed off
     finally:
         stop.set()
@@ -204,3 +212,138 @@ def test_a_heartbeat_that_fails_for_good_stops_the_worker_instead_of_serving_una
     thread.join(10)
     assert not thread.is_alive() and finished == [False]
     assert worker.client.zscore(KEYS.workers, "w1") is None  # signed off: its work goes back at once
+
+
+def test_every_answer_names_its_request_and_a_failure_says_why(worker, monkeypatch):
+    wrong_dtype = json.loads(message("bad"))
+    wrong_dtype["dtype"] = "float32"
+    worker.process([message("ok"), json.dumps(wrong_dtype).encode(), message("big", size=INPUT_SIZE + 1)])
+    assert result(worker, "ok")["id"] == "ok"
+    assert result(worker, "bad") == {"id": "bad", "success": False, "error": {
+        "code": "malformed_message",
+        "message": "the queued message is malformed: ValueError: dtype 'float32', expected 'uint8'"}}
+    assert result(worker, "big") == {"id": "big", "success": False, "error": {
+        "code": "wrong_input_shape", "message": "image of shape [9, 9, 3]; the model takes [8, 8, 3]"}}
+    monkeypatch.setattr(worker.classifier, "probabilities", lambda images: 1 / 0)
+    worker.process([message("unlucky")])
+    assert result(worker, "unlucky") == {"id": "unlucky", "success": False, "error": {
+        "code": "inference_failed", "message": "the model failed on the batch holding this image; the worker's log "
+                                               "has the error under this request's id"}}
+
+
+def test_an_answer_times_its_wait_in_the_queue_by_redis_clock_and_the_batch_inference_in_ms(worker, monkeypatch):
+    taken_at = 5000.0  # Redis's clock when the batch was taken
+    monkeypatch.setattr(worker.clock, "now", lambda: taken_at)
+    ticks = iter([100.0, 100.0456789])  # the model runs for 45.6789 ms
+    monkeypatch.setattr(loop, "time", types.SimpleNamespace(perf_counter=lambda: next(ticks)))
+    pixels = np.zeros((INPUT_SIZE, INPUT_SIZE, 3), dtype=np.uint8)
+    waited = InferenceRequest("waited", pixels, taken_at - 0.0123456, taken_at + 10)
+    ahead = InferenceRequest("ahead", pixels, taken_at + 1, taken_at + 10)  # an API host whose offset was off
+    worker.process([protocol.encode_request(waited), protocol.encode_request(ahead)])
+    assert result(worker, "waited")["timing"] == {"queue_ms": 12.35, "inference_ms": 45.68, "batch_size": 2}
+    assert result(worker, "ahead")["timing"]["queue_ms"] == 0
+
+
+def test_a_failed_batch_still_counts_its_inference_time_in_the_statistics(worker, monkeypatch):
+    ticks = iter([100.0, 100.25])
+    monkeypatch.setattr(loop, "time", types.SimpleNamespace(perf_counter=lambda: next(ticks)))
+    monkeypatch.setattr(worker.classifier, "probabilities", lambda images: 1 / 0)
+    worker.process([message("r1")])
+    stats = protocol.decode_worker_stats(worker.client.hgetall(KEYS.worker_stats))
+    assert stats.inference_seconds.sum == pytest.approx(0.25)
+
+
+def test_expired_requests_are_counted_across_batches_and_a_batch_of_them_never_reaches_the_model(worker, caplog):
+    worker.process([message("late1", deadline_in=-1)])
+    worker.process([message("late2", deadline_in=-1)])
+    assert worker.expired == 2
+    assert not [record for record in caplog.records if record.levelno >= logging.ERROR]  # no empty batch was run
+
+
+def test_the_heartbeat_announces_the_card_the_batch_size_and_the_engine(real_redis):
+    classifier = tiny_classifier()
+    classifier.card = card = dataclasses.replace(classifier.card, sources={"arch": "the model file"})
+    Worker(real_redis, classifier, SETTINGS, worker_id="w1").heartbeat()
+    preprocessing = card.preprocessing
+    assert ModelInfo.from_json(real_redis.get(KEYS.model)) == ModelInfo(
+        "tiny", "mean_colour", 3, preprocessing.input_size, preprocessing.resize_size, preprocessing.mean,
+        preprocessing.std, "cpu", SETTINGS.batch_size, "torch", {"arch": "the model file"})
+
+
+def test_a_partial_batch_waits_batch_wait_ms_for_more_then_goes(real_redis):
+    worker = Worker(real_redis, tiny_classifier(), Settings(key_prefix="t", batch_size=8, batch_wait_ms=200),
+                    worker_id="w1")
+    real_redis.lpush(KEYS.queue, message("alone"))
+    started = time.monotonic()
+    worker.serve_once()
+    assert 0.2 <= time.monotonic() - started < 5
+    assert result(worker, "alone")["timing"]["batch_size"] == 1
+
+
+def test_a_retried_request_is_answered_and_leaves_no_processing_list_behind(worker):
+    worker.client.lpush(KEYS.retry, message("r1"))
+    worker.serve_once()
+    assert result(worker, "r1")["success"] is True
+    assert worker.client.keys("*processing*") == [] and worker.client.llen(KEYS.retry) == 0
+
+
+def test_redis_errors_are_retried_after_a_delay_that_doubles_up_to_5_s_and_starts_over_after_a_success(worker):
+    outcomes = ["fail"] * 7 + ["ok", "fail", "last"]
+    waits = []
+
+    class Stop:
+        def is_set(self):
+            return not outcomes
+
+        def wait(self, seconds):
+            waits.append(seconds)
+
+    def step():
+        outcome = outcomes.pop(0)
+        if outcome == "fail":
+            raise redis.ConnectionError("connection refused")
+
+    worker._retry_on_redis_errors(step, Stop())
+    assert waits == pytest.approx([0.2, 0.4, 0.8, 1.6, 3.2, 5.0, 5.0, 0.2])
+
+
+def test_the_heartbeat_thread_reaps_dead_workers_with_the_configured_timeout_attempts_and_ttl(real_redis):
+    settings = Settings(key_prefix="t", worker_timeout=5.0, max_attempts=2, result_ttl=7)
+    worker = Worker(real_redis, tiny_classifier(), settings, worker_id="w1")
+    pixels = np.zeros((INPUT_SIZE, INPUT_SIZE, 3), dtype=np.uint8)
+    real_redis.zadd(KEYS.workers, {"dead": time.time() - 6})
+    for request_id, attempts in [("poison", 1), ("fine", 0)]:
+        held = InferenceRequest(request_id, pixels, time.time(), time.time() + 60, attempts)
+        real_redis.lpush(KEYS.processing("dead"), protocol.encode_request(held))
+    stop = threading.Event()
+    thread = threading.Thread(target=worker.beat_until, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        for _ in range(100):
+            if real_redis.exists(KEYS.result("poison")):
+                break
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        thread.join(10)
+    assert result(worker, "poison")["error"]["code"] == "attempts_exhausted"  # its second attempt: MAX_ATTEMPTS=2
+    assert 0 < real_redis.pttl(KEYS.result("poison")) <= 7000
+    assert [protocol.decode_request(m).id for m in real_redis.lrange(KEYS.retry, 0, -1)] == ["fine"]
+
+
+def test_a_worker_stopped_before_its_first_heartbeat_stops():
+    """Redis unreachable from the start: the worker waits for Redis's clock, but not past a stop."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # nothing listens there once the probe is closed
+    unreachable = redis.Redis(port=port, retry=Retry(NoBackoff(), 0))  # fails at once, not after redis-py's retries
+    worker = Worker(unreachable, tiny_classifier(), SETTINGS, worker_id="w1")
+    stop = threading.Event()
+    finished = []
+    thread = threading.Thread(target=lambda: finished.append(worker.run(stop)), daemon=True)
+    thread.start()
+    time.sleep(0.3)
+    assert thread.is_alive() and not worker.first_heartbeat.is_set()
+    stop.set()
+    thread.join(5)
+    assert not thread.is_alive() and finished == [True]
