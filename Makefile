@@ -17,7 +17,7 @@ test: setup test-tools
 bench: setup
 	$(PY) -m scripts.bench
 
-# Break each guarantee on purpose (a named list of mutants) and check a test fails: scripts/mutants.py.
+# Break each guarantee on purpose and check a test fails: a named list of mutants, then mutmut's (scripts/mutants.py).
 mutants: setup test-tools
 	$(PY) -m scripts.mutants
 

@@ -1,17 +1,23 @@
 """`make mutants`: break each guarantee on purpose and check that a test fails.
 
-Each mutant is a named, hand-written change to the code that carries a guarantee (the Redis
-protocol and its Lua scripts, batching, recovery, the worker loop, preprocessing, the serving
-model, the model card, the engine cache), and the tests that must catch it. The change is made
-in the working tree and undone after its run, whatever happens. A mutant is killed when its
+First a named list of hand-written mutants: each is a change to the code that carries a guarantee
+(the Redis protocol and its Lua scripts, batching, recovery, the worker loop, preprocessing, the
+serving model, the model card, the engine cache), and the tests that must catch it. The change is
+made in the working tree and undone after its run, whatever happens. A mutant is killed when its
 tests fail; one that survives names a guarantee no test holds. Not part of `make test`.
 
-    python -m scripts.mutants [--only SUBSTRING]
+Then mutmut ([tool.mutmut] in pyproject.toml) mutates the Python modules among them operator by
+operator, in a copy (./mutants/), and runs the unit tests that reach each change. Its survivors
+are checked against ACCEPTED_SURVIVORS below, each with the reason it may live; any other
+survivor fails the run (`mutmut show NAME` prints its change).
+
+    python -m scripts.mutants [--only SUBSTRING] [--hand-written | --generated] [--children N]
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import subprocess
 import sys
 import time
@@ -109,18 +115,62 @@ def run_mutant(mutant: Mutant) -> tuple[bool, float]:
     return finished.returncode == 1, time.monotonic() - started  # 1: tests failed; 2-5: pytest itself did
 
 
+# mutmut's survivors that may live, by the name mutmut gives them (module, function, number within the function;
+# a change to a function renumbers its mutants), each with the reason. docs/tests.md sums them up.
+EQUIVALENT_DIRECTION = "Redis reads LMOVE's directions case-insensitively"
+ACCEPTED_SURVIVORS: dict[str, str] = {
+}
+
+# mutmut's verdicts; a timeout counts as killed (the change made the tests hang, and they noticed).
+NOT_KILLED = {"survived", "no tests", "suspicious", "not checked", "skipped"}
+
+
+def run_mutmut(children: int) -> tuple[int, list[str]]:
+    """Run mutmut afresh over [tool.mutmut]'s modules: (mutants generated, names of those not killed)."""
+    mutmut = str(Path(sys.executable).with_name("mutmut"))
+    shutil.rmtree(ROOT / "mutants", ignore_errors=True)  # a fresh run: nothing cached from older code
+    subprocess.run([mutmut, "run", "--max-children", str(children)], cwd=ROOT, check=True)
+    listed = subprocess.run([mutmut, "results", "--all", "true"], cwd=ROOT, check=True, capture_output=True,
+                            text=True).stdout
+    verdicts = dict(line.strip().rsplit(": ", 1) for line in listed.splitlines() if ": " in line)
+    return len(verdicts), sorted(name for name, verdict in verdicts.items() if verdict in NOT_KILLED)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--only", default="", help="run the mutants whose name contains this")
+    parser.add_argument("--only", default="", help="run the hand-written mutants whose name contains this")
+    stage = parser.add_mutually_exclusive_group()
+    stage.add_argument("--hand-written", action="store_true", help="only the hand-written mutants")
+    stage.add_argument("--generated", action="store_true", help="only mutmut's")
+    parser.add_argument("--children", type=int, default=2, help="mutmut's parallel test runs (default 2)")
     args = parser.parse_args(argv)
-    survivors = []
-    for mutant in (m for m in MUTANTS if args.only in m.name):
-        killed, seconds = run_mutant(mutant)
-        print(f"{'killed  ' if killed else 'SURVIVED'} {seconds:5.1f}s  {mutant.name}  ({mutant.path})", flush=True)
-        if not killed:
-            survivors.append(mutant)
-    print(f"{len(survivors)} of {sum(args.only in m.name for m in MUTANTS)} mutants survived")
-    return 1 if survivors else 0
+    failed = False
+    if not args.generated:
+        survivors = []
+        for mutant in (m for m in MUTANTS if args.only in m.name):
+            killed, seconds = run_mutant(mutant)
+            print(f"{'killed  ' if killed else 'SURVIVED'} {seconds:5.1f}s  {mutant.name}  ({mutant.path})",
+                  flush=True)
+            if not killed:
+                survivors.append(mutant)
+        print(f"{len(survivors)} of {sum(args.only in m.name for m in MUTANTS)} hand-written mutants survived",
+              flush=True)
+        failed = bool(survivors)
+    if not args.hand_written:
+        started = time.monotonic()
+        generated, survivors = run_mutmut(args.children)
+        unexpected = [name for name in survivors if name not in ACCEPTED_SURVIVORS]
+        for name in survivors:
+            print(f"accepted  {name}: {ACCEPTED_SURVIVORS[name]}" if name in ACCEPTED_SURVIVORS else
+                  f"SURVIVED  {name}  (mutmut show '{name}')")
+        print(f"mutmut: {generated} mutants in {(time.monotonic() - started) / 60:.0f} min, "
+              f"{generated - len(survivors)} killed, {len(survivors) - len(unexpected)} accepted survivors, "
+              f"{len(unexpected)} unexpected")
+        stale = sorted(set(ACCEPTED_SURVIVORS) - set(survivors))
+        if stale:
+            print(f"killed now, drop from ACCEPTED_SURVIVORS: {', '.join(stale)}")
+        failed = failed or bool(unexpected)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
