@@ -109,6 +109,19 @@ def test_bad_uploads_raise_a_coded_image_error(data, code):
     assert caught.value.code == code
 
 
+def test_max_pixels_is_the_largest_image_accepted_and_a_refusal_says_why():
+    assert read_header(png_claiming_size(100, 50), max_pixels=5000).header.size == (100, 50)
+    with pytest.raises(ImageError) as caught:
+        read_header(png_claiming_size(100, 50), max_pixels=4999)
+    assert str(caught.value) == "image is 100x50 pixels; the limit is 4999 pixels"
+    with pytest.raises(ImageError) as caught:
+        read_header(png_claiming_size(30000, 30000), LIMIT)  # past Pillow's own bomb limit too
+    assert str(caught.value) == f"image is larger than the limit of {LIMIT} pixels"
+    with pytest.raises(ImageError) as caught:
+        read_header(b"", LIMIT)
+    assert str(caught.value) == "the uploaded file is empty"
+
+
 def test_prepare_goes_from_bytes_to_model_input():
     pixels = prepare((PHOTOS / "chelsea.png").read_bytes(), 256, 224, LIMIT)
     assert pixels.shape == (224, 224, 3) and pixels.dtype == np.uint8
