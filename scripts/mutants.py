@@ -222,6 +222,41 @@ _ACCEPTED: tuple[tuple[str, tuple[str, ...]], ...] = (
         "serving.preprocess.x_read_header__mutmut_11",
         "serving.preprocess.x_read_header__mutmut_13",
     )),
+    ("view(3, 1, 1) broadcasts over NCHW as view(1, 3, 1, 1) does; torch makes Python floats float32 anyway", (
+        "model_tools.serving_model.xǁServingModelǁ__init____mutmut_7",
+        "model_tools.serving_model.xǁServingModelǁ__init____mutmut_14",
+        "model_tools.serving_model.xǁServingModelǁ__init____mutmut_24",
+        "model_tools.serving_model.xǁServingModelǁ__init____mutmut_29",
+        "model_tools.serving_model.xǁServingModelǁ__init____mutmut_31",
+    )),
+    ("the decoder's fast path only: a message it does not match is parsed whole, to the same request", (
+        "serving.protocol.x__fields_and_image__mutmut_3",
+        "serving.protocol.x__fields_and_image__mutmut_6",
+    )),
+    ("the clock's offset before its first reading: every user reads TIME before it asks the time", (
+        "serving.protocol.xǁRedisClockǁ__init____mutmut_2",
+    )),
+    ("the processing list is empty when a batch is taken, so the first message's end of it does not matter", (
+        "worker.batching.x_take_batch__mutmut_13",
+    )),
+    (EQUIVALENT_DIRECTION, (
+        "worker.batching.x_take_batch__mutmut_15",
+        "worker.batching.x_take_batch__mutmut_17",
+    )),
+    ("< or <= against a monotonic deadline in float seconds", (
+        "worker.batching.x_take_batch__mutmut_34",
+    )),
+    ("None for False: falsy wherever it is read", (
+        "worker.loop.xǁWorkerǁ__init____mutmut_17",
+        "worker.loop.xǁWorkerǁ__init____mutmut_21",
+    )),
+    ("the batch counter feeds only log lines", (
+        "worker.loop.xǁWorkerǁ__init____mutmut_9",
+    )),
+    ("RETURN_UNFINISHED reads the worker timeout only when it counts a failure, and compares the flag with '1'", (
+        "worker.recovery.x_return_unfinished__mutmut_1",
+        "worker.recovery.x_return_unfinished__mutmut_32",
+    )),
 )
 ACCEPTED_SURVIVORS = {name: reason for reason, names in _ACCEPTED for name in names}
 
