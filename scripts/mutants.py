@@ -65,7 +65,7 @@ MUTANTS = (
            ("tests/integration/test_reliability.py::test_workers_whose_clocks_are_20s_off_answer_every_request_and_"
             "reap_nobody",)),
     Mutant("the reaper's script does not check the heartbeat again (Lua)", "serving/protocol.py",
-           "  if beat and tonumber(beat) >= now - tonumber(ARGV[6]) then return {-1, 0} end\n", "",
+           "  if beat and tonumber(beat) >= now - tonumber(ARGV[4]) then return {-1, 0} end\n", "",
            ("tests/unit/test_recovery.py",)),
     Mutant("a dead worker's requests are requeued without counting the attempt (Lua)", "serving/protocol.py",
            "message['attempts'] = (tonumber(message['attempts']) or 0) + 1",
@@ -95,6 +95,17 @@ MUTANTS = (
            ("tests/unit/test_model_card.py",)),
     Mutant("the engine cache ignores the model file's content", "worker/engine_cache.py",
            "parts = [self.model_digest, ", "parts = [", ("tests/unit/test_engine_cache.py",)),
+    Mutant("a queue's keys under no common hash tag (CROSSSLOT on a Redis Cluster)", "serving/protocol.py",
+           'return "{" + f"{self.prefix}:{self.model_id}" + "}"', 'return f"{self.prefix}:{self.model_id}"',
+           ("tests/unit/test_protocol.py",)),
+    Mutant("an exhausted request is answered by every worker that finds it", "serving/protocol.py",
+           "if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end\n", "",
+           ("tests/unit/test_recovery.py",)),
+    Mutant("the last worker of a version leaves its queue behind when it stops", "worker/loop.py",
+           "            self.drain_if_last()\n", "            pass\n", ("tests/unit/test_worker.py",)),
+    Mutant("a new version gets traffic before it is routed to (highest, not lowest)", "serving/routing.py",
+           "return min(live_versions, key=version_order)", "return max(live_versions, key=version_order)",
+           ("tests/unit/test_models.py",)),
 )
 
 
