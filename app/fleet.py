@@ -83,6 +83,22 @@ class Fleet:
             raise NoWorker()
         return names[0]
 
+    def is_default(self, name: str) -> bool:
+        """Whether POST /predict goes to this name."""
+        if self.default_model:
+            return name == self.default_model
+        return list(self.snapshot().versions) == [name]
+
+    def ready_name(self) -> str:
+        """The model /readyz vouches for: the default one, or with several and none named, any with a live worker."""
+        try:
+            return self.name_for(None)
+        except NoDefaultModel:
+            live = sorted(self.snapshot(fresh=True).live)
+            if not live:
+                raise NoWorker() from None
+            return live[0]
+
     def queue_for(self, name: str, pinned_version: str | None = None) -> InferenceQueue:
         """The queue of the version this request goes to: the pinned one, else one chosen by the name's weights."""
         snapshot = self.snapshot()

@@ -30,9 +30,10 @@ def demo_page():
 
 @operations.get("/readyz")
 def readyz():
-    """Ready: Redis answers and the default model has a live worker (a Redis error is 503 too)."""
+    """Ready: Redis answers and the default model has a live worker (with several models and no default: any
+    model has one). A Redis error is 503 too."""
     fleet = _fleet()
-    status = fleet.queue_for(fleet.name_for(None)).fleet_status(fleet.worker_timeout)
+    status = fleet.queue_for(fleet.ready_name()).fleet_status(fleet.worker_timeout)
     _require_worker(status)
     return {"status": "ready", "model": status.model.name, "version": status.model.version,
             "workers": status.workers_alive, "queue_depth": status.queue_depth}
@@ -92,7 +93,7 @@ def _name_summary(fleet: Fleet, name: str) -> dict:
         described = _describe(status) if status.model else {"version": version, "workers": 0,
                                                                  "queue_depth": status.queue_depth}
         versions.append({**described, "weight": weights.get(version)})
-    return {"name": name, "default": name == fleet.default_model or len(snapshot.versions) == 1,
+    return {"name": name, "default": fleet.is_default(name),
             "routing": weights or "the only live version, or the lowest (no weights set)", "versions": versions}
 
 

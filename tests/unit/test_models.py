@@ -39,6 +39,8 @@ def test_predict_without_a_name_needs_a_default_when_several_are_served(client, 
     response = post_image(client)
     assert response.status_code == 404 and response.get_json()["error"]["code"] == "no_default_model"
     assert "shapes, tiny" in response.get_json()["error"]["message"]
+    assert client.get("/readyz").status_code == 200  # a model can answer: ready, whichever
+    assert not any(m["default"] for m in client.get("/models").get_json()["models"])
     chosen = create_app(dataclasses.replace(SETTINGS, default_model="shapes"), fake_redis).test_client()
     answer_next_request(fake_redis, success(SQUARE, SHAPES), keys("shapes", "1"))
     assert post_image(chosen).get_json()["model"] == "shapes"
