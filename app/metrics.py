@@ -17,8 +17,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.utils import floatToGoString
 
-from serving.protocol import Histogram as StoredHistogram
 from serving.protocol import split_model_id
+from serving.worker_stats import Histogram as StoredHistogram
 
 NAMESPACE = "imgcls"
 MULTIPROCESS = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))

@@ -8,8 +8,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from serving import protocol
-from serving.protocol import InferenceRequest, Keys, ModelInfo, RedisClock, WorkerStats, redis_seconds
+from serving.protocol import InferenceRequest, Keys, ModelInfo, RedisClock, redis_seconds
 from serving.redis_client import RedisClient
+from serving.worker_stats import WorkerStats, decode_worker_stats
 
 
 class NoWorker(Exception):
@@ -62,7 +63,7 @@ class InferenceQueue:
         pipe.hgetall(self.keys.worker_stats)
         raw_info, alive, depth, stats = pipe.execute()
         model = ModelInfo.from_json(raw_info) if raw_info is not None else None
-        return FleetStatus(model, alive, depth, protocol.decode_worker_stats(stats))
+        return FleetStatus(model, alive, depth, decode_worker_stats(stats))
 
     def classify(self, pixels: np.ndarray, deadline: float, request_id: str) -> dict:
         """Queue one preprocessed image under `request_id` (unique) and block until its result or the deadline.

@@ -182,12 +182,12 @@ _ACCEPTED: tuple[tuple[str, tuple[str, ...]], ...] = (
         "worker.batching.x_publish_results__mutmut_24",
     )),
     ("float('INF') is float('inf')", (
-        "serving.protocol.x__bucket_field__mutmut_9",
+        "serving.worker_stats.x__bucket_field__mutmut_9",
     )),
     ("split/rsplit variants: a bucket field holds one colon", (
-        "serving.protocol.x_decode_worker_stats__mutmut_22",
-        "serving.protocol.x_decode_worker_stats__mutmut_23",
-        "serving.protocol.x_decode_worker_stats__mutmut_25",
+        "serving.worker_stats.x_decode_worker_stats__mutmut_22",
+        "serving.worker_stats.x_decode_worker_stats__mutmut_23",
+        "serving.worker_stats.x_decode_worker_stats__mutmut_25",
     )),
     ("decode()'s default min_side: every caller passes one", (
         "serving.preprocess.x_decode__mutmut_1",

@@ -1,4 +1,4 @@
-"""The worker's statistics for /metrics, added to Redis after every batch (see worker_stats in serving/protocol.py).
+"""The worker's statistics for /metrics, added to Redis after every batch (the format: serving/worker_stats.py).
 
 Through Redis rather than a port of each worker's own: a scaled worker
 (`docker compose up --scale worker=3`) has no fixed address to scrape, one
@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import logging
 
-from serving import protocol
 from serving.protocol import Keys
 from serving.redis_client import REDIS_ERRORS, RedisClient
+from serving.worker_stats import batch_stats_increments
 
 log = logging.getLogger("worker")
 
@@ -25,8 +25,8 @@ class BatchStats:
 
     def record(self, batch_size: int, inference_ms: float, expired_total: int) -> None:
         """Add one batch: the images it ran, its inference time, and the expired requests since the last call."""
-        increments = protocol.batch_stats_increments(batch_size, inference_ms / 1000,
-                                                     expired_total - self._expired_reported)
+        increments = batch_stats_increments(batch_size, inference_ms / 1000,
+                                            expired_total - self._expired_reported)
         if not increments:
             return
         pipe = self.client.pipeline(transaction=False)

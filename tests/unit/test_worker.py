@@ -14,7 +14,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from serving import protocol
+from serving import protocol, worker_stats
 from serving.config import Settings
 from serving.protocol import InferenceRequest, Keys, ModelInfo
 from stack.processes import Stack
@@ -249,7 +249,7 @@ def test_a_failed_batch_still_counts_its_inference_time_in_the_statistics(worker
     monkeypatch.setattr(loop, "time", types.SimpleNamespace(perf_counter=lambda: next(ticks)))
     monkeypatch.setattr(worker.classifier, "probabilities", lambda images: 1 / 0)
     worker.process([message("r1")])
-    stats = protocol.decode_worker_stats(worker.client.hgetall(KEYS.worker_stats))
+    stats = worker_stats.decode_worker_stats(worker.client.hgetall(KEYS.worker_stats))
     assert stats.inference_seconds.sum == pytest.approx(0.25)
 
 

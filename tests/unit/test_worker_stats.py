@@ -3,7 +3,7 @@
 import fakeredis
 import pytest
 
-from serving import protocol
+from serving import worker_stats
 from serving.config import Settings
 from serving.protocol import Keys
 from tests.unit.tiny_model import message, tiny_classifier
@@ -14,28 +14,28 @@ KEYS = Keys("t", "tiny@1")
 
 
 def test_a_batch_adds_one_to_its_buckets_and_its_values_to_the_sums():
-    assert protocol.batch_stats_increments(3, 0.02, expired=1) == {
+    assert worker_stats.batch_stats_increments(3, 0.02, expired=1) == {
         "expired": 1,
         "batch_size_le:4": 1, "batch_size_sum": 3,
         "inference_seconds_le:0.025": 1, "inference_seconds_sum": 0.02}
 
 
 def test_a_batch_that_ran_nothing_adds_only_what_expired():
-    assert protocol.batch_stats_increments(0, 0.0, expired=2) == {"expired": 2}
-    assert protocol.batch_stats_increments(0, 0.0, expired=0) == {}
+    assert worker_stats.batch_stats_increments(0, 0.0, expired=2) == {"expired": 2}
+    assert worker_stats.batch_stats_increments(0, 0.0, expired=0) == {}
 
 
 def test_values_beyond_the_last_bound_land_in_plus_inf():
-    increments = protocol.batch_stats_increments(1000, 60.0, expired=0)
+    increments = worker_stats.batch_stats_increments(1000, 60.0, expired=0)
     assert increments["batch_size_le:+Inf"] == 1 and increments["inference_seconds_le:+Inf"] == 1
 
 
 def test_stats_read_back_as_cumulative_histograms():
     client = fakeredis.FakeRedis()
     for size, seconds in [(1, 0.004), (3, 0.02), (8, 0.3)]:
-        for field_name, amount in protocol.batch_stats_increments(size, seconds, expired=0).items():
+        for field_name, amount in worker_stats.batch_stats_increments(size, seconds, expired=0).items():
             client.hincrbyfloat(KEYS.worker_stats, field_name, amount)
-    stats = protocol.decode_worker_stats(client.hgetall(KEYS.worker_stats))
+    stats = worker_stats.decode_worker_stats(client.hgetall(KEYS.worker_stats))
     assert stats.batches == 3 and stats.expired == 0
     assert dict(stats.batch_size.buckets) == {"1": 1, "2": 1, "4": 2, "8": 3, "16": 3, "32": 3, "64": 3, "128": 3,
                                               "+Inf": 3}
@@ -46,7 +46,7 @@ def test_stats_read_back_as_cumulative_histograms():
 
 
 def test_no_stats_yet_reads_as_zeros():
-    stats = protocol.decode_worker_stats({})
+    stats = worker_stats.decode_worker_stats({})
     assert stats.batches == 0 and stats.batch_size.buckets[-1] == ("+Inf", 0) and stats.inference_seconds.sum == 0
 
 
@@ -56,7 +56,7 @@ def test_batch_stats_report_each_expired_request_once():
     stats.record(2, 10.0, expired_total=1)
     stats.record(1, 10.0, expired_total=1)
     stats.record(0, 0.0, expired_total=4)
-    totals = protocol.decode_worker_stats(client.hgetall(KEYS.worker_stats))
+    totals = worker_stats.decode_worker_stats(client.hgetall(KEYS.worker_stats))
     assert totals.expired == 4 and totals.batches == 2 and totals.batch_size.sum == 3
 
 
@@ -68,12 +68,12 @@ def test_batch_stats_survive_a_redis_outage_and_report_the_expired_later():
     stats.record(2, 10.0, expired_total=3)  # logged, not raised: the answers are already out
     server.connected = True
     stats.record(1, 10.0, expired_total=3)
-    assert protocol.decode_worker_stats(client.hgetall(KEYS.worker_stats)).expired == 3
+    assert worker_stats.decode_worker_stats(client.hgetall(KEYS.worker_stats)).expired == 3
 
 
 def test_the_worker_records_every_batch_it_serves(real_redis):
     worker = Worker(real_redis, tiny_classifier(), Settings(key_prefix="t"), worker_id="w1")
     worker.process([message("a"), message("b"), message("late", deadline_in=-1)])
-    stats = protocol.decode_worker_stats(real_redis.hgetall(KEYS.worker_stats))
+    stats = worker_stats.decode_worker_stats(real_redis.hgetall(KEYS.worker_stats))
     assert stats.batches == 1 and stats.batch_size.sum == 2 and stats.expired == 1
     assert stats.inference_seconds.buckets[-1] == ("+Inf", 1) and stats.inference_seconds.sum > 0
