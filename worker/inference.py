@@ -7,6 +7,7 @@ import time
 import numpy as np
 import torch
 
+from serving.protocol import ModelInfo
 from worker.backends import Engine
 
 
@@ -28,6 +29,14 @@ class Classifier:
         self._run = engine.run
         size = engine.card.preprocessing.input_size
         self.input_shape = (size, size, 3)
+
+    def describe(self, name: str, version: str, batch_size: int) -> ModelInfo:
+        """What the heartbeat announces: the card's preprocessing and classes, and how this worker runs them."""
+        card, preprocessing = self.card, self.card.preprocessing
+        return ModelInfo(name=name, version=version, arch=card.arch, num_classes=len(card.class_names),
+                         input_size=preprocessing.input_size, resize_size=preprocessing.resize_size,
+                         mean=preprocessing.mean, std=preprocessing.std, sources=dict(card.sources),
+                         device=str(self.device), batch_size=batch_size, backend=self.backend)
 
     def warm_up(self, batch_size: int) -> float:
         """A full batch before serving, so the first requests do not pay for lazy initialisation; its seconds."""

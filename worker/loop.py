@@ -13,7 +13,7 @@ import numpy as np
 
 from serving import protocol
 from serving.config import Settings
-from serving.protocol import FleetKeys, InferenceRequest, Keys, MalformedMessage, ModelInfo, RedisClock
+from serving.protocol import FleetKeys, InferenceRequest, Keys, MalformedMessage, RedisClock
 from serving.redis_client import REDIS_ERRORS, RedisClient
 from worker.batching import held_messages, publish_results, take_batch, take_retry
 from worker.inference import Classifier
@@ -48,10 +48,7 @@ class Worker:
         self.clock = RedisClock()  # read again at every heartbeat
         self.first_heartbeat = threading.Event()
         self.heartbeat_failed = False
-        self.model_info = ModelInfo(self.name, card.arch, len(card.class_names), card.preprocessing.input_size,
-                                    card.preprocessing.resize_size, card.preprocessing.mean, card.preprocessing.std,
-                                    str(classifier.device), settings.batch_size, classifier.backend,
-                                    dict(card.sources), self.version).to_json()
+        self.model_info = classifier.describe(self.name, self.version, settings.batch_size).to_json()
 
     def run(self, stop: threading.Event) -> bool:
         """Serve until `stop` is set; the batch in hand is always finished first. False if the heartbeat failed.
