@@ -2,7 +2,7 @@
 
 Nothing outside this module spells a key or a message field.
 
-Flow of one request:
+Flow of one request (`{prefix}` here is short for a model version's hash tag, `{KEY_PREFIX:name@version}`):
   API:    LPUSH {prefix}:queue <request JSON>   (ENQUEUE: unless MAX_QUEUE are waiting)
   worker: LMOVE {prefix}:retry -> {prefix}:processing:<worker id>    (one retried message alone, if any)
           else BLMOVE {prefix}:queue -> {prefix}:processing:<worker id>   (atomic take of a batch)
