@@ -36,30 +36,29 @@ class Mutant:
     tests: tuple[str, ...]
 
 
-SEED_TAKE = '''    processing = keys.processing(worker_id)
-    first = client.blmove(keys.queue, processing, block_seconds, "RIGHT", "LEFT")'''
-SEED_TAKE_MUTATED = '''    processing = keys.processing(worker_id)
-    taken = client.lrange(keys.queue, -max_size, -1)  # the seed's take: read, then trim
-    if taken:
-        client.ltrim(keys.queue, 0, -len(taken) - 1)
-        client.lpush(processing, *taken)
-    return taken[::-1]
-    first = client.blmove(keys.queue, processing, block_seconds, "RIGHT", "LEFT")'''
+SEED_TAKE = '''        first = self.client.blmove(self.keys.queue, self.processing, block_seconds, "RIGHT", "LEFT")'''
+# The seed's take: read, then trim.
+SEED_TAKE_MUTATED = '''        taken = self.client.lrange(self.keys.queue, -max_size, -1)
+        if taken:
+            self.client.ltrim(self.keys.queue, 0, -len(taken) - 1)
+            self.client.lpush(self.processing, *taken)
+        return taken[::-1]
+        first = self.client.blmove(self.keys.queue, self.processing, block_seconds, "RIGHT", "LEFT")'''
 
 MUTANTS = (
-    Mutant("a batch is taken by reading, then trimming (not atomic)", "worker/batching.py",
+    Mutant("a batch is taken by reading, then trimming (not atomic)", "worker/queue.py",
            SEED_TAKE, SEED_TAKE_MUTATED, ("tests/unit/test_batching.py",)),
-    Mutant("results and the removal of their messages leave without a transaction", "worker/batching.py",
-           "pipe = client.pipeline(transaction=True)", "pipe = client.pipeline(transaction=False)",
+    Mutant("results and the removal of their messages leave without a transaction", "worker/queue.py",
+           "pipe = self.client.pipeline(transaction=True)", "pipe = self.client.pipeline(transaction=False)",
            ("tests/unit/test_batching.py",)),
-    Mutant("a publish deletes the whole processing list", "worker/batching.py",
-           "pipe.lrem(keys.processing(worker_id), 1, message)", "pipe.delete(keys.processing(worker_id))",
+    Mutant("a publish deletes the whole processing list", "worker/queue.py",
+           "pipe.lrem(self.processing, 1, message)", "pipe.delete(self.processing)",
            ("tests/unit/test_batching.py", "tests/unit/test_worker.py")),
     Mutant("after a Redis error the worker takes new work before what it holds", "worker/loop.py",
            "        if held:\n", "        if False:\n", ("tests/unit/test_worker.py",)),
     Mutant("a retried request is batched with the queue", "worker/loop.py",
-           "messages = take_retry(self.client, self.keys, self.worker_id) or take_batch(",
-           "messages = take_batch(", ("tests/unit/test_worker.py",)),
+           "messages = self.queue.take_retry() or self.queue.take_batch(",
+           "messages = self.queue.take_batch(", ("tests/unit/test_worker.py",)),
     Mutant("deadlines compared with the worker host's clock", "worker/loop.py",
            "taken_at = self.clock.now()", "taken_at = time.time()",
            ("tests/integration/test_reliability.py::test_workers_whose_clocks_are_20s_off_answer_every_request_and_"
@@ -165,21 +164,21 @@ _ACCEPTED: tuple[tuple[str, tuple[str, ...]], ...] = (
         "worker.loop.x_new_worker_id__mutmut_1",
     )),
     ("count 0: an empty pipeline takes nothing either", (
-        "worker.batching.x__take_queued__mutmut_1",
+        "worker.queue.xǁWorkerQueueǁ_take_queued__mutmut_1",
     )),
     ("the moves are atomic one by one; a MULTI around them (True) or not (None) changes no outcome", (
-        "worker.batching.x__take_queued__mutmut_4",
-        "worker.batching.x__take_queued__mutmut_5",
+        "worker.queue.xǁWorkerQueueǁ_take_queued__mutmut_4",
+        "worker.queue.xǁWorkerQueueǁ_take_queued__mutmut_5",
     )),
     (EQUIVALENT_DIRECTION, (
-        "worker.batching.x_take_retry__mutmut_12",
-        "worker.batching.x_take_retry__mutmut_14",
+        "worker.queue.xǁWorkerQueueǁtake_retry__mutmut_12",
+        "worker.queue.xǁWorkerQueueǁtake_retry__mutmut_14",
     )),
     ("the retried message's end of the processing list: the list is empty when a retry is taken", (
-        "worker.batching.x_take_retry__mutmut_9",
+        "worker.queue.xǁWorkerQueueǁtake_retry__mutmut_9",
     )),
     ("LREM count 2: a processing list never holds the same message twice (ids are unique)", (
-        "worker.batching.x_publish_results__mutmut_24",
+        "worker.queue.xǁWorkerQueueǁpublish_results__mutmut_24",
     )),
     ("float('INF') is float('inf')", (
         "serving.worker_stats.x__bucket_field__mutmut_9",
@@ -248,14 +247,14 @@ _ACCEPTED: tuple[tuple[str, tuple[str, ...]], ...] = (
         "serving.protocol.xǁRedisClockǁ__init____mutmut_2",
     )),
     ("the processing list is empty when a batch is taken, so the first message's end of it does not matter", (
-        "worker.batching.x_take_batch__mutmut_13",
+        "worker.queue.xǁWorkerQueueǁtake_batch__mutmut_13",
     )),
     (EQUIVALENT_DIRECTION, (
-        "worker.batching.x_take_batch__mutmut_15",
-        "worker.batching.x_take_batch__mutmut_17",
+        "worker.queue.xǁWorkerQueueǁtake_batch__mutmut_15",
+        "worker.queue.xǁWorkerQueueǁtake_batch__mutmut_17",
     )),
     ("< or <= against a monotonic deadline in float seconds", (
-        "worker.batching.x_take_batch__mutmut_34",
+        "worker.queue.xǁWorkerQueueǁtake_batch__mutmut_34",
     )),
     ("None for False: falsy wherever it is read", (
         "worker.loop.xǁWorkerǁ__init____mutmut_17",
@@ -265,8 +264,8 @@ _ACCEPTED: tuple[tuple[str, tuple[str, ...]], ...] = (
         "worker.loop.xǁWorkerǁ__init____mutmut_9",
     )),
     ("RETURN_UNFINISHED reads the worker timeout only when it counts a failure, and compares the flag with '1'", (
-        "worker.recovery.x_return_unfinished__mutmut_1",
-        "worker.recovery.x_return_unfinished__mutmut_32",
+        "worker.queue.xǁWorkerQueueǁreturn_unfinished__mutmut_1",
+        "worker.queue.xǁWorkerQueueǁreturn_unfinished__mutmut_32",
     )),
 )
 ACCEPTED_SURVIVORS = {name: reason for reason, names in _ACCEPTED for name in names}

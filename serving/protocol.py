@@ -326,19 +326,6 @@ return staying
 """
 
 
-def announce_stopping(client, keys: Keys, worker_id: str, worker_timeout: float) -> int:
-    """Mark `worker_id` as stopping; how many live workers of its version stay."""
-    return client.eval(STOPPING, 2, keys.workers, keys.stopping, worker_id, worker_timeout)
-
-
-def queued_for_version(client, keys: Keys) -> int:
-    """Messages waiting in the version's queue and retry list."""
-    pipe = client.pipeline(transaction=False)
-    pipe.llen(keys.queue)
-    pipe.llen(keys.retry)
-    return sum(pipe.execute())
-
-
 # Workers whose last heartbeat is older than ARGV[1] seconds by Redis's clock. KEYS: workers set.
 SILENT_WORKERS = _NOW + "return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. (now - tonumber(ARGV[1])))"
 

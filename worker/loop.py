@@ -15,10 +15,9 @@ from serving import protocol
 from serving.config import Settings
 from serving.protocol import FleetKeys, InferenceRequest, Keys, MalformedMessage, RedisClock
 from serving.redis_client import REDIS_ERRORS, RedisClient
-from worker.batching import held_messages, publish_results, take_batch, take_retry
 from worker.inference import Classifier
 from worker.metrics import BatchStats
-from worker.recovery import reap_dead_workers, return_unfinished
+from worker.queue import WorkerQueue
 
 log = logging.getLogger("worker")
 
@@ -41,6 +40,7 @@ class Worker:
         self.keys = Keys(settings.key_prefix, self.model_id)
         self.fleet = FleetKeys(settings.key_prefix)
         self.worker_id = worker_id or new_worker_id()
+        self.queue = WorkerQueue(client, self.keys, self.worker_id)
         self.batches = 0
         self.expired = 0
         self.stats = BatchStats(client, self.keys)
@@ -92,11 +92,11 @@ class Worker:
         """
         give_up_at = time.monotonic() + self.settings.request_timeout
         try:
-            if protocol.announce_stopping(self.client, self.keys, self.worker_id, self.settings.worker_timeout):
+            if self.queue.announce_stopping(self.settings.worker_timeout):
                 return  # others of this version stay and serve the queue
             log.info("worker=%s is the last of %s: serving what is queued before it stops", self.worker_id,
                      self.model_id)
-            while time.monotonic() < give_up_at and protocol.queued_for_version(self.client, self.keys):
+            while time.monotonic() < give_up_at and self.queue.queued():
                 self.serve_once()
         except REDIS_ERRORS as exc:
             log.warning("worker=%s stops without serving what is queued for %s: %s", self.worker_id,
@@ -114,8 +114,8 @@ class Worker:
         """Every heartbeat period until `stop`: announce this worker, then reap dead ones."""
         def beat_and_reap():
             self.heartbeat()
-            reap_dead_workers(self.client, self.keys, self.settings.worker_timeout, self.settings.max_attempts,
-                              self.settings.result_ttl)
+            self.queue.reap_dead_workers(self.settings.worker_timeout, self.settings.max_attempts,
+                                         self.settings.result_ttl)
             stop.wait(self.settings.heartbeat_seconds)
         self._retry_on_redis_errors(beat_and_reap, stop)
 
@@ -142,13 +142,13 @@ class Worker:
         held = self._may_hold_messages
         self._may_hold_messages = True  # until this round ends without an error
         if held:
-            messages = held_messages(self.client, self.keys, self.worker_id)
+            messages = self.queue.held_messages()
             if messages:
                 log.info("worker=%s serving %d requests held since a Redis error", self.worker_id, len(messages))
         else:
-            messages = take_retry(self.client, self.keys, self.worker_id) or take_batch(
-                self.client, self.keys, self.worker_id, self.settings.batch_size,
-                block_seconds=self.settings.heartbeat_seconds, wait_for_more_seconds=self.settings.batch_wait_ms / 1000)
+            messages = self.queue.take_retry() or self.queue.take_batch(
+                self.settings.batch_size, block_seconds=self.settings.heartbeat_seconds,
+                wait_for_more_seconds=self.settings.batch_wait_ms / 1000)
         if messages:
             self.process(messages)
         self._may_hold_messages = False
@@ -164,7 +164,7 @@ class Worker:
 
     def sign_off(self) -> None:
         """Hand back anything not started (not a failed attempt) and leave the registry."""
-        returned, _ = return_unfinished(self.client, self.keys, self.worker_id, False, self.settings.max_attempts)
+        returned = self.queue.sign_off(self.settings.max_attempts)
         if returned:
             log.info("worker=%s handed back %d unstarted requests", self.worker_id, returned)
 
@@ -174,7 +174,7 @@ class Worker:
         results: dict[str, bytes] = {}
         runnable = [request for request in (self._admit(m, taken_at, results) for m in messages) if request]
         inference_ms = self._classify(runnable, taken_at, results) if runnable else 0.0
-        publish_results(self.client, self.keys, self.worker_id, results, messages, self.settings.result_ttl)
+        self.queue.publish_results(results, messages, self.settings.result_ttl)
         self.batches += 1
         wait_ms = max((taken_at - min(r.enqueued_at for r in runnable)) * 1000, 0) if runnable else 0.0
         log.info("worker=%s batch=%d size=%d answered=%d oldest_wait_ms=%.1f inference_ms=%.1f ids=%s",

@@ -15,7 +15,7 @@ from serving import protocol
 from serving.config import Settings
 from serving.protocol import FleetKeys, InferenceRequest, Keys, ModelInfo
 from tests.images import photo_bytes
-from worker.batching import publish_results, take_batch
+from worker.queue import WorkerQueue
 
 SETTINGS = Settings(request_timeout=0.3, max_upload_mb=1, worker_timeout=5)
 KEYS = Keys(SETTINGS.key_prefix, "tiny@1")
@@ -50,11 +50,11 @@ def answer_next_request(fake_redis: fakeredis.FakeRedis, make_result, keys: Keys
 
     def run():
         for _ in range(200):
-            batch = take_batch(fake_redis, keys, "w1", 1, block_seconds=0.01, wait_for_more_seconds=0)
+            batch = WorkerQueue(fake_redis, keys, "w1").take_batch(1, block_seconds=0.01, wait_for_more_seconds=0)
             if batch:
                 request = protocol.decode_request(batch[0])
                 seen["request"] = request
-                publish_results(fake_redis, keys, "w1", {request.id: make_result(request)}, batch,
+                WorkerQueue(fake_redis, keys, "w1").publish_results({request.id: make_result(request)}, batch,
                                 ttl_seconds=5)
                 return
             time.sleep(0.005)

@@ -9,7 +9,7 @@ import pytest
 import redis
 
 from serving.protocol import Keys
-from worker.batching import held_messages, publish_results, take_batch, take_retry
+from worker.queue import WorkerQueue
 
 KEYS = Keys("t", "tiny@1")
 
@@ -25,7 +25,7 @@ def enqueue(client, *messages):
 
 
 def take(client, worker="w1", max_size=4, wait=0.0):
-    return take_batch(client, KEYS, worker, max_size, block_seconds=0.01, wait_for_more_seconds=wait)
+    return WorkerQueue(client, KEYS, worker).take_batch(max_size, block_seconds=0.01, wait_for_more_seconds=wait)
 
 
 def test_an_empty_queue_gives_an_empty_batch(client):
@@ -75,7 +75,7 @@ def take_until_empty(arguments: tuple[str, str]) -> list[bytes]:
     url, worker = arguments
     client = redis.Redis.from_url(url)
     taken = []
-    while batch := take_batch(client, KEYS, worker, 8, block_seconds=0.05, wait_for_more_seconds=0):
+    while batch := WorkerQueue(client, KEYS, worker).take_batch(8, block_seconds=0.05, wait_for_more_seconds=0):
         taken.extend(batch)
     return taken
 
@@ -99,14 +99,15 @@ def test_a_batch_is_held_oldest_first_until_published(client):
     """What a worker serves again after a Redis error is its batch, in the order it was taken."""
     enqueue(client, b"m1", b"m2", b"m3")
     batch = take(client)
-    assert held_messages(client, KEYS, "w1") == batch == [b"m1", b"m2", b"m3"]
+    assert WorkerQueue(client, KEYS, "w1").held_messages() == batch == [b"m1", b"m2", b"m3"]
 
 
 def test_a_retried_message_is_taken_alone_oldest_first_into_the_workers_processing_list(client):
     client.lpush(KEYS.retry, b"r1", b"r2")  # RETURN_UNFINISHED's side: LPUSH, so the oldest is on the right
-    assert take_retry(client, KEYS, "w1") == [b"r1"]
+    assert WorkerQueue(client, KEYS, "w1").take_retry() == [b"r1"]
     assert client.lrange(KEYS.processing("w1"), 0, -1) == [b"r1"] and client.lrange(KEYS.retry, 0, -1) == [b"r2"]
-    assert take_retry(client, KEYS, "w1") == [b"r2"] and take_retry(client, KEYS, "w1") == []
+    queue = WorkerQueue(client, KEYS, "w1")
+    assert queue.take_retry() == [b"r2"] and queue.take_retry() == []
 
 
 def test_without_a_wait_a_partial_batch_goes_at_once(client):
@@ -117,7 +118,7 @@ def test_without_a_wait_a_partial_batch_goes_at_once(client):
 def test_publishing_answers_each_request_and_clears_the_batch(client):
     enqueue(client, b"m1", b"m2")
     batch = take(client)
-    publish_results(client, KEYS, "w1", {"r1": b"one", "r2": b"two"}, batch, ttl_seconds=30)
+    WorkerQueue(client, KEYS, "w1").publish_results({"r1": b"one", "r2": b"two"}, batch, ttl_seconds=30)
     assert client.lrange(KEYS.result("r1"), 0, -1) == [b"one"]
     assert client.lrange(KEYS.result("r2"), 0, -1) == [b"two"]
     assert 0 < client.pttl(KEYS.result("r1")) <= 30_000  # unread answers expire
@@ -127,16 +128,16 @@ def test_publishing_answers_each_request_and_clears_the_batch(client):
 def test_publishing_removes_only_the_messages_it_handled(client):
     enqueue(client, b"m1", b"m2", b"m3")
     first, second = take(client, max_size=1), take(client, max_size=2)
-    publish_results(client, KEYS, "w1", {"r2": b"two", "r3": b"three"}, second, ttl_seconds=30)
+    WorkerQueue(client, KEYS, "w1").publish_results({"r2": b"two", "r3": b"three"}, second, ttl_seconds=30)
     assert client.lrange(KEYS.processing("w1"), 0, -1) == first
 
 
 def test_results_and_the_removal_of_their_messages_go_out_in_one_transaction(real_redis, redis_stack):
     """What Redis itself saw (MONITOR): every result and every LREM between one MULTI and its EXEC."""
     enqueue(real_redis, b"m1", b"m2")
-    batch = take_batch(real_redis, KEYS, "w1", 2, block_seconds=0.01, wait_for_more_seconds=0)
+    batch = WorkerQueue(real_redis, KEYS, "w1").take_batch(2, block_seconds=0.01, wait_for_more_seconds=0)
     with redis_stack.redis().monitor() as monitor:
-        publish_results(real_redis, KEYS, "w1", {"r1": b"one", "r2": b"two"}, batch, ttl_seconds=30)
+        WorkerQueue(real_redis, KEYS, "w1").publish_results({"r1": b"one", "r2": b"two"}, batch, ttl_seconds=30)
         seen = []
         while not seen or seen[-1] != "EXEC":
             seen.append(monitor.next_command()["command"].split()[0].upper())

@@ -8,11 +8,12 @@ import pytest
 
 from app import create_app
 from serving import routing
-from serving.protocol import FleetKeys, Keys, announce_stopping
+from serving.protocol import FleetKeys, Keys
 from serving.routing import RoutingError, choose_version, version_order, write_weights
 from tests.openapi_check import assert_conforms
 from tests.prometheus_text import sample_value
 from tests.unit.fake_api import MODEL, SETTINGS, TABBY, answer_next_request, heartbeat, post_image, success
+from worker.queue import WorkerQueue
 
 SHAPES = dataclasses.replace(MODEL, name="shapes", num_classes=4)
 FLEET = FleetKeys(SETTINGS.key_prefix)
@@ -118,9 +119,9 @@ def test_of_two_workers_stopping_together_each_sees_nobody_staying(real_redis):
     version = Keys("t", "m@1")
     for worker in ("a", "b", "c"):
         real_redis.eval("redis.call('ZADD', KEYS[1], redis.call('TIME')[1], ARGV[1])", 1, version.workers, worker)
-    assert announce_stopping(real_redis, version, "a", 5) == 2
-    assert announce_stopping(real_redis, version, "b", 5) == 1
-    assert announce_stopping(real_redis, version, "c", 5) == 0  # the last: it drains the queue before leaving
+    assert WorkerQueue(real_redis, version, "a").announce_stopping(5) == 2
+    assert WorkerQueue(real_redis, version, "b").announce_stopping(5) == 1
+    assert WorkerQueue(real_redis, version, "c").announce_stopping(5) == 0  # the last: it drains the queue
 
 
 def test_predictions_are_counted_per_model_and_version(client, fake_redis):

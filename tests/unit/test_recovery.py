@@ -7,8 +7,7 @@ import pytest
 
 from serving import protocol
 from serving.protocol import InferenceRequest, Keys
-from worker import recovery
-from worker.recovery import reap_dead_workers, return_unfinished
+from worker.queue import WorkerQueue
 
 KEYS = Keys("t", "tiny@1")
 TIMEOUT = 5.0
@@ -27,8 +26,13 @@ def holding(client, worker_id, *requests, heartbeat_age=0.0):
         client.lpush(KEYS.processing(worker_id), protocol.encode_request(r))
 
 
+def reaper(client) -> WorkerQueue:
+    """A live worker's side of the queue, which reaps the others."""
+    return WorkerQueue(client, KEYS, "reaper")
+
+
 def reap(client, max_attempts=3):
-    return reap_dead_workers(client, KEYS, TIMEOUT, max_attempts, result_ttl=30)
+    return reaper(client).reap_dead_workers(TIMEOUT, max_attempts, result_ttl=30)
 
 
 def queued_ids(client, key=KEYS.queue):
@@ -80,10 +84,10 @@ def test_an_exhausted_answer_expires_if_nobody_reads_it(real_redis):
 def test_an_exhausted_request_is_answered_once_even_by_two_workers_and_after_its_reaper_died(real_redis):
     """The script only sets the message aside; any worker's next pass answers it, and only one of them does."""
     holding(real_redis, "dead", request("poison", attempts=2), heartbeat_age=TIMEOUT + 1)
-    assert return_unfinished(real_redis, KEYS, "dead", True, 3) == (0, 1)  # its reaper dies right after this
+    assert reaper(real_redis).return_unfinished("dead", True, 3) == (0, 1)  # its reaper dies right after this
     assert not real_redis.exists(KEYS.result("poison"))
-    assert recovery.answer_exhausted(real_redis, KEYS, 3, 30) == 1
-    assert recovery.answer_exhausted(real_redis, KEYS, 3, 30) == 0  # a second worker finds nothing to answer
+    assert reaper(real_redis).answer_exhausted(3, 30) == 1
+    assert reaper(real_redis).answer_exhausted(3, 30) == 0  # a second worker finds nothing to answer
     assert real_redis.llen(KEYS.result("poison")) == 1 and not real_redis.exists(KEYS.exhausted)
 
 
@@ -96,8 +100,8 @@ def test_an_unreadable_message_goes_back_untouched_for_a_worker_to_answer(real_r
 
 def test_reaping_twice_requeues_once(real_redis):
     holding(real_redis, "dead", request("a"), heartbeat_age=TIMEOUT + 1)
-    first = return_unfinished(real_redis, KEYS, "dead", True, 3)
-    second = return_unfinished(real_redis, KEYS, "dead", True, 3)
+    first = reaper(real_redis).return_unfinished("dead", True, 3)
+    second = reaper(real_redis).return_unfinished("dead", True, 3)
     assert first == (1, 0) and second == (0, 0)
     assert retried_ids(real_redis) == ["a"]
 
@@ -105,14 +109,15 @@ def test_reaping_twice_requeues_once(real_redis):
 def test_a_heartbeat_between_the_check_and_the_script_keeps_the_worker(real_redis, monkeypatch):
     """The reaper finds a worker silent, the worker's heartbeat lands, then the script runs: nothing is taken."""
     holding(real_redis, "slow", request("a"), heartbeat_age=TIMEOUT + 1)
-    find_silent = recovery.silent_workers
+    find_silent = WorkerQueue.silent_workers
 
-    def silent_then_heartbeat(client, keys, worker_timeout):
-        silent = find_silent(client, keys, worker_timeout)
+    def silent_then_heartbeat(queue, worker_timeout):
+        silent = find_silent(queue, worker_timeout)
+        client, keys = queue.client, queue.keys
         client.eval(protocol.HEARTBEAT, 2, keys.model, keys.workers, "slow", b"{}", 5000)
         return silent
 
-    monkeypatch.setattr(recovery, "silent_workers", silent_then_heartbeat)
+    monkeypatch.setattr(WorkerQueue, "silent_workers", silent_then_heartbeat)
     assert reap(real_redis) == 0
     assert real_redis.llen(KEYS.processing("slow")) == 1 and not real_redis.exists(KEYS.queue, KEYS.retry)
     assert real_redis.zscore(KEYS.workers, "slow") is not None
@@ -122,15 +127,16 @@ def test_one_pass_reaps_every_dead_worker_even_after_one_that_came_back(real_red
     holding(real_redis, "slow", request("s"), heartbeat_age=TIMEOUT + 3)  # the oldest heartbeat: found first
     holding(real_redis, "dead1", request("a"), heartbeat_age=TIMEOUT + 2)
     holding(real_redis, "dead2", request("b"), heartbeat_age=TIMEOUT + 1)
-    find_silent = recovery.silent_workers
+    find_silent = WorkerQueue.silent_workers
 
-    def silent_then_heartbeat(client, keys, worker_timeout):
-        silent = find_silent(client, keys, worker_timeout)
+    def silent_then_heartbeat(queue, worker_timeout):
+        silent = find_silent(queue, worker_timeout)
+        client, keys = queue.client, queue.keys
         assert silent[0] == "slow"
         client.eval(protocol.HEARTBEAT, 2, keys.model, keys.workers, "slow", b"{}", 5000)
         return silent
 
-    monkeypatch.setattr(recovery, "silent_workers", silent_then_heartbeat)
+    monkeypatch.setattr(WorkerQueue, "silent_workers", silent_then_heartbeat)
     assert reap(real_redis) == 2
     assert sorted(retried_ids(real_redis)) == ["a", "b"] and real_redis.llen(KEYS.processing("slow")) == 1
 
@@ -147,6 +153,6 @@ def test_heartbeats_and_the_reapers_cutoff_use_redis_time_not_the_hosts(real_red
 
 def test_a_stopping_worker_hands_back_fresh_requests_to_the_queue_and_retried_ones_to_the_retry_list(real_redis):
     holding(real_redis, "stopping", request("fresh"), request("retried", attempts=1))
-    assert return_unfinished(real_redis, KEYS, "stopping", False, 3) == (2, 0)
+    assert reaper(real_redis).return_unfinished("stopping", False, 3) == (2, 0)
     assert queued_ids(real_redis) == ["fresh"] and retried_ids(real_redis) == ["retried"]
     assert protocol.decode_request(real_redis.rpop(KEYS.retry)).attempts == 1  # a clean stop counts no attempt

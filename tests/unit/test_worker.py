@@ -22,6 +22,7 @@ from tests.unit.tiny_model import COLOURS, INPUT_SIZE, message, tiny_classifier
 from worker import loop
 from worker.__main__ import redis_client
 from worker.loop import Worker
+from worker.queue import WorkerQueue
 
 SETTINGS = Settings(key_prefix="t", top_k=2, batch_size=8)
 KEYS = Keys("t", "tiny@1")
@@ -163,7 +164,7 @@ def test_the_workers_redis_reads_outlast_its_blocking_take_whatever_the_worker_t
 
 def test_a_batch_whose_publish_failed_is_answered_before_anything_new_is_taken(worker, monkeypatch):
     """A Redis error while publishing leaves the batch in the processing list; no later publish may drop it."""
-    publish, failures = loop.publish_results, []
+    publish, failures = WorkerQueue.publish_results, []
 
     def fails_once(*args, **kwargs):
         if not failures:
@@ -171,7 +172,7 @@ def test_a_batch_whose_publish_failed_is_answered_before_anything_new_is_taken(w
             raise redis.ConnectionError("connection reset while publishing")
         return publish(*args, **kwargs)
 
-    monkeypatch.setattr(loop, "publish_results", fails_once)
+    monkeypatch.setattr(WorkerQueue, "publish_results", fails_once)
     worker.client.lpush(KEYS.queue, message("a1", "red"), message("a2", "green"))
     with pytest.raises(redis.ConnectionError):
         worker.serve_once()

@@ -1,0 +1,156 @@
+"""One worker's side of a model version's queue: one object owns the keys, as rq's IntermediateQueue does.
+
+Taking and answering. A message moves from the shared queue into this worker's own
+processing list with (B)LMOVE, which is atomic: two workers can never take the same
+message, and a message is never in neither list (the seed's LRANGE + LTRIM did both). A
+message leaves the processing list (LREM, the exact bytes taken) in the same transaction that
+publishes its result, so it leaves Redis only once its answer is there; what a failed publish
+or a lost reply leaves in the list is served again before anything new is taken
+(`held_messages`).
+
+Leaving and reaping. Every worker is also a reaper of its version's dead workers: their
+processing lists go back to the queues by one Lua script (serving/protocol.py,
+RETURN_UNFINISHED), which checks the heartbeat again, so of two reapers one does it and a
+worker whose heartbeat came in meanwhile is left alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from serving import protocol
+from serving.protocol import Keys, MalformedMessage
+from serving.redis_client import RedisClient
+
+log = logging.getLogger("worker")
+
+FILL_POLL_SECONDS = 0.0005
+
+
+class WorkerQueue:
+    def __init__(self, client: RedisClient, keys: Keys, worker_id: str):
+        self.client = client
+        self.keys = keys
+        self.worker_id = worker_id
+        self.processing = keys.processing(worker_id)
+
+    # Taking and answering
+
+    def take_batch(self, max_size: int, block_seconds: float, wait_for_more_seconds: float) -> list[bytes]:
+        """Up to max_size raw messages, oldest first; [] if none arrived within block_seconds.
+
+        Blocks for the first message, takes whatever else is queued, then keeps
+        looking for up to wait_for_more_seconds while the batch is not full. That
+        short wait polls instead of blocking: Redis resolves blocking timeouts on
+        its server tick (100 ms at the default hz), so a 2 ms BLMOVE waits ~100 ms.
+        """
+        first = self.client.blmove(self.keys.queue, self.processing, block_seconds, "RIGHT", "LEFT")
+        if first is None:
+            return []
+        batch = [first, *self._take_queued(max_size - 1)]
+        give_up_at = time.monotonic() + wait_for_more_seconds
+        while len(batch) < max_size and time.monotonic() < give_up_at:
+            time.sleep(FILL_POLL_SECONDS)
+            batch += self._take_queued(max_size - len(batch))
+        return batch
+
+    def _take_queued(self, count: int) -> list[bytes]:
+        """Move up to count queued messages without blocking, in one round trip."""
+        if count <= 0:
+            return []
+        pipe = self.client.pipeline(transaction=False)
+        for _ in range(count):
+            pipe.lmove(self.keys.queue, self.processing, "RIGHT", "LEFT")
+        return [message for message in pipe.execute() if message is not None]
+
+    def take_retry(self) -> list[bytes]:
+        """One message from the retry list, alone, or []: a retried message never shares a batch."""
+        message = self.client.lmove(self.keys.retry, self.processing, "RIGHT", "LEFT")
+        return [message] if message is not None else []
+
+    def held_messages(self) -> list[bytes]:
+        """What this worker's processing list holds, oldest first: work taken but not yet published."""
+        return self.client.lrange(self.processing, 0, -1)[::-1]
+
+    def publish_results(self, results: dict[str, bytes], handled: list[bytes], ttl_seconds: float) -> None:
+        """Hand each request its result and drop the handled messages (and only those), in one transaction."""
+        pipe = self.client.pipeline(transaction=True)
+        for request_id, payload in results.items():
+            key = self.keys.result(request_id)
+            pipe.lpush(key, payload)
+            pipe.pexpire(key, int(ttl_seconds * 1000))
+        for message in handled:
+            pipe.lrem(self.processing, 1, message)
+        pipe.execute()
+
+    def queued(self) -> int:
+        """Messages waiting in the version's queue and retry list."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.llen(self.keys.queue)
+        pipe.llen(self.keys.retry)
+        return sum(pipe.execute())
+
+    # Leaving and reaping
+
+    def announce_stopping(self, worker_timeout: float) -> int:
+        """Mark this worker as stopping; how many live workers of its version stay."""
+        return self.client.eval(protocol.STOPPING, 2, self.keys.workers, self.keys.stopping, self.worker_id,
+                                worker_timeout)
+
+    def sign_off(self, max_attempts: int) -> int:
+        """Hand back what this worker has not started (not a failed attempt) and leave the registry; how many."""
+        returned, _ = self.return_unfinished(self.worker_id, False, max_attempts)
+        return returned
+
+    def return_unfinished(self, worker_id: str, count_as_failure: bool, max_attempts: int,
+                          worker_timeout: float = 0.0) -> tuple[int, int] | None:
+        """Empty a worker's processing list back onto the queues: (requeued, exhausted).
+
+        With count_as_failure the worker is taken for dead; if its heartbeat is younger than worker_timeout
+        by the time the script runs, it is alive after all, nothing is touched and the answer is None.
+        Exhausted messages wait in their own list for answer_exhausted.
+        """
+        keys = self.keys
+        returned, exhausted = self.client.eval(
+            protocol.RETURN_UNFINISHED, 6, keys.processing(worker_id), keys.queue, keys.workers, keys.retry,
+            keys.exhausted, keys.stopping, worker_id, "1" if count_as_failure else "0", max_attempts, worker_timeout)
+        return None if returned < 0 else (int(returned), int(exhausted))
+
+    def silent_workers(self, worker_timeout: float) -> list[str]:
+        """Workers whose last heartbeat is older than worker_timeout, by Redis's clock."""
+        return [w.decode() for w in self.client.eval(protocol.SILENT_WORKERS, 1, self.keys.workers, worker_timeout)]
+
+    def reap_dead_workers(self, worker_timeout: float, max_attempts: int, result_ttl: float) -> int:
+        """Requeue the unfinished work of every worker silent for longer than worker_timeout; answer what is exhausted.
+
+        The exhausted list is answered on every pass, not only after a reap: a worker that died between
+        its reap and its answers leaves them for the next pass of any worker.
+        """
+        reaped = 0
+        for worker_id in self.silent_workers(worker_timeout):
+            outcome = self.return_unfinished(worker_id, True, max_attempts, worker_timeout)
+            if outcome is None:
+                log.info("worker=%s heartbeat came in while it was being reaped; left alone", worker_id)
+                continue
+            log.warning("reaped dead worker=%s requeued=%d gave_up=%d", worker_id, *outcome)
+            reaped += 1
+        self.answer_exhausted(max_attempts, result_ttl)
+        return reaped
+
+    def answer_exhausted(self, max_attempts: int, result_ttl: float) -> int:
+        """Answer every message whose workers kept dying with an error, each once; how many were answered."""
+        answered = 0
+        for message in self.client.lrange(self.keys.exhausted, 0, -1):
+            try:
+                request = protocol.decode_request(message)
+                request_id, attempts = request.id, request.attempts
+            except MalformedMessage as exc:  # the reaper's script kept it for its id, which it has
+                request_id, attempts = exc.request_id, max_attempts
+            answer = protocol.encode_failure(request_id, protocol.ATTEMPTS_EXHAUSTED, f"the worker processing this "
+                                             f"request died {attempts} times; giving up (MAX_ATTEMPTS={max_attempts})")
+            if self.client.eval(protocol.ANSWER_EXHAUSTED, 2, self.keys.exhausted, self.keys.result(request_id),
+                                message, answer, int(result_ttl * 1000)):
+                log.warning("gave up on request id=%s: its workers died %d times", request_id, attempts)
+                answered += 1
+        return answered
