@@ -120,6 +120,10 @@ def test_run_survives_a_redis_outage_and_signs_off_when_stopped():
                 break
             time.sleep(0.05)
         assert result(worker, "after-outage")["success"] is True
+        # The heartbeat thread backs off on its own schedule (up to 5 s), so it may come back after the serving loop.
+        give_up_at = time.monotonic() + 10
+        while worker.client.zscore(KEYS.workers, "w1") is None and time.monotonic() < give_up_at:
+            time.sleep(0.05)
         assert worker.client.zscore(KEYS.workers, "w1") is not None  # a heartbeat re-registered it
         stop.set()
         thread.join(10)
