@@ -13,7 +13,7 @@ import numpy as np
 
 from serving import protocol
 from serving.config import Settings
-from serving.protocol import FleetKeys, InferenceRequest, Keys, MalformedMessage, RedisClock
+from serving.protocol import InferenceRequest, Keys, MalformedMessage, RedisClock
 from serving.redis_client import REDIS_ERRORS, RedisClient
 from worker.inference import Classifier
 from worker.metrics import BatchStats
@@ -38,7 +38,6 @@ class Worker:
         self.name, self.version = settings.model_name or card.name, settings.model_version
         self.model_id = protocol.model_id(self.name, self.version)
         self.keys = Keys(settings.key_prefix, self.model_id)
-        self.fleet = FleetKeys(settings.key_prefix)
         self.worker_id = worker_id or new_worker_id()
         self.queue = WorkerQueue(client, self.keys, self.worker_id)
         self.batches = 0
@@ -156,10 +155,8 @@ class Worker:
     def heartbeat(self) -> None:
         """Announce this worker and the model it serves, both expiring unless renewed."""
         sent_at = time.time()
-        redis_now = self.client.eval(protocol.HEARTBEAT, 2, self.keys.model, self.keys.workers, self.worker_id,
-                                     self.model_info, int(self.settings.worker_timeout * 1000))
-        self.clock.observe(float(redis_now), sent_at, time.time())
-        self.client.eval(protocol.REGISTER_MODEL, 1, self.fleet.models, self.model_id)
+        redis_now = self.queue.announce(self.model_info, self.settings.worker_timeout)
+        self.clock.observe(redis_now, sent_at, time.time())
         self.first_heartbeat.set()
 
     def sign_off(self) -> None:

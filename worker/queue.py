@@ -20,7 +20,7 @@ import logging
 import time
 
 from serving import protocol
-from serving.protocol import Keys, MalformedMessage
+from serving.protocol import FleetKeys, Keys, MalformedMessage
 from serving.redis_client import RedisClient
 
 log = logging.getLogger("worker")
@@ -91,7 +91,16 @@ class WorkerQueue:
         pipe.llen(self.keys.retry)
         return sum(pipe.execute())
 
-    # Leaving and reaping
+    # Announcing, leaving and reaping
+
+    def announce(self, model_info: bytes, worker_timeout: float) -> float:
+        """A heartbeat: this worker's model description and its registry score, both expiring after worker_timeout
+        unless renewed, and the version in the fleet's registry; Redis's time, for the worker's RedisClock."""
+        redis_now = self.client.eval(protocol.HEARTBEAT, 2, self.keys.model, self.keys.workers, self.worker_id,
+                                     model_info, int(worker_timeout * 1000))
+        # The registry lies under the prefix's own tag, maybe on another cluster node: a call of its own.
+        self.client.eval(protocol.REGISTER_MODEL, 1, FleetKeys(self.keys.prefix).models, self.keys.model_id)
+        return float(redis_now)
 
     def announce_stopping(self, worker_timeout: float) -> int:
         """Mark this worker as stopping; how many live workers of its version stay."""
