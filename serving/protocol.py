@@ -104,8 +104,8 @@ class Keys:
     def processing(self, worker_id: str) -> str:
         return f"{self.tag}:processing:{worker_id}"
 
-    def result(self, request_id: str) -> str:
-        return f"{self.tag}:result:{request_id}"
+    def result(self, job_id: str) -> str:
+        return f"{self.tag}:result:{job_id}"
 
     def all_keys_pattern(self) -> str:
         return f"{self.tag}:*"
@@ -128,11 +128,11 @@ class FleetKeys:
 
 
 class MalformedMessage(ValueError):
-    """A queue message that cannot be decoded; `request_id` is set when it could be read."""
+    """A queue message that cannot be decoded; `job_id` is set when it could be read."""
 
-    def __init__(self, reason: str, request_id: str | None = None):
+    def __init__(self, reason: str, job_id: str | None = None):
         super().__init__(reason)
-        self.request_id = request_id
+        self.job_id = job_id
 
 
 class RedisClock:
@@ -162,7 +162,7 @@ def redis_seconds(reply: tuple[int, int]) -> float:
 
 @dataclass(frozen=True)
 class InferenceRequest:
-    id: str
+    job_id: str  # the API makes one per request; its answer waits under Keys.result(job_id)
     pixels: np.ndarray  # uint8, height x width x 3
     enqueued_at: float  # epoch seconds, by Redis's clock (RedisClock)
     deadline: float  # epoch seconds by Redis's clock, after which the client no longer waits
@@ -172,7 +172,7 @@ class InferenceRequest:
 def encode_request(request: InferenceRequest) -> bytes:
     pixels = np.ascontiguousarray(request.pixels, dtype=np.uint8)
     header = json.dumps({
-        "id": request.id,
+        "id": request.job_id,
         "shape": list(pixels.shape),
         "dtype": "uint8",
         "enqueued_at": request.enqueued_at,
@@ -209,9 +209,9 @@ def decode_request(raw: bytes) -> InferenceRequest:
         raise MalformedMessage(f"not JSON: {type(exc).__name__}: {str(exc)[:200]}") from None
     if not isinstance(fields, dict):
         raise MalformedMessage("not a JSON object")
-    request_id = fields.get("id")
-    if not isinstance(request_id, str) or not request_id:
-        raise MalformedMessage("no request id")
+    job_id = fields.get("id")
+    if not isinstance(job_id, str) or not job_id:
+        raise MalformedMessage("no job id")
     try:
         shape = tuple(int(n) for n in fields["shape"])
         if fields["dtype"] != "uint8":
@@ -226,11 +226,11 @@ def decode_request(raw: bytes) -> InferenceRequest:
         pixels = np.frombuffer(data, dtype=np.uint8).reshape(shape)
         enqueued_at, deadline = _finite(fields["enqueued_at"]), _finite(fields["deadline"])
         attempts = int(fields.get("attempts", 0))
-        return InferenceRequest(request_id, pixels, enqueued_at, deadline, attempts)
+        return InferenceRequest(job_id, pixels, enqueued_at, deadline, attempts)
     except KeyError as exc:
-        raise MalformedMessage(f"missing field {exc}", request_id) from None
+        raise MalformedMessage(f"missing field {exc}", job_id) from None
     except (TypeError, ValueError, OverflowError, binascii.Error) as exc:  # "attempts": 1e999 overflows int()
-        raise MalformedMessage(f"{type(exc).__name__}: {str(exc)[:200]}", request_id) from None
+        raise MalformedMessage(f"{type(exc).__name__}: {str(exc)[:200]}", job_id) from None
 
 
 def _finite(value) -> float:
@@ -240,13 +240,13 @@ def _finite(value) -> float:
     return number
 
 
-def encode_success(request_id: str, predictions: list[dict], model: str, version: str, timing: dict) -> bytes:
-    return json.dumps({"id": request_id, "success": True, "predictions": predictions,
+def encode_success(job_id: str, predictions: list[dict], model: str, version: str, timing: dict) -> bytes:
+    return json.dumps({"id": job_id, "success": True, "predictions": predictions,
                        "model": model, "version": version, "timing": timing}).encode()
 
 
-def encode_failure(request_id: str, code: str, message: str) -> bytes:
-    return json.dumps({"id": request_id, "success": False,
+def encode_failure(job_id: str, code: str, message: str) -> bytes:
+    return json.dumps({"id": job_id, "success": False,
                        "error": {"code": code, "message": message}}).encode()
 
 

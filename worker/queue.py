@@ -76,8 +76,8 @@ class WorkerQueue:
     def publish_results(self, results: dict[str, bytes], handled: list[bytes], ttl_seconds: float) -> None:
         """Hand each request its result and drop the handled messages (and only those), in one transaction."""
         pipe = self.client.pipeline(transaction=True)
-        for request_id, payload in results.items():
-            key = self.keys.result(request_id)
+        for job_id, payload in results.items():
+            key = self.keys.result(job_id)
             pipe.lpush(key, payload)
             pipe.pexpire(key, int(ttl_seconds * 1000))
         for message in handled:
@@ -153,13 +153,13 @@ class WorkerQueue:
         for message in self.client.lrange(self.keys.exhausted, 0, -1):
             try:
                 request = protocol.decode_request(message)
-                request_id, attempts = request.id, request.attempts
+                job_id, attempts = request.job_id, request.attempts
             except MalformedMessage as exc:  # the reaper's script kept it for its id, which it has
-                request_id, attempts = exc.request_id, max_attempts
-            answer = protocol.encode_failure(request_id, protocol.ATTEMPTS_EXHAUSTED, f"the worker processing this "
+                job_id, attempts = exc.job_id, max_attempts
+            answer = protocol.encode_failure(job_id, protocol.ATTEMPTS_EXHAUSTED, f"the worker processing this "
                                              f"request died {attempts} times; giving up (MAX_ATTEMPTS={max_attempts})")
-            if self.client.eval(protocol.ANSWER_EXHAUSTED, 2, self.keys.exhausted, self.keys.result(request_id),
+            if self.client.eval(protocol.ANSWER_EXHAUSTED, 2, self.keys.exhausted, self.keys.result(job_id),
                                 message, answer, int(result_ttl * 1000)):
-                log.warning("gave up on request id=%s: its workers died %d times", request_id, attempts)
+                log.warning("gave up on request job_id=%s: its workers died %d times", job_id, attempts)
                 answered += 1
         return answered

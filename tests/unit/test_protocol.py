@@ -20,7 +20,7 @@ def make_request(shape=(224, 224, 3)) -> InferenceRequest:
 def test_request_round_trip_preserves_every_pixel_and_field():
     request = make_request()
     decoded = protocol.decode_request(protocol.encode_request(request))
-    assert decoded.id == request.id
+    assert decoded.job_id == request.job_id
     assert decoded.enqueued_at == 1000.0 and decoded.deadline == 1010.0
     assert decoded.pixels.dtype == np.uint8
     np.testing.assert_array_equal(decoded.pixels, request.pixels)
@@ -55,7 +55,7 @@ def tampered(**changes) -> bytes:
     return json.dumps({k: v for k, v in fields.items() if v is not None}).encode()
 
 
-@pytest.mark.parametrize("raw, request_id", [
+@pytest.mark.parametrize("raw, job_id", [
     (b"\x80not json", None),
     (b"[1, 2]", None),
     (tampered(id=None), None),
@@ -66,10 +66,10 @@ def tampered(**changes) -> bytes:
     (tampered(deadline=None), "abc123"),
     (tampered(shape=[2, 2, 4]), "abc123"),
 ])
-def test_malformed_messages_raise_with_the_request_id_when_readable(raw, request_id):
+def test_malformed_messages_raise_with_the_job_id_when_readable(raw, job_id):
     with pytest.raises(MalformedMessage) as caught:
         protocol.decode_request(raw)
-    assert caught.value.request_id == request_id
+    assert caught.value.job_id == job_id
 
 
 def test_a_malformed_message_says_what_is_wrong_with_it():

@@ -14,9 +14,9 @@ TIMEOUT = 5.0
 TRUE_TIME = time.time
 
 
-def request(request_id, attempts=0) -> InferenceRequest:
+def request(job_id, attempts=0) -> InferenceRequest:
     pixels = np.arange(4 * 4 * 3, dtype=np.uint8).reshape(4, 4, 3)
-    return InferenceRequest(request_id, pixels, 1000.25, time.time() + 60, attempts)
+    return InferenceRequest(job_id, pixels, 1000.25, time.time() + 60, attempts)
 
 
 def holding(client, worker_id, *requests, heartbeat_age=0.0):
@@ -37,7 +37,7 @@ def reap(client, max_attempts=3):
 
 def queued_ids(client, key=KEYS.queue):
     """A list's requests in the order workers will take them."""
-    return [protocol.decode_request(raw).id for raw in reversed(client.lrange(key, 0, -1))]
+    return [protocol.decode_request(raw).job_id for raw in reversed(client.lrange(key, 0, -1))]
 
 
 def retried_ids(client):

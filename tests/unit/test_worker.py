@@ -33,15 +33,15 @@ def worker(real_redis):
     return Worker(real_redis, tiny_classifier(), SETTINGS, worker_id="w1")
 
 
-def result(worker, request_id):
-    answers = worker.client.lrange(KEYS.result(request_id), 0, -1)
+def result(worker, job_id):
+    answers = worker.client.lrange(KEYS.result(job_id), 0, -1)
     return json.loads(answers[0]) if answers else None
 
 
 def test_each_request_in_a_batch_gets_its_own_top_k(worker):
     worker.process([message("r1", "red"), message("r2", "blue"), message("r3", "green")])
-    for request_id, colour in [("r1", "red"), ("r2", "blue"), ("r3", "green")]:
-        answer = result(worker, request_id)
+    for job_id, colour in [("r1", "red"), ("r2", "blue"), ("r3", "green")]:
+        answer = result(worker, job_id)
         assert answer["success"] is True and answer["model"] == "tiny"
         predictions = answer["predictions"]
         assert len(predictions) == 2
@@ -80,7 +80,7 @@ def test_an_inference_failure_answers_the_batch_and_the_worker_carries_on(worker
     error = result(worker, "r1")["error"]
     assert error["code"] == "inference_failed" and "worker's log" in error["message"]
     assert "/opt/secret" not in error["message"]  # the exception's text goes to the log only
-    assert "device fell over" in caplog.text and "ids=r1" in caplog.text
+    assert "device fell over" in caplog.text and "job_ids=r1" in caplog.text
     worker.process([message("r2")])
     assert result(worker, "r2")["success"] is True
 
@@ -141,7 +141,7 @@ def test_stopping_hands_back_unstarted_work_without_counting_an_attempt(worker):
     worker.sign_off()
     assert worker.client.zscore(KEYS.workers, "w1") is None
     requeued = protocol.decode_request(worker.client.rpop(KEYS.queue))
-    assert requeued.id == "unstarted" and requeued.attempts == 0
+    assert requeued.job_id == "unstarted" and requeued.attempts == 0
 
 
 @pytest.mark.parametrize("others_stay", [False, True])
@@ -154,7 +154,7 @@ def test_the_last_worker_of_a_version_serves_its_queue_before_it_stops(worker, o
     stop = threading.Event()
     stop.set()  # told to stop before it took anything
     assert worker.run(stop)
-    answered = [request_id for request_id in (f"r{i}" for i in range(12)) if result(worker, request_id)]
+    answered = [job_id for job_id in (f"r{i}" for i in range(12)) if result(worker, job_id)]
     assert (len(answered), worker.client.llen(KEYS.queue)) == ((0, 12) if others_stay else (12, 0))
     assert not worker.client.sismember(KEYS.stopping, "w1")
 
@@ -233,7 +233,7 @@ def test_every_answer_names_its_request_and_a_failure_says_why(worker, monkeypat
     worker.process([message("unlucky")])
     assert result(worker, "unlucky") == {"id": "unlucky", "success": False, "error": {
         "code": "inference_failed", "message": "the model failed on the batch holding this image; the worker's log "
-                                               "has the error under this request's id"}}
+                                               "has the error under this request's job id"}}
 
 
 def test_an_answer_times_its_wait_in_the_queue_by_redis_clock_and_the_batch_inference_in_ms(worker, monkeypatch):
@@ -319,8 +319,8 @@ def test_the_heartbeat_thread_reaps_dead_workers_with_the_configured_timeout_att
     worker = Worker(real_redis, tiny_classifier(), settings, worker_id="w1")
     pixels = np.zeros((INPUT_SIZE, INPUT_SIZE, 3), dtype=np.uint8)
     real_redis.zadd(KEYS.workers, {"dead": time.time() - 6})
-    for request_id, attempts in [("poison", 1), ("fine", 0)]:
-        held = InferenceRequest(request_id, pixels, time.time(), time.time() + 60, attempts)
+    for job_id, attempts in [("poison", 1), ("fine", 0)]:
+        held = InferenceRequest(job_id, pixels, time.time(), time.time() + 60, attempts)
         real_redis.lpush(KEYS.processing("dead"), protocol.encode_request(held))
     stop = threading.Event()
     thread = threading.Thread(target=worker.beat_until, args=(stop,), daemon=True)
@@ -335,7 +335,7 @@ def test_the_heartbeat_thread_reaps_dead_workers_with_the_configured_timeout_att
         thread.join(10)
     assert result(worker, "poison")["error"]["code"] == "attempts_exhausted"  # its second attempt: MAX_ATTEMPTS=2
     assert 0 < real_redis.pttl(KEYS.result("poison")) <= 7000
-    assert [protocol.decode_request(m).id for m in real_redis.lrange(KEYS.retry, 0, -1)] == ["fine"]
+    assert [protocol.decode_request(m).job_id for m in real_redis.lrange(KEYS.retry, 0, -1)] == ["fine"]
 
 
 def test_a_worker_stopped_before_its_first_heartbeat_stops():
