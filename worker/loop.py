@@ -26,9 +26,9 @@ MAX_RECONNECT_DELAY_SECONDS = 5.0
 
 
 class Refusal(NamedTuple):
-    """A request the worker answers without running the model, and that answer."""
+    """A request the worker does not run the model on, and its answer (None: its client no longer waits)."""
     job_id: str
-    answer: bytes
+    answer: bytes | None
 
 
 def new_worker_id() -> str:
@@ -176,7 +176,7 @@ class Worker:
         """Answer every message of the batch: a prediction, or an error saying why not."""
         taken_at = self.clock.now()  # messages' times are by Redis's clock
         runnable: list[InferenceRequest] = []
-        answers: dict[str, bytes] = {}  # job id -> its answer
+        answers: dict[str, bytes | None] = {}  # job id -> its answer, for every message that names its job
         for message in messages:
             admitted = self._admit(message, taken_at)
             if isinstance(admitted, InferenceRequest):
@@ -188,13 +188,14 @@ class Worker:
         self.queue.publish_results(answers, messages, self.settings.result_ttl)
         self.batches += 1
         wait_ms = max((taken_at - min(r.enqueued_at for r in runnable)) * 1000, 0) if runnable else 0.0
+        answered = sum(answer is not None for answer in answers.values())
         log.info("worker=%s batch=%d size=%d answered=%d oldest_wait_ms=%.1f inference_ms=%.1f job_ids=%s",
-                 self.worker_id, self.batches, len(runnable), len(answers), wait_ms, inference_ms,
+                 self.worker_id, self.batches, len(runnable), answered, wait_ms, inference_ms,
                  ",".join(r.job_id for r in runnable))
         self.stats.record(len(runnable), inference_ms, self.expired)
 
     def _admit(self, raw: bytes, now: float) -> InferenceRequest | Refusal | None:
-        """The decoded request if it should run; else the answer refusing it, or None when nobody is to be answered."""
+        """The decoded request if it should run; else a Refusal, or None for a message that names no job."""
         try:
             request = protocol.decode_request(raw)
         except MalformedMessage as exc:
@@ -207,7 +208,7 @@ class Worker:
             # Its client has already been told 504; computing an answer nobody reads wastes the batch.
             self.expired += 1
             log.info("worker=%s skipped expired request job_id=%s", self.worker_id, request.job_id)
-            return None
+            return Refusal(request.job_id, None)
         if request.pixels.shape != self.classifier.input_shape:
             return Refusal(request.job_id, protocol.encode_failure(
                 request.job_id, "wrong_input_shape",

@@ -142,4 +142,4 @@ def test_results_and_the_removal_of_their_messages_go_out_in_one_transaction(rea
         while not seen or seen[-1] != "EXEC":
             seen.append(monitor.next_command()["command"].split()[0].upper())
     start = seen.index("MULTI")
-    assert seen[start:] == ["MULTI", "LPUSH", "PEXPIRE", "LPUSH", "PEXPIRE", "LREM", "LREM", "EXEC"]
+    assert seen[start:] == ["MULTI", "LPUSH", "PEXPIRE", "LPUSH", "PEXPIRE", "LREM", "LREM", "HDEL", "EXEC"]

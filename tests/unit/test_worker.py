@@ -140,8 +140,8 @@ def test_stopping_hands_back_unstarted_work_without_counting_an_attempt(worker):
     worker.client.lpush(KEYS.processing("w1"), message("unstarted"))
     worker.sign_off()
     assert worker.client.zscore(KEYS.workers, "w1") is None
-    requeued = protocol.decode_request(worker.client.rpop(KEYS.queue))
-    assert requeued.job_id == "unstarted" and requeued.attempts == 0
+    assert protocol.decode_request(worker.client.rpop(KEYS.queue)).job_id == "unstarted"
+    assert not worker.client.exists(KEYS.attempts)
 
 
 @pytest.mark.parametrize("others_stay", [False, True])
@@ -319,8 +319,9 @@ def test_the_heartbeat_thread_reaps_dead_workers_with_the_configured_timeout_att
     worker = Worker(real_redis, tiny_classifier(), settings, worker_id="w1")
     pixels = np.zeros((INPUT_SIZE, INPUT_SIZE, 3), dtype=np.uint8)
     real_redis.zadd(KEYS.workers, {"dead": time.time() - 6})
-    for job_id, attempts in [("poison", 1), ("fine", 0)]:
-        held = InferenceRequest(job_id, pixels, time.time(), time.time() + 60, attempts)
+    real_redis.hset(KEYS.attempts, "poison", 1)
+    for job_id in ("poison", "fine"):
+        held = InferenceRequest(job_id, pixels, time.time(), time.time() + 60)
         real_redis.lpush(KEYS.processing("dead"), protocol.encode_request(held))
     stop = threading.Event()
     thread = threading.Thread(target=worker.beat_until, args=(stop,), daemon=True)
