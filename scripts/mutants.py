@@ -47,10 +47,10 @@ SEED_TAKE_MUTATED = '''        taken = self.client.lrange(self.keys.queue, -max_
 
 MUTANTS = (
     Mutant("a batch is taken by reading, then trimming (not atomic)", "worker/queue.py",
-           SEED_TAKE, SEED_TAKE_MUTATED, ("tests/unit/test_batching.py",)),
+           SEED_TAKE, SEED_TAKE_MUTATED, ("tests/unit/test_batching.py", "tests/integration/test_redis_protocol.py")),
     Mutant("results and the removal of their messages leave without a transaction", "worker/queue.py",
            "pipe = self.client.pipeline(transaction=True)", "pipe = self.client.pipeline(transaction=False)",
-           ("tests/unit/test_batching.py",)),
+           ("tests/unit/test_batching.py", "tests/integration/test_redis_protocol.py")),
     Mutant("a publish deletes the whole processing list", "worker/queue.py",
            "pipe.lrem(self.processing, 1, message)", "pipe.delete(self.processing)",
            ("tests/unit/test_batching.py", "tests/unit/test_worker.py")),
