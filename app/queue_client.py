@@ -65,26 +65,26 @@ class InferenceQueue:
         model = ModelInfo.from_json(raw_info) if raw_info is not None else None
         return FleetStatus(model, alive, depth, decode_worker_stats(stats))
 
-    def classify(self, pixels: np.ndarray, deadline: float, request_id: str) -> dict:
-        """Queue one preprocessed image under `request_id` (unique) and block until its result or the deadline.
+    def classify(self, pixels: np.ndarray, deadline: float, job_id: str) -> dict:
+        """Queue one preprocessed image under `job_id` (unique) and block until its result or the deadline.
 
         `deadline` is by this host's clock; the message carries it by Redis's, which workers compare with.
         """
         offset = self.clock.offset
-        request = InferenceRequest(request_id, pixels, time.time() + offset, deadline + offset)
+        request = InferenceRequest(job_id, pixels, time.time() + offset, deadline + offset)
         self.enqueue(protocol.encode_request(request))
-        return self.await_result(request.id, deadline)
+        return self.await_result(request.job_id, deadline)
 
     def enqueue(self, message: bytes) -> None:
         """Queue one message, or raise QueueFull when MAX_QUEUE are waiting (checked and pushed atomically)."""
         if self.client.eval(protocol.ENQUEUE, 1, self.keys.queue, self.max_queue, message) < 0:
             raise QueueFull(self.max_queue)
 
-    def await_result(self, request_id: str, deadline: float) -> dict:
+    def await_result(self, job_id: str, deadline: float) -> dict:
         # BLPOP wakes the moment the worker pushes the result: no polling, no sleeps.
         # Its timeout has one-millisecond resolution; zero would block forever.
         remaining = max(deadline - time.time(), 0.001)
-        popped = self.waiting_client.blpop([self.keys.result(request_id)], timeout=remaining)
+        popped = self.waiting_client.blpop([self.keys.result(job_id)], timeout=remaining)
         if popped is None:
             raise NoAnswer()
         return protocol.decode_result(popped[1])

@@ -1,10 +1,11 @@
-"""Per request: its id (X-Request-ID, accepted and echoed), one structured log line and its metrics.
+"""Per request: its request id (X-Request-ID, accepted and echoed), one structured log line and its metrics.
 
-The line is key=value, like the worker's batch lines, e.g.
-  method=POST path=/predict status=200 duration_ms=41.2 request_id=3f2a... id=3f2a... batch_size=1 ...
-`id` is the request's id in Redis, the one the worker's batch line lists. It is the request id when the
-API made that up; a client's own X-Request-ID is only logged and echoed, since two clients may send the
-same one and their answers must never cross.
+Two ids, two names: the request id is the HTTP request's (the client's X-Request-ID, or one made up); the
+job id is the one a classification travels under through Redis, the `id` of the queue message, of the
+worker's answer and of the /predict answer. The line is key=value, like the worker's batch lines, e.g.
+  method=POST path=/predict status=200 duration_ms=41.2 request_id=3f2a... job_id=3f2a... batch_size=1 ...
+The job id is the request id when the API made that up; a client's own X-Request-ID is only logged and
+echoed, since two clients may send the same one and their answers must never cross.
 """
 
 from __future__ import annotations

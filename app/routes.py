@@ -61,7 +61,7 @@ def _classify(requested_name: str | None):
         del image  # the decoded image's memory goes back with its share of the budget
     preprocess_ms = (time.perf_counter() - started) * 1000
     job_id = new_job_id()
-    log_fields(id=job_id)
+    log_fields(job_id=job_id)
     try:
         result = queue.classify(pixels, deadline, job_id)
     except NoAnswer:

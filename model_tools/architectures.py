@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch.nn as nn
-import torchvision.models
+if TYPE_CHECKING:
+    import torch.nn as nn
+
+# torchvision is imported where a function needs it, not here: importing it takes 1.2 s (its ops pull in
+# torch._dynamo), and a worker serving the default model or an imported file never needs it.
 
 _EFFICIENTNET_LITE_INPUT = {"efficientnet_lite0": 224, "efficientnet_lite1": 240, "efficientnet_lite2": 260,
                             "efficientnet_lite3": 280, "efficientnet_lite4": 300}
@@ -21,10 +25,14 @@ class Preprocessing:
 
 def imagenet_class_names() -> list[str]:
     """The 1000 ImageNet categories in index order, as torchvision ships them (no download)."""
+    import torchvision.models
+
     return list(torchvision.models.ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
 
 
 def known_architectures() -> list[str]:
+    import torchvision.models
+
     return sorted(_EFFICIENTNET_LITE_INPUT) + torchvision.models.list_models(module=torchvision.models)
 
 
@@ -33,6 +41,8 @@ def build_architecture(arch: str, num_classes: int) -> nn.Module:
     if arch in _EFFICIENTNET_LITE_INPUT:
         from efficientnet_lite_pytorch import EfficientNet
         return EfficientNet.from_name(arch.replace("_", "-"), num_classes=num_classes)
+    import torchvision.models
+
     if arch not in torchvision.models.list_models(module=torchvision.models):
         raise ValueError(f"unknown architecture {arch!r}; known: {', '.join(known_architectures())}")
     return torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
@@ -44,6 +54,8 @@ def default_preprocessing(arch: str) -> Preprocessing:
         # EfficientNet-Lite was trained on inputs in [-1, 1], at the usual 0.875 crop ratio.
         size = _EFFICIENTNET_LITE_INPUT[arch]
         return Preprocessing(size, int(round(size / 0.875)), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    import torchvision.models
+
     if arch not in torchvision.models.list_models(module=torchvision.models):
         raise ValueError(f"no published weights known for architecture {arch!r}")
     transforms = torchvision.models.get_model_weights(arch).DEFAULT.transforms()

@@ -6,9 +6,10 @@ Flow of one request (`{prefix}` here is short for a model version's hash tag, `{
   API:    LPUSH {prefix}:queue <request JSON>   (ENQUEUE: unless MAX_QUEUE are waiting)
   worker: LMOVE {prefix}:retry -> {prefix}:processing:<worker id>    (one retried message alone, if any)
           else BLMOVE {prefix}:queue -> {prefix}:processing:<worker id>   (atomic take of a batch)
-  worker: LPUSH {prefix}:result:<request id> <result JSON>, EXPIRE it,
-          DEL its processing list                                 (one transaction)
-  API:    BLPOP {prefix}:result:<request id> until the request's deadline
+  worker: LPUSH {prefix}:result:<job id> <result JSON>, EXPIRE it,
+          LREM the answered messages from its processing list,
+          HDEL their delivery counts                              (one transaction)
+  API:    BLPOP {prefix}:result:<job id> until the request's deadline
 Every heartbeat (HEARTBEAT, from a thread of its own, so it goes on while a
 batch computes however long that takes), a worker refreshes {prefix}:model, the
 served model's description, with a TTL of WORKER_TIMEOUT (the API reads its
@@ -20,9 +21,11 @@ are Redis's own clock (TIME inside the scripts), never a host's: hosts whose
 clocks disagree can neither reap a live worker nor keep a dead one. When a
 worker's heartbeat is older than WORKER_TIMEOUT, any live worker runs
 RETURN_UNFINISHED on it, which checks the score again inside the script: its
-processing list goes back to the front of the queue with each message's
-`attempts` raised by one, and a message that has reached MAX_ATTEMPTS is
-answered with an error instead (at-least-once delivery, bounded).
+processing list goes back to the queues, each message's count of failed
+deliveries raised by one in {prefix}:attempts (a hash by job id, beside the
+message: the script moves the message's bytes untouched), and a message whose
+count has reached MAX_ATTEMPTS is answered with an error instead (at-least-once
+delivery, bounded).
 
 Images travel as base64 of raw uint8 HWC pixels inside JSON: no pickle ever
 crosses Redis, and a message is a quarter of the float32 the seed sent.
@@ -34,6 +37,7 @@ import binascii
 import dataclasses
 import json
 import math
+import re
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -89,6 +93,11 @@ class Keys:
         return f"{self.tag}:exhausted"
 
     @property
+    def attempts(self) -> str:
+        """Hash of job id -> deliveries that ended with the worker dying; only messages that failed have one."""
+        return f"{self.tag}:attempts"
+
+    @property
     def workers(self) -> str:
         return f"{self.tag}:workers"
 
@@ -104,8 +113,8 @@ class Keys:
     def processing(self, worker_id: str) -> str:
         return f"{self.tag}:processing:{worker_id}"
 
-    def result(self, request_id: str) -> str:
-        return f"{self.tag}:result:{request_id}"
+    def result(self, job_id: str) -> str:
+        return f"{self.tag}:result:{job_id}"
 
     def all_keys_pattern(self) -> str:
         return f"{self.tag}:*"
@@ -128,11 +137,11 @@ class FleetKeys:
 
 
 class MalformedMessage(ValueError):
-    """A queue message that cannot be decoded; `request_id` is set when it could be read."""
+    """A queue message that cannot be decoded; `job_id` is set when it could be read."""
 
-    def __init__(self, reason: str, request_id: str | None = None):
+    def __init__(self, reason: str, job_id: str | None = None):
         super().__init__(reason)
-        self.request_id = request_id
+        self.job_id = job_id
 
 
 class RedisClock:
@@ -162,22 +171,20 @@ def redis_seconds(reply: tuple[int, int]) -> float:
 
 @dataclass(frozen=True)
 class InferenceRequest:
-    id: str
+    job_id: str  # the API makes one per request; its answer waits under Keys.result(job_id)
     pixels: np.ndarray  # uint8, height x width x 3
     enqueued_at: float  # epoch seconds, by Redis's clock (RedisClock)
     deadline: float  # epoch seconds by Redis's clock, after which the client no longer waits
-    attempts: int = 0  # deliveries so far that ended with the worker dying
 
 
 def encode_request(request: InferenceRequest) -> bytes:
     pixels = np.ascontiguousarray(request.pixels, dtype=np.uint8)
     header = json.dumps({
-        "id": request.id,
+        "id": request.job_id,
         "shape": list(pixels.shape),
         "dtype": "uint8",
         "enqueued_at": request.enqueued_at,
         "deadline": request.deadline,
-        "attempts": request.attempts,
     }).encode()
     # The base64 alphabet needs no JSON escaping, so the 200 KB string is appended as it is rather
     # than scanned by json.dumps (0.4 ms of the API's CPU per request); decode_request counts on it.
@@ -185,20 +192,28 @@ def encode_request(request: InferenceRequest) -> bytes:
 
 
 _IMAGE_FIELD = b', "image": "'
+# The job id as encode_request writes it, first: what the reaper's Lua script reads (string.match with the
+# same pattern, in RETURN_UNFINISHED) to count a message's failed deliveries without decoding it.
+_LEADING_JOB_ID = re.compile(rb'^\{"id": "([^"\\]+)"')
 
 
-def _fields_and_image(raw: bytes) -> tuple[object, bytes | str | None]:
-    """The message's JSON (without the image when it comes last) and its base64 image.
+def leading_job_id(raw: bytes) -> str | None:
+    """The job id a message starts with, read as the reaper's script reads it; None if it starts otherwise."""
+    found = _LEADING_JOB_ID.match(raw)
+    return found.group(1).decode("utf-8", "replace") if found else None
 
-    encode_request writes the image last, so it is cut off rather than scanned by json.loads
-    (0.3 ms of the worker's CPU per image). Any other layout, such as a message the reaper's
-    Lua script re-encoded, is parsed whole.
+
+def _fields_and_image(raw: bytes) -> tuple[object, bytes | None]:
+    """The message's JSON fields and its base64 image, which encode_request writes last.
+
+    The image is cut off rather than scanned by json.loads (0.3 ms of the worker's CPU per image).
+    A message laid out otherwise has no image to the decoder (the fields still name the job, for its
+    error answer): nothing else writes the queue, and nothing rewrites a message on the way.
     """
     head, separator, image = raw.rpartition(_IMAGE_FIELD)
     if separator and image.endswith(b'"}'):
         return json.loads(head + b"}"), image[:-2]
-    fields = json.loads(raw)
-    return fields, fields.get("image") if isinstance(fields, dict) else None
+    return json.loads(raw), None
 
 
 def decode_request(raw: bytes) -> InferenceRequest:
@@ -209,9 +224,9 @@ def decode_request(raw: bytes) -> InferenceRequest:
         raise MalformedMessage(f"not JSON: {type(exc).__name__}: {str(exc)[:200]}") from None
     if not isinstance(fields, dict):
         raise MalformedMessage("not a JSON object")
-    request_id = fields.get("id")
-    if not isinstance(request_id, str) or not request_id:
-        raise MalformedMessage("no request id")
+    job_id = fields.get("id")
+    if not isinstance(job_id, str) or not job_id:
+        raise MalformedMessage("no job id")
     try:
         shape = tuple(int(n) for n in fields["shape"])
         if fields["dtype"] != "uint8":
@@ -225,12 +240,11 @@ def decode_request(raw: bytes) -> InferenceRequest:
             raise ValueError(f"{len(data)} pixel bytes for shape {list(shape)}")
         pixels = np.frombuffer(data, dtype=np.uint8).reshape(shape)
         enqueued_at, deadline = _finite(fields["enqueued_at"]), _finite(fields["deadline"])
-        attempts = int(fields.get("attempts", 0))
-        return InferenceRequest(request_id, pixels, enqueued_at, deadline, attempts)
+        return InferenceRequest(job_id, pixels, enqueued_at, deadline)
     except KeyError as exc:
-        raise MalformedMessage(f"missing field {exc}", request_id) from None
-    except (TypeError, ValueError, OverflowError, binascii.Error) as exc:  # "attempts": 1e999 overflows int()
-        raise MalformedMessage(f"{type(exc).__name__}: {str(exc)[:200]}", request_id) from None
+        raise MalformedMessage(f"missing field {exc}", job_id) from None
+    except (TypeError, ValueError, OverflowError, binascii.Error) as exc:  # "shape": [1e999] overflows int()
+        raise MalformedMessage(f"{type(exc).__name__}: {str(exc)[:200]}", job_id) from None
 
 
 def _finite(value) -> float:
@@ -240,13 +254,13 @@ def _finite(value) -> float:
     return number
 
 
-def encode_success(request_id: str, predictions: list[dict], model: str, version: str, timing: dict) -> bytes:
-    return json.dumps({"id": request_id, "success": True, "predictions": predictions,
+def encode_success(job_id: str, predictions: list[dict], model: str, version: str, timing: dict) -> bytes:
+    return json.dumps({"id": job_id, "success": True, "predictions": predictions,
                        "model": model, "version": version, "timing": timing}).encode()
 
 
-def encode_failure(request_id: str, code: str, message: str) -> bytes:
-    return json.dumps({"id": request_id, "success": False,
+def encode_failure(job_id: str, code: str, message: str) -> bytes:
+    return json.dumps({"id": job_id, "success": False,
                        "error": {"code": code, "message": message}}).encode()
 
 
@@ -335,12 +349,13 @@ SILENT_WORKERS = _NOW + "return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '('
 # one that came in since the caller found it silent means it is alive, and nothing happens ({-1, 0}).
 # A message that was being processed when a worker died, or had been before, goes to the retry list,
 # which workers serve one message at a time and before the queue: an image that kills workers then
-# dies alone instead of taking its batch-mates down with it. A message whose attempts reach
-# max_attempts goes to the exhausted list instead, where a worker answers it with an error
-# (ANSWER_EXHAUSTED). Messages that never failed go back to the queue's consuming end, taken next,
-# oldest first. Unparseable messages go back to the queue untouched; a worker answers those.
+# dies alone instead of taking its batch-mates down with it. Failed deliveries are counted in the
+# attempts hash under the job id the message starts with (leading_job_id's pattern); the message's
+# bytes move untouched. One whose count reaches max_attempts goes to the exhausted list instead, where a
+# worker answers it with an error (ANSWER_EXHAUSTED). Messages that never failed go back to the queue's
+# consuming end, taken next, oldest first; so do messages without a readable id, which a worker answers.
 # Either way the worker leaves the registry and the stopping set.
-# KEYS: processing list, queue, workers set, retry list, exhausted list, stopping set.
+# KEYS: processing list, queue, workers set, retry list, exhausted list, stopping set, attempts hash.
 # ARGV: worker id, count_attempt (0/1), max_attempts, worker timeout in s.
 RETURN_UNFINISHED = _NOW + """
 if ARGV[2] == '1' then
@@ -351,21 +366,20 @@ local returned, exhausted = 0, 0
 while true do
   local raw = redis.call('LPOP', KEYS[1])
   if not raw then break end
-  local ok, message = pcall(cjson.decode, raw)
-  if not (ok and type(message) == 'table' and type(message['id']) == 'string') then
+  local id = string.match(raw, '^{"id": "([^"\\\\]+)"')
+  if not id then
     redis.call('RPUSH', KEYS[2], raw)
     returned = returned + 1
   elseif ARGV[2] == '1' then
-    message['attempts'] = (tonumber(message['attempts']) or 0) + 1
-    if message['attempts'] >= tonumber(ARGV[3]) then
-      redis.call('RPUSH', KEYS[5], cjson.encode(message))
+    if redis.call('HINCRBY', KEYS[7], id, 1) >= tonumber(ARGV[3]) then
+      redis.call('RPUSH', KEYS[5], raw)
       exhausted = exhausted + 1
     else
-      redis.call('RPUSH', KEYS[4], cjson.encode(message))
+      redis.call('RPUSH', KEYS[4], raw)
       returned = returned + 1
     end
   else
-    redis.call('RPUSH', (tonumber(message['attempts']) or 0) > 0 and KEYS[4] or KEYS[2], raw)
+    redis.call('RPUSH', redis.call('HEXISTS', KEYS[7], id) == 1 and KEYS[4] or KEYS[2], raw)
     returned = returned + 1
   end
 end
@@ -375,11 +389,13 @@ return {returned, exhausted}
 """
 
 # Answer one exhausted message, once: of two workers answering the same one, only the first finds
-# it in the list. KEYS: exhausted list, the request's result key. ARGV: message, answer, TTL in ms.
+# it in the list. KEYS: exhausted list, the job's result key, attempts hash.
+# ARGV: message, answer, TTL in ms, job id.
 ANSWER_EXHAUSTED = """
 if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
 redis.call('LPUSH', KEYS[2], ARGV[2])
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
+redis.call('HDEL', KEYS[3], ARGV[4])
 return 1
 """
 

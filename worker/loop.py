@@ -8,6 +8,7 @@ import socket
 import threading
 import time
 import uuid
+from typing import NamedTuple
 
 import numpy as np
 
@@ -22,6 +23,12 @@ from worker.queue import WorkerQueue
 log = logging.getLogger("worker")
 
 MAX_RECONNECT_DELAY_SECONDS = 5.0
+
+
+class Refusal(NamedTuple):
+    """A request the worker does not run the model on, and its answer (None: its client no longer waits)."""
+    job_id: str
+    answer: bytes | None
 
 
 def new_worker_id() -> str:
@@ -168,53 +175,63 @@ class Worker:
     def process(self, messages: list[bytes]) -> None:
         """Answer every message of the batch: a prediction, or an error saying why not."""
         taken_at = self.clock.now()  # messages' times are by Redis's clock
-        results: dict[str, bytes] = {}
-        runnable = [request for request in (self._admit(m, taken_at, results) for m in messages) if request]
-        inference_ms = self._classify(runnable, taken_at, results) if runnable else 0.0
-        self.queue.publish_results(results, messages, self.settings.result_ttl)
+        runnable: list[InferenceRequest] = []
+        answers: dict[str, bytes | None] = {}  # job id -> its answer, for every message that names its job
+        for message in messages:
+            admitted = self._admit(message, taken_at)
+            if isinstance(admitted, InferenceRequest):
+                runnable.append(admitted)
+            elif admitted is not None:
+                answers[admitted.job_id] = admitted.answer
+        inference_ms, predicted = self._classify(runnable, taken_at) if runnable else (0.0, {})
+        answers.update(predicted)
+        self.queue.publish_results(answers, messages, self.settings.result_ttl)
         self.batches += 1
         wait_ms = max((taken_at - min(r.enqueued_at for r in runnable)) * 1000, 0) if runnable else 0.0
-        log.info("worker=%s batch=%d size=%d answered=%d oldest_wait_ms=%.1f inference_ms=%.1f ids=%s",
-                 self.worker_id, self.batches, len(runnable), len(results), wait_ms, inference_ms,
-                 ",".join(r.id for r in runnable))
+        answered = sum(answer is not None for answer in answers.values())
+        log.info("worker=%s batch=%d size=%d answered=%d oldest_wait_ms=%.1f inference_ms=%.1f job_ids=%s",
+                 self.worker_id, self.batches, len(runnable), answered, wait_ms, inference_ms,
+                 ",".join(r.job_id for r in runnable))
         self.stats.record(len(runnable), inference_ms, self.expired)
 
-    def _admit(self, raw: bytes, now: float, results: dict[str, bytes]) -> InferenceRequest | None:
-        """The decoded request if it should run; otherwise records why not."""
+    def _admit(self, raw: bytes, now: float) -> InferenceRequest | Refusal | None:
+        """The decoded request if it should run; else a Refusal, or None for a message that names no job."""
         try:
             request = protocol.decode_request(raw)
         except MalformedMessage as exc:
-            log.error("worker=%s malformed message id=%s: %s", self.worker_id, exc.request_id, exc)
-            if exc.request_id:
-                results[exc.request_id] = protocol.encode_failure(
-                    exc.request_id, "malformed_message", f"the queued message is malformed: {exc}")
-            return None
+            log.error("worker=%s malformed message job_id=%s: %s", self.worker_id, exc.job_id, exc)
+            if not exc.job_id:
+                return None  # nobody waits for an answer without an id
+            return Refusal(exc.job_id, protocol.encode_failure(
+                exc.job_id, "malformed_message", f"the queued message is malformed: {exc}"))
         if request.deadline < now:
             # Its client has already been told 504; computing an answer nobody reads wastes the batch.
             self.expired += 1
-            log.info("worker=%s skipped expired request id=%s", self.worker_id, request.id)
-            return None
+            log.info("worker=%s skipped expired request job_id=%s", self.worker_id, request.job_id)
+            return Refusal(request.job_id, None)
         if request.pixels.shape != self.classifier.input_shape:
-            results[request.id] = protocol.encode_failure(
-                request.id, "wrong_input_shape",
-                f"image of shape {list(request.pixels.shape)}; the model takes {list(self.classifier.input_shape)}")
-            return None
+            return Refusal(request.job_id, protocol.encode_failure(
+                request.job_id, "wrong_input_shape",
+                f"image of shape {list(request.pixels.shape)}; the model takes {list(self.classifier.input_shape)}"))
         return request
 
-    def _classify(self, requests: list[InferenceRequest], taken_at: float, results: dict[str, bytes]) -> float:
+    def _classify(self, requests: list[InferenceRequest], taken_at: float) -> tuple[float, dict[str, bytes]]:
+        """Milliseconds the model took, and each request's answer by job id."""
         started = time.perf_counter()
         try:
             probabilities = self.classifier.probabilities(np.stack([r.pixels for r in requests]))
         except Exception:  # one bad batch must not kill the worker: every request hears of it
-            log.exception("worker=%s inference failed ids=%s", self.worker_id, ",".join(r.id for r in requests))
-            for request in requests:  # the exception's text stays in the log: it may name files, devices, memory
-                results[request.id] = protocol.encode_failure(
-                    request.id, "inference_failed", "the model failed on the batch holding this image; the "
-                    "worker's log has the error under this request's id")
-            return (time.perf_counter() - started) * 1000
+            log.exception("worker=%s inference failed job_ids=%s", self.worker_id,
+                          ",".join(r.job_id for r in requests))
+            # The exception's text stays in the log: it may name files, devices, memory.
+            return (time.perf_counter() - started) * 1000, {request.job_id: protocol.encode_failure(
+                request.job_id, "inference_failed", "the model failed on the batch holding this image; the "
+                "worker's log has the error under this request's job id") for request in requests}
         inference_ms = (time.perf_counter() - started) * 1000
+        answers = {}
         for request, predictions in zip(requests, self.classifier.top_k(probabilities, self.settings.top_k)):
             timing = {"queue_ms": round(max(taken_at - request.enqueued_at, 0) * 1000, 2),
                       "inference_ms": round(inference_ms, 2), "batch_size": len(requests)}
-            results[request.id] = protocol.encode_success(request.id, predictions, self.name, self.version, timing)
-        return inference_ms
+            answers[request.job_id] = protocol.encode_success(
+                request.job_id, predictions, self.name, self.version, timing)
+        return inference_ms, answers

@@ -20,7 +20,7 @@ import logging
 import time
 
 from serving import protocol
-from serving.protocol import FleetKeys, Keys, MalformedMessage
+from serving.protocol import FleetKeys, Keys
 from serving.redis_client import RedisClient
 
 log = logging.getLogger("worker")
@@ -73,15 +73,22 @@ class WorkerQueue:
         """What this worker's processing list holds, oldest first: work taken but not yet published."""
         return self.client.lrange(self.processing, 0, -1)[::-1]
 
-    def publish_results(self, results: dict[str, bytes], handled: list[bytes], ttl_seconds: float) -> None:
-        """Hand each request its result and drop the handled messages (and only those), in one transaction."""
+    def publish_results(self, answers: dict[str, bytes | None], handled: list[bytes], ttl_seconds: float) -> None:
+        """Hand each job its answer and drop the handled messages (and only those), in one transaction.
+
+        `answers` has every job handled by id; None for one nobody waits for (expired). Their delivery
+        counts go too: a job answered is never delivered again.
+        """
         pipe = self.client.pipeline(transaction=True)
-        for request_id, payload in results.items():
-            key = self.keys.result(request_id)
-            pipe.lpush(key, payload)
-            pipe.pexpire(key, int(ttl_seconds * 1000))
+        for job_id, payload in answers.items():
+            if payload is not None:
+                key = self.keys.result(job_id)
+                pipe.lpush(key, payload)
+                pipe.pexpire(key, int(ttl_seconds * 1000))
         for message in handled:
             pipe.lrem(self.processing, 1, message)
+        if answers:
+            pipe.hdel(self.keys.attempts, *answers)
         pipe.execute()
 
     def queued(self) -> int:
@@ -122,8 +129,9 @@ class WorkerQueue:
         """
         keys = self.keys
         returned, exhausted = self.client.eval(
-            protocol.RETURN_UNFINISHED, 6, keys.processing(worker_id), keys.queue, keys.workers, keys.retry,
-            keys.exhausted, keys.stopping, worker_id, "1" if count_as_failure else "0", max_attempts, worker_timeout)
+            protocol.RETURN_UNFINISHED, 7, keys.processing(worker_id), keys.queue, keys.workers, keys.retry,
+            keys.exhausted, keys.stopping, keys.attempts, worker_id, "1" if count_as_failure else "0", max_attempts,
+            worker_timeout)
         return None if returned < 0 else (int(returned), int(exhausted))
 
     def silent_workers(self, worker_timeout: float) -> list[str]:
@@ -148,18 +156,18 @@ class WorkerQueue:
         return reaped
 
     def answer_exhausted(self, max_attempts: int, result_ttl: float) -> int:
-        """Answer every message whose workers kept dying with an error, each once; how many were answered."""
+        """Answer every message whose workers kept dying with an error, each once; how many were answered.
+
+        Only the job id is read, as the reaper's script read it: the message may be one no worker survives.
+        """
         answered = 0
         for message in self.client.lrange(self.keys.exhausted, 0, -1):
-            try:
-                request = protocol.decode_request(message)
-                request_id, attempts = request.id, request.attempts
-            except MalformedMessage as exc:  # the reaper's script kept it for its id, which it has
-                request_id, attempts = exc.request_id, max_attempts
-            answer = protocol.encode_failure(request_id, protocol.ATTEMPTS_EXHAUSTED, f"the worker processing this "
-                                             f"request died {attempts} times; giving up (MAX_ATTEMPTS={max_attempts})")
-            if self.client.eval(protocol.ANSWER_EXHAUSTED, 2, self.keys.exhausted, self.keys.result(request_id),
-                                message, answer, int(result_ttl * 1000)):
-                log.warning("gave up on request id=%s: its workers died %d times", request_id, attempts)
+            job_id = protocol.leading_job_id(message)  # the script sets aside only messages it read an id from
+            answer = protocol.encode_failure(job_id, protocol.ATTEMPTS_EXHAUSTED, f"the worker processing this "
+                                             f"request died {max_attempts} times; giving up "
+                                             f"(MAX_ATTEMPTS={max_attempts})")
+            if self.client.eval(protocol.ANSWER_EXHAUSTED, 3, self.keys.exhausted, self.keys.result(job_id),
+                                self.keys.attempts, message, answer, int(result_ttl * 1000), job_id):
+                log.warning("gave up on request job_id=%s: its workers died %d times", job_id, max_attempts)
                 answered += 1
         return answered

@@ -70,14 +70,14 @@ def test_a_request_id_is_echoed_and_reaches_the_api_and_worker_logs(service):
     response = post_image(service.url, photo_bytes("chelsea.png"), filename="chelsea.png",
                           headers={"X-Request-ID": request_id})
     assert response.status_code == 200 and response.headers["X-Request-ID"] == request_id
-    queue_id = response.json()["id"]
+    job_id = response.json()["id"]
 
     def api_line():
         return [line for line in service.log_path("api").read_text().splitlines() if f"request_id={request_id}" in line]
 
     (line,) = wait_until(api_line, 10, what="the API's log line")
-    assert "path=/predict" in line and "status=200" in line and f"id={queue_id}" in line
-    wait_until(lambda: any(queue_id in service.log_path(f"worker{i}").read_text() for i in (0, 1)), 10,
+    assert "path=/predict" in line and "status=200" in line and f"job_id={job_id}" in line
+    wait_until(lambda: any(job_id in service.log_path(f"worker{i}").read_text() for i in (0, 1)), 10,
                what="the worker's batch line naming the request")
 
 

@@ -57,42 +57,6 @@ def alive(pid: int) -> bool:
     return Path(f"/proc/{pid}").exists() and "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]
 
 
-@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM])
-def test_run_serves_predictions_and_a_stop_signal_ends_every_process(stop_signal):
-    port = free_port()
-    launcher = start_launcher(port)
-    try:
-        line = wait_for_line(launcher, "listening on")
-        assert f"http://127.0.0.1:{port}" in line
-        children = descendants(launcher.pid)
-        assert len(children) >= 4  # redis-server, worker, gunicorn master and its workers
-        response = post_image(f"http://127.0.0.1:{port}", photo_bytes("chelsea.png"), filename="chelsea.png",
-                              timeout=30)
-        assert response.json()["predictions"][0]["label"] in CAT_LABELS
-        launcher.send_signal(stop_signal)
-        assert launcher.wait(timeout=60) == 0
-    finally:
-        if launcher.poll() is None:
-            launcher.kill()
-    assert not [pid for pid in children if alive(pid)]
-
-
-def test_children_do_not_outlive_a_killed_launcher():
-    launcher = start_launcher(free_port())
-    try:
-        wait_for_line(launcher, "listening on")
-        children = descendants(launcher.pid)
-        launcher.kill()  # no chance to clean up: the children must notice on their own
-        launcher.wait()
-        give_up_at = time.monotonic() + 30
-        while [pid for pid in children if alive(pid)] and time.monotonic() < give_up_at:
-            time.sleep(0.2)
-        assert not [pid for pid in children if alive(pid)]
-    finally:
-        if launcher.poll() is None:
-            launcher.kill()
-
-
 def worker_pids(launcher: subprocess.Popen) -> set[int]:
     children = Path(f"/proc/{launcher.pid}/task/{launcher.pid}/children").read_text().split()
     return {int(pid) for pid in children
@@ -114,34 +78,42 @@ def kill_a_worker_and_await_its_replacement(launcher: subprocess.Popen) -> int:
     return replacement
 
 
-@pytest.mark.parametrize("how", ["interrupted", "killed"])
-def test_a_restarted_worker_stops_with_the_launcher(how):
-    """A worker started after a crash hears stop signals: Ctrl-C stops it cleanly, a killed launcher takes it along."""
-    launcher = start_launcher(free_port())
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
+def test_run_serves_and_every_process_ends_with_the_launcher_even_a_restarted_worker(stop_signal):
+    """Ctrl-C or SIGTERM stops everything cleanly; a killed launcher's children notice on their own.
+
+    A worker started after a crash hears stop signals too (it inherits no blocked signals), and every
+    worker hears SIGTERM at once: none waits out a grace period, nor behind another's.
+    """
+    port = free_port()
+    launcher = start_launcher(port)
     try:
-        wait_for_line(launcher, "listening on")
+        line = wait_for_line(launcher, "listening on")
+        assert f"http://127.0.0.1:{port}" in line
+        assert len(descendants(launcher.pid)) >= 4  # redis-server, worker, gunicorn master and its workers
+        response = post_image(f"http://127.0.0.1:{port}", photo_bytes("chelsea.png"), filename="chelsea.png",
+                              timeout=30)
+        assert response.json()["predictions"][0]["label"] in CAT_LABELS
         replacement = kill_a_worker_and_await_its_replacement(launcher)
         assert blocked_signals(replacement) == 0
-        if how == "interrupted":  # SIGTERM to one worker retires it (a rollout's old version): it is not replaced
+        if stop_signal == signal.SIGINT:  # SIGTERM to one worker retires it (a rollout's old version): not replaced
             [other] = worker_pids(launcher) - {replacement}
             os.kill(other, signal.SIGTERM)
             wait_for_line(launcher, "stopped on purpose (exit 0); not replaced")
             assert worker_pids(launcher) == {replacement}
         children = descendants(launcher.pid)
         started = time.monotonic()
-        if how == "interrupted":
-            launcher.send_signal(signal.SIGINT)
+        launcher.send_signal(stop_signal)
+        if stop_signal == signal.SIGKILL:  # no chance to clean up: the children must notice on their own
+            launcher.wait()
+        else:
             output = launcher.communicate(timeout=STOP_GRACE_SECONDS * 2)[0]
             assert launcher.returncode == 0
             assert re.search(rf"worker=\S*-{replacement}-\S* stopped after", output), output
             assert "Redis is now ready to exit" not in output  # the private Redis logs to a file
-        else:
-            launcher.kill()
-            launcher.wait()
         while [pid for pid in children if alive(pid)] and time.monotonic() < started + STOP_GRACE_SECONDS:
             time.sleep(0.1)
         assert not [pid for pid in children if alive(pid)]
-        # Every worker heard SIGTERM at once: none waited out a grace period, nor behind another's.
         assert time.monotonic() - started < STOP_GRACE_SECONDS / 2
     finally:
         if launcher.poll() is None:

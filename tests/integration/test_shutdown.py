@@ -34,7 +34,7 @@ def test_sigterm_makes_a_worker_finish_its_batch_and_exit_zero(one_worker_stack)
     with ThreadPoolExecutor(max_workers=12) as pool:
         futures = [pool.submit(post_image, stack.url, photo_bytes("coffee.png")) for _ in range(12)]
         freeze_while_holding_work(stack, 0)
-        held = [decode_request(raw).id for raw in stack.redis().lrange(keys.processing(worker_id.decode()), 0, -1)]
+        held = [decode_request(raw).job_id for raw in stack.redis().lrange(keys.processing(worker_id.decode()), 0, -1)]
         assert held  # what freeze_while_holding_work promised
         worker.send_signal(signal.SIGTERM)
         os.kill(worker.pid, signal.SIGCONT)
@@ -44,8 +44,8 @@ def test_sigterm_makes_a_worker_finish_its_batch_and_exit_zero(one_worker_stack)
     assert [r.status_code for r in responses] == [200] * 12
     first_worker_log = stack.log_path("worker0").read_text()  # the replacement logs to worker1
     assert "stopped after" in first_worker_log
-    processed = {request_id for ids in re.findall(r" ids=(\S*)$", first_worker_log, re.MULTILINE)
-                 for request_id in ids.split(",")}
+    processed = {job_id for ids in re.findall(r" job_ids=(\S*)$", first_worker_log, re.MULTILINE)
+                 for job_id in ids.split(",")}
     assert set(held) <= processed, f"the batch in hand {held} was not finished by the stopping worker"
     assert stack.redis().zscore(workers_key, worker_id) is None  # signed off, not left for the reaper
 

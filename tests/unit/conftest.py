@@ -1,6 +1,6 @@
 """Fixtures of the API's unit tests: the app against fakeredis (helpers in tests/unit/fake_api.py).
 
-Tests that need a real Redis use `real_redis` from tests/conftest.py.
+Unit tests need no redis-server: what only a real one shows is in tests/integration (test_redis_protocol.py).
 """
 
 import fakeredis

@@ -37,7 +37,7 @@ def heartbeat(fake_redis: fakeredis.FakeRedis, worker_id: str = "w1", age: float
 
 def success(predictions: list[dict], model: ModelInfo = MODEL):
     """A make_result for answer_next_request: these predictions, with a worker's timing."""
-    return lambda request: protocol.encode_success(request.id, predictions, model.name, model.version,
+    return lambda request: protocol.encode_success(request.job_id, predictions, model.name, model.version,
                                                    {"queue_ms": 1.0, "inference_ms": 2.0, "batch_size": 1})
 
 
@@ -54,7 +54,7 @@ def answer_next_request(fake_redis: fakeredis.FakeRedis, make_result, keys: Keys
             if batch:
                 request = protocol.decode_request(batch[0])
                 seen["request"] = request
-                WorkerQueue(fake_redis, keys, "w1").publish_results({request.id: make_result(request)}, batch,
+                WorkerQueue(fake_redis, keys, "w1").publish_results({request.job_id: make_result(request)}, batch,
                                 ttl_seconds=5)
                 return
             time.sleep(0.005)

@@ -52,7 +52,7 @@ def test_the_api_sends_exactly_what_prepare_makes_of_a_large_jpeg(client, fake_r
 ])
 def test_a_worker_error_becomes_a_500_with_its_code(client, fake_redis, code, message):
     heartbeat(fake_redis)
-    answer_next_request(fake_redis, lambda r: protocol.encode_failure(r.id, code, message))
+    answer_next_request(fake_redis, lambda r: protocol.encode_failure(r.job_id, code, message))
     response = post_image(client, photo_bytes("chelsea.png"))
     assert_error(response, 500, code)
     assert message in response.get_json()["error"]["message"]

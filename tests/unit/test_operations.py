@@ -179,16 +179,16 @@ def test_a_missing_or_unusable_request_id_is_replaced_by_a_new_one(client, given
     assert re.fullmatch("[0-9a-f]{32}", client.get("/healthz", headers=headers).headers["X-Request-ID"])
 
 
-def test_the_request_id_is_the_queue_id_unless_the_client_chose_it(client, fake_redis):
+def test_the_job_id_is_the_request_id_unless_the_client_chose_it(client, fake_redis):
     heartbeat(fake_redis)
     seen = answer_next_request(fake_redis, success(TABBY))
     response = post_image(client)
-    assert response.headers["X-Request-ID"] == response.get_json()["id"] == seen["request"].id
+    assert response.headers["X-Request-ID"] == response.get_json()["id"] == seen["request"].job_id
 
     seen = answer_next_request(fake_redis, success(TABBY))
     response = post_image(client, headers={"X-Request-ID": "mine"})
     assert response.headers["X-Request-ID"] == "mine"  # two clients may pick the same id: never a queue id
-    assert response.get_json()["id"] == seen["request"].id != "mine"
+    assert response.get_json()["id"] == seen["request"].job_id != "mine"
 
 
 def test_one_structured_log_line_per_request(client, fake_redis, caplog):
@@ -201,7 +201,7 @@ def test_one_structured_log_line_per_request(client, fake_redis, caplog):
     assert len(lines) == 2
     fields = dict(re.findall(r'(\w+)=("[^"]*"|\S+)', lines[0]))
     assert fields["method"] == "POST" and fields["path"] == "/predict" and fields["status"] == "200"
-    assert fields["request_id"] == "trace-7" and fields["id"] == seen["request"].id
+    assert fields["request_id"] == "trace-7" and fields["job_id"] == seen["request"].job_id
     assert fields["top"] == "tabby" and fields["batch_size"] == "1" and float(fields["duration_ms"]) >= 0
     assert "status=400" in lines[1] and "error=invalid_image" in lines[1]
 
@@ -263,7 +263,7 @@ def test_every_answer_the_api_gives_is_documented(client, fake_redis, server):
     fake_redis.delete(KEYS.queue)  # that request's message, which the next answerer would otherwise take
     answer_next_request(fake_redis, success(TABBY))
     check("/predict", "post", post_image(client), 200)
-    answer_next_request(fake_redis, lambda r: protocol.encode_failure(r.id, "inference_failed", "model failed"))
+    answer_next_request(fake_redis, lambda r: protocol.encode_failure(r.job_id, "inference_failed", "model failed"))
     check("/predict", "post", post_image(client), 500)
     check("/predict", "post", post_image(client, data=b"junk"), 400)
     check("/predict", "post", post_image(client, data=b"\0" * (SETTINGS.max_upload_bytes + 1)), 413)

@@ -1,9 +1,9 @@
-"""Recovering the work of dead workers, against a real Redis (the Lua script runs server-side)."""
+"""Recovering the work of dead workers (the Lua scripts run in fakeredis's Lua; a real server's clock in
+tests/integration/test_redis_protocol.py)."""
 
 import time
 
 import numpy as np
-import pytest
 
 from serving import protocol
 from serving.protocol import InferenceRequest, Keys
@@ -12,11 +12,17 @@ from worker.queue import WorkerQueue
 KEYS = Keys("t", "tiny@1")
 TIMEOUT = 5.0
 TRUE_TIME = time.time
+DEADLINE = time.time() + 3600
 
 
-def request(request_id, attempts=0) -> InferenceRequest:
+def request(job_id) -> InferenceRequest:
     pixels = np.arange(4 * 4 * 3, dtype=np.uint8).reshape(4, 4, 3)
-    return InferenceRequest(request_id, pixels, 1000.25, time.time() + 60, attempts)
+    return InferenceRequest(job_id, pixels, 1000.25, DEADLINE)
+
+
+def failed_before(client, job_id, times):
+    """Record that workers died `times` times holding this job."""
+    client.hset(KEYS.attempts, job_id, times)
 
 
 def holding(client, worker_id, *requests, heartbeat_age=0.0):
@@ -37,78 +43,79 @@ def reap(client, max_attempts=3):
 
 def queued_ids(client, key=KEYS.queue):
     """A list's requests in the order workers will take them."""
-    return [protocol.decode_request(raw).id for raw in reversed(client.lrange(key, 0, -1))]
+    return [protocol.decode_request(raw).job_id for raw in reversed(client.lrange(key, 0, -1))]
 
 
 def retried_ids(client):
     return queued_ids(client, KEYS.retry)
 
 
-def test_a_dead_workers_requests_go_to_the_retry_list_in_order_with_an_attempt_counted(real_redis):
-    real_redis.lpush(KEYS.queue, protocol.encode_request(request("newcomer")))
-    holding(real_redis, "dead", request("a"), request("b"), heartbeat_age=TIMEOUT + 1)
-    assert reap(real_redis) == 1
-    assert retried_ids(real_redis) == ["a", "b"] and queued_ids(real_redis) == ["newcomer"]
-    returned = protocol.decode_request(real_redis.rpop(KEYS.retry))
-    assert returned.attempts == 1
-    np.testing.assert_array_equal(returned.pixels, request("a").pixels)  # survives the trip through Lua's cjson
-    assert returned.enqueued_at == pytest.approx(1000.25)
-    assert real_redis.zscore(KEYS.workers, "dead") is None
-    assert not real_redis.exists(KEYS.processing("dead"))
+def test_a_dead_workers_requests_go_to_the_retry_list_in_order_with_an_attempt_counted(fake_redis):
+    fake_redis.lpush(KEYS.queue, protocol.encode_request(request("newcomer")))
+    holding(fake_redis, "dead", request("a"), request("b"), heartbeat_age=TIMEOUT + 1)
+    assert reap(fake_redis) == 1
+    assert retried_ids(fake_redis) == ["a", "b"] and queued_ids(fake_redis) == ["newcomer"]
+    assert fake_redis.hgetall(KEYS.attempts) == {b"a": b"1", b"b": b"1"}
+    assert fake_redis.rpop(KEYS.retry) == protocol.encode_request(request("a"))  # its bytes moved untouched
+    assert fake_redis.zscore(KEYS.workers, "dead") is None
+    assert not fake_redis.exists(KEYS.processing("dead"))
 
 
-def test_a_live_worker_is_left_alone(real_redis):
-    holding(real_redis, "busy", request("a"), heartbeat_age=TIMEOUT - 2)
-    assert reap(real_redis) == 0
-    assert real_redis.llen(KEYS.processing("busy")) == 1 and real_redis.llen(KEYS.queue) == 0
+def test_a_live_worker_is_left_alone(fake_redis):
+    holding(fake_redis, "busy", request("a"), heartbeat_age=TIMEOUT - 2)
+    assert reap(fake_redis) == 0
+    assert fake_redis.llen(KEYS.processing("busy")) == 1 and fake_redis.llen(KEYS.queue) == 0
 
 
-def test_a_request_whose_workers_keep_dying_is_answered_with_an_error(real_redis):
-    holding(real_redis, "dead", request("poison", attempts=2), request("fine", attempts=0),
-            heartbeat_age=TIMEOUT + 1)
-    reap(real_redis, max_attempts=3)
-    assert retried_ids(real_redis) == ["fine"]
-    answer = protocol.decode_result(real_redis.lpop(KEYS.result("poison")))
+def test_a_request_whose_workers_keep_dying_is_answered_with_an_error(fake_redis):
+    failed_before(fake_redis, "poison", 2)
+    holding(fake_redis, "dead", request("poison"), request("fine"), heartbeat_age=TIMEOUT + 1)
+    reap(fake_redis, max_attempts=3)
+    assert retried_ids(fake_redis) == ["fine"]
+    assert fake_redis.hgetall(KEYS.attempts) == {b"fine": b"1"}  # the answered job's count is gone
+    answer = protocol.decode_result(fake_redis.lpop(KEYS.result("poison")))
     expected_shape = protocol.decode_result(protocol.encode_failure("poison", protocol.ATTEMPTS_EXHAUSTED, "x"))
     assert answer.keys() == expected_shape.keys() and answer["error"].keys() == expected_shape["error"].keys()
     assert answer["success"] is False and answer["error"]["code"] == "attempts_exhausted"
     assert "died 3 times" in answer["error"]["message"]
 
 
-def test_an_exhausted_answer_expires_if_nobody_reads_it(real_redis):
-    holding(real_redis, "dead", request("poison", attempts=2), heartbeat_age=TIMEOUT + 1)
-    reap(real_redis)
-    assert 0 < real_redis.pttl(KEYS.result("poison")) <= 30_000
+def test_an_exhausted_answer_expires_if_nobody_reads_it(fake_redis):
+    failed_before(fake_redis, "poison", 2)
+    holding(fake_redis, "dead", request("poison"), heartbeat_age=TIMEOUT + 1)
+    reap(fake_redis)
+    assert 0 < fake_redis.pttl(KEYS.result("poison")) <= 30_000
 
 
-def test_an_exhausted_request_is_answered_once_even_by_two_workers_and_after_its_reaper_died(real_redis):
+def test_an_exhausted_request_is_answered_once_even_by_two_workers_and_after_its_reaper_died(fake_redis):
     """The script only sets the message aside; any worker's next pass answers it, and only one of them does."""
-    holding(real_redis, "dead", request("poison", attempts=2), heartbeat_age=TIMEOUT + 1)
-    assert reaper(real_redis).return_unfinished("dead", True, 3) == (0, 1)  # its reaper dies right after this
-    assert not real_redis.exists(KEYS.result("poison"))
-    assert reaper(real_redis).answer_exhausted(3, 30) == 1
-    assert reaper(real_redis).answer_exhausted(3, 30) == 0  # a second worker finds nothing to answer
-    assert real_redis.llen(KEYS.result("poison")) == 1 and not real_redis.exists(KEYS.exhausted)
+    failed_before(fake_redis, "poison", 2)
+    holding(fake_redis, "dead", request("poison"), heartbeat_age=TIMEOUT + 1)
+    assert reaper(fake_redis).return_unfinished("dead", True, 3) == (0, 1)  # its reaper dies right after this
+    assert not fake_redis.exists(KEYS.result("poison"))
+    assert reaper(fake_redis).answer_exhausted(3, 30) == 1
+    assert reaper(fake_redis).answer_exhausted(3, 30) == 0  # a second worker finds nothing to answer
+    assert fake_redis.llen(KEYS.result("poison")) == 1 and not fake_redis.exists(KEYS.exhausted)
 
 
-def test_an_unreadable_message_goes_back_untouched_for_a_worker_to_answer(real_redis):
-    real_redis.zadd(KEYS.workers, {"dead": time.time() - TIMEOUT - 1})
-    real_redis.lpush(KEYS.processing("dead"), b"\xffnot json")
-    reap(real_redis)
-    assert real_redis.lrange(KEYS.queue, 0, -1) == [b"\xffnot json"]
+def test_an_unreadable_message_goes_back_untouched_for_a_worker_to_answer(fake_redis):
+    fake_redis.zadd(KEYS.workers, {"dead": time.time() - TIMEOUT - 1})
+    fake_redis.lpush(KEYS.processing("dead"), b"\xffnot json")
+    reap(fake_redis)
+    assert fake_redis.lrange(KEYS.queue, 0, -1) == [b"\xffnot json"]
 
 
-def test_reaping_twice_requeues_once(real_redis):
-    holding(real_redis, "dead", request("a"), heartbeat_age=TIMEOUT + 1)
-    first = reaper(real_redis).return_unfinished("dead", True, 3)
-    second = reaper(real_redis).return_unfinished("dead", True, 3)
+def test_reaping_twice_requeues_once(fake_redis):
+    holding(fake_redis, "dead", request("a"), heartbeat_age=TIMEOUT + 1)
+    first = reaper(fake_redis).return_unfinished("dead", True, 3)
+    second = reaper(fake_redis).return_unfinished("dead", True, 3)
     assert first == (1, 0) and second == (0, 0)
-    assert retried_ids(real_redis) == ["a"]
+    assert retried_ids(fake_redis) == ["a"]
 
 
-def test_a_heartbeat_between_the_check_and_the_script_keeps_the_worker(real_redis, monkeypatch):
+def test_a_heartbeat_between_the_check_and_the_script_keeps_the_worker(fake_redis, monkeypatch):
     """The reaper finds a worker silent, the worker's heartbeat lands, then the script runs: nothing is taken."""
-    holding(real_redis, "slow", request("a"), heartbeat_age=TIMEOUT + 1)
+    holding(fake_redis, "slow", request("a"), heartbeat_age=TIMEOUT + 1)
     find_silent = WorkerQueue.silent_workers
 
     def silent_then_heartbeat(queue, worker_timeout):
@@ -118,15 +125,15 @@ def test_a_heartbeat_between_the_check_and_the_script_keeps_the_worker(real_redi
         return silent
 
     monkeypatch.setattr(WorkerQueue, "silent_workers", silent_then_heartbeat)
-    assert reap(real_redis) == 0
-    assert real_redis.llen(KEYS.processing("slow")) == 1 and not real_redis.exists(KEYS.queue, KEYS.retry)
-    assert real_redis.zscore(KEYS.workers, "slow") is not None
+    assert reap(fake_redis) == 0
+    assert fake_redis.llen(KEYS.processing("slow")) == 1 and not fake_redis.exists(KEYS.queue, KEYS.retry)
+    assert fake_redis.zscore(KEYS.workers, "slow") is not None
 
 
-def test_one_pass_reaps_every_dead_worker_even_after_one_that_came_back(real_redis, monkeypatch):
-    holding(real_redis, "slow", request("s"), heartbeat_age=TIMEOUT + 3)  # the oldest heartbeat: found first
-    holding(real_redis, "dead1", request("a"), heartbeat_age=TIMEOUT + 2)
-    holding(real_redis, "dead2", request("b"), heartbeat_age=TIMEOUT + 1)
+def test_one_pass_reaps_every_dead_worker_even_after_one_that_came_back(fake_redis, monkeypatch):
+    holding(fake_redis, "slow", request("s"), heartbeat_age=TIMEOUT + 3)  # the oldest heartbeat: found first
+    holding(fake_redis, "dead1", request("a"), heartbeat_age=TIMEOUT + 2)
+    holding(fake_redis, "dead2", request("b"), heartbeat_age=TIMEOUT + 1)
     find_silent = WorkerQueue.silent_workers
 
     def silent_then_heartbeat(queue, worker_timeout):
@@ -137,22 +144,13 @@ def test_one_pass_reaps_every_dead_worker_even_after_one_that_came_back(real_red
         return silent
 
     monkeypatch.setattr(WorkerQueue, "silent_workers", silent_then_heartbeat)
-    assert reap(real_redis) == 2
-    assert sorted(retried_ids(real_redis)) == ["a", "b"] and real_redis.llen(KEYS.processing("slow")) == 1
+    assert reap(fake_redis) == 2
+    assert sorted(retried_ids(fake_redis)) == ["a", "b"] and fake_redis.llen(KEYS.processing("slow")) == 1
 
 
-def test_heartbeats_and_the_reapers_cutoff_use_redis_time_not_the_hosts(real_redis, monkeypatch):
-    """A worker host whose clock runs an hour ahead neither looks alive forever nor reaps live workers."""
-    holding(real_redis, "dead", request("a"), heartbeat_age=TIMEOUT + 1)
-    real_redis.eval(protocol.HEARTBEAT, 2, KEYS.model, KEYS.workers, "live", b"{}", 5000)
-    monkeypatch.setattr(time, "time", lambda: 3600 + TRUE_TIME())
-    assert reap(real_redis) == 1
-    assert real_redis.zscore(KEYS.workers, "live") is not None and retried_ids(real_redis) == ["a"]
-    assert protocol.count_live_workers(real_redis, KEYS, TIMEOUT) == 1
-
-
-def test_a_stopping_worker_hands_back_fresh_requests_to_the_queue_and_retried_ones_to_the_retry_list(real_redis):
-    holding(real_redis, "stopping", request("fresh"), request("retried", attempts=1))
-    assert reaper(real_redis).return_unfinished("stopping", False, 3) == (2, 0)
-    assert queued_ids(real_redis) == ["fresh"] and retried_ids(real_redis) == ["retried"]
-    assert protocol.decode_request(real_redis.rpop(KEYS.retry)).attempts == 1  # a clean stop counts no attempt
+def test_a_stopping_worker_hands_back_fresh_requests_to_the_queue_and_retried_ones_to_the_retry_list(fake_redis):
+    failed_before(fake_redis, "retried", 1)
+    holding(fake_redis, "stopping", request("fresh"), request("retried"))
+    assert reaper(fake_redis).return_unfinished("stopping", False, 3) == (2, 0)
+    assert queued_ids(fake_redis) == ["fresh"] and retried_ids(fake_redis) == ["retried"]
+    assert fake_redis.hgetall(KEYS.attempts) == {b"retried": b"1"}  # a clean stop counts no attempt

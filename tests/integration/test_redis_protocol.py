@@ -1,0 +1,111 @@
+"""What only a real redis-server can show: takes that truly race, the commands Redis saw, whose clock counts.
+
+The rest of the protocol's tests are unit tests on fakeredis (tests/unit/test_batching.py, test_recovery.py).
+"""
+
+import multiprocessing
+import threading
+import time
+
+import numpy as np
+import pytest
+import redis
+
+from serving import protocol
+from serving.config import Settings
+from serving.protocol import InferenceRequest, Keys
+from stack.processes import Stack
+from tests.unit.tiny_model import message, tiny_classifier
+from worker.loop import Worker
+from worker.queue import WorkerQueue
+
+pytestmark = pytest.mark.integration
+
+KEYS = Keys("t", "tiny@1")
+TIMEOUT = 5.0
+TRUE_TIME = time.time
+
+
+def test_workers_taking_at_the_same_time_take_every_message_exactly_once(redis_stack):
+    """Four worker processes race over one real Redis queue: no message is taken twice or lost.
+
+    Processes, not threads, so the takes really overlap; a take that reads and then trims in two
+    steps (the seed's LRANGE + LTRIM) hands the same messages to several of them.
+    """
+    client = redis_stack.redis()
+    client.flushall()
+    messages = [f"m{i}".encode() for i in range(4000)]
+    for first in range(0, len(messages), 500):
+        client.lpush(KEYS.queue, *messages[first:first + 500])
+    with multiprocessing.get_context("fork").Pool(4) as pool:
+        taken = pool.map(take_until_empty, [(redis_stack.settings.redis_url, f"w{n}") for n in range(4)])
+    everything = [message for batch in taken for message in batch]
+    assert sorted(everything) == sorted(messages)
+    assert all(taken), "every worker took some"
+
+
+def take_until_empty(arguments: tuple[str, str]) -> list[bytes]:
+    url, worker = arguments
+    client = redis.Redis.from_url(url)
+    taken = []
+    while batch := WorkerQueue(client, KEYS, worker).take_batch(8, block_seconds=0.05, wait_for_more_seconds=0):
+        taken.extend(batch)
+    return taken
+
+
+def test_results_and_the_removal_of_their_messages_go_out_in_one_transaction(real_redis, redis_stack):
+    """What Redis itself saw (MONITOR): every result and every LREM between one MULTI and its EXEC."""
+    real_redis.lpush(KEYS.queue, b"m1", b"m2")
+    batch = WorkerQueue(real_redis, KEYS, "w1").take_batch(2, block_seconds=0.01, wait_for_more_seconds=0)
+    with redis_stack.redis().monitor() as monitor:
+        WorkerQueue(real_redis, KEYS, "w1").publish_results({"r1": b"one", "r2": b"two"}, batch, ttl_seconds=30)
+        seen = []
+        while not seen or seen[-1] != "EXEC":
+            seen.append(monitor.next_command()["command"].split()[0].upper())
+    start = seen.index("MULTI")
+    assert seen[start:] == ["MULTI", "LPUSH", "PEXPIRE", "LPUSH", "PEXPIRE", "LREM", "LREM", "HDEL", "EXEC"]
+
+
+def test_heartbeats_and_the_reapers_cutoff_use_redis_time_not_the_hosts(real_redis, monkeypatch):
+    """A worker host whose clock runs an hour ahead neither looks alive forever nor reaps live workers."""
+    real_redis.zadd(KEYS.workers, {"dead": time.time() - TIMEOUT - 1})
+    pixels = np.zeros((2, 2, 3), dtype=np.uint8)
+    real_redis.lpush(KEYS.processing("dead"), protocol.encode_request(InferenceRequest("a", pixels, 0, 1)))
+    real_redis.eval(protocol.HEARTBEAT, 2, KEYS.model, KEYS.workers, "live", b"{}", 5000)
+    monkeypatch.setattr(time, "time", lambda: 3600 + TRUE_TIME())
+    assert WorkerQueue(real_redis, KEYS, "reaper").reap_dead_workers(TIMEOUT, 3, result_ttl=30) == 1
+    assert real_redis.zscore(KEYS.workers, "live") is not None and real_redis.llen(KEYS.retry) == 1
+    assert protocol.count_live_workers(real_redis, KEYS, TIMEOUT) == 1
+
+
+def test_run_survives_a_redis_outage_and_signs_off_when_stopped():
+    """Redis stopped under a serving worker and started again: it retries with backoff, serves, re-registers."""
+    outage = Stack(Settings(), workers=0)
+    outage.start_redis()
+    port = outage.redis_port()
+    worker = Worker(outage.redis(), tiny_classifier(), Settings(key_prefix="t"), worker_id="w1")
+    stop = threading.Event()
+    finished = []
+    thread = threading.Thread(target=lambda: finished.append(worker.run(stop)))
+    try:
+        thread.start()
+        outage.stop_process(outage.redis_process)
+        time.sleep(1.0)
+        assert thread.is_alive()  # retrying with backoff, not dead
+        outage.start_redis(port)
+        outage.redis().lpush(KEYS.queue, message("after-outage"))
+        answer = worker.client.blpop([KEYS.result("after-outage")], timeout=10)
+        assert answer is not None and protocol.decode_result(answer[1])["success"] is True
+        # The heartbeat thread backs off on its own schedule (up to 5 s), so it may come back after the serving loop.
+        give_up_at = time.monotonic() + 10
+        while worker.client.zscore(KEYS.workers, "w1") is None and time.monotonic() < give_up_at:
+            time.sleep(0.05)
+        assert worker.client.zscore(KEYS.workers, "w1") is not None  # a heartbeat re-registered it
+        stop.set()
+        thread.join(10)
+        assert not thread.is_alive() and finished == [True]  # a clean stop, not a failed heartbeat
+        assert worker.client.zscore(KEYS.workers, "w1") is None  # signed off
+    finally:
+        stop.set()
+        thread.join(10)
+        outage.stop()
