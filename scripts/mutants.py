@@ -92,7 +92,7 @@ MUTANTS = (
     Mutant("configuration silently wins over what the model file says", "model_tools/card.py",
            "if configured is not None and _differs(from_file, configured):", "if False:",
            ("tests/unit/test_model_card.py",)),
-    Mutant("the engine cache ignores the model file's content", "worker/engine_cache.py",
+    Mutant("the engine cache ignores the model file's content", "engines/cache.py",
            "parts = [self.model_digest, ", "parts = [", ("tests/unit/test_engine_cache.py",)),
     Mutant("a queue's keys under no common hash tag (CROSSSLOT on a Redis Cluster)", "serving/protocol.py",
            'return "{" + f"{self.prefix}:{self.model_id}" + "}"', 'return f"{self.prefix}:{self.model_id}"',

@@ -6,12 +6,12 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from engines.choose import engine_for_checkpoint
 from model_tools.architectures import Preprocessing
 from model_tools.card import ModelCard
 from model_tools.checkpoints import LoadedModel
 from serving import protocol
 from serving.protocol import InferenceRequest
-from worker.backends import engine_for_checkpoint
 from worker.inference import Classifier
 
 INPUT_SIZE = 8
