@@ -7,9 +7,9 @@ large model takes tens of seconds (ResNeXt-101 to ONNX: about 30 s here); a hit
 takes the time to hash the file and open the export.
 
 Workers starting together take an exclusive lock on the entry (flock), so the
-first exports and the others wait and then use its file. An export that failed,
-or did not match eager PyTorch, is remembered as well, so `BACKEND=auto` does
-not retry a dead end at every start.
+first exports and the others wait and then use its file. An export that failed
+to build (exporter, runtime), or did not match eager PyTorch, is remembered as
+well, so `BACKEND=auto` does not retry a dead end at every start.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ BACKEND picks the engine that runs it:
 - `torchscript`: a TorchScript file as it is, or a checkpoint traced and frozen at start.
 - `onnxruntime`, `openvino`: an ONNX file, or a checkpoint exported to ONNX at start.
 - `auto`: on a GPU `torch`; on the CPU the first of CPU_PREFERENCE that is installed, builds
-  and gives eager PyTorch's answers; for an ONNX file onnxruntime.
+  (exports, loads) and gives eager PyTorch's answers; for an ONNX file the first that loads it.
 
 Every engine built from a checkpoint is checked against eager PyTorch before it
 serves (engines.verify), so a faster engine can never mean other answers.
@@ -28,10 +28,10 @@ import torch
 from engines import eager, onnxruntime_cpu, openvino_cpu, torchscript
 from engines.base import BackendError, Engine, ExportBackend, Run
 from engines.cache import EngineCache
-from engines.verify import ExportMismatch, verify
+from engines.verify import verify
 from model_tools import export
-from model_tools.card import ModelCard, ModelLoadError, ModelOptions, card_fields, resolve_card
-from model_tools.checkpoints import LoadedModel, is_serving_torchscript, load_model
+from model_tools.card import ModelCard, ModelOptions, card_fields, resolve_card
+from model_tools.checkpoints import LoadedModel, first_line, is_serving_torchscript, load_model
 from serving.config import Settings
 
 log = logging.getLogger("worker")
@@ -85,14 +85,18 @@ def installed(backend: str) -> bool:
 
 
 def _first_that_builds(backend: str, candidates: list[str], build: Callable[[str], Run]) -> tuple[str, Run]:
-    """The first candidate that builds, and its batch function: under `auto` the next candidate is tried
-    when one cannot serve; an explicit BACKEND stops."""
+    """The first candidate that builds, and its batch function.
+
+    Anything raised while building counts against the candidate (each exporter and runtime raises types
+    of its own: torch.onnx's UnsupportedOperatorError, onnxruntime's and OpenVINO's load errors, a
+    verification's ExportMismatch): under `auto` the next candidate is tried; an explicit BACKEND stops.
+    """
     failures = []
     for name in candidates:
         try:
             return name, build(name)
-        except (BackendError, ModelLoadError, ExportMismatch) as exc:
-            reason = str(exc)
+        except Exception as exc:
+            reason = first_line(exc)
             if backend != "auto":
                 raise BackendError(f"BACKEND={name} cannot serve this model: {reason}") from exc
             log.warning("backend %s skipped: %s", name, reason)
@@ -122,8 +126,10 @@ def _verified_export(backend: ExportBackend, loaded: LoadedModel, device: torch.
             return backend.open(entry.path, device, threads)
         try:
             run = _export_and_verify(backend, loaded, device, threads, reference, entry.path)
-        except (BackendError, ModelLoadError, ExportMismatch) as exc:
-            entry.remember_failure(str(exc))
+        except (OSError, MemoryError):
+            raise  # this machine's state (a full disk, memory), not the model's: tried again at the next start
+        except Exception as exc:
+            entry.remember_failure(first_line(exc))
             raise
         entry.remember_success()
         return run
@@ -149,7 +155,7 @@ def _engine_for_onnx_file(path: Path, options: ModelOptions, backend: str, devic
         _require_installed(EXPORT_BACKENDS[name])
         return EXPORT_BACKENDS[name].open(path, device, threads)
 
-    name, run = _first_that_builds(backend, [backend] if backend != "auto" else [ONNX_FILE_ENGINES[0]], load)
+    name, run = _first_that_builds(backend, [backend] if backend != "auto" else list(ONNX_FILE_ENGINES), load)
     return Engine(name, card, run)
 
 

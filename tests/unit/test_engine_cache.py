@@ -67,19 +67,24 @@ def test_workers_starting_together_export_once(tmp_path, exports):
     assert len(engines) == 2 and len(exports) == 1
 
 
-def test_an_export_that_failed_is_remembered_and_not_tried_at_every_start(tmp_path, monkeypatch):
+@pytest.mark.parametrize("failure, attempts", [
+    (ExportMismatch("differs by 0.5"), 2),  # onnxruntime and openvino once each, not again at the second start
+    (RuntimeError("Exporting the operator 'aten::nanmedian' to ONNX opset version 17 is not supported"), 2),
+    (OSError(28, "No space left on device"), 4),  # the machine's state, not the model's: tried at every start
+], ids=["mismatch", "exporter error", "full disk"])
+def test_an_export_that_failed_is_remembered_and_not_tried_at_every_start(tmp_path, monkeypatch, failure, attempts):
     model = write_model(tmp_path / "model.pth", seed=0)
-    attempts = []
+    made = []
 
     def broken_export(loaded, out):
-        attempts.append(out)
-        raise ExportMismatch("differs by 0.5")
+        made.append(out)
+        raise failure
 
     monkeypatch.setattr(export, "export_onnx", broken_export)
     settings = Settings(model_path=str(model), engine_cache_dir=str(tmp_path / "cache"), inference_threads=1)
     assert open_engine(settings, CPU).name == "torchscript"  # auto: both ONNX engines failed, the next one serves
     assert open_engine(settings, CPU).name == "torchscript"
-    assert len(attempts) == 2  # onnxruntime and openvino once each, not again at the second start
+    assert len(made) == attempts
 
 
 def test_a_cache_folder_that_cannot_be_written_means_exporting_at_every_start_not_a_dead_worker(tmp_path, exports):
