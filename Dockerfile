@@ -26,6 +26,7 @@ COPY model_tools/ model_tools/
 RUN python -m model_tools build-default
 
 COPY app/ app/
+COPY engines/ engines/
 COPY worker/ worker/
 
 # Not root; the code and the model stay read-only to the service. Verified engine exports go to a cache

@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "if_missing", False) and _up_to_date(args, out):
         return 0  # before importing torch (1.5-3 s), which `make run`, `make test` and `make cpp` ask this every time
     from model_tools.card import ModelLoadError
-    from model_tools.export import ExportMismatch
+    from model_tools.export import ExportError  # engines.verify's ExportMismatch is one
 
     try:
         if args.command == "build-default":
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
             print(import_model(Path(args.checkpoint), _model_options(args), out))
             return 0
         return export_and_verify(args, out)
-    except (ModelLoadError, ExportMismatch, ConfigError) as exc:
+    except (ModelLoadError, ExportError, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
 
@@ -204,31 +204,28 @@ def build_default(out: Path) -> int:
 
 
 def export_and_verify(args: argparse.Namespace, out: Path) -> int:
+    import torch
+
+    from engines import onnxruntime_cpu, torchscript
+    from engines.eager import run_module
+    from engines.verify import ExportMismatch, verify
     from model_tools.checkpoints import load_model
-    from model_tools.export import (
-        ExportMismatch,
-        export_onnx,
-        export_torchscript,
-        load_torchscript,
-        onnx_predictor,
-        serving_module,
-        torch_predictor,
-        verify,
-    )
+    from model_tools.export import export_onnx, export_torchscript, serving_module
 
     tolerance = args.tolerance
     loaded = load_model(args.checkpoint, _model_options(args))
+    cpu = torch.device("cpu")
     if args.command == "trace":
         method = "script" if args.script else "trace"
         export_torchscript(loaded, out, method=method, optimize=args.optimize)
-        candidate = torch_predictor(load_torchscript(out)[0])
+        candidate = torchscript.open_file(out, cpu, 0)
         what = f"TorchScript ({method}{', frozen' if args.optimize else ''})"
     else:
         export_onnx(loaded, out)
-        candidate = onnx_predictor(out)
+        candidate = onnxruntime_cpu.open_file(out, cpu, 0)  # 0 threads: ONNX Runtime's own choice
         what = "ONNX"
     try:
-        difference = verify(torch_predictor(serving_module(loaded)), candidate,
+        difference = verify(run_module(serving_module(loaded)), candidate,
                             loaded.card.preprocessing.input_size, tolerance=tolerance)
     except ExportMismatch:
         out.unlink(missing_ok=True)

@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from engines.eager import run_module
+from engines.verify import ExportMismatch, verify
 from model_tools import TOLERANCE, export
 from model_tools.architectures import build_architecture
 from model_tools.card import ModelCard, ModelLoadError, ModelOptions
@@ -66,7 +68,7 @@ def _sample_photos(card: ModelCard) -> list[tuple[str, np.ndarray]]:
     try:
         import skimage
     except ImportError:
-        return []  # the generated images of export.verify still compare the two
+        return []  # the generated images of engines.verify still compare the two
     p = card.preprocessing
     folder = Path(skimage.data_dir)
     return [(name, prepare((folder / name).read_bytes(), p.resize_size, p.input_size, 10**8))
@@ -78,20 +80,20 @@ def _compare(source: LoadedModel, written: LoadedModel, photos: list[tuple[str, 
     """Largest probability difference over photos and generated images; each photo's top-1 by the written file."""
     if written.card != source.card:
         raise ModelLoadError(f"the written card {written.card} differs from the source's {source.card}")
-    reference = export.torch_predictor(export.serving_module(source))
-    candidate = export.torch_predictor(export.serving_module(written))
+    reference = run_module(export.serving_module(source))
+    candidate = run_module(export.serving_module(written))
     # Batches of 1 and 3: a batch size baked into the written graph shows at 3 as well as at 8, at less
     # than half the cost for a large model run twice in eager mode.
-    difference = export.verify(reference, candidate, source.card.preprocessing.input_size, batch_sizes=(1, 3),
-                               tolerance=TOLERANCE)
+    difference = verify(reference, candidate, source.card.preprocessing.input_size, batch_sizes=(1, 3),
+                        tolerance=TOLERANCE)
     top1 = []
     if photos:
         batch = np.stack([pixels for _, pixels in photos])
         expected, got = reference(batch), candidate(batch)
         difference = max(difference, float(np.abs(expected - got).max()))
         if difference > TOLERANCE or (expected.argmax(axis=1) != got.argmax(axis=1)).any():
-            raise export.ExportMismatch(f"the written file's answers on sample photos differ from the source's "
-                                        f"(largest probability difference {difference:.3g})")
+            raise ExportMismatch(f"the written file's answers on sample photos differ from the source's "
+                                 f"(largest probability difference {difference:.3g})")
         top1 = [(name, written.card.class_names[int(row.argmax())], float(row.max()))
                 for (name, _), row in zip(photos, got)]
     return difference, top1

@@ -29,13 +29,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from engines.choose import CPU_PREFERENCE, engine_for_checkpoint, installed, open_engine
 from model_tools.card import ModelOptions
 from model_tools.checkpoints import load_model
 from scripts.loadtest import SAMPLE_PHOTOS, Client, Report, closed_loop, open_loop, sample_photos, summarize
 from serving.config import Settings
 from serving.preprocess import prepare
 from stack.processes import Stack, free_port
-from worker.backends import CPU_PREFERENCE, engine_for_checkpoint, installed, open_engine
 
 BATCH_SIZES = (1, 2, 4, 8, 16, 32)
 
@@ -108,7 +108,7 @@ def _pipeline_rate(settings: Settings, photos: list[tuple[str, bytes]], seconds:
             current, upcoming = np.stack(list(upcoming)), decoded_batch()  # decode the next batch meanwhile
             engine.run(current)
             done += len(current)
-        return done / (time.perf_counter() - started), engine.backend
+        return done / (time.perf_counter() - started), engine.name
 
 
 def service(settings: Settings, photos: list[tuple[str, bytes]], seconds: float,

@@ -2,7 +2,7 @@
 
 First a named list of hand-written mutants: each is a change to the code that carries a guarantee
 (the Redis protocol and its Lua scripts, batching, recovery, the worker loop, preprocessing, the
-serving model, the model card, the engine cache), and the tests that must catch it. The change is
+serving model, the model card, the engines' choice and cache), and the tests that must catch it. The change is
 made in the working tree and undone after its run, whatever happens. A mutant is killed when its
 tests fail; one that survives names a guarantee no test holds. Not part of `make test`.
 
@@ -92,8 +92,15 @@ MUTANTS = (
     Mutant("configuration silently wins over what the model file says", "model_tools/card.py",
            "if configured is not None and _differs(from_file, configured):", "if False:",
            ("tests/unit/test_model_card.py",)),
-    Mutant("the engine cache ignores the model file's content", "worker/engine_cache.py",
+    Mutant("the engine cache ignores the model file's content", "engines/cache.py",
            "parts = [self.model_digest, ", "parts = [", ("tests/unit/test_engine_cache.py",)),
+    Mutant("BACKEND=auto gives up at an engine that fails to build instead of trying the next", "engines/choose.py",
+           "        except Exception as exc:\n            reason = first_line(exc)",
+           "        except BackendError as exc:\n            reason = first_line(exc)",
+           ("tests/unit/test_backends.py",)),
+    Mutant("an engine that failed to build is tried again at every start", "engines/choose.py",
+           "            entry.remember_failure(first_line(exc))\n", "            pass\n",
+           ("tests/unit/test_engine_cache.py",)),
     Mutant("a queue's keys under no common hash tag (CROSSSLOT on a Redis Cluster)", "serving/protocol.py",
            'return "{" + f"{self.prefix}:{self.model_id}" + "}"', 'return f"{self.prefix}:{self.model_id}"',
            ("tests/unit/test_protocol.py",)),

@@ -9,10 +9,11 @@ import threading
 
 import torch
 
+from engines.base import BackendError
+from engines.choose import open_engine
 from model_tools.card import ModelLoadError
 from serving.config import LOG_FORMAT, Settings, program_settings
 from serving.redis_client import RedisClient, connect
-from worker.backends import BackendError, open_engine
 from worker.inference import Classifier, choose_device
 from worker.loop import Worker
 

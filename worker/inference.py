@@ -7,8 +7,8 @@ import time
 import numpy as np
 import torch
 
+from engines.base import Engine
 from serving.protocol import ModelInfo
-from worker.backends import Engine
 
 
 def choose_device(setting: str) -> torch.device:
@@ -24,7 +24,7 @@ def choose_device(setting: str) -> torch.device:
 class Classifier:
     def __init__(self, engine: Engine, device: torch.device):
         self.card = engine.card
-        self.backend = engine.backend
+        self.backend = engine.name
         self.device = device
         self._run = engine.run
         size = engine.card.preprocessing.input_size

@@ -102,7 +102,7 @@ class MyNet(torch.nn.Module):
 
 def test_the_serve_your_own_model_commands_work_as_written(tmp_path):
     """Run in a scratch copy of the layout the README assumes: the user's files beside models/ and .venv."""
-    for package in ("app", "model_tools", "serving", "stack", "worker"):
+    for package in ("app", "engines", "model_tools", "serving", "stack", "worker"):
         (tmp_path / package).symlink_to(REPO_ROOT / package)
     (tmp_path / "models").mkdir()
     (tmp_path / ".venv").symlink_to(sys.prefix)  # this test's venv, where the README says .venv

@@ -1,19 +1,25 @@
-"""Inference backends: every engine gives the eager model's answers, and `auto` picks the fastest that does."""
+"""Inference backends: every engine gives the eager model's answers; `auto` picks the fastest that builds and does."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 import pytest
 import torch
 
+from engines import choose, onnxruntime_cpu
+from engines.base import BackendError
+from engines.choose import CPU_PREFERENCE, engine_for_checkpoint, installed, open_engine
+from engines.verify import ExportMismatch
 from model_tools import export
 from model_tools.checkpoints import is_serving_torchscript, is_torchscript_file, load_model, save_state_dict
 from serving.config import Settings
 from serving.preprocess import prepare
 from tests.images import PHOTOS
-from tests.unit.tiny_model import COLOURS, INPUT_SIZE, tiny_loaded_model
-from worker import backends
-from worker.backends import CPU_PREFERENCE, BackendError, engine_for_checkpoint, installed, open_engine
+from tests.model_files import save_classic
+from tests.unit.tiny_model import COLOURS, INPUT_SIZE, MedianColour, tiny_loaded_model
+from worker.inference import Classifier
 
 CPU = torch.device("cpu")
 ENGINES = ("torch", "torchscript", "onnxruntime", "openvino")
@@ -46,40 +52,68 @@ def test_every_engine_gives_the_eager_top_1_on_real_photos(default_model, sample
     eager = engine_for_checkpoint(default_model, "torch", CPU, 1).run(sample_batch)
     engine = engine_for_checkpoint(default_model, backend, CPU, 1)
     probabilities = engine.run(sample_batch)
-    assert engine.backend == backend
+    assert engine.name == backend
     assert (probabilities.argmax(axis=1) == eager.argmax(axis=1)).all()
     assert np.abs(probabilities - eager).max() < 1e-3
 
 
 def test_auto_on_the_cpu_picks_the_fastest_engine_that_matches():
     engine = engine_for_checkpoint(tiny_loaded_model(), "auto", CPU, 1)
-    assert engine.backend == CPU_PREFERENCE[0] == "onnxruntime"
+    assert engine.name == CPU_PREFERENCE[0] == "onnxruntime"
     assert [engine.card.class_names[i] for i in engine.run(solid_colours()).argmax(axis=1)] == list(COLOURS)
 
 
 def test_auto_skips_an_engine_whose_answers_differ(monkeypatch):
-    real_verify = export.verify
+    real_verify = choose.verify
 
     def onnxruntime_disagrees(reference, candidate, input_size, **kwargs):
-        if candidate.__qualname__.startswith("onnx_predictor"):
-            raise export.ExportMismatch("differs by 0.5")
+        if candidate.__module__ == onnxruntime_cpu.__name__:
+            raise ExportMismatch("differs by 0.5")
         return real_verify(reference, candidate, input_size, **kwargs)
 
-    monkeypatch.setattr(export, "verify", onnxruntime_disagrees)
-    assert engine_for_checkpoint(tiny_loaded_model(), "auto", CPU, 1).backend == "openvino"
+    monkeypatch.setattr(choose, "verify", onnxruntime_disagrees)
+    assert engine_for_checkpoint(tiny_loaded_model(), "auto", CPU, 1).name == "openvino"
 
 
 def test_an_explicit_engine_whose_answers_differ_refuses_to_serve(monkeypatch):
     def always_differs(*args, **kwargs):
-        raise export.ExportMismatch("differs by 0.5")
+        raise ExportMismatch("differs by 0.5")
 
-    monkeypatch.setattr(export, "verify", always_differs)
+    monkeypatch.setattr(choose, "verify", always_differs)
     with pytest.raises(BackendError, match="BACKEND=onnxruntime cannot serve this model: differs by 0.5"):
         engine_for_checkpoint(tiny_loaded_model(), "onnxruntime", CPU, 1)
 
 
+UNSUPPORTED_BY_ONNX = "Exporting the operator 'aten::nanmedian' to ONNX opset version 17 is not supported"
+
+
+def test_auto_goes_on_to_the_next_engine_when_one_cannot_export_the_model_and_the_worker_serves(tmp_path, caplog):
+    model = save_classic(MedianColour().eval(), tmp_path / "median.pth", tiny_loaded_model().card)
+    settings = Settings(model_path=str(model), model_trusted=True, engine_cache_dir="", inference_threads=1)
+    classifier = Classifier(open_engine(settings, CPU), CPU)  # as `python -m worker` opens it
+    assert classifier.backend == "torchscript"
+    for name in ("onnxruntime", "openvino"):  # each skipped with the exporter's own words
+        assert f"backend {name} skipped: {UNSUPPORTED_BY_ONNX}" in caplog.text
+    top_1 = [row[0]["label"] for row in classifier.top_k(classifier.probabilities(solid_colours()), 1)]
+    assert top_1 == list(COLOURS)
+
+
+def test_an_explicit_engine_that_cannot_export_the_model_refuses_to_serve():
+    with pytest.raises(BackendError, match=f"BACKEND=onnxruntime cannot serve this model: {UNSUPPORTED_BY_ONNX}"):
+        engine_for_checkpoint(tiny_loaded_model(MedianColour), "onnxruntime", CPU, 1)
+
+
+def test_auto_goes_on_when_a_runtime_fails_with_an_error_of_its_own(monkeypatch):
+    def crashing_open(path, device, threads):
+        raise SystemError("the runtime's own failure")  # a type no engine module wraps
+
+    monkeypatch.setitem(choose.EXPORT_BACKENDS, "onnxruntime",
+                        dataclasses.replace(onnxruntime_cpu.BACKEND, open=crashing_open))
+    assert engine_for_checkpoint(tiny_loaded_model(), "auto", CPU, 1).name == "openvino"
+
+
 def test_on_a_gpu_auto_means_eager_torch():
-    assert backends._auto_candidates(torch.device("cuda")) == ["torch"]
+    assert choose._auto_candidates(torch.device("cuda")) == ["torch"]
 
 
 def test_the_onnx_engines_refuse_a_gpu_device():
@@ -107,7 +141,7 @@ def model_files(tmp_path):
 ])
 def test_exported_files_are_served_by_the_engines_that_can_run_them(model_files, kind, backend, expected):
     engine = open_engine(Settings(model_path=str(model_files[kind]), backend=backend), CPU)
-    assert engine.backend == expected
+    assert engine.name == expected
     assert [engine.card.class_names[i] for i in engine.run(solid_colours()).argmax(axis=1)] == list(COLOURS)
 
 
@@ -116,6 +150,17 @@ def test_exported_files_are_served_by_the_engines_that_can_run_them(model_files,
 def test_an_engine_that_cannot_run_the_file_says_so(model_files, kind, backend):
     with pytest.raises(BackendError, match=f"BACKEND={backend} needs"):
         open_engine(Settings(model_path=str(model_files[kind]), backend=backend), CPU)
+
+
+def test_auto_serves_an_onnx_file_with_openvino_when_onnxruntime_cannot_load_it(model_files, monkeypatch):
+    def cannot_load(path, device, threads):
+        raise RuntimeError("[ONNXRuntimeError] : 1 : FAIL : Load model failed")
+
+    monkeypatch.setitem(choose.EXPORT_BACKENDS, "onnxruntime",
+                        dataclasses.replace(onnxruntime_cpu.BACKEND, open=cannot_load))
+    engine = open_engine(Settings(model_path=str(model_files["onnx"])), CPU)
+    assert engine.name == "openvino"
+    assert [engine.card.class_names[i] for i in engine.run(solid_colours()).argmax(axis=1)] == list(COLOURS)
 
 
 def test_torchscript_files_are_told_apart_from_torch_save_zips(model_files):

@@ -7,12 +7,13 @@ import pytest
 import torch
 import torchvision
 
+from engines.choose import open_engine
+from engines.verify import ExportMismatch
 from model_tools import export
 from model_tools.architectures import Preprocessing
 from model_tools.card import ModelCard
 from model_tools.checkpoints import save_state_dict
 from serving.config import Settings
-from worker.backends import open_engine
 
 CPU = torch.device("cpu")
 ARCH = "resnet18"
@@ -66,23 +67,28 @@ def test_workers_starting_together_export_once(tmp_path, exports):
     assert len(engines) == 2 and len(exports) == 1
 
 
-def test_an_export_that_failed_is_remembered_and_not_tried_at_every_start(tmp_path, monkeypatch):
+@pytest.mark.parametrize("failure, attempts", [
+    (ExportMismatch("differs by 0.5"), 2),  # onnxruntime and openvino once each, not again at the second start
+    (RuntimeError("Exporting the operator 'aten::nanmedian' to ONNX opset version 17 is not supported"), 2),
+    (OSError(28, "No space left on device"), 4),  # the machine's state, not the model's: tried at every start
+], ids=["mismatch", "exporter error", "full disk"])
+def test_an_export_that_failed_is_remembered_and_not_tried_at_every_start(tmp_path, monkeypatch, failure, attempts):
     model = write_model(tmp_path / "model.pth", seed=0)
-    attempts = []
+    made = []
 
     def broken_export(loaded, out):
-        attempts.append(out)
-        raise export.ExportMismatch("differs by 0.5")
+        made.append(out)
+        raise failure
 
     monkeypatch.setattr(export, "export_onnx", broken_export)
     settings = Settings(model_path=str(model), engine_cache_dir=str(tmp_path / "cache"), inference_threads=1)
-    assert open_engine(settings, CPU).backend == "torchscript"  # auto: both ONNX engines failed, the next one serves
-    assert open_engine(settings, CPU).backend == "torchscript"
-    assert len(attempts) == 2  # onnxruntime and openvino once each, not again at the second start
+    assert open_engine(settings, CPU).name == "torchscript"  # auto: both ONNX engines failed, the next one serves
+    assert open_engine(settings, CPU).name == "torchscript"
+    assert len(made) == attempts
 
 
 def test_a_cache_folder_that_cannot_be_written_means_exporting_at_every_start_not_a_dead_worker(tmp_path, exports):
     model = write_model(tmp_path / "model.pth", seed=0)
     (tmp_path / "file").write_text("a file where the folder would go")
-    assert start(model, tmp_path / "file" / "cache").backend == "onnxruntime"
+    assert start(model, tmp_path / "file" / "cache").name == "onnxruntime"
     assert len(exports) == 1

@@ -8,24 +8,25 @@ import pytest
 import torch
 import torch.nn as nn
 
+from engines import onnxruntime_cpu
+from engines.eager import run_module
+from engines.verify import ExportMismatch, verify
 from model_tools.__main__ import main as model_tools_main
 from model_tools.architectures import Preprocessing
 from model_tools.card import ModelCard, ModelLoadError, card_from_json, card_to_json
 from model_tools.checkpoints import LoadedModel
 from model_tools.export import (
-    ExportMismatch,
+    ExportError,
     export_onnx,
     export_torchscript,
     load_torchscript,
-    onnx_predictor,
     read_onnx_card,
     serving_module,
-    torch_predictor,
-    verify,
 )
 from serving.config import Settings
 from tests.model_files import save_classic
 
+CPU = torch.device("cpu")
 SIZE = 16
 CARD = ModelCard("small", "small_cnn", ("red", "green", "blue", "other"),
                  Preprocessing(SIZE, 18, (0.4, 0.45, 0.5), (0.2, 0.25, 0.3)))
@@ -62,7 +63,7 @@ def small_model(network_class=SmallCNN, seed=0) -> LoadedModel:
 
 
 def eager(loaded: LoadedModel):
-    return torch_predictor(serving_module(loaded))
+    return run_module(serving_module(loaded))
 
 
 def test_the_card_survives_json():
@@ -77,7 +78,7 @@ def test_a_torchscript_export_matches_the_eager_model_and_carries_its_card(tmp_p
     path = export_torchscript(loaded, tmp_path / "m.ts.pt", method=method, optimize=optimize)
     module, card = load_torchscript(path)
     assert card == CARD
-    assert verify(eager(loaded), torch_predictor(module), SIZE, batch_sizes=(1, 3, 8)) < 1e-5
+    assert verify(eager(loaded), run_module(module), SIZE, batch_sizes=(1, 3, 8)) < 1e-5
     assert not list(tmp_path.glob("*.partial"))
 
 
@@ -93,22 +94,22 @@ def test_an_onnx_export_matches_the_eager_model_and_carries_its_card(tmp_path):
     loaded = small_model()
     path = export_onnx(loaded, tmp_path / "m.onnx")
     assert read_onnx_card(path) == CARD
-    assert verify(eager(loaded), onnx_predictor(path), SIZE, batch_sizes=(1, 8)) < 1e-5
+    assert verify(eager(loaded), onnxruntime_cpu.open_file(path, CPU, 0), SIZE, batch_sizes=(1, 8)) < 1e-5
 
 
 @pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
 def test_verify_catches_a_trace_that_baked_in_the_example_batch_size(tmp_path):
     loaded = small_model(BatchDependent)
     module, _ = load_torchscript(export_torchscript(loaded, tmp_path / "m.ts.pt"))
-    assert verify(eager(loaded), torch_predictor(module), SIZE, batch_sizes=(2, 8)) < 1e-5  # looks fine ...
+    assert verify(eager(loaded), run_module(module), SIZE, batch_sizes=(2, 8)) < 1e-5  # looks fine ...
     with pytest.raises(ExportMismatch, match="differs"):
-        verify(eager(loaded), torch_predictor(module), SIZE, batch_sizes=(1, 8))  # ... until batch 1
+        verify(eager(loaded), run_module(module), SIZE, batch_sizes=(1, 8))  # ... until batch 1
 
 
 def test_verify_catches_an_export_of_other_weights(tmp_path):
     wrong, _ = load_torchscript(export_torchscript(small_model(seed=1), tmp_path / "wrong.ts.pt"))
     with pytest.raises(ExportMismatch):
-        verify(eager(small_model(seed=0)), torch_predictor(wrong), SIZE)
+        verify(eager(small_model(seed=0)), run_module(wrong), SIZE)
 
 
 def test_verify_catches_a_wrong_output_shape():
@@ -121,7 +122,7 @@ def test_script_refuses_what_it_cannot_compile(tmp_path):
         def forward(self, x):
             return super().forward(x) * np.float32(1.0)  # numpy is opaque to torch.jit.script
 
-    with pytest.raises(ExportMismatch, match="torch.jit.script cannot compile"):
+    with pytest.raises(ExportError, match="torch.jit.script cannot compile"):
         export_torchscript(small_model(Unscriptable), tmp_path / "m.ts.pt", method="script")
 
 

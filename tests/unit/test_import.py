@@ -4,6 +4,7 @@ import pytest
 import torch
 import torchvision
 
+from engines.choose import open_engine
 from model_tools.__main__ import main as model_tools_main
 from model_tools.card import FROM_FILE, ModelLoadError, ModelOptions
 from model_tools.checkpoints import is_exported_program, load_model
@@ -11,7 +12,6 @@ from model_tools.importer import import_model
 from serving.config import Settings
 from tests.model_files import save_classic
 from tests.unit.test_model_card import LABELS, SMALL_ARCH, FourClasses, labels_file
-from worker.backends import open_engine
 
 CPU = torch.device("cpu")
 

@@ -7,9 +7,9 @@ large model takes tens of seconds (ResNeXt-101 to ONNX: about 30 s here); a hit
 takes the time to hash the file and open the export.
 
 Workers starting together take an exclusive lock on the entry (flock), so the
-first exports and the others wait and then use its file. An export that failed,
-or did not match eager PyTorch, is remembered as well, so `BACKEND=auto` does
-not retry a dead end at every start.
+first exports and the others wait and then use its file. An export that failed
+to build (exporter, runtime), or did not match eager PyTorch, is remembered as
+well, so `BACKEND=auto` does not retry a dead end at every start.
 """
 
 from __future__ import annotations
@@ -25,12 +25,9 @@ from pathlib import Path
 
 import torch
 
+from engines.base import ExportBackend
 from model_tools.card import ModelCard, card_to_json
 from model_tools.checkpoints import write_atomically
-
-# The distributions whose version changes what an engine's export computes.
-_RUNTIMES = {"torchscript": ("torch",), "onnxruntime": ("torch", "onnx", "onnxruntime"),
-             "openvino": ("torch", "onnx", "openvino")}
 
 
 @dataclass(frozen=True)
@@ -81,15 +78,15 @@ class EngineCache:
         return cls(directory, digest.hexdigest())
 
     @contextlib.contextmanager
-    def entry(self, backend: str, device: torch.device, card: ModelCard, suffix: str) -> Iterator[Entry]:
+    def entry(self, backend: ExportBackend, device: torch.device, card: ModelCard) -> Iterator[Entry]:
         """The entry of this export, held under an exclusive lock while the caller reads or makes it."""
         key = self.key(backend, device, card)
         self.directory.mkdir(parents=True, exist_ok=True)
         with open(self.directory / f"{key}.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if the process dies
-            yield Entry(self.directory / f"{key}{suffix}")
+            yield Entry(self.directory / f"{key}{backend.suffix}")
 
-    def key(self, backend: str, device: torch.device, card: ModelCard) -> str:
-        versions = [f"{name}=={importlib.metadata.version(name)}" for name in _RUNTIMES[backend]]
-        parts = [self.model_digest, card_to_json(card), backend, device.type, *versions]
-        return f"{backend}-{hashlib.sha256(chr(0).join(parts).encode()).hexdigest()[:24]}"
+    def key(self, backend: ExportBackend, device: torch.device, card: ModelCard) -> str:
+        versions = [f"{name}=={importlib.metadata.version(name)}" for name in backend.runtimes]
+        parts = [self.model_digest, card_to_json(card), backend.name, device.type, *versions]
+        return f"{backend.name}-{hashlib.sha256(chr(0).join(parts).encode()).hexdigest()[:24]}"
