@@ -1,7 +1,8 @@
-// Pillow's bilinear resampling (libImaging/Resample.c). When it shrinks, it widens the triangle filter
-// by the scale factor (an antialiasing filter), computes the weights in double, rounds them to 22-bit
-// fixed point, filters rows first into an 8-bit image, then columns. Every one of those steps shows in
-// the last bit of some pixels, so each is done as Pillow does it.
+// Pillow's bilinear resampling (libImaging/Resample.c of Pillow 13, which requirements.txt pins). When it
+// shrinks, it widens the triangle filter by the scale factor (an antialiasing filter), computes the weights
+// in double, rounds them to 22-bit fixed point, and filters in two passes, rows and columns, with an 8-bit
+// image between them. Every one of those steps shows in the last bit of some pixels, so each is done as
+// Pillow does it, the order of the passes included.
 #include "resize.h"
 
 #include <algorithm>
@@ -106,7 +107,7 @@ void resample_vertically(const cv::Mat& in, const Coefficients& vertical, cv::Ma
   }
 }
 
-// The input pixels a pass reads, [begin, end): the first pass then filters only those rows.
+// The input pixels a pass reads, [begin, end): its first pass then filters only those rows or columns.
 cv::Range used(const Coefficients& c) { return cv::Range(c.first.front(), c.first.back() + c.count.back()); }
 
 // The same filter for an input that starts `by` pixels later.
@@ -114,17 +115,32 @@ void shift(Coefficients& c, int by) {
   for (int& first : c.first) first -= by;
 }
 
+// Pillow 13 filters columns first when the height loses more than twice as many pixels as the width
+// (python-pillow/Pillow#9549), counted on the whole image, not the box; else rows first.
+bool vertical_pass_first(const cv::Mat& image, int out_w, int out_h) {
+  const int rows_lost = image.rows - out_h;
+  return rows_lost > 0 && rows_lost > 2 * (image.cols - out_w);
+}
+
 }  // namespace
 
 cv::Mat pillow_bilinear(const cv::Mat& image, double x0, double y0, double x1, double y1, int out_w, int out_h) {
   Coefficients horizontal = bilinear_coefficients(image.cols, static_cast<float>(x0), static_cast<float>(x1), out_w);
   Coefficients vertical = bilinear_coefficients(image.rows, static_cast<float>(y0), static_cast<float>(y1), out_h);
-  const cv::Range rows = used(vertical);
-  cv::Mat between(rows.size(), out_w, CV_8UC3);
-  resample_horizontally(image.rowRange(rows), horizontal, between);
-  shift(vertical, rows.start);
   cv::Mat result(out_h, out_w, CV_8UC3);
-  resample_vertically(between, vertical, result);
+  if (vertical_pass_first(image, out_w, out_h)) {
+    const cv::Range columns = used(horizontal);
+    cv::Mat between(out_h, columns.size(), CV_8UC3);
+    resample_vertically(image.colRange(columns), vertical, between);
+    shift(horizontal, columns.start);
+    resample_horizontally(between, horizontal, result);
+  } else {
+    const cv::Range rows = used(vertical);
+    cv::Mat between(rows.size(), out_w, CV_8UC3);
+    resample_horizontally(image.rowRange(rows), horizontal, between);
+    shift(vertical, rows.start);
+    resample_vertically(between, vertical, result);
+  }
   return result;
 }
 
