@@ -53,8 +53,8 @@ model: $(VENV)/.installed
 model-ts: model
 	$(PY) -m model_tools trace --if-missing --optimize
 
-# The C++ client cpp/build/classify, and classify-bench (its measurement switches, for scripts/bench_cpp.py):
-# finds or installs libtorch, OpenCV, cmake and g++ (cpp/build.sh).
+# The C++ client cpp/build/classify, with classify-bench (its measurement switches, for scripts/bench_cpp.py) and
+# test_resize (its resampler against Pillow's): finds or installs libtorch, OpenCV, cmake and g++ (cpp/build.sh).
 cpp: model-ts
 	cpp/build.sh
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build cpp/build/classify and classify-bench (Release; CMakeLists.txt says what each is).
+# Build cpp/build/classify, classify-bench and test_resize (Release; CMakeLists.txt says what each is).
 # What `make cpp` runs; safe to run again (incremental).
 #
 #   LIBTORCH=/path/to/libtorch cpp/build.sh   use that libtorch (an unzipped download from pytorch.org)
@@ -65,4 +65,4 @@ fi
 
 cmake -S . -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE="$BUILD_TYPE" -DCMAKE_PREFIX_PATH="$libtorch" >/dev/null
 cmake --build "$BUILD_DIR" -j "$(nproc)"
-echo "built cpp/$BUILD_DIR/classify and classify-bench ($BUILD_TYPE, libtorch $libtorch)"
+echo "built cpp/$BUILD_DIR/classify, classify-bench and test_resize ($BUILD_TYPE, libtorch $libtorch)"

@@ -2,7 +2,8 @@
 //
 // The service computes torchvision's Resize(resize_size) + CenterCrop(input_size) by asking Pillow to
 // resample just the crop's box with its BILINEAR filter. Pillow's bilinear is not OpenCV's INTER_LINEAR
-// (resize.cpp says how), so pillow_bilinear is a port of Pillow's algorithm (libImaging/Resample.c).
+// (resize.cpp says how), so pillow_bilinear is a port of Pillow's algorithm (libImaging/Resample.c);
+// tests/integration/test_cpp_resize.py compares it with Pillow's own output.
 #pragma once
 
 #include <opencv2/core.hpp>
