@@ -38,10 +38,11 @@ redis-server:
 # What the tests drive besides our code: the demo page's browser, the compose file's validator,
 # openssl for the TLS test's certificate, faketime for workers whose clocks are off, nginx for PROXY=nginx,
 # redis-sentinel for the failover test, ip for the test whose hosts are network namespaces, kubectl to render
-# deploy/kubernetes/ (kustomize) and KEDA's schemas to validate its autoscaler with.
+# deploy/kubernetes/ (kustomize), KEDA's schemas to validate its autoscaler with, and clang-format to check cpp/'s
+# layout against cpp/.clang-format.
 test-tools:
 	@scripts/ensure-debian-package.sh /usr/bin/chromium chromium docker-compose docker-compose openssl openssl \
-		faketime faketime redis-sentinel redis-sentinel ip iproute2 kubectl kubernetes-client
+		faketime faketime redis-sentinel redis-sentinel ip iproute2 kubectl kubernetes-client clang-format clang-format
 	@scripts/ensure-nginx.sh
 	@scripts/ensure-keda-schema.sh
 
@@ -52,7 +53,8 @@ model: $(VENV)/.installed
 model-ts: model
 	$(PY) -m model_tools trace --if-missing --optimize
 
-# The C++ client cpp/build/classify: finds or installs libtorch, OpenCV, cmake and g++ (cpp/build.sh).
+# The C++ client cpp/build/classify, with classify-bench (its measurement switches, for scripts/bench_cpp.py) and
+# test_resize (its resampler against Pillow's): finds or installs libtorch, OpenCV, cmake and g++ (cpp/build.sh).
 cpp: model-ts
 	cpp/build.sh
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Build cpp/build/classify (Release). What `make cpp` runs; safe to run again (incremental).
+# Build cpp/build/classify, classify-bench and test_resize (Release; CMakeLists.txt says what each is).
+# What `make cpp` runs; safe to run again (incremental).
 #
 #   LIBTORCH=/path/to/libtorch cpp/build.sh   use that libtorch (an unzipped download from pytorch.org)
 #   cpp/build.sh                              unpack libtorch from the CPU wheel of torch 2.13.0 into cpp/libtorch
@@ -64,4 +65,4 @@ fi
 
 cmake -S . -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE="$BUILD_TYPE" -DCMAKE_PREFIX_PATH="$libtorch" >/dev/null
 cmake --build "$BUILD_DIR" -j "$(nproc)"
-echo "built cpp/$BUILD_DIR/classify ($BUILD_TYPE, libtorch $libtorch)"
+echo "built cpp/$BUILD_DIR/classify, classify-bench and test_resize ($BUILD_TYPE, libtorch $libtorch)"

@@ -10,7 +10,8 @@ keep freed memory in the heap (the C++ client by mallopt, Python by glibc's MALL
 variables) and, when --threads leaves a core free, decode the next batch on a second thread
 while the model runs, unless the row says otherwise. Runs are
 interleaved over --rounds rounds and the median is reported, because a shared CPU drifts;
-compare the ratios within one run. Needs `make cpp` first.
+compare the ratios within one run. The C++ runs use cpp/build/classify-bench, the client built with
+the switches that turn each of those settings off. Needs `make cpp` first.
 """
 
 from __future__ import annotations
@@ -29,12 +30,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-CLASSIFY = ROOT / "cpp" / "build" / "classify"
-DEBUG_CLASSIFY = ROOT / "cpp" / "build-debug" / "classify"
+CLASSIFY_BENCH = ROOT / "cpp" / "build" / "classify-bench"
+DEBUG_CLASSIFY_BENCH = ROOT / "cpp" / "build-debug" / "classify-bench"
 DEFAULT_TS = ROOT / "models" / "efficientnet_lite0.ts.pt"
 PHOTO_NAMES = ["chelsea.png", "coffee.png", "rocket.jpg", "astronaut.png", "hubble_deep_field.jpg",
                "motorcycle_left.png", "retina.jpg", "ihc.png"]
-# What cpp/classify does with mallopt() (see its run()): no mmap'ed blocks, no trimming of the heap.
+# What the C++ client does with mallopt() (keep_freed_memory in cpp/src/run.cpp): no mmap'ed blocks, no trimming.
 KEEP_MEMORY_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2**31 - 1)}
 
 
@@ -126,7 +127,7 @@ def measure(config: dict, folder: Path, model: Path) -> dict:
         flags += [] if config.get("warmup", True) else ["--no-warmup"]
         flags += {True: ["--overlap"], False: ["--no-overlap"], None: []}[config.get("overlap")]
         flags += [] if config.get("keep_memory", True) else ["--malloc-default"]
-        command = [str(config.get("binary", CLASSIFY)), "--json", "--model", str(model),
+        command = [str(config.get("binary", CLASSIFY_BENCH)), "--json", "--model", str(model),
                    "--batch", str(config["batch"]), "--threads", str(config["threads"]), *flags, str(folder)]
         completed = subprocess.run(command, capture_output=True, text=True, check=True)
         return json.loads(completed.stdout.splitlines()[-1])
@@ -186,7 +187,7 @@ def compare(args, folder: Path) -> None:
 
 def causes(args, folder: Path) -> None:
     """Each cause of a slow-looking libtorch program, switched on alone, against the good baseline."""
-    if not DEBUG_CLASSIFY.is_file():
+    if not DEBUG_CLASSIFY_BENCH.is_file():
         subprocess.run([str(ROOT / "cpp" / "build.sh")], check=True, env={
             **os.environ, "BUILD_TYPE": "Debug", "BUILD_DIR": "build-debug"}, stdout=subprocess.DEVNULL)
     base = {"kind": "cpp", "batch": args.batch, "threads": args.threads}
@@ -200,7 +201,7 @@ def causes(args, folder: Path) -> None:
         "NoGradGuard instead of InferenceMode": {**base, "flags": ["--grad-mode", "no-grad"]},
         "1 thread": {**base, "threads": 1},
         "4 threads on 2 cores": {**base, "threads": 4},
-        "Debug build of the client": {**base, "binary": DEBUG_CLASSIFY},
+        "Debug build of the client": {**base, "binary": DEBUG_CLASSIFY_BENCH},
         "batch 1": {**base, "batch": 1},
         "batch 1, autograd on, no warm-up": {**base, "batch": 1, "warmup": False, "flags": ["--grad-mode", "enabled"]},
     }
@@ -234,8 +235,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(python_run(config["kind"], config["model"], config["folder"], config["batch"],
                                     config["threads"], config["warmup"], config["overlap"])))
         return 0
-    if not CLASSIFY.is_file() or not args.model.is_file():
-        print("run `make cpp` first: it builds cpp/build/classify and the TorchScript model", file=sys.stderr)
+    if not CLASSIFY_BENCH.is_file() or not args.model.is_file():
+        print("run `make cpp` first: it builds cpp/build/classify-bench and the TorchScript model", file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory() as tmp:
         folder = make_photo_folder(Path(tmp), args.images)

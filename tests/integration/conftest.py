@@ -1,6 +1,9 @@
-"""Integration fixtures: real redis-server, real worker processes, real gunicorn, real HTTP."""
+"""Integration fixtures: real redis-server, real worker processes, real gunicorn, real HTTP; the C++ build."""
 
 from __future__ import annotations
+
+import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -8,6 +11,7 @@ from serving.config import Settings
 from stack.processes import Stack, free_port
 from tests.reference import assert_all_distinguishable, reference_top3, variants
 
+ROOT = Path(__file__).resolve().parents[2]
 DISTINCT_IMAGES = 20  # images_and_answers: each with its own reference answer, so a crossed answer shows
 
 
@@ -29,3 +33,15 @@ def images_and_answers():
     expected = reference_top3(images)
     assert_all_distinguishable(expected)
     return images, expected
+
+
+@pytest.fixture(scope="session")
+def cpp_build() -> Path:
+    """`make cpp`: the default TorchScript model, libtorch, OpenCV and cpp/'s Release build, in cpp/build.
+
+    Building is part of the tests: a missing compiler, libtorch or OpenCV is a failure, not a skip.
+    """
+    build = subprocess.run(["make", "cpp"], cwd=ROOT, capture_output=True, text=True, timeout=1800)
+    if build.returncode != 0:
+        pytest.fail(f"make cpp failed ({build.returncode}):\n{build.stdout[-3000:]}\n{build.stderr[-3000:]}")
+    return ROOT / "cpp" / "build"

@@ -1,6 +1,7 @@
-"""The C++ client (cpp/classify): built by `make cpp`, it agrees with the service and fails clearly.
+"""The C++ client (cpp/build/classify): built by `make cpp`, it agrees with the service and fails clearly.
 
-Building is part of the test: a missing compiler, libtorch or OpenCV is a failure, not a skip.
+Building is part of the test (the cpp_build fixture): a missing compiler, libtorch or OpenCV is a failure, not a skip.
+The measurement switches belong to cpp/build/classify-bench, the same client built with them.
 """
 
 import json
@@ -22,19 +23,20 @@ from tests.reference import COLOUR_PHOTOS, reference_top3
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
-CLASSIFY = ROOT / "cpp" / "build" / "classify"
 DEFAULT_TS = ROOT / "models" / "efficientnet_lite0.ts.pt"
 PNG_PHOTOS = [name for name in COLOUR_PHOTOS if name.endswith(".png")]
 
 
 @pytest.fixture(scope="module")
-def classify() -> Path:
-    """`make cpp`: the default TorchScript model, libtorch, OpenCV and the Release build."""
-    build = subprocess.run(["make", "cpp"], cwd=ROOT, capture_output=True, text=True, timeout=1800)
-    if build.returncode != 0:
-        pytest.fail(f"make cpp failed ({build.returncode}):\n{build.stdout[-3000:]}\n{build.stderr[-3000:]}")
-    assert CLASSIFY.is_file() and DEFAULT_TS.is_file()
-    return CLASSIFY
+def classify(cpp_build) -> Path:
+    assert (cpp_build / "classify").is_file() and DEFAULT_TS.is_file()
+    return cpp_build / "classify"
+
+
+@pytest.fixture(scope="module")
+def classify_bench(cpp_build) -> Path:
+    assert (cpp_build / "classify-bench").is_file()
+    return cpp_build / "classify-bench"
 
 
 @pytest.fixture(scope="module")
@@ -106,13 +108,34 @@ def test_batch_size_does_not_change_the_answers(classify, photo_folder):
         assert np.allclose([p["probability"] for p in one[name]], [p["probability"] for p in eight[name]], atol=1e-4)
 
 
-def test_overlapped_decoding_and_kept_memory_do_not_change_the_answers(classify, photo_folder):
-    fast, summary = results(run(classify, "--json", "--batch", 3, "--threads", 1, "--overlap", photo_folder))
-    plain, plain_summary = results(run(classify, "--json", "--batch", 3, "--threads", 1, "--no-overlap",
+def test_overlapped_decoding_and_kept_memory_do_not_change_the_answers(classify_bench, photo_folder):
+    fast, summary = results(run(classify_bench, "--json", "--batch", 3, "--threads", 1, "--overlap", photo_folder))
+    plain, plain_summary = results(run(classify_bench, "--json", "--batch", 3, "--threads", 1, "--no-overlap",
                                        "--malloc-default", photo_folder))
     assert summary["overlap"] is True and plain_summary["overlap"] is False
     assert list(fast) == list(plain) == sorted(COLOUR_PHOTOS)
     assert fast == plain  # same batches, same kernels: identical probabilities
+
+
+MEASUREMENT_SWITCHES = [["--no-warmup"], ["--grad-mode", "no-grad"], ["--overlap"], ["--no-overlap"],
+                        ["--malloc-default"], ["--resize", "opencv"]]
+
+
+@pytest.mark.parametrize("switch", MEASUREMENT_SWITCHES, ids=lambda switch: switch[0])
+def test_the_measurement_switches_are_classify_benchs_not_classifys(classify, classify_bench, tmp_path, switch):
+    completed = run(classify, *switch, tmp_path)
+    assert completed.returncode == 2 and f"unknown option {switch[0]}" in completed.stderr
+    assert switch[0] not in run(classify, "--help").stdout
+    assert switch[0] in run(classify_bench, "--help").stdout
+
+
+def test_classify_bench_runs_with_the_measurement_switches(classify_bench, photo_folder):
+    completed = run(classify_bench, "--json", "--no-warmup", "--grad-mode", "enabled", "--resize", "opencv",
+                    photo_folder)
+    assert completed.returncode == 0, completed.stderr
+    predictions, summary = results(completed)
+    assert list(predictions) == sorted(COLOUR_PHOTOS) and summary["warmup_ms"] == []
+    assert predictions["coffee.png"][0]["label"] == "espresso"
 
 
 def test_the_text_output_names_each_image_and_its_labels(classify, photo_folder):

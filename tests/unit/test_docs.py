@@ -30,7 +30,7 @@ def anchor(heading: str) -> str:
 def tracked_code_files() -> list[Path]:
     names = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
     return [ROOT / name for name in names if ROOT / name != Path(__file__)
-            and Path(name).suffix in {".py", ".cpp", ".sh", ".yml", ".toml"} or Path(name).name in {"Makefile",
+            and Path(name).suffix in {".py", ".cpp", ".h", ".sh", ".yml", ".toml"} or Path(name).name in {"Makefile",
                                                                                                    "Dockerfile"}]
 
 
