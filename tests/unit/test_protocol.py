@@ -55,6 +55,7 @@ def test_the_job_id_a_message_starts_with_is_read_without_decoding_it():
     assert protocol.leading_job_id(b'{"shape": [1], "id": "abc123"}') is None
     assert protocol.leading_job_id(b'{"id": "", "shape": [1]}') is None
     assert protocol.leading_job_id(b'{"id": "a\\"b"}') is None
+    assert protocol.leading_job_id(b'{"id": "a\xffb", "shape": [1]}') == "a\ufffdb"  # never an error
 
 
 def tampered(**changes) -> bytes:
@@ -78,6 +79,48 @@ def test_malformed_messages_raise_with_the_job_id_when_readable(raw, job_id):
     with pytest.raises(MalformedMessage) as caught:
         protocol.decode_request(raw)
     assert caught.value.job_id == job_id
+
+
+def message_with(**changes) -> bytes:
+    """A message as encode_request lays it out (image last), with some fields changed."""
+    fields = json.loads(protocol.encode_request(make_request((1, 2, 3))))
+    image = fields.pop("image")
+    fields.update(changes)
+    image = fields.pop("image", image)
+    return json.dumps({**fields, "image": image}).encode()
+
+
+@pytest.mark.parametrize("raw, reason", [
+    (b"\x80", "not JSON: UnicodeDecodeError: 'utf-8' codec can't decode byte 0x80 in position 0: invalid start byte"),
+    (b"[1, 2]", "not a JSON object"),
+    (message_with(id=5), "no job id"),
+    (message_with(id=""), "no job id"),
+    (message_with(dtype="f" * 60), f"ValueError: dtype {'f' * 50!r}, expected 'uint8'"),
+    (message_with(shape=[1, 2, 4]), "ValueError: shape [1, 2, 4], expected [height, width, 3]"),
+    (message_with(shape=[2, 1, 1, 3, 9]), "ValueError: shape [2, 1, 1, 3], expected [height, width, 3]"),
+    (message_with(shape=[0, 2, 3], image=""), "ValueError: shape [0, 2, 3], expected [height, width, 3]"),
+    (message_with(shape=[2, 2, 3]), "ValueError: 6 pixel bytes for shape [2, 2, 3]"),
+    (message_with(enqueued_at="x" * 300), "ValueError: " + f"could not convert string to float: {'x' * 300!r}"[:200]),
+    (protocol.encode_request(make_request((1, 2, 3))) + b" ", "missing field 'image'"),
+])
+def test_each_malformed_message_says_what_is_wrong_with_it(raw, reason):
+    with pytest.raises(MalformedMessage) as caught:
+        protocol.decode_request(raw)
+    assert str(caught.value) == reason
+
+
+def test_an_image_that_is_not_strict_base64_is_malformed():
+    """pybase64 would otherwise skip the stray characters and decode what is left."""
+    assert protocol.decode_request(message_with(image="AAAAAAAA")).pixels.shape == (1, 2, 3)
+    with pytest.raises(MalformedMessage, match="Non-base64 digit found"):
+        protocol.decode_request(message_with(image="AAAA*AAAA"))
+
+
+def test_the_smallest_image_and_a_non_square_one_decode():
+    for shape in [(1, 1, 3), (2, 3, 3)]:
+        pixels = np.arange(np.prod(shape), dtype=np.uint8).reshape(shape)
+        decoded = protocol.decode_request(protocol.encode_request(InferenceRequest("r", pixels, 1.0, 2.0)))
+        np.testing.assert_array_equal(decoded.pixels, pixels)
 
 
 def test_a_malformed_message_says_what_is_wrong_with_it():
@@ -106,6 +149,19 @@ def test_every_key_of_a_queue_lies_in_one_cluster_slot_and_results_are_per_reque
     assert {key_slot(name.encode()) for name in names} == {key_slot(b"svc:resnet50@v3")}  # the tag decides
     assert len(set(names)) == len(names)
     assert keys.result("r1") != keys.result("r2")
+
+
+def test_the_fleets_keys_lie_under_the_prefix_alone():
+    fleet = protocol.FleetKeys("svc")
+    assert (fleet.models, fleet.routes("resnet50")) == ("{svc}:models", "{svc}:routes:resnet50")
+
+
+def test_model_ages_are_each_models_own(fake_redis):
+    now = float(fake_redis.time()[0])
+    fake_redis.zadd(protocol.FleetKeys("svc").models, {"a@1": now - 10, "b@2": now - 1})
+    ages = protocol.model_ages(fake_redis, protocol.FleetKeys("svc"))
+    assert sorted(ages) == ["a@1", "b@2"]
+    assert ages["a@1"] == pytest.approx(10, abs=1.5) and ages["b@2"] == pytest.approx(1, abs=1.5)
 
 
 def test_results_carry_success_or_a_coded_error():

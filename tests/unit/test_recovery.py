@@ -76,8 +76,18 @@ def test_a_request_whose_workers_keep_dying_is_answered_with_an_error(fake_redis
     answer = protocol.decode_result(fake_redis.lpop(KEYS.result("poison")))
     expected_shape = protocol.decode_result(protocol.encode_failure("poison", protocol.ATTEMPTS_EXHAUSTED, "x"))
     assert answer.keys() == expected_shape.keys() and answer["error"].keys() == expected_shape["error"].keys()
-    assert answer["success"] is False and answer["error"]["code"] == "attempts_exhausted"
+    assert answer["id"] == "poison" and answer["success"] is False and answer["error"]["code"] == "attempts_exhausted"
     assert "died 3 times" in answer["error"]["message"]
+
+
+def test_every_exhausted_request_is_answered_in_one_pass(fake_redis):
+    for job_id in ("p1", "p2", "p3"):
+        failed_before(fake_redis, job_id, 2)
+    holding(fake_redis, "dead", request("p1"), request("p2"), request("p3"), heartbeat_age=TIMEOUT + 1)
+    assert reaper(fake_redis).return_unfinished("dead", True, 3) == (0, 3)
+    assert reaper(fake_redis).answer_exhausted(3, 30) == 3
+    assert all(fake_redis.exists(KEYS.result(job_id)) for job_id in ("p1", "p2", "p3"))
+    assert not fake_redis.exists(KEYS.attempts)
 
 
 def test_an_exhausted_answer_expires_if_nobody_reads_it(fake_redis):

@@ -41,7 +41,7 @@ def test_each_request_in_a_batch_gets_its_own_top_k(worker):
     worker.process([message("r1", "red"), message("r2", "blue"), message("r3", "green")])
     for job_id, colour in [("r1", "red"), ("r2", "blue"), ("r3", "green")]:
         answer = result(worker, job_id)
-        assert answer["success"] is True and answer["model"] == "tiny"
+        assert answer["success"] is True and (answer["model"], answer["version"]) == ("tiny", SETTINGS.model_version)
         predictions = answer["predictions"]
         assert len(predictions) == 2
         assert predictions[0]["label"] == colour
@@ -121,6 +121,18 @@ def test_the_last_worker_of_a_version_serves_its_queue_before_it_stops(worker, o
     answered = [job_id for job_id in (f"r{i}" for i in range(12)) if result(worker, job_id)]
     assert (len(answered), worker.client.llen(KEYS.queue)) == ((0, 12) if others_stay else (12, 0))
     assert not worker.client.sismember(KEYS.stopping, "w1")
+
+
+def test_the_last_worker_stops_once_its_queue_is_empty_not_at_the_request_timeout(fake_redis):
+    worker = Worker(fake_redis, tiny_classifier(), Settings(key_prefix="t", request_timeout=60), worker_id="w1")
+    worker.heartbeat()
+    fake_redis.lpush(KEYS.queue, message("last"))
+    stop = threading.Event()
+    stop.set()
+    started = time.monotonic()
+    assert worker.run(stop)
+    assert result(worker, "last")["success"] is True
+    assert time.monotonic() - started < 30  # well short of the 60 s it may take with work still queued
 
 
 def test_the_workers_redis_reads_outlast_its_blocking_take_whatever_the_worker_timeout():
