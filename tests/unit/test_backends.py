@@ -14,6 +14,7 @@ from engines.choose import CPU_PREFERENCE, engine_for_checkpoint, installed, ope
 from engines.verify import ExportMismatch
 from model_tools import export
 from model_tools.checkpoints import is_serving_torchscript, is_torchscript_file, load_model, save_state_dict
+from scripts.loadtest import SAMPLE_PHOTOS  # the photos the benchmarks send
 from serving.config import Settings
 from serving.preprocess import prepare
 from tests.images import PHOTOS
@@ -23,7 +24,6 @@ from worker.inference import Classifier
 
 CPU = torch.device("cpu")
 ENGINES = ("torch", "torchscript", "onnxruntime", "openvino")
-SAMPLE_PHOTOS = ("chelsea.png", "coffee.png", "rocket.jpg", "astronaut.png", "motorcycle_left.png")
 
 
 @pytest.fixture(scope="module")
