@@ -5,6 +5,7 @@ import time
 
 import fakeredis
 import pytest
+import redis
 
 from serving.protocol import Keys
 from worker.queue import WorkerQueue
@@ -49,6 +50,45 @@ def test_two_workers_never_share_or_lose_a_message(client):
     while batch := take(client, worker=f"w{len(taken) % 2}", max_size=3):
         taken.extend(batch)
     assert taken == messages
+
+
+class OtherWorkerBetweenCommands:
+    """A client after each of whose round trips another worker takes a batch: the worst interleaving, every time.
+
+    A take must be atomic at each step for two workers to never share a message; a take that reads and then
+    trims in two steps (the seed's LRANGE + LTRIM) hands the same messages to both here, deterministically.
+    """
+
+    def __init__(self, client, other_worker_takes):
+        self._client, self._other_worker_takes = client, other_worker_takes
+
+    def __getattr__(self, name):
+        attribute = getattr(self._client, name)
+        if name == "pipeline":
+            return lambda *args, **kwargs: OtherWorkerBetweenCommands(attribute(*args, **kwargs),
+                                                                      self._other_worker_takes)
+        in_pipeline = isinstance(self._client, redis.client.Pipeline)  # commands are only queued until execute()
+        if not callable(attribute) or in_pipeline and name != "execute":
+            return attribute
+
+        def then_the_other_worker(*args, **kwargs):
+            result = attribute(*args, **kwargs)
+            self._other_worker_takes()
+            return result
+        return then_the_other_worker
+
+
+def test_a_take_interleaved_with_another_workers_at_every_round_trip_shares_no_message(client):
+    messages = [f"m{i}".encode() for i in range(40)]
+    enqueue(client, *messages)
+    taken_by_other: list[bytes] = []
+    other_worker = lambda: taken_by_other.extend(take(client, worker="other", max_size=2))  # noqa: E731
+    interleaved = OtherWorkerBetweenCommands(client, other_worker)
+    taken = []
+    while batch := take(interleaved, worker="w1", max_size=3):
+        taken.extend(batch)
+    assert sorted(taken + taken_by_other) == sorted(messages)  # each exactly once
+    assert taken and taken_by_other
 
 
 def test_waits_briefly_for_more_when_asked(client):
