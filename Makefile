@@ -9,9 +9,11 @@ run: setup
 	@if [ "$(PROXY)" = nginx ]; then scripts/ensure-nginx.sh; fi
 	$(PY) -m stack
 
+# Test files run in parallel, one process per core (at most 4; pytest-xdist): the suite waits on real processes
+# about half the time, so on this 2-core VM two at once take 5 minutes where one after another takes 7.
 test: setup test-tools
 	$(PY) -m ruff check .
-	$(PY) -m pytest
+	$(PY) -m pytest -n auto --maxprocesses 4 --dist loadfile
 
 # Model and pipeline ceilings, then the service at saturation, half load and unloaded: one markdown table.
 bench: setup

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import subprocess
 from pathlib import Path
 
@@ -41,7 +42,10 @@ def cpp_build() -> Path:
 
     Building is part of the tests: a missing compiler, libtorch or OpenCV is a failure, not a skip.
     """
-    build = subprocess.run(["make", "cpp"], cwd=ROOT, capture_output=True, text=True, timeout=1800)
+    # `make test` runs test files in parallel (pytest-xdist): one build at a time, the others find it done.
+    with open(ROOT / "cpp" / "build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        build = subprocess.run(["make", "cpp"], cwd=ROOT, capture_output=True, text=True, timeout=1800)
     if build.returncode != 0:
         pytest.fail(f"make cpp failed ({build.returncode}):\n{build.stdout[-3000:]}\n{build.stderr[-3000:]}")
     return ROOT / "cpp" / "build"
