@@ -73,6 +73,10 @@ def kill_a_worker_and_await_its_replacement(launcher: subprocess.Popen) -> int:
     before = worker_pids(launcher)
     os.kill(min(before), signal.SIGKILL)
     wait_for_line(launcher, "started a new worker")
+    # Between fork and exec the new child still reads as `python -m stack` in /proc: wait for its exec.
+    give_up_at = time.monotonic() + 30
+    while not worker_pids(launcher) - before and time.monotonic() < give_up_at:
+        time.sleep(0.05)
     [replacement] = worker_pids(launcher) - before
     wait_for_line(launcher, f"-{replacement}-")  # its id carries its pid: "worker=<host>-<pid>-... ready"
     return replacement
