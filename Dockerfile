@@ -31,10 +31,11 @@ COPY worker/ worker/
 
 # Not root; the code and the model stay read-only to the service. Verified engine exports go to a cache
 # the service may write (a volume in docker-compose.yml, so restarts and scaled workers share it).
-RUN useradd --system --no-create-home --shell /usr/sbin/nologin imgcls \
+# USER is a number: Kubernetes' runAsNonRoot can only check a numeric user (deploy/kubernetes/).
+RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin imgcls \
  && mkdir -p /var/cache/imgcls && chown imgcls /var/cache/imgcls
 ENV ENGINE_CACHE_DIR=/var/cache/imgcls
-USER imgcls
+USER 10001
 
 ENV HOST=0.0.0.0 PORT=5000
 EXPOSE 5000

@@ -284,3 +284,12 @@ def test_a_disruption_lets_one_pod_of_each_program_go_at_a_time_and_leaves_one()
         assert not selects(budget["selector"]["matchLabels"], other)
     assert find("HorizontalPodAutoscaler", API)["spec"]["minReplicas"] >= 2
     assert find("ScaledObject", WORKER)["spec"]["minReplicaCount"] >= 2
+
+
+def test_both_programs_run_as_the_images_numeric_user_which_kubernetes_checks_is_not_root():
+    (user,) = [line.split()[1] for line in (ROOT / "Dockerfile").read_text().splitlines() if line.startswith("USER ")]
+    # runAsNonRoot refuses to start an image whose USER is a name: the kubelet cannot tell a name is not root.
+    assert user.isdigit() and int(user) != 0
+    for deployment in (API, WORKER):
+        assert pod_spec(deployment)["securityContext"]["runAsNonRoot"] is True
+        assert container(deployment)["securityContext"]["allowPrivilegeEscalation"] is False
