@@ -171,8 +171,8 @@ def clock_off_by(offset: str) -> dict[str, str]:
     FAKETIME_FORCE_MONOTONIC_FIX=0: libfaketime 0.9.10 turns on by default, for this glibc, a rewrite of
     pthread_cond_timedwait that makes a threaded Python's timed waits (its GIL hand-over, Event.wait)
     late; under load a faked worker then stalled for 4-6 s and was rightly reaped as dead (1 run of 12
-    beside a busy core). The longest pause between a faked worker's batches under load: 1.1-4.3 s with
-    that rewrite, 0.4-0.6 s without it, as without libfaketime.
+    beside a busy core). The longest pause between a faked worker's batches in a 40 s run under load: 1.3-4.3 s with
+    that rewrite, 0.46-0.55 s without it, 0.51 s without libfaketime.
     """
     library = subprocess.run(["dpkg", "-L", "libfaketime"], capture_output=True, text=True, check=True).stdout
     preload = next(line for line in library.split() if line.endswith("/libfaketime.so.1"))
