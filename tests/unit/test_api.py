@@ -14,7 +14,7 @@ from app import create_app
 from serving import protocol
 from serving.config import Settings
 from serving.preprocess import prepare
-from tests.images import PHOTOS, encode, photo_bytes
+from tests.images import MULTIPART_CONTENT_TYPE, PHOTOS, encode, photo_bytes, upload_of_size
 from tests.unit.fake_api import KEYS, MODEL, SETTINGS, TABBY, answer_next_request, heartbeat, post_image, success
 
 
@@ -104,6 +104,17 @@ def test_every_accepted_format_is_classified(client, fake_redis, format):
 
 def test_upload_over_the_size_limit_is_413(client):
     assert_error(post_image(client, b"\0" * (SETTINGS.max_upload_bytes + 1)), 413, "request_entity_too_large")
+
+
+@pytest.mark.parametrize("server_terminates_input", [False, True])  # gunicorn sets wsgi.input_terminated
+def test_a_body_of_exactly_the_size_limit_is_read_and_one_byte_more_is_413(client, server_terminates_input):
+    """The limit nginx enforces in front (client_max_body_size in bytes): over it is 413, at it is not."""
+    def post_body_of(size: int):
+        return client.post("/predict", data=upload_of_size(size), content_type=MULTIPART_CONTENT_TYPE,
+                           environ_overrides={"wsgi.input_terminated": True} if server_terminates_input else {})
+
+    assert_error(post_body_of(SETTINGS.max_upload_bytes), 400, "invalid_image")  # read whole: not an image
+    assert_error(post_body_of(SETTINGS.max_upload_bytes + 1), 413, "request_entity_too_large")
 
 
 @pytest.mark.parametrize("method", ["GET", "HEAD", "PUT", "PATCH", "DELETE", "OPTIONS"])

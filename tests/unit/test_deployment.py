@@ -72,7 +72,7 @@ def test_only_the_proxy_is_published_and_it_forwards_to_the_api_as_make_run_does
     proxy = SERVICES["proxy"]
     assert proxy["environment"]["API_UPSTREAM"] == f"api:{api.port}"
     assert any(port.endswith(f":{proxy['environment']['LISTEN']}") for port in proxy["ports"])
-    assert float(proxy["environment"]["MAX_UPLOAD_MB"]) == api.max_upload_mb
+    assert int(proxy["environment"]["MAX_UPLOAD_BYTES"]) == api.max_upload_bytes  # nginx and the API, to the byte
     assert float(proxy["environment"]["PROXY_READ_TIMEOUT"].rstrip("s")) > api.request_timeout
     template = (ROOT / "deploy" / "nginx" / "imgcls.conf.template").read_text()
     (mounted,) = proxy["volumes"]
