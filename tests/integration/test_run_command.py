@@ -18,7 +18,7 @@ from PIL import Image
 
 from stack.processes import REPO_ROOT, STOP_GRACE_SECONDS, free_port
 from tests.images import CAT_LABELS, encode, photo_bytes
-from tests.integration.client import post_image
+from tests.integration.client import post_image, wait_until
 from tests.integration.standins import DiesOnWhite
 from tests.model_files import save_classic
 
@@ -148,6 +148,30 @@ def test_a_poison_image_fails_alone_and_the_launcher_keeps_serving(tmp_path):
         assert launcher.poll() is None, "".join(output)
         assert post_image(url, others[0], timeout=60).status_code == 200  # still serving
         assert any("in 1s" in line for line in output)  # the second death in a row waited before its restart
+    finally:
+        launcher.send_signal(signal.SIGINT)
+        launcher.wait(timeout=60)
+
+
+def test_a_worker_stopped_while_it_starts_is_retired_not_restarted():
+    """SIGTERM to the worker the launcher started after a crash, while that one loads: it exits 0 at once, which
+    the launcher takes for a stop on purpose, not for one more crash to restart."""
+    launcher = start_launcher(free_port(), WORKERS="1")
+    output: list[str] = []
+    try:
+        wait_for_line(launcher, "listening on")
+        threading.Thread(target=lambda: output.extend(launcher.stdout), daemon=True).start()  # never a full pipe
+        [crashed] = worker_pids(launcher)
+        os.kill(crashed, signal.SIGKILL)
+        [replacement] = wait_until(lambda: worker_pids(launcher) - {crashed}, 30, what="the replacement's exec")
+        wait_until(lambda: any("loading model_path=" in line for line in output), 60, what="the replacement loading")
+        os.kill(replacement, signal.SIGTERM)
+        wait_until(lambda: any("worker0 stopped on purpose (exit 0); not replaced" in line for line in output), 30,
+                   what="the launcher retiring it")
+        time.sleep(2)  # a crashed worker's replacement would start at once, or 1 s later the second time
+        assert worker_pids(launcher) == set()
+        assert sum("started a new worker" in line for line in output) == 1, "".join(output)
+        assert any("stopped by SIGTERM while starting" in line for line in output)
     finally:
         launcher.send_signal(signal.SIGINT)
         launcher.wait(timeout=60)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -15,6 +16,8 @@ from tests.images import photo_bytes
 from tests.integration.client import post_image, wait_until
 from tests.integration.conftest import stack_settings
 from tests.integration.faults import freeze_while_holding_work, keys_of
+from tests.integration.standins import SlowToLoad
+from tests.model_files import save_classic
 
 pytestmark = pytest.mark.integration
 
@@ -72,3 +75,25 @@ def test_sigterm_lets_the_api_finish_requests_in_flight(one_worker_stack):
         os.kill(worker.pid, signal.SIGCONT)
     assert [r.status_code for r in responses] == [200] * 3
     assert api.wait(timeout=30) == 0
+
+
+@pytest.mark.parametrize("moment", ["loading model_path=", SlowToLoad.UNPICKLING])  # importing torch; in torch.load
+def test_sigterm_while_the_worker_starts_ends_it_at_once_with_exit_zero(tmp_path, moment):
+    """Not a crash: nothing was taken yet, and a launcher restarts a worker that exits non-zero."""
+    model = save_classic(SlowToLoad(seconds=300).eval(), tmp_path / "slow_to_load.pth")
+    stack = Stack(stack_settings(model_path=str(model), model_trusted=True, backend="torch"), workers=0,
+                  log_dir=tmp_path / "logs")
+    try:
+        stack.start_redis()
+        worker = stack.start_worker()
+        log = stack.log_path("worker0")
+        wait_until(lambda: moment in log.read_text(), 120, what=repr(moment))
+        signalled = time.monotonic()
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=30) == 0
+        print(f"exited {time.monotonic() - signalled:.2f} s after SIGTERM at {moment!r}")
+        assert time.monotonic() - signalled < 5  # not the 300 s the load would take
+        assert "stopped by SIGTERM while starting" in log.read_text()
+        assert stack.redis().keys("*") == []  # it announced nothing
+    finally:
+        stack.stop()
