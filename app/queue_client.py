@@ -76,8 +76,12 @@ class InferenceQueue:
         return self.await_result(request.job_id, deadline)
 
     def enqueue(self, message: bytes) -> None:
-        """Queue one message, or raise QueueFull when MAX_QUEUE are waiting (checked and pushed atomically)."""
-        if self.client.eval(protocol.ENQUEUE, 1, self.keys.queue, self.max_queue, message) < 0:
+        """Queue one message; NoWorker once the version's last worker has closed it (since admission, perhaps),
+        QueueFull when MAX_QUEUE are waiting. Checked and pushed atomically."""
+        outcome = self.client.eval(protocol.ENQUEUE, 2, self.keys.queue, self.keys.model, self.max_queue, message)
+        if outcome == protocol.ENQUEUE_NO_WORKER:
+            raise NoWorker()
+        if outcome == protocol.ENQUEUE_FULL:
             raise QueueFull(self.max_queue)
 
     def await_result(self, job_id: str, deadline: float) -> dict:

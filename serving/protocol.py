@@ -3,7 +3,7 @@
 Nothing outside this module spells a key or a message field.
 
 Flow of one request (`{prefix}` here is short for a model version's hash tag, `{KEY_PREFIX:name@version}`):
-  API:    LPUSH {prefix}:queue <request JSON>   (ENQUEUE: unless MAX_QUEUE are waiting)
+  API:    LPUSH {prefix}:queue <request JSON>   (ENQUEUE: while the version is served, unless MAX_QUEUE wait)
   worker: LMOVE {prefix}:retry -> {prefix}:processing:<worker id>    (one retried message alone, if any)
           else BLMOVE {prefix}:queue -> {prefix}:processing:<worker id>   (atomic take of a batch)
   worker: LPUSH {prefix}:result:<job id> <result JSON>, EXPIRE it,
@@ -128,7 +128,7 @@ class FleetKeys:
 
     @property
     def models(self) -> str:
-        """Sorted set: model id -> Redis time of the last heartbeat of any of its workers."""
+        """Sorted set: model id -> Redis time of the last heartbeat of any of its workers (0: its last one left)."""
         return "{" + self.prefix + "}:models"
 
     def routes(self, name: str) -> str:
@@ -268,10 +268,14 @@ def decode_result(raw: bytes) -> dict:
     return json.loads(raw)
 
 
-# Queue one message unless MAX_QUEUE are already waiting: check and push in one step, so concurrent
-# API threads cannot overshoot the limit. KEYS: queue. ARGV: max queued, message. Returns the new
-# depth, or -1 when full.
+# Queue one message while the version is served and fewer than MAX_QUEUE are waiting: checked and pushed
+# in one step, so concurrent API threads cannot overshoot the limit, and nothing is queued once the last
+# worker of the version has closed it (STOPPING deletes the model key before that worker drains the
+# queue, so the queue it finds empty stays empty). KEYS: queue, model key. ARGV: max queued, message.
+# Returns the new depth, or ENQUEUE_FULL, or ENQUEUE_NO_WORKER.
+ENQUEUE_FULL, ENQUEUE_NO_WORKER = -1, -2
 ENQUEUE = """
+if redis.call('EXISTS', KEYS[2]) == 0 then return -2 end
 if redis.call('LLEN', KEYS[1]) >= tonumber(ARGV[1]) then return -1 end
 return redis.call('LPUSH', KEYS[1], ARGV[2])
 """
@@ -284,13 +288,16 @@ ADMISSION = "return {redis.call('GET', KEYS[1]), redis.call('LLEN', KEYS[2]), re
 # Redis's clock in seconds, as the scripts below read it.
 _NOW = "local clock = redis.call('TIME'); local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000\n"
 
-# A worker's heartbeat: the model description with its TTL, and the worker's score at Redis's time.
-# KEYS: model key, workers set. ARGV: worker id, model description (JSON), TTL in ms.
-# Returns Redis's time as a string (a Lua number would be cut to an integer), for the worker's RedisClock.
+# A worker's heartbeat: its score at Redis's time and, unless it is stopping, the model description with
+# its TTL (a stopping worker serves only what is already queued; the last one of a version has deleted the
+# description, and its heartbeats must not bring it back: STOPPING). KEYS: model key, workers set, stopping
+# set. ARGV: worker id, model description (JSON), TTL in ms. Returns {Redis's time as a string (a Lua number
+# would be cut to an integer), for the worker's RedisClock; 1 if it announced the model, else 0}.
 HEARTBEAT = _NOW + """
-redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 redis.call('ZADD', KEYS[2], now, ARGV[1])
-return tostring(now)
+if redis.call('SISMEMBER', KEYS[3], ARGV[1]) == 1 then return {tostring(now), 0} end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+return {tostring(now), 1}
 """
 
 # Workers whose last heartbeat is at most ARGV[1] seconds old by Redis's clock. KEYS: workers set.
@@ -308,6 +315,16 @@ def count_live_workers(client, keys: Keys, worker_timeout: float):
 # A worker's entry in the fleet's registry of model versions, at the registry's own clock (on a Redis
 # Cluster it may sit on another node than the version's queue). KEYS: models set. ARGV: model id.
 REGISTER_MODEL = _NOW + "redis.call('ZADD', KEYS[1], now, ARGV[1])"
+
+def retire_model(client, fleet: FleetKeys, model: str) -> None:
+    """Have the registry count a model version as not live from now on: its last worker has left cleanly.
+
+    Its entry stays, at time 0, so that the version is still known (a request pinned to it gets no_worker, not
+    unknown_model). A worker of the version whose heartbeat lands just before this is counted live again at
+    its next one, a heartbeat period later.
+    """
+    client.zadd(fleet.models, {model: 0}, xx=True)
+
 
 # Every model version the registry knows, with the age of its last heartbeat by Redis's clock:
 # {id, age in seconds (as a string), id, age, ...}. KEYS: models set.
@@ -329,13 +346,17 @@ def model_ages(client, fleet: FleetKeys) -> dict[str, float]:
 
 
 # Mark a worker as stopping and count the live workers of its version that are not: the workers that
-# will go on serving its queue. KEYS: workers set, stopping set. ARGV: worker id, worker timeout in s.
+# will go on serving its queue. With none, the version closes in the same step: its model description
+# goes, so the API answers no_worker at once (ADMISSION) and queues nothing more (ENQUEUE), and what the
+# last worker then drains is all there is. A worker of the version that starts later announces it again.
+# KEYS: workers set, stopping set, model key. ARGV: worker id, worker timeout in s.
 STOPPING = _NOW + """
 redis.call('SADD', KEYS[2], ARGV[1])
 local staying = 0
 for _, worker in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], now - tonumber(ARGV[2]), '+inf')) do
   if redis.call('SISMEMBER', KEYS[2], worker) == 0 then staying = staying + 1 end
 end
+if staying == 0 then redis.call('DEL', KEYS[3]) end
 return staying
 """
 

@@ -91,7 +91,10 @@ class Worker:
         A version's queue is served by its own workers only: handed back by the last of them, its
         messages would wait for nobody and their clients would get 504, which is what a rollout that
         routes a name to a new version and then stops the old one's workers must not do. Workers
-        stopping together all count as leaving (the stopping set), so each drains. Bounded by
+        stopping together all count as leaving (the stopping set), so each drains. The last one closes
+        the version as it says so (STOPPING): from then on the API answers 503 no_worker at once and
+        queues nothing more, so the queue it empties stays empty, and no request sent after it left
+        waits for an answer that cannot come. Bounded by
         REQUEST_TIMEOUT: after that every client still waiting has had its answer or its 504. A Redis
         error ends it too: what is queued stays in Redis for the version's next worker, and a worker
         whose Redis has gone (the whole stack stopping) does not wait for it.

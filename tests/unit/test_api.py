@@ -11,11 +11,13 @@ import pytest
 from PIL import Image
 
 from app import create_app
+from app.queue_client import InferenceQueue
 from serving import protocol
 from serving.config import Settings
 from serving.preprocess import prepare
 from tests.images import MULTIPART_CONTENT_TYPE, PHOTOS, encode, photo_bytes, upload_of_size
 from tests.unit.fake_api import KEYS, MODEL, SETTINGS, TABBY, answer_next_request, heartbeat, post_image, success
+from worker.queue import WorkerQueue
 
 
 def assert_error(response, status, code):
@@ -133,6 +135,23 @@ def test_no_announced_worker_is_503_at_once(client):
     response = post_image(client, photo_bytes("chelsea.png"))
     assert_error(response, 503, "no_worker")
     assert response.headers["Retry-After"] == "1"
+
+
+def test_a_request_admitted_as_the_last_worker_leaves_is_503_at_once_and_never_queued(client, fake_redis,
+                                                                                       monkeypatch):
+    """Admission saw the worker; between it and the push, the version's last worker closed the version. The push
+    checks again, atomically, so no message waits in a queue that nobody will serve."""
+    heartbeat(fake_redis)
+    admit = InferenceQueue.admit
+
+    def admitted_then_the_last_worker_stops(queue):
+        model = admit(queue)
+        assert WorkerQueue(fake_redis, KEYS, "w1").announce_stopping(SETTINGS.worker_timeout) == 0
+        return model
+
+    monkeypatch.setattr(InferenceQueue, "admit", admitted_then_the_last_worker_stops)
+    assert_error(post_image(client, photo_bytes("chelsea.png")), 503, "no_worker")
+    assert fake_redis.llen(KEYS.queue) == 0
 
 
 def test_no_answer_before_the_deadline_is_504(client, fake_redis):
