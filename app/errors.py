@@ -19,6 +19,11 @@ log = logging.getLogger("api")
 _IMAGE_ERROR_STATUS = {"image_too_large": 413, "unsupported_format": 415}  # any other ImageError: 400
 
 
+def image_error_status(code: str) -> int:
+    """The HTTP status of an image that cannot be classified for this ImageError code."""
+    return _IMAGE_ERROR_STATUS.get(code, 400)
+
+
 RETRY_AFTER_SECONDS = 1  # told to clients on every 503: the conditions behind it pass quickly or not at all
 
 
@@ -45,7 +50,7 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(ImageError)
     def image_error(exc: ImageError):
-        return error_response(_IMAGE_ERROR_STATUS.get(exc.code, 400), exc.code, str(exc))
+        return error_response(image_error_status(exc.code), exc.code, str(exc))
 
     @app.errorhandler(UnknownModel)
     def unknown_model(exc: UnknownModel):
