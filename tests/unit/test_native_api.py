@@ -1,6 +1,7 @@
 """The native API's forms, against fakeredis: several images, JSON and raw bodies, a per-request top_k."""
 
 import base64
+import dataclasses
 import io
 import json
 
@@ -17,6 +18,18 @@ from tests.unit.test_api import assert_error
 
 PREDICTIONS = [{"index": 0, "label": "cat", "probability": 0.5}, {"index": 1, "label": "dog", "probability": 0.3},
                {"index": 2, "label": "fox", "probability": 0.2}]  # the tiny model's three classes
+
+
+@pytest.fixture
+def client(fake_redis):
+    """The API on fake_redis with time to decode several photos on a loaded machine (fake_api's is 0.3 s); the
+    tests of deadlines use `impatient_client`."""
+    return create_app(dataclasses.replace(SETTINGS, request_timeout=5.0), fake_redis).test_client()
+
+
+@pytest.fixture
+def impatient_client(fake_redis):
+    return create_app(SETTINGS, fake_redis).test_client()
 
 
 def top_k_answer(request):
@@ -71,10 +84,11 @@ def test_a_worker_failure_for_one_image_is_that_images_error(client, fake_redis)
     assert [r["error"]["code"] for r in results if not r["success"]] == ["inference_failed"]
 
 
-def test_images_whose_answer_does_not_come_in_time_are_timeouts_and_the_answered_ones_are_kept(client, fake_redis):
+def test_images_whose_answer_does_not_come_in_time_are_timeouts_and_the_answered_ones_are_kept(impatient_client,
+                                                                                           fake_redis):
     heartbeat(fake_redis)
     answer_next_request(fake_redis, top_k_answer, count=1)  # a worker that answers one image, then is gone
-    response = post_images(client, [photo_bytes("chelsea.png"), photo_bytes("coffee.png")])
+    response = post_images(impatient_client, [photo_bytes("chelsea.png"), photo_bytes("coffee.png")])
     assert response.status_code == 200
     assert sorted((r["success"], r.get("error", {}).get("code")) for r in response.get_json()["results"]) == [
         (False, "timeout"), (True, None)]
@@ -96,12 +110,12 @@ def test_a_request_whose_images_do_not_all_fit_the_queue_is_503_and_queues_none(
     assert fake_redis.llen(KEYS.queue) == 2
 
 
-def test_a_request_of_several_images_queues_them_in_one_round_trip(client, fake_redis, monkeypatch):
+def test_a_request_of_several_images_queues_them_in_one_round_trip(impatient_client, fake_redis, monkeypatch):
     heartbeat(fake_redis)
     scripts = []
     original = fake_redis.eval
     monkeypatch.setattr(fake_redis, "eval", lambda script, *args: scripts.append(script) or original(script, *args))
-    post_images(client, [photo_bytes("chelsea.png")] * 4)  # no worker answers: a timeout, after the push
+    post_images(impatient_client, [photo_bytes("chelsea.png")] * 4)  # no worker answers: a timeout, after the push
     assert scripts.count(protocol.ENQUEUE) == 1 and fake_redis.llen(KEYS.queue) == 4
 
 
