@@ -13,7 +13,7 @@ import fakeredis
 
 from serving import protocol
 from serving.config import Settings
-from serving.protocol import FleetKeys, InferenceRequest, Keys, ModelInfo
+from serving.protocol import FleetKeys, Keys, ModelInfo
 from tests.images import photo_bytes
 from worker.queue import WorkerQueue
 

@@ -1,6 +1,5 @@
 """The API's contract, against fakeredis: every answer is JSON, every failure has its status."""
 
-import io
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
