@@ -58,6 +58,15 @@ class Classification:
     outcomes: list[ImageOutcome]  # in the order the images came
     total_ms: float
 
+    def results_or_raise(self) -> list[InferenceResult]:
+        """Every image's result, for protocols without per-image errors: the first failure fails the request,
+        naming its image."""
+        for index, outcome in enumerate(self.outcomes):
+            failure = outcome.failure
+            if failure is not None:
+                raise ApiError(failure.status, failure.code, f"image {index}: {failure.message}")
+        return [outcome.result for outcome in self.outcomes]
+
 
 def classify(requested_name: str | None, pinned_version: str | None, images: list[ImageInput],
              options: Options) -> Classification:

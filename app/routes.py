@@ -70,9 +70,9 @@ def _native_request() -> tuple[list[bytes], int | None]:
     if request.mimetype == "application/json":
         return _json_request()
     if request.mimetype == "multipart/form-data":
-        return _uploads(), _top_k(request.form.get(TOP_K_FIELD, request.args.get(TOP_K_FIELD)))
+        return _uploads(), parse_top_k(request.form.get(TOP_K_FIELD, request.args.get(TOP_K_FIELD)))
     if request.mimetype.startswith("image/") or request.mimetype == "application/octet-stream":
-        return [request.get_data()], _top_k(request.args.get(TOP_K_FIELD))
+        return [request.get_data()], parse_top_k(request.args.get(TOP_K_FIELD))
     raise ApiError(400, "missing_image",
                    f"send the image as multipart/form-data in the file field '{UPLOAD_FIELD}', as a JSON body "
                    f'{{"image": "<base64>"}}, or as a raw image/* body (got Content-Type {request.mimetype or "none"})')
@@ -98,7 +98,7 @@ def _json_request() -> tuple[list[bytes], int | None]:
     if top_k is not None and type(top_k) is not int:  # JSON's own numbers; bool is an int to Python
         raise ApiError(400, "invalid_top_k", f"top_k={json.dumps(top_k)[:20]}: expected a whole number")
     return [_base64(item, index) for index, item in enumerate(encoded)], (
-        top_k if top_k is not None else _top_k(request.args.get(TOP_K_FIELD)))
+        top_k if top_k is not None else parse_top_k(request.args.get(TOP_K_FIELD)))
 
 
 def _base64(text: str, index: int) -> bytes:
@@ -108,7 +108,7 @@ def _base64(text: str, index: int) -> bytes:
         raise ApiError(400, "invalid_base64", f"image {index} is not valid base64") from None
 
 
-def _top_k(given: str | None) -> int | None:
+def parse_top_k(given: str | None) -> int | None:
     """`top_k` from a query or form field: a whole number (its range is checked against the model's classes)."""
     if given is None:
         return None

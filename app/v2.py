@@ -21,7 +21,8 @@ from app import inference
 from app.errors import ApiError, failure_of, respond
 from app.fleet import Fleet
 from app.inference import Classification, Options
-from app.queue_client import FleetStatus, NoWorker
+from app.queue_client import FleetStatus
+from serving.protocol import InferenceResult
 
 v2_api = Blueprint("v2", __name__, url_prefix="/v2")
 
@@ -99,10 +100,10 @@ def infer(name: str, version: str | None = None):
     options = Options(top_k=classification, probabilities=classification is None,
                       timeout=_timeout(header.get("parameters", {})))
     done = inference.classify(name, version, images, options)
-    _raise_first_failure(done)
+    results = done.results_or_raise()
     binary_output = requested.get("parameters", {}).get(
         "binary_data", header.get("parameters", {}).get("binary_data_output", False))
-    output, data = _probabilities(done) if classification is None else _classes(done)
+    output, data = _probabilities(results) if classification is None else _classes(results, done.top_k)
     return _answer(header, done, output, data, binary_output)
 
 
@@ -111,12 +112,7 @@ def _fleet() -> Fleet:
 
 
 def _live_status(fleet: Fleet, name: str, version: str | None) -> FleetStatus:
-    """The status of the version a request for `name` (and `version`) goes to; NoWorker when none is live."""
-    fleet.name_for(name)  # UnknownModel for a name never served
-    status = fleet.queue_for(name, version).fleet_status(fleet.worker_timeout)
-    if status.model is None or status.workers_alive == 0:
-        raise NoWorker()
-    return status
+    return fleet.live_status(fleet.name_for(name), version)  # UnknownModel for a name never served
 
 
 # The request
@@ -273,24 +269,15 @@ def _bad(message: str) -> ApiError:
 # The answer
 
 
-def _raise_first_failure(done: Classification) -> None:
-    """The protocol has no per-image errors: one image that failed fails the request, naming the image."""
-    for index, outcome in enumerate(done.outcomes):
-        if outcome.failure is not None:
-            failure = outcome.failure
-            raise ApiError(failure.status, failure.code, f"image {index}: {failure.message}")
-
-
-def _probabilities(done: Classification) -> tuple[dict, np.ndarray]:
-    rows = np.stack([outcome.result.probabilities for outcome in done.outcomes]).astype("<f4")
+def _probabilities(results: list[InferenceResult]) -> tuple[dict, np.ndarray]:
+    rows = np.stack([result.probabilities for result in results]).astype("<f4")
     return {"name": OUTPUT, "datatype": "FP32", "shape": list(rows.shape)}, rows
 
 
-def _classes(done: Classification) -> tuple[dict, list[str]]:
+def _classes(results: list[InferenceResult], top_k: int) -> tuple[dict, list[str]]:
     """The classification extension: "score:index:label" per class, most probable first (Triton's 6 decimals)."""
-    classes = [f"{p.probability:f}:{p.index}:{p.label}" for outcome in done.outcomes
-               for p in outcome.result.predictions]
-    return {"name": OUTPUT, "datatype": "BYTES", "shape": [len(done.outcomes), done.top_k]}, classes
+    classes = [f"{p.probability:f}:{p.index}:{p.label}" for result in results for p in result.predictions]
+    return {"name": OUTPUT, "datatype": "BYTES", "shape": [len(results), top_k]}, classes
 
 
 def _answer(header: dict, done: Classification, output: dict, data, binary: bool) -> Response:

@@ -13,6 +13,7 @@ from serving import protocol
 from serving.config import Settings
 from serving.preprocess import prepare
 from tests.images import PHOTOS, encode, photo_bytes
+from tests.openapi_check import assert_conforms
 from tests.unit.fake_api import KEYS, MODEL, SETTINGS, answer_next_request, heartbeat, post_image, success
 from tests.unit.test_api import assert_error
 
@@ -211,3 +212,12 @@ def test_every_image_of_a_request_counts_against_the_decode_budget_one_at_a_time
     answer_next_request(fake_redis, top_k_answer, count=2)
     response = post_images(client, [photo, photo])
     assert [r["success"] for r in response.get_json()["results"]] == [True, True]
+
+
+def test_the_several_images_answer_and_the_json_body_are_documented(client, fake_redis):
+    heartbeat(fake_redis)
+    answer_next_request(fake_redis, top_k_answer, count=1)
+    response = post_images(client, [photo_bytes("chelsea.png"), b"not an image"])
+    assert_conforms("/predict", "post", response.status_code, response.headers, response.get_data())
+    bad = client.post("/predict", json={"image": "%%%"})
+    assert_conforms("/predict", "post", bad.status_code, bad.headers, bad.get_data())

@@ -14,6 +14,7 @@ from app import create_app, v2
 from serving import protocol
 from serving.preprocess import prepare
 from tests.images import photo_bytes
+from tests.openapi_check import assert_conforms
 from tests.unit.fake_api import KEYS, MODEL, SETTINGS, answer_next_request, heartbeat
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -228,3 +229,20 @@ def test_deeply_nested_json_data_is_a_clear_error_not_a_crash(client, fake_redis
     body = ('{"inputs": [{"name": "PIXELS", "datatype": "UINT8", "shape": [1, 224, 224, 3], "data": ' + nested
             + "}]}").encode()
     assert client.post("/v2/models/tiny/infer", data=body).status_code == 400
+
+
+def test_every_v2_answer_is_documented(client, fake_redis):
+    def check(path, response, template=None):
+        assert_conforms(template or path, "get" if response.request.method == "GET" else "post",
+                        response.status_code, response.headers, response.get_data())
+    check("/v2/health/ready", client.get("/v2/health/ready"))  # 503
+    heartbeat(fake_redis)
+    for path in ("/v2", "/v2/health/live", "/v2/health/ready"):
+        check(path, client.get(path))
+    for suffix in ("", "/ready", "/config"):
+        check("/v2/models/{name}" + suffix, client.get("/v2/models/tiny" + suffix))
+    answer_next_request(fake_redis, worker_answer)
+    check("/v2/models/{name}/infer", client.post("/v2/models/tiny/infer", json={"inputs": [text_image()]}))
+    check("/v2/models/{name}/infer", client.post("/v2/models/tiny/infer", json={"inputs": []}))
+    check("/v2/models/{name}/versions/{version}/infer", client.post("/v2/models/tiny/versions/9/infer",
+                                                                     json={"inputs": [text_image()]}))
