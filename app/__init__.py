@@ -10,6 +10,8 @@ from app.errors import register_error_handlers
 from app.fleet import Fleet
 from app.operations import operations
 from app.routes import api
+from app.torchserve import torchserve_api
+from app.v2 import v2_api
 from serving.config import Settings
 from serving.redis_client import RedisClient, connect
 
@@ -33,6 +35,8 @@ def create_app(settings: Settings | None = None, redis_client: RedisClient | Non
     request_log.install(app, settings.log_level)
     app.register_blueprint(api)
     app.register_blueprint(operations)
+    app.register_blueprint(v2_api)
+    app.register_blueprint(torchserve_api)
     return app
 
 

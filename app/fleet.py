@@ -11,7 +11,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from app.queue_client import InferenceQueue, NoWorker
+from app.queue_client import FleetStatus, InferenceQueue, NoWorker
 from serving import routing
 from serving.protocol import FleetKeys, Keys, model_ages, model_id, split_model_id
 from serving.redis_client import RedisClient
@@ -112,6 +112,13 @@ class Fleet:
         if version is None:
             raise NoWorker()
         return self.queue(model_id(name, version))
+
+    def live_status(self, name: str, pinned_version: str | None = None) -> FleetStatus:
+        """The status of the version requests for `name` go to now; NoWorker when it has no live worker."""
+        status = self.queue_for(name, pinned_version).fleet_status(self.worker_timeout)
+        if status.model is None or status.workers_alive == 0:
+            raise NoWorker()
+        return status
 
     def queue(self, model: str) -> InferenceQueue:
         """One InferenceQueue per model version (its id), made once."""

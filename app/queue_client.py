@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from serving import protocol
-from serving.protocol import InferenceRequest, Keys, ModelInfo, RedisClock, redis_seconds
+from serving.protocol import InferenceRequest, InferenceResult, Keys, ModelInfo, RedisClock, redis_seconds
 from serving.redis_client import RedisClient
 from serving.worker_stats import WorkerStats, decode_worker_stats
 
@@ -19,10 +19,6 @@ class NoWorker(Exception):
 
 class QueueFull(Exception):
     """More images are queued than can be served in time."""
-
-
-class NoAnswer(Exception):
-    """The deadline passed before a worker answered."""
 
 
 @dataclass(frozen=True)
@@ -65,26 +61,49 @@ class InferenceQueue:
         model = ModelInfo.from_json(raw_info) if raw_info is not None else None
         return FleetStatus(model, alive, depth, decode_worker_stats(stats))
 
-    def classify(self, pixels: np.ndarray, deadline: float, job_id: str) -> dict:
-        """Queue one preprocessed image under `job_id` (unique) and block until its result or the deadline.
+    def classify(self, images: list[np.ndarray], job_ids: list[str], deadline: float, top_k: int,
+                 probabilities: bool = False) -> dict[str, InferenceResult]:
+        """Queue preprocessed images, each under its job id (unique), and wait for their answers until the deadline.
 
-        `deadline` is by this host's clock; the message carries it by Redis's, which workers compare with.
+        One round trip queues them all, and they batch with everyone else's. `deadline` is by this host's
+        clock; the messages carry it by Redis's, which workers compare with. The answers that came in time,
+        by job id: a missing one is a job whose deadline passed.
         """
         offset = self.clock.offset
-        request = InferenceRequest(job_id, pixels, time.time() + offset, deadline + offset)
-        self.enqueue(protocol.encode_request(request))
-        return self.await_result(request.job_id, deadline)
+        enqueued_at = time.time() + offset
+        self.enqueue([protocol.encode_request(InferenceRequest(job_id, pixels, enqueued_at, deadline + offset, top_k,
+                                                               probabilities))
+                      for job_id, pixels in zip(job_ids, images)])
+        return self.await_results(job_ids, deadline)
 
-    def enqueue(self, message: bytes) -> None:
-        """Queue one message, or raise QueueFull when MAX_QUEUE are waiting (checked and pushed atomically)."""
-        if self.client.eval(protocol.ENQUEUE, 1, self.keys.queue, self.max_queue, message) < 0:
+    def enqueue(self, messages: list[bytes]) -> None:
+        """Queue the messages of one request, or raise QueueFull when they would take the queue past MAX_QUEUE."""
+        if self.client.eval(protocol.ENQUEUE, 1, self.keys.queue, self.max_queue, *messages) < 0:
             raise QueueFull(self.max_queue)
 
-    def await_result(self, job_id: str, deadline: float) -> dict:
-        # BLPOP wakes the moment the worker pushes the result: no polling, no sleeps.
-        # Its timeout has one-millisecond resolution; zero would block forever.
-        remaining = max(deadline - time.time(), 0.001)
-        popped = self.waiting_client.blpop([self.keys.result(job_id)], timeout=remaining)
-        if popped is None:
-            raise NoAnswer()
-        return protocol.decode_result(popped[1])
+    def await_results(self, job_ids: list[str], deadline: float) -> dict[str, InferenceResult]:
+        """Each job's answer as it comes, until all are in or the deadline passes.
+
+        BLPOP wakes the moment a worker pushes an answer: no polling, no sleeps. Images of one request are
+        usually answered by one batch, so after each wake the answers already there are taken in one round trip.
+        """
+        waiting = {self.keys.result(job_id): job_id for job_id in job_ids}
+        results: dict[str, InferenceResult] = {}
+        while waiting:
+            # BLPOP's timeout has one-millisecond resolution; zero would block forever.
+            popped = self.waiting_client.blpop(list(waiting), timeout=max(deadline - time.time(), 0.001))
+            if popped is None:
+                break
+            results[waiting.pop(popped[0].decode())] = protocol.decode_result(popped[1])
+            results.update(self._answers_already_in(waiting))
+            waiting = {key: job_id for key, job_id in waiting.items() if job_id not in results}
+        return results
+
+    def _answers_already_in(self, waiting: dict[str, str]) -> dict[str, InferenceResult]:
+        if not waiting:
+            return {}
+        pipe = self.client.pipeline(transaction=False)
+        for key in waiting:
+            pipe.lpop(key)
+        return {job_id: protocol.decode_result(raw) for job_id, raw in zip(waiting.values(), pipe.execute())
+                if raw is not None}

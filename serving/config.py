@@ -67,7 +67,12 @@ class Settings:
     max_queue: int = _setting(
         "MAX_QUEUE", 200,
         "Queued images above which the API answers 503 with Retry-After at once instead of queueing.")
-    top_k: int = _setting("TOP_K", 5, "Predictions returned per image.")
+    top_k: int = _setting("TOP_K", 5, "Predictions returned per image, where the request asks for no other number "
+                          "(`top_k`, 1 to the model's classes).")
+    max_images_per_request: int = _setting(
+        "MAX_IMAGES_PER_REQUEST", 32,
+        "Most images one request may carry (400 too_many_images above); each is one queue message, so a "
+        "smaller MAX_QUEUE is the limit.")
     result_ttl: float = _setting(
         "RESULT_TTL", 30.0,
         "Seconds an unread result stays in Redis before it expires.")
@@ -228,6 +233,7 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 PROXIES = ("none", "nginx")
 # Smallest workable value of each count and size (0 where 0 means "not set" or "none").
 _AT_LEAST = {"port": 1, "api_processes": 1, "api_threads": 1, "max_image_pixels": 1, "max_queue": 1, "top_k": 1,
+             "max_images_per_request": 1,
              "workers": 0, "batch_size": 1, "batch_wait_ms": 0, "max_attempts": 1, "input_size": 0,
              "resize_size": 0, "inference_threads": 0}
 # Durations and sizes that must be above zero: a RESULT_TTL of 0 would expire every answer before it is read.

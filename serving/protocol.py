@@ -3,7 +3,7 @@
 Nothing outside this module spells a key or a message field.
 
 Flow of one request (`{prefix}` here is short for a model version's hash tag, `{KEY_PREFIX:name@version}`):
-  API:    LPUSH {prefix}:queue <request JSON>   (ENQUEUE: unless MAX_QUEUE are waiting)
+  API:    LPUSH {prefix}:queue <request JSON> ...   (ENQUEUE, one per image: unless MAX_QUEUE would be passed)
   worker: LMOVE {prefix}:retry -> {prefix}:processing:<worker id>    (one retried message alone, if any)
           else BLMOVE {prefix}:queue -> {prefix}:processing:<worker id>   (atomic take of a batch)
   worker: LPUSH {prefix}:result:<job id> <result JSON>, EXPIRE it,
@@ -171,10 +171,12 @@ def redis_seconds(reply: tuple[int, int]) -> float:
 
 @dataclass(frozen=True)
 class InferenceRequest:
-    job_id: str  # the API makes one per request; its answer waits under Keys.result(job_id)
+    job_id: str  # the API makes one per image; its answer waits under Keys.result(job_id)
     pixels: np.ndarray  # uint8, height x width x 3
     enqueued_at: float  # epoch seconds, by Redis's clock (RedisClock)
     deadline: float  # epoch seconds by Redis's clock, after which the client no longer waits
+    top_k: int  # predictions the answer carries (at most the model's classes)
+    probabilities: bool = False  # whether the answer carries every class's probability too (Open Inference Protocol)
 
 
 def encode_request(request: InferenceRequest) -> bytes:
@@ -185,6 +187,8 @@ def encode_request(request: InferenceRequest) -> bytes:
         "dtype": "uint8",
         "enqueued_at": request.enqueued_at,
         "deadline": request.deadline,
+        "top_k": request.top_k,
+        "probabilities": request.probabilities,
     }).encode()
     # The base64 alphabet needs no JSON escaping, so the 200 KB string is appended as it is rather
     # than scanned by json.dumps (0.4 ms of the API's CPU per request); decode_request counts on it.
@@ -240,7 +244,12 @@ def decode_request(raw: bytes) -> InferenceRequest:
             raise ValueError(f"{len(data)} pixel bytes for shape {list(shape)}")
         pixels = np.frombuffer(data, dtype=np.uint8).reshape(shape)
         enqueued_at, deadline = _finite(fields["enqueued_at"]), _finite(fields["deadline"])
-        return InferenceRequest(job_id, pixels, enqueued_at, deadline)
+        top_k, probabilities = fields["top_k"], fields["probabilities"]
+        if type(top_k) is not int or top_k < 1:
+            raise ValueError(f"top_k {str(top_k)[:20]!r}, expected a whole number of at least 1")
+        if not isinstance(probabilities, bool):
+            raise ValueError(f"probabilities {str(probabilities)[:20]!r}, expected true or false")
+        return InferenceRequest(job_id, pixels, enqueued_at, deadline, top_k, probabilities)
     except KeyError as exc:
         raise MalformedMessage(f"missing field {exc}", job_id) from None
     except (TypeError, ValueError, OverflowError, binascii.Error) as exc:  # "shape": [1e999] overflows int()
@@ -254,26 +263,74 @@ def _finite(value) -> float:
     return number
 
 
-def encode_success(job_id: str, predictions: list[dict], model: str, version: str, timing: dict) -> bytes:
-    return json.dumps({"id": job_id, "success": True, "predictions": predictions,
-                       "model": model, "version": version, "timing": timing}).encode()
+@dataclass(frozen=True)
+class Prediction:
+    index: int  # the class's output position
+    label: str
+    probability: float
+
+
+@dataclass(frozen=True)
+class Failure:
+    code: str  # machine-readable, e.g. inference_failed, attempts_exhausted
+    message: str  # for a person; never an exception's text (it may name files, devices, memory)
+
+
+@dataclass(frozen=True)
+class InferenceResult:
+    """A worker's answer for one image: its predictions, or the failure that stopped it.
+
+    On the wire, JSON: {"id", "success", "model", "version", "predictions": [{"index", "label", "probability"}],
+    "timing": {"queue_ms", "inference_ms", "batch_size"}} plus "probabilities" (base64 of float32, every class, when
+    the request asked for them); a failure is {"id", "success": false, "error": {"code", "message"}}.
+    """
+
+    job_id: str
+    model: str = ""
+    version: str = ""
+    predictions: tuple[Prediction, ...] = ()
+    timing: dict[str, float] = field(default_factory=dict)  # queue_ms, inference_ms, batch_size
+    probabilities: np.ndarray | None = None  # float32, one per class, when asked for
+    error: Failure | None = None
+
+    @property
+    def success(self) -> bool:
+        return self.error is None
+
+
+def encode_result(result: InferenceResult) -> bytes:
+    if result.error is not None:
+        return json.dumps({"id": result.job_id, "success": False, "error": asdict(result.error)}).encode()
+    fields = {"id": result.job_id, "success": True, "model": result.model, "version": result.version,
+              "predictions": [asdict(p) for p in result.predictions], "timing": result.timing}
+    if result.probabilities is not None:
+        fields["probabilities"] = pybase64.b64encode(np.ascontiguousarray(result.probabilities, "<f4").data).decode()
+    return json.dumps(fields).encode()
 
 
 def encode_failure(job_id: str, code: str, message: str) -> bytes:
-    return json.dumps({"id": job_id, "success": False,
-                       "error": {"code": code, "message": message}}).encode()
+    """The encoded answer of a job that failed: what workers and the reaper's error answers write."""
+    return encode_result(InferenceResult(job_id, error=Failure(code, message)))
 
 
-def decode_result(raw: bytes) -> dict:
-    return json.loads(raw)
+def decode_result(raw: bytes) -> InferenceResult:
+    """A worker's answer, as encode_result wrote it (workers are trusted to write only that)."""
+    fields = json.loads(raw)
+    if not fields["success"]:
+        return InferenceResult(fields["id"], error=Failure(**fields["error"]))
+    probabilities = fields.get("probabilities")
+    return InferenceResult(
+        fields["id"], fields["model"], fields["version"], tuple(Prediction(**p) for p in fields["predictions"]),
+        fields["timing"],
+        np.frombuffer(pybase64.b64decode(probabilities), "<f4") if probabilities is not None else None)
 
 
-# Queue one message unless MAX_QUEUE are already waiting: check and push in one step, so concurrent
-# API threads cannot overshoot the limit. KEYS: queue. ARGV: max queued, message. Returns the new
-# depth, or -1 when full.
+# Queue the messages of one client request (one per image), all or none: none when they would take the
+# queue past MAX_QUEUE. Checked and pushed in one step, so concurrent API threads cannot overshoot the limit.
+# KEYS: queue. ARGV: max queued, message, message, ... Returns the new depth, or -1 when they do not fit.
 ENQUEUE = """
-if redis.call('LLEN', KEYS[1]) >= tonumber(ARGV[1]) then return -1 end
-return redis.call('LPUSH', KEYS[1], ARGV[2])
+if redis.call('LLEN', KEYS[1]) + #ARGV - 1 > tonumber(ARGV[1]) then return -1 end
+return redis.call('LPUSH', KEYS[1], unpack(ARGV, 2))
 """
 
 # What the API needs before it takes an upload, in one round trip: the served model (nil: no worker), the

@@ -14,7 +14,7 @@ import numpy as np
 
 from serving import protocol
 from serving.config import Settings
-from serving.protocol import InferenceRequest, Keys, MalformedMessage, RedisClock
+from serving.protocol import InferenceRequest, InferenceResult, Keys, MalformedMessage, RedisClock
 from serving.redis_client import REDIS_ERRORS, RedisClient
 from worker.inference import Classifier
 from worker.metrics import BatchStats
@@ -229,9 +229,10 @@ class Worker:
                 "worker's log has the error under this request's job id") for request in requests}
         inference_ms = (time.perf_counter() - started) * 1000
         answers = {}
-        for request, predictions in zip(requests, self.classifier.top_k(probabilities, self.settings.top_k)):
+        for request, row in zip(requests, probabilities):
             timing = {"queue_ms": round(max(taken_at - request.enqueued_at, 0) * 1000, 2),
                       "inference_ms": round(inference_ms, 2), "batch_size": len(requests)}
-            answers[request.job_id] = protocol.encode_success(
-                request.job_id, predictions, self.name, self.version, timing)
+            answers[request.job_id] = protocol.encode_result(InferenceResult(
+                request.job_id, self.name, self.version, self.classifier.top_k(row, request.top_k), timing,
+                row if request.probabilities else None))
         return inference_ms, answers

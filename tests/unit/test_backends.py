@@ -94,7 +94,7 @@ def test_auto_goes_on_to_the_next_engine_when_one_cannot_export_the_model_and_th
     assert classifier.backend == "torchscript"
     for name in ("onnxruntime", "openvino"):  # each skipped with the exporter's own words
         assert f"backend {name} skipped: {UNSUPPORTED_BY_ONNX}" in caplog.text
-    top_1 = [row[0]["label"] for row in classifier.top_k(classifier.probabilities(solid_colours()), 1)]
+    top_1 = [classifier.top_k(row, 1)[0].label for row in classifier.probabilities(solid_colours())]
     assert top_1 == list(COLOURS)
 
 
