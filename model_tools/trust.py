@@ -23,7 +23,7 @@ it, so it needs trust (`require_trust` refuses it with the reason and the flag t
   says never to load one from an untrusted source.
 
 The engine cache's exports (engines.cache) are not model files: the worker wrote them itself, into a
-folder only it should write (docs/reliability.md, Security).
+folder only it should write (docs/serving-your-model.md, "Trust").
 """
 
 from __future__ import annotations
