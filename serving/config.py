@@ -118,8 +118,9 @@ class Settings:
         "name one: needed by a bare state_dict; gives its published weights' preprocessing as the default.")
     model_trusted: bool = _setting(
         "MODEL_TRUSTED", False,
-        "Allow unpickling a model file that model_tools did not build (`python -m model_tools import` turns one "
-        "into a file that needs no unpickling).")
+        "Allow a model file that is code: pickled, TorchScript or `torch.export` (.pt2), or ONNX with custom "
+        "operators or data outside its folder (`python -m model_tools import` turns one into a file that needs "
+        "no trust).")
     labels_path: str = _setting(
         "LABELS_PATH", "",
         "Class names, where the model file has none: a text file with one name per line, a JSON list, or "

@@ -61,7 +61,7 @@ def test_the_classic_checkpoint_is_served_with_labels_and_normalization_from_con
 def test_the_imported_file_is_served_without_trust_and_answers_as_the_source(classic_checkpoint, classic_answers,
                                                                              tmp_path):
     checkpoint, labels = classic_checkpoint
-    imported = tmp_path / "imported.pt2"
+    imported = tmp_path / "imported.onnx"
     subprocess.run([sys.executable, "-m", "model_tools", "import", str(checkpoint), "--out", str(imported),
                     "--trusted", "--labels", str(labels), "--mean", "0.5,0.5,0.5", "--std", "0.5,0.5,0.5"],
                    cwd=REPO_ROOT, check=True, capture_output=True, timeout=300)

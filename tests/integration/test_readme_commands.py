@@ -163,7 +163,7 @@ def test_the_serve_your_own_model_commands_work_as_written(tmp_path):
             outputs.append(run(command, cwd=tmp_path))
             assert "checked against" in outputs[-1] and "same top-1" in outputs[-1]
     assert "wrote models/flowers.pth: state_dict of resnext101_32x8d" in outputs[0]
-    assert "wrote models/mynet.pt2: torch.export program" in outputs[1]
+    assert "wrote models/mynet.onnx: ONNX, serves without trust" in outputs[1]
 
 
 def _own_model_commands() -> list[str]:

@@ -1,4 +1,5 @@
-"""REDIS_URL with a password and with TLS (rediss://): the whole service works through both."""
+"""REDIS_URL with a password and with TLS (rediss://): the whole service works through both; a hostile model file
+stops the worker at start and does nothing."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import subprocess
 import pytest
 import redis
 
-from stack.processes import Stack
+from stack.processes import Stack, StartupError
+from tests.hostile_models import WritesAFileInForward, hostile_torchscript
 from tests.images import CAT_LABELS, photo_bytes
 from tests.integration.client import post_image
 from tests.integration.conftest import stack_settings
@@ -49,3 +51,15 @@ def test_a_tls_redis(tmp_path):
         assert classify_chelsea(stack) in CAT_LABELS
         with pytest.raises(redis.ConnectionError):
             redis.Redis(port=stack.redis_port(), socket_timeout=2).ping()  # plain text is not accepted
+
+
+def test_a_worker_refuses_a_hostile_torchscript_model_untrusted_and_its_file_is_never_written(tmp_path):
+    """The issue's attack: forward calls torch.from_file(shared=True), and the worker runs forward at warm-up."""
+    target = tmp_path / "written-by-the-model"
+    model = hostile_torchscript(WritesAFileInForward, tmp_path / "hostile.ts.pt", target)
+    with pytest.raises(StartupError, match="worker0 exited with code 2"):
+        Stack(stack_settings(model_path=str(model)), workers=1, log_dir=tmp_path / "logs").__enter__()
+    log = (tmp_path / "logs" / "worker0.log").read_text()
+    assert f"cannot serve the model: {model} is TorchScript, whose code runs while torch loads it" in log
+    assert "MODEL_TRUSTED=1" in log
+    assert not target.exists()
