@@ -6,14 +6,15 @@ where the master is, so after a failover the next attempt reaches the promoted r
 every key of a queue shares a hash tag (serving.protocol.Keys), so its transactions and scripts run on
 one cluster node.
 
-None of them repeats a command by itself. redis-py 8 retries a command that timed out or lost its
-connection, by default ten times on `Redis` and Sentinel connections and on `RedisCluster` (which also
-refreshes its slot map in between): a BLMOVE, LMOVE or ENQUEUE whose reply came late has already run,
-so a repeat takes a second message while the first sits in a live worker's processing list, or queues
-the request twice. Such an error reaches our code instead, which knows what it sent: a worker serves
-what its processing list holds (worker/loop.py), the API answers 503. A cluster client still follows
-MOVED and ASK (its redirection loop is apart from the retries) and still refreshes its slot map after a
-connection error, so the next call reaches the node that took over.
+None of them repeats a command by itself. redis-py 8 sends a command again after a read timeout or a
+lost connection unless told not to: `RedisCluster` up to ten times (refreshing its slot map in between),
+as does a `Redis` made from a host and port, and the Sentinels' own clients; the connections of
+`Redis.from_url` and `master_for` happen not to. A BLMOVE or ENQUEUE whose reply came late has run, so a
+repeat takes a second message while the first sits in a live worker's processing list, or queues the
+request twice. Every client here is told, so the error reaches our code, which knows what it sent: a
+worker serves what its processing list holds (worker/loop.py), the API answers 503. A cluster client
+still follows MOVED and ASK (its redirection loop is apart from the retries) and still refreshes its slot
+map after a connection error, so the next call reaches the node that took over.
 """
 
 from __future__ import annotations
