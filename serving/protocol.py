@@ -5,7 +5,8 @@ Nothing outside this module spells a key or a message field.
 Flow of one request (`{prefix}` here is short for a model version's hash tag, `{KEY_PREFIX:name@version}`):
   API:    LPUSH {prefix}:queue <request JSON> ...   (ENQUEUE, one per image: unless MAX_QUEUE would be passed)
   worker: LMOVE {prefix}:retry -> {prefix}:processing:<worker id>    (one retried message alone, if any)
-          else BLMOVE {prefix}:queue -> {prefix}:processing:<worker id>   (atomic take of a batch)
+          else BLMOVE {prefix}:queue -> {prefix}:processing:<worker id>   (atomic take of a batch:
+               the first message blocking, then TAKE_QUEUED's LMOVEs for the rest)
   worker: LPUSH {prefix}:result:<job id> <result JSON>, EXPIRE it,
           LREM the answered messages from its processing list,
           HDEL their delivery counts                              (one transaction)
@@ -331,6 +332,20 @@ def decode_result(raw: bytes) -> InferenceResult:
 ENQUEUE = """
 if redis.call('LLEN', KEYS[1]) + #ARGV - 1 > tonumber(ARGV[1]) then return -1 end
 return redis.call('LPUSH', KEYS[1], unpack(ARGV, 2))
+"""
+
+# Move up to ARGV[1] queued messages into a worker's processing list, oldest first, in one step: one
+# command, so a timeout reaches the worker, which then serves what its list holds (a pipeline of LMOVEs
+# on a Redis Cluster is sent again command by command after a timeout, by redis-py itself, taking more
+# messages while the first ones stay in the list). KEYS: queue, processing list. ARGV: count.
+TAKE_QUEUED = """
+local taken = {}
+for _ = 1, tonumber(ARGV[1]) do
+  local message = redis.call('LMOVE', KEYS[1], KEYS[2], 'RIGHT', 'LEFT')
+  if not message then break end
+  taken[#taken + 1] = message
+end
+return taken
 """
 
 # What the API needs before it takes an upload, in one round trip: the served model (nil: no worker), the
