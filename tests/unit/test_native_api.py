@@ -13,6 +13,7 @@ from serving.config import Settings
 from serving.preprocess import prepare
 from tests.images import PHOTOS, encode, photo_bytes
 from tests.openapi_check import assert_conforms
+from tests.prometheus_text import sample_value
 from tests.unit.fake_api import KEYS, MODEL, SETTINGS, answer_next_request, heartbeat, post_image, success
 from tests.unit.test_api import assert_error
 
@@ -210,3 +211,17 @@ def test_the_several_images_answer_and_the_json_body_are_documented(patient_clie
     assert_conforms("/predict", "post", response.status_code, response.headers, response.get_data())
     bad = patient_client.post("/predict", json={"image": "%%%"})
     assert_conforms("/predict", "post", bad.status_code, bad.headers, bad.get_data())
+
+
+def test_metrics_count_a_requests_images_by_door_and_its_predictions_by_image(patient_client, fake_redis):
+    heartbeat(fake_redis)
+
+    def counts():
+        text = patient_client.get("/metrics").get_data(as_text=True)
+        return (sample_value(text, "imgcls_request_images_total", endpoint="/predict") or 0,
+                sample_value(text, "imgcls_predictions_total", model="tiny", version="1") or 0)
+    images_before, predictions_before = counts()
+    answer_next_request(fake_redis, top_k_answer, count=3)
+    assert post_images(patient_client, [photo_bytes("chelsea.png")] * 3).status_code == 200
+    images, predictions = counts()
+    assert (images - images_before, predictions - predictions_before) == (3, 3)
