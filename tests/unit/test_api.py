@@ -93,8 +93,10 @@ def test_every_accepted_format_is_classified(client, fake_redis, format):
     assert post_image(client, encode(Image.new("RGB", (300, 260), (200, 120, 40)), format)).status_code == 200
 
 
-def test_upload_over_the_size_limit_is_413(client):
-    assert_error(post_image(client, b"\0" * (SETTINGS.max_upload_bytes + 1)), 413, "request_entity_too_large")
+def test_upload_over_the_size_limit_is_413_naming_the_limit(client):
+    response = post_image(client, b"\0" * (SETTINGS.max_upload_bytes + 1))
+    assert_error(response, 413, "request_entity_too_large")
+    assert "MAX_UPLOAD_MB=1 MiB" in response.get_json()["error"]["message"]
 
 
 @pytest.mark.parametrize("method", ["GET", "HEAD", "PUT", "PATCH", "DELETE", "OPTIONS"])
@@ -103,6 +105,7 @@ def test_every_method_but_post_is_405_json(client, method):
     assert response.status_code == 405 and response.headers["Allow"] == "POST"
     if method != "HEAD":  # a HEAD answer has no body
         assert_error(response, 405, "method_not_allowed")
+        assert response.get_json()["error"]["message"] == f"{method} is not allowed here; use POST"
 
 
 def test_unknown_path_is_404_json(client):
