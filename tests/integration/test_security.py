@@ -1,12 +1,16 @@
-"""REDIS_URL with a password and with TLS (rediss://): the whole service works through both."""
+"""The private Redis's password; REDIS_URL with a password and with TLS (rediss://): the service works through each."""
 
 from __future__ import annotations
 
+import socket
 import subprocess
+import urllib.parse
+from pathlib import Path
 
 import pytest
 import redis
 
+from serving.protocol import Keys, model_id
 from stack.processes import Stack
 from tests.images import CAT_LABELS, photo_bytes
 from tests.integration.client import post_image
@@ -21,13 +25,39 @@ def classify_chelsea(stack: Stack) -> str:
     return response.json()["predictions"][0]["label"]
 
 
-def test_a_password_protected_redis(tmp_path):
+def stranger_reply(port: int, command: list[str]) -> bytes:
+    """What Redis answers a client that sends `command` as its first words, as redis-cli would (RESP)."""
+    request = f"*{len(command)}\r\n" + "".join(f"${len(word.encode())}\r\n{word}\r\n" for word in command)
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as connection:
+        connection.sendall(request.encode())
+        return connection.recv(4096)
+
+
+def test_the_private_redis_answers_only_clients_with_its_password_which_no_command_line_shows(tmp_path):
+    """Whoever reaches loopback without the password can neither read a queued upload nor push a forged answer."""
+    stack = Stack(stack_settings(), workers=1, log_dir=tmp_path)
+    with stack:
+        assert classify_chelsea(stack) in CAT_LABELS
+        keys = Keys(stack.settings.key_prefix, model_id("efficientnet_lite0", "1"))
+        stack.redis().lpush(keys.queue + ":parked", b"an upload's pixels")  # a key no worker takes from
+        for command in (["PING"], ["LRANGE", keys.queue + ":parked", "0", "-1"],
+                        ["LPUSH", keys.result("someone-elses-job"), '{"success": true}']):
+            assert stranger_reply(stack.redis_port(), command).startswith(b"-NOAUTH"), command
+        assert not stack.redis().exists(keys.result("someone-elses-job"))
+        password = urllib.parse.urlsplit(stack.settings.redis_url).password
+        assert len(password) >= 32
+        children = [stack.redis_process, stack.api_process, *stack.worker_processes]
+        assert not [p.pid for p in children if password.encode() in Path(f"/proc/{p.pid}/cmdline").read_bytes()]
+        assert stack.redis_url_file.read_text().strip() == stack.settings.redis_url
+        assert stack.redis_url_file.stat().st_mode & 0o777 == 0o600
+    assert not [log.name for log in tmp_path.glob("*.log") if password in log.read_text()]
+
+
+def test_a_password_of_ones_own_redis_with_characters_to_escape(tmp_path):
     stack = Stack(stack_settings(), workers=1, log_dir=tmp_path, redis_arguments=("--requirepass", "s3cret pass"),
                   redis_url_template="redis://:s3cret%20pass@127.0.0.1:{port}/0")
     with stack:
         assert classify_chelsea(stack) in CAT_LABELS
-        with pytest.raises(redis.AuthenticationError):
-            redis.Redis(port=stack.redis_port()).ping()  # really protected
     assert not [log.name for log in tmp_path.glob("*.log") if "s3cret" in log.read_text()]
 
 
@@ -44,7 +74,7 @@ def test_a_tls_redis(tmp_path):
     tls = ("--port", "0", "--tls-port", "{port}", "--tls-cert-file", cert, "--tls-key-file", key,
            "--tls-ca-cert-file", cert, "--tls-auth-clients", "no")
     stack = Stack(stack_settings(), workers=1, log_dir=tmp_path, redis_arguments=tls,
-                  redis_url_template=f"rediss://127.0.0.1:{{port}}/0?ssl_ca_certs={cert}")
+                  redis_url_template=f"rediss://:{{password}}@127.0.0.1:{{port}}/0?ssl_ca_certs={cert}")
     with stack:
         assert classify_chelsea(stack) in CAT_LABELS
         with pytest.raises(redis.ConnectionError):
