@@ -21,7 +21,7 @@ from engines.eager import run_module
 from engines.verify import ExportMismatch, verify
 from model_tools import TOLERANCE, export
 from model_tools.architectures import build_architecture
-from model_tools.card import ModelCard, ModelLoadError, ModelOptions
+from model_tools.card import ModelCard, ModelLoadError, ModelOptions, require_servable_name
 from model_tools.checkpoints import LoadedModel, load_model, save_exported_program, save_state_dict
 from serving.preprocess import prepare
 
@@ -33,6 +33,7 @@ SAMPLE_PHOTOS = ("chelsea.png", "coffee.png", "astronaut.png", "rocket.jpg")  # 
 def import_model(source: Path, options: ModelOptions, out: Path) -> str:
     """Write `out` from `source` and check it; returns the report to print."""
     loaded = load_model(source, options)
+    require_servable_name(loaded.card)
     kind = _write(loaded, out)
     written = load_model(out)
     photos = _sample_photos(loaded.card)

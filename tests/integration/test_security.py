@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
+import sys
 import urllib.parse
 from pathlib import Path
 
 import pytest
 import redis
 
+from model_tools.architectures import Preprocessing
+from model_tools.card import ModelCard
 from serving.protocol import Keys, model_id
-from stack.processes import Stack
+from stack.processes import REPO_ROOT, WORKER_ARGUMENTS, Stack
 from tests.images import CAT_LABELS, photo_bytes
 from tests.integration.client import post_image
 from tests.integration.conftest import stack_settings
+from tests.model_files import save_classic
+from tests.unit.test_model_card import LABELS, FourClasses
 
 pytestmark = pytest.mark.integration
 
@@ -79,3 +85,16 @@ def test_a_tls_redis(tmp_path):
         assert classify_chelsea(stack) in CAT_LABELS
         with pytest.raises(redis.ConnectionError):
             redis.Redis(port=stack.redis_port(), socket_timeout=2).ping()  # plain text is not accepted
+
+
+def test_a_worker_refuses_to_serve_under_a_card_name_that_model_names_rule_refuses(tmp_path):
+    """A card's name becomes the served name, inside Redis keys and URLs: a brace would move the keys' hash tag."""
+    card = ModelCard("odd/name}x", "", tuple(LABELS), Preprocessing(32, 32, (0.5,) * 3, (0.5,) * 3))
+    model = save_classic(FourClasses().eval(), tmp_path / "odd.pth", card)
+    env = {**os.environ, **stack_settings(model_path=str(model), model_trusted=True, backend="torch",
+                                          engine_cache_dir="").as_env(), "PYTHONPATH": str(REPO_ROOT)}
+    refused = subprocess.run([sys.executable, *WORKER_ARGUMENTS], cwd=REPO_ROOT, env=env, capture_output=True,
+                             text=True, timeout=120)
+    assert refused.returncode == 2, refused.stderr
+    assert "cannot serve the model: the model card's name='odd/name}x'" in refused.stderr
+    assert "set MODEL_NAME" in refused.stderr
