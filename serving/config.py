@@ -174,8 +174,8 @@ class Settings:
                               f"{self.max_image_pixels}: the largest accepted image could never be decoded")
         for name in ("model_name", "model_version", "default_model"):
             value = getattr(self, name)
-            if (value or name == "model_version") and not MODEL_ID_PART.fullmatch(value):
-                raise ConfigError(f"{self.env_name(name)}={value!r}: expected 1-64 letters, digits, '.', '_' or '-'")
+            if value or name == "model_version":
+                check_model_id_part(value, self.env_name(name))
         if not self.key_prefix or set(self.key_prefix) & set("{}"):
             raise ConfigError(f"KEY_PREFIX={self.key_prefix!r}: must be non-empty, without braces (the keys put it "
                               "between braces themselves, as their Redis Cluster hash tag)")
@@ -256,6 +256,17 @@ _ABOVE_ZERO = ("max_upload_mb", "request_timeout", "redis_timeout", "result_ttl"
 
 class ConfigError(ValueError):
     """An environment variable holds a value of the wrong kind."""
+
+
+def check_model_id_part(value: object, what: str, error: type[ValueError] = ConfigError) -> str:
+    """`value` if it may be a model's name or version (MODEL_ID_PART), else `error` naming `what`.
+
+    The one rule for MODEL_NAME, MODEL_VERSION, DEFAULT_MODEL, a model card's name and a heartbeat's:
+    each goes into Redis keys (inside a Cluster hash tag, where a brace would move the slot), URLs and logs.
+    """
+    if not isinstance(value, str) or not MODEL_ID_PART.fullmatch(value):
+        raise error(f"{what}={value!r}: expected 1-64 letters, digits, '.', '_' or '-'")
+    return value
 
 
 @dataclass(frozen=True)

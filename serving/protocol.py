@@ -45,6 +45,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import pybase64
 
+from serving.config import check_model_id_part
+
 ATTEMPTS_EXHAUSTED = "attempts_exhausted"
 
 
@@ -472,9 +474,23 @@ return 1
 """
 
 
+# Largest resize or crop side a model may take. The API sizes every request's crop (input_size² x 3 bytes) from
+# the heartbeat, so the bound keeps a forged or garbled one from making it allocate gigabytes; torchvision's
+# largest published weights take 600.
+MAX_IMAGE_SIDE = 2048
+
+
+class MalformedModelInfo(ValueError):
+    """A model description (a heartbeat's {prefix}:model) that is not one, or one the API could not serve from."""
+
+
 @dataclass(frozen=True)
 class ModelInfo:
-    """What a worker publishes about the model it serves; a reader ignores fields it does not know (upgrades)."""
+    """What a worker publishes about the model it serves; a reader ignores fields it does not know (upgrades).
+
+    Every field is checked when one is made, by the worker that announces it (which then refuses to start)
+    and by the API that reads it from Redis (which then counts it as no usable worker).
+    """
     name: str  # MODEL_NAME, or the card's
     arch: str
     num_classes: int
@@ -488,14 +504,49 @@ class ModelInfo:
     sources: dict[str, str] = field(default_factory=dict)  # card field -> where its value came from
     version: str = "1"  # MODEL_VERSION
 
+    def __post_init__(self):
+        for name in ("name", "version"):
+            check_model_id_part(getattr(self, name), f"model {name}", MalformedModelInfo)
+        if not all(isinstance(getattr(self, name), str) for name in ("arch", "device", "backend")):
+            raise MalformedModelInfo("arch, device and backend must be strings")
+        for name in ("num_classes", "batch_size"):
+            if not _is_count(getattr(self, name)) or getattr(self, name) < 1:
+                raise MalformedModelInfo(f"{name}={getattr(self, name)!r}: expected a whole number of at least 1")
+        if not (_is_count(self.input_size) and _is_count(self.resize_size)
+                and 1 <= self.input_size <= self.resize_size <= MAX_IMAGE_SIDE):
+            raise MalformedModelInfo(f"input_size={self.input_size!r}, resize_size={self.resize_size!r}: expected "
+                                     f"whole numbers, 1 <= input_size <= resize_size <= {MAX_IMAGE_SIDE}")
+        for name in ("mean", "std"):
+            values = getattr(self, name)
+            if len(values) != 3 or not all(_is_number(v) and (name == "mean" or v > 0) for v in values):
+                raise MalformedModelInfo(f"{name}={values!r}: expected three finite numbers"
+                                         + (", each above 0" if name == "std" else ""))
+        if not isinstance(self.sources, dict) or not all(isinstance(item, str) for pair in self.sources.items()
+                                                          for item in pair):
+            raise MalformedModelInfo("sources must map card fields to strings")
+
     def to_json(self) -> bytes:
         return json.dumps(asdict(self)).encode()
 
     @classmethod
     def from_json(cls, raw: bytes) -> "ModelInfo":
-        fields = json.loads(raw)
-        fields["mean"], fields["std"] = tuple(fields["mean"]), tuple(fields["std"])
-        return cls(**{name: value for name, value in fields.items() if name in _MODEL_INFO_FIELDS})
+        """The description a heartbeat left in Redis; MalformedModelInfo, and nothing else, for any other bytes."""
+        try:
+            fields = json.loads(raw)
+            fields["mean"], fields["std"] = tuple(fields["mean"]), tuple(fields["std"])
+            return cls(**{name: value for name, value in fields.items() if name in _MODEL_INFO_FIELDS})
+        except MalformedModelInfo:
+            raise
+        except (ValueError, TypeError, KeyError, RecursionError) as exc:  # not JSON, not an object, a field missing
+            raise MalformedModelInfo(f"not a model description: {type(exc).__name__}: {str(exc)[:200]}") from None
 
 
 _MODEL_INFO_FIELDS = {f.name for f in dataclasses.fields(ModelInfo)}
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

@@ -1,5 +1,6 @@
 """The API's contract, against fakeredis: every answer is JSON, every failure has its status."""
 
+import json
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -116,6 +117,18 @@ def test_no_announced_worker_is_503_at_once(client):
     response = post_image(client, photo_bytes("chelsea.png"))
     assert_error(response, 503, "no_worker")
     assert response.headers["Retry-After"] == "1"
+
+
+def test_a_forged_heartbeat_with_a_huge_crop_is_no_usable_worker_not_a_500(client, fake_redis):
+    """Whoever writes Redis cannot make the API allocate what a heartbeat's sizes say: 503, at once."""
+    heartbeat(fake_redis)
+    forged = {**json.loads(MODEL.to_json()), "input_size": 10**6, "resize_size": 10**6}
+    fake_redis.set(KEYS.model, json.dumps(forged))
+    response = post_image(client, photo_bytes("chelsea.png"))
+    assert_error(response, 503, "no_worker")
+    assert fake_redis.llen(KEYS.queue) == 0
+    assert_error(client.get("/model"), 503, "no_worker")
+    assert client.get("/readyz").status_code == 503
 
 
 def test_no_answer_before_the_deadline_is_504(client, fake_redis):
