@@ -9,7 +9,7 @@ from flask import Blueprint, Response, current_app
 
 from app import metrics
 from app.fleet import Fleet
-from app.queue_client import FleetStatus, NoWorker
+from app.queue_client import FleetStatus
 from serving import routing
 from serving.preprocess import RESIZE_FILTER
 from serving.protocol import model_id
@@ -33,8 +33,7 @@ def readyz():
     """Ready: Redis answers and the default model has a live worker (with several models and no default: any
     model has one). A Redis error is 503 too."""
     fleet = _fleet()
-    status = fleet.queue_for(fleet.ready_name()).fleet_status(fleet.worker_timeout)
-    _require_worker(status)
+    status = fleet.live_status(fleet.ready_name())
     return {"status": "ready", "model": status.model.name, "version": status.model.version,
             "workers": status.workers_alive, "queue_depth": status.queue_depth}
 
@@ -43,9 +42,7 @@ def readyz():
 def model():
     """The default model's version that requests go to now (GET /models/<name> lists every version)."""
     fleet = _fleet()
-    status = fleet.queue_for(fleet.name_for(None)).fleet_status(fleet.worker_timeout)
-    _require_worker(status)
-    return _describe(status)
+    return _describe(fleet.live_status(fleet.name_for(None)))
 
 
 @operations.get("/models")
@@ -106,7 +103,3 @@ def _describe(status: FleetStatus) -> dict:
             "backend": info.backend, "device": info.device, "batch_size": info.batch_size,
             "workers": status.workers_alive, "queue_depth": status.queue_depth}
 
-
-def _require_worker(fleet: FleetStatus) -> None:
-    if fleet.model is None or fleet.workers_alive == 0:
-        raise NoWorker()

@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 
 import numpy as np
 
 from serving import protocol
-from serving.protocol import InferenceRequest, Keys, ModelInfo, RedisClock, redis_seconds
+from serving.protocol import (
+    InferenceRequest,
+    InferenceResult,
+    Keys,
+    MalformedModelInfo,
+    ModelInfo,
+    RedisClock,
+    redis_seconds,
+)
 from serving.redis_client import RedisClient
 from serving.worker_stats import WorkerStats, decode_worker_stats
+
+log = logging.getLogger("api")
 
 
 class NoWorker(Exception):
@@ -21,13 +32,9 @@ class QueueFull(Exception):
     """More images are queued than can be served in time."""
 
 
-class NoAnswer(Exception):
-    """The deadline passed before a worker answered."""
-
-
 @dataclass(frozen=True)
 class FleetStatus:
-    model: ModelInfo | None  # None: no worker has announced a model within WORKER_TIMEOUT
+    model: ModelInfo | None  # None: no worker has announced a (usable) model within WORKER_TIMEOUT
     workers_alive: int
     queue_depth: int
     stats: WorkerStats
@@ -48,11 +55,12 @@ class InferenceQueue:
         sent_at = time.time()
         raw_info, depth, redis_time = self.client.eval(protocol.ADMISSION, 2, self.keys.model, self.keys.queue)
         self.clock.observe(redis_seconds(redis_time), sent_at, time.time())
-        if raw_info is None:
+        model = self._usable_model(raw_info)
+        if model is None:
             raise NoWorker()
         if depth >= self.max_queue:
             raise QueueFull(depth)
-        return ModelInfo.from_json(raw_info)
+        return model
 
     def fleet_status(self, worker_timeout: float) -> FleetStatus:
         """The served model, live workers, queue depth and worker statistics; one round trip."""
@@ -62,33 +70,67 @@ class InferenceQueue:
         pipe.llen(self.keys.queue)
         pipe.hgetall(self.keys.worker_stats)
         raw_info, alive, depth, stats = pipe.execute()
-        model = ModelInfo.from_json(raw_info) if raw_info is not None else None
-        return FleetStatus(model, alive, depth, decode_worker_stats(stats))
+        return FleetStatus(self._usable_model(raw_info), alive, depth, decode_worker_stats(stats))
 
-    def classify(self, pixels: np.ndarray, deadline: float, job_id: str) -> dict:
-        """Queue one preprocessed image under `job_id` (unique) and block until its result or the deadline.
+    def _usable_model(self, raw_info: bytes | None) -> ModelInfo | None:
+        """The heartbeat's model description; None without one, or with one the API cannot size requests from
+        (garbled or forged: its sizes are bounded, the log says which field is wrong, the client is told 503)."""
+        if raw_info is None:
+            return None
+        try:
+            return ModelInfo.from_json(raw_info)
+        except MalformedModelInfo as exc:
+            log.warning("unusable model description in %s, counted as no worker: %s", self.keys.model, exc)
+            return None
 
-        `deadline` is by this host's clock; the message carries it by Redis's, which workers compare with.
+    def classify(self, images: list[np.ndarray], job_ids: list[str], deadline: float, top_k: int,
+                 probabilities: bool = False) -> dict[str, InferenceResult]:
+        """Queue preprocessed images, each under its job id (unique), and wait for their answers until the deadline.
+
+        One round trip queues them all, and they batch with everyone else's. `deadline` is by this host's
+        clock; the messages carry it by Redis's, which workers compare with. The answers that came in time,
+        by job id: a missing one is a job whose deadline passed.
         """
         offset = self.clock.offset
-        request = InferenceRequest(job_id, pixels, time.time() + offset, deadline + offset)
-        self.enqueue(protocol.encode_request(request))
-        return self.await_result(request.job_id, deadline)
+        enqueued_at = time.time() + offset
+        self.enqueue([protocol.encode_request(InferenceRequest(job_id, pixels, enqueued_at, deadline + offset, top_k,
+                                                               probabilities))
+                      for job_id, pixels in zip(job_ids, images)])
+        return self.await_results(job_ids, deadline)
 
-    def enqueue(self, message: bytes) -> None:
-        """Queue one message; NoWorker once the version's last worker has closed it (since admission, perhaps),
-        QueueFull when MAX_QUEUE are waiting. Checked and pushed atomically."""
-        outcome = self.client.eval(protocol.ENQUEUE, 2, self.keys.queue, self.keys.model, self.max_queue, message)
+    def enqueue(self, messages: list[bytes]) -> None:
+        """Queue the messages of one request, all or none: NoWorker once the version's last worker has closed it
+        (since admission, perhaps), QueueFull when they would take the queue past MAX_QUEUE. Checked and pushed
+        atomically."""
+        outcome = self.client.eval(protocol.ENQUEUE, 2, self.keys.queue, self.keys.model, self.max_queue, *messages)
         if outcome == protocol.ENQUEUE_NO_WORKER:
             raise NoWorker()
         if outcome == protocol.ENQUEUE_FULL:
             raise QueueFull(self.max_queue)
 
-    def await_result(self, job_id: str, deadline: float) -> dict:
-        # BLPOP wakes the moment the worker pushes the result: no polling, no sleeps.
-        # Its timeout has one-millisecond resolution; zero would block forever.
-        remaining = max(deadline - time.time(), 0.001)
-        popped = self.waiting_client.blpop([self.keys.result(job_id)], timeout=remaining)
-        if popped is None:
-            raise NoAnswer()
-        return protocol.decode_result(popped[1])
+    def await_results(self, job_ids: list[str], deadline: float) -> dict[str, InferenceResult]:
+        """Each job's answer as it comes, until all are in or the deadline passes.
+
+        BLPOP wakes the moment a worker pushes an answer: no polling, no sleeps. Images of one request are
+        usually answered by one batch, so after each wake the answers already there are taken in one round trip.
+        """
+        waiting = {self.keys.result(job_id): job_id for job_id in job_ids}
+        results: dict[str, InferenceResult] = {}
+        while waiting:
+            # BLPOP's timeout has one-millisecond resolution; zero would block forever.
+            popped = self.waiting_client.blpop(list(waiting), timeout=max(deadline - time.time(), 0.001))
+            if popped is None:
+                break
+            results[waiting.pop(popped[0].decode())] = protocol.decode_result(popped[1])
+            results.update(self._answers_already_in(waiting))
+            waiting = {key: job_id for key, job_id in waiting.items() if job_id not in results}
+        return results
+
+    def _answers_already_in(self, waiting: dict[str, str]) -> dict[str, InferenceResult]:
+        if not waiting:
+            return {}
+        pipe = self.client.pipeline(transaction=False)
+        for key in waiting:
+            pipe.lpop(key)
+        return {job_id: protocol.decode_result(raw) for job_id, raw in zip(waiting.values(), pipe.execute())
+                if raw is not None}

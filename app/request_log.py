@@ -40,9 +40,11 @@ def log_fields(**fields) -> None:
     g.log_fields.update(fields)
 
 
-def new_job_id() -> str:
-    """The id a request travels under through Redis: unique, and the request id itself when the API made it."""
-    return g.request_id if g.generated_request_id else uuid.uuid4().hex
+def new_job_ids(count: int) -> list[str]:
+    """The ids a request's images travel under through Redis: unique; the first is the request id itself when the
+    API made that up."""
+    first = g.request_id if g.generated_request_id else uuid.uuid4().hex
+    return [first, *(uuid.uuid4().hex for _ in range(count - 1))][:count]
 
 
 def _start() -> None:

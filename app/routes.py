@@ -1,24 +1,23 @@
-"""HTTP endpoints. A request goes: upload -> decode -> preprocess -> enqueue -> await result -> respond."""
+"""The native HTTP API. A request goes: upload -> decode -> preprocess -> enqueue -> await results -> respond."""
 
 from __future__ import annotations
 
-import time
+import binascii
+import json
+from dataclasses import asdict
 
-from flask import Blueprint, current_app, request
-from werkzeug.datastructures import FileStorage
+import pybase64
+from flask import Blueprint, request
 
-from app import metrics
-from app.decode_budget import DecodeBudget
+from app import inference
 from app.errors import ApiError
-from app.fleet import Fleet
-from app.queue_client import NoAnswer
-from app.request_log import log_fields, new_job_id
-from serving.config import Settings
-from serving.preprocess import decode, fit_to_model, read_header
+from app.inference import ImageOutcome, Options
+from app.request_log import log_fields
 
 api = Blueprint("api", __name__)
 
 UPLOAD_FIELD = "image"
+TOP_K_FIELD = "top_k"
 
 
 @api.get("/healthz")
@@ -43,49 +42,76 @@ def predict_with(name: str):
 
 
 def _classify(requested_name: str | None):
-    started = time.perf_counter()
-    settings: Settings = current_app.config["SETTINGS"]
-    fleet: Fleet = current_app.extensions["fleet"]
-    deadline = time.time() + settings.request_timeout
-
-    upload = read_header(_single_upload().read(), settings.max_image_pixels)
-    name = fleet.name_for(requested_name)
-    queue = fleet.queue_for(name, request.headers.get(VERSION_HEADER))
-    log_fields(model=queue.keys.model_id)
-    model = queue.admit()  # 503 now (app/errors.py) rather than after decoding, if nobody would answer
-    budget: DecodeBudget = current_app.extensions["decode_budget"]
-    width, height = upload.header.size
-    with budget.reserve(width * height):
-        image = decode(upload, min_side=model.resize_size)
-        pixels = fit_to_model(image, model.resize_size, model.input_size)
-        del image  # the decoded image's memory goes back with its share of the budget
-    preprocess_ms = (time.perf_counter() - started) * 1000
-    job_id = new_job_id()
-    log_fields(job_id=job_id)
-    try:
-        result = queue.classify(pixels, deadline, job_id)
-    except NoAnswer:
-        raise ApiError(504, "timeout", f"no answer within REQUEST_TIMEOUT={settings.request_timeout:g}s") from None
-    if not result["success"]:
-        error = result["error"]
-        raise ApiError(500, error["code"], error["message"])
-    timing = {"preprocess_ms": round(preprocess_ms, 2), **result["timing"],
-              "total_ms": round((time.perf_counter() - started) * 1000, 2)}
-    log_fields(**timing, top=result["predictions"][0]["label"] if result["predictions"] else "")
-    metrics.observe_prediction(result["model"], result["version"], (time.perf_counter() - started))
-    return {"success": True, "id": result["id"], "predictions": result["predictions"],
-            "model": result["model"], "version": result["version"], "timing": timing}
+    """The native door: multipart (field `image`, repeatable), a JSON body or a raw image body; `top_k` optional."""
+    images, top_k = _native_request()
+    done = inference.classify(requested_name, request.headers.get(VERSION_HEADER), images, Options(top_k=top_k))
+    if len(done.outcomes) == 1:  # one image: its answer is the response, its failure the response's status
+        outcome = done.outcomes[0]
+        if outcome.failure is not None:
+            raise outcome.failure
+        answer = _image_answer(outcome, done.total_ms)
+        log_fields(**answer["timing"], top=answer["predictions"][0]["label"] if answer["predictions"] else "")
+        return answer
+    return {"success": True, "model": done.model, "version": done.version,
+            "results": [_image_answer(outcome, done.total_ms) for outcome in done.outcomes]}
 
 
-def _single_upload() -> FileStorage:
+def _image_answer(outcome: ImageOutcome, total_ms: float) -> dict:
+    if outcome.failure is not None:
+        return {"success": False, "error": {"code": outcome.failure.code, "message": outcome.failure.message}}
+    result = outcome.result
+    timing = {"preprocess_ms": round(outcome.preprocess_ms, 2), **result.timing, "total_ms": round(total_ms, 2)}
+    return {"success": True, "id": result.job_id, "predictions": [asdict(p) for p in result.predictions],
+            "model": result.model, "version": result.version, "timing": timing}
+
+
+def _native_request() -> tuple[list[bytes], int | None]:
+    """The images (encoded files) and the top_k a native request carries, by its Content-Type."""
+    if request.mimetype == "application/json":
+        return _json_request()
+    if request.mimetype == "multipart/form-data":
+        return _uploads(), parse_top_k(request.form.get(TOP_K_FIELD, request.args.get(TOP_K_FIELD)))
+    if request.mimetype.startswith("image/") or request.mimetype == "application/octet-stream":
+        return [request.get_data()], parse_top_k(request.args.get(TOP_K_FIELD))
+    raise ApiError(400, "missing_image",
+                   f"send the image as multipart/form-data in the file field '{UPLOAD_FIELD}', as a JSON body "
+                   f'{{"image": "<base64>"}}, or as a raw image/* body (got Content-Type {request.mimetype or "none"})')
+
+
+def _uploads() -> list[bytes]:
     files = request.files.getlist(UPLOAD_FIELD)
     if not files:
-        if request.mimetype != "multipart/form-data":
-            raise ApiError(400, "missing_image",
-                           f"send the image as multipart/form-data in the file field '{UPLOAD_FIELD}' "
-                           f"(got Content-Type {request.mimetype or 'none'})")
         raise ApiError(400, "missing_image", f"no file field '{UPLOAD_FIELD}' in the form")
-    if len(files) > 1:
-        raise ApiError(400, "too_many_images", f"send one image per request; got {len(files)} in '{UPLOAD_FIELD}'")
-    return files[0]
+    return [upload.read() for upload in files]
 
+
+def _json_request() -> tuple[list[bytes], int | None]:
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise ApiError(400, "invalid_json", 'the body is not a JSON object like {"image": "<base64>"}')
+    if ("image" in body) == ("images" in body):
+        raise ApiError(400, "missing_image", 'send either "image": "<base64>" or "images": ["<base64>", ...]')
+    encoded = [body["image"]] if "image" in body else body["images"]
+    if not isinstance(encoded, list) or not all(isinstance(item, str) for item in encoded):
+        raise ApiError(400, "invalid_json", '"images" must be a list of base64 strings, "image" one such string')
+    top_k = body.get(TOP_K_FIELD)
+    if top_k is not None and type(top_k) is not int:  # JSON's own numbers; bool is an int to Python
+        raise ApiError(400, "invalid_top_k", f"top_k={json.dumps(top_k)[:20]}: expected a whole number")
+    return [_base64(item, index) for index, item in enumerate(encoded)], (
+        top_k if top_k is not None else parse_top_k(request.args.get(TOP_K_FIELD)))
+
+
+def _base64(text: str, index: int) -> bytes:
+    try:
+        return pybase64.b64decode(text, validate=True)
+    except (ValueError, binascii.Error):
+        raise ApiError(400, "invalid_base64", f"image {index} is not valid base64") from None
+
+
+def parse_top_k(given: str | None) -> int | None:
+    """`top_k` from a query or form field: a whole number (its range is checked against the model's classes)."""
+    if given is None:
+        return None
+    if not (given.isascii() and given.isdigit()):
+        raise ApiError(400, "invalid_top_k", f"top_k={given[:20]!r}: expected a whole number")
+    return int(given)

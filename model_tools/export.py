@@ -20,9 +20,10 @@ import numpy as np
 import torch
 
 from model_tools import CARD_FILE
-from model_tools.card import ModelCard, ModelLoadError, card_from_json, card_to_json
+from model_tools.card import ModelCard, ModelLoadError, ModelOptions, card_from_json, card_to_json
 from model_tools.checkpoints import LoadedModel, first_line, write_atomically
 from model_tools.serving_model import ServingModel
+from model_tools.trust import check_onnx
 
 METHODS = ("trace", "script")
 ONNX_OPSET = 17
@@ -114,7 +115,8 @@ def export_onnx(loaded: LoadedModel, out: str | os.PathLike) -> Path:
     return write_atomically(out, write)
 
 
-def read_onnx_card(path: str | os.PathLike) -> ModelCard:
+def read_onnx_card(path: str | os.PathLike, options: ModelOptions = ModelOptions()) -> ModelCard:
+    """The card of an ONNX file model_tools wrote, once model_tools.trust.check_onnx has passed the file."""
     import onnx
 
     path = Path(path)
@@ -124,6 +126,7 @@ def read_onnx_card(path: str | os.PathLike) -> ModelCard:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:
         raise ModelLoadError(f"{path} is not an ONNX file: {exc}") from None
+    check_onnx(model, path, options)
     for entry in model.metadata_props:
         if entry.key == CARD_FILE:
             return card_from_json(entry.value)

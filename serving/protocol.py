@@ -3,9 +3,11 @@
 Nothing outside this module spells a key or a message field.
 
 Flow of one request (`{prefix}` here is short for a model version's hash tag, `{KEY_PREFIX:name@version}`):
-  API:    LPUSH {prefix}:queue <request JSON>   (ENQUEUE: while the version is served, unless MAX_QUEUE wait)
+  API:    LPUSH {prefix}:queue <request JSON> ...   (ENQUEUE, one per image: while the version is served, unless
+          MAX_QUEUE would be passed)
   worker: LMOVE {prefix}:retry -> {prefix}:processing:<worker id>    (one retried message alone, if any)
-          else BLMOVE {prefix}:queue -> {prefix}:processing:<worker id>   (atomic take of a batch)
+          else BLMOVE {prefix}:queue -> {prefix}:processing:<worker id>   (atomic take of a batch:
+               the first message blocking, then TAKE_QUEUED's LMOVEs for the rest)
   worker: LPUSH {prefix}:result:<job id> <result JSON>, EXPIRE it,
           LREM the answered messages from its processing list,
           HDEL their delivery counts                              (one transaction)
@@ -43,6 +45,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import pybase64
+
+from serving.config import check_model_id_part
 
 ATTEMPTS_EXHAUSTED = "attempts_exhausted"
 
@@ -171,10 +175,12 @@ def redis_seconds(reply: tuple[int, int]) -> float:
 
 @dataclass(frozen=True)
 class InferenceRequest:
-    job_id: str  # the API makes one per request; its answer waits under Keys.result(job_id)
+    job_id: str  # the API makes one per image; its answer waits under Keys.result(job_id)
     pixels: np.ndarray  # uint8, height x width x 3
     enqueued_at: float  # epoch seconds, by Redis's clock (RedisClock)
     deadline: float  # epoch seconds by Redis's clock, after which the client no longer waits
+    top_k: int  # predictions the answer carries (at most the model's classes)
+    probabilities: bool = False  # whether the answer carries every class's probability too (Open Inference Protocol)
 
 
 def encode_request(request: InferenceRequest) -> bytes:
@@ -185,6 +191,8 @@ def encode_request(request: InferenceRequest) -> bytes:
         "dtype": "uint8",
         "enqueued_at": request.enqueued_at,
         "deadline": request.deadline,
+        "top_k": request.top_k,
+        "probabilities": request.probabilities,
     }).encode()
     # The base64 alphabet needs no JSON escaping, so the 200 KB string is appended as it is rather
     # than scanned by json.dumps (0.4 ms of the API's CPU per request); decode_request counts on it.
@@ -240,7 +248,12 @@ def decode_request(raw: bytes) -> InferenceRequest:
             raise ValueError(f"{len(data)} pixel bytes for shape {list(shape)}")
         pixels = np.frombuffer(data, dtype=np.uint8).reshape(shape)
         enqueued_at, deadline = _finite(fields["enqueued_at"]), _finite(fields["deadline"])
-        return InferenceRequest(job_id, pixels, enqueued_at, deadline)
+        top_k, probabilities = fields["top_k"], fields["probabilities"]
+        if type(top_k) is not int or top_k < 1:
+            raise ValueError(f"top_k {str(top_k)[:20]!r}, expected a whole number of at least 1")
+        if not isinstance(probabilities, bool):
+            raise ValueError(f"probabilities {str(probabilities)[:20]!r}, expected true or false")
+        return InferenceRequest(job_id, pixels, enqueued_at, deadline, top_k, probabilities)
     except KeyError as exc:
         raise MalformedMessage(f"missing field {exc}", job_id) from None
     except (TypeError, ValueError, OverflowError, binascii.Error) as exc:  # "shape": [1e999] overflows int()
@@ -254,30 +267,92 @@ def _finite(value) -> float:
     return number
 
 
-def encode_success(job_id: str, predictions: list[dict], model: str, version: str, timing: dict) -> bytes:
-    return json.dumps({"id": job_id, "success": True, "predictions": predictions,
-                       "model": model, "version": version, "timing": timing}).encode()
+@dataclass(frozen=True)
+class Prediction:
+    index: int  # the class's output position
+    label: str
+    probability: float
+
+
+@dataclass(frozen=True)
+class Failure:
+    code: str  # machine-readable, e.g. inference_failed, attempts_exhausted
+    message: str  # for a person; never an exception's text (it may name files, devices, memory)
+
+
+@dataclass(frozen=True)
+class InferenceResult:
+    """A worker's answer for one image: its predictions, or the failure that stopped it.
+
+    On the wire, JSON: {"id", "success", "model", "version", "predictions": [{"index", "label", "probability"}],
+    "timing": {"queue_ms", "inference_ms", "batch_size"}} plus "probabilities" (base64 of float32, every class, when
+    the request asked for them); a failure is {"id", "success": false, "error": {"code", "message"}}.
+    """
+
+    job_id: str
+    model: str = ""
+    version: str = ""
+    predictions: tuple[Prediction, ...] = ()
+    timing: dict[str, float] = field(default_factory=dict)  # queue_ms, inference_ms, batch_size
+    probabilities: np.ndarray | None = None  # float32, one per class, when asked for
+    error: Failure | None = None
+
+    @property
+    def success(self) -> bool:
+        return self.error is None
+
+
+def encode_result(result: InferenceResult) -> bytes:
+    if result.error is not None:
+        return json.dumps({"id": result.job_id, "success": False, "error": asdict(result.error)}).encode()
+    fields = {"id": result.job_id, "success": True, "model": result.model, "version": result.version,
+              "predictions": [asdict(p) for p in result.predictions], "timing": result.timing}
+    if result.probabilities is not None:
+        fields["probabilities"] = pybase64.b64encode(np.ascontiguousarray(result.probabilities, "<f4").data).decode()
+    return json.dumps(fields).encode()
 
 
 def encode_failure(job_id: str, code: str, message: str) -> bytes:
-    return json.dumps({"id": job_id, "success": False,
-                       "error": {"code": code, "message": message}}).encode()
+    """The encoded answer of a job that failed: what workers and the reaper's error answers write."""
+    return encode_result(InferenceResult(job_id, error=Failure(code, message)))
 
 
-def decode_result(raw: bytes) -> dict:
-    return json.loads(raw)
+def decode_result(raw: bytes) -> InferenceResult:
+    """A worker's answer, as encode_result wrote it (workers are trusted to write only that)."""
+    fields = json.loads(raw)
+    if not fields["success"]:
+        return InferenceResult(fields["id"], error=Failure(**fields["error"]))
+    probabilities = fields.get("probabilities")
+    return InferenceResult(
+        fields["id"], fields["model"], fields["version"], tuple(Prediction(**p) for p in fields["predictions"]),
+        fields["timing"],
+        np.frombuffer(pybase64.b64decode(probabilities), "<f4") if probabilities is not None else None)
 
 
-# Queue one message while the version is served and fewer than MAX_QUEUE are waiting: checked and pushed
-# in one step, so concurrent API threads cannot overshoot the limit, and nothing is queued once the last
-# worker of the version has closed it (STOPPING deletes the model key before that worker drains the
-# queue, so the queue it finds empty stays empty). KEYS: queue, model key. ARGV: max queued, message.
-# Returns the new depth, or ENQUEUE_FULL, or ENQUEUE_NO_WORKER.
+# Queue the messages of one client request (one per image), all or none, while the version is served and
+# they fit under MAX_QUEUE: checked and pushed in one step, so concurrent API threads cannot overshoot the
+# limit, and nothing is queued once the last worker of the version has closed it (STOPPING deletes the model
+# key before that worker drains the queue, so the queue it finds empty stays empty). KEYS: queue, model key.
+# ARGV: max queued, message, message, ... Returns the new depth, or ENQUEUE_FULL, or ENQUEUE_NO_WORKER.
 ENQUEUE_FULL, ENQUEUE_NO_WORKER = -1, -2
 ENQUEUE = """
 if redis.call('EXISTS', KEYS[2]) == 0 then return -2 end
-if redis.call('LLEN', KEYS[1]) >= tonumber(ARGV[1]) then return -1 end
-return redis.call('LPUSH', KEYS[1], ARGV[2])
+if redis.call('LLEN', KEYS[1]) + #ARGV - 1 > tonumber(ARGV[1]) then return -1 end
+return redis.call('LPUSH', KEYS[1], unpack(ARGV, 2))
+"""
+
+# Move up to ARGV[1] queued messages into a worker's processing list, oldest first, in one step: one
+# command, so a timeout reaches the worker, which then serves what its list holds (a pipeline of LMOVEs
+# on a Redis Cluster is sent again command by command after a timeout, by redis-py itself, taking more
+# messages while the first ones stay in the list). KEYS: queue, processing list. ARGV: count.
+TAKE_QUEUED = """
+local taken = {}
+for _ = 1, tonumber(ARGV[1]) do
+  local message = redis.call('LMOVE', KEYS[1], KEYS[2], 'RIGHT', 'LEFT')
+  if not message then break end
+  taken[#taken + 1] = message
+end
+return taken
 """
 
 # What the API needs before it takes an upload, in one round trip: the served model (nil: no worker), the
@@ -421,9 +496,23 @@ return 1
 """
 
 
+# Largest resize or crop side a model may take. The API sizes every request's crop (input_size² x 3 bytes) from
+# the heartbeat, so the bound keeps a forged or garbled one from making it allocate gigabytes; torchvision's
+# largest published weights take 600.
+MAX_IMAGE_SIDE = 2048
+
+
+class MalformedModelInfo(ValueError):
+    """A model description (a heartbeat's {prefix}:model) that is not one, or one the API could not serve from."""
+
+
 @dataclass(frozen=True)
 class ModelInfo:
-    """What a worker publishes about the model it serves; a reader ignores fields it does not know (upgrades)."""
+    """What a worker publishes about the model it serves; a reader ignores fields it does not know (upgrades).
+
+    Every field is checked when one is made, by the worker that announces it (which then refuses to start)
+    and by the API that reads it from Redis (which then counts it as no usable worker).
+    """
     name: str  # MODEL_NAME, or the card's
     arch: str
     num_classes: int
@@ -437,14 +526,49 @@ class ModelInfo:
     sources: dict[str, str] = field(default_factory=dict)  # card field -> where its value came from
     version: str = "1"  # MODEL_VERSION
 
+    def __post_init__(self):
+        for name in ("name", "version"):
+            check_model_id_part(getattr(self, name), f"model {name}", MalformedModelInfo)
+        if not all(isinstance(getattr(self, name), str) for name in ("arch", "device", "backend")):
+            raise MalformedModelInfo("arch, device and backend must be strings")
+        for name in ("num_classes", "batch_size"):
+            if not _is_count(getattr(self, name)) or getattr(self, name) < 1:
+                raise MalformedModelInfo(f"{name}={getattr(self, name)!r}: expected a whole number of at least 1")
+        if not (_is_count(self.input_size) and _is_count(self.resize_size)
+                and 1 <= self.input_size <= self.resize_size <= MAX_IMAGE_SIDE):
+            raise MalformedModelInfo(f"input_size={self.input_size!r}, resize_size={self.resize_size!r}: expected "
+                                     f"whole numbers, 1 <= input_size <= resize_size <= {MAX_IMAGE_SIDE}")
+        for name in ("mean", "std"):
+            values = getattr(self, name)
+            if len(values) != 3 or not all(_is_number(v) and (name == "mean" or v > 0) for v in values):
+                raise MalformedModelInfo(f"{name}={values!r}: expected three finite numbers"
+                                         + (", each above 0" if name == "std" else ""))
+        if not isinstance(self.sources, dict) or not all(isinstance(item, str) for pair in self.sources.items()
+                                                          for item in pair):
+            raise MalformedModelInfo("sources must map card fields to strings")
+
     def to_json(self) -> bytes:
         return json.dumps(asdict(self)).encode()
 
     @classmethod
     def from_json(cls, raw: bytes) -> "ModelInfo":
-        fields = json.loads(raw)
-        fields["mean"], fields["std"] = tuple(fields["mean"]), tuple(fields["std"])
-        return cls(**{name: value for name, value in fields.items() if name in _MODEL_INFO_FIELDS})
+        """The description a heartbeat left in Redis; MalformedModelInfo, and nothing else, for any other bytes."""
+        try:
+            fields = json.loads(raw)
+            fields["mean"], fields["std"] = tuple(fields["mean"]), tuple(fields["std"])
+            return cls(**{name: value for name, value in fields.items() if name in _MODEL_INFO_FIELDS})
+        except MalformedModelInfo:
+            raise
+        except (ValueError, TypeError, KeyError, RecursionError) as exc:  # not JSON, not an object, a field missing
+            raise MalformedModelInfo(f"not a model description: {type(exc).__name__}: {str(exc)[:200]}") from None
 
 
 _MODEL_INFO_FIELDS = {f.name for f in dataclasses.fields(ModelInfo)}
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

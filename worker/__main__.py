@@ -16,7 +16,8 @@ import sys
 import threading
 from typing import TYPE_CHECKING, NoReturn
 
-from serving.config import LOG_FORMAT, Settings, program_settings
+from serving.config import LOG_FORMAT, ConfigError, Settings, program_settings
+from serving.protocol import MalformedModelInfo
 from serving.redis_client import RedisClient, connect
 
 if TYPE_CHECKING:
@@ -53,7 +54,12 @@ def main() -> int:
     except StoppedWhileStarting as exc:
         log.info("stopped by %s while starting; exiting before serving anything", exc)
         _exit_at_once()
-    return 0 if Worker(redis_client(settings), classifier, settings).run(stop) else 1
+    try:
+        worker = Worker(redis_client(settings), classifier, settings)
+    except (ConfigError, MalformedModelInfo) as exc:  # a card name or size the service cannot announce
+        log.error("cannot serve the model: %s", exc)
+        return 2
+    return 0 if worker.run(stop) else 1
 
 
 def load_classifier(settings: Settings) -> Classifier | None:

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from engines.base import Engine
-from serving.protocol import ModelInfo
+from serving.protocol import ModelInfo, Prediction
 
 
 def choose_device(setting: str) -> torch.device:
@@ -49,9 +49,7 @@ class Classifier:
         """Class probabilities, one row per image of the uint8 NHWC batch."""
         return self._run(images)
 
-    def top_k(self, probabilities: np.ndarray, k: int) -> list[list[dict]]:
-        """The k most probable classes of each row, most probable first."""
-        k = min(k, probabilities.shape[1])
-        best = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
-        return [[{"label": self.card.class_names[i], "index": int(i), "probability": float(row[i])}
-                 for i in indices] for row, indices in zip(probabilities, best)]
+    def top_k(self, row: np.ndarray, k: int) -> tuple[Prediction, ...]:
+        """The k most probable classes of one image's probabilities, most probable first."""
+        best = np.argsort(-row, kind="stable")[:k]
+        return tuple(Prediction(int(i), self.card.class_names[i], float(row[i])) for i in best)

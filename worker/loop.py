@@ -13,8 +13,8 @@ from typing import NamedTuple
 import numpy as np
 
 from serving import protocol
-from serving.config import Settings
-from serving.protocol import InferenceRequest, Keys, MalformedMessage, RedisClock
+from serving.config import ConfigError, Settings, check_model_id_part
+from serving.protocol import InferenceRequest, InferenceResult, Keys, MalformedMessage, RedisClock
 from serving.redis_client import REDIS_ERRORS, RedisClient
 from worker.inference import Classifier
 from worker.metrics import BatchStats
@@ -35,14 +35,27 @@ def new_worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
+def served_name(settings: Settings, card_name: str) -> str:
+    """MODEL_NAME, else the model card's name, which must pass MODEL_NAME's rule: it goes into Redis keys and URLs.
+
+    ConfigError otherwise (a card that model_tools did not write may say anything, a brace included, which
+    would move the queue's keys out of their Redis Cluster hash tag).
+    """
+    if settings.model_name:
+        return settings.model_name
+    try:
+        return check_model_id_part(card_name, "the model card's name")
+    except ConfigError as exc:
+        raise ConfigError(f"{exc}; set MODEL_NAME to the name to serve it under") from None
+
+
 class Worker:
     def __init__(self, client: RedisClient, classifier: Classifier, settings: Settings,
                  worker_id: str | None = None):
         self.client = client
         self.classifier = classifier
         self.settings = settings
-        card = classifier.card
-        self.name, self.version = settings.model_name or card.name, settings.model_version
+        self.name, self.version = served_name(settings, classifier.card.name), settings.model_version
         self.model_id = protocol.model_id(self.name, self.version)
         self.keys = Keys(settings.key_prefix, self.model_id)
         self.worker_id = worker_id or new_worker_id()
@@ -232,9 +245,10 @@ class Worker:
                 "worker's log has the error under this request's job id") for request in requests}
         inference_ms = (time.perf_counter() - started) * 1000
         answers = {}
-        for request, predictions in zip(requests, self.classifier.top_k(probabilities, self.settings.top_k)):
+        for request, row in zip(requests, probabilities):
             timing = {"queue_ms": round(max(taken_at - request.enqueued_at, 0) * 1000, 2),
                       "inference_ms": round(inference_ms, 2), "batch_size": len(requests)}
-            answers[request.job_id] = protocol.encode_success(
-                request.job_id, predictions, self.name, self.version, timing)
+            answers[request.job_id] = protocol.encode_result(InferenceResult(
+                request.job_id, self.name, self.version, self.classifier.top_k(row, request.top_k), timing,
+                row if request.probabilities else None))
         return inference_ms, answers

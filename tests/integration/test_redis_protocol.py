@@ -70,7 +70,7 @@ def test_heartbeats_and_the_reapers_cutoff_use_redis_time_not_the_hosts(real_red
     """A worker host whose clock runs an hour ahead neither looks alive forever nor reaps live workers."""
     real_redis.zadd(KEYS.workers, {"dead": time.time() - TIMEOUT - 1})
     pixels = np.zeros((2, 2, 3), dtype=np.uint8)
-    real_redis.lpush(KEYS.processing("dead"), protocol.encode_request(InferenceRequest("a", pixels, 0, 1)))
+    real_redis.lpush(KEYS.processing("dead"), protocol.encode_request(InferenceRequest("a", pixels, 0, 1, 5)))
     WorkerQueue(real_redis, KEYS, "live").announce(b"{}", TIMEOUT)
     monkeypatch.setattr(time, "time", lambda: 3600 + TRUE_TIME())
     assert WorkerQueue(real_redis, KEYS, "reaper").reap_dead_workers(TIMEOUT, 3, result_ttl=30) == 1
@@ -95,7 +95,7 @@ def test_run_survives_a_redis_outage_and_signs_off_when_stopped():
         outage.start_redis(port)
         outage.redis().lpush(KEYS.queue, message("after-outage"))
         answer = worker.client.blpop([KEYS.result("after-outage")], timeout=10)
-        assert answer is not None and protocol.decode_result(answer[1])["success"] is True
+        assert answer is not None and protocol.decode_result(answer[1]).success
         # The heartbeat thread backs off on its own schedule (up to 5 s), so it may come back after the serving loop.
         give_up_at = time.monotonic() + 10
         while worker.client.zscore(KEYS.workers, "w1") is None and time.monotonic() < give_up_at:

@@ -53,7 +53,7 @@ def test_a_malformed_message_is_answered_and_the_worker_keeps_serving(fault_stac
     client.lpush(keys.queue, b'{"id": "poison-1", "shape": [224, 224, 3], "dtype": "uint8", "image": "AAAA"}')
     _, raw = client.blpop([keys.result("poison-1")], timeout=10)
     answer = protocol.decode_result(raw)
-    assert answer["success"] is False and answer["error"]["code"] == "malformed_message"
+    assert not answer.success and answer.error.code == "malformed_message"
     assert post_image(fault_stack.url, photo_bytes("coffee.png")).json()["predictions"][0]["label"] == "espresso"
     assert [p.pid for p in fault_stack.worker_processes] == pids
     assert all(p.poll() is None for p in fault_stack.worker_processes)
@@ -64,13 +64,14 @@ def test_a_request_whose_workers_keep_dying_gets_an_error_answer(fault_stack):
     keys, client = keys_of(fault_stack), fault_stack.redis()
     now = time.time()
     pixels = np.zeros((224, 224, 3), dtype=np.uint8)
-    client.lpush(keys.processing("ghost"), protocol.encode_request(InferenceRequest("deadly", pixels, now, now + 30)))
+    deadly = protocol.encode_request(InferenceRequest("deadly", pixels, now, now + 30, 5))
+    client.lpush(keys.processing("ghost"), deadly)
     client.hset(keys.attempts, "deadly", fault_stack.settings.max_attempts - 1)
     client.zadd(keys.workers, {"ghost": now - 60})
     _, raw = client.blpop([keys.result("deadly")], timeout=10)
     answer = protocol.decode_result(raw)
-    assert answer["error"]["code"] == "attempts_exhausted"
-    assert f"died {fault_stack.settings.max_attempts} times" in answer["error"]["message"]
+    assert answer.error.code == "attempts_exhausted"
+    assert f"died {fault_stack.settings.max_attempts} times" in answer.error.message
     assert not client.exists(keys.processing("ghost")) and client.zscore(keys.workers, "ghost") is None
     assert not client.exists(keys.attempts)  # the count goes with the answer
 

@@ -13,7 +13,7 @@ import fakeredis
 
 from serving import protocol
 from serving.config import Settings
-from serving.protocol import FleetKeys, InferenceRequest, Keys, ModelInfo
+from serving.protocol import FleetKeys, Keys, ModelInfo
 from tests.images import photo_bytes
 from worker.queue import WorkerQueue
 
@@ -37,27 +37,32 @@ def heartbeat(fake_redis: fakeredis.FakeRedis, worker_id: str = "w1", age: float
 
 def success(predictions: list[dict], model: ModelInfo = MODEL):
     """A make_result for answer_next_request: these predictions, with a worker's timing."""
-    return lambda request: protocol.encode_success(request.job_id, predictions, model.name, model.version,
-                                                   {"queue_ms": 1.0, "inference_ms": 2.0, "batch_size": 1})
+    return lambda request: protocol.encode_result(protocol.InferenceResult(
+        request.job_id, model.name, model.version, tuple(protocol.Prediction(**p) for p in predictions),
+        {"queue_ms": 1.0, "inference_ms": 2.0, "batch_size": 1}))
 
 
-def answer_next_request(fake_redis: fakeredis.FakeRedis, make_result, keys: Keys = KEYS) -> dict[str, InferenceRequest]:
-    """A stand-in worker thread: takes the next message of `keys`' queue and publishes make_result(request) for it.
+def answer_next_request(fake_redis: fakeredis.FakeRedis, make_result, keys: Keys = KEYS, count: int = 1) -> dict:
+    """A stand-in worker thread: takes the next `count` messages of `keys`' queue, one at a time, and publishes
+    make_result(request) for each.
 
-    Returns a dict that holds the request under "request" once it has been taken.
+    Returns a dict that holds the first request under "request" once it has been taken, and all under "requests".
     """
-    seen: dict[str, InferenceRequest] = {}
+    seen: dict = {"requests": []}
 
     def run():
+        queue = WorkerQueue(fake_redis, keys, "w1")
         for _ in range(200):
-            batch = WorkerQueue(fake_redis, keys, "w1").take_batch(1, block_seconds=0.01, wait_for_more_seconds=0)
+            batch = queue.take_batch(1, block_seconds=0.01, wait_for_more_seconds=0)
             if batch:
                 request = protocol.decode_request(batch[0])
-                seen["request"] = request
-                WorkerQueue(fake_redis, keys, "w1").publish_results({request.job_id: make_result(request)}, batch,
-                                ttl_seconds=5)
-                return
-            time.sleep(0.005)
+                seen.setdefault("request", request)
+                seen["requests"].append(request)
+                queue.publish_results({request.job_id: make_result(request)}, batch, ttl_seconds=5)
+                if len(seen["requests"]) == count:
+                    return
+            else:
+                time.sleep(0.005)
 
     threading.Thread(target=run, daemon=True).start()
     return seen

@@ -94,7 +94,7 @@ def test_auto_goes_on_to_the_next_engine_when_one_cannot_export_the_model_and_th
     assert classifier.backend == "torchscript"
     for name in ("onnxruntime", "openvino"):  # each skipped with the exporter's own words
         assert f"backend {name} skipped: {UNSUPPORTED_BY_ONNX}" in caplog.text
-    top_1 = [row[0]["label"] for row in classifier.top_k(classifier.probabilities(solid_colours()), 1)]
+    top_1 = [classifier.top_k(row, 1)[0].label for row in classifier.probabilities(solid_colours())]
     assert top_1 == list(COLOURS)
 
 
@@ -140,7 +140,8 @@ def model_files(tmp_path):
     ("torchscript", "torchscript", "torchscript"),
 ])
 def test_exported_files_are_served_by_the_engines_that_can_run_them(model_files, kind, backend, expected):
-    engine = open_engine(Settings(model_path=str(model_files[kind]), backend=backend), CPU)
+    trusted = kind == "torchscript"  # TorchScript is code, whoever wrote it (tests/unit/test_model_trust.py)
+    engine = open_engine(Settings(model_path=str(model_files[kind]), backend=backend, model_trusted=trusted), CPU)
     assert engine.name == expected
     assert [engine.card.class_names[i] for i in engine.run(solid_colours()).argmax(axis=1)] == list(COLOURS)
 

@@ -14,7 +14,7 @@ from serving.protocol import InferenceRequest, Keys, MalformedMessage, ModelInfo
 
 def make_request(shape=(224, 224, 3)) -> InferenceRequest:
     pixels = np.random.default_rng(0).integers(0, 256, size=shape, dtype=np.uint8)
-    return InferenceRequest("abc123", pixels, 1000.0, 1010.0)
+    return InferenceRequest("abc123", pixels, 1000.0, 1010.0, 5)
 
 
 def test_request_round_trip_preserves_every_pixel_and_field():
@@ -28,14 +28,14 @@ def test_request_round_trip_preserves_every_pixel_and_field():
 
 def test_request_is_json_with_base64_of_raw_uint8_pixels():
     fields = json.loads(protocol.encode_request(make_request((4, 5, 3))))
-    assert set(fields) == {"id", "shape", "dtype", "image", "enqueued_at", "deadline"}
+    assert set(fields) == {"id", "shape", "dtype", "image", "enqueued_at", "deadline", "top_k", "probabilities"}
     assert fields["shape"] == [4, 5, 3] and fields["dtype"] == "uint8"
     assert len(base64.b64decode(fields["image"])) == 4 * 5 * 3
 
 
 def test_pixels_travel_as_uint8_whatever_integer_array_they_come_in():
     pixels = np.arange(2 * 2 * 3, dtype=np.int64).reshape(2, 2, 3)
-    decoded = protocol.decode_request(protocol.encode_request(InferenceRequest("r1", pixels, 1000.0, 1010.0)))
+    decoded = protocol.decode_request(protocol.encode_request(InferenceRequest("r1", pixels, 1000.0, 1010.0, 5)))
     assert decoded.pixels.dtype == np.uint8
     np.testing.assert_array_equal(decoded.pixels, pixels)
 
@@ -119,7 +119,7 @@ def test_an_image_that_is_not_strict_base64_is_malformed():
 def test_the_smallest_image_and_a_non_square_one_decode():
     for shape in [(1, 1, 3), (2, 3, 3)]:
         pixels = np.arange(np.prod(shape), dtype=np.uint8).reshape(shape)
-        decoded = protocol.decode_request(protocol.encode_request(InferenceRequest("r", pixels, 1.0, 2.0)))
+        decoded = protocol.decode_request(protocol.encode_request(InferenceRequest("r", pixels, 1.0, 2.0, 5)))
         np.testing.assert_array_equal(decoded.pixels, pixels)
 
 
@@ -165,16 +165,63 @@ def test_model_ages_are_each_models_own(fake_redis):
 
 
 def test_results_carry_success_or_a_coded_error():
-    ok = protocol.decode_result(protocol.encode_success("r1", [{"label": "x"}], "m", "1", {"inference_ms": 1}))
-    assert ok == {"id": "r1", "success": True, "predictions": [{"label": "x"}], "model": "m", "version": "1",
-                  "timing": {"inference_ms": 1}}
+    prediction = protocol.Prediction(281, "tabby", 0.5)
+    ok = protocol.InferenceResult("r1", "m", "1", (prediction,), {"inference_ms": 1.0})
+    assert json.loads(protocol.encode_result(ok)) == {
+        "id": "r1", "success": True, "model": "m", "version": "1", "timing": {"inference_ms": 1.0},
+        "predictions": [{"index": 281, "label": "tabby", "probability": 0.5}]}
+    assert protocol.decode_result(protocol.encode_result(ok)) == ok
     failed = protocol.decode_result(protocol.encode_failure("r1", "inference_failed", "boom"))
-    assert failed == {"id": "r1", "success": False, "error": {"code": "inference_failed", "message": "boom"}}
+    assert failed == protocol.InferenceResult("r1", error=protocol.Failure("inference_failed", "boom"))
+    assert json.loads(protocol.encode_failure("r1", "inference_failed", "boom")) == {
+        "id": "r1", "success": False, "error": {"code": "inference_failed", "message": "boom"}}
+
+
+def test_a_result_carries_every_probability_exactly_when_asked():
+    probabilities = np.array([0.25, 0.125, 0.625], dtype=np.float32)
+    with_all = protocol.InferenceResult("r1", "m", "1", (), {}, probabilities)
+    decoded = protocol.decode_result(protocol.encode_result(with_all))
+    assert decoded.probabilities.dtype == np.float32 and np.array_equal(decoded.probabilities, probabilities)
+    assert protocol.decode_result(protocol.encode_result(protocol.InferenceResult("r1"))).probabilities is None
 
 
 def test_model_info_round_trip():
     info = ModelInfo("m", "resnet50", 1000, 224, 256, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "cpu", 8)
     assert ModelInfo.from_json(info.to_json()) == info
+
+
+GOOD_INFO = json.loads(ModelInfo("m", "resnet50", 1000, 224, 256, (0.5,) * 3, (0.2,) * 3, "cpu", 8).to_json())
+
+
+@pytest.mark.parametrize("forged", [
+    {"input_size": 10**6, "resize_size": 10**6},  # the API would allocate a 3 TB crop
+    {"input_size": protocol.MAX_IMAGE_SIDE + 1, "resize_size": protocol.MAX_IMAGE_SIDE + 1},
+    {"resize_size": 100},  # below the crop
+    {"input_size": 0}, {"input_size": -224}, {"input_size": 224.5}, {"input_size": "224"}, {"input_size": True},
+    {"mean": [0.5, 0.5]}, {"mean": [0.5, 0.5, float("nan")]}, {"std": [0.2, 0.2, 0]}, {"std": "abc"},
+    {"num_classes": 0}, {"batch_size": None},
+    {"name": "odd/name}x"}, {"version": ""}, {"name": 7}, {"arch": ["x"]}, {"sources": {"mean": 1}},
+], ids=repr)
+def test_a_model_description_out_of_bounds_is_malformed(forged):
+    with pytest.raises(protocol.MalformedModelInfo):
+        ModelInfo.from_json(json.dumps({**GOOD_INFO, **forged}).encode())
+
+
+def test_the_largest_bounded_sizes_are_a_model_description_still():
+    side = protocol.MAX_IMAGE_SIDE
+    assert ModelInfo.from_json(json.dumps({**GOOD_INFO, "input_size": side, "resize_size": side}).encode())
+
+
+@settings(max_examples=200, deadline=None)
+@given(raw=st.one_of(st.binary(max_size=200), st.dictionaries(st.sampled_from(sorted(GOOD_INFO)), st.one_of(
+    st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=5), st.lists(st.floats(), max_size=4)),
+    ).map(lambda fields: json.dumps({**GOOD_INFO, **fields}).encode())))
+def test_any_model_description_parses_within_bounds_or_is_malformed_never_another_error(raw):
+    try:
+        info = ModelInfo.from_json(raw)
+    except protocol.MalformedModelInfo:
+        return
+    assert 1 <= info.input_size <= info.resize_size <= protocol.MAX_IMAGE_SIDE
 
 
 MESSAGE_FIELDS = st.fixed_dictionaries({}, optional={

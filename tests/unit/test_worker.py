@@ -15,7 +15,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from serving import protocol, worker_stats
-from serving.config import Settings
+from serving.config import ConfigError, Settings
 from serving.protocol import FleetKeys, InferenceRequest, Keys, ModelInfo
 from tests.unit.tiny_model import COLOURS, INPUT_SIZE, message, tiny_classifier
 from worker import loop
@@ -23,7 +23,7 @@ from worker.__main__ import redis_client
 from worker.loop import Worker
 from worker.queue import WorkerQueue
 
-SETTINGS = Settings(key_prefix="t", top_k=2, batch_size=8)
+SETTINGS = Settings(key_prefix="t", batch_size=8)
 KEYS = Keys("t", "tiny@1")
 
 
@@ -38,16 +38,26 @@ def result(worker, job_id):
 
 
 def test_each_request_in_a_batch_gets_its_own_top_k(worker):
-    worker.process([message("r1", "red"), message("r2", "blue"), message("r3", "green")])
-    for job_id, colour in [("r1", "red"), ("r2", "blue"), ("r3", "green")]:
+    asked = [("r1", "red", 2), ("r2", "blue", 3), ("r3", "green", 2)]
+    worker.process([message(job_id, colour, top_k=k) for job_id, colour, k in asked])
+    for job_id, colour, k in asked:
         answer = result(worker, job_id)
         assert answer["success"] is True and (answer["model"], answer["version"]) == ("tiny", SETTINGS.model_version)
         predictions = answer["predictions"]
-        assert len(predictions) == 2
+        assert len(predictions) == k and "probabilities" not in answer
         assert predictions[0]["label"] == colour
         assert predictions[0]["index"] == list(COLOURS).index(colour)
         assert predictions[0]["probability"] > predictions[1]["probability"] > 0
         assert answer["timing"]["batch_size"] == 3
+
+
+def test_a_request_that_asks_for_every_probability_gets_them_beside_its_top_k(worker):
+    worker.process([message("all", "blue", top_k=1, probabilities=True), message("top", "blue", top_k=9)])
+    everything = protocol.decode_result(worker.client.lrange(KEYS.result("all"), 0, -1)[0])
+    assert [p.label for p in everything.predictions] == ["blue"]
+    assert everything.probabilities.shape == (len(COLOURS),) and abs(everything.probabilities.sum() - 1) < 1e-5
+    assert int(everything.probabilities.argmax()) == list(COLOURS).index("blue")
+    assert len(result(worker, "top")["predictions"]) == len(COLOURS)  # a top_k past the classes gets them all
 
 
 def test_a_malformed_message_gets_an_error_and_the_rest_of_the_batch_is_served(worker):
@@ -241,8 +251,8 @@ def test_an_answer_times_its_wait_in_the_queue_by_redis_clock_and_the_batch_infe
     ticks = iter([100.0, 100.0456789])  # the model runs for 45.6789 ms
     monkeypatch.setattr(loop, "time", types.SimpleNamespace(perf_counter=lambda: next(ticks)))
     pixels = np.zeros((INPUT_SIZE, INPUT_SIZE, 3), dtype=np.uint8)
-    waited = InferenceRequest("waited", pixels, taken_at - 0.0123456, taken_at + 10)
-    ahead = InferenceRequest("ahead", pixels, taken_at + 1, taken_at + 10)  # an API host whose offset was off
+    waited = InferenceRequest("waited", pixels, taken_at - 0.0123456, taken_at + 10, 5)
+    ahead = InferenceRequest("ahead", pixels, taken_at + 1, taken_at + 10, 5)  # an API host whose offset was off
     worker.process([protocol.encode_request(waited), protocol.encode_request(ahead)])
     assert result(worker, "waited")["timing"] == {"queue_ms": 12.35, "inference_ms": 45.68, "batch_size": 2}
     assert result(worker, "ahead")["timing"]["queue_ms"] == 0
@@ -320,7 +330,7 @@ def test_the_heartbeat_thread_reaps_dead_workers_with_the_configured_timeout_att
     fake_redis.zadd(KEYS.workers, {"dead": time.time() - 6})
     fake_redis.hset(KEYS.attempts, "poison", 1)
     for job_id in ("poison", "fine"):
-        held = InferenceRequest(job_id, pixels, time.time(), time.time() + 60)
+        held = InferenceRequest(job_id, pixels, time.time(), time.time() + 60, 5)
         fake_redis.lpush(KEYS.processing("dead"), protocol.encode_request(held))
     stop = threading.Event()
     thread = threading.Thread(target=worker.beat_until, args=(stop,), daemon=True)
@@ -354,3 +364,12 @@ def test_a_worker_stopped_before_its_first_heartbeat_stops():
     stop.set()
     thread.join(5)
     assert not thread.is_alive() and finished == [True]
+
+
+def test_a_card_name_that_fails_model_names_rule_is_refused_unless_model_name_is_set(fake_redis):
+    """The served name goes into every Redis key and URL of the model: a card's name is checked like MODEL_NAME."""
+    odd = tiny_classifier()
+    odd.card = dataclasses.replace(odd.card, name="odd/name}x")
+    with pytest.raises(ConfigError, match=r"model card's name='odd/name\}x'.*set MODEL_NAME"):
+        Worker(fake_redis, odd, Settings(key_prefix="t"))
+    assert Worker(fake_redis, odd, Settings(key_prefix="t", model_name="tiny")).keys.tag == "{t:tiny@1}"

@@ -47,8 +47,9 @@ def tiny_classifier() -> Classifier:
     return Classifier(engine_for_checkpoint(tiny_loaded_model(), "torch", cpu, 1), cpu)
 
 
-def message(job_id: str, colour: str = "red", deadline_in: float = 10.0, size: int = INPUT_SIZE) -> bytes:
+def message(job_id: str, colour: str = "red", deadline_in: float = 10.0, size: int = INPUT_SIZE, top_k: int = 5,
+            probabilities: bool = False) -> bytes:
     """A queue message, as the API sends it, of an image in one colour: the tiny model's answer is that colour."""
     pixels = np.full((size, size, 3), COLOURS[colour], dtype=np.uint8)
     now = time.time()
-    return protocol.encode_request(InferenceRequest(job_id, pixels, now, now + deadline_in))
+    return protocol.encode_request(InferenceRequest(job_id, pixels, now, now + deadline_in, top_k, probabilities))
