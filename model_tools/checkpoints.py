@@ -21,6 +21,7 @@ defaults, model_tools.card says in which order):
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import pickle
@@ -30,6 +31,7 @@ import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 import torch.nn as nn
@@ -70,7 +72,7 @@ def build_default_checkpoint(path: str | os.PathLike) -> Path:
 def save_state_dict(network: nn.Module, card: ModelCard, path: str | os.PathLike) -> Path:
     """Write the safe format: tensors and plain metadata only."""
     contents = {"state_dict": network.state_dict(), **card_fields(card)}
-    return write_atomically(Path(path), lambda partial: torch.save(contents, partial))
+    return write_serialized(Path(path), lambda buffer: torch.save(contents, buffer))
 
 
 def save_exported_program(network: nn.Module, card: ModelCard, path: str | os.PathLike) -> Path:
@@ -85,11 +87,8 @@ def save_exported_program(network: nn.Module, card: ModelCard, path: str | os.Pa
         except Exception as exc:  # torch.export raises many types for code it cannot capture
             raise ModelLoadError(f"torch.export cannot capture this model: {first_line(exc)}") from None
 
-    def write(partial: Path) -> None:
-        with open(partial, "wb") as f:  # a file object: given a path, torch.export wants it to end in .pt2
-            torch.export.save(program, f, extra_files={CARD_FILE: card_to_json(card)})
-
-    return write_atomically(Path(path), write)
+    return write_serialized(Path(path), lambda buffer: torch.export.save(
+        program, buffer, extra_files={CARD_FILE: card_to_json(card)}))
 
 
 def load_model(path: str | os.PathLike, options: ModelOptions = ModelOptions()) -> LoadedModel:
@@ -268,3 +267,17 @@ def write_atomically(path: Path, write: Callable[[Path], None]) -> Path:
         partial.unlink(missing_ok=True)
     return path
 
+
+def write_serialized(path: Path, serialize: Callable[[BinaryIO], None]) -> Path:
+    """write_atomically for torch's serializers (torch.save, torch.jit.save, torch.export.save): a full disk
+    is an OSError, never an abort.
+
+    Their zip writer (PyTorchStreamWriter) finishes the archive in its C++ destructor; when a write into
+    a full disk fails there, the exception leaves the destructor and std::terminate aborts the process
+    (exit 134) whatever Python catches (torch 2.14: torch.jit.save to a path, torch.export.save to a file).
+    So they write into memory, where no write fails, and Python writes the bytes: the file's size in
+    memory once more, for the moment.
+    """
+    buffer = io.BytesIO()
+    serialize(buffer)
+    return write_atomically(path, lambda partial: partial.write_bytes(buffer.getbuffer()))

@@ -21,7 +21,7 @@ import torch
 
 from model_tools import CARD_FILE
 from model_tools.card import ModelCard, ModelLoadError, card_from_json, card_to_json
-from model_tools.checkpoints import LoadedModel, first_line, write_atomically
+from model_tools.checkpoints import LoadedModel, first_line, write_atomically, write_serialized
 from model_tools.serving_model import ServingModel
 
 METHODS = ("trace", "script")
@@ -69,8 +69,8 @@ def export_torchscript(loaded: LoadedModel, out: str | os.PathLike, *, method: s
             converted = torch.jit.trace(module, example_images(loaded.card.preprocessing.input_size))
         if optimize:
             converted = torch.jit.freeze(converted.eval())
-        return write_atomically(Path(out), lambda partial: torch.jit.save(
-            converted, str(partial),
+        return write_serialized(Path(out), lambda buffer: torch.jit.save(
+            converted, buffer,
             _extra_files={CARD_FILE: card_to_json(loaded.card, {"method": method, "frozen": optimize})}))
 
 
