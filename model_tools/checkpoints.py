@@ -21,6 +21,7 @@ defaults, model_tools.card says in which order):
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -28,7 +29,7 @@ import pickle
 import types
 import warnings
 import zipfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -258,14 +259,26 @@ def first_line(exc: BaseException) -> str:
 
 def write_atomically(path: Path, write: Callable[[Path], None]) -> Path:
     """Have `write` fill a partial file beside `path`, then rename it over `path`: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    try:
+    with written_aside(path) as partial:
         write(partial)
+    return path
+
+
+@contextlib.contextmanager
+def written_aside(path: Path) -> Iterator[Path]:
+    """A partial file beside `path` (same folder, so the rename is atomic) for the block to write and check.
+
+    Renamed over `path` when the block ends without an error; removed in any case, so a write or a check
+    that fails leaves `path` as it was, or absent. The partial keeps the suffix: torch.export.load reads
+    a path only when it ends in .pt2.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f"{path.stem}.partial{path.suffix}")
+    try:
+        yield partial
         os.replace(partial, path)
     finally:
         partial.unlink(missing_ok=True)
-    return path
 
 
 def write_serialized(path: Path, serialize: Callable[[BinaryIO], None]) -> Path:

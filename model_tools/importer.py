@@ -22,7 +22,7 @@ from engines.verify import ExportMismatch, verify
 from model_tools import TOLERANCE, export
 from model_tools.architectures import build_architecture
 from model_tools.card import ModelCard, ModelLoadError, ModelOptions
-from model_tools.checkpoints import LoadedModel, load_model, save_exported_program, save_state_dict
+from model_tools.checkpoints import LoadedModel, load_model, save_exported_program, save_state_dict, written_aside
 from serving.preprocess import prepare
 
 log = logging.getLogger("model_tools")
@@ -31,12 +31,16 @@ SAMPLE_PHOTOS = ("chelsea.png", "coffee.png", "astronaut.png", "rocket.jpg")  # 
 
 
 def import_model(source: Path, options: ModelOptions, out: Path) -> str:
-    """Write `out` from `source` and check it; returns the report to print."""
+    """Write `out` from `source` and check it; returns the report to print.
+
+    The file is written and checked beside `out`, and replaces it only once it passes: a failed import
+    leaves `out` as it was (or absent), never an unchecked file that loads without trust.
+    """
     loaded = load_model(source, options)
-    kind = _write(loaded, out)
-    written = load_model(out)
-    photos = _sample_photos(loaded.card)
-    difference, top1 = _compare(loaded, written, photos)
+    with written_aside(out) as candidate:
+        kind = _write(loaded, candidate)
+        written = load_model(candidate)
+        difference, top1 = _compare(loaded, written, _sample_photos(loaded.card))
     return _report(out, kind, written.card, loaded.card.sources, source, difference, top1)
 
 
