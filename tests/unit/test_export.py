@@ -153,12 +153,14 @@ def test_the_trace_command_verifies_the_default_model(tmp_path, capsys):
 
 
 @pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
-def test_the_trace_command_fails_and_removes_a_mismatching_export(tmp_path, capsys):
+def test_the_trace_command_fails_on_a_mismatching_export_and_leaves_out_as_it_was(tmp_path, capsys):
     checkpoint = save_classic(small_model(BatchDependent).network, tmp_path / "branchy.pth", CARD)
     out = tmp_path / "branchy.ts.pt"
+    out.write_bytes(b"the export made before")
     assert model_tools_main(["trace", "--trusted", "--checkpoint", str(checkpoint), "--out", str(out)]) == 1
     assert "differs from the eager model" in capsys.readouterr().err
-    assert not out.exists()
+    assert out.read_bytes() == b"the export made before"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["branchy.pth", "branchy.ts.pt"]
     # scripting keeps the branch, so the scripted export verifies
     assert model_tools_main(["trace", "--trusted", "--script", "--checkpoint", str(checkpoint), "--out",
                              str(out)]) == 0
