@@ -22,15 +22,18 @@ defaults, model_tools.card says in which order):
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import pickle
 import types
 import warnings
 import zipfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 import torch.nn as nn
@@ -71,7 +74,7 @@ def build_default_checkpoint(path: str | os.PathLike) -> Path:
 def save_state_dict(network: nn.Module, card: ModelCard, path: str | os.PathLike) -> Path:
     """Write the safe format: tensors and plain metadata only."""
     contents = {"state_dict": network.state_dict(), **card_fields(card)}
-    return write_atomically(Path(path), lambda partial: torch.save(contents, partial))
+    return write_serialized(Path(path), lambda buffer: torch.save(contents, buffer))
 
 
 def load_model(path: str | os.PathLike, options: ModelOptions = ModelOptions()) -> LoadedModel:
@@ -243,12 +246,38 @@ def first_line(exc: BaseException) -> str:
 
 def write_atomically(path: Path, write: Callable[[Path], None]) -> Path:
     """Have `write` fill a partial file beside `path`, then rename it over `path`: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    try:
+    with written_aside(path) as partial:
         write(partial)
+    return path
+
+
+@contextlib.contextmanager
+def written_aside(path: Path) -> Iterator[Path]:
+    """A partial file beside `path` (same folder, so the rename is atomic) for the block to write and check.
+
+    Renamed over `path` when the block ends without an error; removed in any case, so a write or a check
+    that fails leaves `path` as it was, or absent. The partial keeps the suffix: torch.export.load reads
+    a path only when it ends in .pt2.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f"{path.stem}.partial{path.suffix}")
+    try:
+        yield partial
         os.replace(partial, path)
     finally:
         partial.unlink(missing_ok=True)
-    return path
 
+
+def write_serialized(path: Path, serialize: Callable[[BinaryIO], None]) -> Path:
+    """write_atomically for torch's serializers (torch.save, torch.jit.save, torch.export.save): a full disk
+    is an OSError, never an abort.
+
+    Their zip writer (PyTorchStreamWriter) finishes the archive in its C++ destructor; when a write into
+    a full disk fails there, the exception leaves the destructor and std::terminate aborts the process
+    (exit 134) whatever Python catches (torch 2.14: torch.jit.save to a path, torch.export.save to a file).
+    So they write into memory, where no write fails, and Python writes the bytes: the file's size in
+    memory once more, for the moment.
+    """
+    buffer = io.BytesIO()
+    serialize(buffer)
+    return write_atomically(path, lambda partial: partial.write_bytes(buffer.getbuffer()))

@@ -21,7 +21,7 @@ import torch
 
 from model_tools import CARD_FILE
 from model_tools.card import ModelCard, ModelLoadError, ModelOptions, card_from_json, card_to_json
-from model_tools.checkpoints import LoadedModel, first_line, write_atomically
+from model_tools.checkpoints import LoadedModel, first_line, write_atomically, write_serialized
 from model_tools.serving_model import ServingModel
 from model_tools.trust import check_onnx
 
@@ -30,7 +30,10 @@ ONNX_OPSET = 17
 
 
 class ExportError(RuntimeError):
-    """An export cannot serve: it cannot be written, or (engines.verify.ExportMismatch) computes other answers."""
+    """This model has no export of this kind: the exporter refuses it, or (engines.verify.ExportMismatch) the
+    export computes other answers. The model's own property, the same at every try (the engine cache
+    remembers it); a failure of the machine's (memory, disk) is raised as what it is.
+    """
 
 
 def serving_module(loaded: LoadedModel) -> ServingModel:
@@ -70,8 +73,8 @@ def export_torchscript(loaded: LoadedModel, out: str | os.PathLike, *, method: s
             converted = torch.jit.trace(module, example_images(loaded.card.preprocessing.input_size))
         if optimize:
             converted = torch.jit.freeze(converted.eval())
-        return write_atomically(Path(out), lambda partial: torch.jit.save(
-            converted, str(partial),
+        return write_serialized(Path(out), lambda buffer: torch.jit.save(
+            converted, buffer,
             _extra_files={CARD_FILE: card_to_json(loaded.card, {"method": method, "frozen": optimize})}))
 
 
@@ -100,14 +103,19 @@ def export_onnx(loaded: LoadedModel, out: str | os.PathLike) -> Path:
     out = Path(out)
 
     def write(partial: Path) -> None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the legacy exporter's deprecation and constant-folding notes
-            torch.onnx.export(module, (example_images(loaded.card.preprocessing.input_size),), str(partial),
-                              dynamo=False, opset_version=ONNX_OPSET,
-                              input_names=["images"], output_names=["probabilities"],
-                              dynamic_axes={"images": {0: "batch"}, "probabilities": {0: "batch"}})
-        model = onnx.load(str(partial))
-        onnx.checker.check_model(model)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the legacy exporter's deprecation and constant-folding notes
+                torch.onnx.export(module, (example_images(loaded.card.preprocessing.input_size),), str(partial),
+                                  dynamo=False, opset_version=ONNX_OPSET,
+                                  input_names=["images"], output_names=["probabilities"],
+                                  dynamic_axes={"images": {0: "batch"}, "probabilities": {0: "batch"}})
+            model = onnx.load(str(partial))
+            onnx.checker.check_model(model)
+        except (torch.onnx.OnnxExporterError, onnx.checker.ValidationError) as exc:
+            # Refusals of this model (an operator ONNX has no symbol for, an invalid graph); an out-of-memory
+            # is a plain RuntimeError, a full disk an OSError, and go through as they are.
+            raise ExportError(first_line(exc)) from exc
         entry = model.metadata_props.add()
         entry.key, entry.value = CARD_FILE, card_to_json(loaded.card)
         onnx.save(model, str(partial))

@@ -81,3 +81,32 @@ def test_model_tools_writes_no_file_whose_name_a_worker_would_refuse(tmp_path, c
                              "--labels", labels_file(tmp_path, "\n".join(LABELS))]) == 1
     assert "the model card's name='odd name}x': expected 1-64 letters" in capsys.readouterr().err
     assert not out.exists()
+
+
+ARCH_WITH_ITS_OWN_EPS = "resnet18"  # whose BatchNorm layers, at random weights, pass the change on to the answers
+
+
+def network_whose_written_form_differs() -> torch.nn.Module:
+    """A named architecture with a setting its state_dict does not hold: rebuilt from the weights, it answers
+    otherwise (probabilities up to 0.16 apart)."""
+    torch.manual_seed(0)
+    network = torchvision.models.get_model(ARCH_WITH_ITS_OWN_EPS, weights=None, num_classes=4).eval()
+    for layer in network.modules():
+        if isinstance(layer, torch.nn.BatchNorm2d):
+            layer.eps = 0.5  # torchvision's is 1e-5
+    return network
+
+
+@pytest.mark.parametrize("earlier", [b"the model served until now", None], ids=["an earlier file", "none"])
+def test_an_import_that_fails_its_check_leaves_out_as_it_was_and_no_partial_file(tmp_path, capsys, earlier):
+    source = save_classic(network_whose_written_form_differs(), tmp_path / "classic.pth")
+    folder = tmp_path / "models"
+    folder.mkdir()
+    out = folder / "served.pth"
+    if earlier is not None:
+        out.write_bytes(earlier)
+    assert model_tools_main(["import", str(source), "--out", str(out), "--trusted", "--arch", ARCH_WITH_ITS_OWN_EPS,
+                             "--labels", labels_file(tmp_path, "\n".join(LABELS))]) == 1
+    assert "differ" in capsys.readouterr().err
+    assert (out.read_bytes() if out.exists() else None) == earlier
+    assert [path.name for path in folder.iterdir()] == ([out.name] if earlier is not None else [])
