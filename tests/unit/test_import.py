@@ -13,6 +13,7 @@ from model_tools.architectures import Preprocessing
 from model_tools.card import FROM_FILE, ModelLoadError, ModelOptions
 from model_tools.checkpoints import is_exported_program, load_model
 from model_tools.importer import import_model
+from model_tools.serving_model import ServingModel
 from serving.config import Settings
 from tests.model_files import save_classic, torchserve_archive
 from tests.unit.test_model_card import INDEX_TO_NAME_SHAPES, LABELS, SMALL_ARCH, FourClasses, labels_file
@@ -220,3 +221,15 @@ def test_a_mar_that_is_not_a_zip_is_refused_naming_the_archivers_default_format(
     (tmp_path / "model.mar").write_bytes(b"\x1f\x8b a tgz archive")
     with pytest.raises(ModelLoadError, match="is not a zip file.*without --archive-format tgz"):
         load_model(tmp_path / "model.mar", ModelOptions(trusted=True))
+
+
+def test_a_trusted_worker_serves_a_torchserve_archive_as_it_is(torchscript_archive):
+    archive, network = torchscript_archive
+    engine = open_engine(Settings(model_path=str(archive), model_trusted=True, backend="torch", engine_cache_dir=""),
+                         CPU)
+    images = torch.randint(0, 256, (2, 224, 224, 3), dtype=torch.uint8)
+    p = STOCK_HANDLER_PREPROCESSING
+    with torch.inference_mode():
+        expected = ServingModel(network, p.mean, p.std)(images).numpy()
+    assert engine.card.name == "resnet18" and engine.card.class_names == tuple(LABELS)
+    assert abs(engine.run(images.numpy()) - expected).max() < 1e-4
