@@ -134,12 +134,14 @@ def test_the_from_torchserve_commands_work_as_written(tmp_path):
     _user_layout(tmp_path)
     torchserve_files(tmp_path)
     (tmp_path / "model_store").mkdir()
+    # The archiver's scratch folder, and PATH as `pip install torch-model-archiver` leaves it for its command.
+    env = {"TMPDIR": str(tmp_path), "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]])}
     outputs = []
     for command in block_with("--export-path"):
         if command.endswith("make run"):
             _check_settings(command)
         elif not command.startswith("curl"):  # TorchServe's route runs for real in test_torchserve_archive.py
-            outputs.append(run(command, cwd=tmp_path, env={"TMPDIR": str(tmp_path)}))  # the archiver's scratch
+            outputs.append(run(command, cwd=tmp_path, env=env))
     assert "wrote models/resnet18.pth: TorchScript export" in outputs[-1] and "same top-1" in outputs[-1]
 
 
