@@ -42,11 +42,12 @@ redis-server:
 # What the tests drive besides our code: the demo page's browser, the compose file's validator,
 # openssl for the TLS test's certificate, faketime for workers whose clocks are off, nginx for PROXY=nginx,
 # redis-sentinel for the failover test, ip for the test whose hosts are network namespaces, kubectl to render
-# deploy/kubernetes/ (kustomize), KEDA's schemas to validate its autoscaler with, and clang-format to check cpp/'s
-# layout against cpp/.clang-format.
+# deploy/kubernetes/ (kustomize), KEDA's schemas to validate its autoscaler with, clang-format to check cpp/'s
+# layout against cpp/.clang-format, and clang with its libFuzzer and sanitizer runtimes to fuzz cpp/'s JSON reader.
 test-tools:
 	@scripts/ensure-debian-package.sh /usr/bin/chromium chromium docker-compose docker-compose openssl openssl \
-		faketime faketime redis-sentinel redis-sentinel ip iproute2 kubectl kubernetes-client clang-format clang-format
+		faketime faketime redis-sentinel redis-sentinel ip iproute2 kubectl kubernetes-client clang-format clang-format \
+		clang++ clang '/usr/lib/llvm-14/lib/clang/*/lib/linux/libclang_rt.fuzzer-x86_64.a' libclang-rt-14-dev
 	@scripts/ensure-nginx.sh
 	@scripts/ensure-keda-schema.sh
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Flask
 
-from app import request_log
+from app import cors, request_log
 from app.decode_budget import DecodeBudget
 from app.errors import register_error_handlers
 from app.fleet import Fleet
@@ -29,10 +29,11 @@ def create_app(settings: Settings | None = None, redis_client: RedisClient | Non
         redis_client = _redis(settings, settings.redis_timeout)
         waiting_client = _redis(settings, settings.request_timeout + settings.redis_timeout)
     app.extensions["fleet"] = Fleet(redis_client, waiting_client, settings.key_prefix, settings.max_queue,
-                                    settings.worker_timeout, settings.default_model)
+                                    settings.worker_timeout, settings.default_model, settings.redis_timeout)
     app.extensions["decode_budget"] = DecodeBudget(settings.decode_pixel_budget)
     register_error_handlers(app)
     request_log.install(app, settings.log_level)
+    cors.install(app, settings.allowed_origins)
     app.register_blueprint(api)
     app.register_blueprint(operations)
     app.register_blueprint(v2_api)

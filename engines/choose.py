@@ -32,6 +32,7 @@ from engines.verify import verify
 from model_tools import export
 from model_tools.card import ModelCard, ModelOptions, card_fields, resolve_card
 from model_tools.checkpoints import LoadedModel, first_line, is_serving_torchscript, load_model
+from model_tools.trust import TORCHSCRIPT_RUNS_CODE, require_trust
 from serving.config import Settings
 
 log = logging.getLogger("worker")
@@ -149,7 +150,7 @@ def _engine_for_onnx_file(path: Path, options: ModelOptions, backend: str, devic
     if backend not in ("auto", *ONNX_FILE_ENGINES):
         raise BackendError(f"{path} is an ONNX file; BACKEND={backend} needs a checkpoint or TorchScript file")
     _require_cpu("/".join(ONNX_FILE_ENGINES), device)
-    card = _checked_card(export.read_onnx_card(path), options, path)
+    card = _checked_card(export.read_onnx_card(path, options), options, path)
 
     def load(name: str) -> Run:
         _require_installed(EXPORT_BACKENDS[name])
@@ -164,6 +165,7 @@ def _engine_for_torchscript_file(path: Path, options: ModelOptions, backend: str
         raise BackendError(f"{path} is a TorchScript file; BACKEND={backend} needs a checkpoint or an ONNX file")
     if backend == eager.NAME:
         log.warning("BACKEND=torch with a TorchScript export (%s): it runs on the TorchScript engine", path)
+    require_trust(path, TORCHSCRIPT_RUNS_CODE, options)
     run, card = torchscript.open_with_card(path, device)
     return Engine(torchscript.BACKEND.name, _checked_card(card, options, path), run)
 

@@ -12,8 +12,9 @@ the card: Resize(256), CenterCrop(224), ToTensor, ImageNet's Normalize, softmax.
 preprocessing is code, and the refusal says how to import the network inside instead.
 
 Both kinds of network are code: model.py runs when imported, and a TorchScript program is a program. So
-reading an archive needs trust (--trusted, MODEL_TRUSTED=1) whichever it holds; `python -m model_tools
-import` then turns it once into a file that needs none.
+reading an archive needs trust (--trusted, MODEL_TRUSTED=1) whichever it holds, and this module refuses
+before anything of the archive runs; `python -m model_tools import` then turns it once into ONNX (its
+network is never a named architecture: a TorchScript program, or model.py's own class), which needs none.
 """
 
 from __future__ import annotations
@@ -99,7 +100,7 @@ def _custom_handler_advice(path: Path, handler, model: dict) -> str:
             "preprocessing is code, and model_tools knows only the stock one's (resize 256, crop 224, ImageNet "
             f"mean and std). Import the network inside, saying what your handler does: unzip {path} and run "
             f"`{IMPORT_COMMAND} {serialized} --trusted --labels {LABELS_FILE} --resize-size N --input-size N "
-            f"--mean R,G,B --std R,G,B --out models/{name}.pt2`.{eager}")
+            f"--mean R,G,B --std R,G,B --out models/{name}.onnx`.{eager}")
 
 
 def _serialized_file(archive: zipfile.ZipFile, model: dict, path: Path) -> str:
@@ -121,7 +122,7 @@ def _require_trust(path: Path, model: dict, options: ModelOptions) -> None:
     name = model.get("modelName") or path.stem
     raise ModelLoadError(
         f"{path} holds code: {code}. Where you trust the archive, convert it once into a file that runs no code "
-        f"of its own: `{IMPORT_COMMAND} {path} --trusted --out models/{name}.pt2`, and serve that; or, to serve "
+        f"of its own: `{IMPORT_COMMAND} {path} --trusted --out models/{name}.onnx`, and serve that; or, to serve "
         f"it as it is: {options.names['trusted']}.")
 
 

@@ -1,4 +1,4 @@
-"""Building, saving and loading model files, and the rule for which files may be unpickled.
+"""Building, saving and loading model files; which of them may be read without trust is model_tools.trust's rule.
 
 What `load_model` reads (the card's missing fields come from ModelOptions and
 defaults, model_tools.card says in which order):
@@ -7,14 +7,16 @@ defaults, model_tools.card says in which order):
   file. Either a dict `{'arch': ..., 'state_dict': {...}}` with optional card
   fields (`name`, `class_names`, `input_size`, `resize_size`, `mean`, `std`),
   or a bare state_dict whose architecture MODEL_ARCH names.
-- `torch.export` programs (`.pt2`, written by `python -m model_tools import`
-  for architectures the loader cannot rebuild by name): a serialized graph and
-  tensors, with the card inside; loading runs no pickled code either.
+- `torch.export` programs (`.pt2`): a serialized graph and tensors, card
+  inside if model_tools wrote it. torch runs code from the file while loading
+  it, so only with MODEL_TRUSTED=1 (model_tools.trust says which code).
 - TorchScript: a bare network (float NCHW in, logits out), or the serving
-  model model_tools exports, whose network is taken out of it.
+  model model_tools exports, whose network is taken out of it. Code, so only
+  with MODEL_TRUSTED=1 too.
 - TorchServe's model archives (`.mar`) with the stock image_classifier
   handler: TorchScript, or an eager model.py and its state dict, with their
-  labels; both are code, so only with MODEL_TRUSTED=1 (model_tools.archive).
+  labels; both are code, so only with MODEL_TRUSTED=1 (model_tools.archive
+  refuses before anything of the archive runs).
 - `checkpoint`: pickled. The classic `{'model': module, 'model_state_dict':
   ...}` (card fields optional), or a whole module saved with
   `torch.save(model, path)`. Loading it runs code from the file, so only with
@@ -45,10 +47,10 @@ from model_tools.card import (
     ModelLoadError,
     ModelOptions,
     card_fields,
-    card_to_json,
     first_line,
     resolve_card,
 )
+from model_tools.trust import EXPORTED_PROGRAM_RUNS_CODE, TORCHSCRIPT_RUNS_CODE, require_trust
 
 FORMATS = ("auto", "checkpoint", "state_dict")
 DEFAULT_ARCH = "efficientnet_lite0"
@@ -77,25 +79,6 @@ def save_state_dict(network: nn.Module, card: ModelCard, path: str | os.PathLike
     return write_atomically(Path(path), lambda partial: torch.save(contents, partial))
 
 
-def save_exported_program(network: nn.Module, card: ModelCard, path: str | os.PathLike) -> Path:
-    """Write any network as a torch.export program with a dynamic batch and the card inside: no pickled code."""
-    size = card.preprocessing.input_size
-    example = torch.rand(2, 3, size, size)
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            program = torch.export.export(network.eval(), (example,),
-                                          dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},))
-        except Exception as exc:  # torch.export raises many types for code it cannot capture
-            raise ModelLoadError(f"torch.export cannot capture this model: {first_line(exc)}") from None
-
-    def write(partial: Path) -> None:
-        with open(partial, "wb") as f:  # a file object: given a path, torch.export wants it to end in .pt2
-            torch.export.save(program, f, extra_files={CARD_FILE: card_to_json(card)})
-
-    return write_atomically(Path(path), write)
-
-
 def load_model(path: str | os.PathLike, options: ModelOptions = ModelOptions()) -> LoadedModel:
     """Load a model file of any format the service reads; see the module docstring for the rules."""
     path = Path(path)
@@ -104,10 +87,12 @@ def load_model(path: str | os.PathLike, options: ModelOptions = ModelOptions()) 
     if not path.is_file():
         raise ModelLoadError(f"model file {path} does not exist (run `make model` to build the default one)")
     if is_model_archive(path):
-        network, in_file = read_archive(path, options)  # TorchServe's .mar
+        network, in_file = read_archive(path, options)  # TorchServe's .mar; it requires trust itself
     elif is_exported_program(path):
+        require_trust(path, EXPORTED_PROGRAM_RUNS_CODE, options)
         network, in_file = _from_exported_program(path)
     elif is_torchscript_file(path):
+        require_trust(path, TORCHSCRIPT_RUNS_CODE, options)
         network, in_file = _from_torchscript(path)
     else:
         network, in_file = _from_torch_save(path, options)

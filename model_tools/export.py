@@ -20,9 +20,10 @@ import numpy as np
 import torch
 
 from model_tools import CARD_FILE
-from model_tools.card import ModelCard, ModelLoadError, card_from_json, card_to_json
+from model_tools.card import ModelCard, ModelLoadError, ModelOptions, card_from_json, card_to_json
 from model_tools.checkpoints import LoadedModel, first_line, write_atomically
 from model_tools.serving_model import ServingModel
+from model_tools.trust import check_onnx
 
 METHODS = ("trace", "script")
 ONNX_OPSET = 17
@@ -96,12 +97,13 @@ def export_onnx(loaded: LoadedModel, out: str | os.PathLike) -> Path:
     import onnx
 
     module = serving_module(loaded)
+    images = example_images(loaded.card.preprocessing.input_size)
     out = Path(out)
 
     def write(partial: Path) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the legacy exporter's deprecation and constant-folding notes
-            torch.onnx.export(module, (example_images(loaded.card.preprocessing.input_size),), str(partial),
+            torch.onnx.export(_traceable(module, images), (images,), str(partial),
                               dynamo=False, opset_version=ONNX_OPSET,
                               input_names=["images"], output_names=["probabilities"],
                               dynamic_axes={"images": {0: "batch"}, "probabilities": {0: "batch"}})
@@ -114,7 +116,22 @@ def export_onnx(loaded: LoadedModel, out: str | os.PathLike) -> Path:
     return write_atomically(out, write)
 
 
-def read_onnx_card(path: str | os.PathLike) -> ModelCard:
+def _traceable(module: ServingModel, images: torch.Tensor) -> torch.nn.Module:
+    """What the legacy ONNX exporter can take: the serving model, or its trace when its network is TorchScript.
+
+    The exporter traces an eager module itself, and its trace cannot call into a TorchScript submodule
+    (a TorchScript file's network, or a .mar's): "Tried to trace <...> but it is not part of the active
+    trace". torch.jit.trace can, inlining the program; a ScriptModule the exporter converts as it is.
+    The trace runs on the example images, at the card's input size, where the program is known to run.
+    """
+    if not any(isinstance(m, torch.jit.ScriptModule) for m in module.modules()):
+        return module
+    with torch.no_grad(), _quiet_jit():
+        return torch.jit.trace(module, images)
+
+
+def read_onnx_card(path: str | os.PathLike, options: ModelOptions = ModelOptions()) -> ModelCard:
+    """The card of an ONNX file model_tools wrote, once model_tools.trust.check_onnx has passed the file."""
     import onnx
 
     path = Path(path)
@@ -124,6 +141,7 @@ def read_onnx_card(path: str | os.PathLike) -> ModelCard:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:
         raise ModelLoadError(f"{path} is not an ONNX file: {exc}") from None
+    check_onnx(model, path, options)
     for entry in model.metadata_props:
         if entry.key == CARD_FILE:
             return card_from_json(entry.value)

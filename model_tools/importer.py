@@ -1,12 +1,13 @@
-"""`python -m model_tools import`: any model file the worker loads -> one self-describing file, no unpickling.
+"""`python -m model_tools import`: any model file the worker loads -> one self-describing file that needs no trust.
 
 The result is the state_dict format when the architecture is known by name and
-the weights fit it; otherwise a torch.export program (.pt2) of the network, or,
-for a TorchScript network that torch.export cannot take, model_tools'
-TorchScript export. Each carries the whole card, so serving it needs no
-configuration and no MODEL_TRUSTED. Before it counts, the written file is loaded
-back as the worker would load it (no options, no trust) and checked against the
-source: the same top-1 on sample photos, every probability within TOLERANCE.
+the weights fit it; otherwise ONNX of the serving model (normalization and
+softmax inside). Those are the two formats that hold no code (model_tools.trust):
+a TorchScript or torch.export network becomes ONNX too. Each carries the whole
+card, so serving it needs no configuration and no MODEL_TRUSTED. Before it
+counts, the written file is read back as the worker would read it (no options,
+no trust) and checked against the source: the same top-1 on sample photos,
+every probability within TOLERANCE.
 """
 
 from __future__ import annotations
@@ -17,12 +18,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from engines import onnxruntime_cpu
+from engines.base import Run
 from engines.eager import run_module
 from engines.verify import ExportMismatch, verify
 from model_tools import TOLERANCE, export
 from model_tools.architectures import build_architecture
-from model_tools.card import ModelCard, ModelLoadError, ModelOptions
-from model_tools.checkpoints import LoadedModel, load_model, save_exported_program, save_state_dict
+from model_tools.card import ModelCard, ModelLoadError, ModelOptions, require_servable_name
+from model_tools.checkpoints import LoadedModel, first_line, load_model, save_state_dict
 from serving.preprocess import prepare
 
 log = logging.getLogger("model_tools")
@@ -33,23 +36,38 @@ SAMPLE_PHOTOS = ("chelsea.png", "coffee.png", "astronaut.png", "rocket.jpg")  # 
 def import_model(source: Path, options: ModelOptions, out: Path) -> str:
     """Write `out` from `source` and check it; returns the report to print."""
     loaded = load_model(source, options)
-    kind = _write(loaded, out)
-    written = load_model(out)
-    photos = _sample_photos(loaded.card)
-    difference, top1 = _compare(loaded, written, photos)
-    return _report(out, kind, written.card, loaded.card.sources, source, difference, top1)
-
-
-def _write(loaded: LoadedModel, out: Path) -> str:
-    """Write the most portable format that holds this network; returns its description."""
+    require_servable_name(loaded.card)
     if _fits_architecture(loaded):
         save_state_dict(loaded.network, loaded.card, out)
-        return f"state_dict of {loaded.card.arch}"
-    if isinstance(loaded.network, torch.jit.ScriptModule):
-        export.export_torchscript(loaded, out)
-        return "TorchScript export"
-    save_exported_program(loaded.network, loaded.card, out)
-    return "torch.export program"
+        kind, written = f"state_dict of {loaded.card.arch}", _read_state_dict(out)
+    else:
+        _write_onnx(loaded, source, out)
+        kind, written = "ONNX", _read_onnx(out)
+    photos = _sample_photos(loaded.card)
+    difference, top1 = _compare(loaded, *written, photos)
+    return _report(out, kind, written[0], loaded.card.sources, source, difference, top1)
+
+
+def _write_onnx(loaded: LoadedModel, source: Path, out: Path) -> None:
+    if out.suffix != ".onnx":  # the worker tells an ONNX file by its name
+        raise ModelLoadError(f"{source} is not a named architecture whose weights fit it, so it is imported as "
+                             f"ONNX: name the output {out.with_suffix('.onnx')}")
+    try:
+        export.export_onnx(loaded, out)
+    except Exception as exc:  # the ONNX exporter raises many types for operators it does not have
+        raise ModelLoadError(f"{source} cannot be exported to ONNX, the one format for an architecture not known "
+                             f"by name that needs no trust: {first_line(exc)}. Serve it as it is with "
+                             "MODEL_TRUSTED=1") from None
+
+
+def _read_state_dict(out: Path) -> tuple[ModelCard, Run]:
+    """The written file as the worker reads it: no options, no trust."""
+    written = load_model(out)
+    return written.card, run_module(export.serving_module(written))
+
+
+def _read_onnx(out: Path) -> tuple[ModelCard, Run]:
+    return export.read_onnx_card(out), onnxruntime_cpu.open_file(out, torch.device("cpu"), 0)
 
 
 def _fits_architecture(loaded: LoadedModel) -> bool:
@@ -75,13 +93,12 @@ def _sample_photos(card: ModelCard) -> list[tuple[str, np.ndarray]]:
             for name in SAMPLE_PHOTOS if (folder / name).is_file()]
 
 
-def _compare(source: LoadedModel, written: LoadedModel, photos: list[tuple[str, np.ndarray]]
+def _compare(source: LoadedModel, card: ModelCard, candidate: Run, photos: list[tuple[str, np.ndarray]]
              ) -> tuple[float, list[tuple[str, str, float]]]:
     """Largest probability difference over photos and generated images; each photo's top-1 by the written file."""
-    if written.card != source.card:
-        raise ModelLoadError(f"the written card {written.card} differs from the source's {source.card}")
+    if card != source.card:
+        raise ModelLoadError(f"the written card {card} differs from the source's {source.card}")
     reference = run_module(export.serving_module(source))
-    candidate = run_module(export.serving_module(written))
     # Batches of 1 and 3: a batch size baked into the written graph shows at 3 as well as at 8, at less
     # than half the cost for a large model run twice in eager mode.
     difference = verify(reference, candidate, source.card.preprocessing.input_size, batch_sizes=(1, 3),
@@ -94,7 +111,7 @@ def _compare(source: LoadedModel, written: LoadedModel, photos: list[tuple[str, 
         if difference > TOLERANCE or (expected.argmax(axis=1) != got.argmax(axis=1)).any():
             raise ExportMismatch(f"the written file's answers on sample photos differ from the source's "
                                  f"(largest probability difference {difference:.3g})")
-        top1 = [(name, written.card.class_names[int(row.argmax())], float(row.max()))
+        top1 = [(name, card.class_names[int(row.argmax())], float(row.max()))
                 for (name, _), row in zip(photos, got)]
     return difference, top1
 
@@ -104,7 +121,7 @@ def _report(out: Path, kind: str, card: ModelCard, sources: dict[str, str], sour
     """What was written, and where each value of its card came from when read from the source."""
     p, names = card.preprocessing, card.class_names
     shown = ", ".join(names) if len(names) <= 6 else f"{', '.join(names[:3])}, ..., {names[-1]}"
-    lines = [f"wrote {out}: {kind}, loads without unpickling",
+    lines = [f"wrote {out}: {kind}, serves without trust",
              f"  model:       {card.name} (architecture: {card.arch or 'not named'})",
              f"  classes:     {len(names)}: {shown}  [{sources['class_names']}]",
              f"  input size:  {p.input_size}  [{sources['input_size']}]",

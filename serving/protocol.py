@@ -5,7 +5,8 @@ Nothing outside this module spells a key or a message field.
 Flow of one request (`{prefix}` here is short for a model version's hash tag, `{KEY_PREFIX:name@version}`):
   API:    LPUSH {prefix}:queue <request JSON> ...   (ENQUEUE, one per image: unless MAX_QUEUE would be passed)
   worker: LMOVE {prefix}:retry -> {prefix}:processing:<worker id>    (one retried message alone, if any)
-          else BLMOVE {prefix}:queue -> {prefix}:processing:<worker id>   (atomic take of a batch)
+          else BLMOVE {prefix}:queue -> {prefix}:processing:<worker id>   (atomic take of a batch:
+               the first message blocking, then TAKE_QUEUED's LMOVEs for the rest)
   worker: LPUSH {prefix}:result:<job id> <result JSON>, EXPIRE it,
           LREM the answered messages from its processing list,
           HDEL their delivery counts                              (one transaction)
@@ -43,6 +44,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import pybase64
+
+from serving.config import check_model_id_part
 
 ATTEMPTS_EXHAUSTED = "attempts_exhausted"
 
@@ -333,6 +336,20 @@ if redis.call('LLEN', KEYS[1]) + #ARGV - 1 > tonumber(ARGV[1]) then return -1 en
 return redis.call('LPUSH', KEYS[1], unpack(ARGV, 2))
 """
 
+# Move up to ARGV[1] queued messages into a worker's processing list, oldest first, in one step: one
+# command, so a timeout reaches the worker, which then serves what its list holds (a pipeline of LMOVEs
+# on a Redis Cluster is sent again command by command after a timeout, by redis-py itself, taking more
+# messages while the first ones stay in the list). KEYS: queue, processing list. ARGV: count.
+TAKE_QUEUED = """
+local taken = {}
+for _ = 1, tonumber(ARGV[1]) do
+  local message = redis.call('LMOVE', KEYS[1], KEYS[2], 'RIGHT', 'LEFT')
+  if not message then break end
+  taken[#taken + 1] = message
+end
+return taken
+"""
+
 # What the API needs before it takes an upload, in one round trip: the served model (nil: no worker), the
 # queue's depth and Redis's TIME, read on the node that holds the queue (on a Redis Cluster, another node's
 # clock may differ). KEYS: model key, queue.
@@ -457,9 +474,23 @@ return 1
 """
 
 
+# Largest resize or crop side a model may take. The API sizes every request's crop (input_size² x 3 bytes) from
+# the heartbeat, so the bound keeps a forged or garbled one from making it allocate gigabytes; torchvision's
+# largest published weights take 600.
+MAX_IMAGE_SIDE = 2048
+
+
+class MalformedModelInfo(ValueError):
+    """A model description (a heartbeat's {prefix}:model) that is not one, or one the API could not serve from."""
+
+
 @dataclass(frozen=True)
 class ModelInfo:
-    """What a worker publishes about the model it serves; a reader ignores fields it does not know (upgrades)."""
+    """What a worker publishes about the model it serves; a reader ignores fields it does not know (upgrades).
+
+    Every field is checked when one is made, by the worker that announces it (which then refuses to start)
+    and by the API that reads it from Redis (which then counts it as no usable worker).
+    """
     name: str  # MODEL_NAME, or the card's
     arch: str
     num_classes: int
@@ -473,14 +504,49 @@ class ModelInfo:
     sources: dict[str, str] = field(default_factory=dict)  # card field -> where its value came from
     version: str = "1"  # MODEL_VERSION
 
+    def __post_init__(self):
+        for name in ("name", "version"):
+            check_model_id_part(getattr(self, name), f"model {name}", MalformedModelInfo)
+        if not all(isinstance(getattr(self, name), str) for name in ("arch", "device", "backend")):
+            raise MalformedModelInfo("arch, device and backend must be strings")
+        for name in ("num_classes", "batch_size"):
+            if not _is_count(getattr(self, name)) or getattr(self, name) < 1:
+                raise MalformedModelInfo(f"{name}={getattr(self, name)!r}: expected a whole number of at least 1")
+        if not (_is_count(self.input_size) and _is_count(self.resize_size)
+                and 1 <= self.input_size <= self.resize_size <= MAX_IMAGE_SIDE):
+            raise MalformedModelInfo(f"input_size={self.input_size!r}, resize_size={self.resize_size!r}: expected "
+                                     f"whole numbers, 1 <= input_size <= resize_size <= {MAX_IMAGE_SIDE}")
+        for name in ("mean", "std"):
+            values = getattr(self, name)
+            if len(values) != 3 or not all(_is_number(v) and (name == "mean" or v > 0) for v in values):
+                raise MalformedModelInfo(f"{name}={values!r}: expected three finite numbers"
+                                         + (", each above 0" if name == "std" else ""))
+        if not isinstance(self.sources, dict) or not all(isinstance(item, str) for pair in self.sources.items()
+                                                          for item in pair):
+            raise MalformedModelInfo("sources must map card fields to strings")
+
     def to_json(self) -> bytes:
         return json.dumps(asdict(self)).encode()
 
     @classmethod
     def from_json(cls, raw: bytes) -> "ModelInfo":
-        fields = json.loads(raw)
-        fields["mean"], fields["std"] = tuple(fields["mean"]), tuple(fields["std"])
-        return cls(**{name: value for name, value in fields.items() if name in _MODEL_INFO_FIELDS})
+        """The description a heartbeat left in Redis; MalformedModelInfo, and nothing else, for any other bytes."""
+        try:
+            fields = json.loads(raw)
+            fields["mean"], fields["std"] = tuple(fields["mean"]), tuple(fields["std"])
+            return cls(**{name: value for name, value in fields.items() if name in _MODEL_INFO_FIELDS})
+        except MalformedModelInfo:
+            raise
+        except (ValueError, TypeError, KeyError, RecursionError) as exc:  # not JSON, not an object, a field missing
+            raise MalformedModelInfo(f"not a model description: {type(exc).__name__}: {str(exc)[:200]}") from None
 
 
 _MODEL_INFO_FIELDS = {f.name for f in dataclasses.fields(ModelInfo)}
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

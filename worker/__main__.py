@@ -12,7 +12,8 @@ import torch
 from engines.base import BackendError
 from engines.choose import open_engine
 from model_tools.card import ModelLoadError
-from serving.config import LOG_FORMAT, Settings, program_settings
+from serving.config import LOG_FORMAT, ConfigError, Settings, program_settings
+from serving.protocol import MalformedModelInfo
 from serving.redis_client import RedisClient, connect
 from worker.inference import Classifier, choose_device
 from worker.loop import Worker
@@ -40,10 +41,15 @@ def main() -> int:
                     "requests can get 504; lower BATCH_SIZE or raise REQUEST_TIMEOUT", settings.request_timeout,
                     settings.batch_size, 2 * batch_seconds)
 
+    try:
+        worker = Worker(redis_client(settings), classifier, settings)
+    except (ConfigError, MalformedModelInfo) as exc:  # a card name or size the service cannot announce
+        log.error("cannot serve the model: %s", exc)
+        return 2
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    return 0 if Worker(redis_client(settings), classifier, settings).run(stop) else 1
+    return 0 if worker.run(stop) else 1
 
 
 def redis_client(settings: Settings) -> RedisClient:

@@ -13,7 +13,7 @@ from typing import NamedTuple
 import numpy as np
 
 from serving import protocol
-from serving.config import Settings
+from serving.config import ConfigError, Settings, check_model_id_part
 from serving.protocol import InferenceRequest, InferenceResult, Keys, MalformedMessage, RedisClock
 from serving.redis_client import REDIS_ERRORS, RedisClient
 from worker.inference import Classifier
@@ -35,14 +35,27 @@ def new_worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
+def served_name(settings: Settings, card_name: str) -> str:
+    """MODEL_NAME, else the model card's name, which must pass MODEL_NAME's rule: it goes into Redis keys and URLs.
+
+    ConfigError otherwise (a card that model_tools did not write may say anything, a brace included, which
+    would move the queue's keys out of their Redis Cluster hash tag).
+    """
+    if settings.model_name:
+        return settings.model_name
+    try:
+        return check_model_id_part(card_name, "the model card's name")
+    except ConfigError as exc:
+        raise ConfigError(f"{exc}; set MODEL_NAME to the name to serve it under") from None
+
+
 class Worker:
     def __init__(self, client: RedisClient, classifier: Classifier, settings: Settings,
                  worker_id: str | None = None):
         self.client = client
         self.classifier = classifier
         self.settings = settings
-        card = classifier.card
-        self.name, self.version = settings.model_name or card.name, settings.model_version
+        self.name, self.version = served_name(settings, classifier.card.name), settings.model_version
         self.model_id = protocol.model_id(self.name, self.version)
         self.keys = Keys(settings.key_prefix, self.model_id)
         self.worker_id = worker_id or new_worker_id()

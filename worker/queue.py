@@ -59,10 +59,7 @@ class WorkerQueue:
         """Move up to count queued messages without blocking, in one round trip."""
         if count <= 0:
             return []
-        pipe = self.client.pipeline(transaction=False)
-        for _ in range(count):
-            pipe.lmove(self.keys.queue, self.processing, "RIGHT", "LEFT")
-        return [message for message in pipe.execute() if message is not None]
+        return self.client.eval(protocol.TAKE_QUEUED, 2, self.keys.queue, self.processing, count)
 
     def take_retry(self) -> list[bytes]:
         """One message from the retry list, alone, or []: a retried message never shares a batch."""

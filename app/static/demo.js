@@ -1,4 +1,4 @@
-// The demo page: show the chosen image, post it to /predict, draw the top-k answer as bars.
+// The demo page: show the chosen images, post them to /predict in one request, draw each top-k answer as bars.
 "use strict";
 
 const fileInput = document.getElementById("file");
@@ -8,14 +8,15 @@ const dropHint = document.getElementById("drop-hint");
 const statusLine = document.getElementById("status");
 const results = document.getElementById("results");
 const latency = document.getElementById("latency");
+const gallery = document.getElementById("gallery");
 
 function showStatus(text, isError) {
   statusLine.textContent = text;
   statusLine.classList.toggle("error", Boolean(isError));
 }
 
-function showPredictions(predictions) {
-  results.replaceChildren(...predictions.map((p) => {
+function showPredictions(list, predictions) {
+  list.replaceChildren(...predictions.map((p) => {
     const row = document.createElement("li");
     row.className = "prediction";
     const label = document.createElement("span");
@@ -36,18 +37,21 @@ function showPredictions(predictions) {
   }));
 }
 
-async function classify(file) {
-  if (!file) return;
-  preview.src = URL.createObjectURL(file);
-  preview.hidden = false;
-  dropHint.replaceChildren(Object.assign(document.createElement("strong"), { textContent: file.name }),
-                           " · choose or drop another");
+// One image: its preview and bars. Several: one card each, in the order chosen, each with its own answer or error.
+async function classify(files) {
+  if (!files.length) return;
+  const several = files.length > 1;
+  preview.hidden = several;
+  if (!several) preview.src = URL.createObjectURL(files[0]);
+  dropHint.replaceChildren(Object.assign(document.createElement("strong"), {
+    textContent: several ? `${files.length} images` : files[0].name }), " · choose or drop others");
   results.replaceChildren();
+  gallery.replaceChildren();
   latency.textContent = "";
   showStatus("Classifying...");
 
   const form = new FormData();
-  form.append("image", file, file.name);
+  for (const file of files) form.append("image", file, file.name);
   const started = performance.now();
   let body;
   try {
@@ -62,15 +66,38 @@ async function classify(file) {
     showStatus(`${body.error.message} (${body.error.code})`, true);
     return;
   }
+  if (several) {
+    showStatus(`${files.length} images, one request, by ${body.model}:`);
+    gallery.replaceChildren(...body.results.map((result, i) => imageCard(files[i], result)));
+    latency.textContent = `${Math.round(roundTrip)} ms round trip for all ${files.length}`;
+    return;
+  }
   showStatus(`Top ${body.predictions.length} of ${body.model}:`);
-  showPredictions(body.predictions);
+  showPredictions(results, body.predictions);
   const t = body.timing;
   latency.textContent = `${Math.round(roundTrip)} ms round trip · server ${t.total_ms.toFixed(0)} ms ` +
     `(preprocess ${t.preprocess_ms.toFixed(0)}, queue ${t.queue_ms.toFixed(0)}, ` +
     `inference ${t.inference_ms.toFixed(0)} in a batch of ${t.batch_size})`;
 }
 
-fileInput.addEventListener("change", () => classify(fileInput.files[0]));
+function imageCard(file, result) {
+  const card = document.createElement("article");
+  card.className = "card";
+  const thumbnail = Object.assign(document.createElement("img"), { src: URL.createObjectURL(file), alt: file.name });
+  const name = Object.assign(document.createElement("p"), { className: "name", textContent: file.name });
+  if (!result.success) {
+    const error = Object.assign(document.createElement("p"), { className: "error",
+      textContent: `${result.error.message} (${result.error.code})` });
+    card.append(thumbnail, name, error);
+    return card;
+  }
+  const list = Object.assign(document.createElement("ol"), { className: "card-results" });
+  showPredictions(list, result.predictions.slice(0, 3));
+  card.append(thumbnail, name, list);
+  return card;
+}
+
+fileInput.addEventListener("change", () => classify([...fileInput.files]));
 for (const name of ["dragenter", "dragover"]) {
   dropZone.addEventListener(name, (event) => { event.preventDefault(); dropZone.classList.add("dragging"); });
 }
@@ -79,7 +106,7 @@ for (const name of ["dragleave", "drop"]) {
 }
 dropZone.addEventListener("drop", (event) => {
   event.preventDefault();
-  classify(event.dataTransfer.files[0]);
+  classify([...event.dataTransfer.files]);
 });
 
 fetch("/model")

@@ -1,9 +1,11 @@
-// A minimal recursive-descent reader: objects, arrays, strings (with \u escapes), numbers, true, false, null.
+// A minimal recursive-descent reader of RFC 8259 JSON: objects, arrays, strings (with \u escapes), numbers, true,
+// false, null. Whatever the input, it returns a value or throws std::runtime_error, and its work is bounded: the
+// recursion by kMaxDepth, everything else linear in the input's length (fuzz/json_fuzz.cpp checks it).
 #include "json.h"
 
-#include <cctype>
+#include <charconv>
+#include <cmath>
 #include <cstdio>
-#include <cstdlib>
 #include <cstring>
 #include <stdexcept>
 
@@ -17,12 +19,17 @@ const Json& Json::at(const std::string& key) const {
 
 namespace {
 
+// How deeply arrays and objects may nest. A model card nests two levels deep; each level costs the reader a few
+// hundred bytes of stack, so 64 keeps it far from the stack's end (the main thread's 8 MB, ASan's larger frames)
+// where a card nested 100,000 deep would overflow it and crash the client.
+constexpr int kMaxDepth = 64;
+
 class JsonReader {
  public:
   explicit JsonReader(const std::string& text) : s_(text) {}
 
   Json document() {
-    Json value = parse();
+    Json value = parse(0);
     skip_space();
     if (pos_ != s_.size()) fail("text after the JSON value");
     return value;
@@ -35,8 +42,9 @@ class JsonReader {
   [[noreturn]] void fail(const std::string& what) const {
     throw std::runtime_error("invalid JSON at offset " + std::to_string(pos_) + ": " + what);
   }
+  // JSON's four blanks only (std::isspace would also skip \v and \f, which JSON does not allow).
   void skip_space() {
-    while (pos_ < s_.size() && std::isspace(static_cast<unsigned char>(s_[pos_]))) ++pos_;
+    while (pos_ < s_.size() && (s_[pos_] == ' ' || s_[pos_] == '\t' || s_[pos_] == '\n' || s_[pos_] == '\r')) ++pos_;
   }
   char peek() {
     skip_space();
@@ -60,17 +68,23 @@ class JsonReader {
     return true;
   }
 
-  Json parse() {
+  // The value at pos_, inside `depth` arrays and objects.
+  Json parse(int depth) {
     char c = peek();
-    if (c == '{') return parse_object();
-    if (c == '[') return parse_array();
+    if (c == '{' || c == '[') {
+      if (depth == kMaxDepth)
+        fail("arrays and objects nested deeper than " + std::to_string(kMaxDepth) + " levels (the reader's limit)");
+      return c == '{' ? parse_object(depth + 1) : parse_array(depth + 1);
+    }
     Json value;
     if (c == '"') {
       value.kind = Json::String;
       value.text = parse_string();
-    } else if (consume_word("true") || consume_word("false")) {
+    } else if (consume_word("true")) {
       value.kind = Json::Bool;
-      value.boolean = s_[pos_ - 1] == 'e' && s_[pos_ - 2] == 'u';
+      value.boolean = true;
+    } else if (consume_word("false")) {
+      value.kind = Json::Bool;
     } else if (!consume_word("null")) {
       value.kind = Json::Number;
       value.number = parse_number();
@@ -78,7 +92,7 @@ class JsonReader {
     return value;
   }
 
-  Json parse_object() {
+  Json parse_object(int depth) {
     Json value;
     value.kind = Json::Object;
     expect('{');
@@ -86,30 +100,54 @@ class JsonReader {
     do {
       std::string key = parse_string();
       expect(':');
-      value.fields[key] = parse();
+      value.fields[key] = parse(depth);
     } while (consume(','));
     expect('}');
     return value;
   }
 
-  Json parse_array() {
+  Json parse_array(int depth) {
     Json value;
     value.kind = Json::Array;
     expect('[');
     if (consume(']')) return value;
     do {
-      value.items.push_back(parse());
+      value.items.push_back(parse(depth));
     } while (consume(','));
     expect(']');
     return value;
   }
 
+  // Steps past c if it is the next character (no blanks skipped: a number is spelled without them).
+  bool step_over(char c) {
+    if (pos_ >= s_.size() || s_[pos_] != c) return false;
+    ++pos_;
+    return true;
+  }
+  // Steps past the digits at pos_ and says how many there were.
+  size_t skip_digits() {
+    size_t start = pos_;
+    while (pos_ < s_.size() && s_[pos_] >= '0' && s_[pos_] <= '9') ++pos_;
+    return pos_ - start;
+  }
+  // A number as JSON spells it: -?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?, so no NaN, Infinity, hex,
+  // leading + or leading zeros; one that a double cannot hold (1e400) is refused, not turned into infinity.
   double parse_number() {
-    const char* start = s_.c_str() + pos_;
-    char* end = nullptr;
-    double number = std::strtod(start, &end);
-    if (end == start) fail("unexpected character");
-    pos_ += static_cast<size_t>(end - start);
+    size_t start = pos_;
+    step_over('-');
+    if (!step_over('0') && skip_digits() == 0) fail("unexpected character");
+    if (step_over('.') && skip_digits() == 0) fail("no digit after the decimal point");
+    if (step_over('e') || step_over('E')) {
+      if (!step_over('+')) step_over('-');
+      if (skip_digits() == 0) fail("no digit in the exponent");
+    }
+    double number = 0;
+    // from_chars, unlike strtod, ignores the locale (a decimal comma would cut 0.5 short).
+    auto [end, error] = std::from_chars(s_.data() + start, s_.data() + pos_, number);
+    if (error != std::errc() || end != s_.data() + pos_ || !std::isfinite(number)) {
+      pos_ = start;
+      fail("number out of the range of a double");
+    }
     return number;
   }
 
@@ -120,6 +158,10 @@ class JsonReader {
       if (pos_ >= s_.size()) fail("unterminated string");
       char c = s_[pos_++];
       if (c == '"') return out;
+      if (static_cast<unsigned char>(c) < 0x20) {
+        --pos_;
+        fail("control character in a string (JSON escapes them)");
+      }
       if (c != '\\') {
         out += c;
         continue;
@@ -127,32 +169,49 @@ class JsonReader {
       if (pos_ >= s_.size()) fail("unterminated escape");
       char e = s_[pos_++];
       switch (e) {
+        case '"':
+        case '\\':
+        case '/': out += e; break;
         case 'n': out += '\n'; break;
         case 't': out += '\t'; break;
         case 'r': out += '\r'; break;
         case 'b': out += '\b'; break;
         case 'f': out += '\f'; break;
         case 'u': append_utf8(out, parse_code_point()); break;
-        default: out += e;  // \" \\ \/
+        default: --pos_; fail(std::string("unknown escape \\") + e);
       }
     }
   }
 
+  // 0 to 15, or -1 for a character that is not a hex digit.
+  static int hex_digit(char c) {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+  }
+  // The four hex digits of a \u escape at pos_.
   unsigned parse_hex4() {
-    if (pos_ + 4 > s_.size()) fail("short \\u escape");
-    unsigned value = static_cast<unsigned>(std::stoul(s_.substr(pos_, 4), nullptr, 16));
-    pos_ += 4;
+    unsigned value = 0;
+    for (int i = 0; i < 4; ++i, ++pos_) {
+      if (pos_ >= s_.size()) fail("unterminated \\u escape");
+      int digit = hex_digit(s_[pos_]);
+      if (digit < 0) fail("\\u wants four hex digits");
+      value = value * 16 + static_cast<unsigned>(digit);
+    }
     return value;
   }
-  // A \u escape's code point; a UTF-16 surrogate pair (two escapes) is one code point.
+  // A \u escape's code point; a UTF-16 surrogate pair (two escapes) is one code point, and half of one alone
+  // is refused: it has no UTF-8 spelling.
   unsigned parse_code_point() {
     unsigned first = parse_hex4();
-    if (first >= 0xD800 && first < 0xDC00 && s_.compare(pos_, 2, "\\u") == 0) {
-      pos_ += 2;
-      unsigned second = parse_hex4();
-      return 0x10000 + ((first - 0xD800) << 10) + (second - 0xDC00);
-    }
-    return first;
+    if (first >= 0xDC00 && first < 0xE000) fail("low surrogate without a high one before it");
+    if (first < 0xD800 || first >= 0xDC00) return first;
+    if (s_.compare(pos_, 2, "\\u") != 0) fail("high surrogate without a low one after it");
+    pos_ += 2;
+    unsigned second = parse_hex4();
+    if (second < 0xDC00 || second >= 0xE000) fail("high surrogate without a low one after it");
+    return 0x10000 + ((first - 0xD800) << 10) + (second - 0xDC00);
   }
   static void append_utf8(std::string& out, unsigned cp) {
     if (cp < 0x80) {

@@ -19,7 +19,8 @@ struct Json {
   const Json& at(const std::string& key) const;
 };
 
-// The one JSON value `text` holds; throws std::runtime_error, naming the offset, when it is not valid JSON.
+// The one JSON value `text` holds; throws std::runtime_error, naming the offset, when it is not valid JSON or
+// nests arrays and objects deeper than 64 levels (kMaxDepth in json.cpp). Never anything else, whatever `text` is.
 Json parse_json(const std::string& text);
 
 // `text` as a JSON string literal, quotes included.

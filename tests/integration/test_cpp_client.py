@@ -176,16 +176,42 @@ def test_bad_usage_exits_2_with_a_clear_message(classify, photo_folder, tmp_path
     assert message in completed.stderr
 
 
+def default_model_with(path: Path, extra_files: dict[str, str]) -> Path:
+    """The default TorchScript model saved again at `path` with `extra_files` instead of its own card."""
+    torch.jit.save(torch.jit.load(str(DEFAULT_TS)), str(path), _extra_files=extra_files)
+    return path
+
+
 @pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit.load/save are deprecated, still what libtorch reads
 def test_a_model_file_without_a_card_is_refused(classify, photo_folder, tmp_path):
-    bare = tmp_path / "bare.pt"
-    torch.jit.save(torch.jit.load(str(DEFAULT_TS)), str(bare))  # the same model without its extra file
+    bare = default_model_with(tmp_path / "bare.pt", {})
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"PK\x03\x04 not really a zip")
     completed = run(classify, "--model", bare, photo_folder)
     assert completed.returncode == 2 and f"carries no {CARD_FILE}" in completed.stderr
     completed = run(classify, "--model", junk, photo_folder)
     assert completed.returncode == 2 and "is not a TorchScript file" in completed.stderr
+
+
+BAD_CARDS = {
+    "nested 100,000 deep": ('{"name": "deep", "class_names": ' + "[" * 100_000 + "]" * 100_000 + "}",
+                            "nested deeper than 64 levels"),
+    "cut short": ('{"name": "efficientnet_lite0", "class_names": ["tench", "goldf', "unterminated string"),
+    "a lone surrogate": ('{"name": "\\ud800", "class_names": ["a"], "resize_size": 256, "input_size": 224}',
+                         "high surrogate without a low one after it"),
+}
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+@pytest.mark.parametrize("card, fault", BAD_CARDS.values(), ids=BAD_CARDS.keys())
+def test_a_card_that_is_not_json_exits_2_with_one_error_line(classify, photo_folder, tmp_path, card, fault):
+    """A bad card is refused before any image is read: exit status 2 and one line, never a crash (the deep card was
+    a stack overflow, SIGSEGV)."""
+    model = default_model_with(tmp_path / "bad_card.pt", {CARD_FILE: card})
+    completed = run(classify, "--model", model, photo_folder)
+    assert completed.returncode == 2, completed.stderr[-2000:]
+    assert completed.stderr.startswith(f"error: {model}: unreadable {CARD_FILE}: invalid JSON at offset ")
+    assert fault in completed.stderr and completed.stderr.count("\n") == 1 and completed.stdout == ""
 
 
 def test_scikit_images_folder_as_the_readme_runs_it_names_each_skipped_file_in_one_line(classify):

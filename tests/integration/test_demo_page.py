@@ -87,3 +87,22 @@ def test_a_file_that_is_not_an_image_shows_the_error(service, page, tmp_path):
     expect(page.locator("#status")).to_have_class(re.compile("error"))
     expect(page.locator("#results .prediction")).to_have_count(0)
     assert [p for p in problems if "status of 400" not in p] == []  # the 400 itself is the point
+
+
+def test_several_images_go_in_one_request_and_each_gets_its_card(service, page, tmp_path):
+    page.goto(service.url + "/")
+    problems = watch_for_problems(page)
+    requests = []
+    page.on("request", lambda request: requests.append(request.url) if request.url.endswith("/predict") else None)
+    not_an_image = tmp_path / "notes.txt"
+    not_an_image.write_text("this is not an image")
+    page.set_input_files("#file", [str(PHOTOS / "chelsea.png"), str(not_an_image), str(PHOTOS / "coffee.png")])
+    cards = page.locator("#gallery .card")
+    expect(cards).to_have_count(3, timeout=30_000)
+    assert cards.nth(0).locator(".label").first.inner_text().strip() in CAT_LABELS
+    expect(cards.nth(1).locator(".error")).to_contain_text("invalid_image")
+    assert cards.nth(2).locator(".label").first.inner_text().strip() == "espresso"
+    assert len(requests) == 1 and problems == []
+    screenshot = tmp_path / "demo-several.png"
+    page.screenshot(path=str(screenshot), full_page=True)
+    print(f"screenshot: {screenshot}")

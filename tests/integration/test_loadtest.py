@@ -58,3 +58,16 @@ def test_the_command_prints_a_summary_and_fails_when_nothing_succeeds(service):
     failed = subprocess.run(command + ["--url", f"http://127.0.0.1:{free_port()}/predict"],
                             capture_output=True, text=True, timeout=60)
     assert failed.returncode == 1 and "no response: 5" in failed.stdout
+
+
+@pytest.mark.parametrize("protocol, path", [("native", "/predict"), ("json", "/predict"),
+                                            ("v2", "/v2/models/efficientnet_lite0/infer"),
+                                            ("torchserve", "/predictions/efficientnet_lite0")])
+@pytest.mark.parametrize("images", [1, 3])
+def test_every_door_takes_the_load_tests_requests(service, protocol, path, images):
+    report = run(["--url", service.url + path, "--protocol", protocol, "--images-per-request", str(images),
+                  "--concurrency", "2", "--requests", "6", "--quiet"])
+    assert report.statuses == {"200": 6}
+    assert report.images_per_s == pytest.approx(report.throughput_rps * images, rel=0.01)
+    if protocol in ("native", "json"):  # the doors whose answers carry the batch size
+        assert sum(report.batch_sizes.values()) == 6

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -49,6 +50,15 @@ def wait_for_line(launcher: subprocess.Popen, text: str, timeout: float = 120) -
     raise AssertionError(f"launcher exited ({launcher.wait()}) before printing {text!r}")
 
 
+def next_line(launcher: subprocess.Popen, timeout: float = 10) -> str:
+    """The launcher's next line of output; TimeoutError if it writes none within `timeout`."""
+    reader = ThreadPoolExecutor(max_workers=1)
+    try:
+        return reader.submit(launcher.stdout.readline).result(timeout)
+    finally:
+        reader.shutdown(wait=False)  # a reader still waiting ends when the launcher does
+
+
 def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -82,6 +92,19 @@ def kill_a_worker_and_await_its_replacement(launcher: subprocess.Popen) -> int:
     return replacement
 
 
+def assert_a_command_beside_it_reaches_its_redis_as_it_says(launcher: subprocess.Popen) -> None:
+    """The private Redis's password is this run's own: the launcher says how another terminal gets its REDIS_URL.
+
+    Called right after the "listening on" line, which the launcher prints together with this one."""
+    export = next_line(launcher).split("with: ", 1)[-1].strip()
+    assert export.startswith("export REDIS_URL="), export
+    env = {name: value for name, value in os.environ.items() if name != "REDIS_URL"}
+    beside = subprocess.run(f"{export} && {shlex.quote(sys.executable)} -m model_tools route efficientnet_lite0",
+                            shell=True, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert beside.returncode == 0, beside.stderr
+    assert "1: weight -, live" in beside.stdout
+
+
 @pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
 def test_run_serves_and_every_process_ends_with_the_launcher_even_a_restarted_worker(stop_signal):
     """Ctrl-C or SIGTERM stops everything cleanly; a killed launcher's children notice on their own.
@@ -94,6 +117,7 @@ def test_run_serves_and_every_process_ends_with_the_launcher_even_a_restarted_wo
     try:
         line = wait_for_line(launcher, "listening on")
         assert f"http://127.0.0.1:{port}" in line
+        assert_a_command_beside_it_reaches_its_redis_as_it_says(launcher)
         assert len(descendants(launcher.pid)) >= 4  # redis-server, worker, gunicorn master and its workers
         response = post_image(f"http://127.0.0.1:{port}", photo_bytes("chelsea.png"), filename="chelsea.png",
                               timeout=30)

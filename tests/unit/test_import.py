@@ -11,7 +11,7 @@ from engines.choose import open_engine
 from model_tools.__main__ import main as model_tools_main
 from model_tools.architectures import Preprocessing
 from model_tools.card import FROM_FILE, ModelLoadError, ModelOptions
-from model_tools.checkpoints import is_exported_program, load_model
+from model_tools.checkpoints import load_model
 from model_tools.importer import import_model
 from model_tools.serving_model import ServingModel
 from serving.config import Settings
@@ -42,36 +42,68 @@ def test_a_classic_checkpoint_of_a_named_architecture_becomes_a_state_dict(tmp_p
     assert same_answers(loaded.network, network)
 
 
-def test_a_module_of_an_unknown_architecture_becomes_a_torch_export_program_the_worker_serves(tmp_path):
+def test_a_module_of_an_unknown_architecture_becomes_onnx_the_worker_serves_without_trust(tmp_path):
     network = FourClasses().eval()
     source = save_classic(network, tmp_path / "classic.pth")
-    out = tmp_path / "imported.pt2"
+    out = tmp_path / "imported.onnx"
     report = import_model(source, ModelOptions(trusted=True, labels_path=labels_file(tmp_path, "\n".join(LABELS)),
                                                mean=(0.4, 0.5, 0.6)), out)
-    assert "torch.export program" in report
-    assert is_exported_program(out)
-    loaded = load_model(out)
-    assert loaded.card.preprocessing.mean == (0.4, 0.5, 0.6) and same_answers(loaded.network, network, 224)
+    assert f"wrote {out}: ONNX, serves without trust" in report
     engine = open_engine(Settings(model_path=str(out), engine_cache_dir=""), CPU)
     reference = open_engine(Settings(model_path=str(source), model_trusted=True, backend="torch", mean="0.4,0.5,0.6",
                                      labels_path=labels_file(tmp_path, "\n".join(LABELS))), CPU)
     images = torch.randint(0, 256, (4, 224, 224, 3), dtype=torch.uint8).numpy()
-    assert engine.card.class_names == tuple(LABELS)
+    assert engine.card.class_names == tuple(LABELS) and engine.card.preprocessing.mean == (0.4, 0.5, 0.6)
     assert abs(engine.run(images) - reference.run(images)).max() < 1e-4
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+def test_a_torchscript_file_becomes_onnx_too(tmp_path):
+    """The legacy ONNX exporter cannot trace into a TorchScript network; the import traces it first."""
+    torch.manual_seed(0)
+    network = torch.jit.trace(FourClasses().eval(), torch.rand(1, 3, 8, 8))
+    network.save(str(tmp_path / "four.pt"))
+    out = tmp_path / "four.onnx"
+    report = import_model(tmp_path / "four.pt", ModelOptions(trusted=True, labels_path=labels_file(
+        tmp_path, "\n".join(LABELS))), out)
+    assert f"wrote {out}: ONNX, serves without trust" in report
+    engine = open_engine(Settings(model_path=str(out), engine_cache_dir=""), CPU)
+    images = torch.randint(0, 256, (3, 224, 224, 3), dtype=torch.uint8)
+    p = engine.card.preprocessing
+    with torch.inference_mode():
+        expected = ServingModel(network, p.mean, p.std)(images).numpy()
+    assert abs(engine.run(images.numpy()) - expected).max() < 1e-4
+
+
+def test_an_import_that_becomes_onnx_asks_for_an_onnx_name(tmp_path):
+    source = save_classic(FourClasses().eval(), tmp_path / "classic.pth")
+    with pytest.raises(ModelLoadError, match="imported as ONNX: name the output .*out.onnx"):
+        import_model(source, ModelOptions(trusted=True), tmp_path / "out.pt2")
 
 
 def test_a_wrong_label_file_stops_the_import_with_both_counts(tmp_path):
     source = save_classic(FourClasses().eval(), tmp_path / "classic.pth")
     with pytest.raises(ModelLoadError, match="names 2 classes, but the model in .* has 4 outputs"):
         import_model(source, ModelOptions(trusted=True, labels_path=labels_file(tmp_path, "a\nb\n")),
-                     tmp_path / "out.pt2")
-    assert not (tmp_path / "out.pt2").exists()
+                     tmp_path / "out.onnx")
+    assert not (tmp_path / "out.onnx").exists()
 
 
 def test_import_of_an_untrusted_pickle_is_refused_and_names_the_flag(tmp_path, capsys):
     source = save_classic(FourClasses().eval(), tmp_path / "classic.pth")
     assert model_tools_main(["import", str(source), "--out", str(tmp_path / "out.pt2")]) == 1
     assert "--trusted" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [["import"], ["export-onnx", "--checkpoint"]])
+def test_model_tools_writes_no_file_whose_name_a_worker_would_refuse(tmp_path, capsys, command):
+    """Without a name in the file or an --arch, the card takes the file's: one that MODEL_NAME's rule refuses."""
+    source = save_classic(FourClasses().eval(), tmp_path / "odd name}x.pth")
+    out = tmp_path / "out.pt2"
+    assert model_tools_main([*command, str(source), "--out", str(out), "--trusted",
+                             "--labels", labels_file(tmp_path, "\n".join(LABELS))]) == 1
+    assert "the model card's name='odd name}x': expected 1-64 letters" in capsys.readouterr().err
+    assert not out.exists()
 
 
 # TorchServe's model archives, made by the real torch-model-archiver.
@@ -132,30 +164,43 @@ def tiny_archive(tmp_path_factory):
     return eager_archive(tmp_path_factory.mktemp("eager-archive"), INDEX_TO_NAME_SHAPES["name"])
 
 
+def stock_handler_answers(network: torch.nn.Module, images: torch.Tensor):
+    """What TorchServe's image_classifier gives for these (already resized and cropped) images: probabilities."""
+    p = STOCK_HANDLER_PREPROCESSING
+    with torch.inference_mode():
+        return ServingModel(network, p.mean, p.std)(images).numpy()
+
+
 def assert_imported_as_the_stock_handler_serves(out, report: str, archive, name: str, network) -> None:
+    assert f"wrote {out}: ONNX, serves without trust" in report
     assert f"checked against {archive}: same top-1" in report  # the import's own verification
-    loaded = load_model(out)  # no trust, no options: the written file says everything
-    assert loaded.card.name == name and loaded.card.class_names == tuple(LABELS)
-    assert loaded.card.preprocessing == STOCK_HANDLER_PREPROCESSING
-    assert same_answers(loaded.network, network, 224)
+    engine = open_engine(Settings(model_path=str(out), engine_cache_dir=""), CPU)  # no trust, no options
+    assert engine.card.name == name and engine.card.class_names == tuple(LABELS)
+    assert engine.card.preprocessing == STOCK_HANDLER_PREPROCESSING
+    images = torch.randint(0, 256, (3, 224, 224, 3), dtype=torch.uint8)
+    assert abs(engine.run(images.numpy()) - stock_handler_answers(network, images)).max() < 1e-4
 
 
-def test_a_torchserve_archive_of_torchscript_imports_with_its_labels_and_the_stock_handlers_preprocessing(
+def test_a_torchserve_archive_of_torchscript_becomes_onnx_with_its_labels_and_the_stock_handlers_preprocessing(
         torchscript_archive, tmp_path, capsys):
     archive, network = torchscript_archive
-    out = tmp_path / "resnet18.pth"
+    out = tmp_path / "resnet18.onnx"
     assert model_tools_main(["import", str(archive), "--trusted", "--out", str(out)]) == 0
-    report = capsys.readouterr().out
-    assert f"wrote {out}: TorchScript export" in report
-    assert_imported_as_the_stock_handler_serves(out, report, archive, "resnet18", network)
+    assert_imported_as_the_stock_handler_serves(out, capsys.readouterr().out, archive, "resnet18", network)
+
+
+def test_a_torchscript_archive_is_never_a_named_architecture_so_its_import_asks_for_an_onnx_name(
+        torchscript_archive, tmp_path):
+    with pytest.raises(ModelLoadError, match="imported as ONNX: name the output .*resnet18.onnx"):
+        import_model(torchscript_archive[0], ModelOptions(trusted=True, arch="resnet18"), tmp_path / "resnet18.pth")
+    assert not (tmp_path / "resnet18.pth").exists()
 
 
 @pytest.mark.parametrize("shape", INDEX_TO_NAME_SHAPES)
-def test_an_eager_torchserve_archive_becomes_a_torch_export_program_with_labels_of_every_shape(tmp_path, shape):
+def test_an_eager_torchserve_archive_becomes_onnx_with_labels_of_every_shape(tmp_path, shape):
     archive, network = eager_archive(tmp_path, INDEX_TO_NAME_SHAPES[shape])
-    out = tmp_path / "tiny.pt2"
+    out = tmp_path / "tiny.onnx"
     report = import_model(archive, ModelOptions(trusted=True), out)
-    assert is_exported_program(out) and "torch.export program" in report
     assert_imported_as_the_stock_handler_serves(out, report, archive, "tiny", network)
 
 
@@ -166,20 +211,21 @@ def test_an_archive_with_a_custom_handler_is_refused_saying_how_to_import_the_ne
     with pytest.raises(ModelLoadError, match=r"uses the handler 'handler.py', not TorchServe's stock image_classifier"
                                              r".*unzip .* and run `python -m model_tools import four.pt --trusted "
                                              r"--labels index_to_name.json --resize-size N"):
-        import_model(archive, ModelOptions(trusted=True), tmp_path / "out.pt2")
+        import_model(archive, ModelOptions(trusted=True), tmp_path / "out.onnx")
 
 
 def test_an_archive_is_refused_without_trust_before_any_of_its_code_runs(tmp_path, torchscript_archive, capsys):
     marker = tmp_path / "model.py ran"
     archive, _ = eager_archive(tmp_path / "archive", INDEX_TO_NAME_SHAPES["name"],
                                more_code=f"\nimport pathlib\npathlib.Path({str(marker)!r}).touch()  # any code could\n")
-    assert model_tools_main(["import", str(archive), "--out", str(tmp_path / "out.pt2")]) == 1
+    assert model_tools_main(["import", str(archive), "--out", str(tmp_path / "out.onnx")]) == 1
     error = capsys.readouterr().err
     assert "holds code: model.py, Python that runs when imported" in error and "--trusted" in error
+    assert "--out models/tiny.onnx" in error
     assert not marker.exists()
     with pytest.raises(ModelLoadError, match="holds code: resnet18.pt, a TorchScript program.*--trusted"):
-        import_model(torchscript_archive[0], ModelOptions(), tmp_path / "out.pth")
-    assert not (tmp_path / "out.pt2").exists() and not (tmp_path / "out.pth").exists()
+        import_model(torchscript_archive[0], ModelOptions(), tmp_path / "resnet18.onnx")
+    assert not (tmp_path / "out.onnx").exists() and not (tmp_path / "resnet18.onnx").exists()
     load_model(archive, ModelOptions(trusted=True))
     assert marker.exists()  # trusted, its code runs: what the refusal prevented
 
@@ -213,8 +259,8 @@ SECOND_CLASS_PY = MODEL_PY + "\n\nclass Helper:\n    pass\n"
 def test_an_archive_with_missing_or_malformed_files_is_refused_clearly(tiny_archive, tmp_path, members, complaint):
     broken = rewritten(tiny_archive[0], tmp_path / "broken.mar", **members)
     with pytest.raises(ModelLoadError, match=complaint):
-        import_model(broken, ModelOptions(trusted=True), tmp_path / "out.pt2")
-    assert not (tmp_path / "out.pt2").exists()
+        import_model(broken, ModelOptions(trusted=True), tmp_path / "out.onnx")
+    assert not (tmp_path / "out.onnx").exists()
 
 
 def test_a_mar_that_is_not_a_zip_is_refused_naming_the_archivers_default_format(tmp_path):
@@ -228,8 +274,5 @@ def test_a_trusted_worker_serves_a_torchserve_archive_as_it_is(torchscript_archi
     engine = open_engine(Settings(model_path=str(archive), model_trusted=True, backend="torch", engine_cache_dir=""),
                          CPU)
     images = torch.randint(0, 256, (2, 224, 224, 3), dtype=torch.uint8)
-    p = STOCK_HANDLER_PREPROCESSING
-    with torch.inference_mode():
-        expected = ServingModel(network, p.mean, p.std)(images).numpy()
     assert engine.card.name == "resnet18" and engine.card.class_names == tuple(LABELS)
-    assert abs(engine.run(images.numpy()) - expected).max() < 1e-4
+    assert abs(engine.run(images.numpy()) - stock_handler_answers(network, images)).max() < 1e-4

@@ -15,7 +15,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from serving import protocol, worker_stats
-from serving.config import Settings
+from serving.config import ConfigError, Settings
 from serving.protocol import InferenceRequest, Keys, ModelInfo
 from tests.unit.tiny_model import COLOURS, INPUT_SIZE, message, tiny_classifier
 from worker import loop
@@ -341,3 +341,12 @@ def test_a_worker_stopped_before_its_first_heartbeat_stops():
     stop.set()
     thread.join(5)
     assert not thread.is_alive() and finished == [True]
+
+
+def test_a_card_name_that_fails_model_names_rule_is_refused_unless_model_name_is_set(fake_redis):
+    """The served name goes into every Redis key and URL of the model: a card's name is checked like MODEL_NAME."""
+    odd = tiny_classifier()
+    odd.card = dataclasses.replace(odd.card, name="odd/name}x")
+    with pytest.raises(ConfigError, match=r"model card's name='odd/name\}x'.*set MODEL_NAME"):
+        Worker(fake_redis, odd, Settings(key_prefix="t"))
+    assert Worker(fake_redis, odd, Settings(key_prefix="t", model_name="tiny")).keys.tag == "{t:tiny@1}"
