@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     importer = commands.add_parser(
         "import", help="turn a model file the worker loads into a self-describing one that needs no unpickling")
     importer.add_argument("checkpoint", metavar="SRC", help="the model file: a torch.save file of any kind, "
-                          "TorchScript, or a torch.export program")
+                          "TorchScript, a torch.export program, or TorchServe's .mar (stock image_classifier handler)")
     importer.add_argument("--out", required=True, help="the file to write")
     trace = commands.add_parser("trace", help="export TorchScript (uint8 NHWC in, probabilities out) and verify it")
     onnx = commands.add_parser("export-onnx", help="export ONNX (uint8 NHWC in, probabilities out) and verify it")

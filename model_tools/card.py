@@ -165,7 +165,7 @@ def read_labels(path: Path, option: str = "LABELS_PATH") -> list[str]:
     except (OSError, UnicodeDecodeError) as exc:
         raise ModelLoadError(f"{option}={path}: cannot read it ({exc})") from None
     if path.suffix.lower() == ".json":
-        return _labels_from_json(text, path, option)
+        return labels_from_json(text, f"{option}={path}")
     names = text.rstrip("\n").split("\n")
     names = [name.rstrip("\r").strip() for name in names]
     if not names or "" in names:
@@ -174,22 +174,26 @@ def read_labels(path: Path, option: str = "LABELS_PATH") -> list[str]:
     return names
 
 
-def _labels_from_json(text: str, path: Path, option: str) -> list[str]:
+def labels_from_json(text: str, where: str) -> list[str]:
+    """Class names from a JSON list or any index_to_name.json TorchServe reads; `where` names it in errors."""
     try:
         labels = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ModelLoadError(f"{option}={path} is not valid JSON: {exc}") from None
-    if isinstance(labels, dict):  # TorchServe: {"0": ["n01440764", "tench"], ...} or {"0": "tench", ...}
+        raise ModelLoadError(f"{where} is not valid JSON: {exc}") from None
+    if isinstance(labels, dict) and isinstance(labels.get("object_type_names"), list):
+        labels = labels["object_type_names"]  # TorchServe's older examples: {"object_type_names": ["tench", ...]}
+    elif isinstance(labels, dict):  # TorchServe: {"0": ["n01440764", "tench"], ...} or {"0": "tench", ...}
         try:
             by_index = {int(index): value for index, value in labels.items()}
         except ValueError:
             by_index = {}
         if sorted(by_index) != list(range(len(labels))):
-            raise ModelLoadError(f"{option}={path}: the keys of an index_to_name.json must be 0 to N-1")
+            raise ModelLoadError(f"{where}: the keys of an index_to_name.json must be 0 to N-1")
+        # TorchServe's load_label_mapping keeps a list's last element: the name after the WordNet id.
         labels = [by_index[i][-1] if isinstance(by_index[i], list) and by_index[i] else by_index[i]
                   for i in range(len(by_index))]
     if not isinstance(labels, list) or not labels or not all(isinstance(n, str) and n for n in labels):
-        raise ModelLoadError(f"{option}={path}: expected a JSON list of class names, or TorchServe's "
+        raise ModelLoadError(f"{where}: expected a JSON list of class names, or TorchServe's "
                              'index_to_name.json ({"0": ["wnid", "name"], ...})')
     return labels
 
@@ -208,6 +212,12 @@ def _shown(name: str, preprocessing: Preprocessing, class_names: list[str]) -> s
     if name == "class_names":
         return f"{class_names[0]}..{class_names[-1]}"
     return _spell(getattr(preprocessing, name))
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception's first non-empty line: torch's messages run to pages."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0].rstrip(":") if lines else type(exc).__name__
 
 
 def card_fields(card: ModelCard) -> dict:

@@ -13,6 +13,10 @@ defaults, model_tools.card says in which order):
 - TorchScript: a bare network (float NCHW in, logits out), or the serving
   model model_tools exports, whose network is taken out of it. Code, so only
   with MODEL_TRUSTED=1 too.
+- TorchServe's model archives (`.mar`) with the stock image_classifier
+  handler: TorchScript, or an eager model.py and its state dict, with their
+  labels; both are code, so only with MODEL_TRUSTED=1 (model_tools.archive
+  refuses before anything of the archive runs).
 - `checkpoint`: pickled. The classic `{'model': module, 'model_state_dict':
   ...}` (card fields optional), or a whole module saved with
   `torch.save(model, path)`. Loading it runs code from the file, so only with
@@ -38,20 +42,21 @@ from typing import BinaryIO
 import torch
 import torch.nn as nn
 
-from model_tools import CARD_FILE
+from model_tools import CARD_FILE, IMPORT_COMMAND
 from model_tools.architectures import build_architecture, default_preprocessing, imagenet_class_names
+from model_tools.archive import is_model_archive, read_archive
 from model_tools.card import (
     ModelCard,
     ModelLoadError,
     ModelOptions,
     card_fields,
+    first_line,
     resolve_card,
 )
 from model_tools.trust import EXPORTED_PROGRAM_RUNS_CODE, TORCHSCRIPT_RUNS_CODE, require_trust
 
 FORMATS = ("auto", "checkpoint", "state_dict")
 DEFAULT_ARCH = "efficientnet_lite0"
-IMPORT_COMMAND = "python -m model_tools import"
 
 
 @dataclass
@@ -84,7 +89,9 @@ def load_model(path: str | os.PathLike, options: ModelOptions = ModelOptions()) 
         raise ModelLoadError(f"{options.names['format']}={options.format!r}; expected one of {', '.join(FORMATS)}")
     if not path.is_file():
         raise ModelLoadError(f"model file {path} does not exist (run `make model` to build the default one)")
-    if is_exported_program(path):
+    if is_model_archive(path):
+        network, in_file = read_archive(path, options)  # TorchServe's .mar; it requires trust itself
+    elif is_exported_program(path):
         require_trust(path, EXPORTED_PROGRAM_RUNS_CODE, options)
         network, in_file = _from_exported_program(path)
     elif is_torchscript_file(path):
@@ -236,12 +243,6 @@ def _output_size(state_dict: Mapping) -> int:
     if not matrices:
         raise ModelLoadError("the state_dict has no linear classifier layer to count classes from")
     return matrices[-1].shape[0]
-
-
-def first_line(exc: BaseException) -> str:
-    """An exception's first non-empty line: torch's messages run to pages."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return lines[0].rstrip(":") if lines else type(exc).__name__
 
 
 def write_atomically(path: Path, write: Callable[[Path], None]) -> Path:

@@ -100,13 +100,14 @@ def export_onnx(loaded: LoadedModel, out: str | os.PathLike) -> Path:
     import onnx
 
     module = serving_module(loaded)
+    images = example_images(loaded.card.preprocessing.input_size)
     out = Path(out)
 
     def write(partial: Path) -> None:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # the legacy exporter's deprecation and constant-folding notes
-                torch.onnx.export(module, (example_images(loaded.card.preprocessing.input_size),), str(partial),
+                torch.onnx.export(_traceable(module, images), (images,), str(partial),
                                   dynamo=False, opset_version=ONNX_OPSET,
                                   input_names=["images"], output_names=["probabilities"],
                                   dynamic_axes={"images": {0: "batch"}, "probabilities": {0: "batch"}})
@@ -121,6 +122,20 @@ def export_onnx(loaded: LoadedModel, out: str | os.PathLike) -> Path:
         onnx.save(model, str(partial))
 
     return write_atomically(out, write)
+
+
+def _traceable(module: ServingModel, images: torch.Tensor) -> torch.nn.Module:
+    """What the legacy ONNX exporter can take: the serving model, or its trace when its network is TorchScript.
+
+    The exporter traces an eager module itself, and its trace cannot call into a TorchScript submodule
+    (a TorchScript file's network, or a .mar's): "Tried to trace <...> but it is not part of the active
+    trace". torch.jit.trace can, inlining the program; a ScriptModule the exporter converts as it is.
+    The trace runs on the example images, at the card's input size, where the program is known to run.
+    """
+    if not any(isinstance(m, torch.jit.ScriptModule) for m in module.modules()):
+        return module
+    with torch.no_grad(), _quiet_jit():
+        return torch.jit.trace(module, images)
 
 
 def read_onnx_card(path: str | os.PathLike, options: ModelOptions = ModelOptions()) -> ModelCard:
