@@ -53,14 +53,15 @@ def deployment(kind: str, folder: Path) -> Iterator[tuple[RedisClient, int]]:
 def test_an_enqueue_whose_reply_comes_late_fails_within_its_timeout_and_queues_once(kind, tmp_path):
     with deployment(kind, tmp_path) as (client, pid):
         queue = InferenceQueue(client, client, KEYS, max_queue=10)
-        queue.enqueue(b"warm")  # connections made while the node answers: only the push itself meets the stop
+        client.set(KEYS.model, b"{}")  # the version is served: the push refuses a closed one
+        queue.enqueue([b"warm"])  # connections made while the node answers: only the push itself meets the stop
         # The node goes on after the push's read timeout but within a repeat's: a repeat would reach it.
         resume = threading.Timer(1.5 * READ_TIMEOUT, os.kill, (pid, signal.SIGCONT))
         os.kill(pid, signal.SIGSTOP)
         resume.start()
         started = time.monotonic()
         try:
-            queue.enqueue(b"late")
+            queue.enqueue([b"late"])
             error = None
         except REDIS_ERRORS as exc:
             error = exc
