@@ -54,9 +54,12 @@ from model_tools.card import (
     resolve_card,
 )
 from model_tools.trust import EXPORTED_PROGRAM_RUNS_CODE, TORCHSCRIPT_RUNS_CODE, require_trust
+from serving.config import Settings
 
 FORMATS = ("auto", "checkpoint", "state_dict")
 DEFAULT_ARCH = "efficientnet_lite0"
+
+DEFAULT_MODEL_PATH = Path(Settings.model_path)  # what `make model` builds
 
 
 @dataclass
@@ -88,7 +91,9 @@ def load_model(path: str | os.PathLike, options: ModelOptions = ModelOptions()) 
     if options.format not in FORMATS:
         raise ModelLoadError(f"{options.names['format']}={options.format!r}; expected one of {', '.join(FORMATS)}")
     if not path.is_file():
-        raise ModelLoadError(f"model file {path} does not exist (run `make model` to build the default one)")
+        raise ModelLoadError(f"model file {path} does not exist" + (
+            "" if path.is_absolute() else f" (relative paths are from the working directory, {Path.cwd()})")
+            + ("; `make model` builds the default one" if path == DEFAULT_MODEL_PATH else ""))
     if is_model_archive(path):
         network, in_file = read_archive(path, options)  # TorchServe's .mar; it requires trust itself
     elif is_exported_program(path):
@@ -181,10 +186,26 @@ def _from_state_dict(contents, path: Path, options: ModelOptions) -> tuple[nn.Mo
                              f"set {options.names['arch']} (e.g. resnet50)")
     try:
         network = build_architecture(arch, _output_size(in_file["state_dict"]))
-        network.load_state_dict(in_file["state_dict"])
-    except (ValueError, RuntimeError) as exc:
-        raise ModelLoadError(f"{path} does not fit architecture {arch!r}: {exc}") from None
+    except ValueError as exc:
+        raise ModelLoadError(f"{path}: {exc}") from None
+    misfit = _misfit(network, in_file["state_dict"])
+    if misfit:
+        raise ModelLoadError(f"{path} does not fit architecture {arch!r} ({misfit}): is {options.names['arch']} "
+                             "the architecture it was trained as?")
+    network.load_state_dict(in_file["state_dict"])
     return network, in_file
+
+
+def _misfit(network: nn.Module, state_dict: Mapping) -> str:
+    """How the weights differ from the network's, in a line (torch's own message lists every key); "" if they fit."""
+    expected = network.state_dict()
+    missing = [key for key in expected if key not in state_dict]
+    unexpected = [key for key in state_dict if key not in expected]
+    reshaped = [key for key in expected if key in state_dict and tuple(state_dict[key].shape) != tuple(
+        expected[key].shape)]
+    parts = [f"{len(keys)} {what}, e.g. {keys[0]}" for keys, what in (
+        (missing, "weights missing"), (unexpected, "unexpected weights"), (reshaped, "of another shape")) if keys]
+    return "; ".join(parts)
 
 
 def _from_exported_program(path: Path) -> tuple[nn.Module, dict]:

@@ -203,11 +203,15 @@ class Worker:
         answers.update(predicted)
         self.queue.publish_results(answers, messages, self.settings.result_ttl)
         self.batches += 1
-        wait_ms = max((taken_at - min(r.enqueued_at for r in runnable)) * 1000, 0) if runnable else 0.0
         answered = sum(answer is not None for answer in answers.values())
-        log.info("worker=%s batch=%d size=%d answered=%d oldest_wait_ms=%.1f inference_ms=%.1f job_ids=%s",
-                 self.worker_id, self.batches, len(runnable), answered, wait_ms, inference_ms,
-                 ",".join(r.job_id for r in runnable))
+        if runnable:
+            wait_ms = max((taken_at - min(r.enqueued_at for r in runnable)) * 1000, 0)
+            log.info("worker=%s batch=%d size=%d answered=%d oldest_wait_ms=%.1f inference_ms=%.1f job_ids=%s",
+                     self.worker_id, self.batches, len(runnable), answered, wait_ms, inference_ms,
+                     ",".join(r.job_id for r in runnable))
+        else:  # every message was expired or refused: no forward pass, so no batch line
+            log.info("worker=%s took %d messages and ran none: answered=%d, the rest expired", self.worker_id,
+                     len(messages), answered)
         self.stats.record(len(runnable), inference_ms, self.expired)
 
     def _admit(self, raw: bytes, now: float) -> InferenceRequest | Refusal | None:

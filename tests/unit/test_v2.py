@@ -168,6 +168,11 @@ def text_image(count: int = 1) -> dict:
     ({"inputs": [text_image()], "outputs": [{"name": "PROBABILITIES", "parameters": {"classification": 0}}]},
      ["classification"]),
     ({"inputs": [text_image()], "parameters": {"timeout": -1}}, ["timeout"]),
+    ({"inputs": [text_image()], "parameters": [1]}, ["parameters of the request"]),
+    ({"inputs": [{**text_image(), "parameters": "x"}]}, ["parameters of an input"]),
+    ({"inputs": [text_image()], "outputs": [{"name": "PROBABILITIES", "parameters": 3}]}, ["parameters of an output"]),
+    ({"inputs": [text_image()], "outputs": [{"name": "PROBABILITIES", "parameters": {"binary_data": "yes"}}]},
+     ["binary_data"]),
     ([1], ["JSON object"]),
 ])
 def test_a_malformed_request_is_400_with_a_v2_error(patient_client, fake_redis, request_body, words):

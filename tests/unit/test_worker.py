@@ -80,6 +80,12 @@ def test_requests_past_their_deadline_are_skipped_and_counted(worker):
     assert worker.expired == 1
 
 
+def test_a_take_of_only_expired_requests_logs_no_empty_batch(worker, caplog):
+    with caplog.at_level(logging.INFO, logger="worker"):
+        worker.process([message("late", deadline_in=-1)])
+    assert "took 1 messages and ran none" in caplog.text and "size=0" not in caplog.text
+
+
 def test_an_inference_failure_answers_the_batch_and_the_worker_carries_on(worker, monkeypatch, caplog):
     def explode(images):
         raise RuntimeError("device fell over at /opt/secret/model.bin")
