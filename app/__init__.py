@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Flask
 
-from app import request_log
+from app import access, request_log
 from app.decode_budget import DecodeBudget
 from app.errors import register_error_handlers
 from app.fleet import Fleet
@@ -33,6 +33,7 @@ def create_app(settings: Settings | None = None, redis_client: RedisClient | Non
     app.extensions["decode_budget"] = DecodeBudget(settings.decode_pixel_budget)
     register_error_handlers(app)
     request_log.install(app, settings.log_level)
+    access.install(app, settings)  # after the request log: its line names the key, and a refused key is logged
     app.register_blueprint(api)
     app.register_blueprint(operations)
     app.register_blueprint(v2_api)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 from flask import current_app
 
-from app import metrics
+from app import access, metrics
 from app.decode_budget import DecodeBudget
 from app.errors import ApiError, image_error_status
 from app.fleet import Fleet
@@ -81,7 +81,9 @@ def classify(requested_name: str | None, pinned_version: str | None, images: lis
     fleet: Fleet = current_app.extensions["fleet"]
     queue = fleet.queue_for(fleet.name_for(requested_name), pinned_version)
     log_fields(model=queue.keys.model_id, images=len(images))
-    model = queue.admit()  # 503 now rather than after decoding, if nobody would answer
+    # 429 or 503 now rather than after decoding, if the client is over its limits or nobody would answer.
+    model = queue.admit(access.charge_for(len(images)))
+    access.count_admitted(len(images))
     top_k = _checked_top_k(options.top_k, settings.top_k, model.num_classes)
     prepared = [_prepare(image, header, model) for image, header in zip(images, headers)]
     outcomes = _await(queue, prepared, deadline, top_k, options.probabilities, settings.request_timeout)

@@ -36,6 +36,12 @@ PREDICTION_LATENCY = Histogram("prediction_duration_seconds", "Time from receivi
                                "model version that answered.", ["model", "version"], namespace=NAMESPACE,
                                registry=None, buckets=LATENCY_BUCKETS)
 
+# By API key name (API_KEYS_FILE's, a bounded set), never the key.
+KEY_REQUESTS = Counter("key_requests", "Requests that came with a valid API key, by its name and the status.",
+                       ["key", "status"], namespace=NAMESPACE, registry=None)
+KEY_IMAGES = Counter("key_images", "Images admitted to the queue, by the name of the API key they came with.", ["key"],
+                     namespace=NAMESPACE, registry=None)
+
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
@@ -53,6 +59,14 @@ def observe_prediction(model: str, version: str, seconds: float) -> None:
     PREDICTION_LATENCY.labels(model, version).observe(seconds)
 
 
+def observe_key_request(key: str, status: int) -> None:
+    KEY_REQUESTS.labels(key, str(status)).inc()
+
+
+def observe_key_images(key: str, images: int) -> None:
+    KEY_IMAGES.labels(key).inc(images)
+
+
 def render(read_statuses) -> bytes:
     """The exposition text: this API's (or every API process's) metrics and the fleet's, read now.
 
@@ -62,7 +76,7 @@ def render(read_statuses) -> bytes:
     if MULTIPROCESS:
         MultiProcessCollector(registry)
     else:
-        for own in (HTTP_REQUESTS, HTTP_LATENCY, PREDICTIONS, PREDICTION_LATENCY):
+        for own in (HTTP_REQUESTS, HTTP_LATENCY, PREDICTIONS, PREDICTION_LATENCY, KEY_REQUESTS, KEY_IMAGES):
             registry.register(own)
     registry.register(_FleetCollector(read_statuses))
     return generate_latest(registry)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -19,6 +20,16 @@ class NoWorker(Exception):
 
 class QueueFull(Exception):
     """More images are queued than can be served in time."""
+
+
+class Charge(Protocol):
+    """What admitting a request costs its client (app/access.py): taken in admission's round trip."""
+
+    def queue_on(self, pipe) -> None: ...
+
+    def judge(self, reply) -> None: ...  # raises when the client may not go on
+
+    def refund(self, client: RedisClient) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -39,15 +50,32 @@ class InferenceQueue:
         self.max_queue = max_queue
         self.clock = RedisClock()  # read again at every admission
 
-    def admit(self) -> ModelInfo:
-        """The served model, if a worker is alive and the queue has room; one round trip, which reads Redis's clock."""
+    def admit(self, charge: Charge | None = None) -> ModelInfo:
+        """The served model, if a worker is alive and the queue has room; one round trip, which reads Redis's clock.
+
+        A `charge` (the client's rate limit) is taken in the same round trip, and judged first: a client over
+        its limit hears so whatever the queue's state. Refused for want of a worker or room, it gets its tokens
+        back.
+        """
+        pipe = self.client.pipeline(transaction=False)
+        if charge is not None:
+            charge.queue_on(pipe)
+        # A plain EVAL: Cluster pipelines route it by its key (the charge's may be on another node).
+        pipe.execute_command("EVAL", protocol.ADMISSION, 2, self.keys.model, self.keys.queue)
         sent_at = time.time()
-        raw_info, depth, redis_time = self.client.eval(protocol.ADMISSION, 2, self.keys.model, self.keys.queue)
+        *charged, (raw_info, depth, redis_time) = pipe.execute()
         self.clock.observe(redis_seconds(redis_time), sent_at, time.time())
-        if raw_info is None:
-            raise NoWorker()
-        if depth >= self.max_queue:
-            raise QueueFull(depth)
+        if charge is not None:
+            charge.judge(charged[0])
+        try:
+            if raw_info is None:
+                raise NoWorker()
+            if depth >= self.max_queue:
+                raise QueueFull(depth)
+        except (NoWorker, QueueFull):
+            if charge is not None:
+                charge.refund(self.client)
+            raise
         return ModelInfo.from_json(raw_info)
 
     def fleet_status(self, worker_timeout: float) -> FleetStatus:

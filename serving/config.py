@@ -73,6 +73,15 @@ class Settings:
         "MAX_IMAGES_PER_REQUEST", 32,
         "Most images one request may carry (400 too_many_images above); each is one queue message, so a "
         "smaller MAX_QUEUE is the limit.")
+    api_keys_file: str = _setting(
+        "API_KEYS_FILE", "",
+        "Who may call: a file of lines `NAME SHA256_OF_KEY [RATE [BURST [DAILY [PRIORITY]]]]` (`python -m app.keys "
+        "new NAME` makes a key and its line); every route but the probes and the demo page then needs "
+        "`Authorization: Bearer KEY`. Re-read when it changes. Empty: no key needed (docs/operations.md, "
+        "\"API keys, rate limits and quotas\").")
+    metrics_need_key: bool = _setting(
+        "METRICS_NEED_KEY", False,
+        "With API_KEYS_FILE set, whether `GET /metrics` needs a key too (off: Prometheus scrapes it without one).")
     result_ttl: float = _setting(
         "RESULT_TTL", 30.0,
         "Seconds an unread result stays in Redis before it expires.")
