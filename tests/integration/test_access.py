@@ -15,6 +15,8 @@ import pytest
 import requests
 
 from app.keys import key_line
+from serving import protocol
+from serving.protocol import FleetKeys, Keys, ModelInfo
 from stack.processes import Stack, free_port
 from tests.images import photo_bytes
 from tests.integration.conftest import stack_settings
@@ -212,3 +214,24 @@ def test_metrics_can_need_a_key_and_redis_down_is_503_never_an_open_door(tmp_pat
         response = requests.post(stack.url + "/predict", data=CAT, headers={**RAW, **bearer("other")}, timeout=10)
     assert response.status_code == 503 and response.json()["error"]["code"] == "redis_unavailable"
     assert json.loads(response.text)["success"] is False
+
+
+def test_a_503_costs_the_client_no_tokens(tmp_path):
+    """A full queue is the service's fault: the key's one token comes back, and its next request is let on."""
+    (tmp_path / "api-keys").write_text("\n".join(LINES))
+    settings = stack_settings(api_keys_file=str(tmp_path / "api-keys"), max_queue=1, request_timeout=1.0)
+    with Stack(settings, workers=0, log_dir=tmp_path / "logs") as stack:
+        prefix, client = stack.settings.key_prefix, stack.redis()
+        keys = Keys(prefix, "silent@1")
+        info = ModelInfo("silent", "silent", 1000, 224, 256, (0.5,) * 3, (0.5,) * 3, "cpu", 8)
+        client.set(keys.model, info.to_json(), ex=60)  # announced, but nobody serves: the queue stays full
+        client.eval(protocol.REGISTER_MODEL, 1, FleetKeys(prefix).models, keys.model_id)
+        client.lpush(keys.queue, b"queued by someone else")
+        url = stack.url + "/models/silent/predict"
+        full = [requests.post(url, data=CAT, headers={**RAW, **bearer("slow")}, timeout=10) for _ in range(3)]
+        client.delete(keys.queue)
+        let_on = requests.post(url, data=CAT, headers={**RAW, **bearer("slow")}, timeout=10)
+        refused = requests.post(url, data=CAT, headers={**RAW, **bearer("slow")}, timeout=10)
+    assert [door_error(r)[1].split(":")[0] for r in full] == ["queue_full"] * 3
+    assert let_on.status_code == 504  # past the bucket, queued, and nobody answered
+    assert refused.status_code == 429 and refused.json()["error"]["code"] == "rate_limited"
