@@ -141,3 +141,9 @@ def count_admitted(images: int) -> None:
     key = caller()
     if key is not None:
         metrics.observe_key_images(key.name, images)
+
+
+def priority() -> str:
+    """The queue lane of the caller's images: its key's priority; normal without keys."""
+    key = caller()
+    return key.priority if key is not None else "normal"

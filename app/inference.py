@@ -160,7 +160,8 @@ def _await(queue: InferenceQueue, prepared: list[_Prepared], deadline: float, to
     runnable = [p for p in prepared if p.pixels is not None]
     job_ids = new_job_ids(len(runnable))
     log_fields(job_id=",".join(job_ids))
-    results = queue.classify([p.pixels for p in runnable], job_ids, deadline, top_k, probabilities) if runnable else {}
+    results = queue.classify([p.pixels for p in runnable], job_ids, deadline, top_k, probabilities,
+                             access.priority()) if runnable else {}
     answers = iter(job_ids)
     outcomes = []
     for image in prepared:

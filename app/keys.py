@@ -29,9 +29,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from serving.protocol import PRIORITIES
+
 log = logging.getLogger("api")
 
-PRIORITIES = ("high", "normal", "low")
 UNSET = "-"
 KEY_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")  # a key's name: safe in a Redis key, a log line and a metric label
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")

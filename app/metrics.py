@@ -102,6 +102,8 @@ class _FleetCollector:
         labels = ["model", "version"]
         depth = GaugeMetricFamily(f"{NAMESPACE}_queue_depth", "Images waiting in a version's queue for a worker.",
                                   labels=labels)
+        lanes = GaugeMetricFamily(f"{NAMESPACE}_lane_depth", "Images waiting in one priority lane of a version's "
+                                  "queue (API keys' PRIORITY).", labels=[*labels, "lane"])
         alive = GaugeMetricFamily(f"{NAMESPACE}_workers_alive",
                                   "Workers of a version whose last heartbeat is within WORKER_TIMEOUT.", labels=labels)
         batch_size = HistogramMetricFamily(f"{NAMESPACE}_batch_size", "Images per forward pass, over a version's "
@@ -113,6 +115,8 @@ class _FleetCollector:
         for model, status in sorted(statuses.items()):
             values = list(split_model_id(model))
             depth.add_metric(values, status.queue_depth)
+            for lane, lane_depth in status.lane_depths.items():
+                lanes.add_metric([*values, lane], lane_depth)
             alive.add_metric(values, status.workers_alive)
             for family, stored in ((batch_size, status.stats.batch_size), (inference, status.stats.inference_seconds)):
                 family.add_metric(values, _buckets(stored), stored.sum)
@@ -120,7 +124,7 @@ class _FleetCollector:
         live = sum(1 for status in statuses.values() if status.workers_alive > 0)
         yield GaugeMetricFamily(f"{NAMESPACE}_model_versions_live", "Model versions with at least one live worker "
                                 "(0: every request is answered 503 no_worker).", value=live)
-        yield from (depth, alive, batch_size, inference, expired)
+        yield from (depth, lanes, alive, batch_size, inference, expired)
 
 
 def _buckets(stored: StoredHistogram) -> list[tuple[str, int]]:

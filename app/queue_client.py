@@ -36,8 +36,9 @@ class Charge(Protocol):
 class FleetStatus:
     model: ModelInfo | None  # None: no worker has announced a model within WORKER_TIMEOUT
     workers_alive: int
-    queue_depth: int
+    queue_depth: int  # every lane's
     stats: WorkerStats
+    lane_depths: dict[str, int]  # priority -> images queued in its lane
 
 
 class InferenceQueue:
@@ -61,7 +62,7 @@ class InferenceQueue:
         if charge is not None:
             charge.queue_on(pipe)
         # A plain EVAL: Cluster pipelines route it by its key (the charge's may be on another node).
-        pipe.execute_command("EVAL", protocol.ADMISSION, 2, self.keys.model, self.keys.queue)
+        pipe.execute_command("EVAL", protocol.ADMISSION, 4, self.keys.model, *self.keys.lanes)
         sent_at = time.time()
         *charged, (raw_info, depth, redis_time) = pipe.execute()
         self.clock.observe(redis_seconds(redis_time), sent_at, time.time())
@@ -83,14 +84,16 @@ class InferenceQueue:
         pipe = self.client.pipeline(transaction=False)
         pipe.get(self.keys.model)
         protocol.count_live_workers(pipe, self.keys, worker_timeout)
-        pipe.llen(self.keys.queue)
         pipe.hgetall(self.keys.worker_stats)
-        raw_info, alive, depth, stats = pipe.execute()
+        for lane in self.keys.lanes:
+            pipe.llen(lane)
+        raw_info, alive, stats, *depths = pipe.execute()
         model = ModelInfo.from_json(raw_info) if raw_info is not None else None
-        return FleetStatus(model, alive, depth, decode_worker_stats(stats))
+        return FleetStatus(model, alive, sum(depths), decode_worker_stats(stats),
+                           dict(zip(protocol.PRIORITIES, depths)))
 
     def classify(self, images: list[np.ndarray], job_ids: list[str], deadline: float, top_k: int,
-                 probabilities: bool = False) -> dict[str, InferenceResult]:
+                 probabilities: bool = False, priority: str = "normal") -> dict[str, InferenceResult]:
         """Queue preprocessed images, each under its job id (unique), and wait for their answers until the deadline.
 
         One round trip queues them all, and they batch with everyone else's. `deadline` is by this host's
@@ -101,12 +104,14 @@ class InferenceQueue:
         enqueued_at = time.time() + offset
         self.enqueue([protocol.encode_request(InferenceRequest(job_id, pixels, enqueued_at, deadline + offset, top_k,
                                                                probabilities))
-                      for job_id, pixels in zip(job_ids, images)])
+                      for job_id, pixels in zip(job_ids, images)], priority)
         return self.await_results(job_ids, deadline)
 
-    def enqueue(self, messages: list[bytes]) -> None:
-        """Queue the messages of one request, or raise QueueFull when they would take the queue past MAX_QUEUE."""
-        if self.client.eval(protocol.ENQUEUE, 1, self.keys.queue, self.max_queue, *messages) < 0:
+    def enqueue(self, messages: list[bytes], priority: str = "normal") -> None:
+        """Queue the messages of one request in its priority's lane, or raise QueueFull when they would take the
+        lanes past MAX_QUEUE."""
+        if self.client.eval(protocol.ENQUEUE, 5, self.keys.lane(priority), self.keys.wake, *self.keys.lanes,
+                            self.max_queue, *messages) < 0:
             raise QueueFull(self.max_queue)
 
     def await_results(self, job_ids: list[str], deadline: float) -> dict[str, InferenceResult]:

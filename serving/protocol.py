@@ -45,6 +45,7 @@ import numpy as np
 import pybase64
 
 ATTEMPTS_EXHAUSTED = "attempts_exhausted"
+PRIORITIES = ("high", "normal", "low")  # an API key's lane; workers take from them in this order under load
 
 
 def model_id(name: str, version: str) -> str:
@@ -77,6 +78,21 @@ class Keys:
     @property
     def queue(self) -> str:
         return f"{self.tag}:queue"
+
+    def lane(self, priority: str) -> str:
+        """The queue of one priority lane: `normal` is the queue itself, `high` and `low` lie beside it."""
+        return self.queue if priority == "normal" else f"{self.tag}:queue:{priority}"
+
+    @property
+    def lanes(self) -> tuple[str, str, str]:
+        """Every lane's queue, the order workers take from under load: high, normal, low."""
+        return tuple(self.lane(priority) for priority in PRIORITIES)
+
+    @property
+    def wake(self) -> str:
+        """A list of at most one element, pushed with every enqueue: what an idle worker blocks on, since one
+        BLMOVE can wait on one lane only."""
+        return f"{self.tag}:wake"
 
     @property
     def model(self) -> str:
@@ -339,18 +355,52 @@ def decode_result(raw: bytes) -> InferenceResult:
         np.frombuffer(pybase64.b64decode(probabilities), "<f4") if probabilities is not None else None)
 
 
-# Queue the messages of one client request (one per image), all or none: none when they would take the
-# queue past MAX_QUEUE. Checked and pushed in one step, so concurrent API threads cannot overshoot the limit.
-# KEYS: queue. ARGV: max queued, message, message, ... Returns the new depth, or -1 when they do not fit.
+# Queue the messages of one client request (one per image) in its lane, all or none: none when they would
+# take the version's lanes past MAX_QUEUE together. Checked and pushed in one step, so concurrent API threads
+# cannot overshoot the limit; the wake list gets its one element, for a worker blocked on it.
+# KEYS: the lane, wake list, high, normal and low lanes. ARGV: max queued, message, message, ...
+# Returns the new depth of all lanes, or -1 when the messages do not fit.
 ENQUEUE = """
-if redis.call('LLEN', KEYS[1]) + #ARGV - 1 > tonumber(ARGV[1]) then return -1 end
-return redis.call('LPUSH', KEYS[1], unpack(ARGV, 2))
+local depth = redis.call('LLEN', KEYS[3]) + redis.call('LLEN', KEYS[4]) + redis.call('LLEN', KEYS[5])
+if depth + #ARGV - 1 > tonumber(ARGV[1]) then return -1 end
+redis.call('LPUSH', KEYS[1], unpack(ARGV, 2))
+redis.call('LPUSH', KEYS[2], 1)
+redis.call('LTRIM', KEYS[2], 0, 0)
+return depth + #ARGV - 1
 """
 
 # What the API needs before it takes an upload, in one round trip: the served model (nil: no worker), the
-# queue's depth and Redis's TIME, read on the node that holds the queue (on a Redis Cluster, another node's
-# clock may differ). KEYS: model key, queue.
-ADMISSION = "return {redis.call('GET', KEYS[1]), redis.call('LLEN', KEYS[2]), redis.call('TIME')}"
+# depth of the version's lanes together and Redis's TIME, read on the node that holds the queue (on a Redis
+# Cluster, another node's clock may differ). KEYS: model key, high, normal and low lanes.
+ADMISSION = """
+local depth = redis.call('LLEN', KEYS[2]) + redis.call('LLEN', KEYS[3]) + redis.call('LLEN', KEYS[4])
+return {redis.call('GET', KEYS[1]), depth, redis.call('TIME')}
+"""
+
+# A worker's take: up to ARGV[1] messages moved to its processing list, oldest first, from the lanes in the
+# order given, the first lane emptied before the next is touched. While messages remain, the wake list keeps
+# its element, so that another idle worker wakes for them.
+# KEYS: processing list, wake list, the lanes in the order to take from. ARGV: most messages to take.
+TAKE = """
+local taken = {}
+for lane = 3, #KEYS do
+  while #taken < tonumber(ARGV[1]) do
+    local message = redis.call('LMOVE', KEYS[lane], KEYS[1], 'RIGHT', 'LEFT')
+    if not message then break end
+    taken[#taken + 1] = message
+  end
+end
+local left = 0
+for lane = 3, #KEYS do left = left + redis.call('LLEN', KEYS[lane]) end
+if left == 0 then
+  redis.call('DEL', KEYS[2])
+else
+  redis.call('LPUSH', KEYS[2], 1)
+  redis.call('LTRIM', KEYS[2], 0, 0)
+end
+return taken
+"""
+
 
 # Redis's clock in seconds, as the scripts below read it.
 _NOW = "local clock = redis.call('TIME'); local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000\n"

@@ -235,3 +235,37 @@ def test_a_503_costs_the_client_no_tokens(tmp_path):
     assert [door_error(r)[1].split(":")[0] for r in full] == ["queue_full"] * 3
     assert let_on.status_code == 504  # past the bucket, queued, and nobody answered
     assert refused.status_code == 429 and refused.json()["error"]["code"] == "rate_limited"
+
+
+def test_at_saturation_the_high_key_waits_at_most_half_the_low_keys_wait_and_the_low_key_is_still_served(tmp_path):
+    """The same closed-loop load from a high and a low key, more than one worker can serve: high goes first."""
+    lines = [key_line("high", "key-of-high", None, None, None, "high"),
+             key_line("low", "key-of-low", None, None, None, "low")]
+    (tmp_path / "api-keys").write_text("\n".join(lines))
+    # Batches of 2 under 16 clients: the queue holds more than a batch, so the worker chooses what to take.
+    settings = stack_settings(api_keys_file=str(tmp_path / "api-keys"), request_timeout=30.0, batch_size=2)
+    with Stack(settings, workers=1, log_dir=tmp_path / "logs") as stack:
+        stop_at = time.monotonic() + 12
+
+        def client(name: str) -> list[tuple[int, float]]:
+            seen = []
+            while time.monotonic() < stop_at:
+                started = time.monotonic()
+                response = requests.post(stack.url + "/predict", data=CAT, timeout=60,
+                                         headers={**RAW, "Authorization": f"Bearer key-of-{name}"})
+                seen.append((response.status_code, time.monotonic() - started))
+            return seen
+
+        with ThreadPoolExecutor(16) as pool:
+            runs = {name: [pool.submit(client, name) for _ in range(8)] for name in ("high", "low")}
+            time.sleep(6)  # the lanes in the middle of the run
+            depths = requests.get(stack.url + "/models", headers={"Authorization": "Bearer key-of-low"},
+                                  timeout=30).json()["models"][0]["versions"][0]["lanes"]
+            seen = {name: [answer for run in futures for answer in run.result()] for name, futures in runs.items()}
+    p50 = {name: sorted(seconds for _, seconds in answers)[len(answers) // 2] for name, answers in seen.items()}
+    print(f"\nhigh: {len(seen['high'])} answered, p50 {p50['high'] * 1000:.0f} ms; low: {len(seen['low'])} "
+          f"answered, p50 {p50['low'] * 1000:.0f} ms; lanes during the run: {depths}")
+    assert {status for name in seen for status, _ in seen[name]} == {200}
+    assert p50["high"] <= p50["low"] / 2
+    assert len(seen["low"]) >= 8  # served, if later: every LOW_LANE_EVERY-th batch is the low lane's first
+    assert depths["low"] > depths["high"]  # /models shows each lane's depth: low's waits

@@ -141,3 +141,14 @@ def test_publishing_removes_only_the_messages_it_handled(client):
     first, second = take(client, max_size=1), take(client, max_size=2)
     WorkerQueue(client, KEYS, "w1").publish_results({"r2": b"two", "r3": b"three"}, second, ttl_seconds=30)
     assert client.lrange(KEYS.processing("w1"), 0, -1) == first
+
+
+def test_a_batch_takes_the_high_lane_before_normal_before_low_and_low_first_reverses_it(fake_redis):
+    keys = Keys("imgcls", "tiny@1")
+    for lane in ("low", "normal", "high"):
+        fake_redis.lpush(keys.lane(lane), f"{lane}-1", f"{lane}-2")
+    queue = WorkerQueue(fake_redis, keys, "w1")
+    assert queue.take_batch(3, 0.01, 0) == [b"high-1", b"high-2", b"normal-1"]
+    assert queue.take_batch(2, 0.01, 0, low_first=True) == [b"low-1", b"low-2"]
+    assert queue.take_batch(8, 0.01, 0) == [b"normal-2"]
+    assert queue.take_batch(8, 0.01, 0) == [] and not fake_redis.exists(keys.wake)
