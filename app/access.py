@@ -6,7 +6,8 @@ shape). The key's name, never the key, goes in the request's log line and metric
 images is also charged one token per image from the key's bucket in Redis, shared by every API process and host
 (serving/protocol.py, TAKE_TOKENS), in the same round trip as the queue's admission: over the rate 429
 `rate_limited`, over the day's quota 429 `quota_exceeded`, each with Retry-After and RateLimit-* headers. Redis
-down is 503 as for any request: no key's limit is ever skipped.
+down is 503 as for any request: no key's limit is ever skipped. A CORS preflight from an allowed origin
+(app/cors.py) carries no key and is answered before the check; the request that follows needs one.
 """
 
 from __future__ import annotations

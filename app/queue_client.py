@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from typing import Protocol
@@ -9,9 +10,19 @@ from typing import Protocol
 import numpy as np
 
 from serving import protocol
-from serving.protocol import InferenceRequest, InferenceResult, Keys, ModelInfo, RedisClock, redis_seconds
+from serving.protocol import (
+    InferenceRequest,
+    InferenceResult,
+    Keys,
+    MalformedModelInfo,
+    ModelInfo,
+    RedisClock,
+    redis_seconds,
+)
 from serving.redis_client import RedisClient
 from serving.worker_stats import WorkerStats, decode_worker_stats
+
+log = logging.getLogger("api")
 
 
 class NoWorker(Exception):
@@ -34,7 +45,7 @@ class Charge(Protocol):
 
 @dataclass(frozen=True)
 class FleetStatus:
-    model: ModelInfo | None  # None: no worker has announced a model within WORKER_TIMEOUT
+    model: ModelInfo | None  # None: no worker has announced a (usable) model within WORKER_TIMEOUT
     workers_alive: int
     queue_depth: int  # every lane's
     stats: WorkerStats
@@ -68,8 +79,9 @@ class InferenceQueue:
         self.clock.observe(redis_seconds(redis_time), sent_at, time.time())
         if charge is not None:
             charge.judge(charged[0])
+        model = self._usable_model(raw_info)
         try:
-            if raw_info is None:
+            if model is None:
                 raise NoWorker()
             if depth >= self.max_queue:
                 raise QueueFull(depth)
@@ -77,7 +89,7 @@ class InferenceQueue:
             if charge is not None:
                 charge.refund(self.client)
             raise
-        return ModelInfo.from_json(raw_info)
+        return model
 
     def fleet_status(self, worker_timeout: float) -> FleetStatus:
         """The served model, live workers, queue depth and worker statistics; one round trip."""
@@ -88,9 +100,19 @@ class InferenceQueue:
         for lane in self.keys.lanes:
             pipe.llen(lane)
         raw_info, alive, stats, *depths = pipe.execute()
-        model = ModelInfo.from_json(raw_info) if raw_info is not None else None
-        return FleetStatus(model, alive, sum(depths), decode_worker_stats(stats),
+        return FleetStatus(self._usable_model(raw_info), alive, sum(depths), decode_worker_stats(stats),
                            dict(zip(protocol.PRIORITIES, depths)))
+
+    def _usable_model(self, raw_info: bytes | None) -> ModelInfo | None:
+        """The heartbeat's model description; None without one, or with one the API cannot size requests from
+        (garbled or forged: its sizes are bounded, the log says which field is wrong, the client is told 503)."""
+        if raw_info is None:
+            return None
+        try:
+            return ModelInfo.from_json(raw_info)
+        except MalformedModelInfo as exc:
+            log.warning("unusable model description in %s, counted as no worker: %s", self.keys.model, exc)
+            return None
 
     def classify(self, images: list[np.ndarray], job_ids: list[str], deadline: float, top_k: int,
                  probabilities: bool = False, priority: str = "normal") -> dict[str, InferenceResult]:
@@ -108,10 +130,14 @@ class InferenceQueue:
         return self.await_results(job_ids, deadline)
 
     def enqueue(self, messages: list[bytes], priority: str = "normal") -> None:
-        """Queue the messages of one request in its priority's lane, or raise QueueFull when they would take the
-        lanes past MAX_QUEUE."""
-        if self.client.eval(protocol.ENQUEUE, 5, self.keys.lane(priority), self.keys.wake, *self.keys.lanes,
-                            self.max_queue, *messages) < 0:
+        """Queue the messages of one request in its priority's lane, all or none: NoWorker once the version's last
+        worker has closed it (since admission, perhaps), QueueFull when they would take the version's lanes
+        together past MAX_QUEUE. Checked and pushed atomically."""
+        outcome = self.client.eval(protocol.ENQUEUE, 6, self.keys.lane(priority), self.keys.model, self.keys.wake,
+                                   *self.keys.lanes, self.max_queue, *messages)
+        if outcome == protocol.ENQUEUE_NO_WORKER:
+            raise NoWorker()
+        if outcome == protocol.ENQUEUE_FULL:
             raise QueueFull(self.max_queue)
 
     def await_results(self, job_ids: list[str], deadline: float) -> dict[str, InferenceResult]:

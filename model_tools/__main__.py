@@ -209,11 +209,13 @@ def export_and_verify(args: argparse.Namespace, out: Path) -> int:
     from engines import onnxruntime_cpu, torchscript
     from engines.eager import run_module
     from engines.verify import ExportMismatch, verify
+    from model_tools.card import require_servable_name
     from model_tools.checkpoints import load_model
     from model_tools.export import export_onnx, export_torchscript, serving_module
 
     tolerance = args.tolerance
     loaded = load_model(args.checkpoint, _model_options(args))
+    require_servable_name(loaded.card)
     cpu = torch.device("cpu")
     if args.command == "trace":
         method = "script" if args.script else "trace"

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from model_tools.architectures import Preprocessing, default_preprocessing, imagenet_class_names
-from serving.config import Settings, channel_values
+from serving.config import ConfigError, Settings, channel_values, check_model_id_part
 
 log = logging.getLogger("model_tools")
 
@@ -105,6 +105,16 @@ def resolve_card(in_file: Mapping, options: ModelOptions, path: Path, count_outp
     return ModelCard(in_file.get("name") or arch or path.stem, arch, tuple(class_names), preprocessing, sources)
 
 
+def require_servable_name(card: ModelCard) -> None:
+    """ModelLoadError unless the card's name passes MODEL_NAME's rule: model_tools writes no file whose name a
+    worker would refuse (it becomes the served name, in Redis keys and URLs, when MODEL_NAME is unset)."""
+    try:
+        check_model_id_part(card.name, "the model card's name")
+    except ConfigError as exc:
+        raise ModelLoadError(f"{exc}; when neither the file nor --arch names the model, the card takes the file's "
+                             "name: rename it") from None
+
+
 def _architecture_defaults(arch: str) -> tuple[Preprocessing, str]:
     """The preprocessing of the architecture's published weights if it has some, else the ImageNet convention."""
     try:
@@ -135,8 +145,8 @@ def _class_names(in_file, options: ModelOptions, num_outputs: int, sources: dict
         if configured is not None and configured != names:
             raise ModelLoadError(f"{options.names['labels_path']}={options.labels_path} names other classes than "
                                  f"{path} carries; unset it, or import the model again with these labels")
-    elif configured is not None:
-        names, source = configured, f"{options.names['labels_path']} ({options.labels_path})"
+    elif configured is not None:  # the file's name, not its path: GET /model shows the source to every client
+        names, source = configured, f"{options.names['labels_path']} ({Path(options.labels_path).name})"
     elif num_outputs == 1000:
         names, source = imagenet_class_names(), "assumed: ImageNet's classes (the model has 1000 outputs)"
     else:

@@ -24,7 +24,7 @@ from engines.eager import run_module
 from engines.verify import ExportMismatch, verify
 from model_tools import TOLERANCE, export
 from model_tools.architectures import build_architecture
-from model_tools.card import ModelCard, ModelLoadError, ModelOptions
+from model_tools.card import ModelCard, ModelLoadError, ModelOptions, require_servable_name
 from model_tools.checkpoints import LoadedModel, first_line, load_model, save_state_dict
 from serving.preprocess import prepare
 
@@ -36,6 +36,7 @@ SAMPLE_PHOTOS = ("chelsea.png", "coffee.png", "astronaut.png", "rocket.jpg")  # 
 def import_model(source: Path, options: ModelOptions, out: Path) -> str:
     """Write `out` from `source` and check it; returns the report to print."""
     loaded = load_model(source, options)
+    require_servable_name(loaded.card)
     if _fits_architecture(loaded):
         save_state_dict(loaded.network, loaded.card, out)
         kind, written = f"state_dict of {loaded.card.arch}", _read_state_dict(out)

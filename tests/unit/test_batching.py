@@ -7,6 +7,7 @@ import fakeredis
 import pytest
 import redis
 
+from app.queue_client import InferenceQueue, NoWorker, QueueFull
 from serving.protocol import Keys
 from worker.queue import WorkerQueue
 
@@ -152,3 +153,24 @@ def test_a_batch_takes_the_high_lane_before_normal_before_low_and_low_first_reve
     assert queue.take_batch(2, 0.01, 0, low_first=True) == [b"low-1", b"low-2"]
     assert queue.take_batch(8, 0.01, 0) == [b"normal-2"]
     assert queue.take_batch(8, 0.01, 0) == [] and not fake_redis.exists(keys.wake)
+
+
+def test_a_request_goes_whole_into_its_keys_lane_while_the_lanes_together_have_room_and_the_version_is_open(client):
+    """ENQUEUE: every image of a request in its key's lane, all or none, MAX_QUEUE counting the three lanes
+    together; nothing once the version's last worker has closed it (its model key gone), room or not."""
+    queue = InferenceQueue(client, client, KEYS, max_queue=6)
+    client.set(KEYS.model, b"announced")
+    client.lpush(KEYS.lane("low"), b"l1")
+    client.lpush(KEYS.lane("normal"), b"n1")
+    queue.enqueue([b"h1", b"h2", b"h3"], "high")
+    assert client.lrange(KEYS.lane("high"), 0, -1) == [b"h3", b"h2", b"h1"] and client.llen(KEYS.wake) == 1
+    with pytest.raises(QueueFull):
+        queue.enqueue([b"x1", b"x2"], "low")  # 5 queued across the lanes, 2 more would pass 6: none goes
+    assert client.lrange(KEYS.lane("low"), 0, -1) == [b"l1"]
+    queue.enqueue([b"l2"], "low")  # exactly 6
+    assert [client.llen(lane) for lane in KEYS.lanes] == [3, 1, 2] and client.llen(KEYS.wake) == 1
+    client.delete(KEYS.lane("high"), KEYS.wake)
+    client.delete(KEYS.model)  # what STOPPING does when the version's last worker stops
+    with pytest.raises(NoWorker):
+        queue.enqueue([b"n2"], "normal")
+    assert [client.llen(lane) for lane in KEYS.lanes] == [0, 1, 2] and not client.exists(KEYS.wake)

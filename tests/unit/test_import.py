@@ -70,3 +70,14 @@ def test_import_of_an_untrusted_pickle_is_refused_and_names_the_flag(tmp_path, c
     source = save_classic(FourClasses().eval(), tmp_path / "classic.pth")
     assert model_tools_main(["import", str(source), "--out", str(tmp_path / "out.pt2")]) == 1
     assert "--trusted" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [["import"], ["export-onnx", "--checkpoint"]])
+def test_model_tools_writes_no_file_whose_name_a_worker_would_refuse(tmp_path, capsys, command):
+    """Without a name in the file or an --arch, the card takes the file's: one that MODEL_NAME's rule refuses."""
+    source = save_classic(FourClasses().eval(), tmp_path / "odd name}x.pth")
+    out = tmp_path / "out.pt2"
+    assert model_tools_main([*command, str(source), "--out", str(out), "--trusted",
+                             "--labels", labels_file(tmp_path, "\n".join(LABELS))]) == 1
+    assert "the model card's name='odd name}x': expected 1-64 letters" in capsys.readouterr().err
+    assert not out.exists()

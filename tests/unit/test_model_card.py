@@ -65,7 +65,8 @@ def test_the_classic_checkpoint_loads_when_trusted_with_labels_and_normalization
     assert card.class_names == tuple(LABELS)
     assert card.preprocessing.mean == (0.4, 0.5, 0.6) and card.preprocessing.std == (0.2, 0.25, 0.3)
     assert (card.preprocessing.input_size, card.preprocessing.resize_size) == (224, 256)
-    assert card.sources == {"class_names": f"LABELS_PATH ({settings.labels_path})", "mean": "MEAN", "std": "STD",
+    # The label file's name, not where it lies: GET /model shows the sources to every client.
+    assert card.sources == {"class_names": "LABELS_PATH (labels.txt)", "mean": "MEAN", "std": "STD",
                             "input_size": ASSUMED, "resize_size": ASSUMED}
 
 

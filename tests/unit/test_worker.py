@@ -15,8 +15,8 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from serving import protocol, worker_stats
-from serving.config import Settings
-from serving.protocol import InferenceRequest, Keys, ModelInfo
+from serving.config import ConfigError, Settings
+from serving.protocol import FleetKeys, InferenceRequest, Keys, ModelInfo
 from tests.unit.tiny_model import COLOURS, INPUT_SIZE, message, tiny_classifier
 from worker import loop
 from worker.__main__ import redis_client
@@ -133,6 +133,29 @@ def test_the_last_worker_of_a_version_serves_its_queue_before_it_stops(worker, o
     assert not worker.client.sismember(KEYS.stopping, "w1")
 
 
+@pytest.mark.parametrize("others_stay", [False, True])
+def test_the_last_worker_to_stop_closes_its_version_and_one_that_others_outlive_leaves_it_open(worker, others_stay):
+    """Closed: no model description (the API answers no_worker at once) and not live in the fleet's registry."""
+    worker.heartbeat()
+    if others_stay:
+        worker.client.zadd(KEYS.workers, {"w2": float(worker.client.time()[0])})
+    stop = threading.Event()
+    stop.set()
+    assert worker.run(stop)
+    assert worker.client.exists(KEYS.model) == others_stay
+    live = protocol.model_ages(worker.client, FleetKeys("t"))[KEYS.model_id] <= SETTINGS.worker_timeout
+    assert live == others_stay
+
+
+def test_the_heartbeats_of_a_draining_last_worker_keep_it_registered_but_do_not_reopen_its_version(worker):
+    worker.heartbeat()
+    assert worker.queue.announce_stopping(SETTINGS.worker_timeout) == 0
+    worker.heartbeat()  # its heartbeat thread beats on while it serves what is queued
+    assert not worker.client.exists(KEYS.model)
+    assert protocol.model_ages(worker.client, FleetKeys("t"))[KEYS.model_id] > SETTINGS.worker_timeout
+    assert worker.client.zscore(KEYS.workers, "w1") is not None  # not reaped while it drains
+
+
 def test_the_last_worker_stops_once_its_queue_is_empty_not_at_the_request_timeout(fake_redis):
     worker = Worker(fake_redis, tiny_classifier(), Settings(key_prefix="t", request_timeout=60), worker_id="w1")
     worker.heartbeat()
@@ -169,6 +192,33 @@ def test_a_batch_whose_publish_failed_is_answered_before_anything_new_is_taken(w
     worker.client.lpush(KEYS.queue, message("b1", "blue"))
     worker.serve_once()  # the held batch first
     worker.serve_once()  # then the new one
+    assert [result(worker, r)["predictions"][0]["label"] for r in ("a1", "a2", "b1")] == ["red", "green", "blue"]
+    assert not worker.client.exists(KEYS.processing("w1"))
+
+
+def test_a_take_whose_reply_was_lost_is_answered_from_the_processing_list_before_anything_new(worker, monkeypatch,
+                                                                                             caplog):
+    """The take ran in Redis (TAKE, one script) but its reply never came: the error reaches the worker, whose next
+    round serves what its processing list holds, so nothing waits there for a reaper that will not come."""
+    take, lost = WorkerQueue._take_queued, []
+
+    def reply_lost_once(self, *args, **kwargs):
+        taken = take(self, *args, **kwargs)
+        if taken and not lost:
+            lost.append(taken)
+            raise redis.TimeoutError("Timeout reading from socket")
+        return taken
+
+    monkeypatch.setattr(WorkerQueue, "_take_queued", reply_lost_once)
+    worker.client.lpush(KEYS.queue, message("a1", "red"), message("a2", "green"))
+    with pytest.raises(redis.TimeoutError):
+        worker.serve_once()
+    assert worker.client.llen(KEYS.processing("w1")) == 2 and worker.client.llen(KEYS.queue) == 0
+    worker.client.lpush(KEYS.lane("high"), message("b1", "blue"))
+    with caplog.at_level(logging.INFO, logger="worker"):
+        worker.serve_once()  # the held batch first, though a high-priority image waits
+    assert "serving 2 requests held since a Redis error" in caplog.text and result(worker, "b1") is None
+    worker.serve_once()
     assert [result(worker, r)["predictions"][0]["label"] for r in ("a1", "a2", "b1")] == ["red", "green", "blue"]
     assert not worker.client.exists(KEYS.processing("w1"))
 
@@ -341,3 +391,12 @@ def test_a_worker_stopped_before_its_first_heartbeat_stops():
     stop.set()
     thread.join(5)
     assert not thread.is_alive() and finished == [True]
+
+
+def test_a_card_name_that_fails_model_names_rule_is_refused_unless_model_name_is_set(fake_redis):
+    """The served name goes into every Redis key and URL of the model: a card's name is checked like MODEL_NAME."""
+    odd = tiny_classifier()
+    odd.card = dataclasses.replace(odd.card, name="odd/name}x")
+    with pytest.raises(ConfigError, match=r"model card's name='odd/name\}x'.*set MODEL_NAME"):
+        Worker(fake_redis, odd, Settings(key_prefix="t"))
+    assert Worker(fake_redis, odd, Settings(key_prefix="t", model_name="tiny")).keys.tag == "{t:tiny@1}"
