@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 from flask import Flask
 
-from app import cors, request_log
+from app import access, cors, request_log
 from app.decode_budget import DecodeBudget
 from app.errors import register_error_handlers
 from app.fleet import Fleet
@@ -39,7 +39,8 @@ def create_app(settings: Settings | None = None, redis_client: RedisClient | Non
     app.extensions["decode_budget"] = DecodeBudget(settings.decode_pixel_budget)
     register_error_handlers(app)
     request_log.install(app, settings.log_level)
-    cors.install(app, settings.allowed_origins)
+    cors.install(app, settings.allowed_origins)  # before the keys: a preflight carries none, and a refusal is marked
+    access.install(app, settings)  # after the request log: its line names the key, and a refused key is logged
     app.register_blueprint(api)
     app.register_blueprint(operations)
     app.register_blueprint(v2_api)

@@ -20,11 +20,11 @@ from dataclasses import dataclass
 import numpy as np
 from flask import current_app, request
 
-from app import metrics
+from app import access, metrics
 from app.decode_budget import DecodeBudget
 from app.errors import ApiError, image_error_status
 from app.fleet import Fleet
-from app.queue_client import InferenceQueue
+from app.queue_client import InferenceQueue, NoWorker, QueueFull
 from app.request_log import log_fields, new_job_ids
 from serving.config import Settings
 from serving.preprocess import ImageError, decode, fit_to_model, read_header
@@ -82,10 +82,18 @@ def classify(requested_name: str | None, pinned_version: str | None, images: lis
     queue = fleet.queue_for(fleet.name_for(requested_name), pinned_version)
     log_fields(model=queue.keys.model_id, images=len(images))
     metrics.observe_images(request.url_rule.rule, len(images))
-    model = queue.admit()  # 503 now rather than after decoding, if nobody would answer
+    # 429 or 503 now rather than after decoding, if the client is over its limits or nobody would answer.
+    charge = access.charge_for(len(images))
+    model = queue.admit(charge)
+    access.count_admitted(len(images))
     top_k = _checked_top_k(options.top_k, settings.top_k, model.num_classes)
     prepared = [_prepare(image, header, model) for image, header in zip(images, headers)]
-    outcomes = _await(queue, prepared, deadline, top_k, options.probabilities, settings.request_timeout)
+    try:
+        outcomes = _await(queue, prepared, deadline, top_k, options.probabilities, settings.request_timeout)
+    except (NoWorker, QueueFull):  # refused at the push after all (the version closed, the lanes filled)
+        if charge is not None:
+            charge.refund(queue.client)  # a 503 costs the client nothing, as at admission
+        raise
     for outcome in outcomes:
         if outcome.result is not None and outcome.result.success:
             metrics.observe_prediction(outcome.result.model, outcome.result.version,
@@ -159,7 +167,8 @@ def _await(queue: InferenceQueue, prepared: list[_Prepared], deadline: float, to
     runnable = [p for p in prepared if p.pixels is not None]
     job_ids = new_job_ids(len(runnable))
     log_fields(job_id=",".join(job_ids))
-    results = queue.classify([p.pixels for p in runnable], job_ids, deadline, top_k, probabilities) if runnable else {}
+    results = queue.classify([p.pixels for p in runnable], job_ids, deadline, top_k, probabilities,
+                             access.priority()) if runnable else {}
     answers = iter(job_ids)
     outcomes = []
     for image in prepared:

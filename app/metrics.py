@@ -38,6 +38,12 @@ PREDICTION_LATENCY = Histogram("prediction_duration_seconds", "Time from receivi
                                "model version that answered.", ["model", "version"], namespace=NAMESPACE,
                                registry=None, buckets=LATENCY_BUCKETS)
 
+# By API key name (API_KEYS_FILE's, a bounded set), never the key.
+KEY_REQUESTS = Counter("key_requests", "Requests that came with a valid API key, by its name and the status.",
+                       ["key", "status"], namespace=NAMESPACE, registry=None)
+KEY_IMAGES = Counter("key_images", "Images admitted to the queue, by the name of the API key they came with.", ["key"],
+                     namespace=NAMESPACE, registry=None)
+
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
@@ -59,6 +65,14 @@ def observe_prediction(model: str, version: str, seconds: float) -> None:
     PREDICTION_LATENCY.labels(model, version).observe(seconds)
 
 
+def observe_key_request(key: str, status: int) -> None:
+    KEY_REQUESTS.labels(key, str(status)).inc()
+
+
+def observe_key_images(key: str, images: int) -> None:
+    KEY_IMAGES.labels(key).inc(images)
+
+
 def render(read_statuses) -> bytes:
     """The exposition text: this API's (or every API process's) metrics and the fleet's, read now.
 
@@ -68,7 +82,8 @@ def render(read_statuses) -> bytes:
     if MULTIPROCESS:
         MultiProcessCollector(registry)
     else:
-        for own in (HTTP_REQUESTS, HTTP_LATENCY, REQUEST_IMAGES, PREDICTIONS, PREDICTION_LATENCY):
+        for own in (HTTP_REQUESTS, HTTP_LATENCY, REQUEST_IMAGES, PREDICTIONS, PREDICTION_LATENCY, KEY_REQUESTS,
+                    KEY_IMAGES):
             registry.register(own)
     registry.register(_FleetCollector(read_statuses))
     return generate_latest(registry)
@@ -94,6 +109,8 @@ class _FleetCollector:
         labels = ["model", "version"]
         depth = GaugeMetricFamily(f"{NAMESPACE}_queue_depth", "Images waiting in a version's queue for a worker.",
                                   labels=labels)
+        lanes = GaugeMetricFamily(f"{NAMESPACE}_lane_depth", "Images waiting in one priority lane of a version's "
+                                  "queue (API keys' PRIORITY).", labels=[*labels, "lane"])
         alive = GaugeMetricFamily(f"{NAMESPACE}_workers_alive",
                                   "Workers of a version whose last heartbeat is within WORKER_TIMEOUT.", labels=labels)
         batch_size = HistogramMetricFamily(f"{NAMESPACE}_batch_size", "Images per forward pass, over a version's "
@@ -105,6 +122,8 @@ class _FleetCollector:
         for model, status in sorted(statuses.items()):
             values = list(split_model_id(model))
             depth.add_metric(values, status.queue_depth)
+            for lane, lane_depth in status.lane_depths.items():
+                lanes.add_metric([*values, lane], lane_depth)
             alive.add_metric(values, status.workers_alive)
             for family, stored in ((batch_size, status.stats.batch_size), (inference, status.stats.inference_seconds)):
                 family.add_metric(values, _buckets(stored), stored.sum)
@@ -112,7 +131,7 @@ class _FleetCollector:
         live = sum(1 for status in statuses.values() if status.workers_alive > 0)
         yield GaugeMetricFamily(f"{NAMESPACE}_model_versions_live", "Model versions with at least one live worker "
                                 "(0: every request is answered 503 no_worker).", value=live)
-        yield from (depth, alive, batch_size, inference, expired)
+        yield from (depth, lanes, alive, batch_size, inference, expired)
 
 
 def _buckets(stored: StoredHistogram) -> list[tuple[str, int]]:

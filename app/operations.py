@@ -89,7 +89,7 @@ def _name_summary(fleet: Fleet, name: str) -> dict:
         status = fleet.queue(model_id(name, version)).fleet_status(fleet.worker_timeout)
         described = _describe(status) if status.model else {"version": version, "workers": 0,
                                                                  "queue_depth": status.queue_depth}
-        versions.append({**described, "weight": weights.get(version)})
+        versions.append({**described, "lanes": status.lane_depths, "weight": weights.get(version)})
     return {"name": name, "default": fleet.is_default(name),
             "routing": weights or "the only live version, or the lowest (no weights set)", "versions": versions}
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -32,12 +33,23 @@ class QueueFull(Exception):
     """More images are queued than can be served in time."""
 
 
+class Charge(Protocol):
+    """What admitting a request costs its client (app/access.py): taken in admission's round trip."""
+
+    def queue_on(self, pipe) -> None: ...
+
+    def judge(self, reply) -> None: ...  # raises when the client may not go on
+
+    def refund(self, client: RedisClient) -> None: ...
+
+
 @dataclass(frozen=True)
 class FleetStatus:
     model: ModelInfo | None  # None: no worker has announced a (usable) model within WORKER_TIMEOUT
     workers_alive: int
-    queue_depth: int
+    queue_depth: int  # every lane's
     stats: WorkerStats
+    lane_depths: dict[str, int]  # priority -> images queued in its lane
 
 
 class InferenceQueue:
@@ -50,16 +62,33 @@ class InferenceQueue:
         self.max_queue = max_queue
         self.clock = RedisClock()  # read again at every admission
 
-    def admit(self) -> ModelInfo:
-        """The served model, if a worker is alive and the queue has room; one round trip, which reads Redis's clock."""
+    def admit(self, charge: Charge | None = None) -> ModelInfo:
+        """The served model, if a worker is alive and the queue has room; one round trip, which reads Redis's clock.
+
+        A `charge` (the client's rate limit) is taken in the same round trip, and judged first: a client over
+        its limit hears so whatever the queue's state. Refused for want of a worker or room, it gets its tokens
+        back.
+        """
+        pipe = self.client.pipeline(transaction=False)
+        if charge is not None:
+            charge.queue_on(pipe)
+        # A plain EVAL: Cluster pipelines route it by its key (the charge's may be on another node).
+        pipe.execute_command("EVAL", protocol.ADMISSION, 4, self.keys.model, *self.keys.lanes)
         sent_at = time.time()
-        raw_info, depth, redis_time = self.client.eval(protocol.ADMISSION, 2, self.keys.model, self.keys.queue)
+        *charged, (raw_info, depth, redis_time) = pipe.execute()
         self.clock.observe(redis_seconds(redis_time), sent_at, time.time())
+        if charge is not None:
+            charge.judge(charged[0])
         model = self._usable_model(raw_info)
-        if model is None:
-            raise NoWorker()
-        if depth >= self.max_queue:
-            raise QueueFull(depth)
+        try:
+            if model is None:
+                raise NoWorker()
+            if depth >= self.max_queue:
+                raise QueueFull(depth)
+        except (NoWorker, QueueFull):
+            if charge is not None:
+                charge.refund(self.client)
+            raise
         return model
 
     def fleet_status(self, worker_timeout: float) -> FleetStatus:
@@ -67,10 +96,12 @@ class InferenceQueue:
         pipe = self.client.pipeline(transaction=False)
         pipe.get(self.keys.model)
         protocol.count_live_workers(pipe, self.keys, worker_timeout)
-        pipe.llen(self.keys.queue)
         pipe.hgetall(self.keys.worker_stats)
-        raw_info, alive, depth, stats = pipe.execute()
-        return FleetStatus(self._usable_model(raw_info), alive, depth, decode_worker_stats(stats))
+        for lane in self.keys.lanes:
+            pipe.llen(lane)
+        raw_info, alive, stats, *depths = pipe.execute()
+        return FleetStatus(self._usable_model(raw_info), alive, sum(depths), decode_worker_stats(stats),
+                           dict(zip(protocol.PRIORITIES, depths)))
 
     def _usable_model(self, raw_info: bytes | None) -> ModelInfo | None:
         """The heartbeat's model description; None without one, or with one the API cannot size requests from
@@ -84,7 +115,7 @@ class InferenceQueue:
             return None
 
     def classify(self, images: list[np.ndarray], job_ids: list[str], deadline: float, top_k: int,
-                 probabilities: bool = False) -> dict[str, InferenceResult]:
+                 probabilities: bool = False, priority: str = "normal") -> dict[str, InferenceResult]:
         """Queue preprocessed images, each under its job id (unique), and wait for their answers until the deadline.
 
         One round trip queues them all, and they batch with everyone else's. `deadline` is by this host's
@@ -95,14 +126,15 @@ class InferenceQueue:
         enqueued_at = time.time() + offset
         self.enqueue([protocol.encode_request(InferenceRequest(job_id, pixels, enqueued_at, deadline + offset, top_k,
                                                                probabilities))
-                      for job_id, pixels in zip(job_ids, images)])
+                      for job_id, pixels in zip(job_ids, images)], priority)
         return self.await_results(job_ids, deadline)
 
-    def enqueue(self, messages: list[bytes]) -> None:
-        """Queue the messages of one request, all or none: NoWorker once the version's last worker has closed it
-        (since admission, perhaps), QueueFull when they would take the queue past MAX_QUEUE. Checked and pushed
-        atomically."""
-        outcome = self.client.eval(protocol.ENQUEUE, 2, self.keys.queue, self.keys.model, self.max_queue, *messages)
+    def enqueue(self, messages: list[bytes], priority: str = "normal") -> None:
+        """Queue the messages of one request in its priority's lane, all or none: NoWorker once the version's last
+        worker has closed it (since admission, perhaps), QueueFull when they would take the version's lanes
+        together past MAX_QUEUE. Checked and pushed atomically."""
+        outcome = self.client.eval(protocol.ENQUEUE, 6, self.keys.lane(priority), self.keys.model, self.keys.wake,
+                                   *self.keys.lanes, self.max_queue, *messages)
         if outcome == protocol.ENQUEUE_NO_WORKER:
             raise NoWorker()
         if outcome == protocol.ENQUEUE_FULL:

@@ -23,8 +23,9 @@ torchserve_api = Blueprint("torchserve", __name__)
 
 UPLOAD_FIELDS = ("data", "body")  # TorchServe's names for a request's input
 # TorchServe's exception names, by status.
-ERROR_TYPES = {400: "BadRequestException", 404: "ModelNotFoundException", 413: "BadRequestException",
-               415: "BadRequestException", 503: "ServiceUnavailableException", 504: "RequestTimeoutException"}
+ERROR_TYPES = {400: "BadRequestException", 401: "InvalidKeyException", 404: "ModelNotFoundException",
+               413: "BadRequestException", 415: "BadRequestException", 429: "TooManyRequestsException",
+               503: "ServiceUnavailableException", 504: "RequestTimeoutException"}
 
 
 @torchserve_api.errorhandler(Exception)

@@ -72,6 +72,19 @@ class Settings:
         "MAX_IMAGES_PER_REQUEST", 32,
         "Most images one request may carry (400 too_many_images above); each is one queue message, so a "
         "smaller MAX_QUEUE is the limit.")
+    api_keys_file: str = _setting(
+        "API_KEYS_FILE", "",
+        "Who may call: a file of lines `NAME SHA256_OF_KEY [RATE [BURST [DAILY [PRIORITY]]]]` (`python -m app.keys "
+        "new NAME` makes a key and its line); every route but the probes and the demo page then needs "
+        "`Authorization: Bearer KEY`. Re-read when it changes. Empty: no key needed "
+        "(docs/operations.md, \"API keys, rate limits and quotas\").")
+    metrics_need_key: bool = _setting(
+        "METRICS_NEED_KEY", False,
+        "With API_KEYS_FILE set, whether `GET /metrics` needs a key too (off: Prometheus scrapes it without one).")
+    low_lane_every: int = _setting(
+        "LOW_LANE_EVERY", 4,
+        "Workers take high-priority keys' images before normal ones before low ones (API_KEYS_FILE's PRIORITY); "
+        "every this many batches they take from the low lane first, so that it is never starved.")
     result_ttl: float = _setting(
         "RESULT_TTL", 30.0,
         "Seconds an unread result stays in Redis before it expires.")
@@ -247,7 +260,7 @@ ORIGIN = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?")  # what a browser 
 PROXIES = ("none", "nginx")
 # Smallest workable value of each count and size (0 where 0 means "not set" or "none").
 _AT_LEAST = {"port": 1, "api_processes": 1, "api_threads": 1, "max_image_pixels": 1, "max_queue": 1, "top_k": 1,
-             "max_images_per_request": 1,
+             "max_images_per_request": 1, "low_lane_every": 1,
              "workers": 0, "batch_size": 1, "batch_wait_ms": 0, "max_attempts": 1, "input_size": 0,
              "resize_size": 0, "inference_threads": 0}
 # Durations and sizes that must be above zero: a RESULT_TTL of 0 would expire every answer before it is read.

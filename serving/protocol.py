@@ -3,11 +3,12 @@
 Nothing outside this module spells a key or a message field.
 
 Flow of one request (`{prefix}` here is short for a model version's hash tag, `{KEY_PREFIX:name@version}`):
-  API:    LPUSH {prefix}:queue <request JSON> ...   (ENQUEUE, one per image: while the version is served, unless
-          MAX_QUEUE would be passed)
+  API:    LPUSH {prefix}:queue[:high|:low] <request JSON> ...   (ENQUEUE, one per image, in the lane of the
+          client's API key: while the version is served, unless MAX_QUEUE would be passed; and one element
+          in {prefix}:wake)
   worker: LMOVE {prefix}:retry -> {prefix}:processing:<worker id>    (one retried message alone, if any)
-          else BLMOVE {prefix}:queue -> {prefix}:processing:<worker id>   (atomic take of a batch:
-               the first message blocking, then TAKE_QUEUED's LMOVEs for the rest)
+          else TAKE: LMOVEs from the lanes, high first -> {prefix}:processing:<worker id>   (atomic take
+               of a batch, one script; with nothing queued, BLPOP {prefix}:wake first, then TAKE again)
   worker: LPUSH {prefix}:result:<job id> <result JSON>, EXPIRE it,
           LREM the answered messages from its processing list,
           HDEL their delivery counts                              (one transaction)
@@ -49,6 +50,7 @@ import pybase64
 from serving.config import check_model_id_part
 
 ATTEMPTS_EXHAUSTED = "attempts_exhausted"
+PRIORITIES = ("high", "normal", "low")  # an API key's lane; workers take from them in this order under load
 
 
 def model_id(name: str, version: str) -> str:
@@ -81,6 +83,21 @@ class Keys:
     @property
     def queue(self) -> str:
         return f"{self.tag}:queue"
+
+    def lane(self, priority: str) -> str:
+        """The queue of one priority lane: `normal` is the queue itself, `high` and `low` lie beside it."""
+        return self.queue if priority == "normal" else f"{self.tag}:queue:{priority}"
+
+    @property
+    def lanes(self) -> tuple[str, str, str]:
+        """Every lane's queue, the order workers take from under load: high, normal, low."""
+        return tuple(self.lane(priority) for priority in PRIORITIES)
+
+    @property
+    def wake(self) -> str:
+        """A list of at most one element, pushed with every enqueue: what an idle worker blocks on, since one
+        BLMOVE can wait on one lane only."""
+        return f"{self.tag}:wake"
 
     @property
     def model(self) -> str:
@@ -138,6 +155,20 @@ class FleetKeys:
     def routes(self, name: str) -> str:
         """Hash: version -> weight, the share of the name's requests that version gets (absent: RoutingTable)."""
         return "{" + self.prefix + "}:routes:" + name
+
+
+@dataclass(frozen=True)
+class ClientKeys:
+    """The keys of one API key's limits, under the tag `{prefix:client:name}`: shared by every model version and
+    API process, so each key's bucket has a slot of its own on a Redis Cluster (not its requests' queue's)."""
+
+    prefix: str
+    name: str  # the API key's name in API_KEYS_FILE, never the key
+
+    @property
+    def limits(self) -> str:
+        """Hash: the token bucket (tokens, at) and the day's count of images (day, used)."""
+        return "{" + f"{self.prefix}:client:{self.name}" + "}:limits"
 
 
 class MalformedMessage(ValueError):
@@ -329,36 +360,58 @@ def decode_result(raw: bytes) -> InferenceResult:
         np.frombuffer(pybase64.b64decode(probabilities), "<f4") if probabilities is not None else None)
 
 
-# Queue the messages of one client request (one per image), all or none, while the version is served and
-# they fit under MAX_QUEUE: checked and pushed in one step, so concurrent API threads cannot overshoot the
-# limit, and nothing is queued once the last worker of the version has closed it (STOPPING deletes the model
-# key before that worker drains the queue, so the queue it finds empty stays empty). KEYS: queue, model key.
-# ARGV: max queued, message, message, ... Returns the new depth, or ENQUEUE_FULL, or ENQUEUE_NO_WORKER.
+# Queue the messages of one client request (one per image) in its lane, all or none, while the version is
+# served and they fit under MAX_QUEUE, which counts the version's lanes together: checked and pushed in one
+# step, so concurrent API threads cannot overshoot the limit, and nothing is queued once the last worker of
+# the version has closed it (STOPPING deletes the model key before that worker drains the lanes, so the lanes
+# it finds empty stay empty). The wake list gets its one element, for a worker blocked on it.
+# KEYS: the request's lane, model key, wake list, high, normal and low lanes. ARGV: max queued, message, ...
+# Returns the new depth of all lanes, or ENQUEUE_FULL, or ENQUEUE_NO_WORKER.
 ENQUEUE_FULL, ENQUEUE_NO_WORKER = -1, -2
 ENQUEUE = """
 if redis.call('EXISTS', KEYS[2]) == 0 then return -2 end
-if redis.call('LLEN', KEYS[1]) + #ARGV - 1 > tonumber(ARGV[1]) then return -1 end
-return redis.call('LPUSH', KEYS[1], unpack(ARGV, 2))
+local depth = redis.call('LLEN', KEYS[4]) + redis.call('LLEN', KEYS[5]) + redis.call('LLEN', KEYS[6])
+if depth + #ARGV - 1 > tonumber(ARGV[1]) then return -1 end
+redis.call('LPUSH', KEYS[1], unpack(ARGV, 2))
+redis.call('LPUSH', KEYS[3], 1)
+redis.call('LTRIM', KEYS[3], 0, 0)
+return depth + #ARGV - 1
 """
 
-# Move up to ARGV[1] queued messages into a worker's processing list, oldest first, in one step: one
-# command, so a timeout reaches the worker, which then serves what its list holds (a pipeline of LMOVEs
-# on a Redis Cluster is sent again command by command after a timeout, by redis-py itself, taking more
-# messages while the first ones stay in the list). KEYS: queue, processing list. ARGV: count.
-TAKE_QUEUED = """
+# What the API needs before it takes an upload, in one round trip: the served model (nil: no worker), the
+# depth of the version's lanes together and Redis's TIME, read on the node that holds the queue (on a Redis
+# Cluster, another node's clock may differ). KEYS: model key, high, normal and low lanes.
+ADMISSION = """
+local depth = redis.call('LLEN', KEYS[2]) + redis.call('LLEN', KEYS[3]) + redis.call('LLEN', KEYS[4])
+return {redis.call('GET', KEYS[1]), depth, redis.call('TIME')}
+"""
+
+# A worker's take: up to ARGV[1] messages moved to its processing list, oldest first, from the lanes in the
+# order given, the first lane emptied before the next is touched. While messages remain, the wake list keeps
+# its element, so that another idle worker wakes for them. One command, so a timeout reaches the worker,
+# which then serves what its list holds (a pipeline of LMOVEs on a Redis Cluster is sent again command by
+# command after a timeout, by redis-py itself, taking more messages while the first ones stay in the list).
+# KEYS: processing list, wake list, the lanes in the order to take from. ARGV: most messages to take.
+TAKE = """
 local taken = {}
-for _ = 1, tonumber(ARGV[1]) do
-  local message = redis.call('LMOVE', KEYS[1], KEYS[2], 'RIGHT', 'LEFT')
-  if not message then break end
-  taken[#taken + 1] = message
+for lane = 3, #KEYS do
+  while #taken < tonumber(ARGV[1]) do
+    local message = redis.call('LMOVE', KEYS[lane], KEYS[1], 'RIGHT', 'LEFT')
+    if not message then break end
+    taken[#taken + 1] = message
+  end
+end
+local left = 0
+for lane = 3, #KEYS do left = left + redis.call('LLEN', KEYS[lane]) end
+if left == 0 then
+  redis.call('DEL', KEYS[2])
+else
+  redis.call('LPUSH', KEYS[2], 1)
+  redis.call('LTRIM', KEYS[2], 0, 0)
 end
 return taken
 """
 
-# What the API needs before it takes an upload, in one round trip: the served model (nil: no worker), the
-# queue's depth and Redis's TIME, read on the node that holds the queue (on a Redis Cluster, another node's
-# clock may differ). KEYS: model key, queue.
-ADMISSION = "return {redis.call('GET', KEYS[1]), redis.call('LLEN', KEYS[2]), redis.call('TIME')}"
 
 # Redis's clock in seconds, as the scripts below read it.
 _NOW = "local clock = redis.call('TIME'); local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000\n"
@@ -494,6 +547,80 @@ redis.call('PEXPIRE', KEYS[2], ARGV[3])
 redis.call('HDEL', KEYS[3], ARGV[4])
 return 1
 """
+
+
+# Take `cost` tokens from an API key's bucket and add `cost` images to its day, by Redis's clock; all or
+# nothing. The bucket holds at most `burst` tokens and gains `rate` a second; the day is Redis's UTC day.
+# KEYS: limits hash. ARGV: cost, rate (0: no bucket), burst, daily images (0: no quota).
+# Returns {verdict, tokens left, seconds, images left today, seconds until the day ends} (fractions as strings):
+# verdict 1 taken (seconds: until the bucket is full again), 0 rate limited (seconds: until the tokens are
+# there), -1 over the day's quota (seconds: until the day ends).
+TAKE_TOKENS = _NOW + """
+local cost, rate, burst, daily = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local state = redis.call('HMGET', KEYS[1], 'tokens', 'at', 'day', 'used')
+local tokens = burst
+if state[1] then tokens = math.min(burst, tonumber(state[1]) + (now - tonumber(state[2])) * rate) end
+local day = math.floor(now / 86400)
+local used = 0
+if state[3] and tonumber(state[3]) == day then used = tonumber(state[4]) end
+local day_left = (day + 1) * 86400 - now
+local function answer(verdict, seconds)
+  return {verdict, tostring(tokens), tostring(seconds), daily - used, tostring(day_left)}
+end
+if daily > 0 and used + cost > daily then return answer(-1, day_left) end
+if rate > 0 and tokens < cost then return answer(0, (cost - tokens) / rate) end
+if rate > 0 then tokens = tokens - cost end
+used = used + cost
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'at', tostring(now), 'day', day, 'used', used)
+-- Kept while it says more than its absence would: a full bucket and a fresh day are what no hash means.
+local keep = 0
+if rate > 0 then keep = (burst - tokens) / rate end
+if daily > 0 then keep = math.max(keep, day_left) end
+redis.call('PEXPIRE', KEYS[1], math.ceil(keep * 1000) + 1000)
+return answer(1, rate > 0 and (burst - tokens) / rate or 0)
+"""
+
+
+@dataclass(frozen=True)
+class Allowance:
+    """TAKE_TOKENS's verdict on one request."""
+    verdict: int  # TAKEN, RATE_LIMITED or OVER_QUOTA
+    tokens: float  # left in the bucket after the verdict
+    seconds: float  # taken: until the bucket is full again; refused: until a retry can pass
+    left_today: int  # images the key may still send today (with a daily quota)
+    day_seconds: float  # until the day's quota starts again
+
+
+TAKEN, RATE_LIMITED, OVER_QUOTA = 1, 0, -1
+
+
+def take_tokens(client, keys: ClientKeys, cost: int, rate: float, burst: int, daily: int):
+    """Queue or run TAKE_TOKENS on a client or pipeline (plain EVAL: Cluster pipelines route it by its key);
+    decode_allowance reads its reply."""
+    return client.execute_command("EVAL", TAKE_TOKENS, 1, keys.limits, cost, repr(float(rate)), burst, daily)
+
+
+def decode_allowance(reply) -> Allowance:
+    verdict, tokens, seconds, left_today, day_seconds = reply
+    return Allowance(int(verdict), float(tokens), float(seconds), int(left_today), float(day_seconds))
+
+
+# Give back what TAKE_TOKENS took for a request that was then refused for another reason (no worker, a full
+# queue): a 503 costs a client nothing. KEYS: limits hash. ARGV: cost, rate (0: no bucket), burst.
+REFUND_TOKENS = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local cost, rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+if rate > 0 then
+  local tokens = math.min(burst, tonumber(redis.call('HGET', KEYS[1], 'tokens')) + cost)
+  redis.call('HSET', KEYS[1], 'tokens', tostring(tokens))
+end
+redis.call('HSET', KEYS[1], 'used', math.max(0, tonumber(redis.call('HGET', KEYS[1], 'used')) - cost))
+return 1
+"""
+
+
+def refund_tokens(client, keys: ClientKeys, cost: int, rate: float, burst: int) -> None:
+    client.eval(REFUND_TOKENS, 1, keys.limits, cost, repr(float(rate)), burst)
 
 
 # Largest resize or crop side a model may take. The API sizes every request's crop (input_size² x 3 bytes) from

@@ -109,7 +109,7 @@ def _stop_starting(signum: int, frame) -> None:
 
 
 def redis_client(settings: Settings) -> RedisClient:
-    # The read timeout must outlast BLMOVE's blocking wait (one heartbeat period, WORKER_TIMEOUT / 5),
+    # The read timeout must outlast the blocking wait on the wake list (one heartbeat period, WORKER_TIMEOUT / 5),
     # or every idle wait would look like a fault.
     return connect(settings.redis_url, settings.redis_timeout, settings.heartbeat_seconds + settings.redis_timeout)
 

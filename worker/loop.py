@@ -170,10 +170,15 @@ class Worker:
         else:
             messages = self.queue.take_retry() or self.queue.take_batch(
                 self.settings.batch_size, block_seconds=self.settings.heartbeat_seconds,
-                wait_for_more_seconds=self.settings.batch_wait_ms / 1000)
+                wait_for_more_seconds=self.settings.batch_wait_ms / 1000, low_first=self._low_lane_turn())
         if messages:
             self.process(messages)
         self._may_hold_messages = False
+
+    def _low_lane_turn(self) -> bool:
+        """Every LOW_LANE_EVERY-th batch is taken from the low lane first: under load, low keys are served slower,
+        never not at all."""
+        return self.batches % self.settings.low_lane_every == self.settings.low_lane_every - 1
 
     def heartbeat(self) -> None:
         """Announce this worker and the model it serves, both expiring unless renewed."""

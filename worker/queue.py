@@ -42,29 +42,33 @@ class WorkerQueue:
 
     # Taking and answering
 
-    def take_batch(self, max_size: int, block_seconds: float, wait_for_more_seconds: float) -> list[bytes]:
-        """Up to max_size raw messages, oldest first; [] if none arrived within block_seconds.
+    def take_batch(self, max_size: int, block_seconds: float, wait_for_more_seconds: float,
+                   low_first: bool = False) -> list[bytes]:
+        """Up to max_size raw messages, high lane before normal before low (low first: the reverse), oldest first
+        within a lane; [] if none arrived within block_seconds.
 
-        Blocks for the first message, takes whatever else is queued, then keeps
-        looking for up to wait_for_more_seconds while the batch is not full. That
-        short wait polls instead of blocking: Redis resolves blocking timeouts on
-        its server tick (100 ms at the default hz), so a 2 ms BLMOVE waits ~100 ms.
+        Takes whatever is queued; with nothing, blocks on the wake list that every enqueue pushes to (one
+        BLMOVE waits on one lane only), then takes again; then keeps looking for up to wait_for_more_seconds
+        while the batch is not full. That short wait polls instead of blocking: Redis resolves blocking
+        timeouts on its server tick (100 ms at the default hz), so a 2 ms block waits ~100 ms.
         """
-        first = self.client.blmove(self.keys.queue, self.processing, block_seconds, "RIGHT", "LEFT")
-        if first is None:
-            return []
-        batch = [first, *self._take_queued(max_size - 1)]
+        lanes = self.keys.lanes[::-1] if low_first else self.keys.lanes
+        batch = self._take_queued(max_size, lanes)
+        if not batch:
+            if self.client.blpop([self.keys.wake], block_seconds) is None:
+                return []
+            batch = self._take_queued(max_size, lanes)  # [] when another worker woke first and took it
         give_up_at = time.monotonic() + wait_for_more_seconds
-        while len(batch) < max_size and time.monotonic() < give_up_at:
+        while batch and len(batch) < max_size and time.monotonic() < give_up_at:
             time.sleep(FILL_POLL_SECONDS)
-            batch += self._take_queued(max_size - len(batch))
+            batch += self._take_queued(max_size - len(batch), lanes)
         return batch
 
-    def _take_queued(self, count: int) -> list[bytes]:
-        """Move up to count queued messages without blocking, in one round trip."""
-        if count <= 0:
-            return []
-        return self.client.eval(protocol.TAKE_QUEUED, 2, self.keys.queue, self.processing, count)
+    def _take_queued(self, count: int, lanes: tuple[str, ...]) -> list[bytes]:
+        """Move up to count queued messages without blocking, lane by lane, in one command (TAKE): a timeout
+        reaches this worker, which then serves what its processing list holds, rather than a pipeline of moves
+        that a Redis Cluster client would send again command by command."""
+        return self.client.eval(protocol.TAKE, 2 + len(lanes), self.processing, self.keys.wake, *lanes, count)
 
     def take_retry(self) -> list[bytes]:
         """One message from the retry list, alone, or []: a retried message never shares a batch."""
@@ -94,10 +98,10 @@ class WorkerQueue:
         pipe.execute()
 
     def queued(self) -> int:
-        """Messages waiting in the version's queue and retry list."""
+        """Messages waiting in the version's lanes and retry list."""
         pipe = self.client.pipeline(transaction=False)
-        pipe.llen(self.keys.queue)
-        pipe.llen(self.keys.retry)
+        for key in (*self.keys.lanes, self.keys.retry):
+            pipe.llen(key)
         return sum(pipe.execute())
 
     # Announcing, leaving and reaping

@@ -10,6 +10,16 @@ const results = document.getElementById("results");
 const latency = document.getElementById("latency");
 const gallery = document.getElementById("gallery");
 
+const keyInput = document.getElementById("api-key");
+// Kept for this tab only: a key pasted on a shared machine goes when the tab does.
+keyInput.value = sessionStorage.getItem("apiKey") || "";
+
+// The pasted key, as the service takes it; no header at all when none is pasted (a service without keys).
+function keyHeaders() {
+  const key = keyInput.value.trim();
+  return key ? { Authorization: `Bearer ${key}` } : {};
+}
+
 function showStatus(text, isError) {
   statusLine.textContent = text;
   statusLine.classList.toggle("error", Boolean(isError));
@@ -55,7 +65,7 @@ async function classify(files) {
   const started = performance.now();
   let body;
   try {
-    const response = await fetch("/predict", { method: "POST", body: form });
+    const response = await fetch("/predict", { method: "POST", body: form, headers: keyHeaders() });
     body = await response.json();
   } catch (error) {
     showStatus(`The service did not answer: ${error.message}`, true);
@@ -109,12 +119,21 @@ dropZone.addEventListener("drop", (event) => {
   classify([...event.dataTransfer.files]);
 });
 
-fetch("/model")
-  .then((response) => response.json())
-  .then((model) => {
-    document.getElementById("model").textContent = model.name
-      ? `${model.name}${model.arch !== model.name ? ` (${model.arch})` : ""} · ${model.num_classes} classes · ` +
-        `${model.backend} on ${model.device} · ${model.workers} worker${model.workers === 1 ? "" : "s"}`
-      : `No model is being served right now: ${model.error.message}`;
-  })
-  .catch(() => { document.getElementById("model").textContent = "The service did not answer."; });
+function describeModel() {
+  fetch("/model", { headers: keyHeaders() })
+    .then((response) => response.json())
+    .then((model) => {
+      document.getElementById("model").textContent = model.name
+        ? `${model.name}${model.arch !== model.name ? ` (${model.arch})` : ""} · ${model.num_classes} classes · ` +
+          `${model.backend} on ${model.device} · ${model.workers} worker${model.workers === 1 ? "" : "s"}`
+        : model.error.code === "unauthorized" ? `Paste an API key above: ${model.error.message}`
+          : `No model is being served right now: ${model.error.message}`;
+    })
+    .catch(() => { document.getElementById("model").textContent = "The service did not answer."; });
+}
+
+keyInput.addEventListener("change", () => {
+  sessionStorage.setItem("apiKey", keyInput.value.trim());
+  describeModel();
+});
+describeModel();

@@ -1,11 +1,12 @@
 """A queue command whose reply comes too late is sent once, on one server and on a Redis Cluster.
 
 redis-py 8's cluster client sends a command again by itself after a read timeout (up to ten times): an
-ENQUEUE whose reply was late has run, so a repeat queues the request once more. (A `Redis` made from a URL
-happens not to repeat; the test holds it to that too.) Here the Redis node that
-holds the queue is stopped (SIGSTOP) while the API's push is on its way, and goes on after the push's read
-timeout: the push fails within its timeout (the API answers 503) and the queue holds the message once.
-(The worker's side, a BLMOVE whose reply comes late: tests/integration/test_scale_out.py.)
+ENQUEUE whose reply was late has run, so a repeat queues the request once more; a worker's TAKE whose reply
+was late has moved messages into its processing list, so a repeat moves more. (A `Redis` made from a URL
+happens not to repeat; the test holds it to that too.) Here the Redis node that holds the queue is stopped
+(SIGSTOP) while the command is on its way, and goes on after its read timeout: the command fails within
+its timeout (the API answers 503; the worker serves what its processing list holds, tests/unit/test_worker.py)
+and ran once. (The worker's blocking wait, whose reply comes late: tests/integration/test_scale_out.py.)
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from serving.redis_client import REDIS_ERRORS, RedisClient, connect
 from stack.processes import free_port
 from tests.integration.client import wait_until
 from tests.integration.redis_topologies import RedisProcesses, cluster_deployment
+from worker.queue import WorkerQueue
 
 pytestmark = pytest.mark.integration
 
@@ -52,22 +54,43 @@ def deployment(kind: str, folder: Path) -> Iterator[tuple[RedisClient, int]]:
 @pytest.mark.parametrize("kind", ["server", "cluster"])
 def test_an_enqueue_whose_reply_comes_late_fails_within_its_timeout_and_queues_once(kind, tmp_path):
     with deployment(kind, tmp_path) as (client, pid):
+        client.set(KEYS.model, b"announced")  # a worker serves the version: ENQUEUE queues only then
         queue = InferenceQueue(client, client, KEYS, max_queue=10)
-        client.set(KEYS.model, b"{}")  # the version is served: the push refuses a closed one
         queue.enqueue([b"warm"])  # connections made while the node answers: only the push itself meets the stop
-        # The node goes on after the push's read timeout but within a repeat's: a repeat would reach it.
-        resume = threading.Timer(1.5 * READ_TIMEOUT, os.kill, (pid, signal.SIGCONT))
-        os.kill(pid, signal.SIGSTOP)
-        resume.start()
-        started = time.monotonic()
-        try:
-            queue.enqueue([b"late"])
-            error = None
-        except REDIS_ERRORS as exc:
-            error = exc
-        answered_after = time.monotonic() - started
-        resume.join()
+        error, answered_after = late_reply(pid, lambda: queue.enqueue([b"late"]))
         wait_until(lambda: client.llen(KEYS.queue) >= 2, 10, what="the late push run once the node goes on")
         time.sleep(0.5)  # room for a repeat of it, had one been sent
         assert client.lrange(KEYS.queue, 0, -1) == [b"late", b"warm"]
         assert isinstance(error, REDIS_ERRORS) and answered_after < 3 * READ_TIMEOUT  # the API answers 503
+
+
+@pytest.mark.parametrize("kind", ["server", "cluster"])
+def test_a_take_whose_reply_comes_late_fails_within_its_timeout_and_moves_once(kind, tmp_path):
+    """TAKE moves a batch from the lanes in one script: its error reaches the worker, and it moved one batch."""
+    with deployment(kind, tmp_path) as (client, pid):
+        queue = WorkerQueue(client, KEYS, "w1")
+        client.lpush(KEYS.queue, b"m1", b"m2", b"m3")
+        assert queue.take_batch(1, 0.1, 0) == [b"m1"]  # connections made while the node answers
+        client.delete(queue.processing)
+        error, answered_after = late_reply(pid, lambda: queue.take_batch(1, 0.1, 0))
+        wait_until(lambda: client.llen(queue.processing) >= 1, 10, what="the late take run once the node goes on")
+        time.sleep(0.5)  # room for a repeat of it, had one been sent
+        assert queue.held_messages() == [b"m2"] and client.lrange(KEYS.queue, 0, -1) == [b"m3"]
+        assert isinstance(error, REDIS_ERRORS) and answered_after < 3 * READ_TIMEOUT  # the worker's recovery path
+
+
+def late_reply(pid: int, call) -> tuple[Exception | None, float]:
+    """Run call() while the server `pid` is stopped; it goes on after the call's read timeout but within a
+    repeat's, so a repeat would reach it. The call's error (None if it returned), and how long it took."""
+    resume = threading.Timer(1.5 * READ_TIMEOUT, os.kill, (pid, signal.SIGCONT))
+    os.kill(pid, signal.SIGSTOP)
+    resume.start()
+    started = time.monotonic()
+    try:
+        call()
+        error = None
+    except REDIS_ERRORS as exc:
+        error = exc
+    answered_after = time.monotonic() - started
+    resume.join()
+    return error, answered_after

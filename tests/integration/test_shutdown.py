@@ -28,29 +28,34 @@ def one_worker_stack(tmp_path):
         yield stack
 
 
-def test_sigterm_makes_a_worker_finish_its_batch_and_exit_zero(one_worker_stack):
-    stack = one_worker_stack
-    worker = stack.worker_processes[0]
-    keys = keys_of(stack)
-    workers_key = keys.workers
-    [worker_id] = stack.redis().zrange(workers_key, 0, -1)
-    with ThreadPoolExecutor(max_workers=12) as pool:
-        futures = [pool.submit(post_image, stack.url, photo_bytes("coffee.png")) for _ in range(12)]
-        freeze_while_holding_work(stack, 0)
-        held = [decode_request(raw).job_id for raw in stack.redis().lrange(keys.processing(worker_id.decode()), 0, -1)]
-        assert held  # what freeze_while_holding_work promised
-        worker.send_signal(signal.SIGTERM)
-        os.kill(worker.pid, signal.SIGCONT)
-        assert worker.wait(timeout=30) == 0
-        stack.start_worker()  # serves whatever the first one had not taken
-        responses = [f.result() for f in futures]
-    assert [r.status_code for r in responses] == [200] * 12
-    first_worker_log = stack.log_path("worker0").read_text()  # the replacement logs to worker1
-    assert "stopped after" in first_worker_log
-    processed = {job_id for ids in re.findall(r" job_ids=(\S*)$", first_worker_log, re.MULTILINE)
-                 for job_id in ids.split(",")}
-    assert set(held) <= processed, f"the batch in hand {held} was not finished by the stopping worker"
-    assert stack.redis().zscore(workers_key, worker_id) is None  # signed off, not left for the reaper
+def test_sigterm_makes_a_worker_finish_its_batch_and_exit_zero(tmp_path):
+    # A long WORKER_TIMEOUT: the version stays announced while its worker is frozen and the API queues the rest.
+    with Stack(stack_settings(request_timeout=60, worker_timeout=30), workers=1, log_dir=tmp_path) as stack:
+        worker = stack.worker_processes[0]
+        keys = keys_of(stack)
+        workers_key = keys.workers
+        [worker_id] = stack.redis().zrange(workers_key, 0, -1)
+        with ThreadPoolExecutor(max_workers=12) as pool:
+            futures = [pool.submit(post_image, stack.url, photo_bytes("coffee.png")) for _ in range(12)]
+            freeze_while_holding_work(stack, 0)
+            processing = keys.processing(worker_id.decode())
+            held = [decode_request(raw).job_id for raw in stack.redis().lrange(processing, 0, -1)]
+            assert held  # what freeze_while_holding_work promised
+            # Every request queued before the stop: the last worker of a version closes it as it stops, and a
+            # request the API had not queued by then is 503 no_worker (test_requests_sent_right_after_the_...).
+            wait_until(lambda: waiting_messages(stack) == 12, 20, what="all 12 requests queued or held")
+            worker.send_signal(signal.SIGTERM)
+            os.kill(worker.pid, signal.SIGCONT)
+            assert worker.wait(timeout=30) == 0
+            stack.start_worker()  # serves whatever the first one had not taken
+            responses = [f.result() for f in futures]
+        assert [r.status_code for r in responses] == [200] * 12
+        first_worker_log = stack.log_path("worker0").read_text()  # the replacement logs to worker1
+        assert "stopped after" in first_worker_log
+        processed = {job_id for ids in re.findall(r" job_ids=(\S*)$", first_worker_log, re.MULTILINE)
+                     for job_id in ids.split(",")}
+        assert set(held) <= processed, f"the batch in hand {held} was not finished by the stopping worker"
+        assert stack.redis().zscore(workers_key, worker_id) is None  # signed off, not left for the reaper
 
 
 def test_requests_sent_right_after_the_last_worker_stopped_get_503_at_once_and_nothing_waits_in_its_queue(
@@ -80,10 +85,10 @@ def test_stopping_one_of_two_workers_keeps_the_version_served(tmp_path):
 
 
 def waiting_messages(stack: Stack) -> int:
-    """Messages in the queue plus any the stopped worker's BLMOVE had already taken."""
+    """Messages in the queue's lanes plus any the stopped worker's take had already moved."""
     keys, redis = keys_of(stack), stack.redis()
     taken = sum(redis.llen(keys.processing(worker.decode())) for worker in redis.zrange(keys.workers, 0, -1))
-    return redis.llen(keys.queue) + taken
+    return sum(redis.llen(lane) for lane in keys.lanes) + taken
 
 
 def test_sigterm_lets_the_api_finish_requests_in_flight(one_worker_stack):

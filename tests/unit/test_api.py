@@ -1,5 +1,7 @@
 """The API's contract, against fakeredis: every answer is JSON, every failure has its status."""
 
+import dataclasses
+import hashlib
 import json
 import subprocess
 import sys
@@ -15,6 +17,7 @@ from app.queue_client import InferenceQueue
 from serving import protocol
 from serving.config import Settings
 from serving.preprocess import prepare
+from serving.protocol import ClientKeys
 from tests.images import MULTIPART_CONTENT_TYPE, PHOTOS, encode, photo_bytes, upload_of_size
 from tests.unit.fake_api import KEYS, MODEL, SETTINGS, TABBY, answer_next_request, heartbeat, post_image, success
 from worker.queue import WorkerQueue
@@ -139,14 +142,37 @@ def test_a_request_admitted_as_the_last_worker_leaves_is_503_at_once_and_never_q
     heartbeat(fake_redis)
     admit = InferenceQueue.admit
 
-    def admitted_then_the_last_worker_stops(queue):
-        model = admit(queue)
+    def admitted_then_the_last_worker_stops(queue, charge=None):
+        model = admit(queue, charge)
         assert WorkerQueue(fake_redis, KEYS, "w1").announce_stopping(SETTINGS.worker_timeout) == 0
         return model
 
     monkeypatch.setattr(InferenceQueue, "admit", admitted_then_the_last_worker_stops)
     assert_error(post_image(client, photo_bytes("chelsea.png")), 503, "no_worker")
-    assert fake_redis.llen(KEYS.queue) == 0
+    assert [fake_redis.llen(lane) for lane in KEYS.lanes] == [0, 0, 0] and not fake_redis.exists(KEYS.wake)
+
+
+def test_a_key_refused_at_the_push_because_the_version_closed_gets_its_tokens_back(fake_redis, tmp_path,
+                                                                                     monkeypatch):
+    """Charged at admission, then 503 at the push (the last worker closed the version in between): a 503 costs the
+    client nothing, there as at admission."""
+    keys_file = tmp_path / "keys.txt"
+    keys_file.write_text(f"ci {hashlib.sha256(b'secret').hexdigest()} 1 5\n")
+    client = create_app(dataclasses.replace(SETTINGS, api_keys_file=str(keys_file)), fake_redis).test_client()
+    heartbeat(fake_redis)
+    admit = InferenceQueue.admit
+
+    def admitted_then_the_last_worker_stops(queue, charge=None):
+        model = admit(queue, charge)
+        assert float(fake_redis.hget(ClientKeys(SETTINGS.key_prefix, "ci").limits, "tokens")) < 4.1  # charged
+        WorkerQueue(fake_redis, KEYS, "w1").announce_stopping(SETTINGS.worker_timeout)
+        return model
+
+    monkeypatch.setattr(InferenceQueue, "admit", admitted_then_the_last_worker_stops)
+    assert_error(post_image(client, photo_bytes("chelsea.png"), headers={"Authorization": "Bearer secret"}), 503,
+                 "no_worker")
+    limits = fake_redis.hgetall(ClientKeys(SETTINGS.key_prefix, "ci").limits)
+    assert float(limits[b"tokens"]) == 5 and int(limits[b"used"]) == 0
 
 
 def test_a_forged_heartbeat_with_a_huge_crop_is_no_usable_worker_not_a_500(client, fake_redis):

@@ -7,6 +7,7 @@ import fakeredis
 import pytest
 import redis
 
+from app.queue_client import InferenceQueue, NoWorker, QueueFull
 from serving.protocol import Keys
 from worker.queue import WorkerQueue
 
@@ -141,3 +142,35 @@ def test_publishing_removes_only_the_messages_it_handled(client):
     first, second = take(client, max_size=1), take(client, max_size=2)
     WorkerQueue(client, KEYS, "w1").publish_results({"r2": b"two", "r3": b"three"}, second, ttl_seconds=30)
     assert client.lrange(KEYS.processing("w1"), 0, -1) == first
+
+
+def test_a_batch_takes_the_high_lane_before_normal_before_low_and_low_first_reverses_it(fake_redis):
+    keys = Keys("imgcls", "tiny@1")
+    for lane in ("low", "normal", "high"):
+        fake_redis.lpush(keys.lane(lane), f"{lane}-1", f"{lane}-2")
+    queue = WorkerQueue(fake_redis, keys, "w1")
+    assert queue.take_batch(3, 0.01, 0) == [b"high-1", b"high-2", b"normal-1"]
+    assert queue.take_batch(2, 0.01, 0, low_first=True) == [b"low-1", b"low-2"]
+    assert queue.take_batch(8, 0.01, 0) == [b"normal-2"]
+    assert queue.take_batch(8, 0.01, 0) == [] and not fake_redis.exists(keys.wake)
+
+
+def test_a_request_goes_whole_into_its_keys_lane_while_the_lanes_together_have_room_and_the_version_is_open(client):
+    """ENQUEUE: every image of a request in its key's lane, all or none, MAX_QUEUE counting the three lanes
+    together; nothing once the version's last worker has closed it (its model key gone), room or not."""
+    queue = InferenceQueue(client, client, KEYS, max_queue=6)
+    client.set(KEYS.model, b"announced")
+    client.lpush(KEYS.lane("low"), b"l1")
+    client.lpush(KEYS.lane("normal"), b"n1")
+    queue.enqueue([b"h1", b"h2", b"h3"], "high")
+    assert client.lrange(KEYS.lane("high"), 0, -1) == [b"h3", b"h2", b"h1"] and client.llen(KEYS.wake) == 1
+    with pytest.raises(QueueFull):
+        queue.enqueue([b"x1", b"x2"], "low")  # 5 queued across the lanes, 2 more would pass 6: none goes
+    assert client.lrange(KEYS.lane("low"), 0, -1) == [b"l1"]
+    queue.enqueue([b"l2"], "low")  # exactly 6
+    assert [client.llen(lane) for lane in KEYS.lanes] == [3, 1, 2] and client.llen(KEYS.wake) == 1
+    client.delete(KEYS.lane("high"), KEYS.wake)
+    client.delete(KEYS.model)  # what STOPPING does when the version's last worker stops
+    with pytest.raises(NoWorker):
+        queue.enqueue([b"n2"], "normal")
+    assert [client.llen(lane) for lane in KEYS.lanes] == [0, 1, 2] and not client.exists(KEYS.wake)

@@ -1,6 +1,7 @@
 """CORS_ORIGINS: a browser app on an allowed origin may call every door; others, and everyone by default, not."""
 
 import dataclasses
+import hashlib
 
 import pytest
 
@@ -59,3 +60,23 @@ def test_by_default_no_origin_is_allowed(client):
 def test_a_cors_origin_that_is_not_an_origin_is_a_configuration_error(origins):
     with pytest.raises(ConfigError, match="CORS_ORIGINS"):
         Settings.from_env({"CORS_ORIGINS": origins})
+
+
+@pytest.mark.parametrize("path", ["/predict", "/models/tiny/predict", "/v2/models/tiny/infer",
+                                  "/predictions/tiny"])
+def test_api_keys_do_not_block_an_allowed_origins_preflight_which_carries_none(fake_redis, tmp_path, path):
+    """A browser sends a preflight without the request's headers, so without its key: it is answered before the
+    key is checked. The request itself still needs the key, and its 401 is readable by the page."""
+    keys_file = tmp_path / "keys.txt"
+    keys_file.write_text(f"app {hashlib.sha256(b'secret').hexdigest()}\n")
+    settings = dataclasses.replace(SETTINGS, cors_origins=APP_ORIGIN, api_keys_file=str(keys_file))
+    client = create_app(settings, fake_redis).test_client()
+    preflight = {**PREFLIGHT, "Access-Control-Request-Headers": "authorization, content-type"}
+    response = client.options(path, headers=preflight)
+    assert response.status_code == 204 and response.headers["Access-Control-Allow-Origin"] == APP_ORIGIN
+    assert {"authorization", "x-api-key"} <= {h.strip().lower() for h in
+                                              response.headers["Access-Control-Allow-Headers"].split(",")}
+    refused = client.post(path, headers={"Origin": APP_ORIGIN}, data=b"x")
+    assert refused.status_code == 401 and refused.headers["Access-Control-Allow-Origin"] == APP_ORIGIN
+    other = client.options(path, headers={**preflight, "Origin": "https://evil.example"})
+    assert other.status_code in (401, 405) and "Access-Control-Allow-Origin" not in other.headers

@@ -202,6 +202,33 @@ def test_a_batch_whose_publish_failed_is_answered_before_anything_new_is_taken(w
     assert not worker.client.exists(KEYS.processing("w1"))
 
 
+def test_a_take_whose_reply_was_lost_is_answered_from_the_processing_list_before_anything_new(worker, monkeypatch,
+                                                                                             caplog):
+    """The take ran in Redis (TAKE, one script) but its reply never came: the error reaches the worker, whose next
+    round serves what its processing list holds, so nothing waits there for a reaper that will not come."""
+    take, lost = WorkerQueue._take_queued, []
+
+    def reply_lost_once(self, *args, **kwargs):
+        taken = take(self, *args, **kwargs)
+        if taken and not lost:
+            lost.append(taken)
+            raise redis.TimeoutError("Timeout reading from socket")
+        return taken
+
+    monkeypatch.setattr(WorkerQueue, "_take_queued", reply_lost_once)
+    worker.client.lpush(KEYS.queue, message("a1", "red"), message("a2", "green"))
+    with pytest.raises(redis.TimeoutError):
+        worker.serve_once()
+    assert worker.client.llen(KEYS.processing("w1")) == 2 and worker.client.llen(KEYS.queue) == 0
+    worker.client.lpush(KEYS.lane("high"), message("b1", "blue"))
+    with caplog.at_level(logging.INFO, logger="worker"):
+        worker.serve_once()  # the held batch first, though a high-priority image waits
+    assert "serving 2 requests held since a Redis error" in caplog.text and result(worker, "b1") is None
+    worker.serve_once()
+    assert [result(worker, r)["predictions"][0]["label"] for r in ("a1", "a2", "b1")] == ["red", "green", "blue"]
+    assert not worker.client.exists(KEYS.processing("w1"))
+
+
 def test_a_retried_request_runs_alone_before_the_queue(worker):
     """A request whose worker died runs in a batch of its own, so a poison image takes no batch-mate down."""
     retried = message("r1", "red")
