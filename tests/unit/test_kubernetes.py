@@ -287,7 +287,7 @@ def test_a_disruption_lets_one_pod_of_each_program_go_at_a_time_and_leaves_one()
 
 
 def test_both_programs_run_as_the_images_numeric_user_which_kubernetes_checks_is_not_root():
-    (user,) = [line.split()[1] for line in (ROOT / "Dockerfile").read_text().splitlines() if line.startswith("USER ")]
+    (user,) = {line.split()[1] for line in (ROOT / "Dockerfile").read_text().splitlines() if line.startswith("USER ")}
     # runAsNonRoot refuses to start an image whose USER is a name: the kubelet cannot tell a name is not root.
     assert user.isdigit() and int(user) != 0
     for deployment in (API, WORKER):
