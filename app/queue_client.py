@@ -6,11 +6,15 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
+import redis
 
 from serving import protocol
 from serving.protocol import InferenceRequest, InferenceResult, Keys, ModelInfo, RedisClock, redis_seconds
 from serving.redis_client import RedisClient
 from serving.worker_stats import WorkerStats, decode_worker_stats
+
+# While a request waits for its answer and Redis is restarting: how often to try it again.
+RECONNECT_INTERVAL = 0.2
 
 
 class NoWorker(Exception):
@@ -86,18 +90,34 @@ class InferenceQueue:
 
         BLPOP wakes the moment a worker pushes an answer: no polling, no sleeps. Images of one request are
         usually answered by one batch, so after each wake the answers already there are taken in one round trip.
+        A connection lost while waiting (Redis restarting) is waited out when the Redis that comes back kept its
+        data (the queued messages, and the answers, are still there); else the error goes to the client.
         """
         waiting = {self.keys.result(job_id): job_id for job_id in job_ids}
         results: dict[str, InferenceResult] = {}
         while waiting:
-            # BLPOP's timeout has one-millisecond resolution; zero would block forever.
-            popped = self.waiting_client.blpop(list(waiting), timeout=max(deadline - time.time(), 0.001))
-            if popped is None:
-                break
-            results[waiting.pop(popped[0].decode())] = protocol.decode_result(popped[1])
-            results.update(self._answers_already_in(waiting))
+            try:
+                # BLPOP's timeout has one-millisecond resolution; zero would block forever.
+                popped = self.waiting_client.blpop(list(waiting), timeout=max(deadline - time.time(), 0.001))
+                if popped is None:
+                    break
+                results[waiting.pop(popped[0].decode())] = protocol.decode_result(popped[1])
+                results.update(self._answers_already_in(waiting))
+            except redis.ConnectionError:
+                if not self._back_with_its_data(deadline):
+                    raise
             waiting = {key: job_id for key, job_id in waiting.items() if job_id not in results}
         return results
+
+    def _back_with_its_data(self, deadline: float) -> bool:
+        """After a lost connection: whether Redis answers again before the deadline with its append-only file on,
+        so that what was queued survived the restart (without it, a restarted Redis starts empty)."""
+        while time.time() < deadline:
+            try:
+                return self.client.info("persistence").get("aof_enabled") == 1
+            except redis.ConnectionError:
+                time.sleep(RECONNECT_INTERVAL)
+        return False
 
     def _answers_already_in(self, waiting: dict[str, str]) -> dict[str, InferenceResult]:
         if not waiting:
