@@ -13,8 +13,11 @@ from serving.protocol import InferenceRequest, InferenceResult, Keys, ModelInfo,
 from serving.redis_client import RedisClient
 from serving.worker_stats import WorkerStats, decode_worker_stats
 
-# While a request waits for its answer and Redis is restarting: how often to try it again.
+# While a request waits for its answer and Redis is restarting: how often to try it again, and how the
+# connection fails meanwhile (refused; or a connect that times out, where its address has gone quiet, as a
+# stopped container's does).
 RECONNECT_INTERVAL = 0.2
+CONNECTION_LOST = (redis.ConnectionError, redis.TimeoutError)
 
 
 class NoWorker(Exception):
@@ -103,7 +106,7 @@ class InferenceQueue:
                     break
                 results[waiting.pop(popped[0].decode())] = protocol.decode_result(popped[1])
                 results.update(self._answers_already_in(waiting))
-            except redis.ConnectionError:
+            except CONNECTION_LOST:
                 if not self._back_with_its_data(deadline):
                     raise
             waiting = {key: job_id for key, job_id in waiting.items() if job_id not in results}
@@ -115,7 +118,7 @@ class InferenceQueue:
         while time.time() < deadline:
             try:
                 return self.client.info("persistence").get("aof_enabled") == 1
-            except redis.ConnectionError:
+            except CONNECTION_LOST:
                 time.sleep(RECONNECT_INTERVAL)
         return False
 

@@ -77,6 +77,16 @@ def test_the_api_container_has_no_torch(stack):
     assert stack.exec("worker", "python", "-c", "import torch").returncode == 0  # the check can tell
 
 
+@pytest.mark.parametrize("setting", ["API_IMAGE", "WORKER_IMAGE"])
+def test_the_ca_pip_trusted_in_the_build_is_in_no_image(stack, setting):
+    """Built with the machine's CA bundle as the pip_ca secret (containers.build_service_images)."""
+    image = containers.official_images()[setting]
+    assert containers.MACHINE_CA.exists()
+    config = json.loads(containers.run("docker", "image", "inspect", "--format", "{{json .Config}}", image).stdout)
+    assert not [variable for variable in config["Env"] if variable.startswith("PIP_CERT=")]
+    assert containers.run("docker", "run", "--rm", image, "ls", "/run/secrets", check=False).returncode != 0
+
+
 def test_scale_worker_3_gives_three_live_workers(stack):
     stack("up", "-d", "--scale", "worker=3")
     assert len(stack.containers("worker")) == 3

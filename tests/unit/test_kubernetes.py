@@ -22,6 +22,7 @@ from app import create_app
 from serving.config import Settings, parse_redis_url
 from serving.protocol import Keys, model_id
 from stack.processes import API_ARGUMENTS, WORKER_ARGUMENTS
+from tests.unit.test_deployment import default_of  # compose's `${NAME:-default}` spelling
 
 ROOT = Path(__file__).resolve().parents[2]
 FOLDER = ROOT / "deploy" / "kubernetes"
@@ -124,7 +125,7 @@ def test_the_keda_objects_validate_against_kedas_schema():
 def test_both_programs_run_composes_image_with_the_commands_make_run_runs():
     for deployment, arguments in ((API, API_ARGUMENTS), (WORKER, WORKER_ARGUMENTS)):
         program = container(deployment)
-        assert program["image"] == COMPOSE["api"]["image"] == COMPOSE["worker"]["image"]
+        assert program["image"] == default_of(COMPOSE[deployment.removeprefix("imgcls-")]["image"])
         # The image has no ENTRYPOINT: args alone would replace its CMD and run "-m" as a program.
         assert program["command"] == ["python"] and program["args"] == list(arguments)
 
@@ -260,7 +261,7 @@ def test_the_secret_names_the_trial_redis_so_that_kedas_operator_finds_it_too():
 def test_the_trial_redis_runs_composes_image_and_persistence_on_a_volume():
     statefulset = find("StatefulSet", "redis")["spec"]
     (redis,) = statefulset["template"]["spec"]["containers"]
-    assert redis["image"] == COMPOSE["redis"]["image"]
+    assert redis["image"] == default_of(COMPOSE["redis"]["image"])
     assert redis["args"][:len(COMPOSE["redis"]["command"])] == COMPOSE["redis"]["command"]
     (claim,) = statefulset["volumeClaimTemplates"]
     assert {"name": claim["metadata"]["name"], "mountPath": "/data"} in redis["volumeMounts"]
