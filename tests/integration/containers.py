@@ -34,10 +34,10 @@ CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "imgcls
 DPKG_SLIM = "\n".join(f"path-exclude /usr/share/{p}/*" for p in ("doc", "man", "info", "locale", "lintian")) + "\n"
 
 
-def run(*command: str, timeout: float = 600, env: dict[str, str] | None = None, input: bytes | None = None,
+def run(*command: str, timeout: float = 600, env: dict[str, str] | None = None,
         check: bool = True) -> subprocess.CompletedProcess:
     """Run a command, raising with its output when it fails (check)."""
-    done = subprocess.run(command, capture_output=True, timeout=timeout, env=env, input=input)
+    done = subprocess.run(command, capture_output=True, timeout=timeout, env=env)
     if check and done.returncode != 0:
         raise AssertionError(f"{' '.join(command)} exited {done.returncode}:\n"
                              f"{done.stdout.decode(errors='replace')[-3000:]}{done.stderr.decode(errors='replace')[-3000:]}")
@@ -155,16 +155,10 @@ def debian_mirror(sources: Path = Path("/etc/apt")) -> str:
     raise AssertionError(f"no apt source for Debian {DEBIAN_SUITE} in {sources}: the stand-in images need one")
 
 
-def build_service_images(settings: dict[str, str]) -> float:
-    """The API and worker images (scripts/build-images.sh) from BASE_IMAGE; the seconds it took."""
-    started = time.monotonic()
+def build_service_images(settings: dict[str, str]) -> None:
+    """The API and worker images (scripts/build-images.sh) from BASE_IMAGE, pip trusting the machine's CA."""
     pip_ca = {"PIP_CA": str(MACHINE_CA)} if MACHINE_CA.exists() else {}
     run(str(ROOT / "scripts" / "build-images.sh"), env={**os.environ, **settings, **pip_ca}, timeout=1800)
-    return time.monotonic() - started
-
-
-def image_megabytes(name: str) -> float:
-    return int(run("docker", "image", "inspect", "--format", "{{.Size}}", name).stdout) / 1e6
 
 
 class ComposeProject:
@@ -175,6 +169,11 @@ class ComposeProject:
         self.env = {**os.environ, **settings}
         has_v2 = run("docker", "compose", "version", check=False).returncode == 0
         self.command = ["docker", "compose"] if has_v2 else ["docker-compose"]  # v1 is Debian's
+
+    @property
+    def url(self) -> str:
+        """The proxy, published on 127.0.0.1 at PROXY_PORT."""
+        return f"http://127.0.0.1:{self.env.get('PROXY_PORT', '5000')}"
 
     def __call__(self, *args: str, timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess:
         return run(*self.command, "-p", self.name, "-f", str(ROOT / "docker-compose.yml"), *args,
