@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, Response, current_app, g, jsonify
-from werkzeug.exceptions import HTTPException
+from flask import Flask, Response, current_app, g, jsonify, request
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestEntityTooLarge
 
 from app.decode_budget import DecoderBusy
 from app.fleet import NoDefaultModel, UnknownModel
@@ -62,9 +62,19 @@ def failure_of(exc: Exception) -> ApiError:
         headers = tuple((name, value) for name, value in exc.get_headers()  # Allow on a 405, for one
                         if name.lower() != "content-type")
         return ApiError(exc.code or 500, (exc.name or "error").lower().replace(" ", "_"),
-                        exc.description or exc.name, headers)
+                        _http_error_message(exc, settings), headers)
     log.exception("unhandled error")
     return ApiError(500, "internal_error", f"internal error: {type(exc).__name__}")
+
+
+def _http_error_message(exc: HTTPException, settings) -> str:
+    """werkzeug's description, or one that says what to do where werkzeug's does not."""
+    if isinstance(exc, RequestEntityTooLarge):
+        return (f"the request body is over MAX_UPLOAD_MB={settings.max_upload_mb:g} MiB "
+                f"({settings.max_upload_bytes} bytes)")
+    if isinstance(exc, MethodNotAllowed) and exc.valid_methods:
+        return f"{request.method} is not allowed here; use {' or '.join(sorted(exc.valid_methods))}"
+    return exc.description or exc.name
 
 
 def respond(failure: ApiError, body: dict) -> Response:

@@ -3,13 +3,20 @@
 Workers register each model version they serve (`name@version`) in the fleet's registry with every
 heartbeat; the API reads the registry and the names' routing weights at most once per
 `REFRESH_SECONDS` per process, so choosing a version costs a request no round trip to Redis.
+
+One read at a time, and no request waits behind another's: the requests that find the snapshot stale
+while a read is in flight wait for that read's outcome (its snapshot, or its error) for at most
+REDIS_TIMEOUT. Were each to read in turn, a hung Redis would answer the n-th of them after n timeouts.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass
+
+import redis
 
 from app.queue_client import FleetStatus, InferenceQueue, NoWorker
 from serving import routing
@@ -28,6 +35,10 @@ class NoDefaultModel(Exception):
     """POST /predict with several names served and DEFAULT_MODEL unset."""
 
 
+class RegistryReadTooSlow(redis.TimeoutError):
+    """The registry read this request waited for was still going after REDIS_TIMEOUT (a Redis error: 503)."""
+
+
 @dataclass(frozen=True)
 class Snapshot:
     versions: dict[str, list[str]]  # name -> every version the registry knows
@@ -38,20 +49,50 @@ class Snapshot:
 
 class Fleet:
     def __init__(self, client: RedisClient, waiting_client: RedisClient, key_prefix: str, max_queue: int,
-                 worker_timeout: float, default_model: str):
+                 worker_timeout: float, default_model: str, redis_timeout: float):
         self.client, self.waiting_client = client, waiting_client
         self.keys = FleetKeys(key_prefix)
         self.max_queue, self.worker_timeout, self.default_model = max_queue, worker_timeout, default_model
+        self.redis_timeout = redis_timeout
         self._queues: dict[str, InferenceQueue] = {}
         self._snapshot = Snapshot({}, {}, {}, 0.0)
-        self._lock = threading.Lock()
+        self._read_in_flight: Future[Snapshot] | None = None
+        self._lock = threading.Lock()  # guards _read_in_flight only: nobody holds it across a round trip
 
     def snapshot(self, fresh: bool = False) -> Snapshot:
-        """Versions and weights, read again when older than REFRESH_SECONDS (or `fresh`)."""
-        with self._lock:
-            if fresh or time.monotonic() - self._snapshot.taken_at > REFRESH_SECONDS:
-                self._snapshot = self._read()
+        """Versions and weights, read again when older than REFRESH_SECONDS (or `fresh`).
+
+        A read already in flight counts as fresh: it began less than REDIS_TIMEOUT ago. Its error is
+        every waiting request's error; a read slower than REDIS_TIMEOUT is RegistryReadTooSlow to them.
+        """
+        if not fresh and time.monotonic() - self._snapshot.taken_at <= REFRESH_SECONDS:
             return self._snapshot
+        read, leads = self._join_read()
+        if leads:
+            self._finish(read)
+        try:
+            return read.result(timeout=self.redis_timeout)
+        except TimeoutError:  # the Future's own wait (redis's TimeoutError is another class)
+            raise RegistryReadTooSlow(f"the registry read in flight took over REDIS_TIMEOUT="
+                                      f"{self.redis_timeout:g}s") from None
+
+    def _join_read(self) -> tuple[Future[Snapshot], bool]:
+        """The registry read in flight, and whether this caller is the one to do it (none was in flight)."""
+        with self._lock:
+            if self._read_in_flight is not None:
+                return self._read_in_flight, False
+            self._read_in_flight = Future()
+            return self._read_in_flight, True
+
+    def _finish(self, read: Future[Snapshot]) -> None:
+        try:
+            self._snapshot = self._read()
+            read.set_result(self._snapshot)
+        except Exception as exc:  # every waiter gets it, as the leader does, through read.result()
+            read.set_exception(exc)
+        finally:
+            with self._lock:
+                self._read_in_flight = None
 
     def _read(self) -> Snapshot:
         versions: dict[str, list[str]] = {}

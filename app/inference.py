@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-from flask import current_app
+from flask import current_app, request
 
 from app import metrics
 from app.decode_budget import DecodeBudget
@@ -81,6 +81,7 @@ def classify(requested_name: str | None, pinned_version: str | None, images: lis
     fleet: Fleet = current_app.extensions["fleet"]
     queue = fleet.queue_for(fleet.name_for(requested_name), pinned_version)
     log_fields(model=queue.keys.model_id, images=len(images))
+    metrics.observe_images(request.url_rule.rule, len(images))
     model = queue.admit()  # 503 now rather than after decoding, if nobody would answer
     top_k = _checked_top_k(options.top_k, settings.top_k, model.num_classes)
     prepared = [_prepare(image, header, model) for image, header in zip(images, headers)]

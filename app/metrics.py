@@ -30,6 +30,8 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 HTTP_LATENCY = Histogram("http_request_duration_seconds", "Time from receiving a request to answering it.",
                          ["endpoint"], namespace=NAMESPACE, registry=None, buckets=LATENCY_BUCKETS)
 
+REQUEST_IMAGES = Counter("request_images", "Images received in classification requests, by the endpoint (door) "
+                         "that took them.", ["endpoint"], namespace=NAMESPACE, registry=None)
 PREDICTIONS = Counter("predictions", "Images classified, by the model version that answered.",
                       ["model", "version"], namespace=NAMESPACE, registry=None)
 PREDICTION_LATENCY = Histogram("prediction_duration_seconds", "Time from receiving an image to its answer, by the "
@@ -48,6 +50,10 @@ def observe_request(endpoint: str, method: str, status: int, seconds: float) -> 
     HTTP_LATENCY.labels(endpoint).observe(seconds)
 
 
+def observe_images(endpoint: str, count: int) -> None:
+    REQUEST_IMAGES.labels(endpoint).inc(count)
+
+
 def observe_prediction(model: str, version: str, seconds: float) -> None:
     PREDICTIONS.labels(model, version).inc()
     PREDICTION_LATENCY.labels(model, version).observe(seconds)
@@ -62,7 +68,7 @@ def render(read_statuses) -> bytes:
     if MULTIPROCESS:
         MultiProcessCollector(registry)
     else:
-        for own in (HTTP_REQUESTS, HTTP_LATENCY, PREDICTIONS, PREDICTION_LATENCY):
+        for own in (HTTP_REQUESTS, HTTP_LATENCY, REQUEST_IMAGES, PREDICTIONS, PREDICTION_LATENCY):
             registry.register(own)
     registry.register(_FleetCollector(read_statuses))
     return generate_latest(registry)

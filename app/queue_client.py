@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 
@@ -9,7 +10,15 @@ import numpy as np
 import redis
 
 from serving import protocol
-from serving.protocol import InferenceRequest, InferenceResult, Keys, ModelInfo, RedisClock, redis_seconds
+from serving.protocol import (
+    InferenceRequest,
+    InferenceResult,
+    Keys,
+    MalformedModelInfo,
+    ModelInfo,
+    RedisClock,
+    redis_seconds,
+)
 from serving.redis_client import RedisClient
 from serving.worker_stats import WorkerStats, decode_worker_stats
 
@@ -18,6 +27,8 @@ from serving.worker_stats import WorkerStats, decode_worker_stats
 # stopped container's does).
 RECONNECT_INTERVAL = 0.2
 CONNECTION_LOST = (redis.ConnectionError, redis.TimeoutError)
+
+log = logging.getLogger("api")
 
 
 class NoWorker(Exception):
@@ -30,7 +41,7 @@ class QueueFull(Exception):
 
 @dataclass(frozen=True)
 class FleetStatus:
-    model: ModelInfo | None  # None: no worker has announced a model within WORKER_TIMEOUT
+    model: ModelInfo | None  # None: no worker has announced a (usable) model within WORKER_TIMEOUT
     workers_alive: int
     queue_depth: int
     stats: WorkerStats
@@ -51,11 +62,12 @@ class InferenceQueue:
         sent_at = time.time()
         raw_info, depth, redis_time = self.client.eval(protocol.ADMISSION, 2, self.keys.model, self.keys.queue)
         self.clock.observe(redis_seconds(redis_time), sent_at, time.time())
-        if raw_info is None:
+        model = self._usable_model(raw_info)
+        if model is None:
             raise NoWorker()
         if depth >= self.max_queue:
             raise QueueFull(depth)
-        return ModelInfo.from_json(raw_info)
+        return model
 
     def fleet_status(self, worker_timeout: float) -> FleetStatus:
         """The served model, live workers, queue depth and worker statistics; one round trip."""
@@ -65,8 +77,18 @@ class InferenceQueue:
         pipe.llen(self.keys.queue)
         pipe.hgetall(self.keys.worker_stats)
         raw_info, alive, depth, stats = pipe.execute()
-        model = ModelInfo.from_json(raw_info) if raw_info is not None else None
-        return FleetStatus(model, alive, depth, decode_worker_stats(stats))
+        return FleetStatus(self._usable_model(raw_info), alive, depth, decode_worker_stats(stats))
+
+    def _usable_model(self, raw_info: bytes | None) -> ModelInfo | None:
+        """The heartbeat's model description; None without one, or with one the API cannot size requests from
+        (garbled or forged: its sizes are bounded, the log says which field is wrong, the client is told 503)."""
+        if raw_info is None:
+            return None
+        try:
+            return ModelInfo.from_json(raw_info)
+        except MalformedModelInfo as exc:
+            log.warning("unusable model description in %s, counted as no worker: %s", self.keys.model, exc)
+            return None
 
     def classify(self, images: list[np.ndarray], job_ids: list[str], deadline: float, top_k: int,
                  probabilities: bool = False) -> dict[str, InferenceResult]:
@@ -84,8 +106,13 @@ class InferenceQueue:
         return self.await_results(job_ids, deadline)
 
     def enqueue(self, messages: list[bytes]) -> None:
-        """Queue the messages of one request, or raise QueueFull when they would take the queue past MAX_QUEUE."""
-        if self.client.eval(protocol.ENQUEUE, 1, self.keys.queue, self.max_queue, *messages) < 0:
+        """Queue the messages of one request, all or none: NoWorker once the version's last worker has closed it
+        (since admission, perhaps), QueueFull when they would take the queue past MAX_QUEUE. Checked and pushed
+        atomically."""
+        outcome = self.client.eval(protocol.ENQUEUE, 2, self.keys.queue, self.keys.model, self.max_queue, *messages)
+        if outcome == protocol.ENQUEUE_NO_WORKER:
+            raise NoWorker()
+        if outcome == protocol.ENQUEUE_FULL:
             raise QueueFull(self.max_queue)
 
     def await_results(self, job_ids: list[str], deadline: float) -> dict[str, InferenceResult]:

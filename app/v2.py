@@ -95,14 +95,15 @@ def infer(name: str, version: str | None = None):
     header, binary = _split_body()
     images = [binary] if header is None else _images(header, binary)
     header = header or {}
-    requested = _requested_output(header)
-    classification = requested.get("parameters", {}).get("classification")
+    request_parameters, output_parameters = _parameters(header, "the request"), _requested_output(header)
+    classification = output_parameters.get("classification")
     options = Options(top_k=classification, probabilities=classification is None,
-                      timeout=_timeout(header.get("parameters", {})))
+                      timeout=_timeout(request_parameters))
+    binary_output = output_parameters.get("binary_data", request_parameters.get("binary_data_output", False))
+    if not isinstance(binary_output, bool):
+        raise _bad(f"binary_data={binary_output!r}: expected true or false")
     done = inference.classify(name, version, images, options)
     results = done.results_or_raise()
-    binary_output = requested.get("parameters", {}).get(
-        "binary_data", header.get("parameters", {}).get("binary_data_output", False))
     output, data = _probabilities(results) if classification is None else _classes(results, done.top_k)
     return _answer(header, done, output, data, binary_output)
 
@@ -151,7 +152,7 @@ def _images(header: dict, binary: bytes) -> list[inference.ImageInput]:
     shape = tensor.get("shape")
     if not isinstance(shape, list) or not all(type(n) is int and n >= 0 for n in shape):
         raise _bad("an input's shape must be a list of whole numbers")
-    size = tensor.get("parameters", {}).get("binary_data_size") if isinstance(tensor.get("parameters"), dict) else None
+    size = _parameters(tensor, "an input").get("binary_data_size")
     if size is not None and (type(size) is not int or size != len(binary)):
         raise _bad(f"binary_data_size={size!r} but {len(binary)} bytes of binary data follow the JSON")
     if size is None and binary:
@@ -235,8 +236,16 @@ def _flatten(data) -> list:
 _END = object()
 
 
+def _parameters(item: dict, what: str) -> dict:
+    """The `parameters` object of the request, an input or an output ({} when absent)."""
+    parameters = item.get("parameters", {})
+    if not isinstance(parameters, dict):
+        raise _bad(f"the parameters of {what} must be a JSON object")
+    return parameters
+
+
 def _requested_output(header: dict) -> dict:
-    """The one output a request may ask for (PROBABILITIES), with its parameters; {} when none is named."""
+    """The parameters of the one output a request may ask for (PROBABILITIES); {} when none is named."""
     outputs = header.get("outputs", [])
     if not isinstance(outputs, list) or len(outputs) > 1 or not all(isinstance(o, dict) for o in outputs):
         raise _bad(f"ask for at most one output, {OUTPUT}")
@@ -244,17 +253,17 @@ def _requested_output(header: dict) -> dict:
         return {}
     if outputs[0].get("name") != OUTPUT:
         raise _bad(f"no output {str(outputs[0].get('name'))[:40]!r}; this model has {OUTPUT}")
-    parameters = outputs[0].get("parameters", {})
-    classification = parameters.get("classification") if isinstance(parameters, dict) else None
+    parameters = _parameters(outputs[0], "an output")
+    classification = parameters.get("classification")
     if classification is not None and (type(classification) is not int or classification < 1):
         raise _bad(f"classification={classification!r}: expected a whole number of at least 1")
-    return outputs[0]
+    return parameters
 
 
 def _timeout(parameters: dict) -> float | None:
     """The request's own deadline, `timeout` in microseconds (Triton's parameter); it can only shorten
     REQUEST_TIMEOUT."""
-    given = parameters.get("timeout") if isinstance(parameters, dict) else None
+    given = parameters.get("timeout")
     if given is None:
         return None
     if type(given) is not int or given <= 0:

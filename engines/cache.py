@@ -7,9 +7,13 @@ large model takes tens of seconds (ResNeXt-101 to ONNX: about 30 s here); a hit
 takes the time to hash the file and open the export.
 
 Workers starting together take an exclusive lock on the entry (flock), so the
-first exports and the others wait and then use its file. An export that failed
-to build (exporter, runtime), or did not match eager PyTorch, is remembered as
-well, so `BACKEND=auto` does not retry a dead end at every start.
+first exports and the others wait and then use its file. The record of a
+verified export holds the file's SHA-256, and a hit is hashed and compared
+before it is opened: a file changed on disk (tampered, truncated) is exported
+and verified again. A verdict on the model itself (the exporter refuses it, or
+the export does not match eager PyTorch) is remembered as well, so
+`BACKEND=auto` does not retry a dead end at every start; a failure of the
+machine's (memory, disk) is not a verdict and is never remembered.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import fcntl
 import hashlib
 import importlib.metadata
 import json
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +34,12 @@ from engines.base import ExportBackend
 from model_tools.card import ModelCard, card_to_json
 from model_tools.checkpoints import write_atomically
 
+log = logging.getLogger("worker")
+
+# Records of earlier versions hold no file hash, and may hold a passing failure (an out-of-memory) as a
+# verdict: entries without this format are made again.
+RECORD_FORMAT = 2
+
 
 @dataclass(frozen=True)
 class Verdict:
@@ -37,7 +48,7 @@ class Verdict:
 
 
 class Entry:
-    """One cached export: its file, and what verifying it found (None: not made yet)."""
+    """One cached export: its file, and what verifying it found (None: not made yet, or to be made again)."""
 
     def __init__(self, path: Path):
         self.path = path
@@ -45,22 +56,56 @@ class Entry:
         self.verdict = self._read_verdict()
 
     def remember_success(self) -> None:
-        self._write({"verified": True, "reason": ""})
+        """The file at `path` is verified: recorded with its hash, which every later hit must match."""
+        self._write({"verified": True, "reason": "", "sha256": file_sha256(self.path)})
 
     def remember_failure(self, reason: str) -> None:
-        self.path.unlink(missing_ok=True)
-        self._write({"verified": False, "reason": reason})
+        """The model has no export of this kind (a deterministic verdict, never a machine's passing state)."""
+        self._write({"verified": False, "reason": reason}, remove_export=True)
 
     def _read_verdict(self) -> Verdict | None:
         try:
             record = json.loads(self._record.read_text())
+            if record["format"] != RECORD_FORMAT:
+                return None
             verdict = Verdict(bool(record["verified"]), str(record["reason"]))
+            digest = str(record["sha256"]) if verdict.verified else ""
         except (OSError, ValueError, KeyError, TypeError):
             return None  # absent or unreadable: make it again
-        return verdict if not verdict.verified or self.path.is_file() else None
+        if verdict.verified and not self._holds(digest):
+            return None
+        return verdict
 
-    def _write(self, record: dict) -> None:
-        write_atomically(self._record, lambda partial: partial.write_text(json.dumps(record)))
+    def _holds(self, digest: str) -> bool:
+        """Whether the export file is still the one verified."""
+        try:
+            found = file_sha256(self.path)
+        except OSError:
+            return False  # removed since: made again, without a warning
+        if found != digest:
+            log.warning("engine cache: %s changed since it was verified (SHA-256 %s, recorded %s): exported and "
+                        "verified again", self.path, found[:12], digest[:12])
+        return found == digest
+
+    def _write(self, record: dict, remove_export: bool = False) -> None:
+        """Best effort: a cache that cannot be written (full, read-only) costs an export at the next start."""
+        try:
+            if remove_export:
+                self.path.unlink(missing_ok=True)
+            write_atomically(self._record, lambda partial: partial.write_text(
+                json.dumps({"format": RECORD_FORMAT, **record})))
+        except OSError as exc:
+            log.warning("engine cache: %s not recorded (%s): made again at the next start", self.path,
+                        exc.strerror or exc)
+
+
+def file_sha256(path: Path) -> str:
+    """The file's SHA-256, read in 1 MiB chunks (about 1 s per GB here)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 class EngineCache:
@@ -70,12 +115,8 @@ class EngineCache:
 
     @classmethod
     def for_model_file(cls, directory: Path, model_path: Path) -> "EngineCache":
-        """The cache of exports of this model file's content (hashed here: about 1 s per GB)."""
-        digest = hashlib.sha256()
-        with open(model_path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                digest.update(chunk)
-        return cls(directory, digest.hexdigest())
+        """The cache of exports of this model file's content."""
+        return cls(directory, file_sha256(model_path))
 
     @contextlib.contextmanager
     def entry(self, backend: ExportBackend, device: torch.device, card: ModelCard) -> Iterator[Entry]:

@@ -88,9 +88,10 @@ def installed(backend: str) -> bool:
 def _first_that_builds(backend: str, candidates: list[str], build: Callable[[str], Run]) -> tuple[str, Run]:
     """The first candidate that builds, and its batch function.
 
-    Anything raised while building counts against the candidate (each exporter and runtime raises types
-    of its own: torch.onnx's UnsupportedOperatorError, onnxruntime's and OpenVINO's load errors, a
-    verification's ExportMismatch): under `auto` the next candidate is tried; an explicit BACKEND stops.
+    Anything raised while building counts against the candidate at this start (each exporter and runtime
+    raises types of its own: torch.onnx's UnsupportedOperatorError, onnxruntime's and OpenVINO's load
+    errors, a verification's ExportMismatch, an out-of-memory's RuntimeError): under `auto` the next
+    candidate is tried; an explicit BACKEND stops.
     """
     failures = []
     for name in candidates:
@@ -113,12 +114,25 @@ def _auto_candidates(device: torch.device) -> list[str]:
 
 def _verified_export(backend: ExportBackend, loaded: LoadedModel, device: torch.device, threads: int,
                      reference: Callable[[], Run], cache: EngineCache | None) -> Run:
-    """The backend running an export of the model that gives eager PyTorch's answers, from the cache if it has one."""
+    """The backend running an export of the model that gives eager PyTorch's answers, from the cache if it has one.
+
+    A cache that cannot hold the export (a full or read-only disk) costs this start the cache, not the
+    engine: the export is made again in a temporary folder, elsewhere.
+    """
     _require_installed(backend)  # before the cache's key, which reads the runtime's version
-    if cache is None:
-        with tempfile.TemporaryDirectory() as scratch:
-            return _export_and_verify(backend, loaded, device, threads, reference,
-                                      Path(scratch) / f"model{backend.suffix}")
+    if cache is not None:
+        try:
+            return _cached_export(backend, loaded, device, threads, reference, cache)
+        except OSError as exc:
+            log.warning("backend %s: the engine cache cannot hold its export (%s): exporting in a temporary folder",
+                        backend.name, exc.strerror or exc)
+    with tempfile.TemporaryDirectory() as scratch:
+        return _export_and_verify(backend, loaded, device, threads, reference, Path(scratch) / f"model{backend.suffix}")
+
+
+def _cached_export(backend: ExportBackend, loaded: LoadedModel, device: torch.device, threads: int,
+                   reference: Callable[[], Run], cache: EngineCache) -> Run:
+    """The cache's verified export, else one made and verified now; only a verdict on the model is remembered."""
     with cache.entry(backend, device, loaded.card) as entry:
         if entry.verdict is not None:
             if not entry.verdict.verified:
@@ -127,11 +141,10 @@ def _verified_export(backend: ExportBackend, loaded: LoadedModel, device: torch.
             return backend.open(entry.path, device, threads)
         try:
             run = _export_and_verify(backend, loaded, device, threads, reference, entry.path)
-        except (OSError, MemoryError):
-            raise  # this machine's state (a full disk, memory), not the model's: tried again at the next start
-        except Exception as exc:
+        except export.ExportError as exc:  # the exporter refuses this model, or its export differs: so at every start
             entry.remember_failure(first_line(exc))
             raise
+        # Anything else (an out-of-memory, a full disk, a runtime's own error) is this start's: not remembered.
         entry.remember_success()
         return run
 

@@ -12,7 +12,7 @@ without weights it prints the name's versions and weights.
 `import` turns any model file the worker loads into one self-describing file that loads without
 unpickling, checks it against the source and prints what it wrote. `trace` and `export-onnx`
 verify the export against the eager model, print the largest absolute difference of any
-probability, and exit 1 (removing the file) above the tolerance.
+probability, and exit 1 above the tolerance, leaving the output file as it was.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     importer = commands.add_parser(
         "import", help="turn a model file the worker loads into a self-describing one that needs no unpickling")
     importer.add_argument("checkpoint", metavar="SRC", help="the model file: a torch.save file of any kind, "
-                          "TorchScript, or a torch.export program")
+                          "TorchScript, a torch.export program, or TorchServe's .mar (stock image_classifier handler)")
     importer.add_argument("--out", required=True, help="the file to write")
     trace = commands.add_parser("trace", help="export TorchScript (uint8 NHWC in, probabilities out) and verify it")
     onnx = commands.add_parser("export-onnx", help="export ONNX (uint8 NHWC in, probabilities out) and verify it")
@@ -208,28 +208,27 @@ def export_and_verify(args: argparse.Namespace, out: Path) -> int:
 
     from engines import onnxruntime_cpu, torchscript
     from engines.eager import run_module
-    from engines.verify import ExportMismatch, verify
-    from model_tools.checkpoints import load_model
+    from engines.verify import verify
+    from model_tools.card import require_servable_name
+    from model_tools.checkpoints import load_model, written_aside
     from model_tools.export import export_onnx, export_torchscript, serving_module
 
     tolerance = args.tolerance
     loaded = load_model(args.checkpoint, _model_options(args))
+    require_servable_name(loaded.card)
     cpu = torch.device("cpu")
-    if args.command == "trace":
-        method = "script" if args.script else "trace"
-        export_torchscript(loaded, out, method=method, optimize=args.optimize)
-        candidate = torchscript.open_file(out, cpu, 0)
-        what = f"TorchScript ({method}{', frozen' if args.optimize else ''})"
-    else:
-        export_onnx(loaded, out)
-        candidate = onnxruntime_cpu.open_file(out, cpu, 0)  # 0 threads: ONNX Runtime's own choice
-        what = "ONNX"
-    try:
+    with written_aside(out) as partial:  # only a verified export replaces --out
+        if args.command == "trace":
+            method = "script" if args.script else "trace"
+            export_torchscript(loaded, partial, method=method, optimize=args.optimize)
+            candidate = torchscript.open_file(partial, cpu, 0)
+            what = f"TorchScript ({method}{', frozen' if args.optimize else ''})"
+        else:
+            export_onnx(loaded, partial)
+            candidate = onnxruntime_cpu.open_file(partial, cpu, 0)  # 0 threads: ONNX Runtime's own choice
+            what = "ONNX"
         difference = verify(run_module(serving_module(loaded)), candidate,
                             loaded.card.preprocessing.input_size, tolerance=tolerance)
-    except ExportMismatch:
-        out.unlink(missing_ok=True)
-        raise
     print(f"wrote {out}: {what} of {loaded.card.name}; max abs difference from the eager model "
           f"{difference:.3g} over batch sizes 1 and 8 (tolerance {tolerance:g})")
     return 0

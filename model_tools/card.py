@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from model_tools.architectures import Preprocessing, default_preprocessing, imagenet_class_names
-from serving.config import Settings, channel_values
+from serving.config import ConfigError, Settings, channel_values, check_model_id_part
 
 log = logging.getLogger("model_tools")
 
@@ -105,6 +105,16 @@ def resolve_card(in_file: Mapping, options: ModelOptions, path: Path, count_outp
     return ModelCard(in_file.get("name") or arch or path.stem, arch, tuple(class_names), preprocessing, sources)
 
 
+def require_servable_name(card: ModelCard) -> None:
+    """ModelLoadError unless the card's name passes MODEL_NAME's rule: model_tools writes no file whose name a
+    worker would refuse (it becomes the served name, in Redis keys and URLs, when MODEL_NAME is unset)."""
+    try:
+        check_model_id_part(card.name, "the model card's name")
+    except ConfigError as exc:
+        raise ModelLoadError(f"{exc}; when neither the file nor --arch names the model, the card takes the file's "
+                             "name: rename it") from None
+
+
 def _architecture_defaults(arch: str) -> tuple[Preprocessing, str]:
     """The preprocessing of the architecture's published weights if it has some, else the ImageNet convention."""
     try:
@@ -135,8 +145,8 @@ def _class_names(in_file, options: ModelOptions, num_outputs: int, sources: dict
         if configured is not None and configured != names:
             raise ModelLoadError(f"{options.names['labels_path']}={options.labels_path} names other classes than "
                                  f"{path} carries; unset it, or import the model again with these labels")
-    elif configured is not None:
-        names, source = configured, f"{options.names['labels_path']} ({options.labels_path})"
+    elif configured is not None:  # the file's name, not its path: GET /model shows the source to every client
+        names, source = configured, f"{options.names['labels_path']} ({Path(options.labels_path).name})"
     elif num_outputs == 1000:
         names, source = imagenet_class_names(), "assumed: ImageNet's classes (the model has 1000 outputs)"
     else:
@@ -155,7 +165,7 @@ def read_labels(path: Path, option: str = "LABELS_PATH") -> list[str]:
     except (OSError, UnicodeDecodeError) as exc:
         raise ModelLoadError(f"{option}={path}: cannot read it ({exc})") from None
     if path.suffix.lower() == ".json":
-        return _labels_from_json(text, path, option)
+        return labels_from_json(text, f"{option}={path}")
     names = text.rstrip("\n").split("\n")
     names = [name.rstrip("\r").strip() for name in names]
     if not names or "" in names:
@@ -164,22 +174,26 @@ def read_labels(path: Path, option: str = "LABELS_PATH") -> list[str]:
     return names
 
 
-def _labels_from_json(text: str, path: Path, option: str) -> list[str]:
+def labels_from_json(text: str, where: str) -> list[str]:
+    """Class names from a JSON list or any index_to_name.json TorchServe reads; `where` names it in errors."""
     try:
         labels = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ModelLoadError(f"{option}={path} is not valid JSON: {exc}") from None
-    if isinstance(labels, dict):  # TorchServe: {"0": ["n01440764", "tench"], ...} or {"0": "tench", ...}
+        raise ModelLoadError(f"{where} is not valid JSON: {exc}") from None
+    if isinstance(labels, dict) and isinstance(labels.get("object_type_names"), list):
+        labels = labels["object_type_names"]  # TorchServe's older examples: {"object_type_names": ["tench", ...]}
+    elif isinstance(labels, dict):  # TorchServe: {"0": ["n01440764", "tench"], ...} or {"0": "tench", ...}
         try:
             by_index = {int(index): value for index, value in labels.items()}
         except ValueError:
             by_index = {}
         if sorted(by_index) != list(range(len(labels))):
-            raise ModelLoadError(f"{option}={path}: the keys of an index_to_name.json must be 0 to N-1")
+            raise ModelLoadError(f"{where}: the keys of an index_to_name.json must be 0 to N-1")
+        # TorchServe's load_label_mapping keeps a list's last element: the name after the WordNet id.
         labels = [by_index[i][-1] if isinstance(by_index[i], list) and by_index[i] else by_index[i]
                   for i in range(len(by_index))]
     if not isinstance(labels, list) or not labels or not all(isinstance(n, str) and n for n in labels):
-        raise ModelLoadError(f"{option}={path}: expected a JSON list of class names, or TorchServe's "
+        raise ModelLoadError(f"{where}: expected a JSON list of class names, or TorchServe's "
                              'index_to_name.json ({"0": ["wnid", "name"], ...})')
     return labels
 
@@ -198,6 +212,12 @@ def _shown(name: str, preprocessing: Preprocessing, class_names: list[str]) -> s
     if name == "class_names":
         return f"{class_names[0]}..{class_names[-1]}"
     return _spell(getattr(preprocessing, name))
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception's first non-empty line: torch's messages run to pages."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0].rstrip(":") if lines else type(exc).__name__
 
 
 def card_fields(card: ModelCard) -> dict:

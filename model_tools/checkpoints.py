@@ -13,6 +13,10 @@ defaults, model_tools.card says in which order):
 - TorchScript: a bare network (float NCHW in, logits out), or the serving
   model model_tools exports, whose network is taken out of it. Code, so only
   with MODEL_TRUSTED=1 too.
+- TorchServe's model archives (`.mar`) with the stock image_classifier
+  handler: TorchScript, or an eager model.py and its state dict, with their
+  labels; both are code, so only with MODEL_TRUSTED=1 (model_tools.archive
+  refuses before anything of the archive runs).
 - `checkpoint`: pickled. The classic `{'model': module, 'model_state_dict':
   ...}` (card fields optional), or a whole module saved with
   `torch.save(model, path)`. Loading it runs code from the file, so only with
@@ -22,33 +26,40 @@ defaults, model_tools.card says in which order):
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import pickle
 import types
 import warnings
 import zipfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 import torch.nn as nn
 
-from model_tools import CARD_FILE
+from model_tools import CARD_FILE, IMPORT_COMMAND
 from model_tools.architectures import build_architecture, default_preprocessing, imagenet_class_names
+from model_tools.archive import is_model_archive, read_archive
 from model_tools.card import (
     ModelCard,
     ModelLoadError,
     ModelOptions,
     card_fields,
+    first_line,
     resolve_card,
 )
 from model_tools.trust import EXPORTED_PROGRAM_RUNS_CODE, TORCHSCRIPT_RUNS_CODE, require_trust
+from serving.config import Settings
 
 FORMATS = ("auto", "checkpoint", "state_dict")
 DEFAULT_ARCH = "efficientnet_lite0"
-IMPORT_COMMAND = "python -m model_tools import"
+
+DEFAULT_MODEL_PATH = Path(Settings.model_path)  # what `make model` builds
 
 
 @dataclass
@@ -71,7 +82,7 @@ def build_default_checkpoint(path: str | os.PathLike) -> Path:
 def save_state_dict(network: nn.Module, card: ModelCard, path: str | os.PathLike) -> Path:
     """Write the safe format: tensors and plain metadata only."""
     contents = {"state_dict": network.state_dict(), **card_fields(card)}
-    return write_atomically(Path(path), lambda partial: torch.save(contents, partial))
+    return write_serialized(Path(path), lambda buffer: torch.save(contents, buffer))
 
 
 def load_model(path: str | os.PathLike, options: ModelOptions = ModelOptions()) -> LoadedModel:
@@ -80,8 +91,12 @@ def load_model(path: str | os.PathLike, options: ModelOptions = ModelOptions()) 
     if options.format not in FORMATS:
         raise ModelLoadError(f"{options.names['format']}={options.format!r}; expected one of {', '.join(FORMATS)}")
     if not path.is_file():
-        raise ModelLoadError(f"model file {path} does not exist (run `make model` to build the default one)")
-    if is_exported_program(path):
+        raise ModelLoadError(f"model file {path} does not exist" + (
+            "" if path.is_absolute() else f" (relative paths are from the working directory, {Path.cwd()})")
+            + ("; `make model` builds the default one" if path == DEFAULT_MODEL_PATH else ""))
+    if is_model_archive(path):
+        network, in_file = read_archive(path, options)  # TorchServe's .mar; it requires trust itself
+    elif is_exported_program(path):
         require_trust(path, EXPORTED_PROGRAM_RUNS_CODE, options)
         network, in_file = _from_exported_program(path)
     elif is_torchscript_file(path):
@@ -171,10 +186,26 @@ def _from_state_dict(contents, path: Path, options: ModelOptions) -> tuple[nn.Mo
                              f"set {options.names['arch']} (e.g. resnet50)")
     try:
         network = build_architecture(arch, _output_size(in_file["state_dict"]))
-        network.load_state_dict(in_file["state_dict"])
-    except (ValueError, RuntimeError) as exc:
-        raise ModelLoadError(f"{path} does not fit architecture {arch!r}: {exc}") from None
+    except ValueError as exc:
+        raise ModelLoadError(f"{path}: {exc}") from None
+    misfit = _misfit(network, in_file["state_dict"])
+    if misfit:
+        raise ModelLoadError(f"{path} does not fit architecture {arch!r} ({misfit}): is {options.names['arch']} "
+                             "the architecture it was trained as?")
+    network.load_state_dict(in_file["state_dict"])
     return network, in_file
+
+
+def _misfit(network: nn.Module, state_dict: Mapping) -> str:
+    """How the weights differ from the network's, in a line (torch's own message lists every key); "" if they fit."""
+    expected = network.state_dict()
+    missing = [key for key in expected if key not in state_dict]
+    unexpected = [key for key in state_dict if key not in expected]
+    reshaped = [key for key in expected if key in state_dict and tuple(state_dict[key].shape) != tuple(
+        expected[key].shape)]
+    parts = [f"{len(keys)} {what}, e.g. {keys[0]}" for keys, what in (
+        (missing, "weights missing"), (unexpected, "unexpected weights"), (reshaped, "of another shape")) if keys]
+    return "; ".join(parts)
 
 
 def _from_exported_program(path: Path) -> tuple[nn.Module, dict]:
@@ -235,20 +266,40 @@ def _output_size(state_dict: Mapping) -> int:
     return matrices[-1].shape[0]
 
 
-def first_line(exc: BaseException) -> str:
-    """An exception's first non-empty line: torch's messages run to pages."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return lines[0].rstrip(":") if lines else type(exc).__name__
-
-
 def write_atomically(path: Path, write: Callable[[Path], None]) -> Path:
     """Have `write` fill a partial file beside `path`, then rename it over `path`: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    try:
+    with written_aside(path) as partial:
         write(partial)
+    return path
+
+
+@contextlib.contextmanager
+def written_aside(path: Path) -> Iterator[Path]:
+    """A partial file beside `path` (same folder, so the rename is atomic) for the block to write and check.
+
+    Renamed over `path` when the block ends without an error; removed in any case, so a write or a check
+    that fails leaves `path` as it was, or absent. The partial keeps the suffix: torch.export.load reads
+    a path only when it ends in .pt2.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f"{path.stem}.partial{path.suffix}")
+    try:
+        yield partial
         os.replace(partial, path)
     finally:
         partial.unlink(missing_ok=True)
-    return path
 
+
+def write_serialized(path: Path, serialize: Callable[[BinaryIO], None]) -> Path:
+    """write_atomically for torch's serializers (torch.save, torch.jit.save, torch.export.save): a full disk
+    is an OSError, never an abort.
+
+    Their zip writer (PyTorchStreamWriter) finishes the archive in its C++ destructor; when a write into
+    a full disk fails there, the exception leaves the destructor and std::terminate aborts the process
+    (exit 134) whatever Python catches (torch 2.14: torch.jit.save to a path, torch.export.save to a file).
+    So they write into memory, where no write fails, and Python writes the bytes: the file's size in
+    memory once more, for the moment.
+    """
+    buffer = io.BytesIO()
+    serialize(buffer)
+    return write_atomically(path, lambda partial: partial.write_bytes(buffer.getbuffer()))

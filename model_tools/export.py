@@ -21,7 +21,7 @@ import torch
 
 from model_tools import CARD_FILE
 from model_tools.card import ModelCard, ModelLoadError, ModelOptions, card_from_json, card_to_json
-from model_tools.checkpoints import LoadedModel, first_line, write_atomically
+from model_tools.checkpoints import LoadedModel, first_line, write_atomically, write_serialized
 from model_tools.serving_model import ServingModel
 from model_tools.trust import check_onnx
 
@@ -30,7 +30,10 @@ ONNX_OPSET = 17
 
 
 class ExportError(RuntimeError):
-    """An export cannot serve: it cannot be written, or (engines.verify.ExportMismatch) computes other answers."""
+    """This model has no export of this kind: the exporter refuses it, or (engines.verify.ExportMismatch) the
+    export computes other answers. The model's own property, the same at every try (the engine cache
+    remembers it); a failure of the machine's (memory, disk) is raised as what it is.
+    """
 
 
 def serving_module(loaded: LoadedModel) -> ServingModel:
@@ -70,8 +73,8 @@ def export_torchscript(loaded: LoadedModel, out: str | os.PathLike, *, method: s
             converted = torch.jit.trace(module, example_images(loaded.card.preprocessing.input_size))
         if optimize:
             converted = torch.jit.freeze(converted.eval())
-        return write_atomically(Path(out), lambda partial: torch.jit.save(
-            converted, str(partial),
+        return write_serialized(Path(out), lambda buffer: torch.jit.save(
+            converted, buffer,
             _extra_files={CARD_FILE: card_to_json(loaded.card, {"method": method, "frozen": optimize})}))
 
 
@@ -97,22 +100,42 @@ def export_onnx(loaded: LoadedModel, out: str | os.PathLike) -> Path:
     import onnx
 
     module = serving_module(loaded)
+    images = example_images(loaded.card.preprocessing.input_size)
     out = Path(out)
 
     def write(partial: Path) -> None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the legacy exporter's deprecation and constant-folding notes
-            torch.onnx.export(module, (example_images(loaded.card.preprocessing.input_size),), str(partial),
-                              dynamo=False, opset_version=ONNX_OPSET,
-                              input_names=["images"], output_names=["probabilities"],
-                              dynamic_axes={"images": {0: "batch"}, "probabilities": {0: "batch"}})
-        model = onnx.load(str(partial))
-        onnx.checker.check_model(model)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the legacy exporter's deprecation and constant-folding notes
+                torch.onnx.export(_traceable(module, images), (images,), str(partial),
+                                  dynamo=False, opset_version=ONNX_OPSET,
+                                  input_names=["images"], output_names=["probabilities"],
+                                  dynamic_axes={"images": {0: "batch"}, "probabilities": {0: "batch"}})
+            model = onnx.load(str(partial))
+            onnx.checker.check_model(model)
+        except (torch.onnx.OnnxExporterError, onnx.checker.ValidationError) as exc:
+            # Refusals of this model (an operator ONNX has no symbol for, an invalid graph); an out-of-memory
+            # is a plain RuntimeError, a full disk an OSError, and go through as they are.
+            raise ExportError(first_line(exc)) from exc
         entry = model.metadata_props.add()
         entry.key, entry.value = CARD_FILE, card_to_json(loaded.card)
         onnx.save(model, str(partial))
 
     return write_atomically(out, write)
+
+
+def _traceable(module: ServingModel, images: torch.Tensor) -> torch.nn.Module:
+    """What the legacy ONNX exporter can take: the serving model, or its trace when its network is TorchScript.
+
+    The exporter traces an eager module itself, and its trace cannot call into a TorchScript submodule
+    (a TorchScript file's network, or a .mar's): "Tried to trace <...> but it is not part of the active
+    trace". torch.jit.trace can, inlining the program; a ScriptModule the exporter converts as it is.
+    The trace runs on the example images, at the card's input size, where the program is known to run.
+    """
+    if not any(isinstance(m, torch.jit.ScriptModule) for m in module.modules()):
+        return module
+    with torch.no_grad(), _quiet_jit():
+        return torch.jit.trace(module, images)
 
 
 def read_onnx_card(path: str | os.PathLike, options: ModelOptions = ModelOptions()) -> ModelCard:

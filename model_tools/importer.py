@@ -24,8 +24,8 @@ from engines.eager import run_module
 from engines.verify import ExportMismatch, verify
 from model_tools import TOLERANCE, export
 from model_tools.architectures import build_architecture
-from model_tools.card import ModelCard, ModelLoadError, ModelOptions
-from model_tools.checkpoints import LoadedModel, first_line, load_model, save_state_dict
+from model_tools.card import ModelCard, ModelLoadError, ModelOptions, require_servable_name
+from model_tools.checkpoints import LoadedModel, first_line, load_model, save_state_dict, written_aside
 from serving.preprocess import prepare
 
 log = logging.getLogger("model_tools")
@@ -34,23 +34,29 @@ SAMPLE_PHOTOS = ("chelsea.png", "coffee.png", "astronaut.png", "rocket.jpg")  # 
 
 
 def import_model(source: Path, options: ModelOptions, out: Path) -> str:
-    """Write `out` from `source` and check it; returns the report to print."""
+    """Write `out` from `source` and check it; returns the report to print.
+
+    The file is written and checked beside `out`, and replaces it only once it passes: a failed import
+    leaves `out` as it was (or absent), never an unchecked file that loads without trust.
+    """
     loaded = load_model(source, options)
-    if _fits_architecture(loaded):
-        save_state_dict(loaded.network, loaded.card, out)
-        kind, written = f"state_dict of {loaded.card.arch}", _read_state_dict(out)
-    else:
-        _write_onnx(loaded, source, out)
-        kind, written = "ONNX", _read_onnx(out)
-    photos = _sample_photos(loaded.card)
-    difference, top1 = _compare(loaded, *written, photos)
+    require_servable_name(loaded.card)
+    onnx_needed = not _fits_architecture(loaded)
+    if onnx_needed and out.suffix != ".onnx":  # the worker tells an ONNX file by its name
+        raise ModelLoadError(f"{source} is not a named architecture whose weights fit it, so it is imported as "
+                             f"ONNX: name the output {out.with_suffix('.onnx')}")
+    with written_aside(out) as candidate:
+        if onnx_needed:
+            _write_onnx(loaded, source, candidate)
+            kind, written = "ONNX", _read_onnx(candidate)
+        else:
+            save_state_dict(loaded.network, loaded.card, candidate)
+            kind, written = f"state_dict of {loaded.card.arch}", _read_state_dict(candidate)
+        difference, top1 = _compare(loaded, *written, _sample_photos(loaded.card))
     return _report(out, kind, written[0], loaded.card.sources, source, difference, top1)
 
 
 def _write_onnx(loaded: LoadedModel, source: Path, out: Path) -> None:
-    if out.suffix != ".onnx":  # the worker tells an ONNX file by its name
-        raise ModelLoadError(f"{source} is not a named architecture whose weights fit it, so it is imported as "
-                             f"ONNX: name the output {out.with_suffix('.onnx')}")
     try:
         export.export_onnx(loaded, out)
     except Exception as exc:  # the ONNX exporter raises many types for operators it does not have

@@ -46,6 +46,7 @@ class Outcome:
     latency: float  # seconds
     status: int  # HTTP status; 0 when no response came back (connection error, client timeout)
     batch_size: int | None = None  # the batch the service ran this image in
+    error: str | None = None  # a failure's code, as the door names it
 
 
 @dataclass
@@ -56,6 +57,7 @@ class Report:
     throughput_rps: float
     images_per_s: float  # throughput_rps times the images each request carries
     statuses: dict[str, int]
+    errors: dict[str, dict[str, int]]  # status -> each failure code's count
     latency_ms: dict[str, float]
     batch_sizes: dict[str, int]
     mean_batch_size: float | None
@@ -146,12 +148,13 @@ class Client:
         try:
             connection.request("POST", self.path, body=body, headers=headers)
             response = connection.getresponse()
-            status, batch = response.status, _batch_size(response.status, response.read())
+            status, payload = response.status, response.read()
         except (OSError, HTTPException):
             connection.close()
             self._local.connection = None  # the next request opens a new one
-            status, batch = 0, None
-        return Outcome(due - clock_zero, time.monotonic() - due, status, batch)
+            return Outcome(due - clock_zero, time.monotonic() - due, 0)
+        return Outcome(due - clock_zero, time.monotonic() - due, status, _batch_size(status, payload),
+                       _error_code(status, payload))
 
     def _connect(self) -> HTTPConnection:
         self._local.connection = self.connection_class(self.netloc, timeout=self.timeout)
@@ -167,6 +170,22 @@ def _batch_size(status: int, payload: bytes) -> int | None:
         return (answer["results"][0] if "results" in answer else answer)["timing"]["batch_size"]
     except (ValueError, KeyError, TypeError, IndexError):
         return None
+
+
+def _error_code(status: int, payload: bytes) -> str | None:
+    """A failure's code: the native door's `code`, TorchServe's `type`, or v2's message up to its first colon."""
+    if status == 200:
+        return None
+    try:
+        answer = json.loads(payload)
+    except ValueError:
+        return "not JSON"
+    error = answer.get("error") if isinstance(answer, dict) else None
+    if isinstance(error, dict):
+        return str(error.get("code"))
+    if isinstance(error, str):
+        return error.split(":")[0][:40]  # the message up to its detail
+    return str(answer.get("type")) if isinstance(answer, dict) and "type" in answer else "unknown"
 
 
 def closed_loop(client: Client, concurrency: int, total: int, max_time: float, progress: bool) -> list[Outcome]:
@@ -228,15 +247,27 @@ def summarize(mode: str, outcomes: list[Outcome], images_per_request: int = 1) -
     throughput = statuses.get("200", 0) / duration if duration > 0 else 0.0
     return Report(mode=mode, requests=len(outcomes), duration_s=round(duration, 2),
                   throughput_rps=round(throughput, 2), images_per_s=round(throughput * images_per_request, 2),
-                  statuses=dict(sorted(statuses.items())), latency_ms=latency,
+                  statuses=dict(sorted(statuses.items())), errors=_errors_by_status(outcomes), latency_ms=latency,
                   batch_sizes={str(k): v for k, v in sorted(Counter(batches).items())},
                   mean_batch_size=round(float(np.mean(batches)), 2) if batches else None, outcomes=outcomes)
 
 
+def _errors_by_status(outcomes: list[Outcome]) -> dict[str, dict[str, int]]:
+    errors: dict[str, Counter] = {}
+    for outcome in outcomes:
+        if outcome.error is not None:
+            errors.setdefault(str(outcome.status), Counter())[outcome.error] += 1
+    return {status: dict(codes.most_common()) for status, codes in sorted(errors.items())}
+
+
 def print_report(report: Report) -> None:
     print(f"{report.mode}: {report.requests} requests in {report.duration_s:.1f} s")
-    print("  status  " + ", ".join(f"{status if status != '0' else 'no response'}: {count}"
-                                   for status, count in report.statuses.items()))
+
+    def described(status: str, count: int) -> str:
+        codes = report.errors.get(status)
+        detail = f" ({', '.join(f'{code} {n}' for code, n in codes.items())})" if codes else ""
+        return f"{status if status != '0' else 'no response'}: {count}{detail}"
+    print("  status  " + ", ".join(described(status, count) for status, count in report.statuses.items()))
     print(f"  throughput  {report.throughput_rps:.1f} successful requests/s ({report.images_per_s:.1f} images/s)")
     if report.latency_ms:
         print("  latency ms  " + "  ".join(f"{name} {value:.0f}" for name, value in report.latency_ms.items()))

@@ -102,6 +102,25 @@ MUTANTS = (
     Mutant("an engine that failed to build is tried again at every start", "engines/choose.py",
            "            entry.remember_failure(first_line(exc))\n", "            pass\n",
            ("tests/unit/test_engine_cache.py",)),
+    Mutant("a passing failure of an export (an out-of-memory) is remembered as a verdict", "engines/choose.py",
+           "        except export.ExportError as exc:", "        except Exception as exc:",
+           ("tests/unit/test_engine_cache.py",)),
+    Mutant("a cached export is opened though its file changed since it was verified", "engines/cache.py",
+           "        if verdict.verified and not self._holds(digest):", "        if False:",
+           ("tests/unit/test_engine_cache.py",)),
+    Mutant("an engine cache on a full disk costs the engine, not only the cache", "engines/choose.py",
+           "reference, cache)\n        except OSError as exc:",
+           "reference, cache)\n        except ZeroDivisionError as exc:",
+           ("tests/unit/test_engine_cache.py",)),
+    Mutant("torch's serializers write into the file themselves (a full disk aborts the process)",
+           "model_tools/checkpoints.py",
+           "    serialize(buffer)\n"
+           "    return write_atomically(path, lambda partial: partial.write_bytes(buffer.getbuffer()))",
+           "    return write_atomically(path, lambda partial: serialize(open(partial, 'wb')))",
+           ("tests/unit/test_export.py",)),
+    Mutant("model_tools import writes --out before checking it", "model_tools/importer.py",
+           "    with written_aside(out) as candidate:", "    candidate = out\n    if True:",
+           ("tests/unit/test_import.py",)),
     Mutant("a queue's keys under no common hash tag (CROSSSLOT on a Redis Cluster)", "serving/protocol.py",
            'return "{" + f"{self.prefix}:{self.model_id}" + "}"', 'return f"{self.prefix}:{self.model_id}"',
            ("tests/unit/test_protocol.py",)),
@@ -110,6 +129,10 @@ MUTANTS = (
            ("tests/unit/test_recovery.py",)),
     Mutant("the last worker of a version leaves its queue behind when it stops", "worker/loop.py",
            "            self.drain_if_last()\n", "            pass\n", ("tests/unit/test_worker.py",)),
+    Mutant("the last worker of a version leaves it open when it stops (Lua)", "serving/protocol.py",
+           "if staying == 0 then redis.call('DEL', KEYS[3]) end\n", "", ("tests/unit/test_worker.py",)),
+    Mutant("a request is queued for a version whose last worker has left (Lua)", "serving/protocol.py",
+           "if redis.call('EXISTS', KEYS[2]) == 0 then return -2 end\n", "", ("tests/unit/test_api.py",)),
     Mutant("a new version gets traffic before it is routed to (highest, not lowest)", "serving/routing.py",
            "return min(live_versions, key=version_order)", "return max(live_versions, key=version_order)",
            ("tests/unit/test_models.py",)),
@@ -139,8 +162,6 @@ _ACCEPTED: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Redis reads command names and LMOVE's directions case-insensitively", (
         "worker.queue.xǁWorkerQueueǁtake_batch__mutmut_13",
         "worker.queue.xǁWorkerQueueǁtake_batch__mutmut_15",
-        "worker.queue.xǁWorkerQueueǁ_take_queued__mutmut_16",
-        "worker.queue.xǁWorkerQueueǁ_take_queued__mutmut_18",
         "worker.queue.xǁWorkerQueueǁtake_retry__mutmut_11",
         "worker.queue.xǁWorkerQueueǁtake_retry__mutmut_13",
         "serving.protocol.x_count_live_workers__mutmut_12",
@@ -150,10 +171,7 @@ _ACCEPTED: tuple[tuple[str, tuple[str, ...]], ...] = (
         "worker.queue.xǁWorkerQueueǁtake_batch__mutmut_11",
         "worker.queue.xǁWorkerQueueǁtake_retry__mutmut_9",
     )),
-    ("the moves are atomic one by one, and two lengths read together need no MULTI: a transaction (True) or not "
-     "(None) changes no outcome", (
-        "worker.queue.xǁWorkerQueueǁ_take_queued__mutmut_4",
-        "worker.queue.xǁWorkerQueueǁ_take_queued__mutmut_5",
+    ("two lengths read together need no MULTI: a transaction (True) or not (None) changes no outcome", (
         "worker.queue.xǁWorkerQueueǁqueued__mutmut_2",
         "worker.queue.xǁWorkerQueueǁqueued__mutmut_3",
     )),
@@ -162,7 +180,7 @@ _ACCEPTED: tuple[tuple[str, tuple[str, ...]], ...] = (
         "worker.queue.xǁWorkerQueueǁpublish_results__mutmut_2",
         "worker.queue.xǁWorkerQueueǁpublish_results__mutmut_3",
     )),
-    ("count 0: an empty pipeline takes nothing either", (
+    ("count 0: TAKE_QUEUED's loop takes nothing either", (
         "worker.queue.xǁWorkerQueueǁ_take_queued__mutmut_1",
     )),
     ("LREM count 2: a processing list never holds the same message twice (job ids are unique)", (

@@ -1,9 +1,8 @@
 """Every setting of the service: its environment variable, default and meaning.
 
 This is the only module that reads the environment. The API, the worker and
-the launcher all receive a `Settings`; the README's configuration table is
-generated from `SETTINGS_TABLE` (`python -m serving.config`) and a test keeps
-the two in step.
+the launcher all receive a `Settings`; docs/configuration.md's table is
+generated from it (`python -m serving.config`) and a test keeps the two in step.
 """
 
 from __future__ import annotations
@@ -107,6 +106,11 @@ class Settings:
     default_model: str = _setting(
         "DEFAULT_MODEL", "",
         "Model name `POST /predict` and `GET /model` use (empty: the only name served).")
+    cors_origins: str = _setting(
+        "CORS_ORIGINS", "",
+        "Browser origins allowed to call the API from their pages (CORS), comma-separated, e.g. "
+        "`https://app.example.com,http://localhost:3000`, or `*` for any; empty: none (no CORS headers, "
+        "preflights are 405).")
     model_format: str = _setting(
         "MODEL_FORMAT", "auto",
         "How to read a `torch.save` file: `auto` (tensors-only when it is, else pickled), `state_dict` or "
@@ -170,8 +174,8 @@ class Settings:
                               f"{self.max_image_pixels}: the largest accepted image could never be decoded")
         for name in ("model_name", "model_version", "default_model"):
             value = getattr(self, name)
-            if (value or name == "model_version") and not MODEL_ID_PART.fullmatch(value):
-                raise ConfigError(f"{self.env_name(name)}={value!r}: expected 1-64 letters, digits, '.', '_' or '-'")
+            if value or name == "model_version":
+                check_model_id_part(value, self.env_name(name))
         if not self.key_prefix or set(self.key_prefix) & set("{}"):
             raise ConfigError(f"KEY_PREFIX={self.key_prefix!r}: must be non-empty, without braces (the keys put it "
                               "between braces themselves, as their Redis Cluster hash tag)")
@@ -182,6 +186,9 @@ class Settings:
         if self.log_level not in LOG_LEVELS:
             raise ConfigError(f"LOG_LEVEL={self.log_level!r}: expected one of {', '.join(LOG_LEVELS)}")
         parse_redis_url(self.redis_url)  # a malformed URL is a configuration error at start
+        for origin in self.allowed_origins:
+            if origin != "*" and not ORIGIN.fullmatch(origin):
+                raise ConfigError(f"CORS_ORIGINS: {origin!r} is not an origin like https://app.example.com[:port]")
         channel_values(self.mean, "MEAN")  # raises ConfigError now, not when the worker loads the model
         channel_values(self.std, "STD", positive=True)
 
@@ -198,6 +205,11 @@ class Settings:
         user = f"{parts.username}:" if parts.username else ":"
         host = parts.netloc.rsplit("@", 1)[1]
         return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}***@{host}"))
+
+    @property
+    def allowed_origins(self) -> tuple[str, ...]:
+        """CORS_ORIGINS as a tuple of origins (`*`: any)."""
+        return tuple(origin.strip() for origin in self.cors_origins.split(",") if origin.strip())
 
     @property
     def max_upload_bytes(self) -> int:
@@ -231,6 +243,7 @@ class Settings:
 
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+ORIGIN = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?")  # what a browser sends as Origin: no path
 PROXIES = ("none", "nginx")
 # Smallest workable value of each count and size (0 where 0 means "not set" or "none").
 _AT_LEAST = {"port": 1, "api_processes": 1, "api_threads": 1, "max_image_pixels": 1, "max_queue": 1, "top_k": 1,
@@ -243,6 +256,17 @@ _ABOVE_ZERO = ("max_upload_mb", "request_timeout", "redis_timeout", "result_ttl"
 
 class ConfigError(ValueError):
     """An environment variable holds a value of the wrong kind."""
+
+
+def check_model_id_part(value: object, what: str, error: type[ValueError] = ConfigError) -> str:
+    """`value` if it may be a model's name or version (MODEL_ID_PART), else `error` naming `what`.
+
+    The one rule for MODEL_NAME, MODEL_VERSION, DEFAULT_MODEL, a model card's name and a heartbeat's:
+    each goes into Redis keys (inside a Cluster hash tag, where a brace would move the slot), URLs and logs.
+    """
+    if not isinstance(value, str) or not MODEL_ID_PART.fullmatch(value):
+        raise error(f"{what}={value!r}: expected 1-64 letters, digits, '.', '_' or '-'")
+    return value
 
 
 @dataclass(frozen=True)
@@ -370,7 +394,8 @@ def program_settings(program: str, what: str, argv: list[str]) -> Settings:
 
 def usage(program: str, what: str) -> str:
     """`--help` text of a program that takes no arguments: what it does, then every setting."""
-    lines = [f"usage: {program}", "", what, "", "Configuration (environment variables; README, Configuration):"]
+    lines = [f"usage: {program}", "", what, "",
+             "Configuration (environment variables; docs/configuration.md, Configuration):"]
     for f in dataclasses.fields(Settings):
         default = _format(f.default) if f.default != "" else "(empty)"
         lines.append(f"  {f.metadata['env']}={default}\n      {f.metadata['help']}")
@@ -378,7 +403,7 @@ def usage(program: str, what: str) -> str:
 
 
 def settings_table() -> str:
-    """The markdown table of every variable, as the README shows it."""
+    """The markdown table of every variable, as docs/configuration.md shows it."""
     rows = ["| Variable | Default | Meaning |", "| --- | --- | --- |"]
     for f in dataclasses.fields(Settings):
         default = _format(f.default) if f.default != "" else "(empty)"
@@ -386,9 +411,9 @@ def settings_table() -> str:
     return "\n".join(rows)
 
 
-def rewrite_readme_table(readme: str) -> str:
-    """The README text with its configuration table replaced by the current one."""
-    lines = readme.split("\n")
+def rewrite_settings_table(document: str) -> str:
+    """The document's text with its configuration table replaced by the current one."""
+    lines = document.split("\n")
     start = lines.index("| Variable | Default | Meaning |")
     end = start
     while end < len(lines) and lines[end].startswith("|"):
@@ -397,10 +422,10 @@ def rewrite_readme_table(readme: str) -> str:
 
 
 if __name__ == "__main__":
-    # `python -m serving.config` prints the table; `... --update README.md` rewrites it in place.
+    # `python -m serving.config` prints the table; `... --update docs/configuration.md` rewrites it in place.
     if sys.argv[1:2] == ["--update"]:
         with open(sys.argv[2]) as f:
-            text = rewrite_readme_table(f.read())
+            text = rewrite_settings_table(f.read())
         with open(sys.argv[2], "w") as f:
             f.write(text)
     else:

@@ -3,9 +3,11 @@
 Nothing outside this module spells a key or a message field.
 
 Flow of one request (`{prefix}` here is short for a model version's hash tag, `{KEY_PREFIX:name@version}`):
-  API:    LPUSH {prefix}:queue <request JSON> ...   (ENQUEUE, one per image: unless MAX_QUEUE would be passed)
+  API:    LPUSH {prefix}:queue <request JSON> ...   (ENQUEUE, one per image: while the version is served, unless
+          MAX_QUEUE would be passed)
   worker: LMOVE {prefix}:retry -> {prefix}:processing:<worker id>    (one retried message alone, if any)
-          else BLMOVE {prefix}:queue -> {prefix}:processing:<worker id>   (atomic take of a batch)
+          else BLMOVE {prefix}:queue -> {prefix}:processing:<worker id>   (atomic take of a batch:
+               the first message blocking, then TAKE_QUEUED's LMOVEs for the rest)
   worker: LPUSH {prefix}:result:<job id> <result JSON>, EXPIRE it,
           LREM the answered messages from its processing list,
           HDEL their delivery counts                              (one transaction)
@@ -43,6 +45,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import pybase64
+
+from serving.config import check_model_id_part
 
 ATTEMPTS_EXHAUSTED = "attempts_exhausted"
 
@@ -128,7 +132,7 @@ class FleetKeys:
 
     @property
     def models(self) -> str:
-        """Sorted set: model id -> Redis time of the last heartbeat of any of its workers."""
+        """Sorted set: model id -> Redis time of the last heartbeat of any of its workers (0: its last one left)."""
         return "{" + self.prefix + "}:models"
 
     def routes(self, name: str) -> str:
@@ -325,12 +329,30 @@ def decode_result(raw: bytes) -> InferenceResult:
         np.frombuffer(pybase64.b64decode(probabilities), "<f4") if probabilities is not None else None)
 
 
-# Queue the messages of one client request (one per image), all or none: none when they would take the
-# queue past MAX_QUEUE. Checked and pushed in one step, so concurrent API threads cannot overshoot the limit.
-# KEYS: queue. ARGV: max queued, message, message, ... Returns the new depth, or -1 when they do not fit.
+# Queue the messages of one client request (one per image), all or none, while the version is served and
+# they fit under MAX_QUEUE: checked and pushed in one step, so concurrent API threads cannot overshoot the
+# limit, and nothing is queued once the last worker of the version has closed it (STOPPING deletes the model
+# key before that worker drains the queue, so the queue it finds empty stays empty). KEYS: queue, model key.
+# ARGV: max queued, message, message, ... Returns the new depth, or ENQUEUE_FULL, or ENQUEUE_NO_WORKER.
+ENQUEUE_FULL, ENQUEUE_NO_WORKER = -1, -2
 ENQUEUE = """
+if redis.call('EXISTS', KEYS[2]) == 0 then return -2 end
 if redis.call('LLEN', KEYS[1]) + #ARGV - 1 > tonumber(ARGV[1]) then return -1 end
 return redis.call('LPUSH', KEYS[1], unpack(ARGV, 2))
+"""
+
+# Move up to ARGV[1] queued messages into a worker's processing list, oldest first, in one step: one
+# command, so a timeout reaches the worker, which then serves what its list holds (a pipeline of LMOVEs
+# on a Redis Cluster is sent again command by command after a timeout, by redis-py itself, taking more
+# messages while the first ones stay in the list). KEYS: queue, processing list. ARGV: count.
+TAKE_QUEUED = """
+local taken = {}
+for _ = 1, tonumber(ARGV[1]) do
+  local message = redis.call('LMOVE', KEYS[1], KEYS[2], 'RIGHT', 'LEFT')
+  if not message then break end
+  taken[#taken + 1] = message
+end
+return taken
 """
 
 # What the API needs before it takes an upload, in one round trip: the served model (nil: no worker), the
@@ -341,13 +363,16 @@ ADMISSION = "return {redis.call('GET', KEYS[1]), redis.call('LLEN', KEYS[2]), re
 # Redis's clock in seconds, as the scripts below read it.
 _NOW = "local clock = redis.call('TIME'); local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000\n"
 
-# A worker's heartbeat: the model description with its TTL, and the worker's score at Redis's time.
-# KEYS: model key, workers set. ARGV: worker id, model description (JSON), TTL in ms.
-# Returns Redis's time as a string (a Lua number would be cut to an integer), for the worker's RedisClock.
+# A worker's heartbeat: its score at Redis's time and, unless it is stopping, the model description with
+# its TTL (a stopping worker serves only what is already queued; the last one of a version has deleted the
+# description, and its heartbeats must not bring it back: STOPPING). KEYS: model key, workers set, stopping
+# set. ARGV: worker id, model description (JSON), TTL in ms. Returns {Redis's time as a string (a Lua number
+# would be cut to an integer), for the worker's RedisClock; 1 if it announced the model, else 0}.
 HEARTBEAT = _NOW + """
-redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 redis.call('ZADD', KEYS[2], now, ARGV[1])
-return tostring(now)
+if redis.call('SISMEMBER', KEYS[3], ARGV[1]) == 1 then return {tostring(now), 0} end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+return {tostring(now), 1}
 """
 
 # Workers whose last heartbeat is at most ARGV[1] seconds old by Redis's clock. KEYS: workers set.
@@ -365,6 +390,16 @@ def count_live_workers(client, keys: Keys, worker_timeout: float):
 # A worker's entry in the fleet's registry of model versions, at the registry's own clock (on a Redis
 # Cluster it may sit on another node than the version's queue). KEYS: models set. ARGV: model id.
 REGISTER_MODEL = _NOW + "redis.call('ZADD', KEYS[1], now, ARGV[1])"
+
+def retire_model(client, fleet: FleetKeys, model: str) -> None:
+    """Have the registry count a model version as not live from now on: its last worker has left cleanly.
+
+    Its entry stays, at time 0, so that the version is still known (a request pinned to it gets no_worker, not
+    unknown_model). A worker of the version whose heartbeat lands just before this is counted live again at
+    its next one, a heartbeat period later.
+    """
+    client.zadd(fleet.models, {model: 0}, xx=True)
+
 
 # Every model version the registry knows, with the age of its last heartbeat by Redis's clock:
 # {id, age in seconds (as a string), id, age, ...}. KEYS: models set.
@@ -386,13 +421,17 @@ def model_ages(client, fleet: FleetKeys) -> dict[str, float]:
 
 
 # Mark a worker as stopping and count the live workers of its version that are not: the workers that
-# will go on serving its queue. KEYS: workers set, stopping set. ARGV: worker id, worker timeout in s.
+# will go on serving its queue. With none, the version closes in the same step: its model description
+# goes, so the API answers no_worker at once (ADMISSION) and queues nothing more (ENQUEUE), and what the
+# last worker then drains is all there is. A worker of the version that starts later announces it again.
+# KEYS: workers set, stopping set, model key. ARGV: worker id, worker timeout in s.
 STOPPING = _NOW + """
 redis.call('SADD', KEYS[2], ARGV[1])
 local staying = 0
 for _, worker in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], now - tonumber(ARGV[2]), '+inf')) do
   if redis.call('SISMEMBER', KEYS[2], worker) == 0 then staying = staying + 1 end
 end
+if staying == 0 then redis.call('DEL', KEYS[3]) end
 return staying
 """
 
@@ -457,9 +496,23 @@ return 1
 """
 
 
+# Largest resize or crop side a model may take. The API sizes every request's crop (input_size² x 3 bytes) from
+# the heartbeat, so the bound keeps a forged or garbled one from making it allocate gigabytes; torchvision's
+# largest published weights take 600.
+MAX_IMAGE_SIDE = 2048
+
+
+class MalformedModelInfo(ValueError):
+    """A model description (a heartbeat's {prefix}:model) that is not one, or one the API could not serve from."""
+
+
 @dataclass(frozen=True)
 class ModelInfo:
-    """What a worker publishes about the model it serves; a reader ignores fields it does not know (upgrades)."""
+    """What a worker publishes about the model it serves; a reader ignores fields it does not know (upgrades).
+
+    Every field is checked when one is made, by the worker that announces it (which then refuses to start)
+    and by the API that reads it from Redis (which then counts it as no usable worker).
+    """
     name: str  # MODEL_NAME, or the card's
     arch: str
     num_classes: int
@@ -473,14 +526,49 @@ class ModelInfo:
     sources: dict[str, str] = field(default_factory=dict)  # card field -> where its value came from
     version: str = "1"  # MODEL_VERSION
 
+    def __post_init__(self):
+        for name in ("name", "version"):
+            check_model_id_part(getattr(self, name), f"model {name}", MalformedModelInfo)
+        if not all(isinstance(getattr(self, name), str) for name in ("arch", "device", "backend")):
+            raise MalformedModelInfo("arch, device and backend must be strings")
+        for name in ("num_classes", "batch_size"):
+            if not _is_count(getattr(self, name)) or getattr(self, name) < 1:
+                raise MalformedModelInfo(f"{name}={getattr(self, name)!r}: expected a whole number of at least 1")
+        if not (_is_count(self.input_size) and _is_count(self.resize_size)
+                and 1 <= self.input_size <= self.resize_size <= MAX_IMAGE_SIDE):
+            raise MalformedModelInfo(f"input_size={self.input_size!r}, resize_size={self.resize_size!r}: expected "
+                                     f"whole numbers, 1 <= input_size <= resize_size <= {MAX_IMAGE_SIDE}")
+        for name in ("mean", "std"):
+            values = getattr(self, name)
+            if len(values) != 3 or not all(_is_number(v) and (name == "mean" or v > 0) for v in values):
+                raise MalformedModelInfo(f"{name}={values!r}: expected three finite numbers"
+                                         + (", each above 0" if name == "std" else ""))
+        if not isinstance(self.sources, dict) or not all(isinstance(item, str) for pair in self.sources.items()
+                                                          for item in pair):
+            raise MalformedModelInfo("sources must map card fields to strings")
+
     def to_json(self) -> bytes:
         return json.dumps(asdict(self)).encode()
 
     @classmethod
     def from_json(cls, raw: bytes) -> "ModelInfo":
-        fields = json.loads(raw)
-        fields["mean"], fields["std"] = tuple(fields["mean"]), tuple(fields["std"])
-        return cls(**{name: value for name, value in fields.items() if name in _MODEL_INFO_FIELDS})
+        """The description a heartbeat left in Redis; MalformedModelInfo, and nothing else, for any other bytes."""
+        try:
+            fields = json.loads(raw)
+            fields["mean"], fields["std"] = tuple(fields["mean"]), tuple(fields["std"])
+            return cls(**{name: value for name, value in fields.items() if name in _MODEL_INFO_FIELDS})
+        except MalformedModelInfo:
+            raise
+        except (ValueError, TypeError, KeyError, RecursionError) as exc:  # not JSON, not an object, a field missing
+            raise MalformedModelInfo(f"not a model description: {type(exc).__name__}: {str(exc)[:200]}") from None
 
 
 _MODEL_INFO_FIELDS = {f.name for f in dataclasses.fields(ModelInfo)}
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

@@ -30,8 +30,11 @@ def main() -> int:
             stack.require_redis()
         with stack:
             redis_note = "private Redis" if private_redis else "Redis"
+            # Its password is this run's own: commands beside it read the whole URL from the file (next line).
+            beside = (f"\ncommands beside this one (python -m model_tools route, python -m worker) reach its Redis "
+                      f"with: export REDIS_URL=\"$(cat {stack.redis_url_file})\"" if private_redis else "")
             print(f"listening on {stack.url} ({settings.workers} worker(s), {redis_note} at "
-                  f"{stack.settings.redis_url_redacted}); Ctrl-C stops everything", flush=True)
+                  f"{stack.settings.redis_url_redacted}); Ctrl-C stops everything{beside}", flush=True)
             return _serve_until_stopped(stack)
     except StartupError as exc:
         print(f"start-up failed: {exc}", file=sys.stderr)

@@ -10,6 +10,7 @@ import ctypes
 import dataclasses
 import functools
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -88,10 +89,11 @@ class Stack:
 
     def __init__(self, settings: Settings, workers: int = 1, private_redis: bool = True,
                  log_dir: Path | None = None,
-                 redis_arguments: tuple[str, ...] = (), redis_url_template: str = "redis://127.0.0.1:{port}/0"):
+                 redis_arguments: tuple[str, ...] = (),
+                 redis_url_template: str = "redis://:{password}@127.0.0.1:{port}/0"):
         self.settings = settings
-        self.redis_arguments = redis_arguments  # e.g. --requirepass, TLS options; "{port}" is filled in
-        self.redis_url_template = redis_url_template
+        self.redis_arguments = redis_arguments  # e.g. TLS options; "{port}" is filled in
+        self.redis_url_template = redis_url_template  # "{password}" and "{port}" are filled in
         self.worker_count = workers
         self.private_redis = private_redis
         self.log_dir = log_dir  # None: children write to this process's stdout/stderr
@@ -99,8 +101,12 @@ class Stack:
         self.worker_processes: list[subprocess.Popen] = []
         self.api_process: subprocess.Popen | None = None
         self.proxy_process: subprocess.Popen | None = None
+        self.api_url: str | None = None  # where the API itself listens, once started (behind nginx: not `url`)
         self.metrics_dir: Path | None = None  # the API processes' prometheus_client files, once started
-        self._scratch = Path(tempfile.mkdtemp(prefix="imgcls-stack-"))
+        self._scratch = Path(tempfile.mkdtemp(prefix="imgcls-stack-"))  # mode 0700
+        # The private Redis's password, one per Stack so that a restarted Redis (start_redis(port)) takes the
+        # clients' old one: whoever reaches loopback could otherwise read every upload and forge any answer.
+        self._redis_password = secrets.token_urlsafe(24)  # URL- and redis.conf-safe characters only
 
     @property
     def url(self) -> str:
@@ -129,19 +135,40 @@ class Stack:
         self.wait_until_ready(ready_timeout)
 
     def start_redis(self, port: int | None = None) -> None:
-        """A private, memory-only Redis on loopback; `port` reuses an earlier one's (a restart)."""
+        """A private, memory-only, password-protected Redis on loopback; `port` reuses an earlier one's (a restart).
+
+        The password reaches redis-server in a configuration file of mode 0600, never on its command line
+        (which `ps` shows every user), and the children in REDIS_URL in their environment (readable by this
+        user only); redis_url_file holds that URL for the user's own commands beside `make run`.
+        """
         if shutil.which("redis-server") is None:
             raise StartupError("redis-server not found: install Debian's redis-server package")
         port = port or free_port()
+        config = self._private_file("redis.conf", f"requirepass {self._redis_password}\n")
         self.redis_process = self._spawn("redis", [
-            "redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-            "--dir", str(self._scratch), "--loglevel", "warning",
+            "redis-server", str(config), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+            "--appendonly", "no", "--dir", str(self._scratch), "--loglevel", "warning",
             # Redis logs its banner and shutdown at "warning" too: to a file, not the launcher's terminal
             # (the launcher shows its last lines if it dies).
             *(() if self.log_dir else ("--logfile", str(self.redis_log))),
             *(argument.format(port=port) for argument in self.redis_arguments)])
-        self.settings = dataclasses.replace(self.settings, redis_url=self.redis_url_template.format(port=port))
-        self._wait_for(lambda: self.redis().ping(), "redis", self.redis_process, 10.0)
+        url = self.redis_url_template.format(password=self._redis_password, port=port)
+        self.settings = dataclasses.replace(self.settings, redis_url=url)
+        self._private_file(self.redis_url_file.name, url + "\n")
+        self._wait_for(lambda: self.redis().ping(), {"redis": self.redis_process}, 10.0)
+
+    @property
+    def redis_url_file(self) -> Path:
+        """Where the private Redis's REDIS_URL, password included, is kept (mode 0600) while the stack runs."""
+        return self._scratch / "redis-url"
+
+    def _private_file(self, name: str, text: str) -> Path:
+        """A file in the scratch folder that only this user can read, created so from the start."""
+        path = self._scratch / name
+        path.unlink(missing_ok=True)
+        with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as file:
+            file.write(text)
+        return path
 
     def _require_free_port(self) -> None:
         with socket.socket() as probe:
@@ -181,8 +208,10 @@ class Stack:
         # prometheus_client's multiprocess files, fresh for every start: an earlier run's would add old counts.
         self.metrics_dir = Path(tempfile.mkdtemp(prefix="api-metrics-", dir=self._scratch))
         env = {"PROMETHEUS_MULTIPROC_DIR": str(self.metrics_dir)}
+        self.api_url = self.url
         if self.settings.proxy == "nginx":
             env |= {"HOST": "127.0.0.1", "PORT": str(free_port())}
+            self.api_url = f"http://127.0.0.1:{env['PORT']}"
             self.start_proxy(f"127.0.0.1:{env['PORT']}")
         self.api_process = self._spawn("api", [sys.executable, *API_ARGUMENTS], env)
 
@@ -190,7 +219,7 @@ class Stack:
         if shutil.which("nginx") is None:
             raise StartupError("PROXY=nginx, but nginx is not installed: install Debian's nginx-light package")
         values = {"LISTEN": f"{self.settings.host}:{self.settings.port}", "API_UPSTREAM": api_address,
-                  "MAX_UPLOAD_MB": f"{self.settings.max_upload_mb:g}",
+                  "MAX_UPLOAD_BYTES": str(self.settings.max_upload_bytes),  # the API's limit, to the byte
                   "PROXY_READ_TIMEOUT": f"{self.settings.request_timeout + 10:g}s"}
         nginx_dir = self._scratch / "nginx"
         nginx_dir.mkdir()
@@ -201,12 +230,12 @@ class Stack:
         self.proxy_process = self._spawn("proxy", ["nginx", "-p", str(nginx_dir), "-c", str(nginx_dir / "nginx.conf")])
 
     def wait_until_ready(self, timeout: float) -> None:
-        """Until the API answers and a worker has announced its model."""
-        self._wait_for(lambda: requests.get(self.url + "/healthz", timeout=1).raise_for_status(),
-                       "api", self.api_process, timeout)
+        """Until the API answers on `url` (through the proxy, if any) and a worker has announced its model."""
+        answering = {"api": self.api_process} | ({"proxy": self.proxy_process} if self.proxy_process else {})
+        self._wait_for(lambda: requests.get(self.url + "/healthz", timeout=1).raise_for_status(), answering, timeout)
         for count, process in enumerate(self.worker_processes, start=1):
-            self._wait_for(lambda count=count: self._require_live_workers(count), f"worker{count - 1}",
-                           process, timeout)
+            self._wait_for(lambda count=count: self._require_live_workers(count), {f"worker{count - 1}": process},
+                           timeout)
 
     def _require_live_workers(self, count: int) -> None:
         client, prefix = self.redis(), self.settings.key_prefix
@@ -274,19 +303,23 @@ class Stack:
             output.close()
         return process
 
-    def _wait_for(self, check, name: str, process: subprocess.Popen, timeout: float) -> None:
+    def _wait_for(self, check, processes: dict[str, subprocess.Popen], timeout: float) -> None:
+        """Until check() passes; StartupError at once if one of `processes` (by name) exits meanwhile."""
         give_up_at = time.monotonic() + timeout
         last_error: Exception | None = None
         while time.monotonic() < give_up_at:
-            if process.poll() is not None:
-                raise StartupError(f"{name} exited with code {process.returncode}{self._log_hint(name)}")
+            for name, process in processes.items():
+                if process.poll() is not None:
+                    raise StartupError(f"{name} exited with code {process.returncode}{self._log_hint(name)}")
             try:
                 check()
                 return
             except Exception as exc:  # not up yet: connection refused, key missing, ...
                 last_error = exc
             time.sleep(0.1)
-        raise StartupError(f"{name} not ready after {timeout:.0f}s ({last_error}){self._log_hint(name)}")
+        names = " and ".join(processes)
+        raise StartupError(f"{names} not ready after {timeout:.0f}s ({last_error})"
+                           + "".join(self._log_hint(name) for name in processes))
 
     def _log_hint(self, name: str) -> str:
         path = self.log_path(name)

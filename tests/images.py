@@ -65,3 +65,13 @@ def png_rgb16(width: int, height: int, sample: int) -> bytes:
 def animated_gif() -> bytes:
     frames = [Image.new("RGB", (32, 32), colour) for colour in ((255, 0, 0), (0, 255, 0), (0, 0, 255))]
     return encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
+
+
+MULTIPART_CONTENT_TYPE = "multipart/form-data; boundary=b"  # upload_of_size's
+
+
+def upload_of_size(size: int) -> bytes:
+    """A multipart/form-data body of exactly `size` bytes with one field `image`: zeros, not an image."""
+    head = b'--b\r\nContent-Disposition: form-data; name="image"; filename="x"\r\n\r\n'
+    tail = b"\r\n--b--\r\n"
+    return head + b"\0" * (size - len(head) - len(tail)) + tail

@@ -13,7 +13,7 @@ from typing import NamedTuple
 import numpy as np
 
 from serving import protocol
-from serving.config import Settings
+from serving.config import ConfigError, Settings, check_model_id_part
 from serving.protocol import InferenceRequest, InferenceResult, Keys, MalformedMessage, RedisClock
 from serving.redis_client import REDIS_ERRORS, RedisClient
 from worker.inference import Classifier
@@ -35,14 +35,27 @@ def new_worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
+def served_name(settings: Settings, card_name: str) -> str:
+    """MODEL_NAME, else the model card's name, which must pass MODEL_NAME's rule: it goes into Redis keys and URLs.
+
+    ConfigError otherwise (a card that model_tools did not write may say anything, a brace included, which
+    would move the queue's keys out of their Redis Cluster hash tag).
+    """
+    if settings.model_name:
+        return settings.model_name
+    try:
+        return check_model_id_part(card_name, "the model card's name")
+    except ConfigError as exc:
+        raise ConfigError(f"{exc}; set MODEL_NAME to the name to serve it under") from None
+
+
 class Worker:
     def __init__(self, client: RedisClient, classifier: Classifier, settings: Settings,
                  worker_id: str | None = None):
         self.client = client
         self.classifier = classifier
         self.settings = settings
-        card = classifier.card
-        self.name, self.version = settings.model_name or card.name, settings.model_version
+        self.name, self.version = served_name(settings, classifier.card.name), settings.model_version
         self.model_id = protocol.model_id(self.name, self.version)
         self.keys = Keys(settings.key_prefix, self.model_id)
         self.worker_id = worker_id or new_worker_id()
@@ -91,7 +104,10 @@ class Worker:
         A version's queue is served by its own workers only: handed back by the last of them, its
         messages would wait for nobody and their clients would get 504, which is what a rollout that
         routes a name to a new version and then stops the old one's workers must not do. Workers
-        stopping together all count as leaving (the stopping set), so each drains. Bounded by
+        stopping together all count as leaving (the stopping set), so each drains. The last one closes
+        the version as it says so (STOPPING): from then on the API answers 503 no_worker at once and
+        queues nothing more, so the queue it empties stays empty, and no request sent after it left
+        waits for an answer that cannot come. Bounded by
         REQUEST_TIMEOUT: after that every client still waiting has had its answer or its 504. A Redis
         error ends it too: what is queued stays in Redis for the version's next worker, and a worker
         whose Redis has gone (the whole stack stopping) does not wait for it.
@@ -187,11 +203,15 @@ class Worker:
         answers.update(predicted)
         self.queue.publish_results(answers, messages, self.settings.result_ttl)
         self.batches += 1
-        wait_ms = max((taken_at - min(r.enqueued_at for r in runnable)) * 1000, 0) if runnable else 0.0
         answered = sum(answer is not None for answer in answers.values())
-        log.info("worker=%s batch=%d size=%d answered=%d oldest_wait_ms=%.1f inference_ms=%.1f job_ids=%s",
-                 self.worker_id, self.batches, len(runnable), answered, wait_ms, inference_ms,
-                 ",".join(r.job_id for r in runnable))
+        if runnable:
+            wait_ms = max((taken_at - min(r.enqueued_at for r in runnable)) * 1000, 0)
+            log.info("worker=%s batch=%d size=%d answered=%d oldest_wait_ms=%.1f inference_ms=%.1f job_ids=%s",
+                     self.worker_id, self.batches, len(runnable), answered, wait_ms, inference_ms,
+                     ",".join(r.job_id for r in runnable))
+        else:  # every message was expired or refused: no forward pass, so no batch line
+            log.info("worker=%s took %d messages and ran none: answered=%d, the rest expired", self.worker_id,
+                     len(messages), answered)
         self.stats.record(len(runnable), inference_ms, self.expired)
 
     def _admit(self, raw: bytes, now: float) -> InferenceRequest | Refusal | None:

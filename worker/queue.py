@@ -17,6 +17,7 @@ worker whose heartbeat came in meanwhile is left alone.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 
 from serving import protocol
@@ -34,6 +35,10 @@ class WorkerQueue:
         self.keys = keys
         self.worker_id = worker_id
         self.processing = keys.processing(worker_id)
+        self.fleet = FleetKeys(keys.prefix)
+        # A heartbeat's two calls and a stop's two never interleave (the heartbeat thread and the main thread):
+        # a registration landing after the retirement would count a closed version live for WORKER_TIMEOUT.
+        self._announcing = threading.Lock()
 
     # Taking and answering
 
@@ -59,10 +64,7 @@ class WorkerQueue:
         """Move up to count queued messages without blocking, in one round trip."""
         if count <= 0:
             return []
-        pipe = self.client.pipeline(transaction=False)
-        for _ in range(count):
-            pipe.lmove(self.keys.queue, self.processing, "RIGHT", "LEFT")
-        return [message for message in pipe.execute() if message is not None]
+        return self.client.eval(protocol.TAKE_QUEUED, 2, self.keys.queue, self.processing, count)
 
     def take_retry(self) -> list[bytes]:
         """One message from the retry list, alone, or []: a retried message never shares a batch."""
@@ -101,18 +103,31 @@ class WorkerQueue:
     # Announcing, leaving and reaping
 
     def announce(self, model_info: bytes, worker_timeout: float) -> float:
-        """A heartbeat: this worker's model description and its registry score, both expiring after worker_timeout
-        unless renewed, and the version in the fleet's registry; Redis's time, for the worker's RedisClock."""
-        redis_now = self.client.eval(protocol.HEARTBEAT, 2, self.keys.model, self.keys.workers, self.worker_id,
-                                     model_info, int(worker_timeout * 1000))
-        # The registry lies under the prefix's own tag, maybe on another cluster node: a call of its own.
-        self.client.eval(protocol.REGISTER_MODEL, 1, FleetKeys(self.keys.prefix).models, self.keys.model_id)
+        """A heartbeat: this worker's registry score and, unless it is stopping, its model's description (both
+        expire after worker_timeout unless renewed) and the version in the fleet's registry; Redis's time, for
+        the worker's RedisClock."""
+        with self._announcing:
+            redis_now, announced = self.client.eval(protocol.HEARTBEAT, 3, self.keys.model, self.keys.workers,
+                                                    self.keys.stopping, self.worker_id, model_info,
+                                                    int(worker_timeout * 1000))
+            if announced:
+                # The registry lies under the prefix's own tag, maybe on another cluster node: a call of its own.
+                self.client.eval(protocol.REGISTER_MODEL, 1, self.fleet.models, self.keys.model_id)
         return float(redis_now)
 
     def announce_stopping(self, worker_timeout: float) -> int:
-        """Mark this worker as stopping; how many live workers of its version stay."""
-        return self.client.eval(protocol.STOPPING, 2, self.keys.workers, self.keys.stopping, self.worker_id,
-                                worker_timeout)
+        """Mark this worker as stopping; how many live workers of its version stay.
+
+        With none, the version closes: the API answers no_worker at once and queues nothing more for it, and
+        the fleet's registry stops counting it live (a second call, on the registry's own tag; the model key
+        the first one deleted is what the API's admission reads, the registry what it routes by).
+        """
+        with self._announcing:
+            staying = self.client.eval(protocol.STOPPING, 3, self.keys.workers, self.keys.stopping, self.keys.model,
+                                       self.worker_id, worker_timeout)
+            if not staying:
+                protocol.retire_model(self.client, self.fleet, self.keys.model_id)
+        return staying
 
     def sign_off(self, max_attempts: int) -> int:
         """Hand back what this worker has not started (not a failed attempt) and leave the registry; how many."""

@@ -119,8 +119,10 @@ def cluster_deployment(folder: Path, masters: int = 3) -> Iterator[tuple[str, Re
     try:
         for port in ports:
             # The bus port defaults to port + 10000, past 65535 for most ephemeral ports: a free one of its own.
+            # DEBUG (SLEEP) from loopback, for tests that make a node answer late.
             servers.start_server(port, "--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{port}.conf",
-                                 "--cluster-port", str(free_port()), "--cluster-node-timeout", "2000")
+                                 "--cluster-port", str(free_port()), "--cluster-node-timeout", "2000",
+                                 "--enable-debug-command", "local")
         subprocess.run(["redis-cli", "--cluster", "create", *(f"127.0.0.1:{port}" for port in ports),
                         "--cluster-replicas", "0", "--cluster-yes"], check=True, capture_output=True, timeout=60)
         wait_until(lambda: all(_cluster_state(port) == "ok" for port in ports), 20, what="cluster_state:ok everywhere")

@@ -1,6 +1,7 @@
 """Stand-in models for integration tests, importable by the worker processes (the repository is on their path)."""
 
 import os
+import sys
 import time
 
 import torch
@@ -33,4 +34,23 @@ class DiesOnWhite(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if bool((x.flatten(1).amin(dim=1) >= 1.0).any()):
             os._exit(70)
+        return self.head(x.mean(dim=(2, 3)))
+
+
+class SlowToLoad(nn.Module):
+    """A heavy model's loading without its size: unpickling it says so on stderr, then sleeps `seconds`."""
+
+    UNPICKLING = "SlowToLoad: unpickling"  # the line that says the worker is inside the model's load
+
+    def __init__(self, seconds: float, num_classes: int = 4):
+        super().__init__()
+        self.seconds = seconds
+        self.head = nn.Linear(3, num_classes)
+
+    def __setstate__(self, state: dict) -> None:
+        print(self.UNPICKLING, file=sys.stderr, flush=True)
+        time.sleep(state["seconds"])
+        super().__setstate__(state)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(x.mean(dim=(2, 3)))

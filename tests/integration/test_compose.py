@@ -76,6 +76,13 @@ def test_the_api_container_has_no_torch(stack):
     assert stack.exec("worker", "python", "-c", "import torch").returncode == 0  # the check can tell
 
 
+def test_redis_refuses_a_client_without_the_password(stack):
+    """REDIS_PASSWORD reached redis-server (on its standard input, through the image's entrypoint)."""
+    refused = stack.exec("redis", "env", "-u", "REDISCLI_AUTH", "redis-cli", "ping", check=False)
+    assert b"NOAUTH" in refused.stdout + refused.stderr
+    assert stack.exec("redis", "redis-cli", "ping").stdout.strip() == b"PONG"  # REDISCLI_AUTH: the health check's
+
+
 @pytest.mark.parametrize("setting", ["API_IMAGE", "WORKER_IMAGE"])
 def test_the_ca_pip_trusted_in_the_build_is_in_no_image(stack, setting):
     """Built with the machine's CA bundle as the pip_ca secret (containers.build_service_images)."""

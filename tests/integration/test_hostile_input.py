@@ -78,15 +78,15 @@ def test_odd_but_valid_images_get_the_answer_of_the_plain_image_they_show(servic
         assert max(abs(a["probability"] - b["probability"]) for a, b in zip(predictions, expected)) < 0.003
 
 
-def test_two_files_are_400(service):
-    files = [("image", ("a.png", photo_bytes("chelsea.png"))), ("image", ("b.png", photo_bytes("coffee.png")))]
+def test_more_files_than_max_images_per_request_are_400(service):
+    files = [("image", ("a.png", photo_bytes("rocket.jpg")))] * (service.settings.max_images_per_request + 1)
     response = requests.post(service.url + "/predict", files=files, timeout=30)
     assert response.status_code == 400 and response.json()["error"]["code"] == "too_many_images"
 
 
-def test_a_body_that_is_not_multipart_is_400(service):
-    response = requests.post(service.url + "/predict", data=photo_bytes("chelsea.png"),
-                             headers={"Content-Type": "image/png"}, timeout=30)
+def test_a_body_that_is_neither_multipart_json_nor_an_image_is_400(service):
+    response = requests.post(service.url + "/predict", data=b"chelsea.png", headers={"Content-Type": "text/plain"},
+                             timeout=30)
     assert response.status_code == 400 and response.json()["error"]["code"] == "missing_image"
 
 

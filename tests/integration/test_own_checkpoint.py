@@ -3,6 +3,7 @@ imported file without trust, a wrong label file at start-up, and batches far lon
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import threading
@@ -47,15 +48,24 @@ def classic_answers(classic_checkpoint, tmp_path_factory):
                               mean="0.5,0.5,0.5", std="0.5,0.5,0.5", engine_cache_dir="")
     with Stack(settings, workers=1, log_dir=tmp_path_factory.mktemp("logs")) as stack:
         model = requests.get(stack.url + "/model", timeout=10).json()
-        return answers(stack), model
+        named = requests.get(f"{stack.url}/models/{model['name']}", timeout=10).json()
+        return answers(stack), model, named
 
 
 def test_the_classic_checkpoint_is_served_with_labels_and_normalization_from_configuration(classic_answers):
-    predictions, model = classic_answers
+    predictions, model, _ = classic_answers
     assert predictions["chelsea.png"][0]["label"] in CAT_LABELS
     assert predictions["coffee.png"][0]["label"] == "espresso"
-    assert model["sources"]["class_names"].startswith("LABELS_PATH") and model["sources"]["mean"] == "MEAN"
+    assert model["sources"]["class_names"] == "LABELS_PATH (labels.txt)" and model["sources"]["mean"] == "MEAN"
     assert model["preprocessing"]["crop_size"] == 224 and model["preprocessing"]["resize_size"] == 256
+
+
+def test_the_model_endpoints_name_the_label_file_without_its_path(classic_checkpoint, classic_answers):
+    """Where a file lies on the worker's host is nobody's business who can reach the API."""
+    _, labels = classic_checkpoint
+    _, model, named = classic_answers
+    for answer in (model, named):
+        assert "labels.txt" in json.dumps(answer) and str(labels.parent) not in json.dumps(answer)
 
 
 def test_the_imported_file_is_served_without_trust_and_answers_as_the_source(classic_checkpoint, classic_answers,

@@ -10,7 +10,7 @@ import pytest
 import requests
 
 from stack.processes import Stack
-from tests.images import CAT_LABELS, photo_bytes
+from tests.images import CAT_LABELS, MULTIPART_CONTENT_TYPE, photo_bytes, upload_of_size
 from tests.integration.client import post_image
 from tests.integration.conftest import stack_settings
 
@@ -21,8 +21,15 @@ SLOW_CLIENTS = 40  # more than the API's 2 processes x 16 threads
 
 @pytest.fixture(scope="module")
 def proxied(tmp_path_factory):
-    with Stack(stack_settings(proxy="nginx"), workers=1, log_dir=tmp_path_factory.mktemp("logs")) as stack:
+    # A fractional upload limit, which the configuration accepts: nginx must start with it too.
+    settings = stack_settings(proxy="nginx", max_upload_mb=10.5)
+    with Stack(settings, workers=1, log_dir=tmp_path_factory.mktemp("logs")) as stack:
         yield stack
+
+
+def post_body_of(url: str, size: int) -> requests.Response:
+    return requests.post(url + "/predict", data=upload_of_size(size), headers={"Content-Type": MULTIPART_CONTENT_TYPE},
+                         timeout=30)
 
 
 def test_the_service_answers_through_the_proxy_with_json_errors(proxied):
@@ -31,6 +38,17 @@ def test_the_service_answers_through_the_proxy_with_json_errors(proxied):
     too_large = post_image(proxied.url, b"\0" * (proxied.settings.max_upload_bytes + 1))
     assert too_large.status_code == 413 and too_large.json()["error"]["code"] == "request_entity_too_large"
     assert requests.get(proxied.url + "/healthz", timeout=5).json() == {"status": "ok"}
+
+
+def test_nginx_and_the_api_refuse_a_fractional_upload_limit_from_the_same_byte(proxied):
+    """MAX_UPLOAD_MB=10.5 is 11,010,048 bytes for both: a body of that size reaches the API, one byte more is 413."""
+    limit = proxied.settings.max_upload_bytes
+    assert limit == 11_010_048
+    for url in (proxied.url, proxied.api_url):  # through nginx, and the API alone
+        at_limit = post_body_of(url, limit)
+        assert at_limit.status_code == 400 and at_limit.json()["error"]["code"] == "invalid_image", url
+        over = post_body_of(url, limit + 1)
+        assert over.status_code == 413 and over.json()["error"]["code"] == "request_entity_too_large", url
 
 
 def ended_by_server(client: socket.socket) -> bool:

@@ -22,7 +22,7 @@ import torchvision
 from serving.config import Settings
 from stack.processes import REPO_ROOT
 from tests.images import PHOTOS
-from tests.model_files import save_classic
+from tests.model_files import save_classic, torchserve_archive
 
 pytestmark = pytest.mark.integration
 
@@ -115,7 +115,7 @@ def test_the_compose_commands_name_services_and_profiles_the_file_has():
         words = shlex.split(command.split("docker compose", 1)[1])
         profiles = [words[i + 1] for i, word in enumerate(words) if word == "--profile"]
         services = set(run("docker-compose " + " ".join(f"--profile {p}" for p in profiles) + " config --services",
-                           cwd=REPO_ROOT).split())
+                           cwd=REPO_ROOT, env={"REDIS_PASSWORD": "0123abcd"}).split())  # required: no default
         action = next(w for w in words if not w.startswith("-") and w not in profiles)
         named = {w.split("=")[0] for w in words[words.index(action) + 1:] if not w.startswith("-")}
         if action == "exec":
@@ -137,10 +137,9 @@ class MyNet(torch.nn.Module):
 
 def test_the_serve_your_own_model_commands_work_as_written(tmp_path):
     """Run in a scratch copy of the layout the README assumes: the user's files beside models/ and .venv."""
-    for package in ("app", "engines", "model_tools", "serving", "stack", "worker"):
-        (tmp_path / package).symlink_to(REPO_ROOT / package)
-    (tmp_path / "models").mkdir()
-    (tmp_path / ".venv").symlink_to(sys.prefix)  # this test's venv, where the README says .venv
+    _user_layout(tmp_path)
+    torchserve_files(tmp_path)
+    torchserve_archive(tmp_path, "resnet18", tmp_path / "resnet18.pt", extra_files=(tmp_path / "index_to_name.json",))
     (tmp_path / "labels.txt").write_text("daisy\nrose\ntulip\n")
     torch.manual_seed(0)
     save_classic(torchvision.models.get_model("resnext101_32x8d", weights=None, num_classes=3).eval(),
@@ -154,9 +153,7 @@ def test_the_serve_your_own_model_commands_work_as_written(tmp_path):
     outputs = []
     for command in _own_model_commands():
         if command.endswith("make run"):
-            variables = dict(re.findall(r"(\w+)=(\S+)", command.removesuffix("make run")))
-            assert set(variables) <= SETTING_NAMES, command
-            Settings.from_env(variables)  # valid values too
+            _check_settings(command)
         elif command.startswith("curl"):
             continue  # the curl example above runs for real
         else:
@@ -164,11 +161,49 @@ def test_the_serve_your_own_model_commands_work_as_written(tmp_path):
             assert "checked against" in outputs[-1] and "same top-1" in outputs[-1]
     assert "wrote models/flowers.pth: state_dict of resnext101_32x8d" in outputs[0]
     assert "wrote models/mynet.onnx: ONNX, serves without trust" in outputs[1]
+    assert "wrote models/resnet18.onnx: ONNX, serves without trust" in outputs[2]
+
+
+def test_the_from_torchserve_commands_work_as_written(tmp_path):
+    """torch-model-archiver as the docs call it (a small stand-in for resnet18.pt), then the import, for real."""
+    _user_layout(tmp_path)
+    torchserve_files(tmp_path)
+    (tmp_path / "model_store").mkdir()
+    # The archiver's scratch folder, and PATH as `pip install torch-model-archiver` leaves it for its command.
+    env = {"TMPDIR": str(tmp_path), "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]])}
+    outputs = []
+    for command in block_with("--export-path"):
+        if command.endswith("make run"):
+            _check_settings(command)
+        elif not command.startswith("curl"):  # TorchServe's route runs for real in test_torchserve_archive.py
+            outputs.append(run(command, cwd=tmp_path, env=env))
+    assert "wrote models/resnet18.onnx: ONNX, serves without trust" in outputs[-1] and "same top-1" in outputs[-1]
+
+
+def torchserve_files(folder: Path) -> None:
+    """resnet18.pt (TorchScript of a small stand-in network) and its index_to_name.json, as TorchServe users have."""
+    torch.manual_seed(0)
+    torch.jit.trace(MyNet().eval(), torch.rand(1, 3, 32, 32)).save(str(folder / "resnet18.pt"))
+    (folder / "index_to_name.json").write_text(json.dumps({"0": "daisy", "1": "rose", "2": "tulip"}))
+
+
+def _check_settings(make_run: str) -> None:
+    """A `VAR=value ... make run` line names settings that exist, with valid values."""
+    variables = dict(re.findall(r"(\w+)=(\S+)", make_run.removesuffix("make run")))
+    assert set(variables) <= SETTING_NAMES, make_run
+    Settings.from_env(variables)
+
+
+def _user_layout(folder: Path) -> None:
+    """The packages, models/ and .venv as the README's commands expect them, the user's files to go beside."""
+    for package in ("app", "engines", "model_tools", "serving", "stack", "worker"):
+        (folder / package).symlink_to(REPO_ROOT / package)
+    (folder / "models").mkdir()
+    (folder / ".venv").symlink_to(sys.prefix)  # this test's venv, where the README says .venv
 
 
 def _own_model_commands() -> list[str]:
-    (block,) = [b for b in blocks("sh") if "model_tools import" in b]
-    return commands(block)
+    return block_with("resnext101_32x8.pth")
 
 
 def _source_of(cls) -> str:

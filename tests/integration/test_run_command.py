@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -18,7 +19,7 @@ from PIL import Image
 
 from stack.processes import REPO_ROOT, STOP_GRACE_SECONDS, free_port
 from tests.images import CAT_LABELS, encode, photo_bytes
-from tests.integration.client import post_image
+from tests.integration.client import post_image, wait_until
 from tests.integration.standins import DiesOnWhite
 from tests.model_files import save_classic
 
@@ -47,6 +48,15 @@ def wait_for_line(launcher: subprocess.Popen, text: str, timeout: float = 120) -
             return line
         assert time.monotonic() < give_up_at, f"no {text!r} within {timeout}s"
     raise AssertionError(f"launcher exited ({launcher.wait()}) before printing {text!r}")
+
+
+def next_line(launcher: subprocess.Popen, timeout: float = 10) -> str:
+    """The launcher's next line of output; TimeoutError if it writes none within `timeout`."""
+    reader = ThreadPoolExecutor(max_workers=1)
+    try:
+        return reader.submit(launcher.stdout.readline).result(timeout)
+    finally:
+        reader.shutdown(wait=False)  # a reader still waiting ends when the launcher does
 
 
 def alive(pid: int) -> bool:
@@ -82,6 +92,19 @@ def kill_a_worker_and_await_its_replacement(launcher: subprocess.Popen) -> int:
     return replacement
 
 
+def assert_a_command_beside_it_reaches_its_redis_as_it_says(launcher: subprocess.Popen) -> None:
+    """The private Redis's password is this run's own: the launcher says how another terminal gets its REDIS_URL.
+
+    Called right after the "listening on" line, which the launcher prints together with this one."""
+    export = next_line(launcher).split("with: ", 1)[-1].strip()
+    assert export.startswith("export REDIS_URL="), export
+    env = {name: value for name, value in os.environ.items() if name != "REDIS_URL"}
+    beside = subprocess.run(f"{export} && {shlex.quote(sys.executable)} -m model_tools route efficientnet_lite0",
+                            shell=True, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert beside.returncode == 0, beside.stderr
+    assert "1: weight -, live" in beside.stdout
+
+
 @pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
 def test_run_serves_and_every_process_ends_with_the_launcher_even_a_restarted_worker(stop_signal):
     """Ctrl-C or SIGTERM stops everything cleanly; a killed launcher's children notice on their own.
@@ -94,6 +117,7 @@ def test_run_serves_and_every_process_ends_with_the_launcher_even_a_restarted_wo
     try:
         line = wait_for_line(launcher, "listening on")
         assert f"http://127.0.0.1:{port}" in line
+        assert_a_command_beside_it_reaches_its_redis_as_it_says(launcher)
         assert len(descendants(launcher.pid)) >= 4  # redis-server, worker, gunicorn master and its workers
         response = post_image(f"http://127.0.0.1:{port}", photo_bytes("chelsea.png"), filename="chelsea.png",
                               timeout=30)
@@ -148,6 +172,30 @@ def test_a_poison_image_fails_alone_and_the_launcher_keeps_serving(tmp_path):
         assert launcher.poll() is None, "".join(output)
         assert post_image(url, others[0], timeout=60).status_code == 200  # still serving
         assert any("in 1s" in line for line in output)  # the second death in a row waited before its restart
+    finally:
+        launcher.send_signal(signal.SIGINT)
+        launcher.wait(timeout=60)
+
+
+def test_a_worker_stopped_while_it_starts_is_retired_not_restarted():
+    """SIGTERM to the worker the launcher started after a crash, while that one loads: it exits 0 at once, which
+    the launcher takes for a stop on purpose, not for one more crash to restart."""
+    launcher = start_launcher(free_port(), WORKERS="1")
+    output: list[str] = []
+    try:
+        wait_for_line(launcher, "listening on")
+        threading.Thread(target=lambda: output.extend(launcher.stdout), daemon=True).start()  # never a full pipe
+        [crashed] = worker_pids(launcher)
+        os.kill(crashed, signal.SIGKILL)
+        [replacement] = wait_until(lambda: worker_pids(launcher) - {crashed}, 30, what="the replacement's exec")
+        wait_until(lambda: any("loading model_path=" in line for line in output), 60, what="the replacement loading")
+        os.kill(replacement, signal.SIGTERM)
+        wait_until(lambda: any("worker0 stopped on purpose (exit 0); not replaced" in line for line in output), 30,
+                   what="the launcher retiring it")
+        time.sleep(2)  # a crashed worker's replacement would start at once, or 1 s later the second time
+        assert worker_pids(launcher) == set()
+        assert sum("started a new worker" in line for line in output) == 1, "".join(output)
+        assert any("stopped by SIGTERM while starting" in line for line in output)
     finally:
         launcher.send_signal(signal.SIGINT)
         launcher.wait(timeout=60)

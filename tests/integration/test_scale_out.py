@@ -9,7 +9,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+import redis
 
+from serving import protocol
+from serving.preprocess import prepare
+from serving.protocol import InferenceRequest, ModelInfo
 from stack.processes import Stack
 from tests.images import photo_bytes
 from tests.integration.client import ClosedLoopClients, post_image, wait_until
@@ -17,6 +21,8 @@ from tests.integration.conftest import DISTINCT_IMAGES, stack_settings
 from tests.integration.faults import every_request_answered_despite, keys_of, kill_while_holding_work, worker_id_of
 from tests.integration.hosts import Host, network
 from tests.integration.redis_topologies import RedisProcesses, cluster_deployment, role, sentinel_deployment
+from tests.integration.standins import SlowClassifier
+from tests.model_files import save_classic
 
 pytestmark = pytest.mark.integration
 
@@ -61,6 +67,50 @@ def test_on_a_redis_cluster_every_request_is_answered_even_when_a_worker_dies_mi
             owner = client.get_node_from_key(keys.queue)
             assert client.get_node_from_key(keys.workers) == owner == client.get_node_from_key(keys.result("x"))
             assert client.exists(keys.workers) and client.exists(keys.worker_stats)
+
+
+def test_on_a_redis_cluster_a_take_whose_reply_comes_late_is_answered_not_stranded(tmp_path):
+    """The node holding the queue sleeps (DEBUG SLEEP) right after the worker's BLMOVE took a message, longer than
+    the worker's read timeout: the worker serves the message from its processing list, once.
+
+    redis-py's cluster client, left to itself, sends the BLMOVE again on the timeout: the first message then
+    waits in a live worker's processing list, which no reaper empties, and its client gets 504.
+    """
+    # A tiny model at 32 x 32 pixels, so that the push and the sleep fit in the one read Redis makes of them:
+    # the reply to the BLMOVE it wakes is written only after the sleep (a large message is read in several
+    # turns of Redis's event loop, and the reply may leave in between).
+    model_path = save_classic(SlowClassifier(seconds=0).eval(), tmp_path / "tiny.pth")
+    with cluster_deployment(tmp_path) as (url, servers, ports):
+        # The worker reads for at most a heartbeat period plus REDIS_TIMEOUT: 1 s. The sleep lasts longer, yet
+        # less than the cluster's node timeout (2 s), so no node is taken for failed.
+        settings = stack_settings(redis_url=url, model_path=str(model_path), model_trusted=True, backend="torch",
+                                  input_size=32, resize_size=32, worker_timeout=2.5, redis_timeout=0.5,
+                                  request_timeout=30)
+        sleep_seconds = settings.heartbeat_seconds + settings.redis_timeout + 0.5
+        with Stack(settings, workers=1, private_redis=False, log_dir=tmp_path / "logs") as stack:
+            keys, worker = keys_of(stack), worker_id_of(stack, 0)
+            client = stack.redis()
+            owner = client.get_node_from_key(keys.queue)
+            node = redis.Redis(owner.host, owner.port, socket_timeout=30)
+            wait_until(lambda: any(c["cmd"] == "blmove" and "b" in c["flags"] for c in node.client_list()), 10, 0.001,
+                       "the worker blocked in BLMOVE")
+            job_id = "late-reply"
+            model = ModelInfo.from_json(client.get(keys.model))
+            pixels = prepare(photo_bytes("coffee.png"), model.resize_size, model.input_size, settings.max_image_pixels)
+            now = protocol.redis_seconds(node.time())  # deadlines are by Redis's clock
+            message = protocol.encode_request(InferenceRequest(job_id, pixels, now, now + 30, 5))
+            # One packet: the push wakes the BLMOVE, whose reply Redis writes only after the sleep that follows.
+            pipe = node.pipeline(transaction=False)
+            pipe.lpush(keys.queue, message)
+            pipe.execute_command("DEBUG", "SLEEP", sleep_seconds)
+            pipe.execute()
+            answers = wait_until(lambda: client.lrange(keys.result(job_id), 0, -1), 20, 0.05, "the request answered")
+            time.sleep(1)  # room for a second answer, were the message served twice
+            answers = client.lrange(keys.result(job_id), 0, -1)
+            assert len(answers) == 1 and protocol.decode_result(answers[0])["success"]
+            assert client.llen(keys.processing(worker)) == 0 and client.llen(keys.queue) == 0  # nothing stranded
+            assert "serving 1 requests held since a Redis error" in stack.log_path("worker0").read_text()
+            assert stack.worker_processes[0].poll() is None
 
 
 class StackOnHosts(Stack):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -12,9 +13,11 @@ import pytest
 from serving.protocol import decode_request
 from stack.processes import Stack
 from tests.images import photo_bytes
-from tests.integration.client import post_image, wait_until
+from tests.integration.client import post_image, timed_post, wait_until
 from tests.integration.conftest import stack_settings
 from tests.integration.faults import freeze_while_holding_work, keys_of
+from tests.integration.standins import SlowToLoad
+from tests.model_files import save_classic
 
 pytestmark = pytest.mark.integration
 
@@ -50,6 +53,32 @@ def test_sigterm_makes_a_worker_finish_its_batch_and_exit_zero(one_worker_stack)
     assert stack.redis().zscore(workers_key, worker_id) is None  # signed off, not left for the reaper
 
 
+def test_requests_sent_right_after_the_last_worker_stopped_get_503_at_once_and_nothing_waits_in_its_queue(
+        one_worker_stack):
+    """Its sign-off closes the version: not up for WORKER_TIMEOUT more, queueing requests that would get 504."""
+    stack = one_worker_stack
+    keys, worker = keys_of(stack), stack.worker_processes[0]
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=30) == 0
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        answers = list(pool.map(lambda _: timed_post(stack.url, photo_bytes("coffee.png")), range(8)))
+    assert [(r.status_code, r.json()["error"]["code"]) for r, _ in answers] == [(503, "no_worker")] * 8
+    slowest = max(seconds for _, seconds in answers)
+    print(f"slowest of 8 requests after the last worker left: {slowest * 1000:.0f} ms")
+    assert slowest < 2  # at once, not at REQUEST_TIMEOUT (60 s here)
+    assert stack.redis().llen(keys.queue) == 0
+
+
+def test_stopping_one_of_two_workers_keeps_the_version_served(tmp_path):
+    with Stack(stack_settings(), workers=2, log_dir=tmp_path) as stack:
+        stopped = stack.worker_processes[0]
+        stopped.send_signal(signal.SIGTERM)
+        assert stopped.wait(timeout=30) == 0
+        responses = [post_image(stack.url, photo_bytes("coffee.png"), timeout=30) for _ in range(4)]
+        assert [r.status_code for r in responses] == [200] * 4
+        assert stack.redis().exists(keys_of(stack).model)
+
+
 def waiting_messages(stack: Stack) -> int:
     """Messages in the queue plus any the stopped worker's BLMOVE had already taken."""
     keys, redis = keys_of(stack), stack.redis()
@@ -72,3 +101,25 @@ def test_sigterm_lets_the_api_finish_requests_in_flight(one_worker_stack):
         os.kill(worker.pid, signal.SIGCONT)
     assert [r.status_code for r in responses] == [200] * 3
     assert api.wait(timeout=30) == 0
+
+
+@pytest.mark.parametrize("moment", ["loading model_path=", SlowToLoad.UNPICKLING])  # importing torch; in torch.load
+def test_sigterm_while_the_worker_starts_ends_it_at_once_with_exit_zero(tmp_path, moment):
+    """Not a crash: nothing was taken yet, and a launcher restarts a worker that exits non-zero."""
+    model = save_classic(SlowToLoad(seconds=300).eval(), tmp_path / "slow_to_load.pth")
+    stack = Stack(stack_settings(model_path=str(model), model_trusted=True, backend="torch"), workers=0,
+                  log_dir=tmp_path / "logs")
+    try:
+        stack.start_redis()
+        worker = stack.start_worker()
+        log = stack.log_path("worker0")
+        wait_until(lambda: moment in log.read_text(), 120, what=repr(moment))
+        signalled = time.monotonic()
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=30) == 0
+        print(f"exited {time.monotonic() - signalled:.2f} s after SIGTERM at {moment!r}")
+        assert time.monotonic() - signalled < 5  # not the 300 s the load would take
+        assert "stopped by SIGTERM while starting" in log.read_text()
+        assert stack.redis().keys("*") == []  # it announced nothing
+    finally:
+        stack.stop()

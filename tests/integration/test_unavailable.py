@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 
 from serving import protocol
 from serving.protocol import FleetKeys, Keys, ModelInfo
 from stack.processes import Stack, free_port
 from tests.images import photo_bytes
-from tests.integration.client import timed_post
+from tests.integration.client import post_image, timed_post, wait_until
 from tests.integration.conftest import stack_settings
 
 pytestmark = pytest.mark.integration
@@ -46,3 +51,26 @@ def test_unreachable_redis_is_503_quickly(tmp_path):
         response, elapsed = timed_post(stack.url, photo_bytes("chelsea.png"))
     assert response.status_code == 503 and response.json()["error"]["code"] == "redis_unavailable"
     assert elapsed < 2
+
+
+def test_a_hung_redis_is_503_within_about_redis_timeout_for_each_of_16_concurrent_requests(tmp_path):
+    """Redis stopped (SIGSTOP), the fleet's snapshot stale: 16 requests at once each get 503 redis_unavailable
+    within about REDIS_TIMEOUT, not one after another (the n-th after n timeouts); once Redis goes on, 200."""
+    requests = 16
+    settings = stack_settings(api_processes=1, api_threads=requests, redis_timeout=1.0)  # threads are no bottleneck
+    with Stack(settings, workers=1, log_dir=tmp_path) as stack:
+        assert post_image(stack.url, photo_bytes("chelsea.png")).status_code == 200
+        pid = stack.redis_process.pid
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            time.sleep(1.5)  # past the snapshot's REFRESH_SECONDS: every request needs a registry read
+            with ThreadPoolExecutor(max_workers=requests) as pool:
+                outcomes = list(pool.map(lambda _: timed_post(stack.url, photo_bytes("chelsea.png")), range(requests)))
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        print("503 after " + ", ".join(f"{elapsed:.2f}" for _, elapsed in sorted(outcomes, key=lambda o: o[1])) + " s")
+        assert [(r.status_code, r.json()["error"]["code"]) for r, _ in outcomes] == [(503, "redis_unavailable")] * 16
+        # Its own admission call may take a REDIS_TIMEOUT more; a margin for a loaded machine.
+        assert max(elapsed for _, elapsed in outcomes) < 2 * settings.redis_timeout + 1.5
+        wait_until(lambda: post_image(stack.url, photo_bytes("chelsea.png")).status_code == 200, 30, 0.2,
+                   "a 200 once Redis goes on")

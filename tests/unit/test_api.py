@@ -1,5 +1,6 @@
 """The API's contract, against fakeredis: every answer is JSON, every failure has its status."""
 
+import json
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -10,11 +11,13 @@ import pytest
 from PIL import Image
 
 from app import create_app
+from app.queue_client import InferenceQueue
 from serving import protocol
 from serving.config import Settings
 from serving.preprocess import prepare
-from tests.images import PHOTOS, encode, photo_bytes
+from tests.images import MULTIPART_CONTENT_TYPE, PHOTOS, encode, photo_bytes, upload_of_size
 from tests.unit.fake_api import KEYS, MODEL, SETTINGS, TABBY, answer_next_request, heartbeat, post_image, success
+from worker.queue import WorkerQueue
 
 
 def assert_error(response, status, code):
@@ -93,8 +96,21 @@ def test_every_accepted_format_is_classified(client, fake_redis, format):
     assert post_image(client, encode(Image.new("RGB", (300, 260), (200, 120, 40)), format)).status_code == 200
 
 
-def test_upload_over_the_size_limit_is_413(client):
-    assert_error(post_image(client, b"\0" * (SETTINGS.max_upload_bytes + 1)), 413, "request_entity_too_large")
+def test_upload_over_the_size_limit_is_413_naming_the_limit(client):
+    response = post_image(client, b"\0" * (SETTINGS.max_upload_bytes + 1))
+    assert_error(response, 413, "request_entity_too_large")
+    assert "MAX_UPLOAD_MB=1 MiB" in response.get_json()["error"]["message"]
+
+
+@pytest.mark.parametrize("server_terminates_input", [False, True])  # gunicorn sets wsgi.input_terminated
+def test_a_body_of_exactly_the_size_limit_is_read_and_one_byte_more_is_413(client, server_terminates_input):
+    """The limit nginx enforces in front (client_max_body_size in bytes): over it is 413, at it is not."""
+    def post_body_of(size: int):
+        return client.post("/predict", data=upload_of_size(size), content_type=MULTIPART_CONTENT_TYPE,
+                           environ_overrides={"wsgi.input_terminated": True} if server_terminates_input else {})
+
+    assert_error(post_body_of(SETTINGS.max_upload_bytes), 400, "invalid_image")  # read whole: not an image
+    assert_error(post_body_of(SETTINGS.max_upload_bytes + 1), 413, "request_entity_too_large")
 
 
 @pytest.mark.parametrize("method", ["GET", "HEAD", "PUT", "PATCH", "DELETE", "OPTIONS"])
@@ -103,6 +119,7 @@ def test_every_method_but_post_is_405_json(client, method):
     assert response.status_code == 405 and response.headers["Allow"] == "POST"
     if method != "HEAD":  # a HEAD answer has no body
         assert_error(response, 405, "method_not_allowed")
+        assert response.get_json()["error"]["message"] == f"{method} is not allowed here; use POST"
 
 
 def test_unknown_path_is_404_json(client):
@@ -113,6 +130,35 @@ def test_no_announced_worker_is_503_at_once(client):
     response = post_image(client, photo_bytes("chelsea.png"))
     assert_error(response, 503, "no_worker")
     assert response.headers["Retry-After"] == "1"
+
+
+def test_a_request_admitted_as_the_last_worker_leaves_is_503_at_once_and_never_queued(client, fake_redis,
+                                                                                       monkeypatch):
+    """Admission saw the worker; between it and the push, the version's last worker closed the version. The push
+    checks again, atomically, so no message waits in a queue that nobody will serve."""
+    heartbeat(fake_redis)
+    admit = InferenceQueue.admit
+
+    def admitted_then_the_last_worker_stops(queue):
+        model = admit(queue)
+        assert WorkerQueue(fake_redis, KEYS, "w1").announce_stopping(SETTINGS.worker_timeout) == 0
+        return model
+
+    monkeypatch.setattr(InferenceQueue, "admit", admitted_then_the_last_worker_stops)
+    assert_error(post_image(client, photo_bytes("chelsea.png")), 503, "no_worker")
+    assert fake_redis.llen(KEYS.queue) == 0
+
+
+def test_a_forged_heartbeat_with_a_huge_crop_is_no_usable_worker_not_a_500(client, fake_redis):
+    """Whoever writes Redis cannot make the API allocate what a heartbeat's sizes say: 503, at once."""
+    heartbeat(fake_redis)
+    forged = {**json.loads(MODEL.to_json()), "input_size": 10**6, "resize_size": 10**6}
+    fake_redis.set(KEYS.model, json.dumps(forged))
+    response = post_image(client, photo_bytes("chelsea.png"))
+    assert_error(response, 503, "no_worker")
+    assert fake_redis.llen(KEYS.queue) == 0
+    assert_error(client.get("/model"), 503, "no_worker")
+    assert client.get("/readyz").status_code == 503
 
 
 def test_no_answer_before_the_deadline_is_504(client, fake_redis):

@@ -98,3 +98,22 @@ def test_state_dict_format_refuses_a_pickled_module(tmp_path, small_network, sma
 def test_torchvision_architectures_take_their_published_preprocessing():
     assert default_preprocessing("resnet50") == Preprocessing(224, 232, (0.485, 0.456, 0.406),
                                                               (0.229, 0.224, 0.225))
+
+
+def test_weights_of_another_architecture_are_refused_in_one_line_naming_the_difference(tmp_path):
+    path = tmp_path / "resnet18.pth"
+    torch.save(torchvision.models.resnet18(num_classes=10).state_dict(), path)
+    with pytest.raises(ModelLoadError) as refused:
+        load_model(path, ModelOptions(arch="resnet34"))
+    message = str(refused.value)
+    assert "\n" not in message and len(message) < 300, message
+    assert "does not fit architecture 'resnet34' (96 weights missing, e.g. layer1.2.conv1.weight)" in message
+
+
+def test_a_missing_model_file_says_what_its_relative_path_is_relative_to(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ModelLoadError, match=f"nope.pth does not exist \\(relative paths are from the working "
+                                             f"directory, {tmp_path}\\)$"):
+        load_model("nope.pth")
+    with pytest.raises(ModelLoadError, match="`make model` builds the default one"):
+        load_model(Settings().model_path)

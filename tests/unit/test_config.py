@@ -8,7 +8,7 @@ import pytest
 
 from serving.config import ConfigError, Settings, parse_redis_url, settings_table
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+CONFIGURATION = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
 
 
 def test_defaults_apply_when_the_environment_is_empty():
@@ -42,8 +42,9 @@ def test_settings_survive_the_trip_through_a_child_environment():
     assert Settings.from_env(settings.as_env()) == settings
 
 
-def test_readme_lists_every_variable_exactly_as_the_code_defines_it():
-    assert settings_table() in README.read_text(), "run `python -m serving.config --update README.md`"
+def test_the_configuration_page_lists_every_variable_exactly_as_the_code_defines_it():
+    assert settings_table() in CONFIGURATION.read_text(), \
+        "run `python -m serving.config --update docs/configuration.md`"
 
 
 @pytest.mark.parametrize("variable, value, complaint", [

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -11,7 +12,7 @@ import pytest
 import yaml
 
 from app import create_app
-from serving.config import Settings
+from serving.config import Settings, parse_redis_url
 from stack.processes import API_ARGUMENTS, WORKER_ARGUMENTS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -21,6 +22,7 @@ DOCKERFILE = (ROOT / "Dockerfile").read_text()
 SETTING_NAMES = {f.metadata["env"] for f in dataclasses.fields(Settings)}
 API_COMMAND = ["python", *API_ARGUMENTS]
 WORKER_COMMAND = ["python", *WORKER_ARGUMENTS]
+PASSWORD = "0123456789abcdef0123456789abcdef"  # REDIS_PASSWORD where a test renders the file
 
 
 def default_of(setting: str) -> str:
@@ -48,8 +50,9 @@ def test_compose_has_redis_api_a_proxy_a_scalable_worker_a_gpu_worker_and_a_next
 
 def test_redis_is_healthchecked_and_persistent():
     redis = SERVICES["redis"]
-    assert default_of(redis["image"]).startswith("redis:") and "redis-cli" in redis["healthcheck"]["test"]
-    assert "--appendonly" in redis["command"] and any(v.endswith(":/data") for v in redis["volumes"])
+    assert default_of(redis["image"]).startswith("redis:") and redis["healthcheck"]["test"][0] == "CMD-SHELL"
+    assert "redis-cli ping | grep -q PONG" in redis["healthcheck"]["test"][1]  # NOAUTH is no PONG
+    assert "--appendonly yes" in redis["command"][-1] and any(v.endswith(":/data") for v in redis["volumes"])
     for name in ("api", "worker", "worker-gpu"):
         assert SERVICES[name]["depends_on"]["redis"]["condition"] == "service_healthy"
 
@@ -77,7 +80,7 @@ def test_only_the_proxy_is_published_and_it_forwards_to_the_api_as_make_run_does
     proxy = SERVICES["proxy"]
     assert proxy["environment"]["API_UPSTREAM"] == f"api:{api.port}"
     assert any(port.endswith(f":{proxy['environment']['LISTEN']}") for port in proxy["ports"])
-    assert float(proxy["environment"]["MAX_UPLOAD_MB"]) == api.max_upload_mb
+    assert int(proxy["environment"]["MAX_UPLOAD_BYTES"]) == api.max_upload_bytes  # nginx and the API, to the byte
     assert float(proxy["environment"]["PROXY_READ_TIMEOUT"].rstrip("s")) > api.request_timeout
     template = (ROOT / "deploy" / "nginx" / "imgcls.conf.template").read_text()
     (mounted,) = proxy["volumes"]
@@ -88,9 +91,40 @@ def test_only_the_proxy_is_published_and_it_forwards_to_the_api_as_make_run_does
     assert create_app(Settings()).test_client().get(path).status_code == 200
 
 
-def test_redis_url_of_every_service_names_the_redis_service():
-    for name in ("api", "worker", "worker-gpu"):
-        assert SERVICES[name]["environment"]["REDIS_URL"].startswith("redis://redis:6379/")
+def compose_command() -> list[str]:
+    if shutil.which("docker") and subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0:
+        return ["docker", "compose"]
+    if shutil.which("docker-compose"):
+        return ["docker-compose"]
+    pytest.fail("no docker compose client: `make test-tools` installs Debian's docker-compose")
+
+
+def compose_config(*arguments: str, password: str | None = PASSWORD) -> subprocess.CompletedProcess:
+    """`docker compose config` of the file, with REDIS_PASSWORD set to `password` (None: unset)."""
+    env = {name: value for name, value in os.environ.items() if name != "REDIS_PASSWORD"}
+    if password is not None:
+        env["REDIS_PASSWORD"] = password
+    return subprocess.run([*compose_command(), "-f", str(ROOT / "docker-compose.yml"), *arguments, "config"],
+                          capture_output=True, text=True, cwd=ROOT, env=env)
+
+
+def test_compose_refuses_to_start_without_a_redis_password():
+    refused = compose_config(password=None)
+    assert refused.returncode != 0 and "set REDIS_PASSWORD" in refused.stderr
+
+
+def test_redis_requires_the_password_the_redis_url_of_every_service_carries():
+    rendered = yaml.safe_load(compose_config().stdout)["services"]
+    for name in ("api", "worker", "worker-gpu", "worker-next"):
+        url = parse_redis_url(rendered[name]["environment"]["REDIS_URL"])
+        assert url.kind == "server" and url.url == f"redis://:{PASSWORD}@redis:6379/0"
+    redis = rendered["redis"]
+    assert redis["environment"] == {"REDIS_PASSWORD": PASSWORD, "REDISCLI_AUTH": PASSWORD}
+    # As configuration on redis-server's standard input ("-"), not on its command line: `ps` shows those.
+    shell, flag, script = redis["command"]  # "$$": compose's escape for the container's own "$"
+    assert (shell, flag) == ("sh", "-c") and "redis-server - " in script
+    assert "<<EOF\nrequirepass $$REDIS_PASSWORD\n" in script
+    assert PASSWORD not in json.dumps(redis["command"]) and "--requirepass" not in script
 
 
 def requirement_names(path: Path) -> set[str]:
@@ -145,13 +179,6 @@ def test_the_image_builds_the_model_runs_as_a_user_and_copies_what_it_runs():
 
 
 def test_compose_file_is_valid_for_the_docker_compose_client():
-    if shutil.which("docker") and subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0:
-        command = ["docker", "compose"]
-    elif shutil.which("docker-compose"):
-        command = ["docker-compose"]
-    else:
-        pytest.fail("no docker compose client: `make test-tools` installs Debian's docker-compose")
     for profile in ([], ["--profile", "gpu"]):
-        checked = subprocess.run([*command, "-f", str(ROOT / "docker-compose.yml"), *profile, "config", "--quiet"],
-                                 capture_output=True, text=True, cwd=ROOT)
+        checked = compose_config(*profile)
         assert checked.returncode == 0, checked.stderr

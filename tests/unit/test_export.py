@@ -1,7 +1,10 @@
 """TorchScript and ONNX exports: the card travels inside, and verification catches a wrong export."""
 
 import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,8 +27,10 @@ from model_tools.export import (
     serving_module,
 )
 from serving.config import Settings
+from tests.full_disk import full_filesystem
 from tests.model_files import save_classic
 
+ROOT = Path(__file__).resolve().parents[2]
 CPU = torch.device("cpu")
 SIZE = 16
 CARD = ModelCard("small", "small_cnn", ("red", "green", "blue", "other"),
@@ -79,7 +84,7 @@ def test_a_torchscript_export_matches_the_eager_model_and_carries_its_card(tmp_p
     module, card = load_torchscript(path)
     assert card == CARD
     assert verify(eager(loaded), run_module(module), SIZE, batch_sizes=(1, 3, 8)) < 1e-5
-    assert not list(tmp_path.glob("*.partial"))
+    assert not list(tmp_path.glob("*.partial*"))
 
 
 def test_the_export_takes_uint8_nhwc_and_returns_probabilities(tmp_path):
@@ -148,12 +153,14 @@ def test_the_trace_command_verifies_the_default_model(tmp_path, capsys):
 
 
 @pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
-def test_the_trace_command_fails_and_removes_a_mismatching_export(tmp_path, capsys):
+def test_the_trace_command_fails_on_a_mismatching_export_and_leaves_out_as_it_was(tmp_path, capsys):
     checkpoint = save_classic(small_model(BatchDependent).network, tmp_path / "branchy.pth", CARD)
     out = tmp_path / "branchy.ts.pt"
+    out.write_bytes(b"the export made before")
     assert model_tools_main(["trace", "--trusted", "--checkpoint", str(checkpoint), "--out", str(out)]) == 1
     assert "differs from the eager model" in capsys.readouterr().err
-    assert not out.exists()
+    assert out.read_bytes() == b"the export made before"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["branchy.pth", "branchy.ts.pt"]
     # scripting keeps the branch, so the scripted export verifies
     assert model_tools_main(["trace", "--trusted", "--script", "--checkpoint", str(checkpoint), "--out",
                              str(out)]) == 0
@@ -175,3 +182,37 @@ def test_trace_if_missing_rebuilds_an_export_made_with_other_options_or_from_an_
     assert model_tools_main([*command, "--optimize"]) == 0 and "frozen" in capsys.readouterr().out
     os.utime(checkpoint, (time.time() + 5, time.time() + 5))  # the model changed since
     assert model_tools_main([*command, "--optimize"]) == 0 and "wrote" in capsys.readouterr().out
+
+
+# Every writer of a model file, run in a child process: before model_tools wrote torch's serializations
+# through memory, torch.jit.save aborted the process (exit 134) on a full disk.
+WRITE_EVERY_FORMAT = """
+import sys
+from pathlib import Path
+
+from model_tools import checkpoints, export
+from tests.unit.tiny_model import tiny_loaded_model
+
+loaded, folder = tiny_loaded_model(), Path(sys.argv[1])
+writers = {
+    "torchscript": lambda: export.export_torchscript(loaded, folder / "model.ts.pt", optimize=True),
+    "onnx": lambda: export.export_onnx(loaded, folder / "model.onnx"),
+    "state_dict": lambda: checkpoints.save_state_dict(loaded.network, loaded.card, folder / "model.pth"),
+}
+for name, write in writers.items():
+    try:
+        write()
+    except OSError as exc:
+        print(name, exc.strerror, flush=True)
+"""
+
+
+def test_every_model_file_writer_meets_a_full_disk_with_an_oserror_and_leaves_no_partial_file(tmp_path):
+    with full_filesystem(tmp_path / "full") as full:
+        child = subprocess.run([sys.executable, "-c", WRITE_EVERY_FORMAT, str(full)], cwd=ROOT,
+                               capture_output=True, text=True, timeout=300)
+        left = sorted(path.name for path in full.iterdir())
+    assert child.returncode == 0, child.stderr[-2000:]
+    assert child.stdout.splitlines() == [f"{name} No space left on device"
+                                         for name in ("torchscript", "onnx", "state_dict")]
+    assert left == ["filler"]

@@ -4,12 +4,15 @@ Offline: kustomize renders the folder (kubectl), kubernetes-validate and KEDA's 
 Nothing here has run on a cluster.
 """
 
+import base64
 import dataclasses
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import urllib.parse
 from functools import cache
 from pathlib import Path
@@ -31,6 +34,10 @@ KEDA_PACKAGES = ROOT / ".node"  # scripts/ensure-keda-schema.sh installs @kubern
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
 SETTING_NAMES = {f.metadata["env"] for f in dataclasses.fields(Settings)}
 API, WORKER, CONFIG, SECRET = "imgcls-api", "imgcls-worker", "imgcls-config", "imgcls-redis"
+PASSWORD = "0123456789abcdef0123456789abcdef"
+# deploy/kubernetes/README.md's redis.env for the trial Redis, with PASSWORD.
+REDIS_ENV = (f"REDIS_URL=redis://:{PASSWORD}@redis.imgcls.svc:6379/0\naddress=redis.imgcls.svc:6379\n"
+             f"password={PASSWORD}\n")
 # Constructs each KEDA object from stdin with its model class and validates it; prints what is wrong.
 VALIDATE_KEDA = """
 import { readFileSync } from "node:fs";
@@ -42,12 +49,26 @@ for (const object of JSON.parse(readFileSync(0, "utf8"))) {
 """
 
 
-@cache
-def rendered() -> tuple[dict, ...]:
-    """The objects `kubectl apply -k deploy/kubernetes` would send, as kustomize renders them."""
+def kustomize(folder: Path) -> subprocess.CompletedProcess:
     if shutil.which("kubectl") is None:
         pytest.fail("no kubectl to render deploy/kubernetes: `make test-tools` installs Debian's kubernetes-client")
-    output = subprocess.run(["kubectl", "kustomize", str(FOLDER)], capture_output=True, text=True)
+    return subprocess.run(["kubectl", "kustomize", str(folder)], capture_output=True, text=True)
+
+
+def copy_of_the_folder(destination: Path, redis_env: str | None) -> Path:
+    """The folder as the repository has it (a user's own redis.env left out), with `redis_env` as its redis.env."""
+    copy = shutil.copytree(FOLDER, destination / "kubernetes", ignore=shutil.ignore_patterns("redis.env"))
+    if redis_env is not None:
+        (copy / "redis.env").write_text(redis_env)
+    return copy
+
+
+@cache
+def rendered() -> tuple[dict, ...]:
+    """The objects `kubectl apply -k deploy/kubernetes` would send, as kustomize renders them from the redis.env
+    the README says to write."""
+    with tempfile.TemporaryDirectory() as scratch:
+        output = kustomize(copy_of_the_folder(Path(scratch), REDIS_ENV))
     assert output.returncode == 0, output.stderr
     return tuple(yaml.safe_load_all(output.stdout))
 
@@ -77,7 +98,7 @@ def settings() -> Settings:
 
 
 def redis_secret() -> dict[str, str]:
-    return find("Secret", SECRET)["stringData"]
+    return {key: base64.b64decode(value).decode() for key, value in find("Secret", SECRET)["data"].items()}
 
 
 def redis_trigger() -> dict:
@@ -90,6 +111,43 @@ def quantity(value: str) -> float:
     units = {"m": 1e-3, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30}
     unit = next((u for u in units if value.endswith(u)), None)
     return float(value[:-len(unit)]) * units[unit] if unit else float(value)
+
+
+def test_no_password_ships_the_folder_renders_only_with_the_users_redis_env(tmp_path):
+    refused = kustomize(copy_of_the_folder(tmp_path, None))
+    assert refused.returncode != 0 and "redis.env" in refused.stderr
+    assert not [path.name for path in FOLDER.iterdir() if "change-me" in path.read_text()]
+    assert redis_secret() == dict(line.split("=", 1) for line in REDIS_ENV.splitlines())
+
+
+def test_the_readme_writes_the_redis_env_the_folder_renders_with(tmp_path):
+    (block,) = [b for b in re.findall(r"```sh\n(.*?)```", (FOLDER / "README.md").read_text(), re.S) if "redis.env" in b]
+    script = block[block.index("PASSWORD="):block.index("\nEOF\n") + 5].replace("deploy/kubernetes/", "")
+    subprocess.run(["sh", "-c", script], cwd=copy_of_the_folder(tmp_path, None), check=True)
+    written = dict(line.split("=", 1) for line in (tmp_path / "kubernetes" / "redis.env").read_text().splitlines())
+    assert set(written) == {"REDIS_URL", "address", "password"} and len(written["password"]) == 64
+    assert written["REDIS_URL"] == f"redis://:{written['password']}@{written['address']}/0"
+    assert kustomize(tmp_path / "kubernetes").returncode == 0
+
+
+def test_only_the_api_the_workers_and_kedas_namespace_reach_redis():
+    policy = find("NetworkPolicy", "redis")["spec"]
+    redis_labels = find("StatefulSet", "redis")["spec"]["template"]["metadata"]["labels"]
+    assert policy["podSelector"]["matchLabels"].items() <= redis_labels.items()
+    assert not selects(policy["podSelector"]["matchLabels"], API) and not selects(policy["podSelector"]["matchLabels"],
+                                                                                  WORKER)
+    assert policy["policyTypes"] == ["Ingress"]
+    (rule,) = policy["ingress"]
+    peers = rule["from"]
+    pods = [peer["podSelector"]["matchLabels"] for peer in peers if set(peer) == {"podSelector"}]
+    namespaces = [peer["namespaceSelector"]["matchLabels"] for peer in peers if set(peer) == {"namespaceSelector"}]
+    assert len(pods) + len(namespaces) == len(peers)  # no other kind of peer (ipBlock, both at once)
+    assert sorted(deployment for deployment in (API, WORKER) for labels in pods if selects(labels, deployment)) == \
+        [API, WORKER]
+    assert all(not labels.items() <= redis_labels.items() for labels in pods) and len(pods) == 2
+    assert namespaces == [{"kubernetes.io/metadata.name": "keda"}]  # KEDA's operator reads the queue's length
+    (redis,) = find("StatefulSet", "redis")["spec"]["template"]["spec"]["containers"]
+    assert rule["ports"] == [{"port": port["containerPort"], "protocol": "TCP"} for port in redis["ports"]]
 
 
 def test_the_kustomization_lists_every_manifest_in_the_folder():
@@ -253,16 +311,18 @@ def test_the_secret_names_the_trial_redis_so_that_kedas_operator_finds_it_too():
     assert url.hostname == f"redis.{service['metadata']['namespace']}.svc"
     assert url.port in {port["port"] for port in service["spec"]["ports"]}
     (redis,) = find("StatefulSet", "redis")["spec"]["template"]["spec"]["containers"]
-    password = {v["name"]: v["valueFrom"]["secretKeyRef"] for v in redis["env"]}["REDIS_PASSWORD"]
-    assert password == {"name": SECRET, "key": "password"}
-    assert redis["args"][-2:] == ["--requirepass", "$(REDIS_PASSWORD)"]
+    env = {v["name"]: v["valueFrom"]["secretKeyRef"] for v in redis["env"]}
+    assert env["REDIS_PASSWORD"] == env["REDISCLI_AUTH"] == {"name": SECRET, "key": "password"}
+    # As configuration on redis-server's standard input, not on its command line: `ps` on the node shows those.
+    assert "redis-server - " in redis["args"][-1] and "<<EOF\nrequirepass $REDIS_PASSWORD\nEOF" in redis["args"][-1]
 
 
 def test_the_trial_redis_runs_composes_image_and_persistence_on_a_volume():
     statefulset = find("StatefulSet", "redis")["spec"]
     (redis,) = statefulset["template"]["spec"]["containers"]
     assert redis["image"] == default_of(COMPOSE["redis"]["image"])
-    assert redis["args"][:len(COMPOSE["redis"]["command"])] == COMPOSE["redis"]["command"]
+    # "$$" is compose's escape for the container's own "$", which Kubernetes leaves alone (it expands only "$(...)").
+    assert redis["command"] + redis["args"] == [part.replace("$$", "$") for part in COMPOSE["redis"]["command"]]
     (claim,) = statefulset["volumeClaimTemplates"]
     assert {"name": claim["metadata"]["name"], "mountPath": "/data"} in redis["volumeMounts"]
 

@@ -9,7 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from scripts.loadtest import SAMPLE_PHOTOS, Outcome, parse_arguments, run, sample_photos, summarize
+from scripts.loadtest import (
+    SAMPLE_PHOTOS,
+    Outcome,
+    _error_code,
+    parse_arguments,
+    print_report,
+    run,
+    sample_photos,
+    summarize,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -24,6 +33,21 @@ def test_the_summary_counts_every_status_and_measures_only_successes():
     assert report.throughput_rps == round(100 / 10.099, 2)
     assert report.latency_ms["p50"] == 149.5 and report.latency_ms["max"] == 199.0
     assert report.batch_sizes == {"4": 100} and report.mean_batch_size == 4.0
+
+
+@pytest.mark.parametrize("payload, code", [
+    (b'{"success": false, "error": {"code": "queue_full", "message": "..."}}', "queue_full"),  # native
+    (b'{"error": "no worker available: none with a loaded model"}', "no worker available"),  # v2
+    (b'{"code": 503, "type": "ServiceUnavailableException", "message": "..."}', "ServiceUnavailableException"),
+    (b"<html>bad gateway</html>", "not JSON"),
+])
+def test_each_failure_is_counted_under_the_code_its_door_gives(payload, code, capsys):
+    outcomes = [Outcome(0.0, 0.1, 200), Outcome(0.1, 0.1, 503, error=_error_code(503, payload)),
+                Outcome(0.2, 0.1, 503, error=_error_code(503, payload))]
+    report = summarize("closed loop", outcomes)
+    assert report.errors == {"503": {code: 2}}
+    print_report(report)
+    assert f"503: 2 ({code} 2)" in capsys.readouterr().out
 
 
 def test_a_run_without_successes_has_no_latency_figures():

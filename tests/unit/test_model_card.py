@@ -40,6 +40,12 @@ class FourClasses(nn.Module):
 
 
 LABELS = ["cat", "dog", "bird", "fish"]
+# LABELS in each shape of index_to_name.json that TorchServe's load_label_mapping reads.
+INDEX_TO_NAME_SHAPES = {
+    "wnid and name": {str(i): ["n0000000%d" % i, name] for i, name in enumerate(LABELS)},
+    "name": {"1": "dog", "0": "cat", "3": "fish", "2": "bird"},
+    "object_type_names": {"object_type_names": LABELS},  # its older examples
+}
 SMALL_ARCH = "mobilenet_v3_small"
 
 
@@ -65,7 +71,8 @@ def test_the_classic_checkpoint_loads_when_trusted_with_labels_and_normalization
     assert card.class_names == tuple(LABELS)
     assert card.preprocessing.mean == (0.4, 0.5, 0.6) and card.preprocessing.std == (0.2, 0.25, 0.3)
     assert (card.preprocessing.input_size, card.preprocessing.resize_size) == (224, 256)
-    assert card.sources == {"class_names": f"LABELS_PATH ({settings.labels_path})", "mean": "MEAN", "std": "STD",
+    # The label file's name, not where it lies: GET /model shows the sources to every client.
+    assert card.sources == {"class_names": "LABELS_PATH (labels.txt)", "mean": "MEAN", "std": "STD",
                             "input_size": ASSUMED, "resize_size": ASSUMED}
 
 
@@ -109,8 +116,7 @@ def test_a_label_count_other_than_the_models_outputs_is_an_error_naming_both(cla
 @pytest.mark.parametrize("name, text", [
     ("labels.txt", "cat\ndog\r\nbird\nfish"),
     ("labels.json", json.dumps(LABELS)),
-    ("index_to_name.json", json.dumps({str(i): ["n0000000%d" % i, name] for i, name in enumerate(LABELS)})),
-    ("index_to_name.json", json.dumps({"1": "dog", "0": "cat", "3": "fish", "2": "bird"})),
+    *(("index_to_name.json", json.dumps(shape)) for shape in INDEX_TO_NAME_SHAPES.values()),
 ])
 def test_labels_come_as_text_json_or_torchserves_index_to_name(tmp_path, name, text):
     path = tmp_path / name

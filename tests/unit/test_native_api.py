@@ -1,7 +1,6 @@
 """The native API's forms, against fakeredis: several images, JSON and raw bodies, a per-request top_k."""
 
 import base64
-import dataclasses
 import io
 import json
 
@@ -14,6 +13,7 @@ from serving.config import Settings
 from serving.preprocess import prepare
 from tests.images import PHOTOS, encode, photo_bytes
 from tests.openapi_check import assert_conforms
+from tests.prometheus_text import sample_value
 from tests.unit.fake_api import KEYS, MODEL, SETTINGS, answer_next_request, heartbeat, post_image, success
 from tests.unit.test_api import assert_error
 
@@ -21,33 +21,22 @@ PREDICTIONS = [{"index": 0, "label": "cat", "probability": 0.5}, {"index": 1, "l
                {"index": 2, "label": "fox", "probability": 0.2}]  # the tiny model's three classes
 
 
-@pytest.fixture
-def client(fake_redis):
-    """The API on fake_redis with time to decode several photos on a loaded machine (fake_api's is 0.3 s); the
-    tests of deadlines use `impatient_client`."""
-    return create_app(dataclasses.replace(SETTINGS, request_timeout=5.0), fake_redis).test_client()
-
-
-@pytest.fixture
-def impatient_client(fake_redis):
-    return create_app(SETTINGS, fake_redis).test_client()
-
 
 def top_k_answer(request):
     """What a worker answers: the request's own top_k of PREDICTIONS."""
     return success(PREDICTIONS[:request.top_k])(request)
 
 
-def post_images(client, photos: list[bytes], path: str = "/predict", **form):
+def post_images(patient_client, photos: list[bytes], path: str = "/predict", **form):
     files = [(io.BytesIO(data), f"{i}.png") for i, data in enumerate(photos)]
-    return client.post(path, data={"image": files, **form}, content_type="multipart/form-data")
+    return patient_client.post(path, data={"image": files, **form}, content_type="multipart/form-data")
 
 
-def test_several_images_are_answered_in_upload_order_each_like_a_single_answer(client, fake_redis):
+def test_several_images_are_answered_in_upload_order_each_like_a_single_answer(patient_client, fake_redis):
     heartbeat(fake_redis)
     names = ["chelsea.png", "rocket.jpg", "horse.png"]
     seen = answer_next_request(fake_redis, top_k_answer, count=3)
-    response = post_images(client, [photo_bytes(name) for name in names])
+    response = post_images(patient_client, [photo_bytes(name) for name in names])
     assert response.status_code == 200, response.get_data(as_text=True)
     body = response.get_json()
     assert body["success"] is True and (body["model"], body["version"]) == ("tiny", "1")
@@ -61,17 +50,17 @@ def test_several_images_are_answered_in_upload_order_each_like_a_single_answer(c
         assert (pixels_by_id[result["id"]] == expected).all()
 
 
-def test_one_corrupt_image_fails_alone(client, fake_redis):
+def test_one_corrupt_image_fails_alone(patient_client, fake_redis):
     heartbeat(fake_redis)
     answer_next_request(fake_redis, top_k_answer, count=2)
-    response = post_images(client, [photo_bytes("chelsea.png"), b"not an image", photo_bytes("coffee.png")])
+    response = post_images(patient_client, [photo_bytes("chelsea.png"), b"not an image", photo_bytes("coffee.png")])
     assert response.status_code == 200
     results = response.get_json()["results"]
     assert [r["success"] for r in results] == [True, False, True]
     assert results[1]["error"]["code"] == "invalid_image" and results[1]["error"]["message"]
 
 
-def test_a_worker_failure_for_one_image_is_that_images_error(client, fake_redis):
+def test_a_worker_failure_for_one_image_is_that_images_error(patient_client, fake_redis):
     heartbeat(fake_redis)
 
     def fail_the_second(request, calls=[]):
@@ -80,16 +69,15 @@ def test_a_worker_failure_for_one_image_is_that_images_error(client, fake_redis)
             return protocol.encode_failure(request.job_id, "inference_failed", "the model failed")
         return top_k_answer(request)
     answer_next_request(fake_redis, fail_the_second, count=2)
-    results = post_images(client, [photo_bytes("chelsea.png"), photo_bytes("coffee.png")]).get_json()["results"]
+    results = post_images(patient_client, [photo_bytes("chelsea.png"), photo_bytes("coffee.png")]).get_json()["results"]
     assert sorted(r["success"] for r in results) == [False, True]
     assert [r["error"]["code"] for r in results if not r["success"]] == ["inference_failed"]
 
 
-def test_images_whose_answer_does_not_come_in_time_are_timeouts_and_the_answered_ones_are_kept(impatient_client,
-                                                                                           fake_redis):
+def test_images_whose_answer_does_not_come_in_time_are_timeouts_and_the_answered_ones_are_kept(client, fake_redis):
     heartbeat(fake_redis)
     answer_next_request(fake_redis, top_k_answer, count=1)  # a worker that answers one image, then is gone
-    response = post_images(impatient_client, [photo_bytes("chelsea.png"), photo_bytes("coffee.png")])
+    response = post_images(client, [photo_bytes("chelsea.png"), photo_bytes("coffee.png")])
     assert response.status_code == 200
     assert sorted((r["success"], r.get("error", {}).get("code")) for r in response.get_json()["results"]) == [
         (False, "timeout"), (True, None)]
@@ -111,23 +99,24 @@ def test_a_request_whose_images_do_not_all_fit_the_queue_is_503_and_queues_none(
     assert fake_redis.llen(KEYS.queue) == 2
 
 
-def test_a_request_of_several_images_queues_them_in_one_round_trip(impatient_client, fake_redis, monkeypatch):
+def test_a_request_of_several_images_queues_them_in_one_round_trip(client, fake_redis, monkeypatch):
     heartbeat(fake_redis)
     scripts = []
     original = fake_redis.eval
     monkeypatch.setattr(fake_redis, "eval", lambda script, *args: scripts.append(script) or original(script, *args))
-    post_images(impatient_client, [photo_bytes("chelsea.png")] * 4)  # no worker answers: a timeout, after the push
+    post_images(client, [photo_bytes("chelsea.png")] * 4)  # no worker answers: a timeout, after the push
     assert scripts.count(protocol.ENQUEUE) == 1 and fake_redis.llen(KEYS.queue) == 4
 
 
-def test_a_json_body_carries_one_or_several_base64_images_and_a_top_k(client, fake_redis):
+def test_a_json_body_carries_one_or_several_base64_images_and_a_top_k(patient_client, fake_redis):
     heartbeat(fake_redis)
     answer_next_request(fake_redis, top_k_answer)
-    one = client.post("/predict", json={"image": base64.b64encode(photo_bytes("chelsea.png")).decode(), "top_k": 2})
+    chelsea = base64.b64encode(photo_bytes("chelsea.png")).decode()
+    one = patient_client.post("/predict", json={"image": chelsea, "top_k": 2})
     assert one.status_code == 200, one.get_data(as_text=True)
     assert one.get_json()["predictions"] == PREDICTIONS[:2]
     answer_next_request(fake_redis, top_k_answer, count=2)
-    several = client.post("/predict", json={"images": [base64.b64encode(photo_bytes(n)).decode()
+    several = patient_client.post("/predict", json={"images": [base64.b64encode(photo_bytes(n)).decode()
                                                        for n in ("chelsea.png", "coffee.png")]})
     assert [len(r["predictions"]) for r in several.get_json()["results"]] == [3, 3]  # TOP_K=5, the model has 3
 
@@ -143,58 +132,59 @@ def test_a_json_body_carries_one_or_several_base64_images_and_a_top_k(client, fa
     ([1, 2], "invalid_json"),
     ({"images": []}, "missing_image"),
 ])
-def test_a_malformed_json_body_is_400_with_its_code(client, fake_redis, body, code):
+def test_a_malformed_json_body_is_400_with_its_code(patient_client, fake_redis, body, code):
     heartbeat(fake_redis)
-    assert_error(client.post("/predict", json=body), 400, code)
+    assert_error(patient_client.post("/predict", json=body), 400, code)
 
 
-def test_a_body_that_is_not_json_is_400(client, fake_redis):
+def test_a_body_that_is_not_json_is_400(patient_client, fake_redis):
     heartbeat(fake_redis)
-    assert_error(client.post("/predict", data=b"{not json", content_type="application/json"), 400, "invalid_json")
+    response = patient_client.post("/predict", data=b"{not json", content_type="application/json")
+    assert_error(response, 400, "invalid_json")
 
 
 @pytest.mark.parametrize("content_type", ["image/png", "application/octet-stream"])
-def test_a_raw_image_body_is_one_image(client, fake_redis, content_type):
+def test_a_raw_image_body_is_one_image(patient_client, fake_redis, content_type):
     heartbeat(fake_redis)
     seen = answer_next_request(fake_redis, top_k_answer)
-    response = client.post("/predict?top_k=1", data=photo_bytes("coffee.png"), content_type=content_type)
+    response = patient_client.post("/predict?top_k=1", data=photo_bytes("coffee.png"), content_type=content_type)
     assert response.status_code == 200, response.get_data(as_text=True)
     assert response.get_json()["predictions"] == PREDICTIONS[:1]
     assert (seen["request"].pixels == prepare(photo_bytes("coffee.png"), MODEL.resize_size, MODEL.input_size,
                                               10**8)).all()
 
 
-def test_top_k_comes_from_the_query_or_the_form_and_reaches_the_worker(client, fake_redis):
+def test_top_k_comes_from_the_query_or_the_form_and_reaches_the_worker(patient_client, fake_redis):
     heartbeat(fake_redis)
     seen = answer_next_request(fake_redis, top_k_answer)
-    assert len(post_image(client, path="/predict?top_k=2").get_json()["predictions"]) == 2
+    assert len(post_image(patient_client, path="/predict?top_k=2").get_json()["predictions"]) == 2
     assert seen["request"].top_k == 2
     seen = answer_next_request(fake_redis, top_k_answer)
-    response = client.post("/predict", data={"image": (io.BytesIO(photo_bytes("chelsea.png")), "a.png"),
+    response = patient_client.post("/predict", data={"image": (io.BytesIO(photo_bytes("chelsea.png")), "a.png"),
                                              "top_k": "1"}, content_type="multipart/form-data")
     assert len(response.get_json()["predictions"]) == 1 and seen["request"].top_k == 1
 
 
-def test_without_top_k_the_worker_is_asked_for_top_k_at_most_the_models_classes(client, fake_redis):
+def test_without_top_k_the_worker_is_asked_for_top_k_at_most_the_models_classes(patient_client, fake_redis):
     heartbeat(fake_redis)
     seen = answer_next_request(fake_redis, top_k_answer)
-    post_image(client)
+    post_image(patient_client)
     assert seen["request"].top_k == min(SETTINGS.top_k, MODEL.num_classes)
 
 
 @pytest.mark.parametrize("top_k", ["0", "4", "-1", "two", "1.5", "١"])  # the tiny model has 3 classes
-def test_a_top_k_outside_one_to_the_models_classes_is_400_and_nothing_is_queued(client, fake_redis, top_k):
+def test_a_top_k_outside_one_to_the_models_classes_is_400_and_nothing_is_queued(patient_client, fake_redis, top_k):
     heartbeat(fake_redis)
-    response = post_image(client, path=f"/predict?top_k={top_k}")
+    response = post_image(patient_client, path=f"/predict?top_k={top_k}")
     assert_error(response, 400, "invalid_top_k")
     assert fake_redis.llen(KEYS.queue) == 0
 
 
 @pytest.mark.parametrize("top_k", [0, 2.0, "2", True, None, [1]])
-def test_a_json_top_k_must_be_a_whole_number_in_range(client, fake_redis, top_k):
+def test_a_json_top_k_must_be_a_whole_number_in_range(patient_client, fake_redis, top_k):
     heartbeat(fake_redis)
     image = base64.b64encode(photo_bytes("chelsea.png")).decode()
-    response = client.post("/predict", data=json.dumps({"image": image, "top_k": top_k}),
+    response = patient_client.post("/predict", data=json.dumps({"image": image, "top_k": top_k}),
                            content_type="application/json")
     if top_k is None:  # null: not given
         assert response.status_code != 400
@@ -214,10 +204,24 @@ def test_every_image_of_a_request_counts_against_the_decode_budget_one_at_a_time
     assert [r["success"] for r in response.get_json()["results"]] == [True, True]
 
 
-def test_the_several_images_answer_and_the_json_body_are_documented(client, fake_redis):
+def test_the_several_images_answer_and_the_json_body_are_documented(patient_client, fake_redis):
     heartbeat(fake_redis)
     answer_next_request(fake_redis, top_k_answer, count=1)
-    response = post_images(client, [photo_bytes("chelsea.png"), b"not an image"])
+    response = post_images(patient_client, [photo_bytes("chelsea.png"), b"not an image"])
     assert_conforms("/predict", "post", response.status_code, response.headers, response.get_data())
-    bad = client.post("/predict", json={"image": "%%%"})
+    bad = patient_client.post("/predict", json={"image": "%%%"})
     assert_conforms("/predict", "post", bad.status_code, bad.headers, bad.get_data())
+
+
+def test_metrics_count_a_requests_images_by_door_and_its_predictions_by_image(patient_client, fake_redis):
+    heartbeat(fake_redis)
+
+    def counts():
+        text = patient_client.get("/metrics").get_data(as_text=True)
+        return (sample_value(text, "imgcls_request_images_total", endpoint="/predict") or 0,
+                sample_value(text, "imgcls_predictions_total", model="tiny", version="1") or 0)
+    images_before, predictions_before = counts()
+    answer_next_request(fake_redis, top_k_answer, count=3)
+    assert post_images(patient_client, [photo_bytes("chelsea.png")] * 3).status_code == 200
+    images, predictions = counts()
+    assert (images - images_before, predictions - predictions_before) == (3, 3)

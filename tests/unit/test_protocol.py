@@ -190,6 +190,40 @@ def test_model_info_round_trip():
     assert ModelInfo.from_json(info.to_json()) == info
 
 
+GOOD_INFO = json.loads(ModelInfo("m", "resnet50", 1000, 224, 256, (0.5,) * 3, (0.2,) * 3, "cpu", 8).to_json())
+
+
+@pytest.mark.parametrize("forged", [
+    {"input_size": 10**6, "resize_size": 10**6},  # the API would allocate a 3 TB crop
+    {"input_size": protocol.MAX_IMAGE_SIDE + 1, "resize_size": protocol.MAX_IMAGE_SIDE + 1},
+    {"resize_size": 100},  # below the crop
+    {"input_size": 0}, {"input_size": -224}, {"input_size": 224.5}, {"input_size": "224"}, {"input_size": True},
+    {"mean": [0.5, 0.5]}, {"mean": [0.5, 0.5, float("nan")]}, {"std": [0.2, 0.2, 0]}, {"std": "abc"},
+    {"num_classes": 0}, {"batch_size": None},
+    {"name": "odd/name}x"}, {"version": ""}, {"name": 7}, {"arch": ["x"]}, {"sources": {"mean": 1}},
+], ids=repr)
+def test_a_model_description_out_of_bounds_is_malformed(forged):
+    with pytest.raises(protocol.MalformedModelInfo):
+        ModelInfo.from_json(json.dumps({**GOOD_INFO, **forged}).encode())
+
+
+def test_the_largest_bounded_sizes_are_a_model_description_still():
+    side = protocol.MAX_IMAGE_SIDE
+    assert ModelInfo.from_json(json.dumps({**GOOD_INFO, "input_size": side, "resize_size": side}).encode())
+
+
+@settings(max_examples=200, deadline=None)
+@given(raw=st.one_of(st.binary(max_size=200), st.dictionaries(st.sampled_from(sorted(GOOD_INFO)), st.one_of(
+    st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=5), st.lists(st.floats(), max_size=4)),
+    ).map(lambda fields: json.dumps({**GOOD_INFO, **fields}).encode())))
+def test_any_model_description_parses_within_bounds_or_is_malformed_never_another_error(raw):
+    try:
+        info = ModelInfo.from_json(raw)
+    except protocol.MalformedModelInfo:
+        return
+    assert 1 <= info.input_size <= info.resize_size <= protocol.MAX_IMAGE_SIDE
+
+
 MESSAGE_FIELDS = st.fixed_dictionaries({}, optional={
     "id": st.one_of(st.text(max_size=8), st.integers(), st.none()),
     "shape": st.one_of(st.lists(st.one_of(st.integers(), st.floats(), st.text(max_size=3)), max_size=4), st.text()),

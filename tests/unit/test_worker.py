@@ -15,8 +15,8 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from serving import protocol, worker_stats
-from serving.config import Settings
-from serving.protocol import InferenceRequest, Keys, ModelInfo
+from serving.config import ConfigError, Settings
+from serving.protocol import FleetKeys, InferenceRequest, Keys, ModelInfo
 from tests.unit.tiny_model import COLOURS, INPUT_SIZE, message, tiny_classifier
 from worker import loop
 from worker.__main__ import redis_client
@@ -80,6 +80,12 @@ def test_requests_past_their_deadline_are_skipped_and_counted(worker):
     assert worker.expired == 1
 
 
+def test_a_take_of_only_expired_requests_logs_no_empty_batch(worker, caplog):
+    with caplog.at_level(logging.INFO, logger="worker"):
+        worker.process([message("late", deadline_in=-1)])
+    assert "took 1 messages and ran none" in caplog.text and "size=0" not in caplog.text
+
+
 def test_an_inference_failure_answers_the_batch_and_the_worker_carries_on(worker, monkeypatch, caplog):
     def explode(images):
         raise RuntimeError("device fell over at /opt/secret/model.bin")
@@ -131,6 +137,29 @@ def test_the_last_worker_of_a_version_serves_its_queue_before_it_stops(worker, o
     answered = [job_id for job_id in (f"r{i}" for i in range(12)) if result(worker, job_id)]
     assert (len(answered), worker.client.llen(KEYS.queue)) == ((0, 12) if others_stay else (12, 0))
     assert not worker.client.sismember(KEYS.stopping, "w1")
+
+
+@pytest.mark.parametrize("others_stay", [False, True])
+def test_the_last_worker_to_stop_closes_its_version_and_one_that_others_outlive_leaves_it_open(worker, others_stay):
+    """Closed: no model description (the API answers no_worker at once) and not live in the fleet's registry."""
+    worker.heartbeat()
+    if others_stay:
+        worker.client.zadd(KEYS.workers, {"w2": float(worker.client.time()[0])})
+    stop = threading.Event()
+    stop.set()
+    assert worker.run(stop)
+    assert worker.client.exists(KEYS.model) == others_stay
+    live = protocol.model_ages(worker.client, FleetKeys("t"))[KEYS.model_id] <= SETTINGS.worker_timeout
+    assert live == others_stay
+
+
+def test_the_heartbeats_of_a_draining_last_worker_keep_it_registered_but_do_not_reopen_its_version(worker):
+    worker.heartbeat()
+    assert worker.queue.announce_stopping(SETTINGS.worker_timeout) == 0
+    worker.heartbeat()  # its heartbeat thread beats on while it serves what is queued
+    assert not worker.client.exists(KEYS.model)
+    assert protocol.model_ages(worker.client, FleetKeys("t"))[KEYS.model_id] > SETTINGS.worker_timeout
+    assert worker.client.zscore(KEYS.workers, "w1") is not None  # not reaped while it drains
 
 
 def test_the_last_worker_stops_once_its_queue_is_empty_not_at_the_request_timeout(fake_redis):
@@ -341,3 +370,12 @@ def test_a_worker_stopped_before_its_first_heartbeat_stops():
     stop.set()
     thread.join(5)
     assert not thread.is_alive() and finished == [True]
+
+
+def test_a_card_name_that_fails_model_names_rule_is_refused_unless_model_name_is_set(fake_redis):
+    """The served name goes into every Redis key and URL of the model: a card's name is checked like MODEL_NAME."""
+    odd = tiny_classifier()
+    odd.card = dataclasses.replace(odd.card, name="odd/name}x")
+    with pytest.raises(ConfigError, match=r"model card's name='odd/name\}x'.*set MODEL_NAME"):
+        Worker(fake_redis, odd, Settings(key_prefix="t"))
+    assert Worker(fake_redis, odd, Settings(key_prefix="t", model_name="tiny")).keys.tag == "{t:tiny@1}"

@@ -1,0 +1,73 @@
+"""A queue command whose reply comes too late is sent once, on one server and on a Redis Cluster.
+
+redis-py 8's cluster client sends a command again by itself after a read timeout (up to ten times): an
+ENQUEUE whose reply was late has run, so a repeat queues the request once more. (A `Redis` made from a URL
+happens not to repeat; the test holds it to that too.) Here the Redis node that
+holds the queue is stopped (SIGSTOP) while the API's push is on its way, and goes on after the push's read
+timeout: the push fails within its timeout (the API answers 503) and the queue holds the message once.
+(The worker's side, a BLMOVE whose reply comes late: tests/integration/test_scale_out.py.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from app.queue_client import InferenceQueue
+from serving.protocol import Keys
+from serving.redis_client import REDIS_ERRORS, RedisClient, connect
+from stack.processes import free_port
+from tests.integration.client import wait_until
+from tests.integration.redis_topologies import RedisProcesses, cluster_deployment
+
+pytestmark = pytest.mark.integration
+
+KEYS = Keys("t", "tiny@1")
+READ_TIMEOUT = 0.5  # short: a stopped cluster node is taken for failed after its node timeout (2 s)
+
+
+@contextlib.contextmanager
+def deployment(kind: str, folder: Path) -> Iterator[tuple[RedisClient, int]]:
+    """A client of a real `kind` deployment, and the pid of the server that holds KEYS.queue."""
+    if kind == "cluster":
+        with cluster_deployment(folder) as (url, servers, _):
+            client = connect(url, READ_TIMEOUT, READ_TIMEOUT)
+            yield client, servers.processes[client.get_node_from_key(KEYS.queue).port].pid
+        return
+    servers, port = RedisProcesses(folder), free_port()
+    try:
+        process = servers.start_server(port)
+        yield connect(f"redis://127.0.0.1:{port}/0", READ_TIMEOUT, READ_TIMEOUT), process.pid
+    finally:
+        servers.stop_all()
+
+
+@pytest.mark.parametrize("kind", ["server", "cluster"])
+def test_an_enqueue_whose_reply_comes_late_fails_within_its_timeout_and_queues_once(kind, tmp_path):
+    with deployment(kind, tmp_path) as (client, pid):
+        queue = InferenceQueue(client, client, KEYS, max_queue=10)
+        client.set(KEYS.model, b"{}")  # the version is served: the push refuses a closed one
+        queue.enqueue([b"warm"])  # connections made while the node answers: only the push itself meets the stop
+        # The node goes on after the push's read timeout but within a repeat's: a repeat would reach it.
+        resume = threading.Timer(1.5 * READ_TIMEOUT, os.kill, (pid, signal.SIGCONT))
+        os.kill(pid, signal.SIGSTOP)
+        resume.start()
+        started = time.monotonic()
+        try:
+            queue.enqueue([b"late"])
+            error = None
+        except REDIS_ERRORS as exc:
+            error = exc
+        answered_after = time.monotonic() - started
+        resume.join()
+        wait_until(lambda: client.llen(KEYS.queue) >= 2, 10, what="the late push run once the node goes on")
+        time.sleep(0.5)  # room for a repeat of it, had one been sent
+        assert client.lrange(KEYS.queue, 0, -1) == [b"late", b"warm"]
+        assert isinstance(error, REDIS_ERRORS) and answered_after < 3 * READ_TIMEOUT  # the API answers 503

@@ -1,0 +1,94 @@
+"""The fleet's snapshot: one registry read at a time, its outcome shared, no request waiting behind another's.
+
+A real hung Redis under real gunicorn: tests/integration/test_unavailable.py.
+"""
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import fakeredis
+import pytest
+import redis
+
+from app.fleet import Fleet, RegistryReadTooSlow
+from serving import protocol
+from serving.protocol import FleetKeys
+
+REDIS_TIMEOUT = 0.5
+CALLERS = 16
+
+
+class SlowRegistry:
+    """fakeredis whose registry read (MODEL_AGES) takes `seconds`, then answers or, with `fails`, times out."""
+
+    def __init__(self, seconds: float, fails: bool = False):
+        self.redis = fakeredis.FakeRedis()
+        self.redis.eval(protocol.REGISTER_MODEL, 1, FleetKeys("t").models, "tiny@1")
+        self.seconds, self.fails = seconds, fails
+        self.reads = 0
+
+    def eval(self, *args):
+        self.reads += 1
+        time.sleep(self.seconds)
+        if self.fails:
+            raise redis.TimeoutError("Timeout reading from socket")
+        return self.redis.eval(*args)
+
+    def pipeline(self, *args, **kwargs):
+        return self.redis.pipeline(*args, **kwargs)
+
+
+def fleet_on(client) -> Fleet:
+    return Fleet(client, client, "t", max_queue=10, worker_timeout=10, default_model="",
+                 redis_timeout=REDIS_TIMEOUT)
+
+
+def snapshot_outcomes(fleet: Fleet) -> list[tuple[object, float]]:
+    """CALLERS threads asking for a fresh snapshot at once: each one's snapshot or error, and when it came."""
+    start = threading.Barrier(CALLERS)
+
+    def ask(_):
+        start.wait()
+        started = time.monotonic()
+        try:
+            outcome = fleet.snapshot(fresh=True)
+        except Exception as exc:
+            outcome = exc
+        return outcome, time.monotonic() - started
+
+    with ThreadPoolExecutor(max_workers=CALLERS) as pool:
+        return list(pool.map(ask, range(CALLERS)))
+
+
+def test_concurrent_requests_share_one_read_of_the_registry():
+    client = SlowRegistry(seconds=0.2)
+    outcomes = snapshot_outcomes(fleet_on(client))
+    assert client.reads == 1
+    assert all(snapshot.versions == {"tiny": ["1"]} for snapshot, _ in outcomes)
+
+
+def test_a_read_that_times_out_is_every_waiting_requests_error_at_once_not_one_timeout_each():
+    client = SlowRegistry(seconds=REDIS_TIMEOUT, fails=True)
+    outcomes = snapshot_outcomes(fleet_on(client))
+    assert client.reads == 1
+    assert all(isinstance(error, redis.RedisError) for error, _ in outcomes)  # each answered 503
+    assert max(seconds for _, seconds in outcomes) < 2 * REDIS_TIMEOUT  # in turn, the last would wait 16 of them
+
+
+def test_a_request_waits_for_a_read_in_flight_at_most_redis_timeout():
+    client = SlowRegistry(seconds=4 * REDIS_TIMEOUT)
+    outcomes = snapshot_outcomes(fleet_on(client))
+    too_slow = [seconds for outcome, seconds in outcomes if isinstance(outcome, RegistryReadTooSlow)]
+    assert len(too_slow) == CALLERS - 1 and max(too_slow) < 2 * REDIS_TIMEOUT
+    assert [snapshot.versions for snapshot, _ in outcomes if not isinstance(snapshot, Exception)] == [{"tiny": ["1"]}]
+
+
+def test_a_failed_read_is_not_remembered_the_next_request_reads_again():
+    client = SlowRegistry(seconds=0, fails=True)
+    fleet = fleet_on(client)
+    for _ in range(2):
+        with pytest.raises(redis.TimeoutError):
+            fleet.snapshot()
+    client.fails = False
+    assert fleet.snapshot().versions == {"tiny": ["1"]} and client.reads == 3
