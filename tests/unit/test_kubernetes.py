@@ -25,6 +25,7 @@ from app import create_app
 from serving.config import Settings, parse_redis_url
 from serving.protocol import Keys, model_id
 from stack.processes import API_ARGUMENTS, WORKER_ARGUMENTS
+from tests.unit.test_deployment import default_of  # compose's `${NAME:-default}` spelling
 
 ROOT = Path(__file__).resolve().parents[2]
 FOLDER = ROOT / "deploy" / "kubernetes"
@@ -182,7 +183,7 @@ def test_the_keda_objects_validate_against_kedas_schema():
 def test_both_programs_run_composes_image_with_the_commands_make_run_runs():
     for deployment, arguments in ((API, API_ARGUMENTS), (WORKER, WORKER_ARGUMENTS)):
         program = container(deployment)
-        assert program["image"] == COMPOSE["api"]["image"] == COMPOSE["worker"]["image"]
+        assert program["image"] == default_of(COMPOSE[deployment.removeprefix("imgcls-")]["image"])
         # The image has no ENTRYPOINT: args alone would replace its CMD and run "-m" as a program.
         assert program["command"] == ["python"] and program["args"] == list(arguments)
 
@@ -319,7 +320,7 @@ def test_the_secret_names_the_trial_redis_so_that_kedas_operator_finds_it_too():
 def test_the_trial_redis_runs_composes_image_and_persistence_on_a_volume():
     statefulset = find("StatefulSet", "redis")["spec"]
     (redis,) = statefulset["template"]["spec"]["containers"]
-    assert redis["image"] == COMPOSE["redis"]["image"]
+    assert redis["image"] == default_of(COMPOSE["redis"]["image"])
     # "$$" is compose's escape for the container's own "$", which Kubernetes leaves alone (it expands only "$(...)").
     assert redis["command"] + redis["args"] == [part.replace("$$", "$") for part in COMPOSE["redis"]["command"]]
     (claim,) = statefulset["volumeClaimTemplates"]
@@ -347,7 +348,7 @@ def test_a_disruption_lets_one_pod_of_each_program_go_at_a_time_and_leaves_one()
 
 
 def test_both_programs_run_as_the_images_numeric_user_which_kubernetes_checks_is_not_root():
-    (user,) = [line.split()[1] for line in (ROOT / "Dockerfile").read_text().splitlines() if line.startswith("USER ")]
+    (user,) = {line.split()[1] for line in (ROOT / "Dockerfile").read_text().splitlines() if line.startswith("USER ")}
     # runAsNonRoot refuses to start an image whose USER is a name: the kubelet cannot tell a name is not root.
     assert user.isdigit() and int(user) != 0
     for deployment in (API, WORKER):
