@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -38,7 +39,7 @@ class Host:
 @contextlib.contextmanager
 def network(names: list[str]) -> Iterator[dict[str, Host]]:
     run = os.getpid() % 10000  # names and subnet of this run, so a leftover of another run cannot collide
-    subnet = f"10.213.{os.getpid() % 250}"
+    subnet = f"10.212.{os.getpid() % 250}"  # outside the ranges the container tests give dockerd (10.213/10.214)
     bridge = f"imgbr{run}"
     hosts = {name: Host(f"img{run}{name}", f"{subnet}.{index}", f"img{run}v{index}")
              for index, name in enumerate(names, start=1)}
@@ -46,6 +47,7 @@ def network(names: list[str]) -> Iterator[dict[str, Host]]:
         _ip("link", "add", bridge, "type", "bridge")
         _ip("addr", "add", f"{subnet}.254/24", "dev", bridge)
         _ip("link", "set", bridge, "up")
+        _forwarding(bridge, "-I")
         for host in hosts.values():
             _ip("netns", "add", host.name)
             _ip("link", "add", host.link, "type", "veth", "peer", "name", "eth0", "netns", host.name)
@@ -58,3 +60,16 @@ def network(names: list[str]) -> Iterator[dict[str, Host]]:
         for host in hosts.values():
             subprocess.run(["ip", "netns", "del", host.name], capture_output=True)  # its veth pair goes with it
         subprocess.run(["ip", "link", "del", bridge], capture_output=True)
+        _forwarding(bridge, "-D")
+
+
+def _forwarding(bridge: str, action: str) -> None:
+    """Let the hosts' traffic across the bridge through iptables' FORWARD chain (-I), or take that back (-D).
+
+    Once dockerd has run on this machine (the container tests start one), br_netfilter sends bridged frames
+    through FORWARD, whose policy dockerd set to DROP, and which stays so after it stops: every connection
+    between the hosts would then time out. docker0's own rule is the same one.
+    """
+    if shutil.which("iptables"):
+        subprocess.run(["iptables", "-w", action, "FORWARD", "-i", bridge, "-o", bridge, "-j", "ACCEPT"],
+                       capture_output=True)
