@@ -76,6 +76,12 @@ def test_the_api_container_has_no_torch(stack):
     assert stack.exec("worker", "python", "-c", "import torch").returncode == 0  # the check can tell
 
 
+def test_a_worker_starts_without_warnings_from_its_engine(stack):
+    """The service user has no home: ONNX Runtime warned at every start that it could not keep its cache file."""
+    logs = stack("logs", "--no-color", "worker").stdout.decode()
+    assert "ready model=" in logs and "[W:onnxruntime" not in logs, logs[-3000:]
+
+
 def test_redis_refuses_a_client_without_the_password(stack):
     """REDIS_PASSWORD reached redis-server (on its standard input, through the image's entrypoint)."""
     refused = stack.exec("redis", "env", "-u", "REDISCLI_AUTH", "redis-cli", "ping", check=False)

@@ -6,6 +6,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -89,6 +90,19 @@ def test_only_the_proxy_is_published_and_it_forwards_to_the_api_as_make_run_does
     health_url = next(part for part in SERVICES["api"]["healthcheck"]["test"] if "http://" in part)
     path = re.search(rf"http://127\.0\.0\.1:{api.port}(/\w*)", health_url)[1]
     assert create_app(Settings()).test_client().get(path).status_code == 200
+
+
+def test_nginx_drops_an_idle_api_connection_before_gunicorn_does(tmp_path):
+    # A POST sent down a connection the API is closing at that moment fails, and nginx resends no POST: the
+    # client would get a 502. So nginx's idle limit for its upstream connections is the shorter one.
+    template = (ROOT / "deploy" / "nginx" / "imgcls.conf.template").read_text()
+    upstream = re.search(r"upstream imgcls_api \{(.*?)\n\}", template, re.S)[1]
+    nginx_idle = int(re.search(r"keepalive_timeout (\d+)s;", upstream)[1])
+    read = "from app import gunicorn_conf; print(gunicorn_conf.keepalive)"
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    gunicorn_idle = int(subprocess.run([sys.executable, "-c", read], env=env, cwd=ROOT, capture_output=True, text=True,
+                                       check=True).stdout)
+    assert nginx_idle < gunicorn_idle
 
 
 def compose_command() -> list[str]:
@@ -175,7 +189,31 @@ def test_the_image_builds_the_model_runs_as_a_user_and_copies_what_it_runs():
     assert {"app", "engines", "worker", "serving", "model_tools"} <= copied
     ignored = (ROOT / ".dockerignore").read_text().splitlines()
     assert not copied & set(ignored)
-    assert {".venv", ".git", "models/*.pth"} <= set(ignored)
+    assert {".venv", ".git"} <= set(ignored)
+
+
+def dockerignore_excludes(path: str) -> bool:
+    """Whether .dockerignore keeps `path` out of the build context, matched as Docker does: `*` within one
+    folder, `**/` any number of folders, none included. (No `!` exceptions are used in the file.)"""
+    for pattern in (ROOT / ".dockerignore").read_text().splitlines():
+        if not pattern.strip() or pattern.startswith("#"):
+            continue
+        regex = re.escape(pattern).replace(r"\*\*/", "(?:.*/)?").replace(r"\*", "[^/]*")
+        if re.fullmatch(f"{regex}(?:/.*)?", path):
+            return True
+    return False
+
+
+@pytest.mark.parametrize("model_file", ["resnet18_flowers.pth", "models/efficientnet_lite0.pth", "my.ts.pt",
+                                        "exports/model.onnx", "exports/model.onnx.data", "archives/resnet-18.mar",
+                                        "models/engine-cache/abc/model.xml"])
+def test_model_files_anywhere_stay_out_of_the_build_context(model_file):
+    assert dockerignore_excludes(model_file)
+
+
+def test_the_code_the_images_copy_is_in_the_build_context():
+    for path in ("app/routes.py", "serving/config.py", "worker/loop.py", "requirements.txt"):
+        assert not dockerignore_excludes(path)
 
 
 def test_compose_file_is_valid_for_the_docker_compose_client():
