@@ -22,8 +22,6 @@ from tests.images import photo_bytes
 from tests.integration.conftest import stack_settings
 from tests.openapi_check import assert_conforms, documented_path
 
-pytestmark = pytest.mark.integration
-
 MODEL = "efficientnet_lite0"
 KEYS = {"burst": "key-of-burst", "other": "key-of-other", "slow": "key-of-slow", "quota": "key-of-quota",
         "free": "key-of-free"}

@@ -18,8 +18,6 @@ from tests.integration.client import ClosedLoopClients, post_image, wait_until
 from tests.integration.test_readme_commands import assert_same_answer, console_examples
 from tests.integration.test_readme_commands import run as run_shell
 
-pytestmark = pytest.mark.integration
-
 SERVICE_UID = "10001"  # the Dockerfile's USER
 MODEL = "efficientnet_lite0"
 WORKER_START = 300  # seconds for a worker container to load the model and verify its engine, on a loaded machine

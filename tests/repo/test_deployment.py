@@ -217,7 +217,8 @@ def test_the_code_the_images_copy_is_in_the_build_context():
         assert not dockerignore_excludes(path)
 
 
-@pytest.mark.parametrize("setting, rendered", [({}, "--appendonly yes"), ({"REDIS_APPENDONLY": "no"}, "--appendonly no")])
+@pytest.mark.parametrize("setting, rendered", [({}, "--appendonly yes"),
+                                               ({"REDIS_APPENDONLY": "no"}, "--appendonly no")])
 def test_compose_keeps_queued_images_on_disk_unless_told_not_to(setting, rendered):
     checked = compose_config(**setting)
     assert checked.returncode == 0, checked.stderr
