@@ -59,6 +59,8 @@ COPY worker/ worker/
 # Not root; the code and the model stay read-only to the service. Verified engine exports go to a cache
 # the service may write (a volume in docker-compose.yml, so restarts and scaled workers share it).
 RUN mkdir -p /var/cache/imgcls && chown imgcls /var/cache/imgcls
-ENV ENGINE_CACHE_DIR=/var/cache/imgcls
+# The service user has no home; libraries that keep a cache file there (ONNX Runtime writes one at its first
+# session, and warns at every start when it cannot) use XDG_CACHE_HOME instead.
+ENV ENGINE_CACHE_DIR=/var/cache/imgcls XDG_CACHE_HOME=/var/cache/imgcls
 USER 10001
 CMD ["python", "-m", "worker"]

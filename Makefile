@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: run test bench bench-heavy mutants setup redis-server test-tools model model-ts cpp clean
+.PHONY: run test test-fast bench bench-heavy mutants setup redis-server test-tools model model-ts cpp clean
 
 run: setup
 	@if [ "$(PROXY)" = nginx ]; then scripts/ensure-nginx.sh; fi
@@ -16,6 +16,10 @@ TEST_PROCESSES ?= $(shell n=$$(($$(nproc) + 1)); echo $$((n > 4 ? 4 : n)))
 test: setup test-tools
 	$(PY) -m ruff check .
 	$(PY) -m pytest -n $(TEST_PROCESSES) --dist loadfile
+
+# The unit tests alone (tests/unit: in-process, fakeredis): the quick loop while editing.
+test-fast: setup
+	$(PY) -m pytest -n $(TEST_PROCESSES) --dist loadfile tests/unit
 
 # Model and pipeline ceilings, then the service at saturation, half load and unloaded: one markdown table.
 bench: setup

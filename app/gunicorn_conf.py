@@ -32,6 +32,10 @@ workers = _settings.api_processes
 # Requests spend most of their life blocked on Redis, so threads, not processes, carry the concurrency.
 worker_class = "gthread"
 threads = _settings.api_threads
+# How long an idle client connection stays open. nginx reuses its connections to the API (deploy/nginx/:
+# upstream keepalive) and closes an idle one sooner than this, so it never sends a request down a connection
+# gunicorn is closing at that moment (nginx does not resend a POST: the client would get a 502).
+keepalive = 5
 timeout = int(_settings.request_timeout) + 30
 graceful_timeout = int(_settings.request_timeout) + 5  # lets in-flight requests finish on SIGTERM
 accesslog = None  # the app logs one structured line per request itself (app/request_log.py)

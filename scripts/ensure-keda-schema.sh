@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Make sure KEDA's schemas are here for tests/unit/test_kubernetes.py: the npm package @kubernetes-models/keda
+# Make sure KEDA's schemas are here for tests/repo/test_kubernetes.py: the npm package @kubernetes-models/keda
 # (ScaledObject, TriggerAuthentication ... with .validate(), generated from KEDA's API), in .node/ (git-ignored).
 # Quick when that version is already installed.
 set -euo pipefail

@@ -11,6 +11,16 @@ from serving.config import Settings
 from stack.processes import Stack
 from tests.images import PHOTOS
 
+# A test's kind is the folder it is in, marked here rather than in each file: `pytest -m unit` etc.
+TEST_KINDS = ("unit", "repo", "integration")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        kind = item.path.parent.name
+        if kind in TEST_KINDS:
+            item.add_marker(kind)
+
 
 @pytest.fixture(scope="session")
 def photos() -> Path:

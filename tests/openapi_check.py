@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 from jsonschema import Draft202012Validator
 
@@ -30,6 +31,14 @@ def assert_conforms(path: str, method: str, status: int, headers, body: bytes) -
         errors = [f"{'/'.join(map(str, error.absolute_path))}: {error.message}"
                   for error in validator.iter_errors(json.loads(body))]
         assert not errors, f"{method} {path} {status}: {errors}"
+
+
+def documented_path(path: str) -> str:
+    """The document's template of a concrete path: /models/resnet18/predict -> /models/{name}/predict."""
+    for template in OPENAPI_DOCUMENT["paths"]:
+        if re.fullmatch(re.sub(r"\\\{\w+\\\}", "[^/]+", re.escape(template)), path):
+            return template
+    raise AssertionError(f"{path} is not in the document")
 
 
 def _resolve(item: dict) -> dict:

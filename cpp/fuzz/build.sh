@@ -2,7 +2,7 @@
 # Build the JSON reader's two test programs from src/json.cpp alone, without libtorch or CMake (seconds):
 #   json_check  g++ as CMakeLists.txt's Release build compiles the client (-O3): the reader as classify runs it
 #   json_fuzz   clang++ -fsanitize=fuzzer,address,undefined: libFuzzer's harness (fuzz/json_fuzz.cpp)
-# into cpp/build-json, or BUILD_DIR (absolute, or relative to cpp/). tests/unit/test_cpp_json.py runs both;
+# into cpp/build-json, or BUILD_DIR (absolute, or relative to cpp/). tests/repo/test_cpp_json.py runs both;
 # `make test-tools` installs clang and its libFuzzer runtime (Debian's clang and libclang-rt-14-dev).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -1,7 +1,7 @@
 // json_fuzz: libFuzzer's harness for the JSON reader (src/json.cpp) alone, built with ASan and UBSan by
 // fuzz/build.sh. Every input must either parse or throw std::runtime_error: a crash, a sanitizer report, any
 // other exception (which ends the process) or a string that json_quote does not round-trip is a finding.
-// tests/unit/test_cpp_json.py runs it for a bounded time from a seed corpus of cards; to fuzz longer by hand:
+// tests/repo/test_cpp_json.py runs it for a bounded time from a seed corpus of cards; to fuzz longer by hand:
 //   cpp/fuzz/build.sh && cpp/build-json/json_fuzz -max_total_time=600 CORPUS_DIR
 #include <cstddef>
 #include <cstdint>

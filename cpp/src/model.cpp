@@ -8,6 +8,17 @@
 
 namespace classify {
 
+namespace {
+
+// What to run instead, for the file people pass by mistake: the checkpoint the service serves is no TorchScript.
+std::string not_torchscript_hint(const std::filesystem::path& path) {
+  if (path.extension() != ".pth") return "";
+  return "\n(a .pth checkpoint is no TorchScript file: export one with `python -m model_tools trace --checkpoint " +
+         path.string() + " --out " + path.stem().string() + ".ts.pt`)";
+}
+
+}  // namespace
+
 Model load_model(const std::string& path) {
   if (!std::filesystem::is_regular_file(path))
     throw UsageError("model file " + path +
@@ -20,7 +31,7 @@ Model load_model(const std::string& path) {
   } catch (const std::exception& e) {
     std::string what = e.what();
     throw UsageError(path + " is not a TorchScript file libtorch " + TORCH_VERSION +
-                     " can load: " + what.substr(0, what.find('\n')));
+                     " can load: " + what.substr(0, what.find('\n')) + not_torchscript_hint(path));
   }
   model.module.eval();
   if (extra[kCardFile].empty())

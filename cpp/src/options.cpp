@@ -70,13 +70,13 @@ Options parse_options(const std::vector<std::string>& args, const std::string& u
       continue;
     } else if (!a.empty() && a[0] == '-') {
       throw UsageError("unknown option " + a, /*show_usage=*/true);
-    } else if (o.folder.empty()) {
-      o.folder = a;
+    } else if (o.images.empty()) {
+      o.images = a;
     } else {
-      throw UsageError("one image folder expected, got '" + o.folder + "' and '" + a + "'");
+      throw UsageError("one image folder or file expected, got '" + o.images + "' and '" + a + "'");
     }
   }
-  if (o.folder.empty()) throw UsageError("no image folder given", /*show_usage=*/true);
+  if (o.images.empty()) throw UsageError("no image folder or file given", /*show_usage=*/true);
   if (o.model.empty()) o.model = default_model();
   return o;
 }

@@ -35,7 +35,7 @@ struct Tuning {
 
 struct Options {
   std::string model;
-  std::string folder;
+  std::string images;  // a folder of images, or one image file
   int topk = 5;
   int batch = 8;
   int threads = 0;  // 0: libtorch's default (one per physical core)

@@ -38,7 +38,7 @@ double ms_since(Clock::time_point start) {
 }
 
 std::vector<fs::path> list_files(const std::string& folder) {
-  if (!fs::is_directory(folder)) throw UsageError("image folder " + folder + " does not exist or is not a folder");
+  if (!fs::is_directory(folder)) throw UsageError("image folder or file " + folder + " does not exist");
   std::vector<fs::path> files;
   for (const auto& entry : fs::directory_iterator(folder))
     if (entry.is_regular_file()) files.push_back(entry.path());
@@ -56,9 +56,10 @@ bool has_image_extension(const fs::path& path) {
   return extensions.count(ext) > 0;
 }
 
-// The folder's files with an image file name, sorted by name. The others are named in one note line:
-// a folder of photos often holds notes and sidecar files too.
+// One image file as it is (whatever its name), else the folder's files with an image file name, sorted by name.
+// The others are named in one note line: a folder of photos often holds notes and sidecar files too.
 std::vector<fs::path> image_files(const std::string& folder) {
+  if (fs::is_regular_file(folder)) return {fs::path(folder)};
   std::vector<fs::path> candidates;
   std::vector<std::string> not_images;
   for (const fs::path& file : list_files(folder)) {
@@ -192,19 +193,19 @@ Summary classify_all(Model& model, const Options& o, const std::vector<fs::path>
   return s;
 }
 
-// Classifies o.folder as `o` says; returns 0 or kUndecodable, throws UsageError or, for inference, other exceptions.
+// Classifies o.images as `o` says; returns 0 or kUndecodable, throws UsageError or, for inference, other exceptions.
 int run(const Options& o) {
   if (o.tuning.keep_memory) keep_freed_memory();
   if (o.threads > 0) at::set_num_threads(o.threads);
   const bool overlap = decide_overlap(o.tuning.overlap);
   Model model = load_model(o.model);
-  std::vector<fs::path> candidates = image_files(o.folder);
+  std::vector<fs::path> candidates = image_files(o.images);
   if (!o.save_crops.empty()) fs::create_directories(o.save_crops);
   std::vector<double> warmup_ms;
   if (o.tuning.warmup) warmup_ms = warm_up(model, o, candidates.size());
   Summary s = classify_all(model, o, candidates, overlap);
   if (s.classified == 0)
-    throw UsageError("none of the " + std::to_string(candidates.size()) + " image files in " + o.folder +
+    throw UsageError("none of the " + std::to_string(candidates.size()) + " image files in " + o.images +
                      " could be decoded");
   s.warmup = o.tuning.warmup;
   s.warmup_ms = warmup_ms;

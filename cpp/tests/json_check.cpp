@@ -1,7 +1,7 @@
 // json_check: reads one JSON document on stdin with src/json.cpp and writes it back on stdout as JSON (numbers
 // with 17 significant digits, so they read back as the same double), or `error: <what>` on stderr with exit
 // status 1 when the reader refuses it. Any other way out (a crash, an exception other than std::runtime_error)
-// breaks the reader's contract. tests/unit/test_cpp_json.py compares its output with Python's json module and
+// breaks the reader's contract. tests/repo/test_cpp_json.py compares its output with Python's json module and
 // feeds it what the reader must refuse, a card nested 100,000 deep among them. Built by fuzz/build.sh.
 #include <cstdio>
 #include <iostream>

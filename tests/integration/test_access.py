@@ -20,8 +20,7 @@ from serving.protocol import FleetKeys, Keys, ModelInfo
 from stack.processes import Stack, free_port
 from tests.images import photo_bytes
 from tests.integration.conftest import stack_settings
-
-pytestmark = pytest.mark.integration
+from tests.openapi_check import assert_conforms, documented_path
 
 MODEL = "efficientnet_lite0"
 KEYS = {"burst": "key-of-burst", "other": "key-of-other", "slow": "key-of-slow", "quota": "key-of-quota",
@@ -90,6 +89,8 @@ def test_every_protected_route_of_every_door_refuses_a_missing_or_wrong_key_with
         assert status == 401, (path, message)
         assert response.headers["WWW-Authenticate"].startswith("Bearer"), path
         assert KEYS["free"] not in message
+        if path != "/no/such/route":
+            assert_conforms(documented_path(path), method, status, response.headers, response.content)
 
 
 def test_the_doors_401s_are_each_in_their_own_shape(service):
@@ -146,6 +147,7 @@ def test_over_the_rate_each_door_answers_429_rate_limited_with_retry_after_and_r
         response = call(service, method, path, body, bearer("slow"))
         status, message = door_error(response)
         assert status == 429 and "rate" in message, (path, message)
+        assert_conforms(documented_path(path), method, status, response.headers, response.content)
         assert 1 <= int(response.headers["Retry-After"]) <= 100
         assert [response.headers[field] for field in RATE_LIMIT_FIELDS][:2] == ["1", "0"]
     v2 = call(service, "POST", f"/v2/models/{MODEL}/infer", CAT, bearer("slow"))

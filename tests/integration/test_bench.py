@@ -10,10 +10,6 @@ import json
 import subprocess
 import sys
 
-import pytest
-
-pytestmark = pytest.mark.integration
-
 
 def test_bench_measures_ceilings_and_the_service_and_prints_the_table(tmp_path):
     figures_file = tmp_path / "bench.json"

@@ -18,8 +18,6 @@ from tests.integration.client import ClosedLoopClients, post_image, wait_until
 from tests.integration.test_readme_commands import assert_same_answer, console_examples
 from tests.integration.test_readme_commands import run as run_shell
 
-pytestmark = pytest.mark.integration
-
 SERVICE_UID = "10001"  # the Dockerfile's USER
 MODEL = "efficientnet_lite0"
 WORKER_START = 300  # seconds for a worker container to load the model and verify its engine, on a loaded machine
@@ -74,6 +72,12 @@ def test_the_api_container_has_no_torch(stack):
     imported = stack.exec("api", "python", "-c", "import torch", check=False)
     assert imported.returncode != 0 and b"No module named 'torch'" in imported.stderr
     assert stack.exec("worker", "python", "-c", "import torch").returncode == 0  # the check can tell
+
+
+def test_a_worker_starts_without_warnings_from_its_engine(stack):
+    """The service user has no home: ONNX Runtime warned at every start that it could not keep its cache file."""
+    logs = stack("logs", "--no-color", "worker").stdout.decode()
+    assert "ready model=" in logs and "[W:onnxruntime" not in logs, logs[-3000:]
 
 
 def test_redis_refuses_a_client_without_the_password(stack):

@@ -20,8 +20,6 @@ from serving.preprocess import prepare
 from tests.images import CAT_LABELS, PHOTOS, jpeg_with_orientation
 from tests.reference import COLOUR_PHOTOS, reference_top3
 
-pytestmark = pytest.mark.integration
-
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_TS = ROOT / "models" / "efficientnet_lite0.ts.pt"
 PNG_PHOTOS = [name for name in COLOUR_PHOTOS if name.endswith(".png")]
@@ -162,18 +160,33 @@ def test_a_corrupt_image_is_a_warning_and_the_rest_is_classified(classify, tmp_p
 
 @pytest.mark.parametrize("args, message", [
     (["--model", "missing.ts.pt", "{folder}"], "model file missing.ts.pt does not exist"),
-    (["{folder}/nowhere"], "does not exist or is not a folder"),
+    (["{folder}/nowhere"], "image folder or file {folder}/nowhere does not exist"),
     (["{empty}"], "no image files in"),
-    ([], "no image folder given"),
+    ([], "no image folder or file given"),
+    (["--model", "{checkpoint}", "{folder}"], "a .pth checkpoint is no TorchScript file: export one with "
+                                               "`python -m model_tools trace --checkpoint"),
     (["--batch", "0", "{folder}"], "--batch expects an integer >= 1"),
     (["--frobnicate", "{folder}"], "unknown option --frobnicate"),
 ])
 def test_bad_usage_exits_2_with_a_clear_message(classify, photo_folder, tmp_path, args, message):
     (tmp_path / "empty").mkdir()
-    args = [a.format(folder=photo_folder, empty=tmp_path / "empty") for a in args]
-    completed = run(classify, *args)
+    fields = {"folder": photo_folder, "empty": tmp_path / "empty",
+              "checkpoint": ROOT / "models" / "efficientnet_lite0.pth"}
+    completed = run(classify, *[a.format(**fields) for a in args])
     assert completed.returncode == 2
-    assert message in completed.stderr
+    assert message.format(**fields) in completed.stderr
+
+
+def test_one_photo_is_classified_as_it_is_in_a_folder(classify, photo_folder):
+    in_folder, _ = results(run(classify, "--json", photo_folder))
+    alone = run(classify, "--json", photo_folder / "chelsea.png")
+    assert alone.returncode == 0, alone.stderr
+    predictions, summary = results(alone)
+    assert list(predictions) == ["chelsea.png"] and summary["images"] == 1
+    # A batch of one, not of the folder's eight: the same classes, probabilities to float rounding.
+    one, batched = predictions["chelsea.png"], in_folder["chelsea.png"]
+    assert [p["index"] for p in one] == [p["index"] for p in batched]
+    assert np.allclose([p["probability"] for p in one], [p["probability"] for p in batched], atol=1e-4)
 
 
 def default_model_with(path: Path, extra_files: dict[str, str]) -> Path:

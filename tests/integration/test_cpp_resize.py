@@ -12,13 +12,10 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from serving.preprocess import RESIZE_FILTER, fit_to_model
 from tests.images import PHOTOS
-
-pytestmark = pytest.mark.integration
 
 
 def photo(name: str) -> Image.Image:

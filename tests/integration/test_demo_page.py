@@ -11,8 +11,6 @@ from playwright.sync_api import expect, sync_playwright
 
 from tests.images import CAT_LABELS, PHOTOS
 
-pytestmark = pytest.mark.integration
-
 # Installed by `make test` (its test-tools target); Playwright's own browser download cannot work offline.
 CHROMIUM = Path("/usr/bin/chromium")
 # Headless, and nothing that reaches for the network: this machine has none, and the page needs none.

@@ -18,8 +18,6 @@ from serving.preprocess import prepare
 from tests.images import photo_bytes
 from tests.reference import matches, reference_top3
 
-pytestmark = pytest.mark.integration
-
 PHOTOS = ["chelsea.png", "coffee.png", "rocket.jpg"]
 MODEL = "efficientnet_lite0"
 

@@ -8,7 +8,6 @@ alone shows nothing here, since Python's tempfile then picks /tmp by itself).
 
 from __future__ import annotations
 
-import pytest
 import requests
 
 from stack.processes import Stack
@@ -16,8 +15,6 @@ from tests.full_disk import full_filesystem
 from tests.images import CAT_LABELS, photo_bytes
 from tests.integration.client import post_image
 from tests.integration.conftest import stack_settings
-
-pytestmark = pytest.mark.integration
 
 
 def test_the_default_worker_on_a_full_engine_cache_disk_starts_and_serves_with_its_first_choice(tmp_path):

@@ -26,8 +26,6 @@ from tests.images import (
 )
 from tests.integration.client import post_image
 
-pytestmark = pytest.mark.integration
-
 BAD_UPLOADS = {
     "zero-byte file": (b"", 400),
     "text file": (b"name,age\nchelsea,7\n" * 20, 400),

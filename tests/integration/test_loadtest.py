@@ -14,8 +14,6 @@ from scripts.loadtest import run
 from stack.processes import free_port
 from tests.images import PHOTOS
 
-pytestmark = pytest.mark.integration
-
 
 def test_closed_loop_reports_statuses_latency_and_batch_sizes(service, tmp_path):
     report = run(["--url", service.url + "/predict", "--images", str(PHOTOS / "chelsea.png"),

@@ -7,7 +7,6 @@ import subprocess
 import sys
 import time
 
-import pytest
 import requests
 import torch
 import torchvision
@@ -16,8 +15,6 @@ from stack.processes import REPO_ROOT, Stack
 from tests.images import photo_bytes
 from tests.integration.client import ClosedLoopClients, post_image, wait_until
 from tests.integration.conftest import stack_settings
-
-pytestmark = pytest.mark.integration
 
 DEFAULT = "efficientnet_lite0"
 SHAPES = ["circle", "square", "triangle"]

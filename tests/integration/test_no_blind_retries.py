@@ -29,8 +29,6 @@ from tests.integration.client import wait_until
 from tests.integration.redis_topologies import RedisProcesses, cluster_deployment
 from worker.queue import WorkerQueue
 
-pytestmark = pytest.mark.integration
-
 KEYS = Keys("t", "tiny@1")
 READ_TIMEOUT = 0.5  # short: a stopped cluster node is taken for failed after its node timeout (2 s)
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
-import pytest
 import requests
 
 from serving.config import Settings
@@ -16,8 +15,6 @@ from tests.integration.client import post_image, wait_until
 from tests.integration.conftest import stack_settings
 from tests.openapi_check import assert_conforms
 from tests.prometheus_text import sample_value
-
-pytestmark = pytest.mark.integration
 
 
 def metrics(url: str) -> str:

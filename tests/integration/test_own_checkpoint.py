@@ -22,8 +22,6 @@ from tests.integration.conftest import stack_settings
 from tests.integration.standins import SlowClassifier
 from tests.model_files import save_classic
 
-pytestmark = pytest.mark.integration
-
 PHOTOS = ("chelsea.png", "coffee.png")
 
 

@@ -14,8 +14,6 @@ from tests.images import CAT_LABELS, MULTIPART_CONTENT_TYPE, photo_bytes, upload
 from tests.integration.client import post_image
 from tests.integration.conftest import stack_settings
 
-pytestmark = pytest.mark.integration
-
 SLOW_CLIENTS = 40  # more than the API's 2 processes x 16 threads
 
 

@@ -15,7 +15,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import torch
 import torchvision
 
@@ -23,8 +22,6 @@ from serving.config import Settings
 from stack.processes import REPO_ROOT
 from tests.images import PHOTOS
 from tests.model_files import save_classic, torchserve_archive
-
-pytestmark = pytest.mark.integration
 
 README = "\n".join(path.read_text() for path in [REPO_ROOT / "README.md", *sorted((REPO_ROOT / "docs").glob("*.md"))])
 SETTING_NAMES = {Settings.env_name(name) for name in Settings.__dataclass_fields__}

@@ -8,7 +8,6 @@ import threading
 import time
 
 import numpy as np
-import pytest
 import redis
 
 from serving import protocol
@@ -18,8 +17,6 @@ from stack.processes import Stack
 from tests.unit.tiny_model import message, tiny_classifier
 from worker.loop import Worker
 from worker.queue import WorkerQueue
-
-pytestmark = pytest.mark.integration
 
 KEYS = Keys("t", "tiny@1")
 TIMEOUT = 5.0

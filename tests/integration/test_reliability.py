@@ -26,9 +26,6 @@ from tests.integration.faults import (
 )
 from tests.reference import matches
 
-pytestmark = pytest.mark.integration
-
-
 
 @pytest.fixture(scope="module")
 def fault_stack(tmp_path_factory):

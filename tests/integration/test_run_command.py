@@ -23,8 +23,6 @@ from tests.integration.client import post_image, wait_until
 from tests.integration.standins import DiesOnWhite
 from tests.model_files import save_classic
 
-pytestmark = pytest.mark.integration
-
 
 def descendants(pid: int) -> set[int]:
     found = set()

@@ -8,7 +8,6 @@ from __future__ import annotations
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import pytest
 import redis
 
 from serving import protocol
@@ -23,8 +22,6 @@ from tests.integration.hosts import Host, network
 from tests.integration.redis_topologies import RedisProcesses, cluster_deployment, role, sentinel_deployment
 from tests.integration.standins import SlowClassifier
 from tests.model_files import save_classic
-
-pytestmark = pytest.mark.integration
 
 
 def test_a_sentinel_failover_under_load_is_503_for_moments_then_200_with_nothing_restarted(tmp_path):

@@ -24,8 +24,6 @@ from tests.integration.conftest import stack_settings
 from tests.model_files import save_classic
 from tests.unit.test_model_card import LABELS, FourClasses
 
-pytestmark = pytest.mark.integration
-
 
 def classify_chelsea(stack: Stack) -> str:
     response = post_image(stack.url, photo_bytes("chelsea.png"))

@@ -5,14 +5,11 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import pytest
 import requests
 
 from tests.images import CAT_LABELS, photo_bytes
 from tests.integration.client import post_image, wait_until
 from tests.reference import assert_all_distinguishable, matches, reference_top3, variants
-
-pytestmark = pytest.mark.integration
 
 
 def post(service, data: bytes, field="image"):

@@ -19,8 +19,6 @@ from tests.integration.faults import freeze_while_holding_work, keys_of
 from tests.integration.standins import SlowToLoad
 from tests.model_files import save_classic
 
-pytestmark = pytest.mark.integration
-
 
 @pytest.fixture
 def one_worker_stack(tmp_path):

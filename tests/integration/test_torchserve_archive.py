@@ -30,8 +30,6 @@ from tests.images import photo_bytes
 from tests.integration.conftest import stack_settings
 from tests.model_files import torchserve_archive
 
-pytestmark = pytest.mark.integration
-
 PHOTOS = ("chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png")
 PROBABILITY_TOLERANCE = 2e-3
 TOP_K = 5  # the stock handler's topk

@@ -16,8 +16,6 @@ from tests.images import photo_bytes
 from tests.integration.client import post_image, timed_post, wait_until
 from tests.integration.conftest import stack_settings
 
-pytestmark = pytest.mark.integration
-
 TIMEOUT = 1.5
 
 

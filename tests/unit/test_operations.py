@@ -242,6 +242,22 @@ def test_the_openapi_document_lists_exactly_the_routes_of_the_app(client):
     assert client.get("/openapi.json").get_json() == OPENAPI_DOCUMENT
 
 
+def test_the_openapi_document_says_which_operations_need_a_key_and_what_refusing_one_looks_like(client):
+    from app.access import OPEN_ENDPOINTS
+
+    adapter = client.application.url_map.bind("localhost")
+    for path, operations in OPENAPI_DOCUMENT["paths"].items():
+        concrete = re.sub(r"\{\w+\}", "x", path)
+        for method, operation in operations.items():
+            endpoint, _ = adapter.match(concrete, method.upper())
+            if endpoint in OPEN_ENDPOINTS:
+                assert operation["security"] == [] and "401" not in operation["responses"], path
+            else:  # the document's default: no key, or one of the two ways to send it
+                assert "security" not in operation and "401" in operation["responses"], path
+            assert ("429" in operation["responses"]) == (method in ("post", "put") and endpoint not in OPEN_ENDPOINTS)
+    assert OPENAPI_DOCUMENT["security"] == [{}, {"BearerKey": []}, {"HeaderKey": []}]
+
+
 def test_the_openapi_schemas_are_valid_json_schemas():
     for schema in OPENAPI_DOCUMENT["components"]["schemas"].values():
         Draft202012Validator.check_schema(schema)

@@ -25,7 +25,7 @@ from app import create_app
 from serving.config import Settings, parse_redis_url
 from serving.protocol import Keys, model_id
 from stack.processes import API_ARGUMENTS, WORKER_ARGUMENTS
-from tests.unit.test_deployment import default_of  # compose's `${NAME:-default}` spelling
+from tests.repo.test_deployment import default_of  # compose's `${NAME:-default}` spelling
 
 ROOT = Path(__file__).resolve().parents[2]
 FOLDER = ROOT / "deploy" / "kubernetes"
