@@ -6,8 +6,17 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from scripts.bench_peers.peer import (BATCH_TIMEOUT_MS, MAX_BATCH_SIZE, SERVERS, WORKERS, ModelFiles, Peer, Serving,
-                                      peer_config, python_environment, write_config)
+from scripts.bench_peers.peer import (
+    MAX_BATCH_SIZE,
+    SERVERS,
+    WORKERS,
+    ModelFiles,
+    Peer,
+    Serving,
+    peer_config,
+    python_environment,
+    write_config,
+)
 from scripts.bench_peers.processes import server_process
 from stack.processes import free_port
 

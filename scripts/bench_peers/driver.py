@@ -126,8 +126,9 @@ def measure(peer: Peer, serving: Serving, sitting: Sitting) -> dict[int, Report]
     for clients in sitting.clients:
         reports[clients] = summarize(f"{peer.name}, c={clients}",
                                      closed_loop(client, clients, 10**6, sitting.seconds, progress=False))
-        print(f"    c={clients}: {reports[clients].throughput_rps:.1f} requests/s, latency {reports[clients].latency_ms}"
-              f", statuses {reports[clients].statuses}", flush=True)
+        report = reports[clients]
+        print(f"    c={clients}: {report.throughput_rps:.1f} requests/s, latency {report.latency_ms}, "
+              f"statuses {report.statuses}", flush=True)
     return reports
 
 
@@ -154,7 +155,8 @@ def run_system(peer: Peer, sitting: Sitting) -> Result:
 def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     names = [peer.name for peer in SYSTEMS]
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--peers", default=",".join(names), help=f"systems to run, in turn (default: {','.join(names)})")
+    parser.add_argument("--peers", default=",".join(names),
+                        help=f"systems to run, in turn (default: {','.join(names)})")
     parser.add_argument("--seconds", type=float, default=20.0, help="length of each closed-loop run")
     parser.add_argument("--clients", default="1,16", help="closed-loop client counts (default: %(default)s)")
     parser.add_argument("--warmup-seconds", type=float, default=5.0, help="load before timing, at the most clients")

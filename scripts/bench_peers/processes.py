@@ -67,17 +67,31 @@ def server_process(command: list[str], cwd: Path, environment: dict[str, str], l
 
 
 def stop_group(process: subprocess.Popen, grace: float = STOP_GRACE_SECONDS) -> None:
-    """SIGTERM to the process group, SIGKILL to what is left of it after `grace` seconds."""
+    """SIGTERM to the process group, SIGKILL to what is left of it after `grace` seconds (workers may outlive
+    their parent), and wait until none of it runs."""
     _signal_group(process.pid, signal.SIGTERM)
-    try:
-        process.wait(grace)
-    except subprocess.TimeoutExpired:
-        pass
     give_up_at = time.monotonic() + grace
-    while _group_alive(process.pid) and time.monotonic() < give_up_at:  # workers may outlive their parent
-        time.sleep(0.2)
+    while live_members(process.pid) and time.monotonic() < give_up_at:
+        time.sleep(0.1)
     _signal_group(process.pid, signal.SIGKILL)
     process.wait()
+    killed_by = time.monotonic() + grace
+    while live_members(process.pid) and time.monotonic() < killed_by:  # SIGKILL takes effect as each one dies
+        time.sleep(0.05)
+
+
+def live_members(group: int) -> list[int]:
+    """The processes of a process group that have not exited. Zombies do not count: an orphan's new parent
+    (here PID 1 of a container) may never reap it, and killpg(group, 0) would call the group alive forever."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
+        except OSError:  # exited meanwhile
+            continue
+        if int(fields[2]) == group and fields[0] != "Z":  # fields: state, parent, process group, ...
+            members.append(int(stat.parent.name))
+    return members
 
 
 def _signal_group(group: int, which: signal.Signals) -> None:
@@ -85,11 +99,3 @@ def _signal_group(group: int, which: signal.Signals) -> None:
         os.killpg(group, which)
     except ProcessLookupError:  # the group has already gone
         pass
-
-
-def _group_alive(group: int) -> bool:
-    try:
-        os.killpg(group, 0)
-    except ProcessLookupError:
-        return False
-    return True

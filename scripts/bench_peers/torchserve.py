@@ -15,8 +15,18 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from scripts.bench_peers.peer import (BATCH_TIMEOUT_MS, MAX_BATCH_SIZE, SERVERS, WORKERS, ModelFiles, Peer, Serving,
-                                      peer_config, python_environment, write_config)
+from scripts.bench_peers.peer import (
+    BATCH_TIMEOUT_MS,
+    MAX_BATCH_SIZE,
+    SERVERS,
+    WORKERS,
+    ModelFiles,
+    Peer,
+    Serving,
+    peer_config,
+    python_environment,
+    write_config,
+)
 from scripts.bench_peers.processes import PeerUnavailable, last_lines, server_process
 from stack.processes import free_port
 

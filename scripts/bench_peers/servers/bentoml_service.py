@@ -1,11 +1,10 @@
 """BentoML with ONNX Runtime and adaptive batching: requests' images merged into batches of up to the configured
 size. Runs in BentoML's venv: `bentoml serve bentoml_service:ImageClassifier` with PEER_CONFIG set."""
 
-import numpy as np
-from PIL.Image import Image
-
 import bentoml
 import classify
+import numpy as np
+from PIL.Image import Image
 
 CONFIG = classify.load_config()
 

@@ -1,10 +1,9 @@
 """LitServe with ONNX Runtime: the multipart upload decoded, resized and cropped in the inference workers, batched
 by LitServe. Runs in LitServe's venv: `python litserve_app.py` with PEER_CONFIG set."""
 
-import numpy as np
-
 import classify
 import litserve as ls
+import numpy as np
 
 
 class ImageClassifierAPI(ls.LitAPI):

@@ -3,10 +3,9 @@ Runs in TorchServe's venv."""
 
 from pathlib import Path
 
+import classify
 import numpy as np
 from ts.torch_handler.base_handler import BaseHandler
-
-import classify
 
 
 class OnnxImageClassifier(BaseHandler):

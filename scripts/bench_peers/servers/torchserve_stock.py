@@ -4,10 +4,9 @@ to change it: subclass ImageClassifier and set image_processing). Runs in TorchS
 from pathlib import Path
 
 import torch
+from classify import load_config
 from torchvision import transforms
 from ts.torch_handler.image_classifier import ImageClassifier
-
-from classify import load_config
 
 
 class CardImageClassifier(ImageClassifier):
