@@ -9,6 +9,7 @@ for --seconds, and stop its whole process group. Then the table of issue 28 and 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import io
 import shutil
 import sys
@@ -17,7 +18,11 @@ import warnings
 from dataclasses import dataclass
 from http.client import HTTPConnection
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
+
+import numpy as np
+from PIL import Image
 
 from scripts.bench_peers.answers import WrongAnswers, check_answers
 from scripts.bench_peers.bentoml import BentoML
@@ -30,6 +35,9 @@ from scripts.bench_peers.table import Result, markdown_table
 from scripts.bench_peers.torchserve import TorchServeOnnx, TorchServeStock
 from scripts.loadtest import SAMPLE_PHOTOS, Client, Report, closed_loop, request_body, sample_photos, summarize
 from stack.processes import REPO_ROOT
+
+if TYPE_CHECKING:
+    from model_tools.checkpoints import LoadedModel
 
 SYSTEMS: tuple[Peer, ...] = (Ours(), BentoML(), LitServe(), TorchServeOnnx(), TorchServeStock())
 WORK = REPO_ROOT / ".bench-peers"  # git-ignored: venvs, exported models, each run's configs and logs
@@ -46,17 +54,20 @@ class Sitting:
     seconds: float
     warmup_seconds: float
     python: str  # the interpreter the peers' venvs are made with
+    work: Path = WORK  # venvs in it, each system's configs and logs under run/<name>
 
 
-def export_model_files(model_path: Path, folder: Path) -> tuple[ModelFiles, object]:
-    """The ONNX export our engine runs and the frozen TorchScript network TorchServe's stock handler takes."""
-    import torch
+def export_model_files(model_path: Path, work: Path) -> tuple[ModelFiles, LoadedModel]:
+    """The ONNX export our engine runs and the frozen TorchScript network TorchServe's stock handler takes, made
+    once per model file (in a folder named by its digest, so a changed file is exported anew)."""
+    import torch  # here, not at the top: the unit tests import this module and need no torch
 
     from model_tools.card import ModelOptions
     from model_tools.checkpoints import load_model
     from model_tools.export import export_onnx
 
     loaded = load_model(model_path, ModelOptions())
+    folder = work / f"{model_path.stem}-{hashlib.sha256(model_path.read_bytes()).hexdigest()[:16]}"
     folder.mkdir(parents=True, exist_ok=True)
     onnx, torchscript = folder / "model.onnx", folder / "network.ts.pt"
     if not onnx.exists():
@@ -67,17 +78,15 @@ def export_model_files(model_path: Path, folder: Path) -> tuple[ModelFiles, obje
             warnings.simplefilter("ignore", FutureWarning)  # torch.jit's deprecation notes: TorchServe runs it
             example = torch.rand(2, 3, p.input_size, p.input_size)
             traced = torch.jit.freeze(torch.jit.trace(loaded.network.eval(), example).eval())
-        torch.jit.save(traced, str(torchscript))
+            torch.jit.save(traced, str(torchscript))
     files = ModelFiles(onnx, torchscript, list(loaded.card.class_names), p.resize_size, p.input_size,
                        tuple(p.mean), tuple(p.std))
     return files, loaded
 
 
-def eager_answers(loaded, files: ModelFiles, photos: list[tuple[str, bytes]]) -> dict[str, str]:
+def eager_answers(loaded: LoadedModel, files: ModelFiles, photos: list[tuple[str, bytes]]) -> dict[str, str]:
     """Eager PyTorch's top-1 of each photo, through the same Pillow resize and crop the peers run."""
-    import numpy as np
     import torch
-    from PIL import Image
 
     from model_tools.export import serving_module
 
@@ -136,9 +145,11 @@ def run_system(peer: Peer, sitting: Sitting) -> Result:
     print(f"- {peer.title}", flush=True)
     result = Result(peer.title, is_peer=peer.requirements is not None)
     try:
-        python = (ensure_venv(WORK / peer.requirements, REQUIREMENTS / f"{peer.requirements}.txt", sitting.python)
-                  if peer.requirements else None)
-        folder = WORK / "run" / peer.name
+        python = None  # ours runs in our own venv
+        if peer.requirements:
+            python = ensure_venv(sitting.work / peer.requirements, REQUIREMENTS / f"{peer.requirements}.txt",
+                                 sitting.python)
+        folder = sitting.work / "run" / peer.name
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
         with peer.serve(folder, sitting.files, python) as serving:

@@ -96,7 +96,11 @@ class TorchServe(Peer):
         bin_dir = python.parent
         command = [str(bin_dir / "torchserve"), "--start", "--foreground", "--ncs", "--disable-token-auth",
                    "--model-store", str(folder / "model-store"), "--ts-config", str(folder / "config.properties")]
-        environment = {**python_environment(folder / "peer.json"), "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+        (folder / "tmp").mkdir()
+        # TMPDIR: TorchServe keeps its pid file in the temporary folder and refuses to start beside another
+        # instance's (another user's on this machine, say); this one's is its own.
+        environment = {**python_environment(folder / "peer.json"), "PATH": f"{bin_dir}:{os.environ['PATH']}",
+                       "TMPDIR": str(folder / "tmp")}
         with server_process(command, folder, environment, folder / "server.log") as process:
             yield Serving(f"http://127.0.0.1:{ports[0]}/predictions/{MODEL_NAME}", folder / "server.log",
                           lambda: process.poll() is None)

@@ -14,15 +14,16 @@ import pytest
 from PIL import Image
 
 from scripts.bench_peers.answers import WrongAnswers, check_answers
-from scripts.bench_peers.driver import parse_arguments
+from scripts.bench_peers.driver import Sitting, parse_arguments, run_system, wait_until_answering
 from scripts.bench_peers.ours import Ours
-from scripts.bench_peers.peer import ModelFiles, Peer, peer_config
-from scripts.bench_peers.processes import live_members, stop_group
+from scripts.bench_peers.peer import ModelFiles, Peer, Serving, peer_config
+from scripts.bench_peers.processes import PeerUnavailable, ensure_venv, live_members, requirements_digest, stop_group
 from scripts.bench_peers.servers.classify import resize_and_crop, top_labels
 from scripts.bench_peers.table import Result, markdown_table
 from scripts.bench_peers.torchserve import LOG4J2, config_properties, model_config
-from scripts.loadtest import Report, sample_photos
+from scripts.loadtest import Client, Report, sample_photos
 from serving.preprocess import decode_image, fit_to_model
+from stack.processes import free_port
 
 REFERENCE = {"chelsea.png": "Egyptian cat", "coffee.png": "espresso"}
 FILES = ModelFiles(Path("/m/model.onnx"), Path("/m/network.ts.pt"), ["cat", "dog"], 256, 224, (0.5,) * 3, (0.5,) * 3)
@@ -145,3 +146,39 @@ def test_stopping_a_peer_ends_its_whole_process_group_even_a_child_that_ignores_
     assert leader.poll() is not None
     assert live_members(leader.pid) == []
     assert time.monotonic() - started < 10
+
+
+def test_a_venv_with_these_requirements_installed_is_not_installed_again(tmp_path):
+    requirements = tmp_path / "peer.txt"
+    requirements.write_text("litserve==0.2.19\n")
+    venv = tmp_path / "peer"
+    venv.mkdir()
+    (venv / "installed-requirements.sha256").write_text(requirements_digest(requirements))
+    assert ensure_venv(venv, requirements, python="false") == venv / "bin" / "python"  # `false` was never run
+
+
+def test_a_failed_install_is_a_clear_message_naming_its_log(tmp_path):
+    requirements = tmp_path / "peer.txt"
+    requirements.write_text("litserve==0.2.19\n")
+    with pytest.raises(PeerUnavailable, match=r"false -m venv .* failed \(exit 1\); log .*peer.install.log"):
+        ensure_venv(tmp_path / "peer", requirements, python="false")
+
+
+def test_a_peer_that_exits_while_starting_is_reported_with_its_logs_end(tmp_path):
+    log = tmp_path / "server.log"
+    log.write_text("starting\nImportError: No module named 'yaml'\n")
+    client = Client(f"http://127.0.0.1:{free_port()}/predict", sample_photos()[:1], timeout=5)
+    with pytest.raises(PeerUnavailable, match="exited while starting; log .* ends:\nstarting\nImportError"):
+        wait_until_answering(client, Serving(client.path, log, alive=lambda: False), timeout=30)
+
+
+def test_a_peer_that_cannot_start_keeps_its_row_and_the_sitting_goes_on(tmp_path):
+    class Unstartable(Peer):
+        name = title = "unstartable"
+
+        def serve(self, folder, files, python):
+            raise PeerUnavailable("no Java")
+
+    sitting = Sitting([], {}, FILES, [1], 1.0, 0.0, "python3", work=tmp_path)
+    result = run_system(Unstartable(), sitting)
+    assert (result.reports, result.refused) == (None, "no Java")
