@@ -3,7 +3,8 @@
 For each system chosen with --peers, in turn: install it into its own venv under .bench-peers/ (once), start it
 on a free loopback port, wait until it answers a photo, refuse to report it unless its top-1 equals eager
 PyTorch's on every photo, warm it up, then closed-loop load (scripts.loadtest's client) at each --clients count
-for --seconds, and stop its whole process group. Then the table of issue 28 and how each system was configured.
+for --seconds, and stop its whole process group. Then the table of issue 28 and how each system was configured
+(the same, with the reasons, in docs/performance.md "Peers, side by side").
 """
 
 from __future__ import annotations
