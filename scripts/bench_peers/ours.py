@@ -9,6 +9,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from scripts.bench_peers.peer import ModelFiles, Peer, Serving
+from serving.config import Settings
+from stack.processes import Stack, free_port
 
 
 class Ours(Peer):
@@ -20,9 +22,6 @@ class Ours(Peer):
 
     @contextmanager
     def serve(self, folder: Path, files: ModelFiles, python: Path | None) -> Iterator[Serving]:
-        from serving.config import Settings
-        from stack.processes import Stack, free_port
-
         settings = dataclasses.replace(Settings.from_env(), port=free_port())
         with Stack(settings, workers=settings.workers, log_dir=folder) as stack:
             yield Serving(stack.url + "/predict", folder / "api.log", lambda: stack.api_process.poll() is None)

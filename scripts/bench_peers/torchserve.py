@@ -53,13 +53,18 @@ LOG4J2 = """<?xml version="1.0" encoding="UTF-8"?>
 """
 
 
-def config_properties(folder: Path, ports: tuple[int, int, int]) -> str:
-    """TorchServe's settings: loopback only, no token, no system metrics, 2 workers; the batching is the model's."""
-    inference, management, metrics = ports
+def config_properties(folder: Path, ports: tuple[int, int, int, int, int]) -> str:
+    """TorchServe's settings: every listener (its gRPC ones too) on a free loopback port, no token, no system
+    metrics, 2 workers; the batching is the model's (model_config)."""
+    inference, management, metrics, grpc_inference, grpc_management = ports
     return "\n".join([
         f"inference_address=http://127.0.0.1:{inference}",
         f"management_address=http://127.0.0.1:{management}",
         f"metrics_address=http://127.0.0.1:{metrics}",
+        "grpc_inference_address=127.0.0.1",
+        f"grpc_inference_port={grpc_inference}",
+        "grpc_management_address=127.0.0.1",
+        f"grpc_management_port={grpc_management}",
         f"model_store={folder / 'model-store'}",
         f"load_models={MODEL_NAME}.mar",
         f"default_workers_per_model={WORKERS}",
@@ -89,7 +94,7 @@ class TorchServe(Peer):
 
     @contextmanager
     def serve(self, folder: Path, files: ModelFiles, python: Path | None) -> Iterator[Serving]:
-        ports = (free_port(), free_port(), free_port())
+        ports = (free_port(), free_port(), free_port(), free_port(), free_port())
         self.archive(folder, files, python)
         (folder / "log4j2.xml").write_text(LOG4J2.replace("{folder}", str(folder)))
         (folder / "config.properties").write_text(config_properties(folder, ports))

@@ -81,10 +81,13 @@ def test_failed_requests_are_shown_beside_the_throughput():
 
 
 def test_torchserve_listens_on_loopback_only_with_two_workers_and_no_per_request_metrics(tmp_path):
-    properties = dict(line.split("=", 1) for line in config_properties(tmp_path, (8081, 8082, 8083)).splitlines())
+    ports = (8081, 8082, 8083, 8084, 8085)
+    properties = dict(line.split("=", 1) for line in config_properties(tmp_path, ports).splitlines())
     assert properties["inference_address"] == "http://127.0.0.1:8081"
     assert properties["management_address"] == "http://127.0.0.1:8082"
     assert properties["metrics_address"] == "http://127.0.0.1:8083"
+    assert (properties["grpc_inference_address"], properties["grpc_inference_port"]) == ("127.0.0.1", "8084")
+    assert (properties["grpc_management_address"], properties["grpc_management_port"]) == ("127.0.0.1", "8085")
     assert properties["default_workers_per_model"] == "2"
     assert properties["disable_system_metrics"] == "true"
     assert f"file://{tmp_path / 'log4j2.xml'}" in properties["vmargs"]
