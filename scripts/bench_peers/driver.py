@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import io
+import json
 import shutil
 import sys
 import time
@@ -174,6 +175,7 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup-seconds", type=float, default=5.0, help="load before timing, at the most clients")
     parser.add_argument("--python", default="python3", help="the interpreter the peers' venvs are made with")
     parser.add_argument("--model", default=str(REPO_ROOT / "models" / "efficientnet_lite0.pth"))
+    parser.add_argument("--json", help="also write every figure to this file")
     args = parser.parse_args(argv)
     unknown = set(args.peers.split(",")) - set(names)
     if unknown:
@@ -201,6 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     print()
     for peer in chosen:
         print(f"- {peer.title}: {peer.configuration}")
+    if args.json:
+        Path(args.json).write_text(json.dumps([result.to_json() for result in results], indent=2) + "\n")
     return 0 if any(result.reports for result in results) else 1
 
 

@@ -15,6 +15,10 @@ class Result:
     reports: dict[int, Report] | None = None  # clients -> the closed-loop run's figures; None: not reported
     refused: str | None = None  # why not reported (install, start-up or answers)
 
+    def to_json(self) -> dict:
+        reports = {str(c): report.to_json() for c, report in self.reports.items()} if self.reports else None
+        return {"system": self.title, "is_peer": self.is_peer, "closed_loop": reports, "refused": self.refused}
+
 
 def cell(report: Report, with_p99: bool) -> str:
     latency = report.latency_ms

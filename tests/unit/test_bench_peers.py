@@ -185,3 +185,10 @@ def test_a_peer_that_cannot_start_keeps_its_row_and_the_sitting_goes_on(tmp_path
     sitting = Sitting([], {}, FILES, [1], 1.0, 0.0, "python3", work=tmp_path)
     result = run_system(Unstartable(), sitting)
     assert (result.reports, result.refused) == (None, "no Java")
+
+
+def test_the_figures_file_holds_each_runs_report_and_each_refusal():
+    measured = Result("peer", is_peer=True, reports={16: report(100, 160, 280)}).to_json()
+    assert measured["closed_loop"]["16"]["throughput_rps"] == 100
+    assert Result("broken", is_peer=True, refused="no Java").to_json() == {
+        "system": "broken", "is_peer": True, "closed_loop": None, "refused": "no Java"}
