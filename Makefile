@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: run test test-fast bench bench-heavy mutants setup redis-server test-tools model model-ts cpp clean
+.PHONY: run test test-fast bench bench-peers bench-heavy mutants setup redis-server test-tools model model-ts cpp clean
 
 run: setup
 	@if [ "$(PROXY)" = nginx ]; then scripts/ensure-nginx.sh; fi
@@ -24,6 +24,12 @@ test-fast: setup
 # Model and pipeline ceilings, then the service at saturation, half load and unloaded: one markdown table.
 bench: setup
 	$(PY) -m scripts.bench
+
+# Our service beside TorchServe 0.12 (stock image_classifier on TorchScript; ONNX Runtime handler), LitServe and
+# BentoML, each installed from PyPI into its own venv under .bench-peers/ and checked against eager PyTorch's
+# answers first: scripts/bench_peers/. ARGS passes options, e.g. ARGS="--peers ours,litserve --seconds 3".
+bench-peers: setup
+	$(PY) -m scripts.bench_peers --python $(PYTHON) $(ARGS)
 
 # Break each guarantee on purpose and check a test fails: a named list of mutants, then mutmut's (scripts/mutants.py).
 mutants: setup test-tools
@@ -70,4 +76,4 @@ cpp: model-ts
 	cpp/build.sh
 
 clean:
-	rm -rf $(VENV) models/*.pth models/*.sha256 models/*.ts.pt models/*.onnx models/*.pt2 models/engine-cache cpp/build cpp/build-* cpp/libtorch .pytest_cache
+	rm -rf $(VENV) models/*.pth models/*.sha256 models/*.ts.pt models/*.onnx models/*.pt2 models/engine-cache cpp/build cpp/build-* cpp/libtorch .pytest_cache .bench-peers
