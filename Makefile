@@ -10,8 +10,7 @@ run: setup
 	$(PY) -m stack
 
 # Test files run in parallel (pytest-xdist, a file's tests in one process): the suite waits on real processes
-# about half the time, so one process more than there are cores, at most 4. On this 2-core VM: 4 min 19 s with
-# three, 4 min 52 s with two, 7 min 4 s one after another.
+# about half the time, so one process more than there are cores, at most 4 (measured: docs/tests.md).
 TEST_PROCESSES ?= $(shell n=$$(($$(nproc) + 1)); echo $$((n > 4 ? 4 : n)))
 test: setup test-tools
 	$(PY) -m ruff check .

@@ -90,8 +90,8 @@ class Settings:
         "Seconds an unread result stays in Redis before it expires.")
     workers: int = _setting(
         "WORKERS", 2,
-        "Worker processes `make run` starts. Two served 6-10% more than one on 2 cores: while one "
-        "unpacks or answers a batch, the other computes (docs/performance.md, Levers measured).")
+        "Worker processes `make run` starts. Two, so that while one unpacks or answers a batch the other "
+        "computes (measured: docs/performance.md, Levers measured).")
     batch_size: int = _setting(
         "BATCH_SIZE", 8, "Most images the worker runs in one forward pass.")
     batch_wait_ms: float = _setting(
@@ -171,7 +171,7 @@ class Settings:
     inference_threads: int = _setting(
         "INFERENCE_THREADS", 0,
         "Threads each worker's engine computes with; 0: half the cores, at least one (the API processes "
-        "decoding uploads need the rest; on 2 cores one thread served 5-20% more than two).")
+        "decoding uploads need the rest; measured: docs/performance.md, Levers measured).")
     log_level: str = _setting("LOG_LEVEL", "INFO", "Python log level of API and worker.")
 
     def __post_init__(self):
