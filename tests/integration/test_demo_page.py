@@ -9,7 +9,10 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import expect, sync_playwright
 
+from app.keys import key_line
+from stack.processes import Stack
 from tests.images import CAT_LABELS, PHOTOS
+from tests.integration.conftest import stack_settings
 
 # Installed by `make test` (its test-tools target); Playwright's own browser download cannot work offline.
 CHROMIUM = Path("/usr/bin/chromium")
@@ -104,3 +107,45 @@ def test_several_images_go_in_one_request_and_each_gets_its_card(service, page, 
     screenshot = tmp_path / "demo-several.png"
     page.screenshot(path=str(screenshot), full_page=True)
     print(f"screenshot: {screenshot}")
+
+
+DEMO_KEY = "key-of-the-demo-page"
+
+
+@pytest.fixture(scope="module")
+def keyed_service(tmp_path_factory):
+    """The service with API_KEYS_FILE set: every route the page calls needs a key, the page itself none."""
+    keys_file = tmp_path_factory.mktemp("secret") / "api-keys"
+    keys_file.write_text(key_line("demo", DEMO_KEY, None, None, None, "normal") + "\n")
+    settings = stack_settings(api_keys_file=str(keys_file))
+    with Stack(settings, workers=1, log_dir=tmp_path_factory.mktemp("logs")) as stack:
+        yield stack
+
+
+def test_a_person_pastes_a_key_and_the_page_uses_it_for_this_tab(keyed_service, page):
+    page.goto(keyed_service.url + "/")
+    expect(page.locator("#model")).to_contain_text("Paste an API key above", timeout=30_000)
+    sent = []
+    page.on("request", lambda request: sent.append(request.headers.get("authorization"))
+            if request.url.endswith(("/predict", "/model")) else None)
+
+    page.fill("#api-key", DEMO_KEY)
+    page.dispatch_event("#api-key", "change")
+    expect(page.locator("#model")).to_contain_text("efficientnet_lite0", timeout=30_000)
+    page.set_input_files("#file", str(PHOTOS / "chelsea.png"))
+    expect(page.locator("#results .prediction")).to_have_count(5, timeout=30_000)
+    assert sent and set(sent) == {f"Bearer {DEMO_KEY}"}
+
+    page.reload()  # kept for the tab (sessionStorage), not written anywhere else
+    expect(page.locator("#model")).to_contain_text("efficientnet_lite0", timeout=30_000)
+    assert page.evaluate("() => localStorage.length") == 0
+
+
+def test_a_wrong_key_shows_the_refusal_not_a_prediction(keyed_service, page):
+    page.goto(keyed_service.url + "/")
+    page.fill("#api-key", "not-a-key")
+    page.dispatch_event("#api-key", "change")
+    expect(page.locator("#model")).to_contain_text("not valid", timeout=30_000)
+    page.set_input_files("#file", str(PHOTOS / "chelsea.png"))
+    expect(page.locator("#status")).to_contain_text("unauthorized", timeout=30_000)
+    expect(page.locator("#results .prediction")).to_have_count(0)
