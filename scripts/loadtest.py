@@ -1,5 +1,8 @@
 """Load test for any deployment of the API, through any of its doors.
 
+It imports nothing of the repository: from another folder or host, run the file itself
+(`python path/to/loadtest.py ...`; it needs numpy, tqdm and urllib3, and scikit-image for its default photos).
+
 Closed loop (N clients, each sends its next request when the last is answered):
     python -m scripts.loadtest --url http://127.0.0.1:5000/predict --images DIR --concurrency 32 --requests 500
 Open loop (requests start at a fixed rate whatever the answers do, so latency under load is honest):

@@ -64,6 +64,14 @@ def test_the_load_test_as_the_readme_runs_it_sends_the_sample_photos_by_default(
     assert [name for name, _ in sample_photos()] == list(SAMPLE_PHOTOS)
 
 
+def test_the_load_test_runs_from_any_folder_as_a_file(tmp_path):
+    """It needs nothing of the repository but itself: copied to a load-generating host, it runs as a file."""
+    finished = subprocess.run([sys.executable, str(ROOT / "scripts" / "loadtest.py"), "--images",
+                               str(tmp_path / "photos"), "--requests", "1"], cwd=tmp_path, capture_output=True,
+                              text=True)
+    assert finished.returncode == 1 and "no such file or folder" in finished.stderr, finished.stderr
+
+
 def test_a_missing_image_path_is_one_line_not_a_traceback(tmp_path):
     finished = subprocess.run([sys.executable, "-m", "scripts.loadtest", "--images", str(tmp_path / "photos"),
                                "--requests", "1"], cwd=ROOT, capture_output=True, text=True)
