@@ -40,7 +40,9 @@ def test_predict_without_a_name_needs_a_default_when_several_are_served(client, 
     response = post_image(client)
     assert response.status_code == 404 and response.get_json()["error"]["code"] == "no_default_model"
     assert "shapes, tiny" in response.get_json()["error"]["message"]
-    assert client.get("/readyz").status_code == 200  # a model can answer: ready, whichever
+    ready = client.get("/readyz")  # POST /predict fails: not ready, and it says why
+    assert ready.status_code == 503 and ready.get_json()["error"]["code"] == "not_ready"
+    assert "no_default_model" in ready.get_json()["error"]["message"]
     assert not any(m["default"] for m in client.get("/models").get_json()["models"])
     chosen = create_app(dataclasses.replace(SETTINGS, default_model="shapes"), fake_redis).test_client()
     answer_next_request(fake_redis, success(SQUARE, SHAPES), keys("shapes", "1"))
@@ -95,7 +97,8 @@ def test_weights_share_the_requests_among_live_versions():
     assert 0.08 < shares["v4"] / 10_000 < 0.12
     assert choose_version({"v3": 0, "v4": 100}, ["v3", "v4"]) == "v4"
     assert choose_version({"v3": 90, "v4": 10}, ["v3"]) == "v3"  # a weighted version that died gets nothing
-    assert choose_version({"v4": 100}, ["v3"]) == "v4"  # the route stands: the request meets 503 no_worker
+    assert choose_version({"v4": 100}, ["v3"]) == "v3"  # a preference among live versions: v4 is gone, v3 serves
+    assert routing.is_stranded({"v4": 100}, ["v3"]) and not routing.is_stranded({"v4": 100}, ["v4"])
 
 
 def test_without_weights_a_name_goes_to_its_lowest_live_version_so_a_new_one_waits_for_a_route():
