@@ -47,7 +47,8 @@ def failure_of(exc: Exception) -> ApiError:
     if isinstance(exc, NoDefaultModel):
         return ApiError(404, "no_default_model", no_default_message(exc))
     if isinstance(exc, NoWorker):
-        return ApiError(503, "no_worker", f"no worker available: {exc} (WORKER_TIMEOUT={settings.worker_timeout:g}s)")
+        return ApiError(503, "no_worker", f"no worker available: {exc} (a worker is live while its last heartbeat "
+                        f"is within WORKER_TIMEOUT={settings.worker_timeout:g}s)")
     if isinstance(exc, NotReady):
         return ApiError(503, "not_ready", str(exc))
     if isinstance(exc, DecoderBusy):

@@ -219,7 +219,7 @@ class Fleet:
         queue = self.queue_for(name, pinned_version)
         status = queue.fleet_status(self.worker_timeout)
         if status.model is None or status.workers_alive == 0:
-            raise NoWorker(f"{queue.keys.model_id} has no worker with a heartbeat within WORKER_TIMEOUT")
+            raise NoWorker(f"{queue.keys.model_id} has no live worker")
         return status
 
     def queue(self, model: str) -> InferenceQueue:

@@ -90,7 +90,7 @@ class InferenceQueue:
         model = self._usable_model(raw_info)
         try:
             if model is None:
-                raise NoWorker(f"no worker of {self.keys.model_id} has sent a heartbeat within WORKER_TIMEOUT")
+                raise NoWorker(f"{self.keys.model_id} has no live worker (no heartbeat announces its model)")
             if depth >= self.max_queue:
                 raise QueueFull(depth)
         except (NoWorker, QueueFull):

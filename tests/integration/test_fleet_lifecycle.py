@@ -111,7 +111,7 @@ def test_a_route_to_a_version_whose_workers_left_falls_back_to_a_live_one_and_is
         assert "route of efficientnet_lite0 prefers 2=100, which has no live worker" in \
             stack.log_path("api").read_text()
         pinned = predict(stack, headers={"X-Model-Version": "2"})
-        assert pinned.status_code == 503 and f"{DEFAULT}@2 has no worker" in pinned.json()["error"]["message"]
+        assert pinned.status_code == 503 and f"{DEFAULT}@2 has no live worker" in pinned.json()["error"]["message"]
 
         time.sleep(forget_after + 2)  # idle past FORGET_AFTER, but routed to: kept
         assert "2" in [v["version"] for v in names(stack)[DEFAULT]["versions"]]
