@@ -189,6 +189,9 @@ class Settings:
         for name in _ABOVE_ZERO:
             if not getattr(self, name) > 0:  # NaN too
                 raise ConfigError(f"{self.env_name(name)}={getattr(self, name)!r}: must be above 0")
+        if self.forget_after <= self.worker_timeout:
+            raise ConfigError(f"FORGET_AFTER={self.forget_after:g} must exceed WORKER_TIMEOUT={self.worker_timeout:g}: "
+                              "a live version would be forgotten between its heartbeats")
         if self.decode_pixel_budget < self.max_image_pixels:
             raise ConfigError(f"DECODE_PIXEL_BUDGET={self.decode_pixel_budget} is below MAX_IMAGE_PIXELS="
                               f"{self.max_image_pixels}: the largest accepted image could never be decoded")
