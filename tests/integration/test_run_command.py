@@ -151,13 +151,15 @@ def test_run_serves_and_every_process_ends_with_the_launcher_even_a_restarted_wo
 
 def test_a_poison_image_fails_alone_and_the_launcher_keeps_serving(tmp_path):
     """An image that kills every worker it reaches: it is answered 500 after MAX_ATTEMPTS deaths, its batch-mates
-    200, and `make run` restarts the workers (later each time) instead of stopping the service."""
+    200, and `make run` restarts the workers (later each time) instead of stopping the service. Three attempts
+    over two workers: one of them dies twice, and its second restart waits."""
     model = tmp_path / "dies_on_white.pth"
     network = DiesOnWhite().eval()
     save_classic(network, model)
     port = free_port()
     launcher = start_launcher(port, MODEL_PATH=str(model), MODEL_TRUSTED="1", BACKEND="torch", MEAN="0,0,0",
-                              STD="1,1,1", WORKER_TIMEOUT="2", REQUEST_TIMEOUT="120", BATCH_SIZE="8")
+                              STD="1,1,1", WORKER_TIMEOUT="2", REQUEST_TIMEOUT="120", BATCH_SIZE="8",
+                              MAX_ATTEMPTS="3")
     output: list[str] = []
     try:
         wait_for_line(launcher, "listening on")
