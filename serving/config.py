@@ -112,7 +112,8 @@ class Settings:
         "Checkpoint the worker serves (built by `make run` when missing).")
     model_name: str = _setting(
         "MODEL_NAME", "",
-        "Name the worker serves its model under (`POST /models/<name>/predict`; empty: the model card's name). "
+        "Name the worker serves its model under (`POST /models/<name>/predict`; empty: the name in the model "
+        "file's card, else the file's name without its suffix, never the architecture). "
         "Letters, digits, `.`, `_`, `-`.")
     model_version: str = _setting(
         "MODEL_VERSION", "1",
