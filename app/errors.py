@@ -8,7 +8,7 @@ from flask import Flask, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestEntityTooLarge
 
 from app.decode_budget import DecoderBusy
-from app.fleet import NoDefaultModel, UnknownModel
+from app.fleet import NoDefaultModel, NotReady, UnknownModel, no_default_message
 from app.queue_client import NoWorker, QueueFull
 from app.request_log import log_fields
 from serving.preprocess import ImageError
@@ -45,11 +45,12 @@ def failure_of(exc: Exception) -> ApiError:
     if isinstance(exc, UnknownModel):
         return ApiError(404, "unknown_model", f"no model {exc} is served here: GET /models lists them")
     if isinstance(exc, NoDefaultModel):
-        return ApiError(404, "no_default_model", f"several models are served ({', '.join(exc.args[0])}) and "
-                        "DEFAULT_MODEL names none of them: POST /models/<name>/predict")
+        return ApiError(404, "no_default_model", no_default_message(exc))
     if isinstance(exc, NoWorker):
-        return ApiError(503, "no_worker", "no worker available: none with a loaded model has sent a heartbeat "
-                        f"within WORKER_TIMEOUT={settings.worker_timeout:g}s")
+        return ApiError(503, "no_worker", f"no worker available: {exc} (a worker is live while its last heartbeat "
+                        f"is within WORKER_TIMEOUT={settings.worker_timeout:g}s)")
+    if isinstance(exc, NotReady):
+        return ApiError(503, "not_ready", str(exc))
     if isinstance(exc, DecoderBusy):
         return ApiError(503, "decoder_busy", f"this API process is decoding its limit of "
                         f"{settings.decode_pixel_budget} pixels (DECODE_PIXEL_BUDGET); retry later")

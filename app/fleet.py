@@ -11,28 +11,45 @@ REDIS_TIMEOUT. Were each to read in turn, a hung Redis would answer the n-th of 
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import redis
 
+from app import metrics
 from app.queue_client import FleetStatus, InferenceQueue, NoWorker
 from serving import routing
 from serving.protocol import FleetKeys, Keys, model_ages, model_id, split_model_id
 from serving.redis_client import RedisClient
+
+log = logging.getLogger("api")
 
 # How stale the API's picture of versions and weights may be: a new route takes effect within this.
 REFRESH_SECONDS = 1.0
 
 
 class UnknownModel(Exception):
-    """No worker has ever announced this model name under this KEY_PREFIX."""
+    """No worker has ever announced this model name under this KEY_PREFIX (or the registry has forgotten it)."""
 
 
 class NoDefaultModel(Exception):
-    """POST /predict with several names served and DEFAULT_MODEL unset."""
+    """POST /predict with several names live, none of them the default's holder, and DEFAULT_MODEL unset."""
+
+    def __init__(self, names: list[str]):
+        super().__init__(names)
+        self.names = names
+
+
+class NotReady(Exception):
+    """/readyz: POST /predict would fail now for a reason other than a worker or Redis; the message says which."""
+
+
+def no_default_message(exc: NoDefaultModel) -> str:
+    return (f"several model names have live workers ({', '.join(exc.names)}) and DEFAULT_MODEL names none of them: "
+            "POST /models/<name>/predict, or set DEFAULT_MODEL")
 
 
 class RegistryReadTooSlow(redis.TimeoutError):
@@ -45,6 +62,8 @@ class Snapshot:
     live: dict[str, list[str]]  # name -> versions with a heartbeat within WORKER_TIMEOUT
     weights: dict[str, dict[str, int]]  # name -> routing weights (empty: none set)
     taken_at: float
+    ages: dict[str, float] = field(default_factory=dict)  # model id -> seconds since its last heartbeat
+    default_holder: str | None = None  # the name that keeps the default while it is live (FleetKeys.default)
 
 
 class Fleet:
@@ -56,6 +75,7 @@ class Fleet:
         self.redis_timeout = redis_timeout
         self._queues: dict[str, InferenceQueue] = {}
         self._snapshot = Snapshot({}, {}, {}, 0.0)
+        self._stranded: set[str] = set()  # names whose route prefers versions without a live worker (logged once)
         self._read_in_flight: Future[Snapshot] | None = None
         self._lock = threading.Lock()  # guards _read_in_flight only: nobody holds it across a round trip
 
@@ -97,19 +117,23 @@ class Fleet:
     def _read(self) -> Snapshot:
         versions: dict[str, list[str]] = {}
         live: dict[str, list[str]] = {}
-        for model, age in sorted(model_ages(self.client, self.keys).items()):
+        ages = model_ages(self.client, self.keys)
+        for model, age in sorted(ages.items()):
             name, version = split_model_id(model)
             versions.setdefault(name, []).append(version)
             if age <= self.worker_timeout:
                 live.setdefault(name, []).append(version)
         pipe = self.client.pipeline(transaction=False)
+        pipe.get(self.keys.default)
         for name in versions:
             pipe.hgetall(self.keys.routes(name))
-        weights = {name: {v.decode(): int(w) for v, w in raw.items()} for name, raw in zip(versions, pipe.execute())}
-        return Snapshot(versions, live, weights, time.monotonic())
+        holder, *routes = pipe.execute()
+        weights = {name: {v.decode(): int(w) for v, w in raw.items()} for name, raw in zip(versions, routes)}
+        return Snapshot(versions, live, weights, time.monotonic(), ages, holder.decode() if holder else None)
 
     def name_for(self, requested: str | None) -> str:
-        """The model name a request is for: the one in its path, else DEFAULT_MODEL, else the only one served."""
+        """The model name a request is for: the one in its path, else DEFAULT_MODEL, else the default's holder while
+        it is live, else the only name with a live worker (NoDefaultModel with several)."""
         snapshot = self.snapshot()
         if requested is not None:
             if requested not in snapshot.versions and requested not in self.snapshot(fresh=True).versions:
@@ -117,31 +141,41 @@ class Fleet:
             return requested
         if self.default_model:
             return self.default_model
-        names = sorted(snapshot.versions) or sorted(self.snapshot(fresh=True).versions)
-        if len(names) > 1:
-            raise NoDefaultModel(names)
-        if not names:
-            raise NoWorker()
-        return names[0]
+        try:
+            return self._default_name(snapshot)
+        except (NoDefaultModel, NoWorker):  # perhaps a worker came or went since the last read: look again
+            return self._default_name(self.snapshot(fresh=True))
+
+    def _default_name(self, snapshot: Snapshot) -> str:
+        live = sorted(snapshot.live)
+        if snapshot.default_holder in live or len(live) == 1:
+            return snapshot.default_holder if snapshot.default_holder in live else live[0]
+        if live:
+            raise NoDefaultModel(live)
+        known = sorted(snapshot.versions)
+        if snapshot.default_holder in known or len(known) == 1:  # queue_for says which version has no worker
+            return snapshot.default_holder if snapshot.default_holder in known else known[0]
+        raise NoWorker(f"no model name has a live worker (known: {', '.join(known)})" if known else
+                       f"no worker has announced a model under KEY_PREFIX={self.keys.prefix}")
 
     def is_default(self, name: str) -> bool:
-        """Whether POST /predict goes to this name."""
-        if self.default_model:
-            return name == self.default_model
-        return list(self.snapshot().versions) == [name]
-
-    def ready_name(self) -> str:
-        """The model /readyz vouches for: the default one, or with several and none named, any with a live worker."""
+        """Whether POST /predict goes to this name now."""
         try:
-            return self.name_for(None)
-        except NoDefaultModel:
-            live = sorted(self.snapshot(fresh=True).live)
-            if not live:
-                raise NoWorker() from None
-            return live[0]
+            return self.name_for(None) == name
+        except (NoDefaultModel, NoWorker):
+            return False
+
+    def ready_status(self) -> FleetStatus:
+        """What /readyz vouches for: the version POST /predict would go to now, with a live worker. NotReady when
+        that route would answer 404 (several names and no default); NoWorker, naming its cause, when 503."""
+        try:
+            return self.live_status(self.name_for(None))
+        except NoDefaultModel as exc:
+            raise NotReady(f"POST /predict would answer 404 no_default_model: {no_default_message(exc)}") from None
 
     def queue_for(self, name: str, pinned_version: str | None = None) -> InferenceQueue:
-        """The queue of the version this request goes to: the pinned one, else one chosen by the name's weights."""
+        """The queue of the version this request goes to: the pinned one, else one chosen by the name's weights
+        among its live versions (NoWorker, naming why, when there is none)."""
         snapshot = self.snapshot()
         if not snapshot.live.get(name):  # perhaps a worker came up since the last read: look again before 503
             snapshot = self.snapshot(fresh=True)
@@ -149,16 +183,43 @@ class Fleet:
             if pinned_version not in snapshot.versions.get(name, []):
                 raise UnknownModel(model_id(name, pinned_version))
             return self.queue(model_id(name, pinned_version))
-        version = routing.choose_version(snapshot.weights.get(name, {}), snapshot.live.get(name, []))
+        weights, live = snapshot.weights.get(name, {}), snapshot.live.get(name, [])
+        version = routing.choose_version(weights, live)
         if version is None:
-            raise NoWorker()
+            raise NoWorker(self._no_live_version(snapshot, name))
+        self._note_stranded_route(name, weights, live, version)
         return self.queue(model_id(name, version))
+
+    def _no_live_version(self, snapshot: Snapshot, name: str) -> str:
+        versions = snapshot.versions.get(name, [])
+        if not versions:
+            return (f"DEFAULT_MODEL={name} names no model any worker has announced (known: "
+                    f"{', '.join(sorted(snapshot.versions)) or 'none'})")
+        beats = ", ".join(f"{name}@{v} {snapshot.ages[model_id(name, v)]:.0f}s ago"
+                          for v in sorted(versions, key=routing.version_order))
+        routed = snapshot.weights.get(name)
+        return (f"no version of {name} has a live worker (last heartbeats: {beats})"
+                + (f"; its route prefers {', '.join(v for v, w in routed.items() if w > 0)}" if routed else ""))
+
+    def _note_stranded_route(self, name: str, weights: dict[str, int], live: list[str], chosen: str) -> None:
+        """A route whose versions have no live worker is a preference, not a wall: the request went to another live
+        version. Counted per request (imgcls_route_fallbacks_total); logged when it starts and when it ends."""
+        if routing.is_stranded(weights, live):
+            metrics.observe_route_fallback(name)
+            if name not in self._stranded:
+                self._stranded.add(name)
+                log.warning("route of %s prefers %s, which has no live worker: serving %s@%s instead", name,
+                            ", ".join(f"{v}={w}" for v, w in weights.items()), name, chosen)
+        elif name in self._stranded:
+            self._stranded.discard(name)
+            log.info("route of %s is served again by its own versions", name)
 
     def live_status(self, name: str, pinned_version: str | None = None) -> FleetStatus:
         """The status of the version requests for `name` go to now; NoWorker when it has no live worker."""
-        status = self.queue_for(name, pinned_version).fleet_status(self.worker_timeout)
+        queue = self.queue_for(name, pinned_version)
+        status = queue.fleet_status(self.worker_timeout)
         if status.model is None or status.workers_alive == 0:
-            raise NoWorker()
+            raise NoWorker(f"{queue.keys.model_id} has no live worker")
         return status
 
     def queue(self, model: str) -> InferenceQueue:

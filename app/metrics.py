@@ -38,6 +38,10 @@ PREDICTION_LATENCY = Histogram("prediction_duration_seconds", "Time from receivi
                                "model version that answered.", ["model", "version"], namespace=NAMESPACE,
                                registry=None, buckets=LATENCY_BUCKETS)
 
+ROUTE_FALLBACKS = Counter("route_fallbacks", "Requests for a model name whose route prefers only versions without a "
+                          "live worker, served by another live version of the name instead.", ["model"],
+                          namespace=NAMESPACE, registry=None)
+
 # By API key name (API_KEYS_FILE's, a bounded set), never the key.
 KEY_REQUESTS = Counter("key_requests", "Requests that came with a valid API key, by its name and the status.",
                        ["key", "status"], namespace=NAMESPACE, registry=None)
@@ -65,6 +69,10 @@ def observe_prediction(model: str, version: str, seconds: float) -> None:
     PREDICTION_LATENCY.labels(model, version).observe(seconds)
 
 
+def observe_route_fallback(name: str) -> None:
+    ROUTE_FALLBACKS.labels(name).inc()
+
+
 def observe_key_request(key: str, status: int) -> None:
     KEY_REQUESTS.labels(key, str(status)).inc()
 
@@ -82,8 +90,8 @@ def render(read_statuses) -> bytes:
     if MULTIPROCESS:
         MultiProcessCollector(registry)
     else:
-        for own in (HTTP_REQUESTS, HTTP_LATENCY, REQUEST_IMAGES, PREDICTIONS, PREDICTION_LATENCY, KEY_REQUESTS,
-                    KEY_IMAGES):
+        for own in (HTTP_REQUESTS, HTTP_LATENCY, REQUEST_IMAGES, PREDICTIONS, PREDICTION_LATENCY, ROUTE_FALLBACKS,
+                    KEY_REQUESTS, KEY_IMAGES):
             registry.register(own)
     registry.register(_FleetCollector(read_statuses))
     return generate_latest(registry)

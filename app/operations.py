@@ -30,10 +30,9 @@ def demo_page():
 
 @operations.get("/readyz")
 def readyz():
-    """Ready: Redis answers and the default model has a live worker (with several models and no default: any
-    model has one). A Redis error is 503 too."""
-    fleet = _fleet()
-    status = fleet.live_status(fleet.ready_name())
+    """Ready when POST /predict would be served: Redis answers and the version it goes to has a live worker. 503
+    naming the cause otherwise: no worker (which version's heartbeat), several names and no default, Redis."""
+    status = _fleet().ready_status()
     return {"status": "ready", "model": status.model.name, "version": status.model.version,
             "workers": status.workers_alive, "queue_depth": status.queue_depth}
 

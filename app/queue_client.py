@@ -33,7 +33,8 @@ log = logging.getLogger("api")
 
 
 class NoWorker(Exception):
-    """No worker has announced a model recently: nobody would answer."""
+    """Nobody would answer: no live worker where the request would go. The message names the cause (which
+    version's heartbeat is missing, a version closing, no model at all)."""
 
 
 class QueueFull(Exception):
@@ -89,7 +90,7 @@ class InferenceQueue:
         model = self._usable_model(raw_info)
         try:
             if model is None:
-                raise NoWorker()
+                raise NoWorker(f"{self.keys.model_id} has no live worker (no heartbeat announces its model)")
             if depth >= self.max_queue:
                 raise QueueFull(depth)
         except (NoWorker, QueueFull):
@@ -143,7 +144,7 @@ class InferenceQueue:
         outcome = self.client.eval(protocol.ENQUEUE, 6, self.keys.lane(priority), self.keys.model, self.keys.wake,
                                    *self.keys.lanes, self.max_queue, *messages)
         if outcome == protocol.ENQUEUE_NO_WORKER:
-            raise NoWorker()
+            raise NoWorker(f"the last worker of {self.keys.model_id} stopped while this request came in")
         if outcome == protocol.ENQUEUE_FULL:
             raise QueueFull(self.max_queue)
 

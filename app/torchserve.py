@@ -37,9 +37,9 @@ def torchserve_error(exc: Exception) -> Response:
 
 @torchserve_api.get("/ping")
 def ping():
-    """Healthy when the default model (or, with several and none named, any) has a live worker."""
+    """Healthy when /readyz is: POST /predict would be served."""
     fleet: Fleet = current_app.extensions["fleet"]
-    fleet.live_status(fleet.ready_name())
+    fleet.ready_status()
     return {"status": "Healthy"}
 
 

@@ -52,9 +52,8 @@ def live():
 
 @v2_api.get("/health/ready")
 def ready():
-    """Ready when /readyz is: Redis answers and the default model (or, with several and none named, any) is served."""
-    fleet = _fleet()
-    _live_status(fleet, fleet.ready_name(), None)
+    """Ready when /readyz is: POST /predict would be served."""
+    _fleet().ready_status()
     return {"ready": True}
 
 

@@ -1,13 +1,16 @@
 """Command line of model_tools.
 
     python -m model_tools build-default [--out PATH] [--if-missing]
-    python -m model_tools import SRC --out PATH [--labels F] [--arch A] [--trusted] [preprocessing flags]
+    python -m model_tools import SRC --out PATH [--name NAME] [--labels F] [--arch A] [--trusted] [preprocessing flags]
     python -m model_tools trace [--checkpoint PATH] [--out PATH] [--script] [--optimize] [--if-missing]
     python -m model_tools export-onnx [--checkpoint PATH] [--out PATH] [--if-missing]
     python -m model_tools route NAME [VERSION=WEIGHT ...]
+    python -m model_tools forget NAME[@VERSION] [--force]
 
 `route` shares a model name's requests among its versions (REDIS_URL and KEY_PREFIX say where);
-without weights it prints the name's versions and weights.
+without weights it prints the name's versions and weights. `forget` removes a name (every version) or one
+version from the registry, with its routes and its queue; refused while a version has live workers, unless
+--force (their next heartbeat announces it again: stop them first).
 
 `import` turns any model file the worker loads into one self-describing file that loads without
 unpickling, checks it against the source and prints what it wrote. `trace` and `export-onnx`
@@ -25,7 +28,7 @@ import zipfile
 from pathlib import Path
 
 from model_tools import CARD_FILE, TOLERANCE
-from serving.config import ConfigError, Settings, channel_values
+from serving.config import ConfigError, Settings, channel_values, check_model_id_part
 
 # How this command spells each model option, for messages (the worker names environment variables instead).
 FLAG_NAMES = {"arch": "--arch", "labels_path": "--labels", "input_size": "--input-size",
@@ -52,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     importer.add_argument("checkpoint", metavar="SRC", help="the model file: a torch.save file of any kind, "
                           "TorchScript, a torch.export program, or TorchServe's .mar (stock image_classifier handler)")
     importer.add_argument("--out", required=True, help="the file to write")
+    importer.add_argument("--name", default="", help="the model's name in the written card, what a worker serves it "
+                          "under without MODEL_NAME (default: the source's card's, else the source file's name)")
     trace = commands.add_parser("trace", help="export TorchScript (uint8 NHWC in, probabilities out) and verify it")
     onnx = commands.add_parser("export-onnx", help="export ONNX (uint8 NHWC in, probabilities out) and verify it")
     for command in (trace, onnx):
@@ -72,10 +77,16 @@ def main(argv: list[str] | None = None) -> int:
     route.add_argument("name", help="the model name (GET /models lists them)")
     route.add_argument("weights", nargs="*", metavar="VERSION=WEIGHT",
                        help="whole numbers, shares of the traffic; none: print the current routing")
+    forget = commands.add_parser("forget", help="remove a model name, or one version, from the registry")
+    forget.add_argument("model", metavar="NAME[@VERSION]", help="a name (every version of it) or one name@version")
+    forget.add_argument("--force", action="store_true", help="even while it has live workers (stop them first: "
+                        "their next heartbeat announces it again); what its queue holds is dropped")
     args = parser.parse_args(argv)
 
     if args.command == "route":
         return set_route(args.name, args.weights)
+    if args.command == "forget":
+        return forget_models(args.model, args.force)
     if args.command in ("build-default", "import"):
         out = Path(args.out)
     else:
@@ -90,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
             return build_default(out)
         if args.command == "import":
             from model_tools.importer import import_model
-            print(import_model(Path(args.checkpoint), _model_options(args), out))
+            print(import_model(Path(args.checkpoint), _model_options(args), out, _model_name(args.name)))
             return 0
         return export_and_verify(args, out)
     except (ModelLoadError, ExportError, ConfigError) as exc:
@@ -127,6 +138,47 @@ def set_route(name: str, pairs: list[str]) -> int:
         state = "live" if age is not None and age <= settings.worker_timeout else "no live worker"
         print(f"  {version}: weight {current.get(version, '-')}, {state}")
     return 0
+
+
+def forget_models(target: str, force: bool) -> int:
+    """Forget a name's versions (or the one named) and their queues; refused for versions with live workers
+    unless `force`."""
+    from serving import protocol
+    from serving.redis_client import REDIS_ERRORS, connect
+
+    try:
+        settings = Settings.from_env()
+        client = connect(settings.redis_url, settings.redis_timeout, settings.redis_timeout)
+        fleet = protocol.FleetKeys(settings.key_prefix)
+        ages = protocol.model_ages(client, fleet)
+        name = target.partition("@")[0]
+        chosen = sorted(m for m in ages if m == target or protocol.split_model_id(m)[0] == target)
+        if not chosen:
+            known = sorted(ages) or ["none"]
+            print(f"error: the registry knows no {target} (known: {', '.join(known)})", file=sys.stderr)
+            return 1
+        idle = 0.0 if force else settings.worker_timeout
+        refused = [m for m in chosen if not protocol.forget_model(client, fleet, m, idle, keep_routed=False)]
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except REDIS_ERRORS as exc:
+        print(f"error: Redis at {settings.redis_url_redacted}: {exc}", file=sys.stderr)
+        return 1
+    for model in chosen:
+        if model not in refused:
+            print(f"forgot {model}: its registry entry, its weight in {name}'s route and its queue (what was still "
+                  "queued there is dropped)")
+    if refused:
+        print(f"error: {', '.join(refused)} still has live workers (a heartbeat within WORKER_TIMEOUT="
+              f"{settings.worker_timeout:g}s): stop them first, or forget with --force", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _model_name(name: str) -> str:
+    """--name, checked by MODEL_NAME's rule (empty: not given)."""
+    return check_model_id_part(name, "--name") if name else ""
 
 
 def _version_weight(pair: str) -> tuple[str, int]:

@@ -14,14 +14,20 @@ Each value comes from the first of these that says it:
 A configured value that contradicts the file is an error, not a silent choice
 of one of them. `ModelCard.sources` says where each value came from; the worker
 publishes it and `GET /model` shows it.
+
+The name follows one rule however the model is loaded: the name the file's own
+card gives (`model_tools import --name`, else the name of the file it was
+imported from), else the file's name without its suffix; never the
+architecture, which many models share. MODEL_NAME overrides it when serving.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from model_tools.architectures import Preprocessing, default_preprocessing, imagenet_class_names
@@ -102,7 +108,22 @@ def resolve_card(in_file: Mapping, options: ModelOptions, path: Path, count_outp
     if assumed:
         log.warning("%s does not say its %s, nor does the configuration: assumed %s", path, ", ".join(assumed),
                     ", ".join(f"{name}={_shown(name, preprocessing, class_names)}" for name in assumed))
-    return ModelCard(in_file.get("name") or arch or path.stem, arch, tuple(class_names), preprocessing, sources)
+    return ModelCard(in_file.get("name") or path.stem, arch, tuple(class_names), preprocessing, sources)
+
+
+FINGERPRINT_CHUNK_BYTES = 1 << 20
+
+
+def model_fingerprint(card: ModelCard, model_file: Path | None = None) -> str:
+    """A short hash of the model file's bytes (when there is one) and the card without its sources: two workers of
+    one name@version must serve the same model (the heartbeat compares it)."""
+    digest = hashlib.sha256(json.dumps({k: v for k, v in asdict(card).items() if k != "sources"},
+                                       sort_keys=True).encode())
+    if model_file is not None:
+        with open(model_file, "rb") as file:
+            while chunk := file.read(FINGERPRINT_CHUNK_BYTES):
+                digest.update(chunk)
+    return digest.hexdigest()[:16]
 
 
 def require_servable_name(card: ModelCard) -> None:
@@ -111,8 +132,8 @@ def require_servable_name(card: ModelCard) -> None:
     try:
         check_model_id_part(card.name, "the model card's name")
     except ConfigError as exc:
-        raise ModelLoadError(f"{exc}; when neither the file nor --arch names the model, the card takes the file's "
-                             "name: rename it") from None
+        raise ModelLoadError(f"{exc}; when the file's card names no model, the card takes the file's name: "
+                             "rename it, or import it with --name") from None
 
 
 def _architecture_defaults(arch: str) -> tuple[Preprocessing, str]:

@@ -12,6 +12,7 @@ every probability within TOLERANCE.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -33,13 +34,16 @@ log = logging.getLogger("model_tools")
 SAMPLE_PHOTOS = ("chelsea.png", "coffee.png", "astronaut.png", "rocket.jpg")  # scikit-image's, where installed
 
 
-def import_model(source: Path, options: ModelOptions, out: Path) -> str:
+def import_model(source: Path, options: ModelOptions, out: Path, name: str = "") -> str:
     """Write `out` from `source` and check it; returns the report to print.
 
-    The file is written and checked beside `out`, and replaces it only once it passes: a failed import
+    The written card names the model `name`, else as the source's card does (its own name, else the source
+    file's). The file is written and checked beside `out`, and replaces it only once it passes: a failed import
     leaves `out` as it was (or absent), never an unchecked file that loads without trust.
     """
     loaded = load_model(source, options)
+    if name:
+        loaded = dataclasses.replace(loaded, card=dataclasses.replace(loaded.card, name=name))
     require_servable_name(loaded.card)
     onnx_needed = not _fits_architecture(loaded)
     if onnx_needed and out.suffix != ".onnx":  # the worker tells an ONNX file by its name

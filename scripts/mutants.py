@@ -130,12 +130,21 @@ MUTANTS = (
     Mutant("the last worker of a version leaves its queue behind when it stops", "worker/loop.py",
            "            self.drain_if_last()\n", "            pass\n", ("tests/unit/test_worker.py",)),
     Mutant("the last worker of a version leaves it open when it stops (Lua)", "serving/protocol.py",
-           "if staying == 0 then redis.call('DEL', KEYS[3]) end\n", "", ("tests/unit/test_worker.py",)),
+           "if staying == 0 then redis.call('DEL', KEYS[3], KEYS[4]) end\n", "", ("tests/unit/test_worker.py",)),
     Mutant("a request is queued for a version whose last worker has left (Lua)", "serving/protocol.py",
            "if redis.call('EXISTS', KEYS[2]) == 0 then return -2 end\n", "", ("tests/unit/test_api.py",)),
     Mutant("a new version gets traffic before it is routed to (highest, not lowest)", "serving/routing.py",
            "return min(live_versions, key=version_order)", "return max(live_versions, key=version_order)",
            ("tests/unit/test_models.py",)),
+    Mutant("a newcomer name takes the default from a live one (Lua)", "serving/protocol.py",
+           "  if string.match(model, '^(.*)@') ~= ARGV[2] then return 0 end\n", "", ("tests/unit/test_models.py",)),
+    Mutant("another model joins a live name@version (Lua)", "serving/protocol.py",
+           "if held and held ~= ARGV[4] then return {tostring(now), -1, held} end\n", "",
+           ("tests/unit/test_models.py",)),
+    Mutant("a route to versions without workers strands its name", "serving/routing.py",
+           "    return min(live_versions, key=version_order) if live_versions else None\n",
+           "    return next(iter(weights), None) if weights else (min(live_versions, key=version_order) if "
+           "live_versions else None)\n", ("tests/unit/test_models.py",)),
 )
 
 

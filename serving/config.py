@@ -103,14 +103,17 @@ class Settings:
         "Seconds without a heartbeat after which a worker counts as dead and its unfinished "
         "requests are queued again. Heartbeats go on while a batch computes, so it need not exceed the longest batch.")
     max_attempts: int = _setting(
-        "MAX_ATTEMPTS", 3,
-        "Deliveries of one request to workers that died on it before it is answered with an error (500).")
+        "MAX_ATTEMPTS", 2,
+        "Deliveries of one request to workers that died on it before it is answered with an error (500). Two: a "
+        "batch-mate of an image that kills workers dies with it once, then is served alone; the killer dies "
+        "alone the second time.")
     model_path: str = _setting(
         "MODEL_PATH", "models/efficientnet_lite0.pth",
         "Checkpoint the worker serves (built by `make run` when missing).")
     model_name: str = _setting(
         "MODEL_NAME", "",
-        "Name the worker serves its model under (`POST /models/<name>/predict`; empty: the model card's name). "
+        "Name the worker serves its model under (`POST /models/<name>/predict`; empty: the name in the model "
+        "file's card, else the file's name without its suffix, never the architecture). "
         "Letters, digits, `.`, `_`, `-`.")
     model_version: str = _setting(
         "MODEL_VERSION", "1",
@@ -118,7 +121,12 @@ class Settings:
         "`python -m model_tools route` shares a name's requests among its versions.")
     default_model: str = _setting(
         "DEFAULT_MODEL", "",
-        "Model name `POST /predict` and `GET /model` use (empty: the only name served).")
+        "Model name `POST /predict` and `GET /model` use (empty: the first name that was served alone, while any "
+        "of its versions has a live worker; else the only name with a live worker).")
+    forget_after: float = _setting(
+        "FORGET_AFTER", 86400.0,
+        "Seconds a model version may go without a live worker and without a route to it before the registry "
+        "forgets it (`GET /models` no longer lists it); `python -m model_tools forget` does it at once.")
     cors_origins: str = _setting(
         "CORS_ORIGINS", "",
         "Browser origins allowed to call the API from their pages (CORS), comma-separated, e.g. "
@@ -182,6 +190,9 @@ class Settings:
         for name in _ABOVE_ZERO:
             if not getattr(self, name) > 0:  # NaN too
                 raise ConfigError(f"{self.env_name(name)}={getattr(self, name)!r}: must be above 0")
+        if self.forget_after <= self.worker_timeout:
+            raise ConfigError(f"FORGET_AFTER={self.forget_after:g} must exceed WORKER_TIMEOUT={self.worker_timeout:g}: "
+                              "a live version would be forgotten between its heartbeats")
         if self.decode_pixel_budget < self.max_image_pixels:
             raise ConfigError(f"DECODE_PIXEL_BUDGET={self.decode_pixel_budget} is below MAX_IMAGE_PIXELS="
                               f"{self.max_image_pixels}: the largest accepted image could never be decoded")
@@ -264,7 +275,7 @@ _AT_LEAST = {"port": 1, "api_processes": 1, "api_threads": 1, "max_image_pixels"
              "workers": 0, "batch_size": 1, "batch_wait_ms": 0, "max_attempts": 1, "input_size": 0,
              "resize_size": 0, "inference_threads": 0}
 # Durations and sizes that must be above zero: a RESULT_TTL of 0 would expire every answer before it is read.
-_ABOVE_ZERO = ("max_upload_mb", "request_timeout", "redis_timeout", "result_ttl", "worker_timeout")
+_ABOVE_ZERO = ("max_upload_mb", "request_timeout", "redis_timeout", "result_ttl", "worker_timeout", "forget_after")
 
 
 class ConfigError(ValueError):

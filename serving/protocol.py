@@ -131,6 +131,12 @@ class Keys:
     def worker_stats(self) -> str:
         return f"{self.tag}:worker_stats"
 
+    @property
+    def fingerprint(self) -> str:
+        """The fingerprint (model file and card) of the model this version's live workers serve, with their TTL:
+        a worker whose model differs refuses to join (HEARTBEAT)."""
+        return f"{self.tag}:fingerprint"
+
     def processing(self, worker_id: str) -> str:
         return f"{self.tag}:processing:{worker_id}"
 
@@ -155,6 +161,12 @@ class FleetKeys:
     def routes(self, name: str) -> str:
         """Hash: version -> weight, the share of the name's requests that version gets (absent: RoutingTable)."""
         return "{" + self.prefix + "}:routes:" + name
+
+    @property
+    def default(self) -> str:
+        """The name `POST /predict` goes to without DEFAULT_MODEL: the first name that was the only one live keeps it
+        while any of its versions is live (REGISTER_MODEL)."""
+        return "{" + self.prefix + "}:default"
 
 
 @dataclass(frozen=True)
@@ -416,15 +428,25 @@ return taken
 # Redis's clock in seconds, as the scripts below read it.
 _NOW = "local clock = redis.call('TIME'); local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000\n"
 
-# A worker's heartbeat: its score at Redis's time and, unless it is stopping, the model description with
-# its TTL (a stopping worker serves only what is already queued; the last one of a version has deleted the
-# description, and its heartbeats must not bring it back: STOPPING). KEYS: model key, workers set, stopping
-# set. ARGV: worker id, model description (JSON), TTL in ms. Returns {Redis's time as a string (a Lua number
-# would be cut to an integer), for the worker's RedisClock; 1 if it announced the model, else 0}.
+# A worker's heartbeat: its score at Redis's time and, unless it is stopping, the model description and the
+# model's fingerprint with their TTL (a stopping worker serves only what is already queued; the last one of a
+# version has deleted both, and its heartbeats must not bring them back: STOPPING). A worker whose fingerprint
+# differs from the one the version's live workers hold is refused before it counts as one of them: checked and
+# set in one step, so of two different models starting at once one joins and the other is refused; a dead
+# member's fingerprint expires with its heartbeat. KEYS: model key, workers set, stopping set, fingerprint key.
+# ARGV: worker id, model description (JSON), TTL in ms, fingerprint. Returns {Redis's time as a string (a Lua
+# number would be cut to an integer), for the worker's RedisClock; 1 if it announced the model, 0 if it is
+# stopping, -1 if refused; the fingerprint the version's live workers hold, when refused}.
 HEARTBEAT = _NOW + """
+if redis.call('SISMEMBER', KEYS[3], ARGV[1]) == 1 then
+  redis.call('ZADD', KEYS[2], now, ARGV[1])
+  return {tostring(now), 0}
+end
+local held = redis.call('GET', KEYS[4])
+if held and held ~= ARGV[4] then return {tostring(now), -1, held} end
 redis.call('ZADD', KEYS[2], now, ARGV[1])
-if redis.call('SISMEMBER', KEYS[3], ARGV[1]) == 1 then return {tostring(now), 0} end
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+redis.call('SET', KEYS[4], ARGV[4], 'PX', ARGV[3])
 return {tostring(now), 1}
 """
 
@@ -441,17 +463,75 @@ def count_live_workers(client, keys: Keys, worker_timeout: float):
 
 
 # A worker's entry in the fleet's registry of model versions, at the registry's own clock (on a Redis
-# Cluster it may sit on another node than the version's queue). KEYS: models set. ARGV: model id.
-REGISTER_MODEL = _NOW + "redis.call('ZADD', KEYS[1], now, ARGV[1])"
+# Cluster it may sit on another node than the version's queue). The default name (FleetKeys.default) goes to
+# this worker's name when no other name has a live version: the first name served alone keeps it while any of
+# its versions is live, and a newcomer never takes it from a live one. KEYS: models set, default key.
+# ARGV: model id, its name, worker timeout in s.
+REGISTER_MODEL = _NOW + """
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+for _, model in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], now - tonumber(ARGV[3]), '+inf')) do
+  if string.match(model, '^(.*)@') ~= ARGV[2] then return 0 end
+end
+redis.call('SET', KEYS[2], ARGV[2])
+return 1
+"""
 
-def retire_model(client, fleet: FleetKeys, model: str) -> None:
+
+def register_model(client, fleet: FleetKeys, model: str, worker_timeout: float) -> None:
+    """Count a model version live at Redis's time now, and give its name the default if no other name is live."""
+    client.eval(REGISTER_MODEL, 2, fleet.models, fleet.default, model, split_model_id(model)[0], worker_timeout)
+
+
+# A version's last worker has left cleanly: its registry entry goes just past WORKER_TIMEOUT, not live from
+# now on, its idle time for FORGET_MODEL counted from now. KEYS: models set. ARGV: model id, worker timeout in s.
+RETIRE_MODEL = _NOW + "redis.call('ZADD', KEYS[1], 'XX', now - tonumber(ARGV[2]) - 1, ARGV[1])"
+
+
+def retire_model(client, fleet: FleetKeys, model: str, worker_timeout: float) -> None:
     """Have the registry count a model version as not live from now on: its last worker has left cleanly.
 
-    Its entry stays, at time 0, so that the version is still known (a request pinned to it gets no_worker, not
-    unknown_model). A worker of the version whose heartbeat lands just before this is counted live again at
-    its next one, a heartbeat period later.
+    Its entry stays, so that the version is still known (a request pinned to it gets no_worker, not
+    unknown_model) until it is forgotten (forget_model). A worker of the version whose heartbeat lands just
+    before this is counted live again at its next one, a heartbeat period later.
     """
-    client.zadd(fleet.models, {model: 0}, xx=True)
+    client.eval(RETIRE_MODEL, 1, fleet.models, model, worker_timeout)
+
+
+# Forget one model version: its registry entry and its weight go, and with its name's last version the name's
+# routes and, if it has it, the default. Refused (0) while the version was heard from within ARGV[4] seconds
+# (its workers are live, or were lately), and with ARGV[5] = 1 while a route gives it traffic: checked in the
+# same step, so a heartbeat that lands first keeps it. KEYS: models set, the name's routes hash, default key.
+# ARGV: model id, version, name, idle seconds, 1 to keep a routed version. Returns 1 if forgotten, else 0.
+FORGET_MODEL = _NOW + """
+local beat = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not beat or now - tonumber(beat) < tonumber(ARGV[4]) then return 0 end
+if ARGV[5] == '1' and tonumber(redis.call('HGET', KEYS[2], ARGV[2]) or '0') > 0 then return 0 end
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[2], ARGV[2])
+for _, model in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  if string.match(model, '^(.*)@') == ARGV[3] then return 1 end
+end
+redis.call('DEL', KEYS[2])
+if redis.call('GET', KEYS[3]) == ARGV[3] then redis.call('DEL', KEYS[3]) end
+return 1
+"""
+
+
+def forget_model(client, fleet: FleetKeys, model: str, idle_seconds: float, keep_routed: bool) -> bool:
+    """Remove a model version from the registry (FORGET_MODEL) and, if it went, its queue's keys; whether it went.
+
+    What its queue still held goes with it: with no live worker for longer than REQUEST_TIMEOUT, every client of
+    those messages has had its 504. Its workers' processing lists go too (the workers set names them).
+    """
+    name, version = split_model_id(model)
+    if not client.eval(FORGET_MODEL, 3, fleet.models, fleet.routes(name), fleet.default, model, version, name,
+                       idle_seconds, 1 if keep_routed else 0):
+        return False
+    keys = Keys(fleet.prefix, model)
+    workers = [worker.decode() for worker in client.zrange(keys.workers, 0, -1)]
+    client.delete(*keys.lanes, keys.wake, keys.model, keys.fingerprint, keys.retry, keys.exhausted, keys.attempts,
+                  keys.workers, keys.stopping, keys.worker_stats, *(keys.processing(worker) for worker in workers))
+    return True
 
 
 # Every model version the registry knows, with the age of its last heartbeat by Redis's clock:
@@ -477,14 +557,15 @@ def model_ages(client, fleet: FleetKeys) -> dict[str, float]:
 # will go on serving its queue. With none, the version closes in the same step: its model description
 # goes, so the API answers no_worker at once (ADMISSION) and queues nothing more (ENQUEUE), and what the
 # last worker then drains is all there is. A worker of the version that starts later announces it again.
-# KEYS: workers set, stopping set, model key. ARGV: worker id, worker timeout in s.
+# Its fingerprint goes too, so that another model may take the version at once.
+# KEYS: workers set, stopping set, model key, fingerprint key. ARGV: worker id, worker timeout in s.
 STOPPING = _NOW + """
 redis.call('SADD', KEYS[2], ARGV[1])
 local staying = 0
 for _, worker in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], now - tonumber(ARGV[2]), '+inf')) do
   if redis.call('SISMEMBER', KEYS[2], worker) == 0 then staying = staying + 1 end
 end
-if staying == 0 then redis.call('DEL', KEYS[3]) end
+if staying == 0 then redis.call('DEL', KEYS[3], KEYS[4]) end
 return staying
 """
 

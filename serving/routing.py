@@ -3,7 +3,9 @@
 A model name routes to its versions by integer weights in the hash `{prefix}:routes:<name>` (`v3=90 v4=10`),
 set by `python -m model_tools route`. Without weights a name goes to its only live version, and with
 several to the lowest (versions compare as numbers where they are numbers: v9 < v10), so a new version
-gets no traffic until it is routed to.
+gets no traffic until it is routed to. Weights are a preference among the live versions: when none of the
+weighted versions has a live worker, the name is served as without weights (the API logs a warning and
+counts it, imgcls_route_fallbacks_total).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import random
 import re
 
-from serving.protocol import FleetKeys, Keys, count_live_workers, model_id
+from serving.protocol import FleetKeys, Keys, count_live_workers, model_ages, model_id
 
 
 class RoutingError(ValueError):
@@ -29,24 +31,38 @@ def write_weights(client, fleet: FleetKeys, name: str, weights: dict[str, int], 
     for version, weight in weights.items():
         if weight and count_live_workers(client, Keys(fleet.prefix, model_id(name, version)), worker_timeout) == 0:
             raise RoutingError(f"{name}@{version} has no live worker: start its workers, wait until they are "
-                               "ready, then route to it")
+                               f"ready, then route to it; {live_models(client, fleet, worker_timeout)}")
     pipe = client.pipeline(transaction=True)  # one key: readers see the old weights or the new, never a mix
     pipe.delete(fleet.routes(name))
     pipe.hset(fleet.routes(name), mapping=weights)
     pipe.execute()
 
 
-def choose_version(weights: dict[str, int], live_versions: list[str], rng: random.Random = random) -> str | None:
-    """The version one request goes to, or None when the name has no version to offer.
+def live_models(client, fleet: FleetKeys, worker_timeout: float) -> str:
+    """Which name@version have live workers, for a refusal: a worker whose model card names its model otherwise
+    serves under that name (MODEL_NAME sets it)."""
+    live = sorted(model for model, age in model_ages(client, fleet).items() if age <= worker_timeout)
+    return (f"live now: {', '.join(live)} (a worker serves under MODEL_NAME, else its model card's name)" if live
+            else "no model version has a live worker now")
 
-    Weighted versions with a live worker share the traffic by their weights; when none of them is live,
-    the weights alone decide (and the request meets "no worker"), so a route is never silently ignored.
+
+def choose_version(weights: dict[str, int], live_versions: list[str], rng: random.Random = random) -> str | None:
+    """The version one request goes to, or None when the name has no live version.
+
+    Weights are a preference among live versions: the weighted ones with a live worker share the traffic by
+    their weights; when none of them is live, the request goes where it would without weights (the lowest live
+    version), so a route to a version whose workers are gone never strands a name that has another live one.
     """
-    if weights:
-        routed = {version: weight for version, weight in weights.items() if weight > 0}
-        candidates = {version: weight for version, weight in routed.items() if version in live_versions} or routed
-        return rng.choices(list(candidates), weights=list(candidates.values()))[0] if candidates else None
+    routed = {version: weight for version, weight in weights.items() if weight > 0 and version in live_versions}
+    if routed:
+        return rng.choices(list(routed), weights=list(routed.values()))[0]
     return min(live_versions, key=version_order) if live_versions else None
+
+
+def is_stranded(weights: dict[str, int], live_versions: list[str]) -> bool:
+    """Whether a name's route prefers only versions without a live worker while another of its versions is live."""
+    return bool(live_versions) and any(weights.values()) and not any(
+        weight > 0 and version in live_versions for version, weight in weights.items())
 
 
 def version_order(version: str) -> tuple:

@@ -8,6 +8,7 @@ import sys
 import time
 
 from serving.config import program_settings
+from serving.redis_client import REDIS_ERRORS
 from stack.processes import Stack, StartupError
 
 STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
@@ -79,12 +80,21 @@ def _serve_until_stopped(stack: Stack) -> int:
                 delay = RESTART_DELAYS[min(len(deaths[index]), len(RESTART_DELAYS)) - 1]
                 due[index] = now + delay
                 print(f"worker{index} died (exit {process.returncode}, {len(deaths[index])} time(s) in "
-                      f"{CRASH_WINDOW_SECONDS:.0f}s); its unfinished requests are requeued; starting a new one"
+                      f"{CRASH_WINDOW_SECONDS:.0f}s); {_hand_back(stack, process.pid)}; starting a new one"
                       + (f" in {delay}s" if delay else ""), file=sys.stderr, flush=True)
         for index in [index for index, at in due.items() if at <= now]:
             stack.restart_worker_if_dead(index)
             del due[index]
             print(f"started a new worker{index}", file=sys.stderr, flush=True)
+
+
+def _hand_back(stack: Stack, pid: int) -> str:
+    """Hand a dead worker's unfinished requests back at once (not after WORKER_TIMEOUT); what happened, for the log."""
+    try:
+        requeued, answered = stack.hand_back_work_of(pid)
+    except REDIS_ERRORS as exc:
+        return f"its unfinished requests wait for the reaper (Redis: {exc})"
+    return f"handed back its unfinished requests: {requeued} requeued, {answered} answered 500 attempts_exhausted"
 
 
 if __name__ == "__main__":

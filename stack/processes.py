@@ -26,6 +26,7 @@ import requests
 from serving.config import Settings
 from serving.protocol import FleetKeys, Keys, count_live_workers, model_ages
 from serving.redis_client import REDIS_ERRORS, RedisClient, connect
+from worker.queue import WorkerQueue, worker_id_prefix
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 STOP_GRACE_SECONDS = 20.0
@@ -193,6 +194,26 @@ class Stack:
             return False
         self.worker_processes[index] = self._spawn(f"worker{index}", [sys.executable, *WORKER_ARGUMENTS])
         return True
+
+    def hand_back_work_of(self, pid: int) -> tuple[int, int]:
+        """A dead worker's unfinished messages back to its version's queues at once, each a failed delivery, as its
+        version's reaper would do after WORKER_TIMEOUT; then the messages whose MAX_ATTEMPTS ran out are answered
+        500. (requeued, answered). Found by the worker id's host-and-pid start in every version's workers set;
+        a worker that died before its first heartbeat holds nothing. The reaper stays for hosts no launcher sees.
+        """
+        client, prefix, settings = self.redis(), worker_id_prefix(pid), self.settings
+        requeued = answered = 0
+        for model in model_ages(client, FleetKeys(settings.key_prefix)):
+            keys = Keys(settings.key_prefix, model)
+            for worker_id in (w.decode() for w in client.zrange(keys.workers, 0, -1)):
+                if not worker_id.startswith(prefix):
+                    continue
+                queue = WorkerQueue(client, keys, worker_id)
+                # A timeout of 0: it is dead for certain, whatever its last heartbeat says.
+                outcome = queue.return_unfinished(worker_id, True, settings.max_attempts, 0.0)
+                requeued += outcome[0] if outcome else 0
+                answered += queue.answer_exhausted(settings.max_attempts, settings.result_ttl)
+        return requeued, answered
 
     def start_worker(self, env: dict[str, str] | None = None) -> subprocess.Popen:
         """One more worker; `env` adds to its environment (tests: libfaketime's, for a clock that is off)."""

@@ -14,8 +14,10 @@ import os
 import signal
 import sys
 import threading
+from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
+from model_tools.card import model_fingerprint
 from serving.config import LOG_FORMAT, ConfigError, Settings, program_settings
 from serving.protocol import MalformedModelInfo
 from serving.redis_client import RedisClient, connect
@@ -55,11 +57,14 @@ def main() -> int:
         log.info("stopped by %s while starting; exiting before serving anything", exc)
         _exit_at_once()
     try:
-        worker = Worker(redis_client(settings), classifier, settings)
+        worker = Worker(redis_client(settings), classifier, settings,
+                        fingerprint=model_fingerprint(classifier.card, Path(settings.model_path)))
     except (ConfigError, MalformedModelInfo) as exc:  # a card name or size the service cannot announce
         log.error("cannot serve the model: %s", exc)
         return 2
-    return 0 if worker.run(stop) else 1
+    if worker.run(stop):
+        return 0
+    return 2 if worker.refusal else 1  # 2: another model serves its name@version; restarting cannot help
 
 
 def load_classifier(settings: Settings) -> Classifier | None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import threading
 import time
 import uuid
@@ -12,13 +11,14 @@ from typing import NamedTuple
 
 import numpy as np
 
+from model_tools.card import model_fingerprint
 from serving import protocol
 from serving.config import ConfigError, Settings, check_model_id_part
 from serving.protocol import InferenceRequest, InferenceResult, Keys, MalformedMessage, RedisClock
 from serving.redis_client import REDIS_ERRORS, RedisClient
 from worker.inference import Classifier
 from worker.metrics import BatchStats
-from worker.queue import WorkerQueue
+from worker.queue import ModelMismatch, WorkerQueue, worker_id_prefix
 
 log = logging.getLogger("worker")
 
@@ -32,7 +32,7 @@ class Refusal(NamedTuple):
 
 
 def new_worker_id() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    return f"{worker_id_prefix(os.getpid())}{uuid.uuid4().hex[:6]}"
 
 
 def served_name(settings: Settings, card_name: str) -> str:
@@ -51,7 +51,7 @@ def served_name(settings: Settings, card_name: str) -> str:
 
 class Worker:
     def __init__(self, client: RedisClient, classifier: Classifier, settings: Settings,
-                 worker_id: str | None = None):
+                 worker_id: str | None = None, fingerprint: str | None = None):
         self.client = client
         self.classifier = classifier
         self.settings = settings
@@ -67,14 +67,17 @@ class Worker:
         self.clock = RedisClock()  # read again at every heartbeat
         self.first_heartbeat = threading.Event()
         self.heartbeat_failed = False
+        self.refusal: ModelMismatch | None = None  # set when the version's live workers serve another model
         self.model_info = classifier.describe(self.name, self.version, settings.batch_size).to_json()
+        self.fingerprint = fingerprint or model_fingerprint(classifier.card)  # main() passes the file's too
 
     def run(self, stop: threading.Event) -> bool:
         """Serve until `stop` is set; the batch in hand is always finished first. False if the heartbeat failed.
 
-        Heartbeats and maintenance run in a thread of their own, so a batch that computes for longer
-        than WORKER_TIMEOUT never makes this worker look dead. It stops before the sign-off, so no
-        late heartbeat registers a worker that has left. Should it fail for anything but a Redis error
+        A worker whose model differs from its version's live workers' (ModelMismatch, at its first heartbeat)
+        leaves at once: `refusal` says why. Heartbeats and maintenance run in a thread of their own, so a batch
+        that computes for longer than WORKER_TIMEOUT never makes this worker look dead. It stops before the
+        sign-off, so no late heartbeat registers a worker that has left. Should it fail for anything but a Redis error
         (which it retries), the worker stops too: serving on without heartbeats would get its requests
         run twice and, were it the only worker, have the API answer 503 while it computes.
         """
@@ -85,6 +88,9 @@ class Worker:
         heartbeat.start()
         while not (self.first_heartbeat.wait(0.1) or stop.is_set()):
             pass  # messages' deadlines are by Redis's clock, which the first heartbeat reads
+        if self.refusal is not None:  # it never joined the version: nothing taken, nothing to hand back
+            heartbeat.join()
+            return False
         self._retry_on_redis_errors(self.serve_once, stop)
         if not self.heartbeat_failed:
             self.drain_if_last()
@@ -127,6 +133,10 @@ class Worker:
     def _beat_or_stop(self, beating: threading.Event, stop: threading.Event) -> None:
         try:
             self.beat_until(beating)
+        except ModelMismatch as exc:
+            log.error("worker=%s refuses to start: %s", self.worker_id, exc)
+            self.refusal = exc
+            stop.set()
         except Exception:
             log.exception("worker=%s heartbeat failed; stopping the worker", self.worker_id)
             self.heartbeat_failed = True
@@ -138,6 +148,7 @@ class Worker:
             self.heartbeat()
             self.queue.reap_dead_workers(self.settings.worker_timeout, self.settings.max_attempts,
                                          self.settings.result_ttl)
+            self.queue.forget_idle_versions(self.settings.forget_after)
             stop.wait(self.settings.heartbeat_seconds)
         self._retry_on_redis_errors(beat_and_reap, stop)
 
@@ -183,7 +194,7 @@ class Worker:
     def heartbeat(self) -> None:
         """Announce this worker and the model it serves, both expiring unless renewed."""
         sent_at = time.time()
-        redis_now = self.queue.announce(self.model_info, self.settings.worker_timeout)
+        redis_now = self.queue.announce(self.model_info, self.fingerprint, self.settings.worker_timeout)
         self.clock.observe(redis_now, sent_at, time.time())
         self.first_heartbeat.set()
 

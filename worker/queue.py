@@ -17,6 +17,7 @@ worker whose heartbeat came in meanwhile is left alone.
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
 
@@ -27,6 +28,20 @@ from serving.redis_client import RedisClient
 log = logging.getLogger("worker")
 
 FILL_POLL_SECONDS = 0.0005
+
+
+class ModelMismatch(Exception):
+    """This worker's model is not the one its name@version's live workers serve: it must not join them."""
+
+    def __init__(self, model: str, held: str, own: str):
+        super().__init__(f"the live workers of {model} serve a model of fingerprint {held}, this one's is {own} "
+                         "(a hash of the model file and its card): serve it under another MODEL_VERSION or "
+                         "MODEL_NAME, or stop those workers first")
+
+
+def worker_id_prefix(pid: int) -> str:
+    """How the id of a worker process starts (host and pid): what its launcher, seeing it die, looks it up by."""
+    return f"{socket.gethostname()}-{pid}-"
 
 
 class WorkerQueue:
@@ -106,17 +121,20 @@ class WorkerQueue:
 
     # Announcing, leaving and reaping
 
-    def announce(self, model_info: bytes, worker_timeout: float) -> float:
-        """A heartbeat: this worker's registry score and, unless it is stopping, its model's description (both
-        expire after worker_timeout unless renewed) and the version in the fleet's registry; Redis's time, for
-        the worker's RedisClock."""
+    def announce(self, model_info: bytes, fingerprint: str, worker_timeout: float) -> float:
+        """A heartbeat: this worker's registry score and, unless it is stopping, its model's description and
+        fingerprint (all expire after worker_timeout unless renewed) and the version in the fleet's registry;
+        Redis's time, for the worker's RedisClock. ModelMismatch, with nothing announced, when the version's live
+        workers serve a model of another fingerprint."""
         with self._announcing:
-            redis_now, announced = self.client.eval(protocol.HEARTBEAT, 3, self.keys.model, self.keys.workers,
-                                                    self.keys.stopping, self.worker_id, model_info,
-                                                    int(worker_timeout * 1000))
+            redis_now, announced, *held = self.client.eval(
+                protocol.HEARTBEAT, 4, self.keys.model, self.keys.workers, self.keys.stopping, self.keys.fingerprint,
+                self.worker_id, model_info, int(worker_timeout * 1000), fingerprint)
+            if announced == -1:
+                raise ModelMismatch(self.keys.model_id, held[0].decode(), fingerprint)
             if announced:
                 # The registry lies under the prefix's own tag, maybe on another cluster node: a call of its own.
-                self.client.eval(protocol.REGISTER_MODEL, 1, self.fleet.models, self.keys.model_id)
+                protocol.register_model(self.client, self.fleet, self.keys.model_id, worker_timeout)
         return float(redis_now)
 
     def announce_stopping(self, worker_timeout: float) -> int:
@@ -127,11 +145,22 @@ class WorkerQueue:
         the first one deleted is what the API's admission reads, the registry what it routes by).
         """
         with self._announcing:
-            staying = self.client.eval(protocol.STOPPING, 3, self.keys.workers, self.keys.stopping, self.keys.model,
-                                       self.worker_id, worker_timeout)
+            staying = self.client.eval(protocol.STOPPING, 4, self.keys.workers, self.keys.stopping, self.keys.model,
+                                       self.keys.fingerprint, self.worker_id, worker_timeout)
             if not staying:
-                protocol.retire_model(self.client, self.fleet, self.keys.model_id)
+                protocol.retire_model(self.client, self.fleet, self.keys.model_id, worker_timeout)
         return staying
+
+    def forget_idle_versions(self, forget_after: float) -> list[str]:
+        """Forget every model version of the fleet with no heartbeat for forget_after seconds and no route to it;
+        the ids forgotten. Any worker's maintenance pass does it, for every name: a version nobody serves has no
+        worker of its own left to."""
+        forgotten = [model for model, age in protocol.model_ages(self.client, self.fleet).items()
+                     if age >= forget_after and protocol.forget_model(self.client, self.fleet, model, forget_after,
+                                                                      keep_routed=True)]
+        for model in forgotten:
+            log.info("forgot model=%s: no live worker and no route for FORGET_AFTER=%gs", model, forget_after)
+        return forgotten
 
     def sign_off(self, max_attempts: int) -> int:
         """Hand back what this worker has not started (not a failed attempt) and leave the registry; how many."""

@@ -227,7 +227,7 @@ def test_a_503_costs_the_client_no_tokens(tmp_path):
         keys = Keys(prefix, "silent@1")
         info = ModelInfo("silent", "silent", 1000, 224, 256, (0.5,) * 3, (0.5,) * 3, "cpu", 8)
         client.set(keys.model, info.to_json(), ex=60)  # announced, but nobody serves: the queue stays full
-        client.eval(protocol.REGISTER_MODEL, 1, FleetKeys(prefix).models, keys.model_id)
+        protocol.register_model(client, FleetKeys(prefix), keys.model_id, worker_timeout=60)
         client.lpush(keys.queue, b"queued by someone else")
         url = stack.url + "/models/silent/predict"
         full = [requests.post(url, data=CAT, headers={**RAW, **bearer("slow")}, timeout=10) for _ in range(3)]

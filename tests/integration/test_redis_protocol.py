@@ -68,7 +68,7 @@ def test_heartbeats_and_the_reapers_cutoff_use_redis_time_not_the_hosts(real_red
     real_redis.zadd(KEYS.workers, {"dead": time.time() - TIMEOUT - 1})
     pixels = np.zeros((2, 2, 3), dtype=np.uint8)
     real_redis.lpush(KEYS.processing("dead"), protocol.encode_request(InferenceRequest("a", pixels, 0, 1, 5)))
-    WorkerQueue(real_redis, KEYS, "live").announce(b"{}", TIMEOUT)
+    WorkerQueue(real_redis, KEYS, "live").announce(b"{}", "same-model", TIMEOUT)
     monkeypatch.setattr(time, "time", lambda: 3600 + TRUE_TIME())
     assert WorkerQueue(real_redis, KEYS, "reaper").reap_dead_workers(TIMEOUT, 3, result_ttl=30) == 1
     assert real_redis.zscore(KEYS.workers, "live") is not None and real_redis.llen(KEYS.retry) == 1

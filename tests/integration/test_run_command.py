@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from serving.config import Settings
 from stack.processes import REPO_ROOT, STOP_GRACE_SECONDS, free_port
 from tests.images import CAT_LABELS, encode, photo_bytes
 from tests.integration.client import post_image, wait_until
@@ -148,13 +149,15 @@ def test_run_serves_and_every_process_ends_with_the_launcher_even_a_restarted_wo
 
 def test_a_poison_image_fails_alone_and_the_launcher_keeps_serving(tmp_path):
     """An image that kills every worker it reaches: it is answered 500 after MAX_ATTEMPTS deaths, its batch-mates
-    200, and `make run` restarts the workers (later each time) instead of stopping the service."""
+    200, and `make run` restarts the workers (later each time) instead of stopping the service. Three attempts
+    over two workers: one of them dies twice, and its second restart waits."""
     model = tmp_path / "dies_on_white.pth"
     network = DiesOnWhite().eval()
     save_classic(network, model)
     port = free_port()
     launcher = start_launcher(port, MODEL_PATH=str(model), MODEL_TRUSTED="1", BACKEND="torch", MEAN="0,0,0",
-                              STD="1,1,1", WORKER_TIMEOUT="2", REQUEST_TIMEOUT="120", BATCH_SIZE="8")
+                              STD="1,1,1", WORKER_TIMEOUT="2", REQUEST_TIMEOUT="120", BATCH_SIZE="8",
+                              MAX_ATTEMPTS="3")
     output: list[str] = []
     try:
         wait_for_line(launcher, "listening on")
@@ -173,6 +176,60 @@ def test_a_poison_image_fails_alone_and_the_launcher_keeps_serving(tmp_path):
     finally:
         launcher.send_signal(signal.SIGINT)
         launcher.wait(timeout=60)
+
+
+def test_with_the_default_timings_a_poison_image_is_500_within_request_timeout(tmp_path):
+    """The launcher sees each worker it started die and hands its messages back at once (not after
+    WORKER_TIMEOUT): MAX_ATTEMPTS deaths, and the answer, come well within REQUEST_TIMEOUT, all as shipped."""
+    model = tmp_path / "dies_on_white.pth"
+    save_classic(DiesOnWhite().eval(), model)
+    port = free_port()
+    launcher = start_launcher(port, MODEL_PATH=str(model), MODEL_TRUSTED="1", BACKEND="torch", MEAN="0,0,0",
+                              STD="1,1,1")
+    output: list[str] = []
+    try:
+        wait_for_line(launcher, "listening on")
+        threading.Thread(target=lambda: output.extend(launcher.stdout), daemon=True).start()  # never a full pipe
+        white = encode(Image.new("RGB", (64, 64), (255, 255, 255)), "PNG")
+        started = time.monotonic()
+        poisoned = post_image(f"http://127.0.0.1:{port}", white, timeout=60)
+        elapsed = time.monotonic() - started
+        assert poisoned.status_code == 500 and poisoned.json()["error"]["code"] == "attempts_exhausted", \
+            (poisoned.json(), "".join(output))
+        assert elapsed < Settings().request_timeout, elapsed
+        assert any("handed back its unfinished requests: 1 requeued, 0 answered" in line for line in output)
+        assert any("handed back its unfinished requests: 0 requeued, 1 answered 500" in line for line in output)
+        print(f"poison image answered 500 after {elapsed:.1f}s (REQUEST_TIMEOUT={Settings().request_timeout:g}s)")
+    finally:
+        launcher.send_signal(signal.SIGINT)
+        launcher.wait(timeout=60)
+
+
+def test_the_readmes_rollout_commands_reach_the_private_redis_make_run_prints():
+    """Pasted beside `make run`, the README's rollout block reaches its private Redis: the block carries the
+    `export REDIS_URL=...` line the launcher prints, in full."""
+    block = readme_block("## Models and versions")
+    [export] = [line for line in block if line.startswith("export REDIS_URL=")]
+    routing = [line for line in block if line.split("#")[0].strip().endswith("model_tools route efficientnet_lite0")]
+    launcher = start_launcher(free_port(), WORKERS="1")
+    try:
+        printed = wait_for_line(launcher, "export REDIS_URL=")
+        printed = printed[printed.index("export REDIS_URL="):].strip()
+        shape = r'export REDIS_URL="\$\(cat (\S+)\)"'
+        assert re.fullmatch(shape, printed) and re.fullmatch(shape, export.split("#")[0].strip()), (printed, export)
+        env = {name: value for name, value in os.environ.items() if name != "REDIS_URL"}
+        pasted = subprocess.run(["bash", "-c", f"{printed}\n{routing[-1]}"], cwd=REPO_ROOT, env=env,
+                                capture_output=True, text=True, timeout=60)
+        assert pasted.returncode == 0 and "  1: weight -, live" in pasted.stdout, pasted.stderr
+    finally:
+        launcher.send_signal(signal.SIGINT)
+        launcher.wait(timeout=60)
+
+
+def readme_block(heading: str) -> list[str]:
+    """The lines of the first ```sh block under a README heading."""
+    text = (REPO_ROOT / "README.md").read_text().split(heading + "\n", 1)[1]
+    return text.split("```sh\n", 1)[1].split("```", 1)[0].splitlines()
 
 
 def test_a_worker_stopped_while_it_starts_is_retired_not_restarted():

@@ -37,7 +37,7 @@ def test_a_worker_that_never_answers_is_504_at_the_timeout(api_without_workers):
     keys = Keys(prefix, "silent@1")
     info = ModelInfo("silent", "silent", 1000, 224, 256, (0.5,) * 3, (0.5,) * 3, "cpu", 8)
     client.set(keys.model, info.to_json(), ex=60)  # announced, but nobody serves
-    client.eval(protocol.REGISTER_MODEL, 1, FleetKeys(prefix).models, keys.model_id)
+    protocol.register_model(client, FleetKeys(prefix), keys.model_id, worker_timeout=60)
     response, elapsed = timed_post(api_without_workers.url, photo_bytes("chelsea.png"))
     assert response.status_code == 504 and response.json()["error"]["code"] == "timeout"
     assert TIMEOUT - 0.1 <= elapsed < TIMEOUT + 2

@@ -114,3 +114,8 @@ def test_help_prints_usage_and_the_configuration_and_starts_nothing(program):
     finished = subprocess.run([sys.executable, "-m", program, "--help"], capture_output=True, text=True, timeout=60)
     assert finished.returncode == 0 and finished.stdout.startswith(f"usage: python -m {program}")
     assert "REDIS_URL=redis://127.0.0.1:6379/0" in finished.stdout and "BATCH_SIZE=8" in finished.stdout
+
+
+def test_forget_after_must_outlast_a_heartbeat_so_no_live_version_is_forgotten():
+    with pytest.raises(ConfigError, match="FORGET_AFTER=5 must exceed WORKER_TIMEOUT=5"):
+        Settings(forget_after=5, worker_timeout=5)

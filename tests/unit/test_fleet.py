@@ -24,7 +24,7 @@ class SlowRegistry:
 
     def __init__(self, seconds: float, fails: bool = False):
         self.redis = fakeredis.FakeRedis()
-        self.redis.eval(protocol.REGISTER_MODEL, 1, FleetKeys("t").models, "tiny@1")
+        protocol.register_model(self.redis, FleetKeys("t"), "tiny@1", worker_timeout=60)
         self.seconds, self.fails = seconds, fails
         self.reads = 0
 

@@ -7,13 +7,13 @@ from collections import Counter
 import pytest
 
 from app import create_app
-from serving import routing
+from serving import protocol, routing
 from serving.protocol import FleetKeys, Keys
 from serving.routing import RoutingError, choose_version, version_order, write_weights
 from tests.openapi_check import assert_conforms
 from tests.prometheus_text import sample_value
 from tests.unit.fake_api import MODEL, SETTINGS, TABBY, answer_next_request, heartbeat, post_image, success
-from worker.queue import WorkerQueue
+from worker.queue import ModelMismatch, WorkerQueue
 
 SHAPES = dataclasses.replace(MODEL, name="shapes", num_classes=4)
 FLEET = FleetKeys(SETTINGS.key_prefix)
@@ -40,7 +40,9 @@ def test_predict_without_a_name_needs_a_default_when_several_are_served(client, 
     response = post_image(client)
     assert response.status_code == 404 and response.get_json()["error"]["code"] == "no_default_model"
     assert "shapes, tiny" in response.get_json()["error"]["message"]
-    assert client.get("/readyz").status_code == 200  # a model can answer: ready, whichever
+    ready = client.get("/readyz")  # POST /predict fails: not ready, and it says why
+    assert ready.status_code == 503 and ready.get_json()["error"]["code"] == "not_ready"
+    assert "no_default_model" in ready.get_json()["error"]["message"]
     assert not any(m["default"] for m in client.get("/models").get_json()["models"])
     chosen = create_app(dataclasses.replace(SETTINGS, default_model="shapes"), fake_redis).test_client()
     answer_next_request(fake_redis, success(SQUARE, SHAPES), keys("shapes", "1"))
@@ -95,7 +97,8 @@ def test_weights_share_the_requests_among_live_versions():
     assert 0.08 < shares["v4"] / 10_000 < 0.12
     assert choose_version({"v3": 0, "v4": 100}, ["v3", "v4"]) == "v4"
     assert choose_version({"v3": 90, "v4": 10}, ["v3"]) == "v3"  # a weighted version that died gets nothing
-    assert choose_version({"v4": 100}, ["v3"]) == "v4"  # the route stands: the request meets 503 no_worker
+    assert choose_version({"v4": 100}, ["v3"]) == "v3"  # a preference among live versions: v4 is gone, v3 serves
+    assert routing.is_stranded({"v4": 100}, ["v3"]) and not routing.is_stranded({"v4": 100}, ["v4"])
 
 
 def test_without_weights_a_name_goes_to_its_lowest_live_version_so_a_new_one_waits_for_a_route():
@@ -134,3 +137,36 @@ def test_predictions_are_counted_per_model_and_version(client, fake_redis):
     answer_next_request(fake_redis, success(SQUARE, SHAPES), keys("shapes", "1"))
     assert post_image(client).status_code == 200
     assert counted() == before + 1
+
+
+def test_the_first_name_served_alone_keeps_the_default_while_live_and_a_newcomer_never_takes_it(fake_redis):
+    protocol.register_model(fake_redis, FLEET, "tiny@1", worker_timeout=5)
+    protocol.register_model(fake_redis, FLEET, "shapes@1", worker_timeout=5)
+    assert fake_redis.get(FLEET.default) == b"tiny"
+    protocol.retire_model(fake_redis, FLEET, "tiny@1", worker_timeout=5)  # tiny's last worker left
+    protocol.register_model(fake_redis, FLEET, "shapes@1", worker_timeout=5)
+    assert fake_redis.get(FLEET.default) == b"shapes"  # the only name live now takes it
+
+
+def test_a_worker_of_another_model_is_refused_by_its_versions_live_fingerprint(fake_redis):
+    version = Keys(SETTINGS.key_prefix, "tiny@1")
+    WorkerQueue(fake_redis, version, "a").announce(b"{}", "aaaa", worker_timeout=5)
+    WorkerQueue(fake_redis, version, "b").announce(b"{}", "aaaa", worker_timeout=5)  # the same model joins
+    with pytest.raises(ModelMismatch, match="fingerprint aaaa, this one's is bbbb"):
+        WorkerQueue(fake_redis, version, "c").announce(b"{}", "bbbb", worker_timeout=5)
+    assert fake_redis.zscore(version.workers, "c") is None  # refused before it counted as a member
+    fake_redis.delete(version.fingerprint)  # what the TTL does WORKER_TIMEOUT after the last live heartbeat
+    WorkerQueue(fake_redis, version, "c").announce(b"{}", "bbbb", worker_timeout=5)
+
+
+def test_forgetting_keeps_live_and_routed_versions_and_takes_the_name_with_its_last_version(fake_redis):
+    for model in ("tiny@1", "tiny@2"):
+        protocol.register_model(fake_redis, FLEET, model, worker_timeout=5)
+    fake_redis.hset(FLEET.routes("tiny"), mapping={"1": 100})
+    fake_redis.lpush(keys("tiny", "2").queue, b"left behind")
+    assert not protocol.forget_model(fake_redis, FLEET, "tiny@2", idle_seconds=5, keep_routed=True)  # live
+    assert not protocol.forget_model(fake_redis, FLEET, "tiny@1", idle_seconds=0, keep_routed=True)  # routed
+    assert protocol.forget_model(fake_redis, FLEET, "tiny@2", idle_seconds=0, keep_routed=True)
+    assert not fake_redis.exists(keys("tiny", "2").queue)
+    assert protocol.forget_model(fake_redis, FLEET, "tiny@1", idle_seconds=0, keep_routed=False)
+    assert fake_redis.zcard(FLEET.models) == 0 and not fake_redis.exists(FLEET.routes("tiny"), FLEET.default)

@@ -128,7 +128,7 @@ def test_a_heartbeat_between_the_check_and_the_script_keeps_the_worker(fake_redi
 
     def silent_then_heartbeat(queue, worker_timeout):
         silent = find_silent(queue, worker_timeout)
-        WorkerQueue(queue.client, queue.keys, "slow").announce(b"{}", TIMEOUT)
+        WorkerQueue(queue.client, queue.keys, "slow").announce(b"{}", "same-model", TIMEOUT)
         return silent
 
     monkeypatch.setattr(WorkerQueue, "silent_workers", silent_then_heartbeat)
@@ -146,7 +146,7 @@ def test_one_pass_reaps_every_dead_worker_even_after_one_that_came_back(fake_red
     def silent_then_heartbeat(queue, worker_timeout):
         silent = find_silent(queue, worker_timeout)
         assert silent[0] == "slow"
-        WorkerQueue(queue.client, queue.keys, "slow").announce(b"{}", TIMEOUT)
+        WorkerQueue(queue.client, queue.keys, "slow").announce(b"{}", "same-model", TIMEOUT)
         return silent
 
     monkeypatch.setattr(WorkerQueue, "silent_workers", silent_then_heartbeat)
