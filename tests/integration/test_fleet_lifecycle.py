@@ -10,7 +10,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 import requests
 import torch
 import torchvision
@@ -21,8 +20,6 @@ from tests.images import photo_bytes
 from tests.integration.client import post_image, wait_until
 from tests.integration.conftest import stack_settings
 from tests.prometheus_text import sample_value
-
-pytestmark = pytest.mark.integration
 
 DEFAULT = "efficientnet_lite0"
 SHAPES = ["circle", "square", "triangle"]
