@@ -44,16 +44,19 @@ class DecodePool:
         futures: list[Future[T]] = []
         try:
             for pixels, decode in tasks:
-                futures.append(self._submit(pixels, decode))
+                self.budget.take(pixels)
+                futures.append(self._executor.submit(self._decode_and_give_back, pixels, decode))
         except DecoderBusy:
-            for future in futures:
-                future.cancel()
+            for (pixels, _), future in zip(tasks, futures):
+                if future.cancel():  # never to run, so never to give its pixels back itself
+                    self.budget.give_back(pixels)
             raise
         return [future.result() for future in futures]
 
-    def _submit(self, pixels: int, decode: Callable[[], T]) -> Future[T]:
-        self.budget.take(pixels)
-        future = self._executor.submit(decode)
-        # Run when the decode returns (its image already freed) or is cancelled.
-        future.add_done_callback(lambda _: self.budget.give_back(pixels))
-        return future
+    def _decode_and_give_back(self, pixels: int, decode: Callable[[], T]) -> T:
+        """On a pool thread. The pixels go back once `decode` has returned (its image freed), before its result
+        is handed to the request."""
+        try:
+            return decode()
+        finally:
+            self.budget.give_back(pixels)

@@ -159,7 +159,10 @@ def _decode(encoded: EncodedImage, model: ModelInfo) -> _Prepared:
         pixels = fit_to_model(decode(encoded, min_side=model.resize_size), model.resize_size, model.input_size)
     except ImageError as exc:
         return _Prepared(None, ApiError(image_error_status(exc.code), exc.code, str(exc)), 0.0)
-    # The decoded image is freed on return, before its share of the budget goes back (app/decode_pool.py).
+    finally:
+        # Pillow decodes into the header's own image (a JPEG's, for one), which the request holds until it is
+        # answered: freed now, before this image's share of the budget goes back (app/decode_pool.py).
+        encoded.header.close()
     return _Prepared(pixels, None, (time.perf_counter() - started) * 1000)
 
 

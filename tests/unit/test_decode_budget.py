@@ -1,15 +1,18 @@
 """The API's decoding: a request's images decode in parallel on one pool per process, within a bounded number of
 pixels; an upload that does not fit waits, then is 503."""
 
+import gc
 import threading
 import time
 
 import pytest
+from PIL import Image
+from PIL.JpegImagePlugin import JpegImageFile
 
 from app import decode_budget, inference
 from app.decode_budget import DecodeBudget, DecoderBusy
 from app.decode_pool import DecodePool
-from tests.images import photo_bytes
+from tests.images import PHOTOS, encode, photo_bytes
 from tests.unit.fake_api import answer_next_request, heartbeat
 from tests.unit.test_native_api import post_images, top_k_answer
 
@@ -134,3 +137,26 @@ def test_an_image_that_fails_to_decode_fails_alone_in_its_place(patient_client, 
     results = response.get_json()["results"]
     assert [r["success"] for r in results] == [True, False, True]
     assert results[1]["error"]["code"] == "invalid_image"
+
+
+def decoded_jpegs_alive() -> int:
+    """JPEG images whose decoded pixels are still held in memory."""
+    return sum(1 for thing in gc.get_objects() if isinstance(thing, JpegImageFile) and thing._im is not None
+               and type(thing._im).__name__ == "ImagingCore")
+
+
+def test_a_decoded_jpeg_is_freed_before_its_pixels_go_back_to_the_budget(patient_client, fake_redis, monkeypatch):
+    budget = patient_client.application.extensions["decode_pool"].budget
+    alive_when_given_back = []
+    give_back = budget.give_back
+
+    def give_back_noting_what_is_alive(pixels):
+        alive_when_given_back.append(decoded_jpegs_alive())
+        give_back(pixels)
+    monkeypatch.setattr(budget, "give_back", give_back_noting_what_is_alive)
+    heartbeat(fake_redis)
+    answer_next_request(fake_redis, top_k_answer, count=1)
+    large = encode(Image.open(PHOTOS / "chelsea.png").convert("RGB").resize((1804, 1200)), "JPEG")
+    response = post_images(patient_client, [large])
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert alive_when_given_back == [0]
