@@ -80,6 +80,15 @@ def test_a_requests_images_decode_at_once_and_come_back_in_their_order():
     assert recorder.finished == [3, 2, 1, 0] and recorder.peak == 40  # all four at once
 
 
+def test_the_requests_own_thread_decodes_its_last_image_so_one_image_is_never_handed_over():
+    pool = DecodePool(DecodeBudget(1000), threads=2)
+    decoded_by = pool.run_all([(10, threading.current_thread) for _ in range(3)])
+    assert decoded_by[-1] is threading.current_thread()
+    assert all(thread is not threading.current_thread() for thread in decoded_by[:-1])
+    assert pool.run_all([(10, threading.current_thread)]) == [threading.current_thread()]
+    assert pool.run_all([]) == []
+
+
 def test_never_more_pixels_are_decoding_than_the_budget_however_many_threads(monkeypatch):
     monkeypatch.setattr(decode_budget, "WAIT_SECONDS", 5.0)
     recorder = DecodeRecorder()
