@@ -8,6 +8,7 @@ from flask import Flask
 
 from app import access, cors, request_log
 from app.decode_budget import DecodeBudget
+from app.decode_pool import DecodePool, cores_available
 from app.errors import register_error_handlers
 from app.fleet import Fleet
 from app.operations import operations
@@ -36,7 +37,7 @@ def create_app(settings: Settings | None = None, redis_client: RedisClient | Non
         waiting_client = _redis(settings, settings.request_timeout + settings.redis_timeout)
     app.extensions["fleet"] = Fleet(redis_client, waiting_client, settings.key_prefix, settings.max_queue,
                                     settings.worker_timeout, settings.default_model, settings.redis_timeout)
-    app.extensions["decode_budget"] = DecodeBudget(settings.decode_pixel_budget)
+    app.extensions["decode_pool"] = DecodePool(DecodeBudget(settings.decode_pixel_budget), cores_available())
     register_error_handlers(app)
     request_log.install(app, settings.log_level)
     cors.install(app, settings.allowed_origins)  # before the keys: a preflight carries none, and a refusal is marked

@@ -1,17 +1,16 @@
 """How many pixels one API process may be decoding at once: a bound on the memory uploads can take.
 
 A small compressed file can hold a large image (a 150 KB PNG of 6300x6300
-pixels costs about 0.5 GB to decode and convert), and every API thread may be
-decoding one. Each upload reserves its header's width x height before decoding
-and gives it back after; one that does not fit waits briefly for others to
-finish, then gets 503 decoder_busy with Retry-After.
+pixels costs about 0.5 GB to decode and convert), and every API thread may carry
+decoding one. Each upload takes its header's width x height before it is handed
+to the decoding threads (app/decode_pool.py) and gives it back when its decode is
+done; one that does not fit waits briefly for others to finish, then gets 503
+decoder_busy with Retry-After.
 """
 
 from __future__ import annotations
 
-import contextlib
 import threading
-from collections.abc import Iterator
 
 # How long an upload waits for room: about one large decode. Longer, and a flood of large images
 # holds every API thread waiting, which is what the budget is there to prevent.
@@ -28,16 +27,14 @@ class DecodeBudget:
         self._available = pixels
         self._changed = threading.Condition()
 
-    @contextlib.contextmanager
-    def reserve(self, pixels: int) -> Iterator[None]:
-        """Hold `pixels` of the budget while the block decodes; DecoderBusy if they do not come free in time."""
+    def take(self, pixels: int) -> None:
+        """Hold `pixels` until `give_back`, waiting up to WAIT_SECONDS for them to come free, else DecoderBusy."""
         with self._changed:
             if not self._changed.wait_for(lambda: self._available >= pixels, timeout=WAIT_SECONDS):
                 raise DecoderBusy()
             self._available -= pixels
-        try:
-            yield
-        finally:
-            with self._changed:
-                self._available += pixels
-                self._changed.notify_all()
+
+    def give_back(self, pixels: int) -> None:
+        with self._changed:
+            self._available += pixels
+            self._changed.notify_all()

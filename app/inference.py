@@ -2,8 +2,9 @@
 
 A door (app/routes.py's native API, and each other protocol's adapter) parses its request into images and
 `Options`, calls `classify`, and formats the `Classification` it returns, and its errors, its own way. Here a
-request is admitted, each image is checked and decoded within the process's decode budget, all of them are
-queued in one round trip (one message per image, batched with everyone else's) and awaited under one deadline.
+request is admitted, each image is checked, the images are decoded in parallel within the process's decode budget
+(app/decode_pool.py), and all of them are queued in one round trip (one message per image, batched with everyone
+else's) and awaited under one deadline.
 
 Errors of the whole request (no such model, no worker, a full queue, Redis down, too many images, not one
 readable image) are raised as exceptions (app/errors.py turns them into responses); an error of one image (not
@@ -16,18 +17,19 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 from flask import current_app, request
 
 from app import access, metrics
-from app.decode_budget import DecodeBudget
+from app.decode_pool import DecodePool
 from app.errors import ApiError, image_error_status
 from app.fleet import Fleet
 from app.queue_client import InferenceQueue, NoWorker, QueueFull
 from app.request_log import log_fields, new_job_ids
 from serving.config import Settings
-from serving.preprocess import ImageError, decode, fit_to_model, read_header
+from serving.preprocess import EncodedImage, ImageError, decode, fit_to_model, read_header
 from serving.protocol import InferenceResult, ModelInfo
 
 # An image as a door receives it: an encoded file (JPEG, PNG, ...), or uint8 pixels (height x width x 3)
@@ -87,7 +89,7 @@ def classify(requested_name: str | None, pinned_version: str | None, images: lis
     model = queue.admit(charge)
     access.count_admitted(len(images))
     top_k = _checked_top_k(options.top_k, settings.top_k, model.num_classes)
-    prepared = [_prepare(image, header, model) for image, header in zip(images, headers)]
+    prepared = _prepare_all(images, headers, model)
     try:
         outcomes = _await(queue, prepared, deadline, top_k, options.probabilities, settings.request_timeout)
     except (NoWorker, QueueFull):  # refused at the push after all (the version closed, the lanes filled)
@@ -134,23 +136,41 @@ def _checked_top_k(asked: int | None, default: int, classes: int) -> int:
     return asked
 
 
-def _prepare(image: ImageInput, header, model: ModelInfo) -> _Prepared:
-    """The pixels the model takes, decoded within this process's budget, or the image's failure."""
+def _prepare_all(images: list[ImageInput], headers: list, model: ModelInfo) -> list[_Prepared]:
+    """The pixels the model takes for each image, in their order, or the image's failure; the encoded ones are
+    decoded in parallel on this process's decode pool, within its budget."""
+    to_decode = {index: header for index, header in enumerate(headers) if isinstance(header, EncodedImage)}
+    pool: DecodePool = current_app.extensions["decode_pool"]
+    decoded = pool.run_all([(_pixel_count(header), partial(_decode, header, model)) for header in to_decode.values()])
+    by_index = dict(zip(to_decode, decoded))
+    return [by_index[index] if index in by_index else _undecoded(image, header, model.input_size)
+            for index, (image, header) in enumerate(zip(images, headers))]
+
+
+def _pixel_count(encoded: EncodedImage) -> int:
+    width, height = encoded.header.size
+    return width * height
+
+
+def _decode(encoded: EncodedImage, model: ModelInfo) -> _Prepared:
+    """One image decoded and fitted to the model (on a decode thread), or its failure."""
     started = time.perf_counter()
-    if isinstance(header, ApiError):
-        return _Prepared(None, header, 0.0)
-    if isinstance(image, np.ndarray):
-        return _Prepared(*_checked_pixels(image, model.input_size), 0.0)
-    budget: DecodeBudget = current_app.extensions["decode_budget"]
-    width, height = header.header.size
     try:
-        with budget.reserve(width * height):
-            decoded = decode(header, min_side=model.resize_size)
-            pixels = fit_to_model(decoded, model.resize_size, model.input_size)
-            del decoded  # the decoded image's memory goes back with its share of the budget
+        pixels = fit_to_model(decode(encoded, min_side=model.resize_size), model.resize_size, model.input_size)
     except ImageError as exc:
         return _Prepared(None, ApiError(image_error_status(exc.code), exc.code, str(exc)), 0.0)
+    finally:
+        # Pillow decodes into the header's own image (a JPEG's, for one), which the request holds until it is
+        # answered: freed now, before this image's share of the budget goes back (app/decode_pool.py).
+        encoded.header.close()
     return _Prepared(pixels, None, (time.perf_counter() - started) * 1000)
+
+
+def _undecoded(image: ImageInput, header, input_size: int) -> _Prepared:
+    """An image that needs no decoding: pixels already at the model's size, or one whose header failed."""
+    if isinstance(header, ApiError):
+        return _Prepared(None, header, 0.0)
+    return _Prepared(*_checked_pixels(image, input_size), 0.0)
 
 
 def _checked_pixels(pixels: np.ndarray, input_size: int) -> tuple[np.ndarray | None, ApiError | None]:

@@ -193,7 +193,7 @@ def test_a_json_top_k_must_be_a_whole_number_in_range(patient_client, fake_redis
 
 
 def test_every_image_of_a_request_counts_against_the_decode_budget_one_at_a_time(fake_redis):
-    """The budget bounds the decoding memory: the images of one request are decoded one after another."""
+    """The budget bounds the decoding memory: with room for one image, a request's images decode one after another."""
     photo = encode(Image.open(PHOTOS / "coffee.png").convert("RGB"), "PNG")
     width, height = Image.open(io.BytesIO(photo)).size
     client = create_app(Settings(max_image_pixels=width * height, decode_pixel_budget=width * height,
