@@ -188,7 +188,7 @@ def _export_and_verify(backend: ExportBackend, loaded: LoadedModel, device: torc
     run = _opener(backend, compute)(path, device, threads)
     input_size = loaded.card.preprocessing.input_size
     if compute != precision.FULL:
-        report = precision.agreement_on_test_images(reference(), run, input_size, compute)
+        report = precision.agreement_on_test_images(reference(), run, input_size, compute, backend.name)
         log.info("backend %s against eager PyTorch: %s", backend.name, report.summary())
         return run, report
     difference = verify(reference(), run, input_size)
@@ -225,7 +225,7 @@ def _engine_for_onnx_file(path: Path, options: ModelOptions, settings: Settings,
         if compute == precision.FULL:
             return Engine(name, card, run)
         report = precision.agreement_on_test_images(engine.open(path, device, threads), run,
-                                                    card.preprocessing.input_size, compute)
+                                                    card.preprocessing.input_size, compute, name)
         return Engine(name, _card_in(card, compute, report), run)
 
     candidates = [backend] if backend != "auto" else (

@@ -79,9 +79,11 @@ def require_serving_agreement(card: ModelCard, settings: Settings) -> None:
         raise BackendError(f"PRECISION={card.precision} refused: {exc}") from None
 
 
-def agreement_on_test_images(reference: Run, candidate: Run, input_size: int, precision: str) -> AgreementReport:
+def agreement_on_test_images(reference: Run, candidate: Run, input_size: int, precision: str,
+                             engine: str) -> AgreementReport:
     """The candidate's report against the reference on engines.verify's images (noise, colour blobs, a constant)."""
     batches = check_batches(input_size)
     expected = np.concatenate([np.asarray(reference(images)) for images in batches])
     got = np.concatenate([np.asarray(candidate(images)) for images in batches])
-    return compare(expected, got, precision, images_source=f"{len(expected)} of engines.verify's synthetic images")
+    return compare(expected, got, precision, images_source=f"{len(expected)} of engines.verify's synthetic images",
+                   engine=engine)

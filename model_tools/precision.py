@@ -47,6 +47,7 @@ class AgreementReport:
     max_difference: float  # largest absolute difference of any probability
     margin: float = LEAD_MARGIN
     images_source: str = ""  # what the images were, e.g. "13 held-out photos in heldout/"
+    engine: str = ""  # the BACKEND that computed the candidate's answers
 
     @property
     def top1_agreement(self) -> float:
@@ -58,6 +59,7 @@ class AgreementReport:
                 f"float32's top-1 leads by >= {self.margin:g} ({self.top1_agreement:.1%}; "
                 f"{self.top1_agreeing_all} of all {self.images}), top-5 overlap {self.top5_overlap:.1%}, "
                 f"largest probability difference {self.max_difference:.3f}"
+                + (f", with {self.engine}" if self.engine else "")
                 + (f", on {self.images_source}" if self.images_source else ""))
 
     def to_dict(self) -> dict:
@@ -72,13 +74,14 @@ class AgreementReport:
         try:
             return cls(str(fields["precision"]), int(fields["images"]), int(fields["decisive"]),
                        int(fields["top1_agreeing"]), int(fields["top1_agreeing_all"]), float(fields["top5_overlap"]),
-                       float(fields["max_difference"]), float(fields["margin"]), str(fields.get("images_source", "")))
+                       float(fields["max_difference"]), float(fields["margin"]), str(fields.get("images_source", "")),
+                       str(fields.get("engine", "")))
         except (KeyError, TypeError) as exc:
             raise ValueError(f"not an agreement report: {exc!r}") from None
 
 
 def compare(reference: np.ndarray, candidate: np.ndarray, precision: str, margin: float = LEAD_MARGIN,
-            images_source: str = "") -> AgreementReport:
+            images_source: str = "", engine: str = "") -> AgreementReport:
     """The agreement report of `candidate`'s probabilities against float32's `reference`, one row per image."""
     reference, candidate = np.asarray(reference, np.float64), np.asarray(candidate, np.float64)
     if reference.shape != candidate.shape or reference.ndim != 2 or len(reference) == 0:
@@ -91,7 +94,8 @@ def compare(reference: np.ndarray, candidate: np.ndarray, precision: str, margin
     overlaps = [len(set(_top(r, k)) & set(_top(c, k))) / k for r, c in zip(reference, candidate)]
     return AgreementReport(precision, len(reference), int(decisive.sum()), int((same_top1 & decisive).sum()),
                            int(same_top1.sum()), float(np.mean(overlaps)),
-                           float(np.abs(reference - candidate).max()), margin, images_source[:SOURCE_LENGTH])
+                           float(np.abs(reference - candidate).max()), margin, images_source[:SOURCE_LENGTH],
+                           engine)
 
 
 def require_agreement(report: AgreementReport, threshold: float, setting: str) -> None:

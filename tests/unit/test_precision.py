@@ -121,7 +121,7 @@ def test_a_bf16_engine_carries_its_report_and_is_cached_apart_from_float32(tmp_p
         return engine_for_checkpoint(tiny_loaded_model(), "openvino", CPU, 1, cache, precision)
 
     bf16 = start("bf16")
-    assert bf16.card.precision == "bf16" and bf16.card.agreement.images == 27  # engines.verify's, at batch sizes 1 and 8
+    assert bf16.card.precision == "bf16" and bf16.card.agreement.images == 27  # engines.verify's, batches of 1, 8
     assert start("fp32").card.agreement is None
     assert len(list((tmp_path / "cache").glob("*.json"))) == 2  # an entry each
     assert start("bf16").card.agreement == bf16.card.agreement  # a restart reads the report from its record
