@@ -3,10 +3,11 @@
 `python -m model_tools quantize MODEL --calibration DIR --held-out DIR --out FILE` writes a QDQ ONNX file
 (QuantizeLinear/DequantizeLinear around each quantized operator, standard ONNX operators only, so an
 untrusted worker may load it: model_tools.trust), with weights int8 per output channel and activations
-int8, their ranges calibrated on the photos in --calibration by --method. The file's card says int8 and
-carries the agreement report (model_tools.precision) of the quantized model against float32 on the photos
-in --held-out, with ONNX Runtime and with OpenVINO (each computes int8 its own way; the card keeps the
-worse); below --min-agreement the command refuses, naming the numbers, and --out stays as it was.
+uint8 (int8 activations did worse here: docs/precision.md), their ranges calibrated on the photos in
+--calibration by --method. The file's card says int8 and carries the agreement report
+(model_tools.precision) of the quantized model against float32 on the photos in --held-out, with ONNX
+Runtime and with OpenVINO (each computes int8 its own way; the card keeps the worse); below
+--min-agreement the command refuses, naming the numbers, and --out stays as it was.
 """
 
 from __future__ import annotations
@@ -121,7 +122,7 @@ def _quantize_onnx(fp32: Path, images: np.ndarray, method: str, out: Path, scrat
     calibrate = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
                  "entropy": CalibrationMethod.Entropy}[method]
     quantize_static(str(prepared), str(out), Photos(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, calibrate_method=calibrate,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=calibrate,
                     op_types_to_quantize=QUANTIZED_OPERATORS,
                     # Each ReLU6 (Clip) keeps a range of its own from the photos: removed, as ONNX Runtime does
                     # by default, its output takes Clip's whole 0..6, mostly unused (docs/precision.md).
