@@ -42,6 +42,8 @@ class ExportBackend:
     runtimes: tuple[str, ...]
     package: str = ""  # what it needs installed beyond torch ("": nothing)
     cpu_only: bool = False
+    # The file computing in bfloat16 (PRECISION=bf16), on engines that can; None: this engine cannot.
+    open_bf16: Callable[[Path, torch.device, int], Run] | None = None
 
     def installed(self) -> bool:
         return not self.package or importlib.util.find_spec(self.package) is not None

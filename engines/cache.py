@@ -2,7 +2,9 @@
 
 An entry is keyed by everything its answers depend on: the model file's
 content, the card (normalization travels inside an export), the engine, the
-device type, and the versions of torch and of the engine's runtime. Exporting a
+device type, the precision it computes in (a bf16 variant is an entry of its
+own, with its agreement report in the record), and the versions of torch and
+of the engine's runtime. Exporting a
 large model takes tens of seconds (ResNeXt-101 to ONNX: about 30 s here); a hit
 takes the time to hash the file and open the export.
 
@@ -33,6 +35,7 @@ import torch
 from engines.base import ExportBackend
 from model_tools.card import ModelCard, card_to_json
 from model_tools.checkpoints import write_atomically
+from model_tools.precision import AgreementReport
 
 log = logging.getLogger("worker")
 
@@ -45,6 +48,7 @@ RECORD_FORMAT = 2
 class Verdict:
     verified: bool
     reason: str  # why it was refused, when not verified
+    agreement: AgreementReport | None = None  # a reduced precision's report against float32's answers
 
 
 class Entry:
@@ -55,9 +59,10 @@ class Entry:
         self._record = path.with_name(path.name + ".json")
         self.verdict = self._read_verdict()
 
-    def remember_success(self) -> None:
+    def remember_success(self, agreement: AgreementReport | None = None) -> None:
         """The file at `path` is verified: recorded with its hash, which every later hit must match."""
-        self._write({"verified": True, "reason": "", "sha256": file_sha256(self.path)})
+        report = {"agreement": agreement.to_dict()} if agreement is not None else {}
+        self._write({"verified": True, "reason": "", "sha256": file_sha256(self.path), **report})
 
     def remember_failure(self, reason: str) -> None:
         """The model has no export of this kind (a deterministic verdict, never a machine's passing state)."""
@@ -68,7 +73,8 @@ class Entry:
             record = json.loads(self._record.read_text())
             if record["format"] != RECORD_FORMAT:
                 return None
-            verdict = Verdict(bool(record["verified"]), str(record["reason"]))
+            agreement = AgreementReport.from_dict(record["agreement"]) if "agreement" in record else None
+            verdict = Verdict(bool(record["verified"]), str(record["reason"]), agreement)
             digest = str(record["sha256"]) if verdict.verified else ""
         except (OSError, ValueError, KeyError, TypeError):
             return None  # absent or unreadable: make it again
@@ -119,15 +125,18 @@ class EngineCache:
         return cls(directory, file_sha256(model_path))
 
     @contextlib.contextmanager
-    def entry(self, backend: ExportBackend, device: torch.device, card: ModelCard) -> Iterator[Entry]:
+    def entry(self, backend: ExportBackend, device: torch.device, card: ModelCard,
+              precision: str = "fp32") -> Iterator[Entry]:
         """The entry of this export, held under an exclusive lock while the caller reads or makes it."""
-        key = self.key(backend, device, card)
+        key = self.key(backend, device, card, precision)
         self.directory.mkdir(parents=True, exist_ok=True)
         with open(self.directory / f"{key}.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if the process dies
             yield Entry(self.directory / f"{key}{backend.suffix}")
 
-    def key(self, backend: ExportBackend, device: torch.device, card: ModelCard) -> str:
+    def key(self, backend: ExportBackend, device: torch.device, card: ModelCard, precision: str = "fp32") -> str:
         versions = [f"{name}=={importlib.metadata.version(name)}" for name in backend.runtimes]
-        parts = [self.model_digest, card_to_json(card), backend.name, device.type, *versions]
+        # float32's keys are those of before reduced precision, so existing entries stay hits.
+        computed_in = [] if precision == "fp32" else [f"precision={precision}"]
+        parts = [self.model_digest, card_to_json(card), backend.name, device.type, *versions, *computed_in]
         return f"{backend.name}-{hashlib.sha256(chr(0).join(parts).encode()).hexdigest()[:24]}"

@@ -11,11 +11,15 @@ BACKEND picks the engine that runs it:
   (exports, loads) and gives eager PyTorch's answers; for an ONNX file the first that loads it.
 
 Every engine built from a checkpoint is checked against eager PyTorch before it
-serves (engines.verify), so a faster engine can never mean other answers.
+serves (engines.verify), so a faster engine can never mean other answers. A
+reduced PRECISION (engines.precision) cannot give the same probabilities: its
+answers are judged by an agreement report instead, which must reach
+PRECISION_MIN_AGREEMENT.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import os
@@ -25,13 +29,14 @@ from pathlib import Path
 
 import torch
 
-from engines import eager, onnxruntime_cpu, openvino_cpu, torchscript
+from engines import eager, onnxruntime_cpu, openvino_cpu, precision, torchscript
 from engines.base import BackendError, Engine, ExportBackend, Run
 from engines.cache import EngineCache
 from engines.verify import verify
 from model_tools import export
 from model_tools.card import ModelCard, ModelOptions, card_fields, resolve_card
 from model_tools.checkpoints import LoadedModel, first_line, is_serving_torchscript, load_model
+from model_tools.precision import AgreementReport
 from model_tools.trust import TORCHSCRIPT_RUNS_CODE, require_trust
 from serving.config import Settings
 
@@ -43,50 +48,64 @@ BACKENDS = ("auto", eager.NAME, *EXPORT_BACKENDS)
 # Fastest first in the service on this project's 2-core CPU with EfficientNet-Lite0 (docs/performance.md "make bench"):
 # alone, openvino computes faster, but beside the API processes onnxruntime serves more.
 CPU_PREFERENCE = ("onnxruntime", "openvino", "torchscript", "torch")
+# A batch function, and a reduced precision's agreement report (None in float32: verified to the tolerance instead).
+Built = tuple[Run, AgreementReport | None]
 # The engines that run an ONNX file, in CPU_PREFERENCE's order: onnxruntime is also ONNX's reference.
 ONNX_FILE_ENGINES = ("onnxruntime", "openvino")
 
 
 def open_engine(settings: Settings, device: torch.device) -> Engine:
-    """The engine BACKEND asks for, serving MODEL_PATH on `device`."""
+    """The engine BACKEND asks for, serving MODEL_PATH on `device` in PRECISION."""
     _require_known(settings.backend)  # before the file's kind, whose messages name what BACKEND may be
+    precision.require_supported(settings, device)
     path = Path(settings.model_path)
     options = ModelOptions.from_settings(settings)
     threads = settings.compute_threads
     if path.suffix == ".onnx":
-        return _engine_for_onnx_file(path, options, settings.backend, device, threads)
-    if is_serving_torchscript(path):
-        return _engine_for_torchscript_file(path, options, settings.backend, device)
-    loaded = load_model(path, options)
-    return engine_for_checkpoint(loaded, settings.backend, device, threads, _engine_cache(settings, path))
+        engine = _engine_for_onnx_file(path, options, settings, device, threads)
+    elif settings.precision == "int8":  # before loading the model: a checkpoint has no int8 answers to judge
+        raise BackendError(f"PRECISION=int8 serves an ONNX file {precision.QUANTIZE_COMMAND} wrote; MODEL_PATH={path} "
+                           "is not one")
+    elif is_serving_torchscript(path):
+        if settings.precision != precision.FULL:
+            raise BackendError(f"PRECISION={settings.precision} needs a checkpoint or an ONNX file; {path} is "
+                               "TorchScript, which runs in float32")
+        engine = _engine_for_torchscript_file(path, options, settings.backend, device)
+    else:
+        engine = engine_for_checkpoint(load_model(path, options), settings.backend, device, threads,
+                                       _engine_cache(settings, path), settings.precision)
+    precision.require_serving_agreement(engine.card, settings)
+    return engine
 
 
 def engine_for_checkpoint(loaded: LoadedModel, backend: str, device: torch.device, threads: int,
-                          cache: EngineCache | None = None) -> Engine:
+                          cache: EngineCache | None = None, compute: str = precision.FULL) -> Engine:
     """Build `backend` from a loaded model; `auto` keeps the first candidate that builds and matches eager PyTorch.
 
-    With a cache, an export verified before is used without exporting or verifying again.
+    `compute` is the precision (PRECISION): a bf16 engine comes with its agreement report in its card, which the
+    caller judges. With a cache, an export verified before is used without exporting or verifying again.
     """
     _require_known(backend)
     if backend in EXPORT_BACKENDS and EXPORT_BACKENDS[backend].cpu_only:
         _require_cpu(backend, device)
     reference = functools.cache(lambda: eager.open_loaded(loaded, device))  # only built when something needs it
 
-    def build(name: str) -> Run:
+    def build(name: str) -> Engine:
         if name == eager.NAME:
-            return reference()
-        return _verified_export(EXPORT_BACKENDS[name], loaded, device, threads, reference, cache)
+            return Engine(name, loaded.card, reference())
+        run, report = _verified_export(EXPORT_BACKENDS[name], loaded, device, threads, reference, cache, compute)
+        return Engine(name, _card_in(loaded.card, compute, report), run)
 
-    name, run = _first_that_builds(backend, [backend] if backend != "auto" else _auto_candidates(device), build)
-    return Engine(name, loaded.card, run)
+    candidates = [backend] if backend != "auto" else _auto_candidates(device, compute)
+    return _first_that_builds(backend, candidates, build)
 
 
 def installed(backend: str) -> bool:
     return backend not in EXPORT_BACKENDS or EXPORT_BACKENDS[backend].installed()
 
 
-def _first_that_builds(backend: str, candidates: list[str], build: Callable[[str], Run]) -> tuple[str, Run]:
-    """The first candidate that builds, and its batch function.
+def _first_that_builds(backend: str, candidates: list[str], build: Callable[[str], Engine]) -> Engine:
+    """The first candidate that builds, as an engine.
 
     Anything raised while building counts against the candidate at this start (each exporter and runtime
     raises types of its own: torch.onnx's UnsupportedOperatorError, onnxruntime's and OpenVINO's load
@@ -96,7 +115,7 @@ def _first_that_builds(backend: str, candidates: list[str], build: Callable[[str
     failures = []
     for name in candidates:
         try:
-            return name, build(name)
+            return build(name)
         except Exception as exc:
             reason = first_line(exc)
             if backend != "auto":
@@ -106,15 +125,24 @@ def _first_that_builds(backend: str, candidates: list[str], build: Callable[[str
     raise BackendError(f"no engine can serve this model ({'; '.join(failures)})")
 
 
-def _auto_candidates(device: torch.device) -> list[str]:
+def _auto_candidates(device: torch.device, compute: str = precision.FULL) -> list[str]:
+    if compute != precision.FULL:
+        return precision.candidates(compute)
     if device.type != "cpu":
         return [eager.NAME]  # the ONNX engines are installed for the CPU only
     return [name for name in CPU_PREFERENCE if installed(name)]
 
 
+def _card_in(card: ModelCard, compute: str, report: AgreementReport | None) -> ModelCard:
+    """The card of the model as an engine computes it: float32's as it is, a reduced precision's with its report."""
+    return card if compute == precision.FULL else dataclasses.replace(card, precision=compute, agreement=report)
+
+
 def _verified_export(backend: ExportBackend, loaded: LoadedModel, device: torch.device, threads: int,
-                     reference: Callable[[], Run], cache: EngineCache | None) -> Run:
-    """The backend running an export of the model that gives eager PyTorch's answers, from the cache if it has one.
+                     reference: Callable[[], Run], cache: EngineCache | None,
+                     compute: str) -> Built:
+    """The backend running an export of the model that gives eager PyTorch's answers, from the cache if it has one;
+    in bf16, one whose answers are measured against eager PyTorch's, with the report.
 
     A cache that cannot hold the export (a full or read-only disk) costs this start the cache, not the
     engine: the export is made again in a temporary folder, elsewhere.
@@ -122,55 +150,87 @@ def _verified_export(backend: ExportBackend, loaded: LoadedModel, device: torch.
     _require_installed(backend)  # before the cache's key, which reads the runtime's version
     if cache is not None:
         try:
-            return _cached_export(backend, loaded, device, threads, reference, cache)
+            return _cached_export(backend, loaded, device, threads, reference, cache, compute)
         except OSError as exc:
             log.warning("backend %s: the engine cache cannot hold its export (%s): exporting in a temporary folder",
                         backend.name, exc.strerror or exc)
     with tempfile.TemporaryDirectory() as scratch:
-        return _export_and_verify(backend, loaded, device, threads, reference, Path(scratch) / f"model{backend.suffix}")
+        path = Path(scratch) / f"model{backend.suffix}"
+        return _export_and_verify(backend, loaded, device, threads, reference, path, compute)
 
 
 def _cached_export(backend: ExportBackend, loaded: LoadedModel, device: torch.device, threads: int,
-                   reference: Callable[[], Run], cache: EngineCache) -> Run:
-    """The cache's verified export, else one made and verified now; only a verdict on the model is remembered."""
-    with cache.entry(backend, device, loaded.card) as entry:
+                   reference: Callable[[], Run], cache: EngineCache, compute: str) -> Built:
+    """The cache's verified export, else one made and verified now; only a verdict on the model is remembered.
+
+    A bf16 entry keeps its agreement report: judged against PRECISION_MIN_AGREEMENT at every start, since the
+    threshold may have changed, while the report itself is the model's and the runtime's.
+    """
+    with cache.entry(backend, device, loaded.card, compute) as entry:
         if entry.verdict is not None:
             if not entry.verdict.verified:
                 raise BackendError(f"{entry.verdict.reason} (remembered in {entry.path.parent})")
             log.info("backend %s from the engine cache (%s), verified before", backend.name, entry.path.name)
-            return backend.open(entry.path, device, threads)
+            return _opener(backend, compute)(entry.path, device, threads), entry.verdict.agreement
         try:
-            run = _export_and_verify(backend, loaded, device, threads, reference, entry.path)
+            run, report = _export_and_verify(backend, loaded, device, threads, reference, entry.path, compute)
         except export.ExportError as exc:  # the exporter refuses this model, or its export differs: so at every start
             entry.remember_failure(first_line(exc))
             raise
         # Anything else (an out-of-memory, a full disk, a runtime's own error) is this start's: not remembered.
-        entry.remember_success()
-        return run
+        entry.remember_success(report)
+        return run, report
 
 
 def _export_and_verify(backend: ExportBackend, loaded: LoadedModel, device: torch.device, threads: int,
-                       reference: Callable[[], Run], path: Path) -> Run:
+                       reference: Callable[[], Run], path: Path, compute: str) -> Built:
     backend.write(loaded, path, device)
-    run = backend.open(path, device, threads)
-    difference = verify(reference(), run, loaded.card.preprocessing.input_size)
+    run = _opener(backend, compute)(path, device, threads)
+    input_size = loaded.card.preprocessing.input_size
+    if compute != precision.FULL:
+        report = precision.agreement_on_test_images(reference(), run, input_size, compute, backend.name)
+        log.info("backend %s against eager PyTorch: %s", backend.name, report.summary())
+        return run, report
+    difference = verify(reference(), run, input_size)
     log.info("backend %s matches eager PyTorch (largest probability difference %.2g)", backend.name, difference)
-    return run
+    return run, None
 
 
-def _engine_for_onnx_file(path: Path, options: ModelOptions, backend: str, device: torch.device,
+def _opener(backend: ExportBackend, compute: str) -> Callable[[Path, torch.device, int], Run]:
+    """How `backend` opens a file to compute in `compute`; BackendError where it cannot."""
+    if compute == precision.FULL:
+        return backend.open
+    if compute == "bf16" and backend.open_bf16 is not None:
+        return backend.open_bf16
+    raise BackendError(f"BACKEND={backend.name} cannot compute in {compute}")
+
+
+def _engine_for_onnx_file(path: Path, options: ModelOptions, settings: Settings, device: torch.device,
                           threads: int) -> Engine:
+    """An ONNX file as it is (int8 when quantized), or in bf16 judged against the same file in float32."""
+    backend = settings.backend
     if backend not in ("auto", *ONNX_FILE_ENGINES):
         raise BackendError(f"{path} is an ONNX file; BACKEND={backend} needs a checkpoint or TorchScript file")
     _require_cpu("/".join(ONNX_FILE_ENGINES), device)
-    card = _checked_card(export.read_onnx_card(path, options), options, path)
+    in_file = export.read_onnx_card(path, options)
+    precision.require_file_precision(in_file, settings.precision, str(path))
+    card = dataclasses.replace(_checked_card(in_file, options, path), precision=in_file.precision,
+                               agreement=in_file.agreement)
+    compute = "bf16" if settings.precision == "bf16" else precision.FULL  # an int8 file's precision is in its weights
 
-    def load(name: str) -> Run:
-        _require_installed(EXPORT_BACKENDS[name])
-        return EXPORT_BACKENDS[name].open(path, device, threads)
+    def load(name: str) -> Engine:
+        engine = EXPORT_BACKENDS[name]
+        _require_installed(engine)
+        run = _opener(engine, compute)(path, device, threads)
+        if compute == precision.FULL:
+            return Engine(name, card, run)
+        report = precision.agreement_on_test_images(engine.open(path, device, threads), run,
+                                                    card.preprocessing.input_size, compute, name)
+        return Engine(name, _card_in(card, compute, report), run)
 
-    name, run = _first_that_builds(backend, [backend] if backend != "auto" else list(ONNX_FILE_ENGINES), load)
-    return Engine(name, card, run)
+    candidates = [backend] if backend != "auto" else (
+        precision.candidates(settings.precision) if settings.precision != precision.FULL else list(ONNX_FILE_ENGINES))
+    return _first_that_builds(backend, candidates, load)
 
 
 def _engine_for_torchscript_file(path: Path, options: ModelOptions, backend: str, device: torch.device) -> Engine:

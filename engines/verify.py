@@ -24,25 +24,32 @@ def verify(reference: Run, candidate: Run, input_size: int, batch_sizes: Sequenc
     and a constant image. Raises
     ExportMismatch above tolerance, or when the outputs' shapes differ.
     """
-    rng = np.random.default_rng(1234)
     worst = 0.0
-    for batch_size in batch_sizes:
-        batches = [rng.integers(0, 256, (batch_size, input_size, input_size, 3), dtype=np.uint8),
-                   _smooth_images(rng, batch_size, input_size),
-                   np.full((batch_size, input_size, input_size, 3), 128, np.uint8)]
-        for images in batches:
-            expected = np.asarray(reference(images))
-            try:
-                got = np.asarray(candidate(images))
-            except Exception as exc:  # each runtime raises its own types; a failing engine is not a match
-                raise ExportMismatch(f"the export fails on a batch of {batch_size}: {first_line(exc)}") from None
-            if expected.shape != got.shape:
-                raise ExportMismatch(f"batch of {batch_size}: output shape {got.shape}, expected {expected.shape}")
-            worst = max(worst, float(np.abs(expected.astype(np.float64) - got).max()))
+    for images in check_batches(input_size, batch_sizes):
+        batch_size = len(images)
+        expected = np.asarray(reference(images))
+        try:
+            got = np.asarray(candidate(images))
+        except Exception as exc:  # each runtime raises its own types; a failing engine is not a match
+            raise ExportMismatch(f"the export fails on a batch of {batch_size}: {first_line(exc)}") from None
+        if expected.shape != got.shape:
+            raise ExportMismatch(f"batch of {batch_size}: output shape {got.shape}, expected {expected.shape}")
+        worst = max(worst, float(np.abs(expected.astype(np.float64) - got).max()))
     if not worst <= tolerance:  # also catches NaN
         raise ExportMismatch(f"exported model differs from the eager model by up to {worst:.3g} "
                              f"(tolerance {tolerance:g})")
     return worst
+
+
+def check_batches(input_size: int, batch_sizes: Sequence[int] = (1, 8)) -> list[np.ndarray]:
+    """The images every check runs, per batch size: uniform noise, smooth random images and a constant image."""
+    rng = np.random.default_rng(1234)
+    batches = []
+    for batch_size in batch_sizes:
+        batches += [rng.integers(0, 256, (batch_size, input_size, input_size, 3), dtype=np.uint8),
+                    _smooth_images(rng, batch_size, input_size),
+                    np.full((batch_size, input_size, input_size, 3), 128, np.uint8)]
+    return batches
 
 
 def _smooth_images(rng: np.random.Generator, batch_size: int, size: int) -> np.ndarray:

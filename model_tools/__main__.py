@@ -4,6 +4,7 @@
     python -m model_tools import SRC --out PATH [--name NAME] [--labels F] [--arch A] [--trusted] [preprocessing flags]
     python -m model_tools trace [--checkpoint PATH] [--out PATH] [--script] [--optimize] [--if-missing]
     python -m model_tools export-onnx [--checkpoint PATH] [--out PATH] [--if-missing]
+    python -m model_tools quantize MODEL --calibration DIR --held-out DIR --out FILE [--method M] [--min-agreement X]
     python -m model_tools route NAME [VERSION=WEIGHT ...]
     python -m model_tools forget NAME[@VERSION] [--force]
 
@@ -15,7 +16,9 @@ version from the registry, with its routes and its queue; refused while a versio
 `import` turns any model file the worker loads into one self-describing file that loads without
 unpickling, checks it against the source and prints what it wrote. `trace` and `export-onnx`
 verify the export against the eager model, print the largest absolute difference of any
-probability, and exit 1 above the tolerance, leaving the output file as it was.
+probability, and exit 1 above the tolerance, leaving the output file as it was. `quantize`
+writes an INT8 ONNX file and its agreement report with float32 on the held-out photos
+(model_tools.quantize), and exits 1 below --min-agreement, leaving the output file as it was.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import zipfile
 from pathlib import Path
 
 from model_tools import CARD_FILE, TOLERANCE
+from model_tools.quantize import DEFAULT_METHOD, METHODS
 from serving.config import ConfigError, Settings, channel_values, check_model_id_part
 
 # How this command spells each model option, for messages (the worker names environment variables instead).
@@ -68,7 +72,19 @@ def main(argv: list[str] | None = None) -> int:
         command.add_argument("--if-missing", action="store_true",
                              help="do nothing when the output exists, is newer than the checkpoint and, for trace, "
                                   "was made with the same --script and --optimize")
-    for command in (importer, trace, onnx):
+    quantize = commands.add_parser("quantize", help="write an INT8 ONNX file (static quantization, QDQ, per channel) "
+                                   "and its agreement with float32 on held-out photos")
+    quantize.add_argument("checkpoint", metavar="MODEL", help="any model file the service loads, or float32 ONNX")
+    quantize.add_argument("--calibration", required=True, help="folder of photos whose activations set the ranges")
+    quantize.add_argument("--held-out", required=True,
+                          help="folder of other photos, on which the agreement report is measured")
+    quantize.add_argument("--out", required=True, help="the .onnx file to write")
+    quantize.add_argument("--method", default=DEFAULT_METHOD, choices=METHODS,
+                          help="how each activation's range is chosen (default: %(default)s)")
+    quantize.add_argument("--min-agreement", type=float, default=Settings().precision_min_agreement,
+                          help="least top-1 agreement with float32 where float32 leads by a margin, as "
+                               "PRECISION_MIN_AGREEMENT (default: %(default)g)")
+    for command in (importer, trace, onnx, quantize):
         _add_model_options(command)
     trace.add_argument("--script", action="store_true", help="torch.jit.script instead of torch.jit.trace")
     trace.add_argument("--optimize", action="store_true",
@@ -87,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         return set_route(args.name, args.weights)
     if args.command == "forget":
         return forget_models(args.model, args.force)
-    if args.command in ("build-default", "import"):
+    if args.command in ("build-default", "import", "quantize"):
         out = Path(args.out)
     else:
         out = Path(args.out or default_export_path(args.checkpoint, ".ts.pt" if args.command == "trace" else ".onnx"))
@@ -95,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0  # before importing torch (1.5-3 s), which `make run`, `make test` and `make cpp` ask this every time
     from model_tools.card import ModelLoadError
     from model_tools.export import ExportError  # engines.verify's ExportMismatch is one
+    from model_tools.precision import PrecisionRefused
 
     try:
         if args.command == "build-default":
@@ -103,8 +120,10 @@ def main(argv: list[str] | None = None) -> int:
             from model_tools.importer import import_model
             print(import_model(Path(args.checkpoint), _model_options(args), out, _model_name(args.name)))
             return 0
+        if args.command == "quantize":
+            return quantize_and_report(args, out)
         return export_and_verify(args, out)
-    except (ModelLoadError, ExportError, ConfigError) as exc:
+    except (ModelLoadError, ExportError, ConfigError, PrecisionRefused) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
 
@@ -252,6 +271,15 @@ def build_default(out: Path) -> int:
     _earlier_version_marker(out).unlink(missing_ok=True)
     card = load_model(path).card  # read it back: a file that does not load is not built
     print(f"wrote {path}: {card.name}, {len(card.class_names)} classes, {card.preprocessing}")
+    return 0
+
+
+def quantize_and_report(args: argparse.Namespace, out: Path) -> int:
+    from model_tools.quantize import quantize
+
+    report = quantize(Path(args.checkpoint), Path(args.calibration), Path(args.held_out), out, args.method,
+                      args.min_agreement, _model_options(args))
+    print(f"wrote {out}: {report.summary()}")
     return 0
 
 

@@ -31,7 +31,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from model_tools.architectures import Preprocessing, default_preprocessing, imagenet_class_names
-from serving.config import ConfigError, Settings, channel_values, check_model_id_part
+from model_tools.precision import AgreementReport
+from serving.config import PRECISIONS, ConfigError, Settings, channel_values, check_model_id_part
 
 log = logging.getLogger("model_tools")
 
@@ -55,6 +56,8 @@ class ModelCard:
     preprocessing: Preprocessing
     # card field -> where its value came from (FROM_FILE, an option's name, a default); not part of the card's identity
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
+    precision: str = "fp32"  # what the model computes in: a quantized file says int8, a BF16 engine bf16
+    agreement: AgreementReport | None = None  # how a reduced precision's answers compare with float32's
 
 
 # How the worker's configuration spells each option; the command line passes its flags' names instead.
@@ -258,8 +261,11 @@ def card_to_json(card: ModelCard, export: dict | None = None) -> str:
     for the record, not for the client to apply again.
     """
     extra = {"export": export} if export else {}  # how the file was made (`trace --if-missing` compares it)
+    if card.agreement is not None:
+        extra["agreement"] = card.agreement.to_dict()
     return json.dumps({**card_fields(card), "format": CARD_FORMAT, "input": "uint8 NHWC RGB",
-                       "output": "probabilities", "normalized_inside": True, **extra}, indent=1)
+                       "output": "probabilities", "normalized_inside": True, "precision": card.precision, **extra},
+                      indent=1)
 
 
 def card_from_json(text: str | bytes) -> ModelCard:
@@ -268,7 +274,12 @@ def card_from_json(text: str | bytes) -> ModelCard:
         fields = json.loads(text)
         preprocessing = Preprocessing(int(fields["input_size"]), int(fields["resize_size"]),
                                       tuple(map(float, fields["mean"])), tuple(map(float, fields["std"])))
+        precision = str(fields.get("precision", "fp32"))  # cards from before reduced precision are float32's
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision {precision!r}, expected one of {', '.join(PRECISIONS)}")
+        agreement = AgreementReport.from_dict(fields["agreement"]) if "agreement" in fields else None
         return ModelCard(str(fields["name"]), str(fields["arch"]), tuple(map(str, fields["class_names"])),
-                         preprocessing, {name: FROM_FILE for name in ("arch", "class_names", *PREPROCESSING_FIELDS)})
+                         preprocessing, {name: FROM_FILE for name in ("arch", "class_names", *PREPROCESSING_FIELDS)},
+                         precision, agreement)
     except (ValueError, KeyError, TypeError) as exc:
         raise ModelLoadError(f"the model card is not valid JSON with the expected fields: {exc!r}") from None

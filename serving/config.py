@@ -176,6 +176,15 @@ class Settings:
         "BACKEND", "auto",
         "Engine that runs the model: `torch`, `torchscript`, `onnxruntime`, `openvino`, or `auto` (on a GPU "
         "`torch`; on the CPU the fastest installed engine whose answers match eager PyTorch).")
+    precision: str = _setting(
+        "PRECISION", "fp32",
+        "What the model computes in: `fp32`; `bf16` (BACKEND=openvino or auto, on a CPU with BF16 instructions; "
+        "refused elsewhere); `int8` (MODEL_PATH a file `python -m model_tools quantize` wrote). A reduced precision "
+        "serves only if its answers agree with float32's (PRECISION_MIN_AGREEMENT; docs/precision.md).")
+    precision_min_agreement: float = _setting(
+        "PRECISION_MIN_AGREEMENT", 0.95,
+        "Least share of images, among those where float32's top-1 leads its second by at least 0.1, on which a "
+        "reduced PRECISION must give float32's top-1; below it the worker refuses to start, naming the numbers.")
     inference_threads: int = _setting(
         "INFERENCE_THREADS", 0,
         "Threads each worker's engine computes with; 0: half the cores, at least one (the API processes "
@@ -207,6 +216,10 @@ class Settings:
             raise ConfigError(f"PORT={self.port}: must be at most 65535")
         if self.proxy not in PROXIES:
             raise ConfigError(f"PROXY={self.proxy!r}: expected one of {', '.join(PROXIES)}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"PRECISION={self.precision!r}: expected one of {', '.join(PRECISIONS)}")
+        if not 0 <= self.precision_min_agreement <= 1:  # NaN too
+            raise ConfigError(f"PRECISION_MIN_AGREEMENT={self.precision_min_agreement!r}: expected a share, 0 to 1")
         if self.log_level not in LOG_LEVELS:
             raise ConfigError(f"LOG_LEVEL={self.log_level!r}: expected one of {', '.join(LOG_LEVELS)}")
         parse_redis_url(self.redis_url)  # a malformed URL is a configuration error at start
@@ -269,6 +282,7 @@ class Settings:
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 ORIGIN = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?")  # what a browser sends as Origin: no path
 PROXIES = ("none", "nginx")
+PRECISIONS = ("fp32", "bf16", "int8")
 # Smallest workable value of each count and size (0 where 0 means "not set" or "none").
 _AT_LEAST = {"port": 1, "api_processes": 1, "api_threads": 1, "max_image_pixels": 1, "max_queue": 1, "top_k": 1,
              "max_images_per_request": 1, "low_lane_every": 1,

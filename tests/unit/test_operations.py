@@ -77,8 +77,8 @@ def test_model_describes_the_served_model_and_its_workers(client, fake_redis):
     assert body == {"name": "tiny", "version": "1", "arch": "tiny_arch", "num_classes": 3, "input_size": 224,
                     "preprocessing": {"resize_size": 256, "crop_size": 224, "interpolation": "bilinear",
                                       "mean": [0.5, 0.4, 0.3], "std": [0.2, 0.2, 0.2]},
-                    "sources": SOURCES, "backend": "torch", "device": "cpu", "batch_size": 8, "workers": 2,
-                    "queue_depth": 0}
+                    "sources": SOURCES, "precision": "fp32", "backend": "torch", "device": "cpu", "batch_size": 8,
+                    "workers": 2, "queue_depth": 0}
 
 
 def test_model_reports_the_backend_a_worker_announces(client, fake_redis):
