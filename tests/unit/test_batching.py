@@ -4,11 +4,13 @@ import threading
 import time
 
 import fakeredis
+import numpy as np
 import pytest
 import redis
 
 from app.queue_client import InferenceQueue, NoWorker, QueueFull
-from serving.protocol import Keys
+from serving import protocol
+from serving.protocol import InferenceRequest, Keys
 from worker.queue import WorkerQueue
 
 KEYS = Keys("t", "tiny@1")
@@ -155,22 +157,36 @@ def test_a_batch_takes_the_high_lane_before_normal_before_low_and_low_first_reve
     assert queue.take_batch(8, 0.01, 0) == [] and not fake_redis.exists(keys.wake)
 
 
+def images(priority, *job_ids) -> list[InferenceRequest]:
+    pixels = np.zeros((2, 2, 3), dtype=np.uint8)
+    return [InferenceRequest(job_id, pixels, 1000.0, 1010.0, 5, priority=priority) for job_id in job_ids]
+
+
+def lane_ids(client, priority) -> list[str]:
+    return [protocol.decode_message(raw).job_id for raw in client.lrange(KEYS.lane(priority), 0, -1)]
+
+
 def test_a_request_goes_whole_into_its_keys_lane_while_the_lanes_together_have_room_and_the_version_is_open(client):
     """ENQUEUE: every image of a request in its key's lane, all or none, MAX_QUEUE counting the three lanes
-    together; nothing once the version's last worker has closed it (its model key gone), room or not."""
+    together; nothing once the version's last worker has closed it (its model key gone), room or not. The pixels
+    of a request queued stay until their deadline; a refused one's go at once."""
     queue = InferenceQueue(client, client, KEYS, max_queue=6)
     client.set(KEYS.model, b"announced")
     client.lpush(KEYS.lane("low"), b"l1")
     client.lpush(KEYS.lane("normal"), b"n1")
-    queue.enqueue([b"h1", b"h2", b"h3"], "high")
-    assert client.lrange(KEYS.lane("high"), 0, -1) == [b"h3", b"h2", b"h1"] and client.llen(KEYS.wake) == 1
+    queue.enqueue(images("high", "h1", "h2", "h3"))
+    assert lane_ids(client, "high") == ["h3", "h2", "h1"] and client.llen(KEYS.wake) == 1
+    assert client.get(KEYS.pixels("h1")) == bytes(12)
+    assert 0 < client.pttl(KEYS.pixels("h1")) <= (10 + protocol.PIXELS_GRACE_SECONDS) * 1000
     with pytest.raises(QueueFull):
-        queue.enqueue([b"x1", b"x2"], "low")  # 5 queued across the lanes, 2 more would pass 6: none goes
+        queue.enqueue(images("low", "x1", "x2"))  # 5 queued across the lanes, 2 more would pass 6: none goes
     assert client.lrange(KEYS.lane("low"), 0, -1) == [b"l1"]
-    queue.enqueue([b"l2"], "low")  # exactly 6
+    assert not client.exists(KEYS.pixels("x1"), KEYS.pixels("x2"))
+    queue.enqueue(images("low", "l2"))  # exactly 6
     assert [client.llen(lane) for lane in KEYS.lanes] == [3, 1, 2] and client.llen(KEYS.wake) == 1
     client.delete(KEYS.lane("high"), KEYS.wake)
     client.delete(KEYS.model)  # what STOPPING does when the version's last worker stops
     with pytest.raises(NoWorker):
-        queue.enqueue([b"n2"], "normal")
+        queue.enqueue(images("normal", "n2"))
     assert [client.llen(lane) for lane in KEYS.lanes] == [0, 1, 2] and not client.exists(KEYS.wake)
+    assert not client.exists(KEYS.pixels("n2"))
