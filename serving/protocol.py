@@ -11,9 +11,9 @@ Flow of one request (`{prefix}` here is short for a model version's hash tag, `{
           else TAKE: LMOVEs from the lanes, high first -> {prefix}:processing:<worker id>   (atomic take
                of a batch, one script; with nothing queued, BLPOP {prefix}:wake first, then TAKE again)
   worker: MGET {prefix}:pixels:<job id> ...                        (the pixels of the messages it will run)
-  worker: RPUSH {prefix}:result:<job id> <result JSON>, EXPIRE it,
-          LREM the answered messages from its processing list,
-          HDEL their delivery counts, DEL their pixels                  (one transaction)
+  worker: LREM each answered message from its processing list and, if it was there,
+          RPUSH {prefix}:result:<job id> <result JSON>, EXPIRE it,
+          HDEL its delivery count, DEL its pixels                     (one script, PUBLISH)
   API:    BLPOP {prefix}:result:<job id> until the request's deadline
 Only messages of a few hundred bytes move between lists and through Lua; an image's pixels stay in their own key
 from the API's SET to the answer's DEL (as rq keeps a job's payload in its hash and moves only ids), so no script

@@ -89,6 +89,41 @@ def take(client: RedisClient, *, keys: Keys, worker_id: str, lanes: Sequence[str
     return client.eval(_TAKE, 3 + len(lanes), keys.processing(worker_id), keys.wake, keys.retry, *lanes, count)
 
 
+# A worker's answers to the messages it handled, each published only if the message is still in its processing list,
+# which it leaves in the same step with its delivery count and its pixels. A message no longer there was taken back
+# by a reaper (its worker looked dead: a stall, or a cut network whose packets reach Redis late) and is another
+# worker's to answer, so a request gets one answer. KEYS: processing list, attempts hash, then each message's result
+# key and pixels key, in the messages' order. ARGV: result TTL in ms, then per message: the message, its job id
+# ('' if it names none) and its answer ('' for none: nobody waits).
+_PUBLISH = """
+local answered = 0
+for i = 1, (#ARGV - 1) / 3 do
+  local message, job, answer = ARGV[3 * i - 1], ARGV[3 * i], ARGV[3 * i + 1]
+  if redis.call('LREM', KEYS[1], 1, message) == 1 and job ~= '' then
+    if answer ~= '' then
+      redis.call('RPUSH', KEYS[2 * i + 1], answer)
+      redis.call('PEXPIRE', KEYS[2 * i + 1], ARGV[1])
+      answered = answered + 1
+    end
+    redis.call('HDEL', KEYS[2], job)
+    redis.call('DEL', KEYS[2 * i + 2])
+  end
+end
+return answered
+"""
+
+
+def publish(client: RedisClient, *, keys: Keys, worker_id: str,
+            handled: Sequence[tuple[bytes, str | None, bytes | None]], ttl_ms: int) -> int:
+    """Answer each (message, job id, answer) the worker still holds and drop the message from its processing list;
+    how many answers went out. An answer goes behind any already there (RPUSH; the API pops the left end)."""
+    job_keys = [key for _, job_id, _ in handled  # a message without a job id: its slot's tag, which is never touched
+                for key in ((keys.result(job_id), keys.pixels(job_id)) if job_id else (keys.tag, keys.tag))]
+    arguments = [argument for message, job_id, answer in handled for argument in (message, job_id or "", answer or "")]
+    return client.eval(_PUBLISH, 2 + len(job_keys), keys.processing(worker_id), keys.attempts, *job_keys, ttl_ms,
+                       *arguments)
+
+
 # Redis's clock in seconds, as the scripts below read it.
 _NOW = "local clock = redis.call('TIME'); local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000\n"
 

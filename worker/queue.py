@@ -4,9 +4,10 @@ Taking and answering. A message (a few hundred bytes: the image's pixels wait in
 fetched after the take) moves from the shared queue into this worker's own
 processing list with (B)LMOVE, which is atomic: two workers can never take the same
 message, and a message is never in neither list (the seed's LRANGE + LTRIM did both). A
-message leaves the processing list (LREM, the exact bytes taken) in the same transaction that
-publishes its result, so it leaves Redis only once its answer is there; what a failed publish
-or a lost reply leaves in the list is served again before anything new is taken
+message leaves the processing list (LREM, the exact bytes taken) in the same script that
+publishes its result (only if it was still there: a reaper may have taken it back), so it leaves
+Redis only once its answer is there; what a failed publish or a lost reply leaves in the list is
+served again before anything new is taken
 (`held_messages`).
 
 Leaving and reaping. Every worker is also a reaper of its version's dead workers: their
@@ -85,25 +86,17 @@ class WorkerQueue:
         return self.client.lrange(self.processing, 0, -1)[::-1]
 
     def publish_results(self, answers: dict[str, bytes | None], handled: list[bytes], ttl_seconds: float) -> None:
-        """Hand each job its answer and drop the handled messages (and only those), in one transaction.
+        """Hand each job its answer and drop the handled messages (and only those), in one script.
 
-        `answers` has every job handled by id; None for one nobody waits for (expired). Their delivery
-        counts and pixels go too: a job answered is never delivered again. An answer goes behind any already
-        there (RPUSH; the API pops the left end): the client reads the first one, never a repeated delivery's
-        later word on a job that was answered (an image_missing, once the first answer deleted the pixels).
+        `answers` has every job handled by id; None for one nobody waits for (expired). Their delivery counts and
+        pixels go too: a job answered is never delivered again. Only what this worker's processing list still holds
+        is answered: a message a reaper took back (this worker looked dead) is another worker's, so a publish that
+        reaches Redis late adds no second answer. The client reads the first answer pushed.
         """
-        pipe = self.client.pipeline(transaction=True)
-        for job_id, payload in answers.items():
-            if payload is not None:
-                key = self.keys.result(job_id)
-                pipe.rpush(key, payload)
-                pipe.pexpire(key, int(ttl_seconds * 1000))
-        for message in handled:
-            pipe.lrem(self.processing, 1, message)
-        if answers:
-            pipe.hdel(self.keys.attempts, *answers)
-            pipe.delete(*(self.keys.pixels(job_id) for job_id in answers))
-        pipe.execute()
+        jobs = [(message, job_id, answers.get(job_id) if job_id else None)
+                for message, job_id in ((message, protocol.leading_job_id(message)) for message in handled)]
+        queue_scripts.publish(self.client, keys=self.keys, worker_id=self.worker_id, handled=jobs,
+                              ttl_ms=int(ttl_seconds * 1000))
 
     def queued(self) -> int:
         """Messages waiting in the version's lanes and retry list."""

@@ -129,8 +129,13 @@ def test_without_a_wait_a_partial_batch_goes_at_once(client):
     assert take(client, wait=0.0) == [b"m1"]
 
 
+def job(job_id: str) -> bytes:
+    """A message as far as publishing reads one: the job id it starts with."""
+    return b'{"id": "' + job_id.encode() + b'"}'
+
+
 def test_publishing_answers_each_request_and_clears_the_batch(client):
-    enqueue(client, b"m1", b"m2")
+    enqueue(client, job("r1"), job("r2"))
     batch = take(client)
     WorkerQueue(client, KEYS, "w1").publish_results({"r1": b"one", "r2": b"two"}, batch, ttl_seconds=30)
     assert client.lrange(KEYS.result("r1"), 0, -1) == [b"one"]
@@ -140,7 +145,7 @@ def test_publishing_answers_each_request_and_clears_the_batch(client):
 
 
 def test_publishing_removes_only_the_messages_it_handled(client):
-    enqueue(client, b"m1", b"m2", b"m3")
+    enqueue(client, job("r1"), job("r2"), job("r3"))
     first, second = take(client, max_size=1), take(client, max_size=2)
     WorkerQueue(client, KEYS, "w1").publish_results({"r2": b"two", "r3": b"three"}, second, ttl_seconds=30)
     assert client.lrange(KEYS.processing("w1"), 0, -1) == first
@@ -190,3 +195,16 @@ def test_a_request_goes_whole_into_its_keys_lane_while_the_lanes_together_have_r
         queue.enqueue(images("normal", "n2"))
     assert [client.llen(lane) for lane in KEYS.lanes] == [0, 1, 2] and not client.exists(KEYS.wake)
     assert not client.exists(KEYS.pixels("n2"))
+
+
+def test_a_worker_answers_only_what_it_still_holds_so_a_late_publish_adds_no_second_answer(client):
+    """A worker taken for dead (a stall, a cut network whose packets reach Redis late) whose messages a reaper gave to
+    another worker, which answered: its own publish, arriving after, answers nothing and deletes nothing."""
+    enqueue(client, job("r1"))
+    slow, other = WorkerQueue(client, KEYS, "slow"), WorkerQueue(client, KEYS, "other")
+    batch = slow.take_batch(1, 0.01, 0)
+    client.zadd(KEYS.workers, {"slow": 0})
+    other.reap_dead_workers(worker_timeout=5, max_attempts=3, result_ttl=30)
+    other.publish_results({"r1": b"from the other"}, other.take_retry(), ttl_seconds=30)
+    slow.publish_results({"r1": b"late"}, batch, ttl_seconds=30)
+    assert client.lrange(KEYS.result("r1"), 0, -1) == [b"from the other"]

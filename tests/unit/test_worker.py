@@ -17,7 +17,7 @@ from redis.retry import Retry
 from serving import protocol, worker_stats
 from serving.config import ConfigError, Settings
 from serving.protocol import FleetKeys, InferenceRequest, Keys, ModelInfo
-from tests.unit.tiny_model import COLOURS, INPUT_SIZE, message, stored, tiny_classifier
+from tests.unit.tiny_model import COLOURS, INPUT_SIZE, message, processed, stored, tiny_classifier
 from worker import loop
 from worker.__main__ import redis_client
 from worker.loop import Worker
@@ -39,7 +39,7 @@ def result(worker, job_id):
 
 def test_each_request_in_a_batch_gets_its_own_top_k(worker):
     asked = [("r1", "red", 2), ("r2", "blue", 3), ("r3", "green", 2)]
-    worker.process([message(worker.client, job_id, colour, top_k=k) for job_id, colour, k in asked])
+    processed(worker, [message(worker.client, job_id, colour, top_k=k) for job_id, colour, k in asked])
     for job_id, colour, k in asked:
         answer = result(worker, job_id)
         assert answer["success"] is True and (answer["model"], answer["version"]) == ("tiny", SETTINGS.model_version)
@@ -52,7 +52,7 @@ def test_each_request_in_a_batch_gets_its_own_top_k(worker):
 
 
 def test_a_request_that_asks_for_every_probability_gets_them_beside_its_top_k(worker):
-    worker.process([message(worker.client, "all", "blue", top_k=1, probabilities=True),
+    processed(worker, [message(worker.client, "all", "blue", top_k=1, probabilities=True),
                     message(worker.client, "top", "blue", top_k=9)])
     everything = protocol.decode_result(worker.client.lrange(KEYS.result("all"), 0, -1)[0])
     assert [p.label for p in everything.predictions] == ["blue"]
@@ -64,18 +64,18 @@ def test_a_request_that_asks_for_every_probability_gets_them_beside_its_top_k(wo
 def test_a_malformed_message_gets_an_error_and_the_rest_of_the_batch_is_served(worker):
     broken = json.loads(message(worker.client, "bad"))
     broken["shape"] = "!!!"
-    worker.process([json.dumps(broken).encode(), b"garbage without an id", message(worker.client, "good")])
+    processed(worker, [json.dumps(broken).encode(), b"garbage without an id", message(worker.client, "good")])
     assert result(worker, "bad")["error"]["code"] == "malformed_message"
     assert result(worker, "good")["success"] is True
 
 
 def test_an_image_of_the_wrong_shape_gets_an_error(worker):
-    worker.process([message(worker.client, "r1", size=INPUT_SIZE + 1)])
+    processed(worker, [message(worker.client, "r1", size=INPUT_SIZE + 1)])
     assert result(worker, "r1")["error"]["code"] == "wrong_input_shape"
 
 
 def test_requests_past_their_deadline_are_skipped_and_counted(worker):
-    worker.process([message(worker.client, "late", deadline_in=-1), message(worker.client, "on-time")])
+    processed(worker, [message(worker.client, "late", deadline_in=-1), message(worker.client, "on-time")])
     assert result(worker, "late") is None
     assert result(worker, "on-time")["success"] is True
     assert worker.expired == 1
@@ -83,7 +83,7 @@ def test_requests_past_their_deadline_are_skipped_and_counted(worker):
 
 def test_a_take_of_only_expired_requests_logs_no_empty_batch(worker, caplog):
     with caplog.at_level(logging.INFO, logger="worker"):
-        worker.process([message(worker.client, "late", deadline_in=-1)])
+        processed(worker, [message(worker.client, "late", deadline_in=-1)])
     assert "took 1 messages and ran none" in caplog.text and "size=0" not in caplog.text
 
 
@@ -92,12 +92,12 @@ def test_an_inference_failure_answers_the_batch_and_the_worker_carries_on(worker
         raise RuntimeError("device fell over at /opt/secret/model.bin")
     with monkeypatch.context() as patched:
         patched.setattr(worker.classifier, "probabilities", explode)
-        worker.process([message(worker.client, "r1")])
+        processed(worker, [message(worker.client, "r1")])
     error = result(worker, "r1")["error"]
     assert error["code"] == "inference_failed" and "worker's log" in error["message"]
     assert "/opt/secret" not in error["message"]  # the exception's text goes to the log only
     assert "device fell over" in caplog.text and "job_ids=r1" in caplog.text
-    worker.process([message(worker.client, "r2")])
+    processed(worker, [message(worker.client, "r2")])
     assert result(worker, "r2")["success"] is True
 
 
@@ -265,7 +265,7 @@ def test_a_heartbeat_that_fails_for_good_stops_the_worker_instead_of_serving_una
 def test_every_answer_names_its_request_and_a_failure_says_why(worker, monkeypatch):
     wrong_lane = json.loads(message(worker.client, "bad"))
     wrong_lane["priority"] = "urgent"
-    worker.process([message(worker.client, "ok"), json.dumps(wrong_lane).encode(),
+    processed(worker, [message(worker.client, "ok"), json.dumps(wrong_lane).encode(),
                     message(worker.client, "big", size=INPUT_SIZE + 1)])
     assert result(worker, "ok")["id"] == "ok"
     assert result(worker, "bad") == {"id": "bad", "success": False, "error": {
@@ -274,7 +274,7 @@ def test_every_answer_names_its_request_and_a_failure_says_why(worker, monkeypat
     assert result(worker, "big") == {"id": "big", "success": False, "error": {
         "code": "wrong_input_shape", "message": "image of shape [9, 9, 3]; the model takes [8, 8, 3]"}}
     monkeypatch.setattr(worker.classifier, "probabilities", lambda images: 1 / 0)
-    worker.process([message(worker.client, "unlucky")])
+    processed(worker, [message(worker.client, "unlucky")])
     assert result(worker, "unlucky") == {"id": "unlucky", "success": False, "error": {
         "code": "inference_failed", "message": "the model failed on the batch holding this image; the worker's log "
                                                "has the error under this request's job id"}}
@@ -288,7 +288,7 @@ def test_an_answer_times_its_wait_in_the_queue_by_redis_clock_and_the_batch_infe
     pixels = np.zeros((INPUT_SIZE, INPUT_SIZE, 3), dtype=np.uint8)
     waited = InferenceRequest("waited", pixels, taken_at - 0.0123456, taken_at + 10, 5)
     ahead = InferenceRequest("ahead", pixels, taken_at + 1, taken_at + 10, 5)  # an API host whose offset was off
-    worker.process([stored(worker.client, KEYS, waited), stored(worker.client, KEYS, ahead)])
+    processed(worker, [stored(worker.client, KEYS, waited), stored(worker.client, KEYS, ahead)])
     assert result(worker, "waited")["timing"] == {"queue_ms": 12.35, "inference_ms": 45.68, "batch_size": 2}
     assert result(worker, "ahead")["timing"]["queue_ms"] == 0
 
@@ -297,14 +297,14 @@ def test_a_failed_batch_still_counts_its_inference_time_in_the_statistics(worker
     ticks = iter([100.0, 100.25])
     monkeypatch.setattr(loop, "time", types.SimpleNamespace(perf_counter=lambda: next(ticks)))
     monkeypatch.setattr(worker.classifier, "probabilities", lambda images: 1 / 0)
-    worker.process([message(worker.client, "r1")])
+    processed(worker, [message(worker.client, "r1")])
     stats = worker_stats.decode_worker_stats(worker.client.hgetall(KEYS.worker_stats))
     assert stats.inference_seconds.sum == pytest.approx(0.25)
 
 
 def test_expired_requests_are_counted_across_batches_and_a_batch_of_them_never_reaches_the_model(worker, caplog):
-    worker.process([message(worker.client, "late1", deadline_in=-1)])
-    worker.process([message(worker.client, "late2", deadline_in=-1)])
+    processed(worker, [message(worker.client, "late1", deadline_in=-1)])
+    processed(worker, [message(worker.client, "late2", deadline_in=-1)])
     assert worker.expired == 2
     assert not [record for record in caplog.records if record.levelno >= logging.ERROR]  # no empty batch was run
 
@@ -413,7 +413,7 @@ def test_a_card_name_that_fails_model_names_rule_is_refused_unless_model_name_is
 def test_an_image_whose_pixels_are_gone_gets_its_own_error_and_the_batch_is_served(worker):
     gone = message(worker.client, "gone")
     worker.client.delete(KEYS.pixels("gone"))  # expired: its deadline long past, or answered by another worker
-    worker.process([gone, message(worker.client, "fine")])
+    processed(worker, [gone, message(worker.client, "fine")])
     assert result(worker, "gone")["error"]["code"] == "image_missing"
     assert result(worker, "fine")["success"] is True
     assert worker.client.llen(KEYS.processing("w1")) == 0  # both handled; the worker serves on
@@ -422,9 +422,9 @@ def test_an_image_whose_pixels_are_gone_gets_its_own_error_and_the_batch_is_serv
 def test_an_answer_deletes_its_pixels_and_a_repeated_delivery_never_hides_the_first_answer(worker):
     """A worker reaped while alive, and another that ran its messages again: the client reads the first answer."""
     first = message(worker.client, "twice")
-    worker.process([first])
+    processed(worker, [first])
     assert not worker.client.exists(KEYS.pixels("twice"))
-    worker.process([first])  # the repeated delivery finds no pixels
+    processed(worker, [first])  # the repeated delivery finds no pixels
     assert [json.loads(a)["success"] for a in worker.client.lrange(KEYS.result("twice"), 0, -1)] == [True, False]
     assert json.loads(worker.client.lpop(KEYS.result("twice")))["success"] is True  # the end the API pops
 
@@ -432,5 +432,5 @@ def test_an_answer_deletes_its_pixels_and_a_repeated_delivery_never_hides_the_fi
 def test_an_expired_requests_pixels_are_not_read_and_go_with_its_refusal(worker, monkeypatch):
     fetched = []
     monkeypatch.setattr(WorkerQueue, "fetch_pixels", lambda self, job_ids: fetched.extend(job_ids) or [])
-    worker.process([message(worker.client, "late", deadline_in=-1)])
+    processed(worker, [message(worker.client, "late", deadline_in=-1)])
     assert fetched == [] and not worker.client.exists(KEYS.pixels("late"))

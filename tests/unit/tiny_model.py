@@ -63,3 +63,10 @@ def stored(client, keys: Keys, request: InferenceRequest) -> bytes:
     encoded = protocol.encode_request(request)
     client.set(keys.pixels(encoded.job_id), encoded.pixels, px=encoded.expire_ms)
     return encoded.message
+
+
+def processed(worker, messages: list[bytes]) -> None:
+    """Have `worker` serve these messages as if it had taken them: into its processing list first, since a worker
+    answers only what its list still holds."""
+    worker.client.lpush(worker.queue.processing, *messages)
+    worker.process(messages)
