@@ -10,7 +10,7 @@ from typing import Protocol
 import numpy as np
 import redis
 
-from serving import protocol
+from serving import protocol, queue_scripts
 from serving.protocol import (
     InferenceRequest,
     InferenceResult,
@@ -132,20 +132,21 @@ class InferenceQueue:
         """
         offset = self.clock.offset
         enqueued_at = time.time() + offset
-        self.enqueue([protocol.encode_request(InferenceRequest(job_id, pixels, enqueued_at, deadline + offset, top_k,
-                                                               probabilities))
-                      for job_id, pixels in zip(job_ids, images)], priority)
+        self.enqueue([InferenceRequest(job_id, pixels, enqueued_at, deadline + offset, top_k, probabilities, priority)
+                      for job_id, pixels in zip(job_ids, images)])
         return self.await_results(job_ids, deadline)
 
-    def enqueue(self, messages: list[bytes], priority: str = "normal") -> None:
-        """Queue the messages of one request in its priority's lane, all or none: NoWorker once the version's last
-        worker has closed it (since admission, perhaps), QueueFull when they would take the version's lanes
-        together past MAX_QUEUE. Checked and pushed atomically."""
-        outcome = self.client.eval(protocol.ENQUEUE, 6, self.keys.lane(priority), self.keys.model, self.keys.wake,
-                                   *self.keys.lanes, self.max_queue, *messages)
-        if outcome == protocol.ENQUEUE_NO_WORKER:
+    def enqueue(self, requests: list[InferenceRequest]) -> None:
+        """Queue the images of one request (one priority) in their lane, all or none: NoWorker once the version's
+        last worker has closed it (since admission, perhaps), QueueFull when they would take the version's lanes
+        together past MAX_QUEUE. Checked and pushed atomically, their pixels written in the same round trip."""
+        (priority,) = {request.priority for request in requests}
+        outcome = queue_scripts.enqueue(self.client, keys=self.keys, lane=self.keys.lane(priority),
+                                        max_queue=self.max_queue,
+                                        requests=[protocol.encode_request(request) for request in requests])
+        if outcome == queue_scripts.ENQUEUE_NO_WORKER:
             raise NoWorker(f"the last worker of {self.keys.model_id} stopped while this request came in")
-        if outcome == protocol.ENQUEUE_FULL:
+        if outcome == queue_scripts.ENQUEUE_FULL:
             raise QueueFull(self.max_queue)
 
     def await_results(self, job_ids: list[str], deadline: float) -> dict[str, InferenceResult]:

@@ -3,16 +3,21 @@
 Nothing outside this module spells a key or a message field.
 
 Flow of one request (`{prefix}` here is short for a model version's hash tag, `{KEY_PREFIX:name@version}`):
-  API:    LPUSH {prefix}:queue[:high|:low] <request JSON> ...   (ENQUEUE, one per image, in the lane of the
-          client's API key: while the version is served, unless MAX_QUEUE would be passed; and one element
-          in {prefix}:wake)
+  API:    SET {prefix}:pixels:<job id> <raw pixels> PX <until the deadline>, one per image, then
+          LPUSH {prefix}:queue[:high|:low] <small JSON message> ...   (ENQUEUE, in the lane of the client's API
+          key: while the version is served, unless MAX_QUEUE would be passed, else it deletes the pixels; and one
+          element in {prefix}:wake), all in one MULTI
   worker: LMOVE {prefix}:retry -> {prefix}:processing:<worker id>    (one retried message alone, if any)
           else TAKE: LMOVEs from the lanes, high first -> {prefix}:processing:<worker id>   (atomic take
                of a batch, one script; with nothing queued, BLPOP {prefix}:wake first, then TAKE again)
-  worker: LPUSH {prefix}:result:<job id> <result JSON>, EXPIRE it,
-          LREM the answered messages from its processing list,
-          HDEL their delivery counts                              (one transaction)
+  worker: MGET {prefix}:pixels:<job id> ...                        (the pixels of the messages it will run)
+  worker: LREM each answered message from its processing list and, if it was there,
+          RPUSH {prefix}:result:<job id> <result JSON>, EXPIRE it,
+          HDEL its delivery count, DEL its pixels                     (one script, PUBLISH)
   API:    BLPOP {prefix}:result:<job id> until the request's deadline
+Only messages of a few hundred bytes move between lists and through Lua; an image's pixels stay in their own key
+from the API's SET to the answer's DEL (as rq keeps a job's payload in its hash and moves only ids), so no script
+copies them and the reaper's maintenance never rewrites them.
 Every heartbeat (HEARTBEAT, from a thread of its own, so it goes on while a
 batch computes however long that takes), a worker refreshes {prefix}:model, the
 served model's description, with a TTL of WORKER_TIMEOUT (the API reads its
@@ -23,20 +28,19 @@ worker would need a scan. Heartbeat times and the cutoffs they are compared with
 are Redis's own clock (TIME inside the scripts), never a host's: hosts whose
 clocks disagree can neither reap a live worker nor keep a dead one. When a
 worker's heartbeat is older than WORKER_TIMEOUT, any live worker runs
-RETURN_UNFINISHED on it, which checks the score again inside the script: its
+RETURN_UNFINISHED (serving/queue_scripts.py) on it, which checks the score again inside the script: its
 processing list goes back to the queues, each message's count of failed
 deliveries raised by one in {prefix}:attempts (a hash by job id, beside the
 message: the script moves the message's bytes untouched), and a message whose
 count has reached MAX_ATTEMPTS is answered with an error instead (at-least-once
 delivery, bounded).
 
-Images travel as base64 of raw uint8 HWC pixels inside JSON: no pickle ever
-crosses Redis, and a message is a quarter of the float32 the seed sent.
+Images travel as raw uint8 HWC pixels in a key of their own, their description as JSON in the message: no pickle
+ever crosses Redis, and no base64.
 """
 
 from __future__ import annotations
 
-import binascii
 import dataclasses
 import json
 import math
@@ -143,6 +147,11 @@ class Keys:
     def result(self, job_id: str) -> str:
         return f"{self.tag}:result:{job_id}"
 
+    def pixels(self, job_id: str) -> str:
+        """One queued image's raw pixels, beside its message: written once, read by the worker that runs it, deleted
+        with its answer, expiring after its deadline if nobody answers it."""
+        return f"{self.tag}:pixels:{job_id}"
+
     def all_keys_pattern(self) -> str:
         return f"{self.tag}:*"
 
@@ -224,27 +233,52 @@ class InferenceRequest:
     deadline: float  # epoch seconds by Redis's clock, after which the client no longer waits
     top_k: int  # predictions the answer carries (at most the model's classes)
     probabilities: bool = False  # whether the answer carries every class's probability too (Open Inference Protocol)
+    priority: str = "normal"  # the lane it is queued in (PRIORITIES), and returned to when its worker hands it back
 
 
-def encode_request(request: InferenceRequest) -> bytes:
+@dataclass(frozen=True)
+class QueuedRequest:
+    """One image's message as the lanes, processing lists and the reaper hold it: the request but its pixels."""
+    job_id: str
+    shape: tuple[int, int, int]
+    enqueued_at: float
+    deadline: float
+    top_k: int
+    probabilities: bool
+    priority: str
+
+
+@dataclass(frozen=True)
+class EncodedRequest:
+    """A request as it goes into Redis: a small message that moves between lists, and its pixels, which stay put."""
+    job_id: str
+    message: bytes  # JSON, a few hundred bytes: what ENQUEUE, TAKE and the reaper move
+    pixels: bytes  # raw uint8 HWC, written once under Keys.pixels(job_id) and never seen by a script
+    expire_ms: int  # the pixels' lifetime: until the deadline and PIXELS_GRACE_SECONDS, then nobody needs them
+
+
+# How long an image's pixels outlive its deadline: room for a worker that took its message just before the deadline
+# (clocks read with a round trip's error) to fetch them. After the deadline a worker skips the message unread.
+PIXELS_GRACE_SECONDS = 5.0
+
+
+def encode_request(request: InferenceRequest) -> EncodedRequest:
+    """The message first names the job, then its lane: what the reaper's script reads (RETURN_UNFINISHED, with
+    leading_job_id's pattern) to count failed deliveries and to hand a message back to its own lane."""
     pixels = np.ascontiguousarray(request.pixels, dtype=np.uint8)
-    header = json.dumps({
+    message = json.dumps({
         "id": request.job_id,
+        "priority": request.priority,
         "shape": list(pixels.shape),
-        "dtype": "uint8",
         "enqueued_at": request.enqueued_at,
         "deadline": request.deadline,
         "top_k": request.top_k,
         "probabilities": request.probabilities,
     }).encode()
-    # The base64 alphabet needs no JSON escaping, so the 200 KB string is appended as it is rather
-    # than scanned by json.dumps (0.4 ms of the API's CPU per request); decode_request counts on it.
-    return header[:-1] + _IMAGE_FIELD + pybase64.b64encode(pixels.data) + b'"}'
+    lifetime = max(request.deadline - request.enqueued_at, 0) + PIXELS_GRACE_SECONDS
+    return EncodedRequest(request.job_id, message, pixels.tobytes(), math.ceil(lifetime * 1000))
 
 
-_IMAGE_FIELD = b', "image": "'
-# The job id as encode_request writes it, first: what the reaper's Lua script reads (string.match with the
-# same pattern, in RETURN_UNFINISHED) to count a message's failed deliveries without decoding it.
 _LEADING_JOB_ID = re.compile(rb'^\{"id": "([^"\\]+)"')
 
 
@@ -254,23 +288,15 @@ def leading_job_id(raw: bytes) -> str | None:
     return found.group(1).decode("utf-8", "replace") if found else None
 
 
-def _fields_and_image(raw: bytes) -> tuple[object, bytes | None]:
-    """The message's JSON fields and its base64 image, which encode_request writes last.
-
-    The image is cut off rather than scanned by json.loads (0.3 ms of the worker's CPU per image).
-    A message laid out otherwise has no image to the decoder (the fields still name the job, for its
-    error answer): nothing else writes the queue, and nothing rewrites a message on the way.
-    """
-    head, separator, image = raw.rpartition(_IMAGE_FIELD)
-    if separator and image.endswith(b'"}'):
-        return json.loads(head + b"}"), image[:-2]
-    return json.loads(raw), None
+class MissingPixels(MalformedMessage):
+    """A message whose pixels are no longer in Redis: expired (its deadline long past), or answered by another worker
+    (a delivery repeated after a reap)."""
 
 
-def decode_request(raw: bytes) -> InferenceRequest:
+def decode_message(raw: bytes) -> QueuedRequest:
     """Parse and validate one queue message; raises MalformedMessage, and nothing else, for any bytes at all."""
     try:
-        fields, image = _fields_and_image(raw)
+        fields = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:  # deep nesting: RecursionError
         raise MalformedMessage(f"not JSON: {type(exc).__name__}: {str(exc)[:200]}") from None
     if not isinstance(fields, dict):
@@ -280,27 +306,33 @@ def decode_request(raw: bytes) -> InferenceRequest:
         raise MalformedMessage("no job id")
     try:
         shape = tuple(int(n) for n in fields["shape"])
-        if fields["dtype"] != "uint8":
-            raise ValueError(f"dtype {str(fields['dtype'])[:50]!r}, expected 'uint8'")
         if len(shape) != 3 or shape[2] != 3 or min(shape) <= 0:
             raise ValueError(f"shape {list(shape)[:4]}, expected [height, width, 3]")
-        if image is None:
-            raise KeyError("image")
-        data = pybase64.b64decode(image, validate=True)
-        if len(data) != shape[0] * shape[1] * shape[2]:
-            raise ValueError(f"{len(data)} pixel bytes for shape {list(shape)}")
-        pixels = np.frombuffer(data, dtype=np.uint8).reshape(shape)
         enqueued_at, deadline = _finite(fields["enqueued_at"]), _finite(fields["deadline"])
-        top_k, probabilities = fields["top_k"], fields["probabilities"]
+        top_k, probabilities, priority = fields["top_k"], fields["probabilities"], fields["priority"]
         if type(top_k) is not int or top_k < 1:
             raise ValueError(f"top_k {str(top_k)[:20]!r}, expected a whole number of at least 1")
         if not isinstance(probabilities, bool):
             raise ValueError(f"probabilities {str(probabilities)[:20]!r}, expected true or false")
-        return InferenceRequest(job_id, pixels, enqueued_at, deadline, top_k, probabilities)
+        if priority not in PRIORITIES:
+            raise ValueError(f"priority {str(priority)[:20]!r}, expected one of {', '.join(PRIORITIES)}")
+        return QueuedRequest(job_id, shape, enqueued_at, deadline, top_k, probabilities, priority)
     except KeyError as exc:
         raise MalformedMessage(f"missing field {exc}", job_id) from None
-    except (TypeError, ValueError, OverflowError, binascii.Error) as exc:  # "shape": [1e999] overflows int()
+    except (TypeError, ValueError, OverflowError) as exc:  # "shape": [1e999] overflows int()
         raise MalformedMessage(f"{type(exc).__name__}: {str(exc)[:200]}", job_id) from None
+
+
+def decode_request(queued: QueuedRequest, pixels: bytes | None) -> InferenceRequest:
+    """The request of a decoded message and the pixels read from Keys.pixels(job_id) (None: the key was gone);
+    MissingPixels or MalformedMessage when they do not make one."""
+    if pixels is None:
+        raise MissingPixels("the image's pixels are no longer in Redis", queued.job_id)
+    height, width, channels = queued.shape
+    if len(pixels) != height * width * channels:
+        raise MalformedMessage(f"{len(pixels)} pixel bytes for shape {list(queued.shape)}", queued.job_id)
+    return InferenceRequest(queued.job_id, np.frombuffer(pixels, dtype=np.uint8).reshape(queued.shape),
+                            queued.enqueued_at, queued.deadline, queued.top_k, queued.probabilities, queued.priority)
 
 
 def _finite(value) -> float:
@@ -372,24 +404,6 @@ def decode_result(raw: bytes) -> InferenceResult:
         np.frombuffer(pybase64.b64decode(probabilities), "<f4") if probabilities is not None else None)
 
 
-# Queue the messages of one client request (one per image) in its lane, all or none, while the version is
-# served and they fit under MAX_QUEUE, which counts the version's lanes together: checked and pushed in one
-# step, so concurrent API threads cannot overshoot the limit, and nothing is queued once the last worker of
-# the version has closed it (STOPPING deletes the model key before that worker drains the lanes, so the lanes
-# it finds empty stay empty). The wake list gets its one element, for a worker blocked on it.
-# KEYS: the request's lane, model key, wake list, high, normal and low lanes. ARGV: max queued, message, ...
-# Returns the new depth of all lanes, or ENQUEUE_FULL, or ENQUEUE_NO_WORKER.
-ENQUEUE_FULL, ENQUEUE_NO_WORKER = -1, -2
-ENQUEUE = """
-if redis.call('EXISTS', KEYS[2]) == 0 then return -2 end
-local depth = redis.call('LLEN', KEYS[4]) + redis.call('LLEN', KEYS[5]) + redis.call('LLEN', KEYS[6])
-if depth + #ARGV - 1 > tonumber(ARGV[1]) then return -1 end
-redis.call('LPUSH', KEYS[1], unpack(ARGV, 2))
-redis.call('LPUSH', KEYS[3], 1)
-redis.call('LTRIM', KEYS[3], 0, 0)
-return depth + #ARGV - 1
-"""
-
 # What the API needs before it takes an upload, in one round trip: the served model (nil: no worker), the
 # depth of the version's lanes together and Redis's TIME, read on the node that holds the queue (on a Redis
 # Cluster, another node's clock may differ). KEYS: model key, high, normal and low lanes.
@@ -397,33 +411,6 @@ ADMISSION = """
 local depth = redis.call('LLEN', KEYS[2]) + redis.call('LLEN', KEYS[3]) + redis.call('LLEN', KEYS[4])
 return {redis.call('GET', KEYS[1]), depth, redis.call('TIME')}
 """
-
-# A worker's take: up to ARGV[1] messages moved to its processing list, oldest first, from the lanes in the
-# order given, the first lane emptied before the next is touched. While messages remain, the wake list keeps
-# its element, so that another idle worker wakes for them. One command, so a timeout reaches the worker,
-# which then serves what its list holds (a pipeline of LMOVEs on a Redis Cluster is sent again command by
-# command after a timeout, by redis-py itself, taking more messages while the first ones stay in the list).
-# KEYS: processing list, wake list, the lanes in the order to take from. ARGV: most messages to take.
-TAKE = """
-local taken = {}
-for lane = 3, #KEYS do
-  while #taken < tonumber(ARGV[1]) do
-    local message = redis.call('LMOVE', KEYS[lane], KEYS[1], 'RIGHT', 'LEFT')
-    if not message then break end
-    taken[#taken + 1] = message
-  end
-end
-local left = 0
-for lane = 3, #KEYS do left = left + redis.call('LLEN', KEYS[lane]) end
-if left == 0 then
-  redis.call('DEL', KEYS[2])
-else
-  redis.call('LPUSH', KEYS[2], 1)
-  redis.call('LTRIM', KEYS[2], 0, 0)
-end
-return taken
-"""
-
 
 # Redis's clock in seconds, as the scripts below read it.
 _NOW = "local clock = redis.call('TIME'); local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000\n"
@@ -572,63 +559,6 @@ return staying
 
 # Workers whose last heartbeat is older than ARGV[1] seconds by Redis's clock. KEYS: workers set.
 SILENT_WORKERS = _NOW + "return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. (now - tonumber(ARGV[1])))"
-
-# Atomically empty one worker's processing list back onto the queues and drop the worker from the
-# registry. Run by live workers on dead ones (count_attempt=1) and by a worker stopping cleanly
-# (count_attempt=0, nothing failed). A dead one's heartbeat is checked again here, by Redis's clock:
-# one that came in since the caller found it silent means it is alive, and nothing happens ({-1, 0}).
-# A message that was being processed when a worker died, or had been before, goes to the retry list,
-# which workers serve one message at a time and before the queue: an image that kills workers then
-# dies alone instead of taking its batch-mates down with it. Failed deliveries are counted in the
-# attempts hash under the job id the message starts with (leading_job_id's pattern); the message's
-# bytes move untouched. One whose count reaches max_attempts goes to the exhausted list instead, where a
-# worker answers it with an error (ANSWER_EXHAUSTED). Messages that never failed go back to the queue's
-# consuming end, taken next, oldest first; so do messages without a readable id, which a worker answers.
-# Either way the worker leaves the registry and the stopping set.
-# KEYS: processing list, queue, workers set, retry list, exhausted list, stopping set, attempts hash.
-# ARGV: worker id, count_attempt (0/1), max_attempts, worker timeout in s.
-RETURN_UNFINISHED = _NOW + """
-if ARGV[2] == '1' then
-  local beat = redis.call('ZSCORE', KEYS[3], ARGV[1])
-  if beat and tonumber(beat) >= now - tonumber(ARGV[4]) then return {-1, 0} end
-end
-local returned, exhausted = 0, 0
-while true do
-  local raw = redis.call('LPOP', KEYS[1])
-  if not raw then break end
-  local id = string.match(raw, '^{"id": "([^"\\\\]+)"')
-  if not id then
-    redis.call('RPUSH', KEYS[2], raw)
-    returned = returned + 1
-  elseif ARGV[2] == '1' then
-    if redis.call('HINCRBY', KEYS[7], id, 1) >= tonumber(ARGV[3]) then
-      redis.call('RPUSH', KEYS[5], raw)
-      exhausted = exhausted + 1
-    else
-      redis.call('RPUSH', KEYS[4], raw)
-      returned = returned + 1
-    end
-  else
-    redis.call('RPUSH', redis.call('HEXISTS', KEYS[7], id) == 1 and KEYS[4] or KEYS[2], raw)
-    returned = returned + 1
-  end
-end
-redis.call('ZREM', KEYS[3], ARGV[1])
-redis.call('SREM', KEYS[6], ARGV[1])
-return {returned, exhausted}
-"""
-
-# Answer one exhausted message, once: of two workers answering the same one, only the first finds
-# it in the list. KEYS: exhausted list, the job's result key, attempts hash.
-# ARGV: message, answer, TTL in ms, job id.
-ANSWER_EXHAUSTED = """
-if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
-redis.call('LPUSH', KEYS[2], ARGV[2])
-redis.call('PEXPIRE', KEYS[2], ARGV[3])
-redis.call('HDEL', KEYS[3], ARGV[4])
-return 1
-"""
-
 
 # Take `cost` tokens from an API key's bucket and add `cost` images to its day, by Redis's clock; all or
 # nothing. The bucket holds at most `burst` tokens and gains `rate` a second; the day is Redis's UTC day.

@@ -14,7 +14,15 @@ import numpy as np
 from model_tools.card import model_fingerprint
 from serving import protocol
 from serving.config import ConfigError, Settings, check_model_id_part
-from serving.protocol import InferenceRequest, InferenceResult, Keys, MalformedMessage, RedisClock
+from serving.protocol import (
+    InferenceRequest,
+    InferenceResult,
+    Keys,
+    MalformedMessage,
+    MissingPixels,
+    QueuedRequest,
+    RedisClock,
+)
 from serving.redis_client import REDIS_ERRORS, RedisClient
 from worker.inference import Classifier
 from worker.metrics import BatchStats
@@ -207,14 +215,15 @@ class Worker:
     def process(self, messages: list[bytes]) -> None:
         """Answer every message of the batch: a prediction, or an error saying why not."""
         taken_at = self.clock.now()  # messages' times are by Redis's clock
-        runnable: list[InferenceRequest] = []
+        queued: list[QueuedRequest] = []
         answers: dict[str, bytes | None] = {}  # job id -> its answer, for every message that names its job
         for message in messages:
             admitted = self._admit(message, taken_at)
-            if isinstance(admitted, InferenceRequest):
-                runnable.append(admitted)
+            if isinstance(admitted, QueuedRequest):
+                queued.append(admitted)
             elif admitted is not None:
                 answers[admitted.job_id] = admitted.answer
+        runnable = self._with_pixels(queued, answers)
         inference_ms, predicted = self._classify(runnable, taken_at) if runnable else (0.0, {})
         answers.update(predicted)
         self.queue.publish_results(answers, messages, self.settings.result_ttl)
@@ -230,26 +239,47 @@ class Worker:
                      len(messages), answered)
         self.stats.record(len(runnable), inference_ms, self.expired)
 
-    def _admit(self, raw: bytes, now: float) -> InferenceRequest | Refusal | None:
-        """The decoded request if it should run; else a Refusal, or None for a message that names no job."""
+    def _admit(self, raw: bytes, now: float) -> QueuedRequest | Refusal | None:
+        """The decoded message if its image should run; else a Refusal, or None for a message that names no job.
+
+        Decided on the message alone, before any pixels are fetched: an expired or misshapen one costs no read.
+        """
         try:
-            request = protocol.decode_request(raw)
+            queued = protocol.decode_message(raw)
         except MalformedMessage as exc:
-            log.error("worker=%s malformed message job_id=%s: %s", self.worker_id, exc.job_id, exc)
-            if not exc.job_id:
-                return None  # nobody waits for an answer without an id
-            return Refusal(exc.job_id, protocol.encode_failure(
-                exc.job_id, "malformed_message", f"the queued message is malformed: {exc}"))
-        if request.deadline < now:
+            return self._refuse_malformed(exc)
+        if queued.deadline < now:
             # Its client has already been told 504; computing an answer nobody reads wastes the batch.
             self.expired += 1
-            log.info("worker=%s skipped expired request job_id=%s", self.worker_id, request.job_id)
-            return Refusal(request.job_id, None)
-        if request.pixels.shape != self.classifier.input_shape:
-            return Refusal(request.job_id, protocol.encode_failure(
-                request.job_id, "wrong_input_shape",
-                f"image of shape {list(request.pixels.shape)}; the model takes {list(self.classifier.input_shape)}"))
-        return request
+            log.info("worker=%s skipped expired request job_id=%s", self.worker_id, queued.job_id)
+            return Refusal(queued.job_id, None)
+        if queued.shape != self.classifier.input_shape:
+            return Refusal(queued.job_id, protocol.encode_failure(
+                queued.job_id, "wrong_input_shape",
+                f"image of shape {list(queued.shape)}; the model takes {list(self.classifier.input_shape)}"))
+        return queued
+
+    def _with_pixels(self, queued: list[QueuedRequest], answers: dict[str, bytes | None]) -> list[InferenceRequest]:
+        """The requests whose pixels were read (one round trip); each other one's refusal goes into `answers`."""
+        runnable = []
+        for message, pixels in zip(queued, self.queue.fetch_pixels([q.job_id for q in queued])):
+            try:
+                runnable.append(protocol.decode_request(message, pixels))
+            except MissingPixels:
+                log.warning("worker=%s pixels gone job_id=%s", self.worker_id, message.job_id)
+                answers[message.job_id] = protocol.encode_failure(
+                    message.job_id, "image_missing", "the image was no longer in Redis: it outlived its deadline, "
+                    "or another worker answered it already")
+            except MalformedMessage as exc:
+                answers[message.job_id] = self._refuse_malformed(exc).answer
+        return runnable
+
+    def _refuse_malformed(self, exc: MalformedMessage) -> Refusal | None:
+        log.error("worker=%s malformed message job_id=%s: %s", self.worker_id, exc.job_id, exc)
+        if not exc.job_id:
+            return None  # nobody waits for an answer without an id
+        return Refusal(exc.job_id, protocol.encode_failure(
+            exc.job_id, "malformed_message", f"the queued message is malformed: {exc}"))
 
     def _classify(self, requests: list[InferenceRequest], taken_at: float) -> tuple[float, dict[str, bytes]]:
         """Milliseconds the model took, and each request's answer by job id."""

@@ -1,16 +1,18 @@
 """One worker's side of a model version's queue: one object owns the keys, as rq's IntermediateQueue does.
 
-Taking and answering. A message moves from the shared queue into this worker's own
+Taking and answering. A message (a few hundred bytes: the image's pixels wait in a key of their own,
+fetched after the take) moves from the shared queue into this worker's own
 processing list with (B)LMOVE, which is atomic: two workers can never take the same
 message, and a message is never in neither list (the seed's LRANGE + LTRIM did both). A
-message leaves the processing list (LREM, the exact bytes taken) in the same transaction that
-publishes its result, so it leaves Redis only once its answer is there; what a failed publish
-or a lost reply leaves in the list is served again before anything new is taken
+message leaves the processing list (LREM, the exact bytes taken) in the same script that
+publishes its result (only if it was still there: a reaper may have taken it back), so it leaves
+Redis only once its answer is there; what a failed publish or a lost reply leaves in the list is
+served again before anything new is taken
 (`held_messages`).
 
 Leaving and reaping. Every worker is also a reaper of its version's dead workers: their
-processing lists go back to the queues by one Lua script (serving/protocol.py,
-RETURN_UNFINISHED), which checks the heartbeat again, so of two reapers one does it and a
+processing lists go back to the queues by one Lua script (serving/queue_scripts.py,
+return_unfinished), which checks the heartbeat again, so of two reapers one does it and a
 worker whose heartbeat came in meanwhile is left alone.
 """
 
@@ -21,7 +23,7 @@ import socket
 import threading
 import time
 
-from serving import protocol
+from serving import protocol, queue_scripts
 from serving.protocol import FleetKeys, Keys
 from serving.redis_client import RedisClient
 
@@ -83,34 +85,33 @@ class WorkerQueue:
         """Move up to count queued messages without blocking, lane by lane, in one command (TAKE): a timeout
         reaches this worker, which then serves what its processing list holds, rather than a pipeline of moves
         that a Redis Cluster client would send again command by command."""
-        return self.client.eval(protocol.TAKE, 2 + len(lanes), self.processing, self.keys.wake, *lanes, count)
+        return queue_scripts.take(self.client, keys=self.keys, worker_id=self.worker_id, lanes=lanes, count=count)
 
     def take_retry(self) -> list[bytes]:
         """One message from the retry list, alone, or []: a retried message never shares a batch."""
         message = self.client.lmove(self.keys.retry, self.processing, "RIGHT", "LEFT")
         return [message] if message is not None else []
 
+    def fetch_pixels(self, job_ids: list[str]) -> list[bytes | None]:
+        """Each job's pixels, in one round trip after the take; None for one whose key is gone."""
+        return self.client.mget([self.keys.pixels(job_id) for job_id in job_ids]) if job_ids else []
+
     def held_messages(self) -> list[bytes]:
         """What this worker's processing list holds, oldest first: work taken but not yet published."""
         return self.client.lrange(self.processing, 0, -1)[::-1]
 
     def publish_results(self, answers: dict[str, bytes | None], handled: list[bytes], ttl_seconds: float) -> None:
-        """Hand each job its answer and drop the handled messages (and only those), in one transaction.
+        """Hand each job its answer and drop the handled messages (and only those), in one script.
 
-        `answers` has every job handled by id; None for one nobody waits for (expired). Their delivery
-        counts go too: a job answered is never delivered again.
+        `answers` has every job handled by id; None for one nobody waits for (expired). Their delivery counts and
+        pixels go too: a job answered is never delivered again. Only what this worker's processing list still holds
+        is answered: a message a reaper took back (this worker looked dead) is another worker's, so a publish that
+        reaches Redis late adds no second answer. The client reads the first answer pushed.
         """
-        pipe = self.client.pipeline(transaction=True)
-        for job_id, payload in answers.items():
-            if payload is not None:
-                key = self.keys.result(job_id)
-                pipe.lpush(key, payload)
-                pipe.pexpire(key, int(ttl_seconds * 1000))
-        for message in handled:
-            pipe.lrem(self.processing, 1, message)
-        if answers:
-            pipe.hdel(self.keys.attempts, *answers)
-        pipe.execute()
+        jobs = [(message, job_id, answers.get(job_id) if job_id else None)
+                for message, job_id in ((message, protocol.leading_job_id(message)) for message in handled)]
+        queue_scripts.publish(self.client, keys=self.keys, worker_id=self.worker_id, handled=jobs,
+                              ttl_ms=int(ttl_seconds * 1000))
 
     def queued(self) -> int:
         """Messages waiting in the version's lanes and retry list."""
@@ -175,12 +176,9 @@ class WorkerQueue:
         by the time the script runs, it is alive after all, nothing is touched and the answer is None.
         Exhausted messages wait in their own list for answer_exhausted.
         """
-        keys = self.keys
-        returned, exhausted = self.client.eval(
-            protocol.RETURN_UNFINISHED, 7, keys.processing(worker_id), keys.queue, keys.workers, keys.retry,
-            keys.exhausted, keys.stopping, keys.attempts, worker_id, "1" if count_as_failure else "0", max_attempts,
-            worker_timeout)
-        return None if returned < 0 else (int(returned), int(exhausted))
+        return queue_scripts.return_unfinished(self.client, keys=self.keys, worker_id=worker_id,
+                                               count_as_failure=count_as_failure, max_attempts=max_attempts,
+                                               worker_timeout=worker_timeout)
 
     def silent_workers(self, worker_timeout: float) -> list[str]:
         """Workers whose last heartbeat is older than worker_timeout, by Redis's clock."""
@@ -214,8 +212,8 @@ class WorkerQueue:
             answer = protocol.encode_failure(job_id, protocol.ATTEMPTS_EXHAUSTED, f"the worker processing this "
                                              f"request died {max_attempts} times; giving up "
                                              f"(MAX_ATTEMPTS={max_attempts})")
-            if self.client.eval(protocol.ANSWER_EXHAUSTED, 3, self.keys.exhausted, self.keys.result(job_id),
-                                self.keys.attempts, message, answer, int(result_ttl * 1000), job_id):
+            if queue_scripts.answer_exhausted(self.client, keys=self.keys, message=message, job_id=job_id,
+                                              answer=answer, ttl_ms=int(result_ttl * 1000)):
                 log.warning("gave up on request job_id=%s: its workers died %d times", job_id, max_attempts)
                 answered += 1
         return answered

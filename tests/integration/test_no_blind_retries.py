@@ -19,10 +19,11 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from app.queue_client import InferenceQueue
-from serving.protocol import Keys
+from serving.protocol import InferenceRequest, Keys, decode_message
 from serving.redis_client import REDIS_ERRORS, RedisClient, connect
 from stack.processes import free_port
 from tests.integration.client import wait_until
@@ -54,11 +55,12 @@ def test_an_enqueue_whose_reply_comes_late_fails_within_its_timeout_and_queues_o
     with deployment(kind, tmp_path) as (client, pid):
         client.set(KEYS.model, b"announced")  # a worker serves the version: ENQUEUE queues only then
         queue = InferenceQueue(client, client, KEYS, max_queue=10)
-        queue.enqueue([b"warm"])  # connections made while the node answers: only the push itself meets the stop
-        error, answered_after = late_reply(pid, lambda: queue.enqueue([b"late"]))
+        queue.enqueue(image("warm"))  # connections made while the node answers: only the push itself meets the stop
+        error, answered_after = late_reply(pid, lambda: queue.enqueue(image("late")))
         wait_until(lambda: client.llen(KEYS.queue) >= 2, 10, what="the late push run once the node goes on")
         time.sleep(0.5)  # room for a repeat of it, had one been sent
-        assert client.lrange(KEYS.queue, 0, -1) == [b"late", b"warm"]
+        assert [decode_message(raw).job_id for raw in client.lrange(KEYS.queue, 0, -1)] == ["late", "warm"]
+        assert client.exists(KEYS.pixels("late"))
         assert isinstance(error, REDIS_ERRORS) and answered_after < 3 * READ_TIMEOUT  # the API answers 503
 
 
@@ -75,6 +77,11 @@ def test_a_take_whose_reply_comes_late_fails_within_its_timeout_and_moves_once(k
         time.sleep(0.5)  # room for a repeat of it, had one been sent
         assert queue.held_messages() == [b"m2"] and client.lrange(KEYS.queue, 0, -1) == [b"m3"]
         assert isinstance(error, REDIS_ERRORS) and answered_after < 3 * READ_TIMEOUT  # the worker's recovery path
+
+
+def image(job_id: str) -> list[InferenceRequest]:
+    """One request of one image, as the API queues it."""
+    return [InferenceRequest(job_id, np.zeros((2, 2, 3), dtype=np.uint8), time.time(), time.time() + 30, 5)]
 
 
 def late_reply(pid: int, call) -> tuple[Exception | None, float]:

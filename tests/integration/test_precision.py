@@ -22,8 +22,6 @@ from tests.integration.client import post_image
 from tests.integration.conftest import stack_settings
 from tests.reference import reference_top3
 
-pytestmark = pytest.mark.integration
-
 
 @pytest.fixture(scope="module")
 def quantized(tmp_path_factory):

@@ -25,6 +25,7 @@ from tests.integration.faults import (
     kill_while_holding_work,
 )
 from tests.reference import matches
+from tests.unit.tiny_model import stored
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +62,7 @@ def test_a_request_whose_workers_keep_dying_gets_an_error_answer(fault_stack):
     keys, client = keys_of(fault_stack), fault_stack.redis()
     now = time.time()
     pixels = np.zeros((224, 224, 3), dtype=np.uint8)
-    deadly = protocol.encode_request(InferenceRequest("deadly", pixels, now, now + 30, 5))
+    deadly = stored(client, keys, InferenceRequest("deadly", pixels, now, now + 30, 5))
     client.lpush(keys.processing("ghost"), deadly)
     client.hset(keys.attempts, "deadly", fault_stack.settings.max_attempts - 1)
     client.zadd(keys.workers, {"ghost": now - 60})
@@ -70,7 +71,7 @@ def test_a_request_whose_workers_keep_dying_gets_an_error_answer(fault_stack):
     assert answer.error.code == "attempts_exhausted"
     assert f"died {fault_stack.settings.max_attempts} times" in answer.error.message
     assert not client.exists(keys.processing("ghost")) and client.zscore(keys.workers, "ghost") is None
-    assert not client.exists(keys.attempts)  # the count goes with the answer
+    assert not client.exists(keys.attempts, keys.pixels("deadly"))  # the count and the pixels go with the answer
 
 
 def test_a_redis_outage_is_503_fast_and_the_service_recovers_by_itself(fault_stack):

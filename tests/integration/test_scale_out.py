@@ -98,11 +98,12 @@ def test_on_a_redis_cluster_a_take_whose_reply_comes_late_is_answered_not_strand
             model = ModelInfo.from_json(client.get(keys.model))
             pixels = prepare(photo_bytes("coffee.png"), model.resize_size, model.input_size, settings.max_image_pixels)
             now = protocol.redis_seconds(node.time())  # deadlines are by Redis's clock
-            message = protocol.encode_request(InferenceRequest(job_id, pixels, now, now + 30, 5))
-            # One packet: the push (ENQUEUE's: the message, the wake list's element) wakes the BLPOP, whose reply
-            # Redis writes only after the sleep that follows.
+            encoded = protocol.encode_request(InferenceRequest(job_id, pixels, now, now + 30, 5))
+            # One packet: the push (ENQUEUE's: the pixels, the message, the wake list's element) wakes the BLPOP,
+            # whose reply Redis writes only after the sleep that follows.
             pipe = node.pipeline(transaction=False)
-            pipe.lpush(keys.queue, message)
+            pipe.set(keys.pixels(job_id), encoded.pixels, px=encoded.expire_ms)
+            pipe.lpush(keys.queue, encoded.message)
             pipe.lpush(keys.wake, 1)
             pipe.execute_command("DEBUG", "SLEEP", sleep_seconds)
             pipe.execute()

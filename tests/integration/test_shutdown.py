@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from serving.protocol import decode_request
+from serving.protocol import decode_message
 from stack.processes import Stack
 from tests.images import photo_bytes
 from tests.integration.client import post_image, timed_post, wait_until
@@ -37,7 +37,7 @@ def test_sigterm_makes_a_worker_finish_its_batch_and_exit_zero(tmp_path):
             futures = [pool.submit(post_image, stack.url, photo_bytes("coffee.png")) for _ in range(12)]
             freeze_while_holding_work(stack, 0)
             processing = keys.processing(worker_id.decode())
-            held = [decode_request(raw).job_id for raw in stack.redis().lrange(processing, 0, -1)]
+            held = [decode_message(raw).job_id for raw in stack.redis().lrange(processing, 0, -1)]
             assert held  # what freeze_while_holding_work promised
             # Every request queued before the stop: the last worker of a version closes it as it stops, and a
             # request the API had not queued by then is 503 no_worker (test_requests_sent_right_after_the_...).

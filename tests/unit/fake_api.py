@@ -55,7 +55,8 @@ def answer_next_request(fake_redis: fakeredis.FakeRedis, make_result, keys: Keys
         for _ in range(200):
             batch = queue.take_batch(1, block_seconds=0.01, wait_for_more_seconds=0)
             if batch:
-                request = protocol.decode_request(batch[0])
+                queued = protocol.decode_message(batch[0])
+                request = protocol.decode_request(queued, queue.fetch_pixels([queued.job_id])[0])
                 seen.setdefault("request", request)
                 seen["requests"].append(request)
                 queue.publish_results({request.job_id: make_result(request)}, batch, ttl_seconds=5)

@@ -4,11 +4,13 @@ import threading
 import time
 
 import fakeredis
+import numpy as np
 import pytest
 import redis
 
 from app.queue_client import InferenceQueue, NoWorker, QueueFull
-from serving.protocol import Keys
+from serving import protocol
+from serving.protocol import InferenceRequest, Keys
 from worker.queue import WorkerQueue
 
 KEYS = Keys("t", "tiny@1")
@@ -127,8 +129,13 @@ def test_without_a_wait_a_partial_batch_goes_at_once(client):
     assert take(client, wait=0.0) == [b"m1"]
 
 
+def job(job_id: str) -> bytes:
+    """A message as far as publishing reads one: the job id it starts with."""
+    return b'{"id": "' + job_id.encode() + b'"}'
+
+
 def test_publishing_answers_each_request_and_clears_the_batch(client):
-    enqueue(client, b"m1", b"m2")
+    enqueue(client, job("r1"), job("r2"))
     batch = take(client)
     WorkerQueue(client, KEYS, "w1").publish_results({"r1": b"one", "r2": b"two"}, batch, ttl_seconds=30)
     assert client.lrange(KEYS.result("r1"), 0, -1) == [b"one"]
@@ -138,7 +145,7 @@ def test_publishing_answers_each_request_and_clears_the_batch(client):
 
 
 def test_publishing_removes_only_the_messages_it_handled(client):
-    enqueue(client, b"m1", b"m2", b"m3")
+    enqueue(client, job("r1"), job("r2"), job("r3"))
     first, second = take(client, max_size=1), take(client, max_size=2)
     WorkerQueue(client, KEYS, "w1").publish_results({"r2": b"two", "r3": b"three"}, second, ttl_seconds=30)
     assert client.lrange(KEYS.processing("w1"), 0, -1) == first
@@ -155,22 +162,49 @@ def test_a_batch_takes_the_high_lane_before_normal_before_low_and_low_first_reve
     assert queue.take_batch(8, 0.01, 0) == [] and not fake_redis.exists(keys.wake)
 
 
+def images(priority, *job_ids) -> list[InferenceRequest]:
+    pixels = np.zeros((2, 2, 3), dtype=np.uint8)
+    return [InferenceRequest(job_id, pixels, 1000.0, 1010.0, 5, priority=priority) for job_id in job_ids]
+
+
+def lane_ids(client, priority) -> list[str]:
+    return [protocol.decode_message(raw).job_id for raw in client.lrange(KEYS.lane(priority), 0, -1)]
+
+
 def test_a_request_goes_whole_into_its_keys_lane_while_the_lanes_together_have_room_and_the_version_is_open(client):
     """ENQUEUE: every image of a request in its key's lane, all or none, MAX_QUEUE counting the three lanes
-    together; nothing once the version's last worker has closed it (its model key gone), room or not."""
+    together; nothing once the version's last worker has closed it (its model key gone), room or not. The pixels
+    of a request queued stay until their deadline; a refused one's go at once."""
     queue = InferenceQueue(client, client, KEYS, max_queue=6)
     client.set(KEYS.model, b"announced")
     client.lpush(KEYS.lane("low"), b"l1")
     client.lpush(KEYS.lane("normal"), b"n1")
-    queue.enqueue([b"h1", b"h2", b"h3"], "high")
-    assert client.lrange(KEYS.lane("high"), 0, -1) == [b"h3", b"h2", b"h1"] and client.llen(KEYS.wake) == 1
+    queue.enqueue(images("high", "h1", "h2", "h3"))
+    assert lane_ids(client, "high") == ["h3", "h2", "h1"] and client.llen(KEYS.wake) == 1
+    assert client.get(KEYS.pixels("h1")) == bytes(12)
+    assert 0 < client.pttl(KEYS.pixels("h1")) <= (10 + protocol.PIXELS_GRACE_SECONDS) * 1000
     with pytest.raises(QueueFull):
-        queue.enqueue([b"x1", b"x2"], "low")  # 5 queued across the lanes, 2 more would pass 6: none goes
+        queue.enqueue(images("low", "x1", "x2"))  # 5 queued across the lanes, 2 more would pass 6: none goes
     assert client.lrange(KEYS.lane("low"), 0, -1) == [b"l1"]
-    queue.enqueue([b"l2"], "low")  # exactly 6
+    assert not client.exists(KEYS.pixels("x1"), KEYS.pixels("x2"))
+    queue.enqueue(images("low", "l2"))  # exactly 6
     assert [client.llen(lane) for lane in KEYS.lanes] == [3, 1, 2] and client.llen(KEYS.wake) == 1
     client.delete(KEYS.lane("high"), KEYS.wake)
     client.delete(KEYS.model)  # what STOPPING does when the version's last worker stops
     with pytest.raises(NoWorker):
-        queue.enqueue([b"n2"], "normal")
+        queue.enqueue(images("normal", "n2"))
     assert [client.llen(lane) for lane in KEYS.lanes] == [0, 1, 2] and not client.exists(KEYS.wake)
+    assert not client.exists(KEYS.pixels("n2"))
+
+
+def test_a_worker_answers_only_what_it_still_holds_so_a_late_publish_adds_no_second_answer(client):
+    """A worker taken for dead (a stall, a cut network whose packets reach Redis late) whose messages a reaper gave to
+    another worker, which answered: its own publish, arriving after, answers nothing and deletes nothing."""
+    enqueue(client, job("r1"))
+    slow, other = WorkerQueue(client, KEYS, "slow"), WorkerQueue(client, KEYS, "other")
+    batch = slow.take_batch(1, 0.01, 0)
+    client.zadd(KEYS.workers, {"slow": 0})
+    other.reap_dead_workers(worker_timeout=5, max_attempts=3, result_ttl=30)
+    other.publish_results({"r1": b"from the other"}, other.take_retry(), ttl_seconds=30)
+    slow.publish_results({"r1": b"late"}, batch, ttl_seconds=30)
+    assert client.lrange(KEYS.result("r1"), 0, -1) == [b"from the other"]

@@ -100,12 +100,21 @@ def test_a_request_whose_images_do_not_all_fit_the_queue_is_503_and_queues_none(
 
 
 def test_a_request_of_several_images_queues_them_in_one_round_trip(client, fake_redis, monkeypatch):
+    """One transaction: each image's pixels (a plain SET) and then the one script that queues the messages."""
     heartbeat(fake_redis)
-    scripts = []
-    original = fake_redis.eval
-    monkeypatch.setattr(fake_redis, "eval", lambda script, *args: scripts.append(script) or original(script, *args))
+    sent = []  # the commands of each pipeline the API executed
+    original = fake_redis.pipeline
+
+    def recording(*args, **kwargs):
+        pipe = original(*args, **kwargs)
+        execute = pipe.execute
+        pipe.execute = lambda *a, **k: sent.append([args[0] for args, _ in pipe.command_stack]) or execute(*a, **k)
+        return pipe
+
+    monkeypatch.setattr(fake_redis, "pipeline", recording)
     post_images(client, [photo_bytes("chelsea.png")] * 4)  # no worker answers: a timeout, after the push
-    assert scripts.count(protocol.ENQUEUE) == 1 and fake_redis.llen(KEYS.queue) == 4
+    assert [commands for commands in sent if "SET" in commands] == [["SET"] * 4 + ["EVAL"]]  # beside admission's
+    assert fake_redis.llen(KEYS.queue) == 4
 
 
 def test_a_json_body_carries_one_or_several_base64_images_and_a_top_k(patient_client, fake_redis):

@@ -1,6 +1,7 @@
 """Recovering the work of dead workers (the Lua scripts run in fakeredis's Lua; a real server's clock in
 tests/integration/test_redis_protocol.py)."""
 
+import threading
 import time
 
 import numpy as np
@@ -15,9 +16,13 @@ TRUE_TIME = time.time
 DEADLINE = time.time() + 3600
 
 
-def request(job_id) -> InferenceRequest:
+def request(job_id, priority="normal") -> InferenceRequest:
     pixels = np.arange(4 * 4 * 3, dtype=np.uint8).reshape(4, 4, 3)
-    return InferenceRequest(job_id, pixels, 1000.25, DEADLINE, 5)
+    return InferenceRequest(job_id, pixels, 1000.25, DEADLINE, 5, priority=priority)
+
+
+def encoded(r: InferenceRequest) -> bytes:
+    return protocol.encode_request(r).message
 
 
 def failed_before(client, job_id, times):
@@ -29,7 +34,7 @@ def holding(client, worker_id, *requests, heartbeat_age=0.0):
     """Register a worker whose last heartbeat was heartbeat_age ago, holding these requests in order taken."""
     client.zadd(KEYS.workers, {worker_id: time.time() - heartbeat_age})
     for r in requests:
-        client.lpush(KEYS.processing(worker_id), protocol.encode_request(r))
+        client.lpush(KEYS.processing(worker_id), encoded(r))
 
 
 def reaper(client) -> WorkerQueue:
@@ -43,7 +48,7 @@ def reap(client, max_attempts=3):
 
 def queued_ids(client, key=KEYS.queue):
     """A list's requests in the order workers will take them."""
-    return [protocol.decode_request(raw).job_id for raw in reversed(client.lrange(key, 0, -1))]
+    return [protocol.decode_message(raw).job_id for raw in reversed(client.lrange(key, 0, -1))]
 
 
 def retried_ids(client):
@@ -51,12 +56,12 @@ def retried_ids(client):
 
 
 def test_a_dead_workers_requests_go_to_the_retry_list_in_order_with_an_attempt_counted(fake_redis):
-    fake_redis.lpush(KEYS.queue, protocol.encode_request(request("newcomer")))
+    fake_redis.lpush(KEYS.queue, encoded(request("newcomer")))
     holding(fake_redis, "dead", request("a"), request("b"), heartbeat_age=TIMEOUT + 1)
     assert reap(fake_redis) == 1
     assert retried_ids(fake_redis) == ["a", "b"] and queued_ids(fake_redis) == ["newcomer"]
     assert fake_redis.hgetall(KEYS.attempts) == {b"a": b"1", b"b": b"1"}
-    assert fake_redis.rpop(KEYS.retry) == protocol.encode_request(request("a"))  # its bytes moved untouched
+    assert fake_redis.rpop(KEYS.retry) == encoded(request("a"))  # its bytes moved untouched
     assert fake_redis.zscore(KEYS.workers, "dead") is None
     assert not fake_redis.exists(KEYS.processing("dead"))
 
@@ -160,3 +165,37 @@ def test_a_stopping_worker_hands_back_fresh_requests_to_the_queue_and_retried_on
     assert reaper(fake_redis).return_unfinished("stopping", False, 3) == (2, 0)
     assert queued_ids(fake_redis) == ["fresh"] and retried_ids(fake_redis) == ["retried"]
     assert fake_redis.hgetall(KEYS.attempts) == {b"retried": b"1"}  # a clean stop counts no attempt
+
+
+def test_a_stopping_worker_hands_back_each_fresh_request_to_its_own_lane(fake_redis):
+    holding(fake_redis, "stopping", request("urgent", "high"), request("usual"), request("bulk", "low"))
+    assert reaper(fake_redis).return_unfinished("stopping", False, 3) == (3, 0)
+    assert queued_ids(fake_redis, KEYS.lane("high")) == ["urgent"]
+    assert queued_ids(fake_redis, KEYS.lane("normal")) == ["usual"]
+    assert queued_ids(fake_redis, KEYS.lane("low")) == ["bulk"]
+
+
+def test_requests_handed_back_wake_an_idle_worker_at_once_not_at_its_next_heartbeat(fake_redis):
+    """A worker blocked on the wake list (as idle workers are, for a heartbeat period) takes a handed-back request
+    the moment it is back, from its own lane, as it would a new one."""
+    idle = WorkerQueue(fake_redis, KEYS, "idle")
+    taken = []
+    waiting = threading.Thread(target=lambda: taken.extend(idle.take_batch(8, block_seconds=20,
+                                                                           wait_for_more_seconds=0)))
+    waiting.start()
+    time.sleep(0.2)  # blocked on the wake list by now
+    holding(fake_redis, "stopping", request("urgent", "high"))
+    started = time.monotonic()
+    reaper(fake_redis).return_unfinished("stopping", False, 3)
+    waiting.join(25)
+    assert [protocol.decode_message(raw).job_id for raw in taken] == ["urgent"]
+    assert time.monotonic() - started < 5  # the wake, not the block's 20 s
+
+
+def test_a_dead_workers_requests_leave_the_wake_list_its_element_for_an_idle_worker(fake_redis):
+    """The retry list is served before the lanes by a worker that was woken: the wake stays while it holds any."""
+    holding(fake_redis, "dead", request("a"), request("b"), heartbeat_age=TIMEOUT + 1)
+    reap(fake_redis)
+    assert fake_redis.lrange(KEYS.wake, 0, -1) == [b"1"]
+    assert WorkerQueue(fake_redis, KEYS, "woken").take_batch(8, 0.01, 0) == []  # nothing in the lanes...
+    assert fake_redis.exists(KEYS.wake)  # ...but the next idle worker still wakes, for the retry list

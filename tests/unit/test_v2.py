@@ -144,7 +144,7 @@ def test_the_timeout_parameter_shortens_the_deadline(patient_client, fake_redis)
     body, headers = binary_request({"inputs": [image_input(1, len(image))], "parameters": {"timeout": 500_000}}, image)
     response = patient_client.post("/v2/models/tiny/infer", data=body, headers=headers)
     assert_v2_error(response, 504, "image 0")
-    request = protocol.decode_request(fake_redis.lrange(KEYS.queue, 0, -1)[0])
+    request = protocol.decode_message(fake_redis.lrange(KEYS.queue, 0, -1)[0])
     assert request.deadline - request.enqueued_at <= 0.5  # REQUEST_TIMEOUT is 5 s
 
 

@@ -17,7 +17,7 @@ from redis.retry import Retry
 from serving import protocol, worker_stats
 from serving.config import ConfigError, Settings
 from serving.protocol import FleetKeys, InferenceRequest, Keys, ModelInfo
-from tests.unit.tiny_model import COLOURS, INPUT_SIZE, message, tiny_classifier
+from tests.unit.tiny_model import COLOURS, INPUT_SIZE, message, processed, stored, tiny_classifier
 from worker import loop
 from worker.__main__ import redis_client
 from worker.loop import Worker
@@ -39,7 +39,7 @@ def result(worker, job_id):
 
 def test_each_request_in_a_batch_gets_its_own_top_k(worker):
     asked = [("r1", "red", 2), ("r2", "blue", 3), ("r3", "green", 2)]
-    worker.process([message(job_id, colour, top_k=k) for job_id, colour, k in asked])
+    processed(worker, [message(worker.client, job_id, colour, top_k=k) for job_id, colour, k in asked])
     for job_id, colour, k in asked:
         answer = result(worker, job_id)
         assert answer["success"] is True and (answer["model"], answer["version"]) == ("tiny", SETTINGS.model_version)
@@ -52,7 +52,8 @@ def test_each_request_in_a_batch_gets_its_own_top_k(worker):
 
 
 def test_a_request_that_asks_for_every_probability_gets_them_beside_its_top_k(worker):
-    worker.process([message("all", "blue", top_k=1, probabilities=True), message("top", "blue", top_k=9)])
+    processed(worker, [message(worker.client, "all", "blue", top_k=1, probabilities=True),
+                    message(worker.client, "top", "blue", top_k=9)])
     everything = protocol.decode_result(worker.client.lrange(KEYS.result("all"), 0, -1)[0])
     assert [p.label for p in everything.predictions] == ["blue"]
     assert everything.probabilities.shape == (len(COLOURS),) and abs(everything.probabilities.sum() - 1) < 1e-5
@@ -61,20 +62,20 @@ def test_a_request_that_asks_for_every_probability_gets_them_beside_its_top_k(wo
 
 
 def test_a_malformed_message_gets_an_error_and_the_rest_of_the_batch_is_served(worker):
-    broken = json.loads(message("bad"))
-    broken["image"] = "!!!"
-    worker.process([json.dumps(broken).encode(), b"garbage without an id", message("good")])
+    broken = json.loads(message(worker.client, "bad"))
+    broken["shape"] = "!!!"
+    processed(worker, [json.dumps(broken).encode(), b"garbage without an id", message(worker.client, "good")])
     assert result(worker, "bad")["error"]["code"] == "malformed_message"
     assert result(worker, "good")["success"] is True
 
 
 def test_an_image_of_the_wrong_shape_gets_an_error(worker):
-    worker.process([message("r1", size=INPUT_SIZE + 1)])
+    processed(worker, [message(worker.client, "r1", size=INPUT_SIZE + 1)])
     assert result(worker, "r1")["error"]["code"] == "wrong_input_shape"
 
 
 def test_requests_past_their_deadline_are_skipped_and_counted(worker):
-    worker.process([message("late", deadline_in=-1), message("on-time")])
+    processed(worker, [message(worker.client, "late", deadline_in=-1), message(worker.client, "on-time")])
     assert result(worker, "late") is None
     assert result(worker, "on-time")["success"] is True
     assert worker.expired == 1
@@ -82,7 +83,7 @@ def test_requests_past_their_deadline_are_skipped_and_counted(worker):
 
 def test_a_take_of_only_expired_requests_logs_no_empty_batch(worker, caplog):
     with caplog.at_level(logging.INFO, logger="worker"):
-        worker.process([message("late", deadline_in=-1)])
+        processed(worker, [message(worker.client, "late", deadline_in=-1)])
     assert "took 1 messages and ran none" in caplog.text and "size=0" not in caplog.text
 
 
@@ -91,17 +92,17 @@ def test_an_inference_failure_answers_the_batch_and_the_worker_carries_on(worker
         raise RuntimeError("device fell over at /opt/secret/model.bin")
     with monkeypatch.context() as patched:
         patched.setattr(worker.classifier, "probabilities", explode)
-        worker.process([message("r1")])
+        processed(worker, [message(worker.client, "r1")])
     error = result(worker, "r1")["error"]
     assert error["code"] == "inference_failed" and "worker's log" in error["message"]
     assert "/opt/secret" not in error["message"]  # the exception's text goes to the log only
     assert "device fell over" in caplog.text and "job_ids=r1" in caplog.text
-    worker.process([message("r2")])
+    processed(worker, [message(worker.client, "r2")])
     assert result(worker, "r2")["success"] is True
 
 
 def test_the_batch_leaves_the_processing_list_once_answered(worker):
-    worker.client.lpush(KEYS.queue, message("r1"))
+    worker.client.lpush(KEYS.queue, message(worker.client, "r1"))
     worker.serve_once()
     assert result(worker, "r1")["success"] is True
     assert not worker.client.exists(KEYS.processing("w1"))
@@ -117,10 +118,10 @@ def test_heartbeat_announces_the_model_and_the_worker_with_expiry(worker):
 
 def test_stopping_hands_back_unstarted_work_without_counting_an_attempt(worker):
     worker.heartbeat()
-    worker.client.lpush(KEYS.processing("w1"), message("unstarted"))
+    worker.client.lpush(KEYS.processing("w1"), message(worker.client, "unstarted"))
     worker.sign_off()
     assert worker.client.zscore(KEYS.workers, "w1") is None
-    assert protocol.decode_request(worker.client.rpop(KEYS.queue)).job_id == "unstarted"
+    assert protocol.decode_message(worker.client.rpop(KEYS.queue)).job_id == "unstarted"
     assert not worker.client.exists(KEYS.attempts)
 
 
@@ -130,7 +131,7 @@ def test_the_last_worker_of_a_version_serves_its_queue_before_it_stops(worker, o
     worker.heartbeat()
     if others_stay:
         worker.client.zadd(KEYS.workers, {"w2": float(worker.client.time()[0])})
-    worker.client.lpush(KEYS.queue, *(message(f"r{i}") for i in range(12)))
+    worker.client.lpush(KEYS.queue, *(message(worker.client, f"r{i}") for i in range(12)))
     stop = threading.Event()
     stop.set()  # told to stop before it took anything
     assert worker.run(stop)
@@ -165,7 +166,7 @@ def test_the_heartbeats_of_a_draining_last_worker_keep_it_registered_but_do_not_
 def test_the_last_worker_stops_once_its_queue_is_empty_not_at_the_request_timeout(fake_redis):
     worker = Worker(fake_redis, tiny_classifier(), Settings(key_prefix="t", request_timeout=60), worker_id="w1")
     worker.heartbeat()
-    fake_redis.lpush(KEYS.queue, message("last"))
+    fake_redis.lpush(KEYS.queue, message(worker.client, "last"))
     stop = threading.Event()
     stop.set()
     started = time.monotonic()
@@ -192,10 +193,10 @@ def test_a_batch_whose_publish_failed_is_answered_before_anything_new_is_taken(w
         return publish(*args, **kwargs)
 
     monkeypatch.setattr(WorkerQueue, "publish_results", fails_once)
-    worker.client.lpush(KEYS.queue, message("a1", "red"), message("a2", "green"))
+    worker.client.lpush(KEYS.queue, message(worker.client, "a1", "red"), message(worker.client, "a2", "green"))
     with pytest.raises(redis.ConnectionError):
         worker.serve_once()
-    worker.client.lpush(KEYS.queue, message("b1", "blue"))
+    worker.client.lpush(KEYS.queue, message(worker.client, "b1", "blue"))
     worker.serve_once()  # the held batch first
     worker.serve_once()  # then the new one
     assert [result(worker, r)["predictions"][0]["label"] for r in ("a1", "a2", "b1")] == ["red", "green", "blue"]
@@ -216,11 +217,11 @@ def test_a_take_whose_reply_was_lost_is_answered_from_the_processing_list_before
         return taken
 
     monkeypatch.setattr(WorkerQueue, "_take_queued", reply_lost_once)
-    worker.client.lpush(KEYS.queue, message("a1", "red"), message("a2", "green"))
+    worker.client.lpush(KEYS.queue, message(worker.client, "a1", "red"), message(worker.client, "a2", "green"))
     with pytest.raises(redis.TimeoutError):
         worker.serve_once()
     assert worker.client.llen(KEYS.processing("w1")) == 2 and worker.client.llen(KEYS.queue) == 0
-    worker.client.lpush(KEYS.lane("high"), message("b1", "blue"))
+    worker.client.lpush(KEYS.lane("high"), message(worker.client, "b1", "blue"))
     with caplog.at_level(logging.INFO, logger="worker"):
         worker.serve_once()  # the held batch first, though a high-priority image waits
     assert "serving 2 requests held since a Redis error" in caplog.text and result(worker, "b1") is None
@@ -231,9 +232,9 @@ def test_a_take_whose_reply_was_lost_is_answered_from_the_processing_list_before
 
 def test_a_retried_request_runs_alone_before_the_queue(worker):
     """A request whose worker died runs in a batch of its own, so a poison image takes no batch-mate down."""
-    retried = message("r1", "red")
+    retried = message(worker.client, "r1", "red")
     worker.client.lpush(KEYS.retry, retried)
-    worker.client.lpush(KEYS.queue, message("q1", "green"), message("q2", "blue"))
+    worker.client.lpush(KEYS.queue, message(worker.client, "q1", "green"), message(worker.client, "q2", "blue"))
     worker.serve_once()
     assert result(worker, "r1")["timing"]["batch_size"] == 1 and result(worker, "q1") is None
     worker.serve_once()
@@ -262,17 +263,18 @@ def test_a_heartbeat_that_fails_for_good_stops_the_worker_instead_of_serving_una
 
 
 def test_every_answer_names_its_request_and_a_failure_says_why(worker, monkeypatch):
-    wrong_dtype = json.loads(message("bad"))
-    wrong_dtype["dtype"] = "float32"
-    worker.process([message("ok"), json.dumps(wrong_dtype).encode(), message("big", size=INPUT_SIZE + 1)])
+    wrong_lane = json.loads(message(worker.client, "bad"))
+    wrong_lane["priority"] = "urgent"
+    processed(worker, [message(worker.client, "ok"), json.dumps(wrong_lane).encode(),
+                    message(worker.client, "big", size=INPUT_SIZE + 1)])
     assert result(worker, "ok")["id"] == "ok"
     assert result(worker, "bad") == {"id": "bad", "success": False, "error": {
         "code": "malformed_message",
-        "message": "the queued message is malformed: ValueError: dtype 'float32', expected 'uint8'"}}
+        "message": "the queued message is malformed: ValueError: priority 'urgent', expected one of high, normal, low"}}
     assert result(worker, "big") == {"id": "big", "success": False, "error": {
         "code": "wrong_input_shape", "message": "image of shape [9, 9, 3]; the model takes [8, 8, 3]"}}
     monkeypatch.setattr(worker.classifier, "probabilities", lambda images: 1 / 0)
-    worker.process([message("unlucky")])
+    processed(worker, [message(worker.client, "unlucky")])
     assert result(worker, "unlucky") == {"id": "unlucky", "success": False, "error": {
         "code": "inference_failed", "message": "the model failed on the batch holding this image; the worker's log "
                                                "has the error under this request's job id"}}
@@ -286,7 +288,7 @@ def test_an_answer_times_its_wait_in_the_queue_by_redis_clock_and_the_batch_infe
     pixels = np.zeros((INPUT_SIZE, INPUT_SIZE, 3), dtype=np.uint8)
     waited = InferenceRequest("waited", pixels, taken_at - 0.0123456, taken_at + 10, 5)
     ahead = InferenceRequest("ahead", pixels, taken_at + 1, taken_at + 10, 5)  # an API host whose offset was off
-    worker.process([protocol.encode_request(waited), protocol.encode_request(ahead)])
+    processed(worker, [stored(worker.client, KEYS, waited), stored(worker.client, KEYS, ahead)])
     assert result(worker, "waited")["timing"] == {"queue_ms": 12.35, "inference_ms": 45.68, "batch_size": 2}
     assert result(worker, "ahead")["timing"]["queue_ms"] == 0
 
@@ -295,14 +297,14 @@ def test_a_failed_batch_still_counts_its_inference_time_in_the_statistics(worker
     ticks = iter([100.0, 100.25])
     monkeypatch.setattr(loop, "time", types.SimpleNamespace(perf_counter=lambda: next(ticks)))
     monkeypatch.setattr(worker.classifier, "probabilities", lambda images: 1 / 0)
-    worker.process([message("r1")])
+    processed(worker, [message(worker.client, "r1")])
     stats = worker_stats.decode_worker_stats(worker.client.hgetall(KEYS.worker_stats))
     assert stats.inference_seconds.sum == pytest.approx(0.25)
 
 
 def test_expired_requests_are_counted_across_batches_and_a_batch_of_them_never_reaches_the_model(worker, caplog):
-    worker.process([message("late1", deadline_in=-1)])
-    worker.process([message("late2", deadline_in=-1)])
+    processed(worker, [message(worker.client, "late1", deadline_in=-1)])
+    processed(worker, [message(worker.client, "late2", deadline_in=-1)])
     assert worker.expired == 2
     assert not [record for record in caplog.records if record.levelno >= logging.ERROR]  # no empty batch was run
 
@@ -320,7 +322,7 @@ def test_the_heartbeat_announces_the_card_the_batch_size_and_the_engine(fake_red
 def test_a_partial_batch_waits_batch_wait_ms_for_more_then_goes(fake_redis):
     worker = Worker(fake_redis, tiny_classifier(), Settings(key_prefix="t", batch_size=8, batch_wait_ms=200),
                     worker_id="w1")
-    fake_redis.lpush(KEYS.queue, message("alone"))
+    fake_redis.lpush(KEYS.queue, message(worker.client, "alone"))
     serving = threading.Thread(target=worker.serve_once, daemon=True)
     started = time.monotonic()
     serving.start()
@@ -330,7 +332,7 @@ def test_a_partial_batch_waits_batch_wait_ms_for_more_then_goes(fake_redis):
 
 
 def test_a_retried_request_is_answered_and_leaves_no_processing_list_behind(worker):
-    worker.client.lpush(KEYS.retry, message("r1"))
+    worker.client.lpush(KEYS.retry, message(worker.client, "r1"))
     worker.serve_once()
     assert result(worker, "r1")["success"] is True
     assert worker.client.keys("*processing*") == [] and worker.client.llen(KEYS.retry) == 0
@@ -364,7 +366,7 @@ def test_the_heartbeat_thread_reaps_dead_workers_with_the_configured_timeout_att
     fake_redis.hset(KEYS.attempts, "poison", 1)
     for job_id in ("poison", "fine"):
         held = InferenceRequest(job_id, pixels, time.time(), time.time() + 60, 5)
-        fake_redis.lpush(KEYS.processing("dead"), protocol.encode_request(held))
+        fake_redis.lpush(KEYS.processing("dead"), stored(fake_redis, KEYS, held))
     stop = threading.Event()
     thread = threading.Thread(target=worker.beat_until, args=(stop,), daemon=True)
     thread.start()
@@ -378,7 +380,7 @@ def test_the_heartbeat_thread_reaps_dead_workers_with_the_configured_timeout_att
         thread.join(10)
     assert result(worker, "poison")["error"]["code"] == "attempts_exhausted"  # its second attempt: MAX_ATTEMPTS=2
     assert 0 < fake_redis.pttl(KEYS.result("poison")) <= 7000
-    assert [protocol.decode_request(m).job_id for m in fake_redis.lrange(KEYS.retry, 0, -1)] == ["fine"]
+    assert [protocol.decode_message(m).job_id for m in fake_redis.lrange(KEYS.retry, 0, -1)] == ["fine"]
 
 
 def test_a_worker_stopped_before_its_first_heartbeat_stops():
@@ -406,3 +408,29 @@ def test_a_card_name_that_fails_model_names_rule_is_refused_unless_model_name_is
     with pytest.raises(ConfigError, match=r"model card's name='odd/name\}x'.*set MODEL_NAME"):
         Worker(fake_redis, odd, Settings(key_prefix="t"))
     assert Worker(fake_redis, odd, Settings(key_prefix="t", model_name="tiny")).keys.tag == "{t:tiny@1}"
+
+
+def test_an_image_whose_pixels_are_gone_gets_its_own_error_and_the_batch_is_served(worker):
+    gone = message(worker.client, "gone")
+    worker.client.delete(KEYS.pixels("gone"))  # expired: its deadline long past, or answered by another worker
+    processed(worker, [gone, message(worker.client, "fine")])
+    assert result(worker, "gone")["error"]["code"] == "image_missing"
+    assert result(worker, "fine")["success"] is True
+    assert worker.client.llen(KEYS.processing("w1")) == 0  # both handled; the worker serves on
+
+
+def test_an_answer_deletes_its_pixels_and_a_repeated_delivery_never_hides_the_first_answer(worker):
+    """A worker reaped while alive, and another that ran its messages again: the client reads the first answer."""
+    first = message(worker.client, "twice")
+    processed(worker, [first])
+    assert not worker.client.exists(KEYS.pixels("twice"))
+    processed(worker, [first])  # the repeated delivery finds no pixels
+    assert [json.loads(a)["success"] for a in worker.client.lrange(KEYS.result("twice"), 0, -1)] == [True, False]
+    assert json.loads(worker.client.lpop(KEYS.result("twice")))["success"] is True  # the end the API pops
+
+
+def test_an_expired_requests_pixels_are_not_read_and_go_with_its_refusal(worker, monkeypatch):
+    fetched = []
+    monkeypatch.setattr(WorkerQueue, "fetch_pixels", lambda self, job_ids: fetched.extend(job_ids) or [])
+    processed(worker, [message(worker.client, "late", deadline_in=-1)])
+    assert fetched == [] and not worker.client.exists(KEYS.pixels("late"))

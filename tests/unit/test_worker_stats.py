@@ -6,7 +6,7 @@ import pytest
 from serving import worker_stats
 from serving.config import Settings
 from serving.protocol import Keys
-from tests.unit.tiny_model import message, tiny_classifier
+from tests.unit.tiny_model import message, processed, tiny_classifier
 from worker.loop import Worker
 from worker.metrics import BatchStats
 
@@ -73,7 +73,7 @@ def test_batch_stats_survive_a_redis_outage_and_report_the_expired_later():
 
 def test_the_worker_records_every_batch_it_serves(fake_redis):
     worker = Worker(fake_redis, tiny_classifier(), Settings(key_prefix="t"), worker_id="w1")
-    worker.process([message("a"), message("b"), message("late", deadline_in=-1)])
+    processed(worker, [message(fake_redis, "a"), message(fake_redis, "b"), message(fake_redis, "late", deadline_in=-1)])
     stats = worker_stats.decode_worker_stats(fake_redis.hgetall(KEYS.worker_stats))
     assert stats.batches == 1 and stats.batch_size.sum == 2 and stats.expired == 1
     assert stats.inference_seconds.buckets[-1] == ("+Inf", 1) and stats.inference_seconds.sum > 0

@@ -11,7 +11,7 @@ from model_tools.architectures import Preprocessing
 from model_tools.card import ModelCard
 from model_tools.checkpoints import LoadedModel
 from serving import protocol
-from serving.protocol import InferenceRequest
+from serving.protocol import InferenceRequest, Keys
 from worker.inference import Classifier
 
 INPUT_SIZE = 8
@@ -47,9 +47,26 @@ def tiny_classifier() -> Classifier:
     return Classifier(engine_for_checkpoint(tiny_loaded_model(), "torch", cpu, 1), cpu)
 
 
-def message(job_id: str, colour: str = "red", deadline_in: float = 10.0, size: int = INPUT_SIZE, top_k: int = 5,
-            probabilities: bool = False) -> bytes:
-    """A queue message, as the API sends it, of an image in one colour: the tiny model's answer is that colour."""
+def message(client, job_id: str, colour: str = "red", deadline_in: float = 10.0, size: int = INPUT_SIZE,
+            top_k: int = 5, probabilities: bool = False, keys: Keys = Keys("t", "tiny@1"),
+            priority: str = "normal") -> bytes:
+    """A queue message, as the API sends it, of an image in one colour (the tiny model's answer is that colour), its
+    pixels written to `client` under `keys` as the API writes them."""
     pixels = np.full((size, size, 3), COLOURS[colour], dtype=np.uint8)
     now = time.time()
-    return protocol.encode_request(InferenceRequest(job_id, pixels, now, now + deadline_in, top_k, probabilities))
+    return stored(client, keys, InferenceRequest(job_id, pixels, now, now + deadline_in, top_k, probabilities,
+                                                 priority))
+
+
+def stored(client, keys: Keys, request: InferenceRequest) -> bytes:
+    """The request's message, its pixels written to `client` as ENQUEUE's transaction writes them."""
+    encoded = protocol.encode_request(request)
+    client.set(keys.pixels(encoded.job_id), encoded.pixels, px=encoded.expire_ms)
+    return encoded.message
+
+
+def processed(worker, messages: list[bytes]) -> None:
+    """Have `worker` serve these messages as if it had taken them: into its processing list first, since a worker
+    answers only what its list still holds."""
+    worker.client.lpush(worker.queue.processing, *messages)
+    worker.process(messages)
