@@ -12,7 +12,7 @@ from app.fleet import Fleet
 from app.queue_client import FleetStatus
 from serving import routing
 from serving.preprocess import RESIZE_FILTER
-from serving.protocol import model_id
+from serving.protocol import ModelInfo, model_id
 
 operations = Blueprint("operations", __name__)
 
@@ -93,17 +93,14 @@ def _name_summary(fleet: Fleet, name: str) -> dict:
             "routing": weights or "the only live version, or the lowest (no weights set)", "versions": versions}
 
 
-def _precision(sources: dict[str, str]) -> dict:
-    """The card's sources, and what the model computes in: a reduced precision's agreement report with float32
-    rides in the heartbeat's sources under "precision" (worker.inference.announced_sources)."""
-    rest = {field: source for field, source in sources.items() if field != "precision"}
-    if "precision" not in sources:
-        return {"sources": rest, "precision": "fp32"}
+def _precision(info: ModelInfo) -> dict:
+    """What the model computes in and, for a reduced precision, its agreement report with float32."""
+    if info.agreement is None:
+        return {"precision": info.precision}
     try:
-        report = json.loads(sources["precision"])
-        return {"sources": rest, "precision": str(report["precision"]), "agreement": report}
-    except (ValueError, KeyError, TypeError):  # a worker of another version: said, not shown as a report
-        return {"sources": rest, "precision": "unknown", "agreement": None}
+        return {"precision": info.precision, "agreement": json.loads(info.agreement)}
+    except ValueError:  # a worker of another version: said, not shown as a report
+        return {"precision": info.precision, "agreement": None}
 
 
 def _describe(status: FleetStatus) -> dict:
@@ -111,7 +108,8 @@ def _describe(status: FleetStatus) -> dict:
     preprocessing = {"resize_size": info.resize_size, "crop_size": info.input_size,
                      "interpolation": RESIZE_FILTER.name.lower(), "mean": list(info.mean), "std": list(info.std)}
     return {"name": info.name, "version": info.version, "arch": info.arch, "num_classes": info.num_classes,
-            "input_size": info.input_size, "preprocessing": preprocessing, **_precision(info.sources),
+            "input_size": info.input_size, "preprocessing": preprocessing, "sources": info.sources,
+            **_precision(info),
             "backend": info.backend, "device": info.device, "batch_size": info.batch_size,
             "workers": status.workers_alive, "queue_depth": status.queue_depth}
 

@@ -51,7 +51,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import pybase64
 
-from serving.config import check_model_id_part
+from serving.config import PRECISIONS, check_model_id_part
 
 ATTEMPTS_EXHAUSTED = "attempts_exhausted"
 PRIORITIES = ("high", "normal", "low")  # an API key's lane; workers take from them in this order under load
@@ -663,10 +663,17 @@ class ModelInfo:
     backend: str = "torch"  # engine that runs the model (BACKEND); heartbeats from before this field mean eager torch
     sources: dict[str, str] = field(default_factory=dict)  # card field -> where its value came from
     version: str = "1"  # MODEL_VERSION
+    precision: str = "fp32"  # what the model computes in (PRECISION); heartbeats from before this field mean fp32
+    agreement: str | None = None  # a reduced precision's agreement report with float32, the card's as compact JSON
 
     def __post_init__(self):
         for name in ("name", "version"):
             check_model_id_part(getattr(self, name), f"model {name}", MalformedModelInfo)
+        if self.precision not in PRECISIONS:
+            raise MalformedModelInfo(f"precision={self.precision!r}: expected one of {', '.join(PRECISIONS)}")
+        if self.agreement is not None and not (isinstance(self.agreement, str)
+                                               and len(self.agreement) <= MAX_AGREEMENT_CHARS):
+            raise MalformedModelInfo(f"agreement: expected a report of at most {MAX_AGREEMENT_CHARS} characters")
         if not all(isinstance(getattr(self, name), str) for name in ("arch", "device", "backend")):
             raise MalformedModelInfo("arch, device and backend must be strings")
         for name in ("num_classes", "batch_size"):
@@ -702,6 +709,9 @@ class ModelInfo:
 
 
 _MODEL_INFO_FIELDS = {f.name for f in dataclasses.fields(ModelInfo)}
+# A report is a few numbers and a description of at most 300 characters (model_tools/precision.py): the heartbeat
+# that carries it stays small, and a forged one cannot make every reader of the fleet hold a large string.
+MAX_AGREEMENT_CHARS = 1000
 
 
 def _is_count(value) -> bool:

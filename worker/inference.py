@@ -8,7 +8,6 @@ import numpy as np
 import torch
 
 from engines.base import Engine
-from model_tools.card import ModelCard
 from serving.protocol import ModelInfo, Prediction
 
 
@@ -20,18 +19,6 @@ def choose_device(setting: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"DEVICE={setting} but torch sees no CUDA device")
     return device
-
-
-# The key of `ModelInfo.sources` that carries a reduced precision's agreement report, as compact JSON (a few
-# numbers and a short description: the heartbeat stays small); GET /model shows it as "precision".
-PRECISION_SOURCE = "precision"
-
-
-def announced_sources(card: ModelCard) -> dict[str, str]:
-    """Where each card field came from and, for a reduced precision, its agreement report with float32."""
-    if card.agreement is None:
-        return dict(card.sources)
-    return {**card.sources, PRECISION_SOURCE: card.agreement.to_json()}
 
 
 class Classifier:
@@ -48,8 +35,10 @@ class Classifier:
         card, preprocessing = self.card, self.card.preprocessing
         return ModelInfo(name=name, version=version, arch=card.arch, num_classes=len(card.class_names),
                          input_size=preprocessing.input_size, resize_size=preprocessing.resize_size,
-                         mean=preprocessing.mean, std=preprocessing.std, sources=announced_sources(card),
-                         device=str(self.device), batch_size=batch_size, backend=self.backend)
+                         mean=preprocessing.mean, std=preprocessing.std, sources=dict(card.sources),
+                         device=str(self.device), batch_size=batch_size, backend=self.backend,
+                         precision=card.precision,
+                         agreement=card.agreement.to_json() if card.agreement is not None else None)
 
     def warm_up(self, batch_size: int) -> float:
         """A full batch before serving, so the first requests do not pay for lazy initialisation; its seconds."""

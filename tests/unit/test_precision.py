@@ -17,7 +17,7 @@ from model_tools import export
 from model_tools.card import card_from_json, card_to_json
 from model_tools.precision import AgreementReport, PrecisionRefused, compare, require_agreement
 from serving.config import ConfigError, Settings
-from serving.protocol import ModelInfo
+from serving.protocol import MalformedModelInfo, ModelInfo
 from tests.unit.tiny_model import tiny_loaded_model
 from worker.inference import Classifier
 
@@ -158,10 +158,17 @@ def test_get_model_shows_the_report_the_heartbeat_carries_and_the_heartbeat_stay
 
     info = announced(card)
     assert len(info.to_json()) - len(announced(tiny_loaded_model().card).to_json()) < 700
-    shown = _precision(ModelInfo.from_json(info.to_json()).sources)
+    shown = _precision(ModelInfo.from_json(info.to_json()))
     assert shown["precision"] == "int8" and shown["agreement"]["top1_agreement"] == 1.0
-    assert "precision" not in shown["sources"]
-    assert _precision({"arch": "model file"}) == {"sources": {"arch": "model file"}, "precision": "fp32"}
+    assert _precision(announced(tiny_loaded_model().card)) == {"precision": "fp32"}
+
+
+def test_a_heartbeat_with_a_forged_precision_or_an_oversized_report_is_no_usable_worker():
+    info = Classifier(Engine("onnxruntime", tiny_loaded_model().card, lambda images: images), CPU).describe(
+        "tiny", "1", 8)
+    for forged in ({"precision": "fp8"}, {"agreement": "x" * 100_000}, {"agreement": 7}):
+        with pytest.raises(MalformedModelInfo):
+            ModelInfo.from_json(json.dumps({**json.loads(info.to_json()), **forged}).encode())
 
 
 def test_a_quantized_file_is_served_only_as_int8_and_int8_only_from_a_quantized_file():
