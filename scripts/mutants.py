@@ -36,9 +36,9 @@ class Mutant:
     tests: tuple[str, ...]
 
 
-SEED_TAKE = '''        lanes = self.keys.lanes[::-1] if low_first else self.keys.lanes'''
-# The seed's take: read, then trim.
-SEED_TAKE_MUTATED = '''        taken = self.client.lrange(self.keys.queue, -max_size, -1)
+TWO_STEP_TAKE = '''        lanes = self.keys.lanes[::-1] if low_first else self.keys.lanes'''
+# A take in two steps: read, then trim (LRANGE + LTRIM), which two workers can interleave.
+TWO_STEP_TAKE_MUTATED = '''        taken = self.client.lrange(self.keys.queue, -max_size, -1)
         if taken:
             self.client.ltrim(self.keys.queue, 0, -len(taken) - 1)
             self.client.lpush(self.processing, *taken)
@@ -47,7 +47,7 @@ SEED_TAKE_MUTATED = '''        taken = self.client.lrange(self.keys.queue, -max_
 
 MUTANTS = (
     Mutant("a batch is taken by reading, then trimming (not atomic)", "worker/queue.py",
-           SEED_TAKE, SEED_TAKE_MUTATED, ("tests/unit/test_batching.py", "tests/integration/test_redis_protocol.py")),
+           TWO_STEP_TAKE, TWO_STEP_TAKE_MUTATED, ("tests/unit/test_batching.py", "tests/integration/test_redis_protocol.py")),
     Mutant("a worker answers a message a reaper took back from it (Lua)", "serving/queue_scripts.py",
            "  if redis.call('LREM', KEYS[1], 1, message) == 1 and job ~= '' then",
            "  redis.call('LREM', KEYS[1], 1, message)\n  if job ~= '' then", ("tests/unit/test_batching.py",)),

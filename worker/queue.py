@@ -3,7 +3,7 @@
 Taking and answering. A message (a few hundred bytes: the image's pixels wait in a key of their own,
 fetched after the take) moves from the shared queue into this worker's own
 processing list with (B)LMOVE, which is atomic: two workers can never take the same
-message, and a message is never in neither list (the seed's LRANGE + LTRIM did both). A
+message, and a message is never in neither list (a read then a trim, LRANGE + LTRIM, allows both). A
 message leaves the processing list (LREM, the exact bytes taken) in the same script that
 publishes its result (only if it was still there: a reaper may have taken it back), so it leaves
 Redis only once its answer is there; what a failed publish or a lost reply leaves in the list is

@@ -29,7 +29,7 @@ def test_workers_taking_at_the_same_time_take_every_message_exactly_once(redis_s
     """Four worker processes race over one real Redis queue: no message is taken twice or lost.
 
     Processes, not threads, so the takes really overlap; a take that reads and then trims in two
-    steps (the seed's LRANGE + LTRIM) hands the same messages to several of them.
+    steps (LRANGE + LTRIM) hands the same messages to several of them.
     """
     client = redis_stack.redis()
     client.flushall()

@@ -59,7 +59,7 @@ class OtherWorkerBetweenCommands:
     """A client after each of whose round trips another worker takes a batch: the worst interleaving, every time.
 
     A take must be atomic at each step for two workers to never share a message; a take that reads and then
-    trims in two steps (the seed's LRANGE + LTRIM) hands the same messages to both here, deterministically.
+    trims in two steps (LRANGE + LTRIM) hands the same messages to both here, deterministically.
     """
 
     def __init__(self, client, other_worker_takes):
