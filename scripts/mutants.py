@@ -47,7 +47,8 @@ TWO_STEP_TAKE_MUTATED = '''        taken = self.client.lrange(self.keys.queue, -
 
 MUTANTS = (
     Mutant("a batch is taken by reading, then trimming (not atomic)", "worker/queue.py",
-           TWO_STEP_TAKE, TWO_STEP_TAKE_MUTATED, ("tests/unit/test_batching.py", "tests/integration/test_redis_protocol.py")),
+           TWO_STEP_TAKE, TWO_STEP_TAKE_MUTATED,
+           ("tests/unit/test_batching.py", "tests/integration/test_redis_protocol.py")),
     Mutant("a worker answers a message a reaper took back from it (Lua)", "serving/queue_scripts.py",
            "  if redis.call('LREM', KEYS[1], 1, message) == 1 and job ~= '' then",
            "  redis.call('LREM', KEYS[1], 1, message)\n  if job ~= '' then", ("tests/unit/test_batching.py",)),
