@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import redis
 
 from app import metrics
-from app.queue_client import FleetStatus, InferenceQueue, NoWorker
+from app.queue_client import InferenceQueue, NoWorker, VersionStatus
 from serving import routing
 from serving.protocol import FleetKeys, Keys, model_ages, model_id, split_model_id
 from serving.redis_client import RedisClient
@@ -165,7 +165,7 @@ class Fleet:
         except (NoDefaultModel, NoWorker):
             return False
 
-    def ready_status(self) -> FleetStatus:
+    def ready_status(self) -> VersionStatus:
         """What /readyz vouches for: the version POST /predict would go to now, with a live worker. NotReady when
         that route would answer 404 (several names and no default); NoWorker, naming its cause, when 503."""
         try:
@@ -214,17 +214,17 @@ class Fleet:
             self._stranded.discard(name)
             log.info("route of %s is served again by its own versions", name)
 
-    def live_status(self, name: str, pinned_version: str | None = None) -> FleetStatus:
+    def live_status(self, name: str, pinned_version: str | None = None) -> VersionStatus:
         """The status of the version requests for `name` go to now; NoWorker when it has no live worker."""
         queue = self.queue_for(name, pinned_version)
-        status = queue.fleet_status(self.worker_timeout)
+        status = queue.version_status(self.worker_timeout)
         if status.model is None or status.workers_alive == 0:
             raise NoWorker(f"{queue.keys.model_id} has no live worker")
         return status
 
-    def queue(self, model: str) -> InferenceQueue:
+    def queue(self, model_id: str) -> InferenceQueue:
         """One InferenceQueue per model version (its id), made once."""
-        if model not in self._queues:
-            self._queues.setdefault(model, InferenceQueue(self.client, self.waiting_client,
-                                                          Keys(self.keys.prefix, model), self.max_queue))
-        return self._queues[model]
+        if model_id not in self._queues:
+            self._queues.setdefault(model_id, InferenceQueue(self.client, self.waiting_client,
+                                                             Keys(self.keys.prefix, model_id), self.max_queue))
+        return self._queues[model_id]

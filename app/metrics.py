@@ -4,7 +4,7 @@ Two sources. The API's own request counts and latencies live in this process,
 or, under gunicorn (PROMETHEUS_MULTIPROC_DIR set, see app/gunicorn_conf.py), in
 files that every API process writes and each scrape adds up. The fleet's state
 (queue depth, live workers) and the workers' batch statistics are read from
-Redis at scrape time (`InferenceQueue.fleet_status`), so they are right whichever
+Redis at scrape time (`InferenceQueue.version_status`), so they are right whichever
 API process answers and however many workers there are.
 """
 
@@ -84,7 +84,7 @@ def observe_key_images(key: str, images: int) -> None:
 def render(read_statuses) -> bytes:
     """The exposition text: this API's (or every API process's) metrics and the fleet's, read now.
 
-    `read_statuses` returns every model version's FleetStatus by model id.
+    `read_statuses` returns every model version's VersionStatus by model id.
     """
     registry = CollectorRegistry()
     if MULTIPROCESS:

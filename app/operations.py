@@ -9,7 +9,7 @@ from flask import Blueprint, Response, current_app
 
 from app import metrics
 from app.fleet import Fleet
-from app.queue_client import FleetStatus
+from app.queue_client import VersionStatus
 from serving import routing
 from serving.preprocess import RESIZE_FILTER
 from serving.protocol import ModelInfo, model_id
@@ -72,11 +72,11 @@ def _fleet() -> Fleet:
     return current_app.extensions["fleet"]
 
 
-def _every_version_status() -> dict[str, FleetStatus]:
+def _every_version_status() -> dict[str, VersionStatus]:
     """model id -> its status, for every version the registry knows."""
     fleet = _fleet()
     snapshot = fleet.snapshot(fresh=True)
-    return {model_id(name, version): fleet.queue(model_id(name, version)).fleet_status(fleet.worker_timeout)
+    return {model_id(name, version): fleet.queue(model_id(name, version)).version_status(fleet.worker_timeout)
             for name, versions in snapshot.versions.items() for version in versions}
 
 
@@ -85,7 +85,7 @@ def _name_summary(fleet: Fleet, name: str) -> dict:
     weights = snapshot.weights.get(name, {})
     versions = []
     for version in sorted(snapshot.versions[name], key=routing.version_order):
-        status = fleet.queue(model_id(name, version)).fleet_status(fleet.worker_timeout)
+        status = fleet.queue(model_id(name, version)).version_status(fleet.worker_timeout)
         described = _describe(status) if status.model else {"version": version, "workers": 0,
                                                                  "queue_depth": status.queue_depth}
         versions.append({**described, "lanes": status.lane_depths, "weight": weights.get(version)})
@@ -103,7 +103,7 @@ def _precision(info: ModelInfo) -> dict:
         return {"precision": info.precision, "agreement": None}
 
 
-def _describe(status: FleetStatus) -> dict:
+def _describe(status: VersionStatus) -> dict:
     info = status.model
     preprocessing = {"resize_size": info.resize_size, "crop_size": info.input_size,
                      "interpolation": RESIZE_FILTER.name.lower(), "mean": list(info.mean), "std": list(info.std)}

@@ -52,7 +52,7 @@ class Charge(Protocol):
 
 
 @dataclass(frozen=True)
-class FleetStatus:
+class VersionStatus:
     model: ModelInfo | None  # None: no worker has announced a (usable) model within WORKER_TIMEOUT
     workers_alive: int
     queue_depth: int  # every lane's
@@ -99,7 +99,7 @@ class InferenceQueue:
             raise
         return model
 
-    def fleet_status(self, worker_timeout: float) -> FleetStatus:
+    def version_status(self, worker_timeout: float) -> VersionStatus:
         """The served model, live workers, queue depth and worker statistics; one round trip."""
         pipe = self.client.pipeline(transaction=False)
         pipe.get(self.keys.model)
@@ -108,7 +108,7 @@ class InferenceQueue:
         for lane in self.keys.lanes:
             pipe.llen(lane)
         raw_info, alive, stats, *depths = pipe.execute()
-        return FleetStatus(self._usable_model(raw_info), alive, sum(depths), decode_worker_stats(stats),
+        return VersionStatus(self._usable_model(raw_info), alive, sum(depths), decode_worker_stats(stats),
                            dict(zip(protocol.PRIORITIES, depths)))
 
     def _usable_model(self, raw_info: bytes | None) -> ModelInfo | None:

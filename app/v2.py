@@ -21,7 +21,7 @@ from app import inference
 from app.errors import ApiError, failure_of, respond
 from app.fleet import Fleet
 from app.inference import Classification, Options
-from app.queue_client import FleetStatus
+from app.queue_client import VersionStatus
 from serving.protocol import InferenceResult
 
 v2_api = Blueprint("v2", __name__, url_prefix="/v2")
@@ -111,7 +111,7 @@ def _fleet() -> Fleet:
     return current_app.extensions["fleet"]
 
 
-def _live_status(fleet: Fleet, name: str, version: str | None) -> FleetStatus:
+def _live_status(fleet: Fleet, name: str, version: str | None) -> VersionStatus:
     return fleet.live_status(fleet.name_for(name), version)  # UnknownModel for a name never served
 
 

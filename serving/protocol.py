@@ -62,8 +62,8 @@ def model_id(name: str, version: str) -> str:
     return f"{name}@{version}"
 
 
-def split_model_id(model: str) -> tuple[str, str]:
-    name, _, version = model.rpartition("@")
+def split_model_id(model_id: str) -> tuple[str, str]:
+    name, _, version = model_id.rpartition("@")
     return name, version
 
 
@@ -464,9 +464,10 @@ return 1
 """
 
 
-def register_model(client, fleet: FleetKeys, model: str, worker_timeout: float) -> None:
+def register_model(client, fleet: FleetKeys, model_id: str, worker_timeout: float) -> None:
     """Count a model version live at Redis's time now, and give its name the default if no other name is live."""
-    client.eval(REGISTER_MODEL, 2, fleet.models, fleet.default, model, split_model_id(model)[0], worker_timeout)
+    client.eval(REGISTER_MODEL, 2, fleet.models, fleet.default, model_id, split_model_id(model_id)[0],
+                worker_timeout)
 
 
 # A version's last worker has left cleanly: its registry entry goes just past WORKER_TIMEOUT, not live from
@@ -474,14 +475,14 @@ def register_model(client, fleet: FleetKeys, model: str, worker_timeout: float) 
 RETIRE_MODEL = _NOW + "redis.call('ZADD', KEYS[1], 'XX', now - tonumber(ARGV[2]) - 1, ARGV[1])"
 
 
-def retire_model(client, fleet: FleetKeys, model: str, worker_timeout: float) -> None:
+def retire_model(client, fleet: FleetKeys, model_id: str, worker_timeout: float) -> None:
     """Have the registry count a model version as not live from now on: its last worker has left cleanly.
 
     Its entry stays, so that the version is still known (a request pinned to it gets no_worker, not
     unknown_model) until it is forgotten (forget_model). A worker of the version whose heartbeat lands just
     before this is counted live again at its next one, a heartbeat period later.
     """
-    client.eval(RETIRE_MODEL, 1, fleet.models, model, worker_timeout)
+    client.eval(RETIRE_MODEL, 1, fleet.models, model_id, worker_timeout)
 
 
 # Forget one model version: its registry entry and its weight go, and with its name's last version the name's
@@ -504,17 +505,17 @@ return 1
 """
 
 
-def forget_model(client, fleet: FleetKeys, model: str, idle_seconds: float, keep_routed: bool) -> bool:
+def forget_model(client, fleet: FleetKeys, model_id: str, idle_seconds: float, keep_routed: bool) -> bool:
     """Remove a model version from the registry (FORGET_MODEL) and, if it went, its queue's keys; whether it went.
 
     What its queue still held goes with it: with no live worker for longer than REQUEST_TIMEOUT, every client of
     those messages has had its 504. Its workers' processing lists go too (the workers set names them).
     """
-    name, version = split_model_id(model)
-    if not client.eval(FORGET_MODEL, 3, fleet.models, fleet.routes(name), fleet.default, model, version, name,
+    name, version = split_model_id(model_id)
+    if not client.eval(FORGET_MODEL, 3, fleet.models, fleet.routes(name), fleet.default, model_id, version, name,
                        idle_seconds, 1 if keep_routed else 0):
         return False
-    keys = Keys(fleet.prefix, model)
+    keys = Keys(fleet.prefix, model_id)
     workers = [worker.decode() for worker in client.zrange(keys.workers, 0, -1)]
     client.delete(*keys.lanes, keys.wake, keys.model, keys.fingerprint, keys.retry, keys.exhausted, keys.attempts,
                   keys.workers, keys.stopping, keys.worker_stats, *(keys.processing(worker) for worker in workers))

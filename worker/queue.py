@@ -35,8 +35,8 @@ FILL_POLL_SECONDS = 0.0005
 class ModelMismatch(Exception):
     """This worker's model is not the one its name@version's live workers serve: it must not join them."""
 
-    def __init__(self, model: str, held: str, own: str):
-        super().__init__(f"the live workers of {model} serve a model of fingerprint {held}, this one's is {own} "
+    def __init__(self, model_id: str, held: str, own: str):
+        super().__init__(f"the live workers of {model_id} serve a model of fingerprint {held}, this one's is {own} "
                          "(a hash of the model file and its card): serve it under another MODEL_VERSION or "
                          "MODEL_NAME, or stop those workers first")
 
