@@ -5,6 +5,8 @@ Real servers on loopback (tests/integration/redis_topologies.py); the service re
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -17,7 +19,13 @@ from stack.processes import Stack
 from tests.images import photo_bytes
 from tests.integration.client import ClosedLoopClients, post_image, wait_until
 from tests.integration.conftest import DISTINCT_IMAGES, stack_settings
-from tests.integration.faults import every_request_answered_despite, keys_of, kill_while_holding_work, worker_id_of
+from tests.integration.faults import (
+    every_request_answered_despite,
+    freeze_while_holding_work,
+    keys_of,
+    kill_while_holding_work,
+    worker_id_of,
+)
 from tests.integration.hosts import Host, network
 from tests.integration.redis_topologies import RedisProcesses, cluster_deployment, role, sentinel_deployment
 from tests.integration.standins import SlowClassifier
@@ -144,9 +152,11 @@ def test_a_worker_host_cut_off_under_load_loses_nothing_and_rejoins_without_a_re
                 cut_off = worker_id_of(stack, 0)
 
                 def cut_while_holding_work(stack: Stack) -> None:
-                    wait_until(lambda: stack.redis().llen(keys_of(stack).processing(cut_off)), 30, 0.005,
-                               "the first worker holding work")
+                    # Frozen while it holds a batch, then cut and let go: the cut surely finds a batch in hand
+                    # (a batch is answered within milliseconds, so polling for one and then cutting can miss it).
+                    freeze_while_holding_work(stack, 0)
                     hosts["w1"].cut()
+                    os.kill(stack.worker_processes[0].pid, signal.SIGCONT)
 
                 every_request_answered_despite(stack, cut_while_holding_work, images_and_answers)
 
