@@ -23,6 +23,7 @@ import numpy as np
 from flask import current_app, request
 
 from app import access, metrics
+from app.decode_budget import DecoderBusy
 from app.decode_pool import DecodePool
 from app.errors import ApiError, image_error_status
 from app.fleet import Fleet
@@ -89,11 +90,11 @@ def classify(requested_name: str | None, pinned_version: str | None, images: lis
     model = queue.admit(charge)
     access.count_admitted(len(images))
     top_k = _checked_top_k(options.top_k, settings.top_k, model.num_classes)
-    prepared = _prepare_all(images, headers, model)
     try:
+        prepared = _prepare_all(images, headers, model)
         outcomes = _await(queue, prepared, deadline, top_k, options.probabilities, settings.request_timeout)
-    except (NoWorker, QueueFull):  # refused at the push after all (the version closed, the lanes filled)
-        if charge is not None:
+    except (DecoderBusy, NoWorker, QueueFull):  # no room to decode, or refused at the push after all (the
+        if charge is not None:                  # version closed, the lanes filled)
             charge.refund(queue.client)  # a 503 costs the client nothing, as at admission
         raise
     for outcome in outcomes:

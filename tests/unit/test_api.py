@@ -13,6 +13,8 @@ import pytest
 from PIL import Image
 
 from app import create_app
+from app.decode_budget import DecoderBusy
+from app.decode_pool import DecodePool
 from app.queue_client import InferenceQueue
 from serving import protocol
 from serving.config import Settings
@@ -171,6 +173,23 @@ def test_a_key_refused_at_the_push_because_the_version_closed_gets_its_tokens_ba
     monkeypatch.setattr(InferenceQueue, "admit", admitted_then_the_last_worker_stops)
     assert_error(post_image(client, photo_bytes("chelsea.png"), headers={"Authorization": "Bearer secret"}), 503,
                  "no_worker")
+    limits = fake_redis.hgetall(ClientKeys(SETTINGS.key_prefix, "ci").limits)
+    assert float(limits[b"tokens"]) == 5 and int(limits[b"used"]) == 0
+
+
+def test_a_key_refused_for_want_of_decoding_room_gets_its_tokens_back(fake_redis, tmp_path, monkeypatch):
+    """Charged at admission, then 503 decoder_busy (the process's decode budget stayed full): no tokens spent."""
+    keys_file = tmp_path / "keys.txt"
+    keys_file.write_text(f"ci {hashlib.sha256(b'secret').hexdigest()} 1 5\n")
+    client = create_app(dataclasses.replace(SETTINGS, api_keys_file=str(keys_file)), fake_redis).test_client()
+    heartbeat(fake_redis)
+
+    def no_room(pool, tasks):
+        raise DecoderBusy()
+
+    monkeypatch.setattr(DecodePool, "run_all", no_room)
+    assert_error(post_image(client, photo_bytes("chelsea.png"), headers={"Authorization": "Bearer secret"}), 503,
+                 "decoder_busy")
     limits = fake_redis.hgetall(ClientKeys(SETTINGS.key_prefix, "ci").limits)
     assert float(limits[b"tokens"]) == 5 and int(limits[b"used"]) == 0
 
