@@ -36,7 +36,6 @@ def cores_available() -> int:
 class DecodePool:
     def __init__(self, budget: DecodeBudget, threads: int):
         self.budget = budget
-        self.threads = threads
         # Threads start on first use: under gunicorn, in the API process that serves, never in its master.
         self._executor = ThreadPoolExecutor(threads, thread_name_prefix="decode")
 

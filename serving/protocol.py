@@ -28,7 +28,7 @@ worker would need a scan. Heartbeat times and the cutoffs they are compared with
 are Redis's own clock (TIME inside the scripts), never a host's: hosts whose
 clocks disagree can neither reap a live worker nor keep a dead one. When a
 worker's heartbeat is older than WORKER_TIMEOUT, any live worker runs
-RETURN_UNFINISHED (serving/queue_scripts.py) on it, which checks the score again inside the script: its
+return_unfinished (serving/queue_scripts.py) on it, which checks the score again inside the script: its
 processing list goes back to the queues, each message's count of failed
 deliveries raised by one in {prefix}:attempts (a hash by job id, beside the
 message: the script moves the message's bytes untouched), and a message whose
@@ -412,8 +412,8 @@ local depth = redis.call('LLEN', KEYS[2]) + redis.call('LLEN', KEYS[3]) + redis.
 return {redis.call('GET', KEYS[1]), depth, redis.call('TIME')}
 """
 
-# Redis's clock in seconds, as the scripts below read it.
-_NOW = "local clock = redis.call('TIME'); local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000\n"
+# The start of every script that reads the time: Redis's clock, in seconds, as `now` (never a host's).
+REDIS_NOW = "local clock = redis.call('TIME'); local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000\n"
 
 # A worker's heartbeat: its score at Redis's time and, unless it is stopping, the model description and the
 # model's fingerprint with their TTL (a stopping worker serves only what is already queued; the last one of a
@@ -424,7 +424,7 @@ _NOW = "local clock = redis.call('TIME'); local now = tonumber(clock[1]) + tonum
 # ARGV: worker id, model description (JSON), TTL in ms, fingerprint. Returns {Redis's time as a string (a Lua
 # number would be cut to an integer), for the worker's RedisClock; 1 if it announced the model, 0 if it is
 # stopping, -1 if refused; the fingerprint the version's live workers hold, when refused}.
-HEARTBEAT = _NOW + """
+HEARTBEAT = REDIS_NOW + """
 if redis.call('SISMEMBER', KEYS[3], ARGV[1]) == 1 then
   redis.call('ZADD', KEYS[2], now, ARGV[1])
   return {tostring(now), 0}
@@ -438,7 +438,7 @@ return {tostring(now), 1}
 """
 
 # Workers whose last heartbeat is at most ARGV[1] seconds old by Redis's clock. KEYS: workers set.
-LIVE_WORKERS = _NOW + "return redis.call('ZCOUNT', KEYS[1], now - tonumber(ARGV[1]), '+inf')"
+LIVE_WORKERS = REDIS_NOW + "return redis.call('ZCOUNT', KEYS[1], now - tonumber(ARGV[1]), '+inf')"
 
 
 def count_live_workers(client, keys: Keys, worker_timeout: float):
@@ -454,7 +454,7 @@ def count_live_workers(client, keys: Keys, worker_timeout: float):
 # this worker's name when no other name has a live version: the first name served alone keeps it while any of
 # its versions is live, and a newcomer never takes it from a live one. KEYS: models set, default key.
 # ARGV: model id, its name, worker timeout in s.
-REGISTER_MODEL = _NOW + """
+REGISTER_MODEL = REDIS_NOW + """
 redis.call('ZADD', KEYS[1], now, ARGV[1])
 for _, model in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], now - tonumber(ARGV[3]), '+inf')) do
   if string.match(model, '^(.*)@') ~= ARGV[2] then return 0 end
@@ -472,7 +472,7 @@ def register_model(client, fleet: FleetKeys, model_id: str, worker_timeout: floa
 
 # A version's last worker has left cleanly: its registry entry goes just past WORKER_TIMEOUT, not live from
 # now on, its idle time for FORGET_MODEL counted from now. KEYS: models set. ARGV: model id, worker timeout in s.
-RETIRE_MODEL = _NOW + "redis.call('ZADD', KEYS[1], 'XX', now - tonumber(ARGV[2]) - 1, ARGV[1])"
+RETIRE_MODEL = REDIS_NOW + "redis.call('ZADD', KEYS[1], 'XX', now - tonumber(ARGV[2]) - 1, ARGV[1])"
 
 
 def retire_model(client, fleet: FleetKeys, model_id: str, worker_timeout: float) -> None:
@@ -490,7 +490,7 @@ def retire_model(client, fleet: FleetKeys, model_id: str, worker_timeout: float)
 # (its workers are live, or were lately), and with ARGV[5] = 1 while a route gives it traffic: checked in the
 # same step, so a heartbeat that lands first keeps it. KEYS: models set, the name's routes hash, default key.
 # ARGV: model id, version, name, idle seconds, 1 to keep a routed version. Returns 1 if forgotten, else 0.
-FORGET_MODEL = _NOW + """
+FORGET_MODEL = REDIS_NOW + """
 local beat = redis.call('ZSCORE', KEYS[1], ARGV[1])
 if not beat or now - tonumber(beat) < tonumber(ARGV[4]) then return 0 end
 if ARGV[5] == '1' and tonumber(redis.call('HGET', KEYS[2], ARGV[2]) or '0') > 0 then return 0 end
@@ -524,7 +524,7 @@ def forget_model(client, fleet: FleetKeys, model_id: str, idle_seconds: float, k
 
 # Every model version the registry knows, with the age of its last heartbeat by Redis's clock:
 # {id, age in seconds (as a string), id, age, ...}. KEYS: models set.
-MODEL_AGES = _NOW + """
+MODEL_AGES = REDIS_NOW + """
 local entries = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
 local ages = {}
 for i = 1, #entries, 2 do
@@ -547,7 +547,7 @@ def model_ages(client, fleet: FleetKeys) -> dict[str, float]:
 # last worker then drains is all there is. A worker of the version that starts later announces it again.
 # Its fingerprint goes too, so that another model may take the version at once.
 # KEYS: workers set, stopping set, model key, fingerprint key. ARGV: worker id, worker timeout in s.
-STOPPING = _NOW + """
+STOPPING = REDIS_NOW + """
 redis.call('SADD', KEYS[2], ARGV[1])
 local staying = 0
 for _, worker in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], now - tonumber(ARGV[2]), '+inf')) do
@@ -559,7 +559,7 @@ return staying
 
 
 # Workers whose last heartbeat is older than ARGV[1] seconds by Redis's clock. KEYS: workers set.
-SILENT_WORKERS = _NOW + "return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. (now - tonumber(ARGV[1])))"
+SILENT_WORKERS = REDIS_NOW + "return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. (now - tonumber(ARGV[1])))"
 
 # Take `cost` tokens from an API key's bucket and add `cost` images to its day, by Redis's clock; all or
 # nothing. The bucket holds at most `burst` tokens and gains `rate` a second; the day is Redis's UTC day.
@@ -567,7 +567,7 @@ SILENT_WORKERS = _NOW + "return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '('
 # Returns {verdict, tokens left, seconds, images left today, seconds until the day ends} (fractions as strings):
 # verdict 1 taken (seconds: until the bucket is full again), 0 rate limited (seconds: until the tokens are
 # there), -1 over the day's quota (seconds: until the day ends).
-TAKE_TOKENS = _NOW + """
+TAKE_TOKENS = REDIS_NOW + """
 local cost, rate, burst, daily = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local state = redis.call('HMGET', KEYS[1], 'tokens', 'at', 'day', 'used')
 local tokens = burst

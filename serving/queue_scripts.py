@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from serving.protocol import EncodedRequest, Keys
+from serving.protocol import REDIS_NOW, EncodedRequest, Keys
 from serving.redis_client import RedisClient
 
 ENQUEUE_FULL, ENQUEUE_NO_WORKER = -1, -2
@@ -125,8 +125,6 @@ def publish(client: RedisClient, *, keys: Keys, worker_id: str,
 
 
 # Redis's clock in seconds, as the scripts below read it.
-_NOW = "local clock = redis.call('TIME'); local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000\n"
-
 # Atomically empty one worker's processing list back onto the queues and drop the worker from the
 # registry. Run by live workers on dead ones (count_attempt=1) and by a worker stopping cleanly
 # (count_attempt=0, nothing failed). A dead one's heartbeat is checked again here, by Redis's clock:
@@ -142,7 +140,7 @@ _NOW = "local clock = redis.call('TIME'); local now = tonumber(clock[1]) + tonum
 # idle worker (the wake list), as an enqueue does. Either way the worker leaves the registry and the stopping set.
 # KEYS: processing list, workers set, retry list, exhausted list, stopping set, attempts hash, wake list,
 # high, normal and low lanes. ARGV: worker id, count_attempt (0/1), max_attempts, worker timeout in s.
-_RETURN_UNFINISHED = _NOW + """
+_RETURN_UNFINISHED = REDIS_NOW + """
 if ARGV[2] == '1' then
   local beat = redis.call('ZSCORE', KEYS[2], ARGV[1])
   if beat and tonumber(beat) >= now - tonumber(ARGV[4]) then return {-1, 0} end
