@@ -187,7 +187,7 @@ class Fleet:
         version = routing.choose_version(weights, live)
         if version is None:
             raise NoWorker(self._no_live_version(snapshot, name))
-        self._note_stranded_route(name, weights, live, version)
+        self._note_stranded_route(name, weights, version)
         return self.queue(model_id(name, version))
 
     def _no_live_version(self, snapshot: Snapshot, name: str) -> str:
@@ -201,10 +201,10 @@ class Fleet:
         return (f"no version of {name} has a live worker (last heartbeats: {beats})"
                 + (f"; its route prefers {', '.join(v for v, w in routed.items() if w > 0)}" if routed else ""))
 
-    def _note_stranded_route(self, name: str, weights: dict[str, int], live: list[str], chosen: str) -> None:
+    def _note_stranded_route(self, name: str, weights: dict[str, int], chosen: str) -> None:
         """A route whose versions have no live worker is a preference, not a wall: the request went to another live
         version. Counted per request (imgcls_route_fallbacks_total); logged when it starts and when it ends."""
-        if routing.is_stranded(weights, live):
+        if routing.is_fallback(weights, chosen):
             metrics.observe_route_fallback(name)
             if name not in self._stranded:
                 self._stranded.add(name)

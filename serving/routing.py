@@ -59,10 +59,10 @@ def choose_version(weights: dict[str, int], live_versions: list[str], rng: rando
     return min(live_versions, key=version_order) if live_versions else None
 
 
-def is_stranded(weights: dict[str, int], live_versions: list[str]) -> bool:
-    """Whether a name's route prefers only versions without a live worker while another of its versions is live."""
-    return bool(live_versions) and any(weights.values()) and not any(
-        weight > 0 and version in live_versions for version, weight in weights.items())
+def is_fallback(weights: dict[str, int], chosen: str) -> bool:
+    """Whether `chosen`, the version choose_version gave, is a fallback: the route prefers others (none of which,
+    then, has a live worker)."""
+    return any(weight > 0 for weight in weights.values()) and weights.get(chosen, 0) <= 0
 
 
 def version_order(version: str) -> tuple:

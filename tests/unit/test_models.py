@@ -98,7 +98,8 @@ def test_weights_share_the_requests_among_live_versions():
     assert choose_version({"v3": 0, "v4": 100}, ["v3", "v4"]) == "v4"
     assert choose_version({"v3": 90, "v4": 10}, ["v3"]) == "v3"  # a weighted version that died gets nothing
     assert choose_version({"v4": 100}, ["v3"]) == "v3"  # a preference among live versions: v4 is gone, v3 serves
-    assert routing.is_stranded({"v4": 100}, ["v3"]) and not routing.is_stranded({"v4": 100}, ["v4"])
+    assert routing.is_fallback({"v4": 100}, "v3") and not routing.is_fallback({"v4": 100}, "v4")
+    assert not routing.is_fallback({}, "v3") and not routing.is_fallback({"v3": 0}, "v3")
 
 
 def test_without_weights_a_name_goes_to_its_lowest_live_version_so_a_new_one_waits_for_a_route():
