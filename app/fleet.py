@@ -148,22 +148,22 @@ class Fleet:
 
     def _default_name(self, snapshot: Snapshot) -> str:
         live = sorted(snapshot.live)
-        if snapshot.default_holder in live or len(live) == 1:
-            return snapshot.default_holder if snapshot.default_holder in live else live[0]
+        if chosen := _holder_or_only(snapshot.default_holder, live):
+            return chosen
         if live:
             raise NoDefaultModel(live)
         known = sorted(snapshot.versions)
-        if snapshot.default_holder in known or len(known) == 1:  # queue_for says which version has no worker
-            return snapshot.default_holder if snapshot.default_holder in known else known[0]
+        if chosen := _holder_or_only(snapshot.default_holder, known):  # queue_for says which has no worker
+            return chosen
         raise NoWorker(f"no model name has a live worker (known: {', '.join(known)})" if known else
                        f"no worker has announced a model under KEY_PREFIX={self.keys.prefix}")
 
-    def is_default(self, name: str) -> bool:
-        """Whether POST /predict goes to this name now."""
+    def default_name(self) -> str | None:
+        """The name POST /predict goes to now; None when it would answer 404 or 503."""
         try:
-            return self.name_for(None) == name
+            return self.name_for(None)
         except (NoDefaultModel, NoWorker):
-            return False
+            return None
 
     def ready_status(self) -> VersionStatus:
         """What /readyz vouches for: the version POST /predict would go to now, with a live worker. NotReady when
@@ -228,3 +228,10 @@ class Fleet:
             self._queues.setdefault(model_id, InferenceQueue(self.client, self.waiting_client,
                                                              Keys(self.keys.prefix, model_id), self.max_queue))
         return self._queues[model_id]
+
+
+def _holder_or_only(holder: str | None, names: list[str]) -> str | None:
+    """The default's holder if it is among `names`, else the one name there is, else None."""
+    if holder in names:
+        return holder
+    return names[0] if len(names) == 1 else None

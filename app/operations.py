@@ -49,13 +49,14 @@ def models():
     """Every model name served, with each version's weight, live workers, queue depth and input size."""
     fleet = _fleet()
     snapshot = fleet.snapshot(fresh=True)
-    return {"models": [_name_summary(fleet, name) for name in sorted(snapshot.versions)]}
+    default = fleet.default_name()  # once, not once per name
+    return {"models": [_name_summary(fleet, name, default) for name in sorted(snapshot.versions)]}
 
 
 @operations.get("/models/<name>")
 def model_named(name: str):
     fleet = _fleet()
-    return _name_summary(fleet, fleet.name_for(name))
+    return _name_summary(fleet, fleet.name_for(name), fleet.default_name())
 
 
 @operations.get("/metrics")
@@ -80,7 +81,7 @@ def _every_version_status() -> dict[str, VersionStatus]:
             for name, versions in snapshot.versions.items() for version in versions}
 
 
-def _name_summary(fleet: Fleet, name: str) -> dict:
+def _name_summary(fleet: Fleet, name: str, default: str | None) -> dict:
     snapshot = fleet.snapshot()
     weights = snapshot.weights.get(name, {})
     versions = []
@@ -89,7 +90,7 @@ def _name_summary(fleet: Fleet, name: str) -> dict:
         described = _describe(status) if status.model else {"version": version, "workers": 0,
                                                                  "queue_depth": status.queue_depth}
         versions.append({**described, "lanes": status.lane_depths, "weight": weights.get(version)})
-    return {"name": name, "default": fleet.is_default(name),
+    return {"name": name, "default": name == default,
             "routing": weights or "the only live version, or the lowest (no weights set)", "versions": versions}
 
 
