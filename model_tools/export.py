@@ -117,8 +117,7 @@ def export_onnx(loaded: LoadedModel, out: str | os.PathLike) -> Path:
             # Refusals of this model (an operator ONNX has no symbol for, an invalid graph); an out-of-memory
             # is a plain RuntimeError, a full disk an OSError, and go through as they are.
             raise ExportError(first_line(exc)) from exc
-        entry = model.metadata_props.add()
-        entry.key, entry.value = CARD_FILE, card_to_json(loaded.card)
+        set_onnx_card(model, loaded.card)
         onnx.save(model, str(partial))
 
     return write_atomically(out, write)
@@ -136,6 +135,15 @@ def _traceable(module: ServingModel, images: torch.Tensor) -> torch.nn.Module:
         return module
     with torch.no_grad(), _quiet_jit():
         return torch.jit.trace(module, images)
+
+
+def set_onnx_card(model, card: ModelCard) -> None:
+    """Put `card` in an ONNX model's metadata (an onnx.ModelProto), in place of any card it carried."""
+    kept = [entry for entry in model.metadata_props if entry.key != CARD_FILE]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    entry = model.metadata_props.add()
+    entry.key, entry.value = CARD_FILE, card_to_json(card)
 
 
 def read_onnx_card(path: str | os.PathLike, options: ModelOptions = ModelOptions()) -> ModelCard:

@@ -19,8 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from model_tools import CARD_FILE
-from model_tools.card import ModelCard, ModelLoadError, ModelOptions, card_to_json
+from model_tools.card import ModelCard, ModelLoadError, ModelOptions
 from model_tools.precision import AgreementReport, compare, require_agreement
 from serving.config import Settings
 from serving.preprocess import prepare
@@ -155,12 +154,10 @@ def _probabilities(run, images: np.ndarray) -> np.ndarray:
 def _write_card(path: Path, card: ModelCard) -> None:
     import onnx
 
+    from model_tools.export import set_onnx_card
+
     model = onnx.load(str(path))
-    kept = [entry for entry in model.metadata_props if entry.key != CARD_FILE]
-    del model.metadata_props[:]
-    model.metadata_props.extend(kept)
-    entry = model.metadata_props.add()
-    entry.key, entry.value = CARD_FILE, card_to_json(card)
+    set_onnx_card(model, card)
     onnx.save(model, str(path))
 
 
