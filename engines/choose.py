@@ -214,8 +214,7 @@ def _engine_for_onnx_file(path: Path, options: ModelOptions, settings: Settings,
     _require_cpu("/".join(ONNX_FILE_ENGINES), device)
     in_file = export.read_onnx_card(path, options)
     precision.require_file_precision(in_file, settings.precision, str(path))
-    card = dataclasses.replace(_checked_card(in_file, options, path), precision=in_file.precision,
-                               agreement=in_file.agreement)
+    card = _checked_card(in_file, options, path)
     compute = "bf16" if settings.precision == "bf16" else precision.FULL  # an int8 file's precision is in its weights
 
     def load(name: str) -> Engine:
@@ -261,8 +260,10 @@ def _engine_cache(settings: Settings, model_path: Path) -> EngineCache | None:
 
 
 def _checked_card(card: ModelCard, options: ModelOptions, path: Path) -> ModelCard:
-    """An export's own card, with the configuration checked against it (it may add nothing: the card is whole)."""
-    return resolve_card(card_fields(card), options, path, lambda _: len(card.class_names))
+    """An export's own card, with the configuration checked against it (it may add nothing: the card is whole),
+    and what the file computes in kept (the configuration has no say in it)."""
+    checked = resolve_card(card_fields(card), options, path, lambda _: len(card.class_names))
+    return dataclasses.replace(checked, precision=card.precision, agreement=card.agreement)
 
 
 def _require_known(backend: str) -> None:
