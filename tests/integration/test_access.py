@@ -19,6 +19,7 @@ from serving import protocol
 from serving.protocol import FleetKeys, Keys, ModelInfo
 from stack.processes import Stack, free_port
 from tests.images import photo_bytes
+from tests.integration.client import wait_until
 from tests.integration.conftest import stack_settings
 from tests.openapi_check import assert_conforms, documented_path
 
@@ -188,14 +189,9 @@ def test_the_keys_file_is_read_again_when_it_changes_without_a_restart(service, 
     newcomer = "key-of-newcomer"
     keys_file.write_text("\n".join([*LINES[1:], key_line("newcomer", newcomer, None, None, None, "normal")]) + "\n")
     headers = {"Authorization": f"Bearer {newcomer}"}
-    give_up_at = time.monotonic() + 15
-    statuses: set[int] = set()
-    while time.monotonic() < give_up_at:  # each API process sees it within a second of looking
-        statuses = {requests.get(service.url + "/model", headers=headers, timeout=10).status_code for _ in range(6)}
-        if statuses == {200}:
-            break
-        time.sleep(0.2)
-    assert statuses == {200}
+    # Each API process sees it within a second of looking.
+    wait_until(lambda: {requests.get(service.url + "/model", headers=headers, timeout=10).status_code
+                        for _ in range(6)} == {200}, 15, interval=0.2, what="the new key let in by every process")
     assert {requests.get(service.url + "/model", headers=bearer("burst"), timeout=10).status_code
             for _ in range(6)} == {401}  # its line is gone
 

@@ -3,53 +3,26 @@ under a live name@version) must not break `POST /predict` for everyone, and what
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import requests
-import torch
-import torchvision
 
 from serving.protocol import Keys
-from stack.processes import REPO_ROOT, Stack
+from stack.processes import Stack
 from tests.images import photo_bytes
 from tests.integration.client import post_image, wait_until
 from tests.integration.conftest import stack_settings
+from tests.integration.fleet import DEFAULT, SHAPES, live_versions, model_tools, shapes_model
 from tests.prometheus_text import sample_value
-
-DEFAULT = "efficientnet_lite0"
-SHAPES = ["circle", "square", "triangle"]
-
-
-def model_tools(stack: Stack, *arguments: str) -> subprocess.CompletedProcess:
-    """`python -m model_tools ...` against the stack's Redis, as an operator runs it."""
-    env = {**os.environ, **stack.settings.as_env()}
-    return subprocess.run([sys.executable, "-m", "model_tools", *arguments], cwd=REPO_ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
 
 
 def names(stack: Stack) -> dict[str, dict]:
     return {m["name"]: m for m in requests.get(stack.url + "/models", timeout=5).json()["models"]}
 
 
-def live_versions(stack: Stack, name: str) -> list[str]:
-    return [v["version"] for v in names(stack).get(name, {}).get("versions", []) if v["workers"] > 0]
-
-
 def predict(stack: Stack, **kwargs) -> requests.Response:
     return post_image(stack.url, photo_bytes("chelsea.png"), timeout=30, **kwargs)
-
-
-def shapes_model(folder: Path) -> tuple[Path, Path]:
-    """A 3-class mobilenet_v3_small as a bare state_dict (its architecture named by MODEL_ARCH), and its labels."""
-    network = torchvision.models.mobilenet_v3_small(num_classes=len(SHAPES)).eval()
-    torch.save(network.state_dict(), folder / "shapes_mnv3.pth")
-    (folder / "shapes.txt").write_text("\n".join(SHAPES) + "\n")
-    return folder / "shapes_mnv3.pth", folder / "shapes.txt"
 
 
 def test_a_second_name_never_takes_the_default_and_a_name_can_be_forgotten(tmp_path):
@@ -120,7 +93,7 @@ def test_a_route_to_a_version_whose_workers_left_falls_back_to_a_live_one_and_is
 def test_another_model_under_a_live_name_and_version_refuses_to_start_until_the_first_is_dead(tmp_path):
     """Two models started at once under one name@version: one serves, the other exits 2 naming both fingerprints;
     once the first is dead, its fingerprint expires with its heartbeat and the other may take the version."""
-    shapes, labels = shapes_model(tmp_path)
+    shapes, labels = shapes_model(tmp_path, "shapes_mnv3.pth")
     other = {"MODEL_PATH": str(shapes), "MODEL_ARCH": "mobilenet_v3_small", "LABELS_PATH": str(labels)}
     with Stack(stack_settings(), workers=0, log_dir=tmp_path / "logs") as stack:
         first, second = stack.start_worker({"MODEL_NAME": "twin"}), stack.start_worker({"MODEL_NAME": "twin", **other})
@@ -141,7 +114,7 @@ def test_another_model_under_a_live_name_and_version_refuses_to_start_until_the_
 
 
 def test_a_model_is_named_after_its_file_however_it_is_loaded_and_import_takes_a_name(tmp_path):
-    shapes, labels = shapes_model(tmp_path)
+    shapes, labels = shapes_model(tmp_path, "shapes_mnv3.pth")
     with Stack(stack_settings(), workers=0, log_dir=tmp_path / "logs") as stack:
         imported = tmp_path / "imported.pth"
         done = model_tools(stack, "import", str(shapes), "--arch", "mobilenet_v3_small", "--labels", str(labels),

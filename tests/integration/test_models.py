@@ -2,34 +2,15 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 
 import requests
-import torch
-import torchvision
 
-from stack.processes import REPO_ROOT, Stack
+from stack.processes import Stack
 from tests.images import photo_bytes
 from tests.integration.client import ClosedLoopClients, post_image, wait_until
 from tests.integration.conftest import stack_settings
-
-DEFAULT = "efficientnet_lite0"
-SHAPES = ["circle", "square", "triangle"]
-
-
-def route(stack: Stack, *arguments: str) -> subprocess.CompletedProcess:
-    """`python -m model_tools route ...` against the stack's Redis, as an operator runs it."""
-    env = {**os.environ, **stack.settings.as_env()}
-    return subprocess.run([sys.executable, "-m", "model_tools", "route", *arguments], cwd=REPO_ROOT, env=env,
-                          capture_output=True, text=True, timeout=60)
-
-
-def live_versions(stack: Stack, name: str) -> list[str]:
-    body = requests.get(f"{stack.url}/models/{name}", timeout=5).json()
-    return [v["version"] for v in body.get("versions", []) if v["workers"] > 0]
+from tests.integration.fleet import DEFAULT, SHAPES, live_versions, model_tools, shapes_model
 
 
 def p99_ms(seconds: list[float]) -> float:
@@ -38,9 +19,7 @@ def p99_ms(seconds: list[float]) -> float:
 
 
 def test_two_models_side_by_side_each_answer_with_their_own_labels(tmp_path):
-    network = torchvision.models.mobilenet_v3_small(num_classes=len(SHAPES)).eval()
-    torch.save(network.state_dict(), tmp_path / "shapes.pth")
-    (tmp_path / "shapes.txt").write_text("\n".join(SHAPES) + "\n")
+    shapes_model(tmp_path)
     with Stack(stack_settings(default_model=DEFAULT), workers=1, log_dir=tmp_path / "logs") as stack:
         stack.start_worker({"MODEL_PATH": str(tmp_path / "shapes.pth"), "MODEL_ARCH": "mobilenet_v3_small",
                             "LABELS_PATH": str(tmp_path / "shapes.txt"), "MODEL_NAME": "shapes"})
@@ -69,14 +48,14 @@ def test_a_canary_then_a_rollout_under_load_answers_every_request(tmp_path):
             unrouted = time.monotonic()
             wait_until(lambda: len(clients.since(unrouted)) >= 40, 60, what="40 answers with v2 up, unrouted")
 
-            refused = route(stack, DEFAULT, "1=90", "3=10")
+            refused = model_tools(stack, "route", DEFAULT, "1=90", "3=10")
             assert refused.returncode == 1 and f"{DEFAULT}@3 has no live worker" in refused.stderr
             routing = time.monotonic()  # a request sent while the command runs may already see the weights
-            assert route(stack, DEFAULT, "1=90", "2=10").returncode == 0
+            assert model_tools(stack, "route", DEFAULT, "1=90", "2=10").returncode == 0
             canary = time.monotonic() + 1.5  # every API process has re-read the weights by then
             wait_until(lambda: len(clients.since(canary)) >= 300, 120, what="300 answers at 10 %")
 
-            assert route(stack, DEFAULT, "2=100").returncode == 0
+            assert model_tools(stack, "route", DEFAULT, "2=100").returncode == 0
             switched = time.monotonic() + 1.5
             wait_until(lambda: len(clients.since(switched)) >= 40, 60, what="40 answers at 100 %")
             stack.stop_process(stack.worker_processes[0])  # SIGTERM: v1's last worker drains its queue, leaves
