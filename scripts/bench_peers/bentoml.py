@@ -15,9 +15,9 @@ from scripts.bench_peers.peer import (
     Serving,
     peer_config,
     python_environment,
+    run_server,
     write_config,
 )
-from scripts.bench_peers.processes import server_process
 from stack.processes import free_port
 
 
@@ -38,5 +38,5 @@ class BentoML(Peer):
         command = [str(python.parent / "bentoml"), "serve", "bentoml_service:ImageClassifier", "--working-dir",
                    str(SERVERS), "--host", "127.0.0.1", "--port", str(port)]
         environment = {**python_environment(config), "BENTOML_HOME": str(folder / "bentoml-home")}
-        with server_process(command, folder, environment, folder / "server.log") as process:
-            yield Serving(f"http://127.0.0.1:{port}/classify", folder / "server.log", lambda: process.poll() is None)
+        with run_server(command, folder, environment, f"http://127.0.0.1:{port}/classify") as served:
+            yield served

@@ -16,9 +16,9 @@ from scripts.bench_peers.peer import (
     Serving,
     peer_config,
     python_environment,
+    run_server,
     write_config,
 )
-from scripts.bench_peers.processes import server_process
 from stack.processes import free_port
 
 
@@ -37,5 +37,5 @@ class LitServe(Peer):
         port = free_port()
         config = write_config(folder, peer_config(files, onnx_model=str(files.onnx), port=port))
         command = [str(python), str(SERVERS / "litserve_app.py")]
-        with server_process(command, folder, python_environment(config), folder / "server.log") as process:
-            yield Serving(f"http://127.0.0.1:{port}/predict", folder / "server.log", lambda: process.poll() is None)
+        with run_server(command, folder, python_environment(config), f"http://127.0.0.1:{port}/predict") as served:
+            yield served

@@ -5,10 +5,12 @@ client speaks, and a context manager that serves the model until it exits.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from scripts.bench_peers.processes import server_process
 
 SERVERS = Path(__file__).resolve().parent / "servers"  # the files that run inside the peers' venvs
 REQUIREMENTS = Path(__file__).resolve().parent / "requirements"
@@ -81,3 +83,10 @@ def python_environment(config_path: Path) -> dict[str, str]:
     return {"PYTHONPATH": str(SERVERS), "PEER_CONFIG": str(config_path), "OMP_NUM_THREADS": str(THREADS_PER_WORKER),
             "BENTOML_DO_NOT_TRACK": "True", "PYTHONUNBUFFERED": "1"}
 
+
+@contextmanager
+def run_server(command: list[str], folder: Path, environment: dict[str, str], url: str) -> Iterator[Serving]:
+    """A peer's server process in `folder`, its output in folder/server.log, serving on `url` until the block ends."""
+    log = folder / "server.log"
+    with server_process(command, folder, environment, log) as process:
+        yield Serving(url, log, lambda: process.poll() is None)

@@ -25,9 +25,10 @@ from scripts.bench_peers.peer import (
     Serving,
     peer_config,
     python_environment,
+    run_server,
     write_config,
 )
-from scripts.bench_peers.processes import PeerUnavailable, last_lines, server_process
+from scripts.bench_peers.processes import PeerUnavailable, last_lines
 from stack.processes import free_port
 
 MODEL_NAME = "efficientnet_lite0"
@@ -106,9 +107,9 @@ class TorchServe(Peer):
         # instance's (another user's on this machine, say); this one's is its own.
         environment = {**python_environment(folder / "peer.json"), "PATH": f"{bin_dir}:{os.environ['PATH']}",
                        "TMPDIR": str(folder / "tmp")}
-        with server_process(command, folder, environment, folder / "server.log") as process:
-            yield Serving(f"http://127.0.0.1:{ports[0]}/predictions/{MODEL_NAME}", folder / "server.log",
-                          lambda: process.poll() is None)
+        url = f"http://127.0.0.1:{ports[0]}/predictions/{MODEL_NAME}"
+        with run_server(command, folder, environment, url) as served:
+            yield served
 
     def archive(self, folder: Path, files: ModelFiles, python: Path) -> None:
         """The .mar: the model file, the handler, the shared helpers, the labels and the peer's config."""
