@@ -269,11 +269,24 @@ class Stack:
         return connect(self.settings.redis_url, 1, 5)
 
     def stop(self) -> None:
-        """Proxy, then API (each lets in-flight requests finish), then every worker at once, then Redis."""
-        self.stop_process(self.proxy_process, stop_signal=signal.SIGQUIT)  # nginx's graceful stop; TERM is not
-        self.stop_process(self.api_process)
-        self.stop_processes(self.worker_processes)
-        self.stop_process(self.redis_process)
+        """Proxy, then API (each lets in-flight requests finish), then every worker at once, then Redis.
+
+        Says how long each took, and names any it had to kill, so that a slow stop shows its cause.
+        """
+        phases = [("proxy", [self.proxy_process], signal.SIGQUIT),  # nginx's graceful stop; TERM is not
+                  ("API", [self.api_process], signal.SIGTERM),
+                  (f"{len(self.worker_processes)} worker(s)", self.worker_processes, signal.SIGTERM),
+                  ("Redis", [self.redis_process], signal.SIGTERM)]
+        took = []
+        for name, processes, stop_signal in phases:
+            running = [p for p in processes if p is not None and p.poll() is None]
+            if running:
+                started = time.monotonic()
+                killed = self.stop_processes(running, stop_signal=stop_signal)
+                took.append(f"{name} {time.monotonic() - started:.1f} s"
+                            + (f" (pids {killed} killed after {STOP_GRACE_SECONDS:g} s)" if killed else ""))
+        if took:
+            print(f"stopping took: {', '.join(took)}", file=sys.stderr, flush=True)
         shutil.rmtree(self._scratch, ignore_errors=True)
 
     def stop_process(self, process: subprocess.Popen | None, grace: float = STOP_GRACE_SECONDS,
@@ -282,18 +295,23 @@ class Stack:
 
     @staticmethod
     def stop_processes(processes: list[subprocess.Popen], grace: float = STOP_GRACE_SECONDS,
-                       stop_signal: signal.Signals = signal.SIGTERM) -> None:
-        """stop_signal to all, then each gets the same grace period, counted from then, before SIGKILL."""
+                       stop_signal: signal.Signals = signal.SIGTERM) -> list[int]:
+        """stop_signal to all, then each gets the same grace period, counted from then, before SIGKILL.
+
+        Returns the pids it had to kill."""
         running = [p for p in processes if p.poll() is None]
         for process in running:
             process.send_signal(stop_signal)
         give_up_at = time.monotonic() + grace
+        killed = []
         for process in running:
             try:
                 process.wait(max(give_up_at - time.monotonic(), 0))
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+                killed.append(process.pid)
+        return killed
 
     def log_path(self, name: str) -> Path | None:
         return self.log_dir / f"{name}.log" if self.log_dir else None
