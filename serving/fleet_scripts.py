@@ -39,7 +39,7 @@ return {tostring(now), 1}
 
 
 @dataclass(frozen=True)
-class Heartbeat:
+class HeartbeatOutcome:
     """What one heartbeat did."""
     redis_now: float  # Redis's time as it ran, for the worker's RedisClock
     announced: bool  # the model's description and fingerprint were renewed (not when stopping or refused)
@@ -47,13 +47,13 @@ class Heartbeat:
 
 
 def heartbeat(client: RedisClient, *, keys: Keys, worker_id: str, model_info: bytes, fingerprint: str,
-              ttl_ms: int) -> Heartbeat:
+              ttl_ms: int) -> HeartbeatOutcome:
     """Renew the worker's registry score and, unless it is stopping or its model differs from the live workers',
     the version's model description and fingerprint, for ttl_ms."""
     redis_now, announced, *held = client.eval(
         _HEARTBEAT, 4, keys.model, keys.workers, keys.stopping, keys.fingerprint, worker_id, model_info, ttl_ms,
         fingerprint)
-    return Heartbeat(float(redis_now), announced == 1, held[0].decode() if held else None)
+    return HeartbeatOutcome(float(redis_now), announced == 1, held[0].decode() if held else None)
 
 
 # Workers whose last heartbeat is at most ARGV[1] seconds old by Redis's clock. KEYS: workers set.
