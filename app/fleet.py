@@ -22,7 +22,8 @@ import redis
 from app import metrics
 from app.queue_client import InferenceQueue, NoWorker, VersionStatus
 from serving import routing
-from serving.protocol import FleetKeys, Keys, model_ages, model_id, split_model_id
+from serving.fleet_scripts import model_ages
+from serving.protocol import FleetKeys, Keys, model_id, split_model_id
 from serving.redis_client import RedisClient
 
 log = logging.getLogger("api")
@@ -117,7 +118,7 @@ class Fleet:
     def _read(self) -> Snapshot:
         versions: dict[str, list[str]] = {}
         live: dict[str, list[str]] = {}
-        ages = model_ages(self.client, self.keys)
+        ages = model_ages(self.client, fleet=self.keys)
         for model, age in sorted(ages.items()):
             name, version = split_model_id(model)
             versions.setdefault(name, []).append(version)

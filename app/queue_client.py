@@ -10,7 +10,7 @@ from typing import Protocol
 import numpy as np
 import redis
 
-from serving import protocol, queue_scripts
+from serving import fleet_scripts, protocol, queue_scripts
 from serving.protocol import (
     InferenceRequest,
     InferenceResult,
@@ -18,7 +18,6 @@ from serving.protocol import (
     MalformedModelInfo,
     ModelInfo,
     RedisClock,
-    redis_seconds,
 )
 from serving.redis_client import RedisClient
 from serving.worker_stats import WorkerStats, decode_worker_stats
@@ -80,19 +79,19 @@ class InferenceQueue:
         pipe = self.client.pipeline(transaction=False)
         if charge is not None:
             charge.queue_on(pipe)
-        # A plain EVAL: Cluster pipelines route it by its key (the charge's may be on another node).
-        pipe.execute_command("EVAL", protocol.ADMISSION, 4, self.keys.model, *self.keys.lanes)
+        queue_scripts.queue_admission(pipe, keys=self.keys)
         sent_at = time.time()
-        *charged, (raw_info, depth, redis_time) = pipe.execute()
-        self.clock.observe(redis_seconds(redis_time), sent_at, time.time())
+        *charged, reply = pipe.execute()
+        admission = queue_scripts.admission_reply(reply)
+        self.clock.observe(admission.redis_now, sent_at, time.time())
         if charge is not None:
             charge.judge(charged[0])
-        model = self._usable_model(raw_info)
+        model = self._usable_model(admission.model_info)
         try:
             if model is None:
                 raise NoWorker(f"{self.keys.model_id} has no live worker (no heartbeat announces its model)")
-            if depth >= self.max_queue:
-                raise QueueFull(depth)
+            if admission.depth >= self.max_queue:
+                raise QueueFull(admission.depth)
         except (NoWorker, QueueFull):
             if charge is not None:
                 charge.refund(self.client)
@@ -103,7 +102,7 @@ class InferenceQueue:
         """The served model, live workers, queue depth and worker statistics; one round trip."""
         pipe = self.client.pipeline(transaction=False)
         pipe.get(self.keys.model)
-        protocol.count_live_workers(pipe, self.keys, worker_timeout)
+        fleet_scripts.queue_live_worker_count(pipe, keys=self.keys, worker_timeout=worker_timeout)
         pipe.hgetall(self.keys.worker_stats)
         for lane in self.keys.lanes:
             pipe.llen(lane)

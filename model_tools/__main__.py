@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def set_route(name: str, pairs: list[str]) -> int:
     """Write a name's weights (refused unless every version given traffic has a live worker) and print them."""
-    from serving import protocol, routing
+    from serving import fleet_scripts, protocol, routing
     from serving.redis_client import REDIS_ERRORS, connect
 
     try:
@@ -140,7 +140,7 @@ def set_route(name: str, pairs: list[str]) -> int:
         fleet = protocol.FleetKeys(settings.key_prefix)
         if weights:
             routing.write_weights(client, fleet, name, weights, settings.worker_timeout)
-        ages = protocol.model_ages(client, fleet)
+        ages = fleet_scripts.model_ages(client, fleet=fleet)
         current = routing.read_weights(client, fleet, name)
     except (ConfigError, routing.RoutingError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -162,14 +162,14 @@ def set_route(name: str, pairs: list[str]) -> int:
 def forget_models(target: str, force: bool) -> int:
     """Forget a name's versions (or the one named) and their queues; refused for versions with live workers
     unless `force`."""
-    from serving import protocol
+    from serving import fleet_scripts, protocol
     from serving.redis_client import REDIS_ERRORS, connect
 
     try:
         settings = Settings.from_env()
         client = connect(settings.redis_url, settings.redis_timeout, settings.redis_timeout)
         fleet = protocol.FleetKeys(settings.key_prefix)
-        ages = protocol.model_ages(client, fleet)
+        ages = fleet_scripts.model_ages(client, fleet=fleet)
         name = target.partition("@")[0]
         chosen = sorted(m for m in ages if m == target or protocol.split_model_id(m)[0] == target)
         if not chosen:
@@ -177,7 +177,9 @@ def forget_models(target: str, force: bool) -> int:
             print(f"error: the registry knows no {target} (known: {', '.join(known)})", file=sys.stderr)
             return 1
         idle = 0.0 if force else settings.worker_timeout
-        refused = [m for m in chosen if not protocol.forget_model(client, fleet, m, idle, keep_routed=False)]
+        refused = [m for m in chosen
+                   if not fleet_scripts.forget_model(client, fleet=fleet, model_id=m, idle_seconds=idle,
+                                                     keep_routed=False)]
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

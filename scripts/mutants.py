@@ -136,7 +136,7 @@ MUTANTS = (
            ("tests/unit/test_recovery.py",)),
     Mutant("the last worker of a version leaves its queue behind when it stops", "worker/loop.py",
            "            self.drain_if_last()\n", "            pass\n", ("tests/unit/test_worker.py",)),
-    Mutant("the last worker of a version leaves it open when it stops (Lua)", "serving/protocol.py",
+    Mutant("the last worker of a version leaves it open when it stops (Lua)", "serving/fleet_scripts.py",
            "if staying == 0 then redis.call('DEL', KEYS[3], KEYS[4]) end\n", "", ("tests/unit/test_worker.py",)),
     Mutant("a request is queued for a version whose last worker has left (Lua)", "serving/queue_scripts.py",
            "if redis.call('EXISTS', KEYS[2]) == 0 then return refuse(-2) end\n", "", ("tests/unit/test_api.py",)),
@@ -155,9 +155,9 @@ MUTANTS = (
     Mutant("a new version gets traffic before it is routed to (highest, not lowest)", "serving/routing.py",
            "return min(live_versions, key=version_order)", "return max(live_versions, key=version_order)",
            ("tests/unit/test_models.py",)),
-    Mutant("a newcomer name takes the default from a live one (Lua)", "serving/protocol.py",
+    Mutant("a newcomer name takes the default from a live one (Lua)", "serving/fleet_scripts.py",
            "  if string.match(model, '^(.*)@') ~= ARGV[2] then return 0 end\n", "", ("tests/unit/test_models.py",)),
-    Mutant("another model joins a live name@version (Lua)", "serving/protocol.py",
+    Mutant("another model joins a live name@version (Lua)", "serving/fleet_scripts.py",
            "if held and held ~= ARGV[4] then return {tostring(now), -1, held} end\n", "",
            ("tests/unit/test_models.py",)),
     Mutant("a route to versions without workers strands its name", "serving/routing.py",
@@ -192,7 +192,6 @@ _ACCEPTED: tuple[tuple[str, tuple[str, ...]], ...] = (
         "worker.queue.xǁWorkerQueueǁtake_batch__mutmut_15",
         "worker.queue.xǁWorkerQueueǁtake_retry__mutmut_11",
         "worker.queue.xǁWorkerQueueǁtake_retry__mutmut_13",
-        "serving.protocol.x_count_live_workers__mutmut_12",
     )),
     ("a message moves into an empty processing list (a batch is taken, or a retry, only when the list is empty),"
      " so the end it lands at (LMOVE's default RIGHT) does not matter", (

@@ -1,6 +1,8 @@
 """The Redis protocol between API and worker: key names and message formats.
 
-Nothing outside this module spells a key or a message field.
+Nothing outside this module spells a key or a message field. The Lua scripts that use them sit each beside
+its one typed call: serving/queue_scripts.py for a message's way through a queue (ADMISSION to
+ANSWER_EXHAUSTED), serving/fleet_scripts.py for heartbeats, stops and the registry of model versions.
 
 Flow of one request (`{prefix}` here is short for a model version's hash tag, `{KEY_PREFIX:name@version}`):
   API:    SET {prefix}:pixels:<job id> <raw pixels> PX <until the deadline>, one per image, then
@@ -18,8 +20,8 @@ Flow of one request (`{prefix}` here is short for a model version's hash tag, `{
 Only messages of a few hundred bytes move between lists and through Lua; an image's pixels stay in their own key
 from the API's SET to the answer's DEL (as rq keeps a job's payload in its hash and moves only ids), so no script
 copies them and the reaper's maintenance never rewrites them.
-Every heartbeat (HEARTBEAT, from a thread of its own, so it goes on while a
-batch computes however long that takes), a worker refreshes {prefix}:model, the
+Every heartbeat (HEARTBEAT in serving/fleet_scripts.py, from a thread of its own,
+so it goes on while a batch computes however long that takes), a worker refreshes {prefix}:model, the
 served model's description, with a TTL of WORKER_TIMEOUT (the API reads its
 preprocessing from it; its absence means no worker is up), and its own score in
 the sorted set {prefix}:workers (worker id -> time of its last heartbeat). A
@@ -219,6 +221,10 @@ class RedisClock:
         return time.time() + self.offset
 
 
+# The start of every script that reads the time: Redis's clock, in seconds, as `now` (never a host's).
+REDIS_NOW = "local clock = redis.call('TIME'); local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000\n"
+
+
 def redis_seconds(reply: tuple[int, int]) -> float:
     """The reply of Redis's TIME command as epoch seconds."""
     seconds, microseconds = reply
@@ -403,163 +409,6 @@ def decode_result(raw: bytes) -> InferenceResult:
         fields["timing"],
         np.frombuffer(pybase64.b64decode(probabilities), "<f4") if probabilities is not None else None)
 
-
-# What the API needs before it takes an upload, in one round trip: the served model (nil: no worker), the
-# depth of the version's lanes together and Redis's TIME, read on the node that holds the queue (on a Redis
-# Cluster, another node's clock may differ). KEYS: model key, high, normal and low lanes.
-ADMISSION = """
-local depth = redis.call('LLEN', KEYS[2]) + redis.call('LLEN', KEYS[3]) + redis.call('LLEN', KEYS[4])
-return {redis.call('GET', KEYS[1]), depth, redis.call('TIME')}
-"""
-
-# The start of every script that reads the time: Redis's clock, in seconds, as `now` (never a host's).
-REDIS_NOW = "local clock = redis.call('TIME'); local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000\n"
-
-# A worker's heartbeat: its score at Redis's time and, unless it is stopping, the model description and the
-# model's fingerprint with their TTL (a stopping worker serves only what is already queued; the last one of a
-# version has deleted both, and its heartbeats must not bring them back: STOPPING). A worker whose fingerprint
-# differs from the one the version's live workers hold is refused before it counts as one of them: checked and
-# set in one step, so of two different models starting at once one joins and the other is refused; a dead
-# member's fingerprint expires with its heartbeat. KEYS: model key, workers set, stopping set, fingerprint key.
-# ARGV: worker id, model description (JSON), TTL in ms, fingerprint. Returns {Redis's time as a string (a Lua
-# number would be cut to an integer), for the worker's RedisClock; 1 if it announced the model, 0 if it is
-# stopping, -1 if refused; the fingerprint the version's live workers hold, when refused}.
-HEARTBEAT = REDIS_NOW + """
-if redis.call('SISMEMBER', KEYS[3], ARGV[1]) == 1 then
-  redis.call('ZADD', KEYS[2], now, ARGV[1])
-  return {tostring(now), 0}
-end
-local held = redis.call('GET', KEYS[4])
-if held and held ~= ARGV[4] then return {tostring(now), -1, held} end
-redis.call('ZADD', KEYS[2], now, ARGV[1])
-redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-redis.call('SET', KEYS[4], ARGV[4], 'PX', ARGV[3])
-return {tostring(now), 1}
-"""
-
-# Workers whose last heartbeat is at most ARGV[1] seconds old by Redis's clock. KEYS: workers set.
-LIVE_WORKERS = REDIS_NOW + "return redis.call('ZCOUNT', KEYS[1], now - tonumber(ARGV[1]), '+inf')"
-
-
-def count_live_workers(client, keys: Keys, worker_timeout: float):
-    """Queue or run LIVE_WORKERS on a client or pipeline (a pipeline returns itself, the count comes at execute).
-
-    As a plain EVAL command: redis-py's Redis Cluster pipelines have no eval(), but route EVAL by its key.
-    """
-    return client.execute_command("EVAL", LIVE_WORKERS, 1, keys.workers, worker_timeout)
-
-
-# A worker's entry in the fleet's registry of model versions, at the registry's own clock (on a Redis
-# Cluster it may sit on another node than the version's queue). The default name (FleetKeys.default) goes to
-# this worker's name when no other name has a live version: the first name served alone keeps it while any of
-# its versions is live, and a newcomer never takes it from a live one. KEYS: models set, default key.
-# ARGV: model id, its name, worker timeout in s.
-REGISTER_MODEL = REDIS_NOW + """
-redis.call('ZADD', KEYS[1], now, ARGV[1])
-for _, model in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], now - tonumber(ARGV[3]), '+inf')) do
-  if string.match(model, '^(.*)@') ~= ARGV[2] then return 0 end
-end
-redis.call('SET', KEYS[2], ARGV[2])
-return 1
-"""
-
-
-def register_model(client, fleet: FleetKeys, model_id: str, worker_timeout: float) -> None:
-    """Count a model version live at Redis's time now, and give its name the default if no other name is live."""
-    client.eval(REGISTER_MODEL, 2, fleet.models, fleet.default, model_id, split_model_id(model_id)[0],
-                worker_timeout)
-
-
-# A version's last worker has left cleanly: its registry entry goes just past WORKER_TIMEOUT, not live from
-# now on, its idle time for FORGET_MODEL counted from now. KEYS: models set. ARGV: model id, worker timeout in s.
-RETIRE_MODEL = REDIS_NOW + "redis.call('ZADD', KEYS[1], 'XX', now - tonumber(ARGV[2]) - 1, ARGV[1])"
-
-
-def retire_model(client, fleet: FleetKeys, model_id: str, worker_timeout: float) -> None:
-    """Have the registry count a model version as not live from now on: its last worker has left cleanly.
-
-    Its entry stays, so that the version is still known (a request pinned to it gets no_worker, not
-    unknown_model) until it is forgotten (forget_model). A worker of the version whose heartbeat lands just
-    before this is counted live again at its next one, a heartbeat period later.
-    """
-    client.eval(RETIRE_MODEL, 1, fleet.models, model_id, worker_timeout)
-
-
-# Forget one model version: its registry entry and its weight go, and with its name's last version the name's
-# routes and, if it has it, the default. Refused (0) while the version was heard from within ARGV[4] seconds
-# (its workers are live, or were lately), and with ARGV[5] = 1 while a route gives it traffic: checked in the
-# same step, so a heartbeat that lands first keeps it. KEYS: models set, the name's routes hash, default key.
-# ARGV: model id, version, name, idle seconds, 1 to keep a routed version. Returns 1 if forgotten, else 0.
-FORGET_MODEL = REDIS_NOW + """
-local beat = redis.call('ZSCORE', KEYS[1], ARGV[1])
-if not beat or now - tonumber(beat) < tonumber(ARGV[4]) then return 0 end
-if ARGV[5] == '1' and tonumber(redis.call('HGET', KEYS[2], ARGV[2]) or '0') > 0 then return 0 end
-redis.call('ZREM', KEYS[1], ARGV[1])
-redis.call('HDEL', KEYS[2], ARGV[2])
-for _, model in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
-  if string.match(model, '^(.*)@') == ARGV[3] then return 1 end
-end
-redis.call('DEL', KEYS[2])
-if redis.call('GET', KEYS[3]) == ARGV[3] then redis.call('DEL', KEYS[3]) end
-return 1
-"""
-
-
-def forget_model(client, fleet: FleetKeys, model_id: str, idle_seconds: float, keep_routed: bool) -> bool:
-    """Remove a model version from the registry (FORGET_MODEL) and, if it went, its queue's keys; whether it went.
-
-    What its queue still held goes with it: with no live worker for longer than REQUEST_TIMEOUT, every client of
-    those messages has had its 504. Its workers' processing lists go too (the workers set names them).
-    """
-    name, version = split_model_id(model_id)
-    if not client.eval(FORGET_MODEL, 3, fleet.models, fleet.routes(name), fleet.default, model_id, version, name,
-                       idle_seconds, 1 if keep_routed else 0):
-        return False
-    keys = Keys(fleet.prefix, model_id)
-    workers = [worker.decode() for worker in client.zrange(keys.workers, 0, -1)]
-    client.delete(*keys.lanes, keys.wake, keys.model, keys.fingerprint, keys.retry, keys.exhausted, keys.attempts,
-                  keys.workers, keys.stopping, keys.worker_stats, *(keys.processing(worker) for worker in workers))
-    return True
-
-
-# Every model version the registry knows, with the age of its last heartbeat by Redis's clock:
-# {id, age in seconds (as a string), id, age, ...}. KEYS: models set.
-MODEL_AGES = REDIS_NOW + """
-local entries = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
-local ages = {}
-for i = 1, #entries, 2 do
-  ages[#ages + 1] = entries[i]
-  ages[#ages + 1] = tostring(now - tonumber(entries[i + 1]))
-end
-return ages
-"""
-
-
-def model_ages(client, fleet: FleetKeys) -> dict[str, float]:
-    """Every model version ever announced under this prefix -> seconds since its last heartbeat."""
-    raw = client.eval(MODEL_AGES, 1, fleet.models)
-    return {raw[i].decode(): float(raw[i + 1]) for i in range(0, len(raw), 2)}
-
-
-# Mark a worker as stopping and count the live workers of its version that are not: the workers that
-# will go on serving its queue. With none, the version closes in the same step: its model description
-# goes, so the API answers no_worker at once (ADMISSION) and queues nothing more (ENQUEUE), and what the
-# last worker then drains is all there is. A worker of the version that starts later announces it again.
-# Its fingerprint goes too, so that another model may take the version at once.
-# KEYS: workers set, stopping set, model key, fingerprint key. ARGV: worker id, worker timeout in s.
-STOPPING = REDIS_NOW + """
-redis.call('SADD', KEYS[2], ARGV[1])
-local staying = 0
-for _, worker in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], now - tonumber(ARGV[2]), '+inf')) do
-  if redis.call('SISMEMBER', KEYS[2], worker) == 0 then staying = staying + 1 end
-end
-if staying == 0 then redis.call('DEL', KEYS[3], KEYS[4]) end
-return staying
-"""
-
-
-# Workers whose last heartbeat is older than ARGV[1] seconds by Redis's clock. KEYS: workers set.
-SILENT_WORKERS = REDIS_NOW + "return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. (now - tonumber(ARGV[1])))"
 
 # Take `cost` tokens from an API key's bucket and add `cost` images to its day, by Redis's clock; all or
 # nothing. The bucket holds at most `burst` tokens and gains `rate` a second; the day is Redis's UTC day.

@@ -1,4 +1,5 @@
-"""The Lua scripts of a message's way through a version's queue, each beside its one typed call (as rq/scripts.py).
+"""The Lua scripts of a message's way through a version's queue, from its admission to its answer, each beside
+its one typed call (as rq/scripts.py).
 
 Every script is given every key it touches, all under the version's hash tag (serving.protocol.Keys), so each runs
 on one Redis Cluster node, never CROSSSLOT. No script sees an image's pixels: they wait in a key of their own
@@ -9,9 +10,42 @@ bytes. The order of each script's KEYS and ARGV is written once, in its function
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
-from serving.protocol import REDIS_NOW, EncodedRequest, Keys
-from serving.redis_client import RedisClient
+from serving.protocol import REDIS_NOW, EncodedRequest, Keys, redis_seconds
+from serving.redis_client import RedisClient, RedisPipeline
+
+# What the API needs before it takes an upload, in one round trip: the served model (nil: no worker), the
+# depth of the version's lanes together and Redis's TIME, read on the node that holds the queue (on a Redis
+# Cluster, another node's clock may differ). KEYS: model key, high, normal and low lanes.
+_ADMISSION = """
+local depth = redis.call('LLEN', KEYS[2]) + redis.call('LLEN', KEYS[3]) + redis.call('LLEN', KEYS[4])
+return {redis.call('GET', KEYS[1]), depth, redis.call('TIME')}
+"""
+
+
+@dataclass(frozen=True)
+class Admission:
+    """The state of a version's queue as a request comes in."""
+    model_info: bytes | None  # the heartbeat's model description; None: no live worker announces one
+    depth: int  # messages queued in all its lanes together
+    redis_now: float  # Redis's time, by the clock of the node that holds the queue
+
+
+def queue_admission(pipe: RedisPipeline, *, keys: Keys) -> None:
+    """Add the admission read to `pipe`, behind whatever else the request's round trip carries (its client's
+    charge, whose key may lie on another Cluster node): admission_reply reads its reply.
+
+    A plain EVAL: redis-py's Redis Cluster pipelines have no eval(), but route EVAL by its key.
+    """
+    pipe.execute_command("EVAL", _ADMISSION, 4, keys.model, *keys.lanes)
+
+
+def admission_reply(reply: list) -> Admission:
+    """queue_admission's reply, among its pipeline's."""
+    model_info, depth, redis_time = reply
+    return Admission(model_info, int(depth), redis_seconds(redis_time))
+
 
 ENQUEUE_FULL, ENQUEUE_NO_WORKER = -1, -2
 

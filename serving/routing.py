@@ -13,7 +13,8 @@ from __future__ import annotations
 import random
 import re
 
-from serving.protocol import FleetKeys, Keys, count_live_workers, model_ages, model_id
+from serving.fleet_scripts import model_ages, queue_live_worker_count
+from serving.protocol import FleetKeys, Keys, model_id
 
 
 class RoutingError(ValueError):
@@ -28,20 +29,30 @@ def write_weights(client, fleet: FleetKeys, name: str, weights: dict[str, int], 
     """Replace a name's weights at once; refused unless every version given traffic has a live worker now."""
     if not weights or any(weight < 0 for weight in weights.values()) or sum(weights.values()) == 0:
         raise RoutingError("weights must be whole numbers >= 0, at least one above 0, like v3=90 v4=10")
-    for version, weight in weights.items():
-        if weight and count_live_workers(client, Keys(fleet.prefix, model_id(name, version)), worker_timeout) == 0:
-            raise RoutingError(f"{name}@{version} has no live worker: start its workers, wait until they are "
-                               f"ready, then route to it; {live_models(client, fleet, worker_timeout)}")
+    stranded = _without_live_workers(client, fleet, name, [v for v, weight in weights.items() if weight],
+                                     worker_timeout)
+    if stranded:
+        raise RoutingError(f"{name}@{stranded[0]} has no live worker: start its workers, wait until they are "
+                           f"ready, then route to it; {live_models(client, fleet, worker_timeout)}")
     pipe = client.pipeline(transaction=True)  # one key: readers see the old weights or the new, never a mix
     pipe.delete(fleet.routes(name))
     pipe.hset(fleet.routes(name), mapping=weights)
     pipe.execute()
 
 
+def _without_live_workers(client, fleet: FleetKeys, name: str, versions: list[str],
+                          worker_timeout: float) -> list[str]:
+    """Those of a name's `versions` that have no live worker now, in one round trip."""
+    pipe = client.pipeline(transaction=False)
+    for version in versions:
+        queue_live_worker_count(pipe, keys=Keys(fleet.prefix, model_id(name, version)), worker_timeout=worker_timeout)
+    return [version for version, live_workers in zip(versions, pipe.execute()) if live_workers == 0]
+
+
 def live_models(client, fleet: FleetKeys, worker_timeout: float) -> str:
     """Which name@version have live workers, for a refusal: a worker whose model card names its model otherwise
     serves under that name (MODEL_NAME sets it)."""
-    live = sorted(model for model, age in model_ages(client, fleet).items() if age <= worker_timeout)
+    live = sorted(model for model, age in model_ages(client, fleet=fleet).items() if age <= worker_timeout)
     return (f"live now: {', '.join(live)} (a worker serves under MODEL_NAME, else its model card's name)" if live
             else "no model version has a live worker now")
 

@@ -24,7 +24,8 @@ from pathlib import Path
 import requests
 
 from serving.config import Settings
-from serving.protocol import FleetKeys, Keys, count_live_workers, model_ages
+from serving.fleet_scripts import model_ages, queue_live_worker_count
+from serving.protocol import FleetKeys, Keys
 from serving.redis_client import REDIS_ERRORS, RedisClient, connect
 from worker.queue import WorkerQueue, worker_id_prefix
 
@@ -203,7 +204,7 @@ class Stack:
         """
         client, prefix, settings = self.redis(), worker_id_prefix(pid), self.settings
         requeued = answered = 0
-        for model in model_ages(client, FleetKeys(settings.key_prefix)):
+        for model in model_ages(client, fleet=FleetKeys(settings.key_prefix)):
             keys = Keys(settings.key_prefix, model)
             for worker_id in (w.decode() for w in client.zrange(keys.workers, 0, -1)):
                 if not worker_id.startswith(prefix):
@@ -260,8 +261,10 @@ class Stack:
 
     def _require_live_workers(self, count: int) -> None:
         client, prefix = self.redis(), self.settings.key_prefix
-        live = sum(count_live_workers(client, Keys(prefix, model), self.settings.worker_timeout)
-                   for model in model_ages(client, FleetKeys(prefix)))
+        pipe = client.pipeline(transaction=False)  # every version's count in one round trip
+        for model in model_ages(client, fleet=FleetKeys(prefix)):
+            queue_live_worker_count(pipe, keys=Keys(prefix, model), worker_timeout=self.settings.worker_timeout)
+        live = sum(pipe.execute())
         if live < count:
             raise StartupError(f"{live} of {count} workers announced")
 

@@ -23,7 +23,7 @@ import socket
 import threading
 import time
 
-from serving import protocol, queue_scripts
+from serving import fleet_scripts, protocol, queue_scripts
 from serving.protocol import FleetKeys, Keys
 from serving.redis_client import RedisClient
 
@@ -128,15 +128,16 @@ class WorkerQueue:
         Redis's time, for the worker's RedisClock. ModelMismatch, with nothing announced, when the version's live
         workers serve a model of another fingerprint."""
         with self._announcing:
-            redis_now, announced, *held = self.client.eval(
-                protocol.HEARTBEAT, 4, self.keys.model, self.keys.workers, self.keys.stopping, self.keys.fingerprint,
-                self.worker_id, model_info, int(worker_timeout * 1000), fingerprint)
-            if announced == -1:
-                raise ModelMismatch(self.keys.model_id, held[0].decode(), fingerprint)
-            if announced:
+            beat = fleet_scripts.heartbeat(self.client, keys=self.keys, worker_id=self.worker_id,
+                                           model_info=model_info, fingerprint=fingerprint,
+                                           ttl_ms=int(worker_timeout * 1000))
+            if beat.refused_by is not None:
+                raise ModelMismatch(self.keys.model_id, beat.refused_by, fingerprint)
+            if beat.announced:
                 # The registry lies under the prefix's own tag, maybe on another cluster node: a call of its own.
-                protocol.register_model(self.client, self.fleet, self.keys.model_id, worker_timeout)
-        return float(redis_now)
+                fleet_scripts.register_model(self.client, fleet=self.fleet, model_id=self.keys.model_id,
+                                             worker_timeout=worker_timeout)
+        return beat.redis_now
 
     def announce_stopping(self, worker_timeout: float) -> int:
         """Mark this worker as stopping; how many live workers of its version stay.
@@ -146,19 +147,20 @@ class WorkerQueue:
         the first one deleted is what the API's admission reads, the registry what it routes by).
         """
         with self._announcing:
-            staying = self.client.eval(protocol.STOPPING, 4, self.keys.workers, self.keys.stopping, self.keys.model,
-                                       self.keys.fingerprint, self.worker_id, worker_timeout)
+            staying = fleet_scripts.mark_stopping(self.client, keys=self.keys, worker_id=self.worker_id,
+                                                  worker_timeout=worker_timeout)
             if not staying:
-                protocol.retire_model(self.client, self.fleet, self.keys.model_id, worker_timeout)
+                fleet_scripts.retire_model(self.client, fleet=self.fleet, model_id=self.keys.model_id,
+                                           worker_timeout=worker_timeout)
         return staying
 
     def forget_idle_versions(self, forget_after: float) -> list[str]:
         """Forget every model version of the fleet with no heartbeat for forget_after seconds and no route to it;
         the ids forgotten. Any worker's maintenance pass does it, for every name: a version nobody serves has no
         worker of its own left to."""
-        forgotten = [model for model, age in protocol.model_ages(self.client, self.fleet).items()
-                     if age >= forget_after and protocol.forget_model(self.client, self.fleet, model, forget_after,
-                                                                      keep_routed=True)]
+        forgotten = [model for model, age in fleet_scripts.model_ages(self.client, fleet=self.fleet).items()
+                     if age >= forget_after and fleet_scripts.forget_model(
+                         self.client, fleet=self.fleet, model_id=model, idle_seconds=forget_after, keep_routed=True)]
         for model in forgotten:
             log.info("forgot model=%s: no live worker and no route for FORGET_AFTER=%gs", model, forget_after)
         return forgotten
@@ -182,7 +184,7 @@ class WorkerQueue:
 
     def silent_workers(self, worker_timeout: float) -> list[str]:
         """Workers whose last heartbeat is older than worker_timeout, by Redis's clock."""
-        return [w.decode() for w in self.client.eval(protocol.SILENT_WORKERS, 1, self.keys.workers, worker_timeout)]
+        return fleet_scripts.silent_workers(self.client, keys=self.keys, worker_timeout=worker_timeout)
 
     def reap_dead_workers(self, worker_timeout: float, max_attempts: int, result_ttl: float) -> int:
         """Requeue the unfinished work of every worker silent for longer than worker_timeout; answer what is exhausted.

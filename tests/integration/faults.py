@@ -10,7 +10,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from serving.protocol import FleetKeys, Keys, model_ages
+from serving.fleet_scripts import model_ages
+from serving.protocol import FleetKeys, Keys
 from stack.processes import Stack
 from tests.integration.client import post_image, wait_until
 from tests.reference import Top3, matches
@@ -18,7 +19,7 @@ from tests.reference import Top3, matches
 
 def keys_of(stack: Stack) -> Keys:
     """The keys of the one model version the stack's workers serve."""
-    models = list(model_ages(stack.redis(), FleetKeys(stack.settings.key_prefix)))
+    models = list(model_ages(stack.redis(), fleet=FleetKeys(stack.settings.key_prefix)))
     assert len(models) == 1, models
     return Keys(stack.settings.key_prefix, models[0])
 

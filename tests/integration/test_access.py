@@ -15,7 +15,7 @@ import pytest
 import requests
 
 from app.keys import key_line
-from serving import protocol
+from serving import fleet_scripts
 from serving.protocol import FleetKeys, Keys, ModelInfo
 from stack.processes import Stack, free_port
 from tests.images import photo_bytes
@@ -223,7 +223,7 @@ def test_a_503_costs_the_client_no_tokens(tmp_path):
         keys = Keys(prefix, "silent@1")
         info = ModelInfo("silent", "silent", 1000, 224, 256, (0.5,) * 3, (0.5,) * 3, "cpu", 8)
         client.set(keys.model, info.to_json(), ex=60)  # announced, but nobody serves: the queue stays full
-        protocol.register_model(client, FleetKeys(prefix), keys.model_id, worker_timeout=60)
+        fleet_scripts.register_model(client, fleet=FleetKeys(prefix), model_id=keys.model_id, worker_timeout=60)
         client.lpush(keys.queue, b"queued by someone else")
         url = stack.url + "/models/silent/predict"
         full = [requests.post(url, data=CAT, headers={**RAW, **bearer("slow")}, timeout=10) for _ in range(3)]

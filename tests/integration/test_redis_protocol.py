@@ -12,7 +12,7 @@ import numpy as np
 import redis
 
 from app.queue_client import InferenceQueue
-from serving import protocol
+from serving import fleet_scripts, protocol
 from serving.config import Settings
 from serving.protocol import InferenceRequest, Keys
 from stack.processes import Stack
@@ -75,7 +75,9 @@ def test_heartbeats_and_the_reapers_cutoff_use_redis_time_not_the_hosts(real_red
     monkeypatch.setattr(time, "time", lambda: 3600 + TRUE_TIME())
     assert WorkerQueue(real_redis, KEYS, "reaper").reap_dead_workers(TIMEOUT, 3, result_ttl=30) == 1
     assert real_redis.zscore(KEYS.workers, "live") is not None and real_redis.llen(KEYS.retry) == 1
-    assert protocol.count_live_workers(real_redis, KEYS, TIMEOUT) == 1
+    pipe = real_redis.pipeline(transaction=False)
+    fleet_scripts.queue_live_worker_count(pipe, keys=KEYS, worker_timeout=TIMEOUT)
+    assert pipe.execute() == [1]
 
 
 def test_run_survives_a_redis_outage_and_signs_off_when_stopped():

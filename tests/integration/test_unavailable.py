@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from serving import protocol
+from serving import fleet_scripts
 from serving.protocol import FleetKeys, Keys, ModelInfo
 from stack.processes import Stack, free_port
 from tests.images import photo_bytes
@@ -37,7 +37,7 @@ def test_a_worker_that_never_answers_is_504_at_the_timeout(api_without_workers):
     keys = Keys(prefix, "silent@1")
     info = ModelInfo("silent", "silent", 1000, 224, 256, (0.5,) * 3, (0.5,) * 3, "cpu", 8)
     client.set(keys.model, info.to_json(), ex=60)  # announced, but nobody serves
-    protocol.register_model(client, FleetKeys(prefix), keys.model_id, worker_timeout=60)
+    fleet_scripts.register_model(client, fleet=FleetKeys(prefix), model_id=keys.model_id, worker_timeout=60)
     response, elapsed = timed_post(api_without_workers.url, photo_bytes("chelsea.png"))
     assert response.status_code == 504 and response.json()["error"]["code"] == "timeout"
     assert TIMEOUT - 0.1 <= elapsed < TIMEOUT + 2

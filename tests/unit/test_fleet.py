@@ -12,7 +12,7 @@ import pytest
 import redis
 
 from app.fleet import Fleet, RegistryReadTooSlow
-from serving import protocol
+from serving import fleet_scripts
 from serving.protocol import FleetKeys
 
 REDIS_TIMEOUT = 0.5
@@ -24,7 +24,7 @@ class SlowRegistry:
 
     def __init__(self, seconds: float, fails: bool = False):
         self.redis = fakeredis.FakeRedis()
-        protocol.register_model(self.redis, FleetKeys("t"), "tiny@1", worker_timeout=60)
+        fleet_scripts.register_model(self.redis, fleet=FleetKeys("t"), model_id="tiny@1", worker_timeout=60)
         self.seconds, self.fails = seconds, fails
         self.reads = 0
 

@@ -7,7 +7,8 @@ from collections import Counter
 import pytest
 
 from app import create_app
-from serving import protocol, routing
+from serving import routing
+from serving.fleet_scripts import forget_model, register_model, retire_model
 from serving.protocol import FleetKeys, Keys
 from serving.routing import RoutingError, choose_version, version_order, write_weights
 from tests.openapi_check import assert_conforms
@@ -141,11 +142,11 @@ def test_predictions_are_counted_per_model_and_version(client, fake_redis):
 
 
 def test_the_first_name_served_alone_keeps_the_default_while_live_and_a_newcomer_never_takes_it(fake_redis):
-    protocol.register_model(fake_redis, FLEET, "tiny@1", worker_timeout=5)
-    protocol.register_model(fake_redis, FLEET, "shapes@1", worker_timeout=5)
+    register_model(fake_redis, fleet=FLEET, model_id="tiny@1", worker_timeout=5)
+    register_model(fake_redis, fleet=FLEET, model_id="shapes@1", worker_timeout=5)
     assert fake_redis.get(FLEET.default) == b"tiny"
-    protocol.retire_model(fake_redis, FLEET, "tiny@1", worker_timeout=5)  # tiny's last worker left
-    protocol.register_model(fake_redis, FLEET, "shapes@1", worker_timeout=5)
+    retire_model(fake_redis, fleet=FLEET, model_id="tiny@1", worker_timeout=5)  # tiny's last worker left
+    register_model(fake_redis, fleet=FLEET, model_id="shapes@1", worker_timeout=5)
     assert fake_redis.get(FLEET.default) == b"shapes"  # the only name live now takes it
 
 
@@ -162,12 +163,12 @@ def test_a_worker_of_another_model_is_refused_by_its_versions_live_fingerprint(f
 
 def test_forgetting_keeps_live_and_routed_versions_and_takes_the_name_with_its_last_version(fake_redis):
     for model in ("tiny@1", "tiny@2"):
-        protocol.register_model(fake_redis, FLEET, model, worker_timeout=5)
+        register_model(fake_redis, fleet=FLEET, model_id=model, worker_timeout=5)
     fake_redis.hset(FLEET.routes("tiny"), mapping={"1": 100})
     fake_redis.lpush(keys("tiny", "2").queue, b"left behind")
-    assert not protocol.forget_model(fake_redis, FLEET, "tiny@2", idle_seconds=5, keep_routed=True)  # live
-    assert not protocol.forget_model(fake_redis, FLEET, "tiny@1", idle_seconds=0, keep_routed=True)  # routed
-    assert protocol.forget_model(fake_redis, FLEET, "tiny@2", idle_seconds=0, keep_routed=True)
+    assert not forget_model(fake_redis, fleet=FLEET, model_id="tiny@2", idle_seconds=5, keep_routed=True)  # live
+    assert not forget_model(fake_redis, fleet=FLEET, model_id="tiny@1", idle_seconds=0, keep_routed=True)  # routed
+    assert forget_model(fake_redis, fleet=FLEET, model_id="tiny@2", idle_seconds=0, keep_routed=True)
     assert not fake_redis.exists(keys("tiny", "2").queue)
-    assert protocol.forget_model(fake_redis, FLEET, "tiny@1", idle_seconds=0, keep_routed=False)
+    assert forget_model(fake_redis, fleet=FLEET, model_id="tiny@1", idle_seconds=0, keep_routed=False)
     assert fake_redis.zcard(FLEET.models) == 0 and not fake_redis.exists(FLEET.routes("tiny"), FLEET.default)

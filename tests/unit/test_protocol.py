@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from redis.crc import key_slot
 
-from serving import protocol
+from serving import fleet_scripts, protocol
 from serving.protocol import InferenceRequest, Keys, MalformedMessage, ModelInfo
 
 
@@ -149,7 +149,7 @@ def test_the_fleets_keys_lie_under_the_prefix_alone():
 def test_model_ages_are_each_models_own(fake_redis):
     now = float(fake_redis.time()[0])
     fake_redis.zadd(protocol.FleetKeys("svc").models, {"a@1": now - 10, "b@2": now - 1})
-    ages = protocol.model_ages(fake_redis, protocol.FleetKeys("svc"))
+    ages = fleet_scripts.model_ages(fake_redis, fleet=protocol.FleetKeys("svc"))
     assert sorted(ages) == ["a@1", "b@2"]
     assert ages["a@1"] == pytest.approx(10, abs=1.5) and ages["b@2"] == pytest.approx(1, abs=1.5)
 

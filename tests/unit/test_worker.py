@@ -14,7 +14,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from serving import protocol, worker_stats
+from serving import fleet_scripts, protocol, worker_stats
 from serving.config import ConfigError, Settings
 from serving.protocol import FleetKeys, InferenceRequest, Keys, ModelInfo
 from tests.unit.tiny_model import COLOURS, INPUT_SIZE, message, processed, stored, tiny_classifier
@@ -150,7 +150,7 @@ def test_the_last_worker_to_stop_closes_its_version_and_one_that_others_outlive_
     stop.set()
     assert worker.run(stop)
     assert worker.client.exists(KEYS.model) == others_stay
-    live = protocol.model_ages(worker.client, FleetKeys("t"))[KEYS.model_id] <= SETTINGS.worker_timeout
+    live = fleet_scripts.model_ages(worker.client, fleet=FleetKeys("t"))[KEYS.model_id] <= SETTINGS.worker_timeout
     assert live == others_stay
 
 
@@ -159,7 +159,7 @@ def test_the_heartbeats_of_a_draining_last_worker_keep_it_registered_but_do_not_
     assert worker.queue.announce_stopping(SETTINGS.worker_timeout) == 0
     worker.heartbeat()  # its heartbeat thread beats on while it serves what is queued
     assert not worker.client.exists(KEYS.model)
-    assert protocol.model_ages(worker.client, FleetKeys("t"))[KEYS.model_id] > SETTINGS.worker_timeout
+    assert fleet_scripts.model_ages(worker.client, fleet=FleetKeys("t"))[KEYS.model_id] > SETTINGS.worker_timeout
     assert worker.client.zscore(KEYS.workers, "w1") is not None  # not reaped while it drains
 
 
