@@ -32,7 +32,7 @@ from pathlib import Path
 
 from model_tools.architectures import Preprocessing, default_preprocessing, imagenet_class_names
 from model_tools.precision import AgreementReport
-from serving.config import PRECISIONS, ConfigError, Settings, channel_values, check_model_id_part
+from serving.config import PRECISIONS, ConfigError, check_model_id_part
 
 log = logging.getLogger("model_tools")
 
@@ -78,12 +78,6 @@ class ModelOptions:
     format: str = "auto"
     trusted: bool = False
     names: Mapping[str, str] = field(default_factory=lambda: ENVIRONMENT_NAMES)  # option -> how the user sets it
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> "ModelOptions":
-        return cls(settings.model_arch, settings.labels_path, settings.input_size, settings.resize_size,
-                   channel_values(settings.mean, "MEAN"), channel_values(settings.std, "STD", positive=True),
-                   settings.model_format, settings.model_trusted)
 
 
 def resolve_card(in_file: Mapping, options: ModelOptions, path: Path, count_outputs) -> ModelCard:

@@ -6,7 +6,16 @@ from pathlib import Path
 
 import pytest
 
-from serving.config import ConfigError, Settings, parse_redis_url, settings_table
+from serving.config import (
+    LAUNCHER,
+    MODEL_TOOLS,
+    WORKER,
+    ConfigError,
+    Settings,
+    parse_redis_url,
+    read_by,
+    settings_table,
+)
 
 CONFIGURATION = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
 
@@ -109,11 +118,13 @@ def test_a_malformed_redis_url_is_a_configuration_error_that_says_what_is_wrong(
         Settings(redis_url=url)
 
 
-@pytest.mark.parametrize("program", ["stack", "worker"])
-def test_help_prints_usage_and_the_configuration_and_starts_nothing(program):
+@pytest.mark.parametrize("program, reader", [("stack", LAUNCHER), ("worker", WORKER), ("model_tools", MODEL_TOOLS)])
+def test_help_prints_usage_and_the_settings_that_program_reads_and_starts_nothing(program, reader):
     finished = subprocess.run([sys.executable, "-m", program, "--help"], capture_output=True, text=True, timeout=60)
     assert finished.returncode == 0 and finished.stdout.startswith(f"usage: python -m {program}")
-    assert "REDIS_URL=redis://127.0.0.1:6379/0" in finished.stdout and "BATCH_SIZE=8" in finished.stdout
+    assert "REDIS_URL=redis://127.0.0.1:6379/0" in finished.stdout
+    listed = re.findall(r"^  ([A-Z_]+)=", finished.stdout, re.MULTILINE)
+    assert listed == [f.metadata["env"] for f in read_by(reader)]  # each once, in the table's order
 
 
 def test_forget_after_must_outlast_a_heartbeat_so_no_live_version_is_forgotten():
