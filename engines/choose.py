@@ -81,7 +81,7 @@ def open_engine(settings: Settings, device: torch.device) -> Engine:
 def model_options(settings: Settings) -> ModelOptions:
     """What the worker's settings say about MODEL_PATH, for whatever the file does not say itself."""
     return ModelOptions(settings.model_arch, settings.labels_path, settings.input_size, settings.resize_size,
-                        settings.mean, settings.std, settings.model_format, settings.model_trusted)
+                        settings.mean, settings.std, settings.model_trusted)
 
 
 def engine_for_checkpoint(loaded: LoadedModel, backend: str, device: torch.device, threads: int,

@@ -36,8 +36,7 @@ from serving.config import MODEL_TOOLS, ConfigError, Settings, channel_values, c
 
 # How this command spells each model option, for messages (the worker names environment variables instead).
 FLAG_NAMES = {"arch": "--arch", "labels_path": "--labels", "input_size": "--input-size",
-              "resize_size": "--resize-size", "mean": "--mean", "std": "--std", "format": "--format",
-              "trusted": "--trusted"}
+              "resize_size": "--resize-size", "mean": "--mean", "std": "--std", "trusted": "--trusted"}
 
 # The other commands read no setting: their flags say everything.
 SETTINGS_EPILOG = ("`route` and `forget` read these: where the registry is, and how recent a live worker's heartbeat "
@@ -250,8 +249,6 @@ def _earlier_version_marker(path: Path) -> Path:
 
 def _add_model_options(command: argparse.ArgumentParser) -> None:
     """What the model file may not say itself, as the worker's environment variables of the same meaning."""
-    command.add_argument("--format", default="auto", help="how to read a torch.save file: auto, state_dict or "
-                         "checkpoint (as MODEL_FORMAT)")
     command.add_argument("--arch", default="", help="architecture, e.g. resnext101_32x8d (as MODEL_ARCH)")
     command.add_argument("--trusted", action="store_true",
                          help="allow unpickling a file model_tools did not write (as MODEL_TRUSTED=1)")
@@ -268,7 +265,7 @@ def _model_options(args: argparse.Namespace):
 
     return ModelOptions(args.arch, args.labels, args.input_size, args.resize_size,
                         channel_values(args.mean, "--mean"), channel_values(args.std, "--std", positive=True),
-                        args.format, args.trusted, FLAG_NAMES)
+                        args.trusted, FLAG_NAMES)
 
 
 def build_default(out: Path) -> int:

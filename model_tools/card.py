@@ -62,8 +62,7 @@ class ModelCard:
 
 # How the worker's configuration spells each option; the command line passes its flags' names instead.
 ENVIRONMENT_NAMES = {"arch": "MODEL_ARCH", "labels_path": "LABELS_PATH", "input_size": "INPUT_SIZE",
-                     "resize_size": "RESIZE_SIZE", "mean": "MEAN", "std": "STD", "format": "MODEL_FORMAT",
-                     "trusted": "MODEL_TRUSTED=1"}
+                     "resize_size": "RESIZE_SIZE", "mean": "MEAN", "std": "STD", "trusted": "MODEL_TRUSTED=1"}
 
 
 @dataclass(frozen=True)
@@ -75,7 +74,6 @@ class ModelOptions:
     resize_size: int = 0
     mean: tuple[float, float, float] | None = None
     std: tuple[float, float, float] | None = None
-    format: str = "auto"
     trusted: bool = False
     names: Mapping[str, str] = field(default_factory=lambda: ENVIRONMENT_NAMES)  # option -> how the user sets it
 

@@ -146,12 +146,6 @@ class Settings:
         "Browser origins allowed to call the API from their pages (CORS), comma-separated, e.g. "
         "`https://app.example.com,http://localhost:3000`, or `*` for any; empty: none (no CORS headers, "
         "preflights are 405).", read_by=(API,))
-    model_format: str = _setting(
-        "MODEL_FORMAT", "auto",
-        "How to read a `torch.save` file: `auto` (tensors-only when it is, else pickled), `state_dict` or "
-        "`checkpoint` (pickled: the classic `{'model', 'model_state_dict'}` dict or a whole module; trusted "
-        "files only). TorchScript, `torch.export` (.pt2) and ONNX files are recognised by their contents.",
-        read_by=(WORKER,))
     model_arch: str = _setting(
         "MODEL_ARCH", "",
         "Architecture (`resnet50`, `resnext101_32x8d`, `efficientnet_lite0`, ...), where the model file does not "
