@@ -97,9 +97,6 @@ class Settings:
         "LOW_LANE_EVERY", 4,
         "Workers take high-priority keys' images before normal ones before low ones (API_KEYS_FILE's PRIORITY); "
         "every this many batches they take from the low lane first, so that it is never starved.", read_by=(WORKER,))
-    result_ttl: float = _setting(
-        "RESULT_TTL", 30.0,
-        "Seconds an unread result stays in Redis before it expires.", read_by=(WORKER, LAUNCHER))
     workers: int = _setting(
         "WORKERS", 2,
         "Worker processes `make run` starts. Two, so that while one unpacks or answers a batch the other "
@@ -300,8 +297,8 @@ _AT_LEAST = {"port": 1, "api_processes": 1, "api_threads": 1, "max_image_pixels"
              "max_images_per_request": 1, "low_lane_every": 1,
              "workers": 0, "batch_size": 1, "batch_wait_ms": 0, "max_attempts": 1, "input_size": 0,
              "resize_size": 0, "inference_threads": 0}
-# Durations and sizes that must be above zero: a RESULT_TTL of 0 would expire every answer before it is read.
-_ABOVE_ZERO = ("max_upload_mb", "request_timeout", "redis_timeout", "result_ttl", "worker_timeout", "forget_after")
+# Durations and sizes that must be above zero: a WORKER_TIMEOUT of 0 would count every worker dead.
+_ABOVE_ZERO = ("max_upload_mb", "request_timeout", "redis_timeout", "worker_timeout", "forget_after")
 
 
 class ConfigError(ValueError):

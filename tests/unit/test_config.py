@@ -58,7 +58,7 @@ def test_the_configuration_page_lists_every_variable_exactly_as_the_code_defines
 
 @pytest.mark.parametrize("variable, value, complaint", [
     ("TOP_K", "0", "at least 1"), ("BATCH_SIZE", "0", "at least 1"), ("INFERENCE_THREADS", "-1", "at least 0"),
-    ("RESULT_TTL", "0", "above 0"), ("WORKER_TIMEOUT", "0", "above 0"), ("REQUEST_TIMEOUT", "nan", "above 0"),
+    ("REDIS_TIMEOUT", "0", "above 0"), ("WORKER_TIMEOUT", "0", "above 0"), ("REQUEST_TIMEOUT", "nan", "above 0"),
     ("MAX_QUEUE", "-5", "at least 1"), ("INPUT_SIZE", "-224", "at least 0"), ("PORT", "70000", "at most 65535"),
     ("LOG_LEVEL", "LOUD", "expected one of DEBUG"), ("KEY_PREFIX", "{a}", "without braces"),
 ])
