@@ -1,13 +1,16 @@
 """Every setting of the service: its environment variable, default and meaning.
 
-This is the only module that reads the environment. The API, the worker and
-the launcher all receive a `Settings`; docs/configuration.md's table is
-generated from it (`python -m serving.config`) and a test keeps the two in step.
+This is the only module that reads the environment. The API, the worker, the
+launcher and model_tools all receive a `Settings`; each setting records which of
+them read it (PROGRAMS). docs/configuration.md's table and each program's --help
+are generated from it (`python -m serving.config`); tests keep the table in step
+and check each record against the code (tests/unit/test_config_readers.py).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import re
@@ -19,6 +22,23 @@ from dataclasses import dataclass, field
 MODEL_ID_PART = re.compile(r"[A-Za-z0-9._-]{1,64}")  # a model's name or version: safe in a key, a URL and a log
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"  # of API and worker alike, at LOG_LEVEL
 Channels = tuple[float, float, float]  # one number per colour channel, R,G,B: MEAN and STD
+
+
+def channel_values(text: str, name: str, positive: bool = False) -> Channels | None:
+    """MEAN or STD (or model_tools' --mean, --std) as three floats, None when unset; ConfigError for anything else.
+
+    The one parser of both: Settings.from_env parses MEAN and STD with it, once, and the worker takes the floats.
+    """
+    if not text:
+        return None
+    try:
+        values = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3 or not all(math.isfinite(v) for v in values) or (positive and min(values) <= 0):
+        raise ConfigError(f"{name}={text!r}: expected three comma-separated numbers (R,G,B), like 0.485,0.456,0.406"
+                          + (", each above 0" if positive else ""))
+    return values
 
 
 # The programs that read settings, as each setting's record names them: the docs' table has a column of them, and
@@ -170,11 +190,11 @@ class Settings:
         "MEAN", None,
         "Per-channel mean (R,G,B, of pixels scaled to 0-1) the model was trained with, where the model file "
         "does not say (empty: the architecture's default, else ImageNet's 0.485,0.456,0.406).", read_by=(WORKER,),
-        parse=lambda raw, env: channel_values(raw, env))
+        parse=channel_values)
     std: Channels | None = _setting(
         "STD", None,
         "Per-channel standard deviation (R,G,B), like MEAN (empty: the architecture's default, else ImageNet's "
-        "0.229,0.224,0.225).", read_by=(WORKER,), parse=lambda raw, env: channel_values(raw, env, positive=True))
+        "0.229,0.224,0.225).", read_by=(WORKER,), parse=functools.partial(channel_values, positive=True))
     engine_cache_dir: str = _setting(
         "ENGINE_CACHE_DIR", "models/engine-cache",
         "Where verified engine exports (ONNX, TorchScript) are kept, keyed by the model file's content and the "
@@ -389,23 +409,6 @@ def _database(path: list[str]) -> int:
     if not path[0].isdigit():
         raise ConfigError(f"REDIS_URL: database {path[0]!r} is not a number")
     return int(path[0])
-
-
-def channel_values(text: str, name: str, positive: bool = False) -> Channels | None:
-    """MEAN or STD (or model_tools' --mean, --std) as three floats, None when unset; ConfigError for anything else.
-
-    The one parser of both: Settings.from_env parses MEAN and STD with it, once, and the worker takes the floats.
-    """
-    if not text:
-        return None
-    try:
-        values = tuple(float(part) for part in text.split(","))
-    except ValueError:
-        values = ()
-    if len(values) != 3 or not all(math.isfinite(v) for v in values) or (positive and min(values) <= 0):
-        raise ConfigError(f"{name}={text!r}: expected three comma-separated numbers (R,G,B), like 0.485,0.456,0.406"
-                          + (", each above 0" if positive else ""))
-    return values
 
 
 def _parse(f: dataclasses.Field, raw: str):

@@ -47,8 +47,15 @@ def test_a_malformed_value_is_refused_naming_its_variable(name, value):
 
 
 def test_settings_survive_the_trip_through_a_child_environment():
-    settings = Settings.from_env({"PORT": "6000", "MODEL_TRUSTED": "1", "BATCH_WAIT_MS": "3.5"})
+    settings = Settings.from_env({"PORT": "6000", "MODEL_TRUSTED": "1", "BATCH_WAIT_MS": "3.5", "MEAN": "0.4,0.5,0.6"})
     assert Settings.from_env(settings.as_env()) == settings
+    assert Settings.from_env(Settings().as_env()) == Settings()  # an unset MEAN stays unset
+
+
+def test_mean_and_std_are_parsed_once_into_three_numbers_each():
+    settings = Settings.from_env({"MEAN": "0.4, 0.5,0.6", "STD": "0.2,0.25,0.3"})
+    assert (settings.mean, settings.std) == ((0.4, 0.5, 0.6), (0.2, 0.25, 0.3))
+    assert Settings().mean is None and Settings().std is None  # the model file's or the architecture's, then
 
 
 def test_the_configuration_page_lists_every_variable_exactly_as_the_code_defines_it():
