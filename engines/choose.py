@@ -59,7 +59,7 @@ def open_engine(settings: Settings, device: torch.device) -> Engine:
     _require_known(settings.backend)  # before the file's kind, whose messages name what BACKEND may be
     precision.require_supported(settings, device)
     path = Path(settings.model_path)
-    options = ModelOptions.from_settings(settings)
+    options = model_options(settings)
     threads = settings.compute_threads
     if path.suffix == ".onnx":
         engine = _engine_for_onnx_file(path, options, settings, device, threads)
@@ -76,6 +76,12 @@ def open_engine(settings: Settings, device: torch.device) -> Engine:
                                        _engine_cache(settings, path), settings.precision)
     precision.require_serving_agreement(engine.card, settings)
     return engine
+
+
+def model_options(settings: Settings) -> ModelOptions:
+    """What the worker's settings say about MODEL_PATH, for whatever the file does not say itself."""
+    return ModelOptions(settings.model_arch, settings.labels_path, settings.input_size, settings.resize_size,
+                        settings.mean, settings.std, settings.model_trusted)
 
 
 def engine_for_checkpoint(loaded: LoadedModel, backend: str, device: torch.device, threads: int,

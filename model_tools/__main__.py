@@ -32,12 +32,15 @@ from pathlib import Path
 
 from model_tools import CARD_FILE, TOLERANCE
 from model_tools.quantize import DEFAULT_METHOD, METHODS
-from serving.config import ConfigError, Settings, channel_values, check_model_id_part
+from serving.config import MODEL_TOOLS, ConfigError, Settings, channel_values, check_model_id_part, settings_help
 
 # How this command spells each model option, for messages (the worker names environment variables instead).
 FLAG_NAMES = {"arch": "--arch", "labels_path": "--labels", "input_size": "--input-size",
-              "resize_size": "--resize-size", "mean": "--mean", "std": "--std", "format": "--format",
-              "trusted": "--trusted"}
+              "resize_size": "--resize-size", "mean": "--mean", "std": "--std", "trusted": "--trusted"}
+
+# The other commands read no setting: their flags say everything.
+SETTINGS_EPILOG = ("`route` and `forget` read these: where the registry is, and how recent a live worker's heartbeat "
+                   "is.\n\n" + settings_help(MODEL_TOOLS))
 
 
 def default_export_path(checkpoint: str, suffix: str) -> str:
@@ -47,7 +50,8 @@ def default_export_path(checkpoint: str, suffix: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(format="%(levelname)s: %(message)s")  # the card's assumptions are warnings
-    parser = argparse.ArgumentParser(prog="python -m model_tools")
+    parser = argparse.ArgumentParser(prog="python -m model_tools", epilog=SETTINGS_EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     build = commands.add_parser("build-default",
                                 help="write EfficientNet-Lite0 with its ImageNet weights as a trusted checkpoint")
@@ -89,11 +93,13 @@ def main(argv: list[str] | None = None) -> int:
     trace.add_argument("--script", action="store_true", help="torch.jit.script instead of torch.jit.trace")
     trace.add_argument("--optimize", action="store_true",
                        help="freeze: weights become constants, conv+batchnorm fold (verified the same way)")
-    route = commands.add_parser("route", help="share a model name's requests among its versions, like v3=90 v4=10")
+    route = commands.add_parser("route", help="share a model name's requests among its versions, like v3=90 v4=10",
+                                epilog=SETTINGS_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     route.add_argument("name", help="the model name (GET /models lists them)")
     route.add_argument("weights", nargs="*", metavar="VERSION=WEIGHT",
                        help="whole numbers, shares of the traffic; none: print the current routing")
-    forget = commands.add_parser("forget", help="remove a model name, or one version, from the registry")
+    forget = commands.add_parser("forget", help="remove a model name, or one version, from the registry",
+                                 epilog=SETTINGS_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     forget.add_argument("model", metavar="NAME[@VERSION]", help="a name (every version of it) or one name@version")
     forget.add_argument("--force", action="store_true", help="even while it has live workers (stop them first: "
                         "their next heartbeat announces it again); what its queue holds is dropped")
@@ -245,8 +251,6 @@ def _earlier_version_marker(path: Path) -> Path:
 
 def _add_model_options(command: argparse.ArgumentParser) -> None:
     """What the model file may not say itself, as the worker's environment variables of the same meaning."""
-    command.add_argument("--format", default="auto", help="how to read a torch.save file: auto, state_dict or "
-                         "checkpoint (as MODEL_FORMAT)")
     command.add_argument("--arch", default="", help="architecture, e.g. resnext101_32x8d (as MODEL_ARCH)")
     command.add_argument("--trusted", action="store_true",
                          help="allow unpickling a file model_tools did not write (as MODEL_TRUSTED=1)")
@@ -263,7 +267,7 @@ def _model_options(args: argparse.Namespace):
 
     return ModelOptions(args.arch, args.labels, args.input_size, args.resize_size,
                         channel_values(args.mean, "--mean"), channel_values(args.std, "--std", positive=True),
-                        args.format, args.trusted, FLAG_NAMES)
+                        args.trusted, FLAG_NAMES)
 
 
 def build_default(out: Path) -> int:

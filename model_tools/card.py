@@ -32,7 +32,7 @@ from pathlib import Path
 
 from model_tools.architectures import Preprocessing, default_preprocessing, imagenet_class_names
 from model_tools.precision import AgreementReport
-from serving.config import PRECISIONS, ConfigError, Settings, channel_values, check_model_id_part
+from serving.config import PRECISIONS, ConfigError, check_model_id_part
 
 log = logging.getLogger("model_tools")
 
@@ -62,8 +62,7 @@ class ModelCard:
 
 # How the worker's configuration spells each option; the command line passes its flags' names instead.
 ENVIRONMENT_NAMES = {"arch": "MODEL_ARCH", "labels_path": "LABELS_PATH", "input_size": "INPUT_SIZE",
-                     "resize_size": "RESIZE_SIZE", "mean": "MEAN", "std": "STD", "format": "MODEL_FORMAT",
-                     "trusted": "MODEL_TRUSTED=1"}
+                     "resize_size": "RESIZE_SIZE", "mean": "MEAN", "std": "STD", "trusted": "MODEL_TRUSTED=1"}
 
 
 @dataclass(frozen=True)
@@ -75,15 +74,8 @@ class ModelOptions:
     resize_size: int = 0
     mean: tuple[float, float, float] | None = None
     std: tuple[float, float, float] | None = None
-    format: str = "auto"
     trusted: bool = False
     names: Mapping[str, str] = field(default_factory=lambda: ENVIRONMENT_NAMES)  # option -> how the user sets it
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> "ModelOptions":
-        return cls(settings.model_arch, settings.labels_path, settings.input_size, settings.resize_size,
-                   channel_values(settings.mean, "MEAN"), channel_values(settings.std, "STD", positive=True),
-                   settings.model_format, settings.model_trusted)
 
 
 def resolve_card(in_file: Mapping, options: ModelOptions, path: Path, count_outputs) -> ModelCard:

@@ -3,10 +3,11 @@
 What `load_model` reads (the card's missing fields come from ModelOptions and
 defaults, model_tools.card says in which order):
 
-- `state_dict`: tensors only, loaded with `weights_only=True`, safe for any
-  file. Either a dict `{'arch': ..., 'state_dict': {...}}` with optional card
-  fields (`name`, `class_names`, `input_size`, `resize_size`, `mean`, `std`),
-  or a bare state_dict whose architecture MODEL_ARCH names.
+- a state_dict: tensors only, loaded with `weights_only=True`, safe for any
+  file; a `torch.save` file is read so whenever it can be. Either a dict
+  `{'arch': ..., 'state_dict': {...}}` with optional card fields (`name`,
+  `class_names`, `input_size`, `resize_size`, `mean`, `std`), or a bare
+  state_dict whose architecture MODEL_ARCH names.
 - `torch.export` programs (`.pt2`): a serialized graph and tensors, card
   inside if model_tools wrote it. torch runs code from the file while loading
   it, so only with MODEL_TRUSTED=1 (model_tools.trust says which code).
@@ -17,11 +18,12 @@ defaults, model_tools.card says in which order):
   handler: TorchScript, or an eager model.py and its state dict, with their
   labels; both are code, so only with MODEL_TRUSTED=1 (model_tools.archive
   refuses before anything of the archive runs).
-- `checkpoint`: pickled. The classic `{'model': module, 'model_state_dict':
-  ...}` (card fields optional), or a whole module saved with
-  `torch.save(model, path)`. Loading it runs code from the file, so only with
-  MODEL_TRUSTED=1: a hash beside the file would prove nothing, since whoever
-  ships a malicious file ships its hash too. model_tools writes no pickles.
+- a pickled checkpoint: every other `torch.save` file. The classic
+  `{'model': module, 'model_state_dict': ...}` (card fields optional), or a
+  whole module saved with `torch.save(model, path)`. Loading it runs code from
+  the file, so only with MODEL_TRUSTED=1: a hash beside the file would prove
+  nothing, since whoever ships a malicious file ships its hash too.
+  model_tools writes no pickles.
 """
 
 from __future__ import annotations
@@ -56,7 +58,6 @@ from model_tools.card import (
 from model_tools.trust import EXPORTED_PROGRAM_RUNS_CODE, TORCHSCRIPT_RUNS_CODE, require_trust
 from serving.config import Settings
 
-FORMATS = ("auto", "checkpoint", "state_dict")
 DEFAULT_ARCH = "efficientnet_lite0"
 
 DEFAULT_MODEL_PATH = Path(Settings.model_path)  # what `make model` builds
@@ -88,8 +89,6 @@ def save_state_dict(network: nn.Module, card: ModelCard, path: str | os.PathLike
 def load_model(path: str | os.PathLike, options: ModelOptions = ModelOptions()) -> LoadedModel:
     """Load a model file of any format the service reads; see the module docstring for the rules."""
     path = Path(path)
-    if options.format not in FORMATS:
-        raise ModelLoadError(f"{options.names['format']}={options.format!r}; expected one of {', '.join(FORMATS)}")
     if not path.is_file():
         raise ModelLoadError(f"model file {path} does not exist" + (
             "" if path.is_absolute() else f" (relative paths are from the working directory, {Path.cwd()})")
@@ -137,15 +136,12 @@ def _zip_members(path: Path) -> list[str]:
 
 
 def _from_torch_save(path: Path, options: ModelOptions) -> tuple[nn.Module, dict]:
-    if options.format in ("auto", "state_dict"):
-        try:
-            contents = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as exc:
-            if options.format == "state_dict":
-                raise ModelLoadError(f"{path} is not a tensors-only state_dict: {exc}") from None
-        else:
-            return _from_state_dict(contents, path, options)
-    return _from_pickled(path, options)
+    """Tensors only when the file is; else pickled, which needs trust."""
+    try:
+        contents = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        return _from_pickled(path, options)
+    return _from_state_dict(contents, path, options)
 
 
 def _from_pickled(path: Path, options: ModelOptions) -> tuple[nn.Module, dict]:

@@ -29,8 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engines.choose import CPU_PREFERENCE, engine_for_checkpoint, installed, open_engine
-from model_tools.card import ModelOptions
+from engines.choose import CPU_PREFERENCE, engine_for_checkpoint, installed, model_options, open_engine
 from model_tools.checkpoints import load_model
 from scripts.loadtest import SAMPLE_PHOTOS, Client, Report, closed_loop, open_loop, sample_photos, summarize
 from serving.config import Settings
@@ -55,7 +54,7 @@ def images_per_second(run, batch: np.ndarray, seconds: float) -> tuple[float, fl
 def model_ceilings(settings: Settings, photos: list[tuple[str, bytes]], seconds: float, backends: list[str],
                    batch_sizes: list[int]) -> dict[str, dict]:
     """Per backend: images/s at each batch size and the latency of the first, on real preprocessed photos."""
-    loaded = load_model(settings.model_path, ModelOptions.from_settings(settings))
+    loaded = load_model(settings.model_path, model_options(settings))
     size = loaded.card.preprocessing
     pixels = [prepare(data, size.resize_size, size.input_size, settings.max_image_pixels) for _, data in photos]
     results = {}

@@ -1,27 +1,58 @@
 """Every setting of the service: its environment variable, default and meaning.
 
-This is the only module that reads the environment. The API, the worker and
-the launcher all receive a `Settings`; docs/configuration.md's table is
-generated from it (`python -m serving.config`) and a test keeps the two in step.
+This is the only module that reads the environment. The API, the worker, the
+launcher and model_tools all receive a `Settings`; each setting records which of
+them read it (PROGRAMS). docs/configuration.md's table and each program's --help
+are generated from it (`python -m serving.config`); tests keep the table in step
+and check each record against the code (tests/unit/test_config_readers.py).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import re
 import sys
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 MODEL_ID_PART = re.compile(r"[A-Za-z0-9._-]{1,64}")  # a model's name or version: safe in a key, a URL and a log
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"  # of API and worker alike, at LOG_LEVEL
+Channels = tuple[float, float, float]  # one number per colour channel, R,G,B: MEAN and STD
 
 
-def _setting(env: str, default, help: str):
-    return field(default=default, metadata={"env": env, "help": help})
+def channel_values(text: str, name: str, positive: bool = False) -> Channels | None:
+    """MEAN or STD (or model_tools' --mean, --std) as three floats, None when unset; ConfigError for anything else.
+
+    The one parser of both: Settings.from_env parses MEAN and STD with it, once, and the worker takes the floats.
+    """
+    if not text:
+        return None
+    try:
+        values = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3 or not all(math.isfinite(v) for v in values) or (positive and min(values) <= 0):
+        raise ConfigError(f"{name}={text!r}: expected three comma-separated numbers (R,G,B), like 0.485,0.456,0.406"
+                          + (", each above 0" if positive else ""))
+    return values
+
+
+# The programs that read settings, as each setting's record names them: the docs' table has a column of them, and
+# each program's --help lists its own.
+API = "API"  # gunicorn -c python:app.gunicorn_conf 'app:create_app()'
+WORKER = "worker"  # python -m worker
+LAUNCHER = "launcher"  # python -m stack, what `make run` runs; it hands every setting on to the API and the workers
+MODEL_TOOLS = "model_tools"  # python -m model_tools route and forget
+PROGRAMS = (API, WORKER, LAUNCHER, MODEL_TOOLS)
+
+
+def _setting(env: str, default, help: str, read_by: tuple[str, ...], parse: Callable[[str, str], object] | None = None):
+    """One setting; `parse(raw, env)` turns its variable's text into its value where its type alone does not say how."""
+    return field(default=default, metadata={"env": env, "help": help, "read_by": read_by, "parse": parse})
 
 
 @dataclass(frozen=True)
@@ -31,165 +62,165 @@ class Settings:
         "Redis to use: `redis://[:password@]host:port/db`; through Sentinel "
         "`redis+sentinel://[:password@]host:port[,host:port...]/master_name[/db]`; a Cluster "
         "`redis+cluster://[:password@]host:port[,host:port...]`; `rediss` in place of `redis` for TLS. "
-        "`make run` starts a private Redis when this is unset.")
+        "`make run` starts a private Redis when this is unset.", read_by=(API, WORKER, LAUNCHER, MODEL_TOOLS))
     key_prefix: str = _setting(
         "KEY_PREFIX", "imgcls",
         "Namespace of every Redis key: a model version's are `{imgcls:name@version}:queue`... (the braces are "
         "a Redis Cluster hash tag: one queue's keys share a slot), the fleet's `{imgcls}:models`, "
-        "`{imgcls}:routes:name`.")
-    host: str = _setting("HOST", "127.0.0.1", "Address the API listens on.")
-    port: int = _setting("PORT", 5000, "Port the API listens on.")
+        "`{imgcls}:routes:name`.", read_by=(API, WORKER, LAUNCHER, MODEL_TOOLS))
+    host: str = _setting("HOST", "127.0.0.1", "Address the API listens on.", read_by=(API, LAUNCHER))
+    port: int = _setting("PORT", 5000, "Port the API listens on.", read_by=(API, LAUNCHER))
     proxy: str = _setting(
         "PROXY", "none",
         "`nginx`: `make run` puts nginx in front of the API on PORT (deploy/nginx/), so slow clients hold "
-        "nginx connections rather than API threads; `none`: the API itself listens on PORT.")
+        "nginx connections rather than API threads; `none`: the API itself listens on PORT.", read_by=(LAUNCHER,))
     api_processes: int = _setting(
-        "API_PROCESSES", 2, "gunicorn worker processes of the API.")
+        "API_PROCESSES", 2, "gunicorn worker processes of the API.", read_by=(API,))
     api_threads: int = _setting(
         "API_THREADS", 16,
-        "Threads per API process; each waiting request holds one.")
+        "Threads per API process; each waiting request holds one.", read_by=(API,))
     max_upload_mb: float = _setting(
-        "MAX_UPLOAD_MB", 10.0, "Largest accepted request body, in MiB (413 above).")
+        "MAX_UPLOAD_MB", 10.0, "Largest accepted request body, in MiB (413 above).", read_by=(API, LAUNCHER))
     max_image_pixels: int = _setting(
         "MAX_IMAGE_PIXELS", 40_000_000,
-        "Largest accepted image, width x height, checked before decoding (413 above).")
+        "Largest accepted image, width x height, checked before decoding (413 above).", read_by=(API,))
     decode_pixel_budget: int = _setting(
         "DECODE_PIXEL_BUDGET", 80_000_000,
         "Pixels one API process may be decoding at once (about 12 bytes of memory each at the peak); an upload "
-        "that does not fit waits up to 1 s, then gets 503 decoder_busy. At least MAX_IMAGE_PIXELS.")
+        "that does not fit waits up to 1 s, then gets 503 decoder_busy. At least MAX_IMAGE_PIXELS.", read_by=(API,))
     request_timeout: float = _setting(
         "REQUEST_TIMEOUT", 10.0,
-        "Seconds a request may wait for its answer (504 after).")
+        "Seconds a request may wait for its answer (504 after).", read_by=(API, WORKER, LAUNCHER))
     redis_timeout: float = _setting(
         "REDIS_TIMEOUT", 1.0,
-        "Seconds the API waits on Redis for anything but a result (503 after).")
+        "Seconds the API waits on Redis for anything but a result (503 after).", read_by=(API, WORKER, MODEL_TOOLS))
     max_queue: int = _setting(
         "MAX_QUEUE", 200,
-        "Queued images above which the API answers 503 with Retry-After at once instead of queueing.")
+        "Queued images above which the API answers 503 with Retry-After at once instead of queueing.", read_by=(API,))
     top_k: int = _setting("TOP_K", 5, "Predictions returned per image, where the request asks for no other number "
-                          "(`top_k`, 1 to the model's classes).")
+                          "(`top_k`, 1 to the model's classes).", read_by=(API,))
     max_images_per_request: int = _setting(
         "MAX_IMAGES_PER_REQUEST", 32,
         "Most images one request may carry (400 too_many_images above); each is one queue message, so a "
-        "smaller MAX_QUEUE is the limit.")
+        "smaller MAX_QUEUE is the limit.", read_by=(API,))
     api_keys_file: str = _setting(
         "API_KEYS_FILE", "",
         "Who may call: a file of lines `NAME SHA256_OF_KEY [RATE [BURST [DAILY [PRIORITY]]]]` (`python -m app.keys "
         "new NAME` makes a key and its line); every route but the probes and the demo page then needs "
         "`Authorization: Bearer KEY`. Re-read when it changes. Empty: no key needed "
-        "(docs/operations.md, \"API keys, rate limits and quotas\").")
+        "(docs/operations.md, \"API keys, rate limits and quotas\").", read_by=(API,))
     metrics_need_key: bool = _setting(
         "METRICS_NEED_KEY", False,
-        "With API_KEYS_FILE set, whether `GET /metrics` needs a key too (off: Prometheus scrapes it without one).")
+        "With API_KEYS_FILE set, whether `GET /metrics` needs a key too (off: Prometheus scrapes it without one).",
+        read_by=(API,))
     low_lane_every: int = _setting(
         "LOW_LANE_EVERY", 4,
         "Workers take high-priority keys' images before normal ones before low ones (API_KEYS_FILE's PRIORITY); "
-        "every this many batches they take from the low lane first, so that it is never starved.")
-    result_ttl: float = _setting(
-        "RESULT_TTL", 30.0,
-        "Seconds an unread result stays in Redis before it expires.")
+        "every this many batches they take from the low lane first, so that it is never starved.", read_by=(WORKER,))
     workers: int = _setting(
         "WORKERS", 2,
         "Worker processes `make run` starts. Two, so that while one unpacks or answers a batch the other "
-        "computes (measured: docs/performance.md, Levers measured).")
+        "computes (measured: docs/performance.md, Levers measured).", read_by=(LAUNCHER,))
     batch_size: int = _setting(
-        "BATCH_SIZE", 8, "Most images the worker runs in one forward pass.")
+        "BATCH_SIZE", 8, "Most images the worker runs in one forward pass.", read_by=(WORKER,))
     batch_wait_ms: float = _setting(
         "BATCH_WAIT_MS", 0.0,
         "After the first image, how long the worker waits for more to fill a batch "
-        "(0: take what is queued; under load the queue fills while the model runs).")
+        "(0: take what is queued; under load the queue fills while the model runs).", read_by=(WORKER,))
     worker_timeout: float = _setting(
         "WORKER_TIMEOUT", 5.0,
         "Seconds without a heartbeat after which a worker counts as dead and its unfinished "
-        "requests are queued again. Heartbeats go on while a batch computes, so it need not exceed the longest batch.")
+        "requests are queued again. Heartbeats go on while a batch computes, so it need not exceed the longest batch.",
+        read_by=(API, WORKER, LAUNCHER, MODEL_TOOLS))
     max_attempts: int = _setting(
         "MAX_ATTEMPTS", 2,
         "Deliveries of one request to workers that died on it before it is answered with an error (500). Two: a "
         "batch-mate of an image that kills workers dies with it once, then is served alone; the killer dies "
-        "alone the second time.")
+        "alone the second time.", read_by=(WORKER, LAUNCHER))
     model_path: str = _setting(
         "MODEL_PATH", "models/efficientnet_lite0.pth",
-        "Checkpoint the worker serves (built by `make run` when missing).")
+        "Checkpoint the worker serves (built by `make run` when missing).", read_by=(WORKER,))
     model_name: str = _setting(
         "MODEL_NAME", "",
         "Name the worker serves its model under (`POST /models/<name>/predict`; empty: the name in the model "
         "file's card, else the file's name without its suffix, never the architecture). "
-        "Letters, digits, `.`, `_`, `-`.")
+        "Letters, digits, `.`, `_`, `-`.", read_by=(WORKER,))
     model_version: str = _setting(
         "MODEL_VERSION", "1",
         "Version of that name the worker serves; each name@version has its own queue, and "
-        "`python -m model_tools route` shares a name's requests among its versions.")
+        "`python -m model_tools route` shares a name's requests among its versions.", read_by=(WORKER,))
     default_model: str = _setting(
         "DEFAULT_MODEL", "",
         "Model name `POST /predict` and `GET /model` use (empty: the first name that was served alone, while any "
-        "of its versions has a live worker; else the only name with a live worker).")
+        "of its versions has a live worker; else the only name with a live worker).", read_by=(API,))
     forget_after: float = _setting(
         "FORGET_AFTER", 86400.0,
         "Seconds a model version may go without a live worker and without a route to it before the registry "
-        "forgets it (`GET /models` no longer lists it); `python -m model_tools forget` does it at once.")
+        "forgets it (`GET /models` no longer lists it); `python -m model_tools forget` does it at once.",
+        read_by=(WORKER,))
     cors_origins: str = _setting(
         "CORS_ORIGINS", "",
         "Browser origins allowed to call the API from their pages (CORS), comma-separated, e.g. "
         "`https://app.example.com,http://localhost:3000`, or `*` for any; empty: none (no CORS headers, "
-        "preflights are 405).")
-    model_format: str = _setting(
-        "MODEL_FORMAT", "auto",
-        "How to read a `torch.save` file: `auto` (tensors-only when it is, else pickled), `state_dict` or "
-        "`checkpoint` (pickled: the classic `{'model', 'model_state_dict'}` dict or a whole module; trusted "
-        "files only). TorchScript, `torch.export` (.pt2) and ONNX files are recognised by their contents.")
+        "preflights are 405).", read_by=(API,))
     model_arch: str = _setting(
         "MODEL_ARCH", "",
         "Architecture (`resnet50`, `resnext101_32x8d`, `efficientnet_lite0`, ...), where the model file does not "
-        "name one: needed by a bare state_dict; gives its published weights' preprocessing as the default.")
+        "name one: needed by a bare state_dict; gives its published weights' preprocessing as the default.",
+        read_by=(WORKER,))
     model_trusted: bool = _setting(
         "MODEL_TRUSTED", False,
         "Allow a model file that is code: pickled, TorchScript or `torch.export` (.pt2), or ONNX with custom "
         "operators or data outside its folder (`python -m model_tools import` turns one into a file that needs "
-        "no trust).")
+        "no trust).", read_by=(WORKER,))
     labels_path: str = _setting(
         "LABELS_PATH", "",
         "Class names, where the model file has none: a text file with one name per line, a JSON list, or "
-        "TorchServe's `index_to_name.json`. Without any: ImageNet's names for 1000 outputs, else `class_N`.")
+        "TorchServe's `index_to_name.json`. Without any: ImageNet's names for 1000 outputs, else `class_N`.",
+        read_by=(WORKER,))
     input_size: int = _setting(
         "INPUT_SIZE", 0,
         "Side of the square crop the model takes, where the model file does not say (0: the architecture's "
-        "default, else 224).")
+        "default, else 224).", read_by=(WORKER,))
     resize_size: int = _setting(
         "RESIZE_SIZE", 0,
         "The shorter image side is resized to this before the crop, where the model file does not say (0: the "
-        "architecture's default, else 256).")
-    mean: str = _setting(
-        "MEAN", "",
+        "architecture's default, else 256).", read_by=(WORKER,))
+    mean: Channels | None = _setting(
+        "MEAN", None,
         "Per-channel mean (R,G,B, of pixels scaled to 0-1) the model was trained with, where the model file "
-        "does not say (empty: the architecture's default, else ImageNet's 0.485,0.456,0.406).")
-    std: str = _setting(
-        "STD", "",
+        "does not say (empty: the architecture's default, else ImageNet's 0.485,0.456,0.406).", read_by=(WORKER,),
+        parse=channel_values)
+    std: Channels | None = _setting(
+        "STD", None,
         "Per-channel standard deviation (R,G,B), like MEAN (empty: the architecture's default, else ImageNet's "
-        "0.229,0.224,0.225).")
+        "0.229,0.224,0.225).", read_by=(WORKER,), parse=functools.partial(channel_values, positive=True))
     engine_cache_dir: str = _setting(
         "ENGINE_CACHE_DIR", "models/engine-cache",
         "Where verified engine exports (ONNX, TorchScript) are kept, keyed by the model file's content and the "
-        "engine's version, so a restart does not export again (empty: no cache).")
+        "engine's version, so a restart does not export again (empty: no cache).", read_by=(WORKER,))
     device: str = _setting(
-        "DEVICE", "auto", "`auto` (cuda when available, else cpu), `cpu`, `cuda`, `cuda:1` ...")
+        "DEVICE", "auto", "`auto` (cuda when available, else cpu), `cpu`, `cuda`, `cuda:1` ...", read_by=(WORKER,))
     backend: str = _setting(
         "BACKEND", "auto",
         "Engine that runs the model: `torch`, `torchscript`, `onnxruntime`, `openvino`, or `auto` (on a GPU "
-        "`torch`; on the CPU the fastest installed engine whose answers match eager PyTorch).")
+        "`torch`; on the CPU the fastest installed engine whose answers match eager PyTorch).", read_by=(WORKER,))
     precision: str = _setting(
         "PRECISION", "fp32",
         "What the model computes in: `fp32`; `bf16` (BACKEND=openvino or auto, on a CPU with BF16 instructions; "
         "refused elsewhere); `int8` (MODEL_PATH a file `python -m model_tools quantize` wrote). A reduced precision "
-        "serves only if its answers agree with float32's (PRECISION_MIN_AGREEMENT; docs/precision.md).")
+        "serves only if its answers agree with float32's (PRECISION_MIN_AGREEMENT; docs/precision.md).",
+        read_by=(WORKER,))
     precision_min_agreement: float = _setting(
         "PRECISION_MIN_AGREEMENT", 0.95,
         "Least share of images, among those where float32's top-1 leads its second by at least 0.1, on which a "
-        "reduced PRECISION must give float32's top-1; below it the worker refuses to start, naming the numbers.")
+        "reduced PRECISION must give float32's top-1; below it the worker refuses to start, naming the numbers.",
+        read_by=(WORKER,))
     inference_threads: int = _setting(
         "INFERENCE_THREADS", 0,
         "Threads each worker's engine computes with; 0: half the cores, at least one (the API processes "
-        "decoding uploads need the rest; measured: docs/performance.md, Levers measured).")
-    log_level: str = _setting("LOG_LEVEL", "INFO", "Python log level of API and worker.")
+        "decoding uploads need the rest; measured: docs/performance.md, Levers measured).", read_by=(WORKER,))
+    log_level: str = _setting("LOG_LEVEL", "INFO", "Python log level of API and worker.", read_by=(API, WORKER))
 
     def __post_init__(self):
         """Values that would break the service are configuration errors at start, not failures later."""
@@ -226,8 +257,6 @@ class Settings:
         for origin in self.allowed_origins:
             if origin != "*" and not ORIGIN.fullmatch(origin):
                 raise ConfigError(f"CORS_ORIGINS: {origin!r} is not an origin like https://app.example.com[:port]")
-        channel_values(self.mean, "MEAN")  # raises ConfigError now, not when the worker loads the model
-        channel_values(self.std, "STD", positive=True)
 
     @classmethod
     def env_name(cls, field_name: str) -> str:
@@ -288,8 +317,8 @@ _AT_LEAST = {"port": 1, "api_processes": 1, "api_threads": 1, "max_image_pixels"
              "max_images_per_request": 1, "low_lane_every": 1,
              "workers": 0, "batch_size": 1, "batch_wait_ms": 0, "max_attempts": 1, "input_size": 0,
              "resize_size": 0, "inference_threads": 0}
-# Durations and sizes that must be above zero: a RESULT_TTL of 0 would expire every answer before it is read.
-_ABOVE_ZERO = ("max_upload_mb", "request_timeout", "redis_timeout", "result_ttl", "worker_timeout", "forget_after")
+# Durations and sizes that must be above zero: a WORKER_TIMEOUT of 0 would count every worker dead.
+_ABOVE_ZERO = ("max_upload_mb", "request_timeout", "redis_timeout", "worker_timeout", "forget_after")
 
 
 class ConfigError(ValueError):
@@ -382,21 +411,9 @@ def _database(path: list[str]) -> int:
     return int(path[0])
 
 
-def channel_values(text: str, name: str, positive: bool = False) -> tuple[float, float, float] | None:
-    """MEAN or STD as three floats, None when unset; raises ConfigError for anything else."""
-    if not text:
-        return None
-    try:
-        values = tuple(float(part) for part in text.split(","))
-    except ValueError:
-        values = ()
-    if len(values) != 3 or not all(math.isfinite(v) for v in values) or (positive and min(values) <= 0):
-        raise ConfigError(f"{name}={text!r}: expected three comma-separated numbers (R,G,B), like 0.485,0.456,0.406"
-                          + (", each above 0" if positive else ""))
-    return values
-
-
 def _parse(f: dataclasses.Field, raw: str):
+    if f.metadata["parse"]:
+        return f.metadata["parse"](raw, f.metadata["env"])
     kind = {"str": str, "int": int, "float": float, "bool": bool}[f.type]  # string annotations
     try:
         if kind is bool:
@@ -410,18 +427,23 @@ def _parse(f: dataclasses.Field, raw: str):
 
 
 def _format(value) -> str:
+    """A value as its environment variable spells it (`_parse` reads it back)."""
     if isinstance(value, bool):
         return "1" if value else "0"
+    if value is None:
+        return ""
+    if isinstance(value, tuple):
+        return ",".join(str(part) for part in value)
     return str(value)
 
 
-def program_settings(program: str, what: str, argv: list[str]) -> Settings:
-    """The settings of a program that takes no arguments but --help.
+def program_settings(program: str, what: str, reader: str, argv: list[str]) -> Settings:
+    """The settings of a program that takes no arguments but --help; `reader` is its name among PROGRAMS.
 
     Exits 0 after printing its usage for --help, and 2 after one line for a configuration error.
     """
     if {"-h", "--help"} & set(argv):
-        print(usage(program, what))
+        print(usage(program, what, reader))
         raise SystemExit(0)
     try:
         return Settings.from_env()
@@ -430,29 +452,44 @@ def program_settings(program: str, what: str, argv: list[str]) -> Settings:
         raise SystemExit(2) from None
 
 
-def usage(program: str, what: str) -> str:
-    """`--help` text of a program that takes no arguments: what it does, then every setting."""
-    lines = [f"usage: {program}", "", what, "",
-             "Configuration (environment variables; docs/configuration.md, Configuration):"]
-    for f in dataclasses.fields(Settings):
-        default = _format(f.default) if f.default != "" else "(empty)"
-        lines.append(f"  {f.metadata['env']}={default}\n      {f.metadata['help']}")
+def usage(program: str, what: str, reader: str) -> str:
+    """`--help` text of a program that takes no arguments: what it does, then the settings `reader` reads."""
+    return "\n".join([f"usage: {program}", "", what, "", settings_help(reader)])
+
+
+def settings_help(reader: str) -> str:
+    """The settings `reader` (one of PROGRAMS) reads, each with its default and meaning, for its --help."""
+    lines = ["Configuration (environment variables; docs/configuration.md, Configuration):"]
+    for f in read_by(reader):
+        lines.append(f"  {f.metadata['env']}={_shown_default(f)}\n      {f.metadata['help']}")
     return "\n".join(lines)
+
+
+def read_by(reader: str) -> list[dataclasses.Field]:
+    """The settings one of PROGRAMS reads, in the table's order."""
+    return [f for f in dataclasses.fields(Settings) if reader in f.metadata["read_by"]]
+
+
+TABLE_HEADER = "| Variable | Default | Read by | Meaning |"
 
 
 def settings_table() -> str:
     """The markdown table of every variable, as docs/configuration.md shows it."""
-    rows = ["| Variable | Default | Meaning |", "| --- | --- | --- |"]
+    rows = [TABLE_HEADER, "| --- | --- | --- | --- |"]
     for f in dataclasses.fields(Settings):
-        default = _format(f.default) if f.default != "" else "(empty)"
-        rows.append(f"| `{f.metadata['env']}` | `{default}` | {f.metadata['help']} |")
+        rows.append(f"| `{f.metadata['env']}` | `{_shown_default(f)}` | {', '.join(f.metadata['read_by'])} "
+                    f"| {f.metadata['help']} |")
     return "\n".join(rows)
+
+
+def _shown_default(f: dataclasses.Field) -> str:
+    return _format(f.default) or "(empty)"
 
 
 def rewrite_settings_table(document: str) -> str:
     """The document's text with its configuration table replaced by the current one."""
     lines = document.split("\n")
-    start = lines.index("| Variable | Default | Meaning |")
+    start = lines.index(TABLE_HEADER)
     end = start
     while end < len(lines) and lines[end].startswith("|"):
         end += 1

@@ -14,7 +14,7 @@ Flow of one request (`{prefix}` here is short for a model version's hash tag, `{
                of a batch, one script; with nothing queued, BLPOP {prefix}:wake first, then TAKE again)
   worker: MGET {prefix}:pixels:<job id> ...                        (the pixels of the messages it will run)
   worker: LREM each answered message from its processing list and, if it was there,
-          RPUSH {prefix}:result:<job id> <result JSON>, EXPIRE it,
+          RPUSH {prefix}:result:<job id> <result JSON>, EXPIRE it (RESULT_TTL_SECONDS),
           HDEL its delivery count, DEL its pixels                     (one script, PUBLISH)
   API:    BLPOP {prefix}:result:<job id> until the request's deadline
 Only messages of a few hundred bytes move between lists and through Lua; an image's pixels stay in their own key
@@ -266,6 +266,9 @@ class EncodedRequest:
 # How long an image's pixels outlive its deadline: room for a worker that took its message just before the deadline
 # (clocks read with a round trip's error) to fetch them. After the deadline a worker skips the message unread.
 PIXELS_GRACE_SECONDS = 5.0
+# How long an answer waits in Redis to be read. The API pops it the moment it is pushed (BLPOP on every key it waits
+# for), so only answers nobody waits for stay: their deadline passed, or they repeat an answer already read.
+RESULT_TTL_SECONDS = 30.0
 
 
 def encode_request(request: InferenceRequest) -> EncodedRequest:

@@ -7,7 +7,7 @@ import signal
 import sys
 import time
 
-from serving.config import program_settings
+from serving.config import LAUNCHER, program_settings
 from serving.redis_client import REDIS_ERRORS
 from stack.processes import Stack, StartupError
 
@@ -22,7 +22,9 @@ CRASH_WINDOW_SECONDS = 60.0
 def main() -> int:
     settings = program_settings("python -m stack", "Runs the whole service on this machine (what `make run` runs): "
                                 "a private Redis unless REDIS_URL is set, WORKERS workers, and the API on HOST:PORT "
-                                "(behind nginx with PROXY=nginx). Ctrl-C stops everything.", sys.argv[1:])
+                                "(behind nginx with PROXY=nginx). Ctrl-C stops everything. The API and the workers "
+                                "read their own settings from the same environment (`python -m worker --help`, "
+                                "docs/configuration.md).", LAUNCHER, sys.argv[1:])
     private_redis = not os.environ.get("REDIS_URL")
     stack = Stack(settings, workers=settings.workers, private_redis=private_redis)
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM during start-up unwinds like Ctrl-C

@@ -213,7 +213,7 @@ class Stack:
                 # A timeout of 0: it is dead for certain, whatever its last heartbeat says.
                 outcome = queue.return_unfinished(worker_id, True, settings.max_attempts, 0.0)
                 requeued += outcome[0] if outcome else 0
-                answered += queue.answer_exhausted(settings.max_attempts, settings.result_ttl)
+                answered += queue.answer_exhausted(settings.max_attempts)
         return requeued, answered
 
     def start_worker(self, env: dict[str, str] | None = None) -> subprocess.Popen:

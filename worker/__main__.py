@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 from model_tools.card import model_fingerprint
-from serving.config import LOG_FORMAT, ConfigError, Settings, program_settings
+from serving.config import LOG_FORMAT, WORKER, ConfigError, Settings, program_settings
 from serving.protocol import MalformedModelInfo
 from serving.redis_client import RedisClient, connect
 
@@ -41,7 +41,8 @@ class StoppedWhileStarting(BaseException):
 
 def main() -> int:
     settings = program_settings("python -m worker", "One batching worker: loads MODEL_PATH, then serves the queue "
-                                "in REDIS_URL until SIGTERM or SIGINT, finishing the batch in hand.", sys.argv[1:])
+                                "in REDIS_URL until SIGTERM or SIGINT, finishing the batch in hand.", WORKER,
+                                sys.argv[1:])
     logging.basicConfig(level=settings.log_level, format=LOG_FORMAT)
     _on_stop_signals(_stop_starting)
     try:

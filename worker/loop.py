@@ -154,8 +154,7 @@ class Worker:
         """Every heartbeat period until `stop`: announce this worker, then reap dead ones."""
         def beat_and_reap():
             self.heartbeat()
-            self.queue.reap_dead_workers(self.settings.worker_timeout, self.settings.max_attempts,
-                                         self.settings.result_ttl)
+            self.queue.reap_dead_workers(self.settings.worker_timeout, self.settings.max_attempts)
             self.queue.forget_idle_versions(self.settings.forget_after)
             stop.wait(self.settings.heartbeat_seconds)
         self._retry_on_redis_errors(beat_and_reap, stop)
@@ -226,7 +225,7 @@ class Worker:
         runnable = self._with_pixels(queued, answers)
         inference_ms, predicted = self._classify(runnable, taken_at) if runnable else (0.0, {})
         answers.update(predicted)
-        self.queue.publish_results(answers, messages, self.settings.result_ttl)
+        self.queue.publish_results(answers, messages)
         self.batches += 1
         answered = sum(answer is not None for answer in answers.values())
         if runnable:

@@ -100,7 +100,7 @@ class WorkerQueue:
         """What this worker's processing list holds, oldest first: work taken but not yet published."""
         return self.client.lrange(self.processing, 0, -1)[::-1]
 
-    def publish_results(self, answers: dict[str, bytes | None], handled: list[bytes], ttl_seconds: float) -> None:
+    def publish_results(self, answers: dict[str, bytes | None], handled: list[bytes]) -> None:
         """Hand each job its answer and drop the handled messages (and only those), in one script.
 
         `answers` has every job handled by id; None for one nobody waits for (expired). Their delivery counts and
@@ -111,7 +111,7 @@ class WorkerQueue:
         jobs = [(message, job_id, answers.get(job_id) if job_id else None)
                 for message, job_id in ((message, protocol.leading_job_id(message)) for message in handled)]
         queue_scripts.publish(self.client, keys=self.keys, worker_id=self.worker_id, handled=jobs,
-                              ttl_ms=int(ttl_seconds * 1000))
+                              ttl_ms=int(protocol.RESULT_TTL_SECONDS * 1000))
 
     def queued(self) -> int:
         """Messages waiting in the version's lanes and retry list."""
@@ -186,7 +186,7 @@ class WorkerQueue:
         """Workers whose last heartbeat is older than worker_timeout, by Redis's clock."""
         return fleet_scripts.silent_workers(self.client, keys=self.keys, worker_timeout=worker_timeout)
 
-    def reap_dead_workers(self, worker_timeout: float, max_attempts: int, result_ttl: float) -> int:
+    def reap_dead_workers(self, worker_timeout: float, max_attempts: int) -> int:
         """Requeue the unfinished work of every worker silent for longer than worker_timeout; answer what is exhausted.
 
         The exhausted list is answered on every pass, not only after a reap: a worker that died between
@@ -200,10 +200,10 @@ class WorkerQueue:
                 continue
             log.warning("reaped dead worker=%s requeued=%d gave_up=%d", worker_id, *outcome)
             reaped += 1
-        self.answer_exhausted(max_attempts, result_ttl)
+        self.answer_exhausted(max_attempts)
         return reaped
 
-    def answer_exhausted(self, max_attempts: int, result_ttl: float) -> int:
+    def answer_exhausted(self, max_attempts: int) -> int:
         """Answer every message whose workers kept dying with an error, each once; how many were answered.
 
         Only the job id is read, as the reaper's script read it: the message may be one no worker survives.
@@ -215,7 +215,7 @@ class WorkerQueue:
                                              f"request died {max_attempts} times; giving up "
                                              f"(MAX_ATTEMPTS={max_attempts})")
             if queue_scripts.answer_exhausted(self.client, keys=self.keys, message=message, job_id=job_id,
-                                              answer=answer, ttl_ms=int(result_ttl * 1000)):
+                                              answer=answer, ttl_ms=int(protocol.RESULT_TTL_SECONDS * 1000)):
                 log.warning("gave up on request job_id=%s: its workers died %d times", job_id, max_attempts)
                 answered += 1
         return answered

@@ -57,7 +57,7 @@ def test_results_and_the_removal_of_their_messages_go_out_in_one_command(real_re
     real_redis.lpush(KEYS.queue, b'{"id": "r1"}', b'{"id": "r2"}')
     batch = WorkerQueue(real_redis, KEYS, "w1").take_batch(2, block_seconds=0.01, wait_for_more_seconds=0)
     with redis_stack.redis().monitor() as monitor:
-        WorkerQueue(real_redis, KEYS, "w1").publish_results({"r1": b"one", "r2": b"two"}, batch, ttl_seconds=30)
+        WorkerQueue(real_redis, KEYS, "w1").publish_results({"r1": b"one", "r2": b"two"}, batch)
         seen = []
         while not seen or seen[-1] != "EVAL":
             seen.append(monitor.next_command()["command"].split()[0].upper())
@@ -73,7 +73,7 @@ def test_heartbeats_and_the_reapers_cutoff_use_redis_time_not_the_hosts(real_red
     real_redis.lpush(KEYS.processing("dead"), protocol.encode_request(InferenceRequest("a", pixels, 0, 1, 5)).message)
     WorkerQueue(real_redis, KEYS, "live").announce(b"{}", "same-model", TIMEOUT)
     monkeypatch.setattr(time, "time", lambda: 3600 + TRUE_TIME())
-    assert WorkerQueue(real_redis, KEYS, "reaper").reap_dead_workers(TIMEOUT, 3, result_ttl=30) == 1
+    assert WorkerQueue(real_redis, KEYS, "reaper").reap_dead_workers(TIMEOUT, 3) == 1
     assert real_redis.zscore(KEYS.workers, "live") is not None and real_redis.llen(KEYS.retry) == 1
     pipe = real_redis.pipeline(transaction=False)
     fleet_scripts.queue_live_worker_count(pipe, keys=KEYS, worker_timeout=TIMEOUT)
@@ -131,11 +131,11 @@ def test_no_script_ever_sees_an_images_pixels(real_redis):
         real_redis.zadd(KEYS.workers, {"dead": 0})
         taken = dead.take_batch(3, block_seconds=0.01, wait_for_more_seconds=0)
         assert dead.fetch_pixels([protocol.decode_message(m).job_id for m in taken]) == [pixels.tobytes()] * 3
-        assert live.reap_dead_workers(TIMEOUT, max_attempts=1, result_ttl=30) == 1  # all three exhausted, answered
+        assert live.reap_dead_workers(TIMEOUT, max_attempts=1) == 1  # all three exhausted, answered
         api.enqueue([InferenceRequest("r3", pixels, now, now + 30, 5)])
         live.take_batch(1, block_seconds=0.01, wait_for_more_seconds=0)
         live.sign_off(max_attempts=3)  # hands it back to its lane
-        live.publish_results({"r3": b"answer"}, live.take_batch(1, 0.01, 0), ttl_seconds=30)
+        live.publish_results({"r3": b"answer"}, live.take_batch(1, 0.01, 0))
         logged = commands_logged(real_redis)
     finally:
         real_redis.config_set("slowlog-log-slower-than", 10_000)

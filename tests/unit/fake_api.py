@@ -59,7 +59,7 @@ def answer_next_request(fake_redis: fakeredis.FakeRedis, make_result, keys: Keys
                 request = protocol.decode_request(queued, queue.fetch_pixels([queued.job_id])[0])
                 seen.setdefault("request", request)
                 seen["requests"].append(request)
-                queue.publish_results({request.job_id: make_result(request)}, batch, ttl_seconds=5)
+                queue.publish_results({request.job_id: make_result(request)}, batch)
                 if len(seen["requests"]) == count:
                     return
             else:

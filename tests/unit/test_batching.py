@@ -137,17 +137,17 @@ def job(job_id: str) -> bytes:
 def test_publishing_answers_each_request_and_clears_the_batch(client):
     enqueue(client, job("r1"), job("r2"))
     batch = take(client)
-    WorkerQueue(client, KEYS, "w1").publish_results({"r1": b"one", "r2": b"two"}, batch, ttl_seconds=30)
+    WorkerQueue(client, KEYS, "w1").publish_results({"r1": b"one", "r2": b"two"}, batch)
     assert client.lrange(KEYS.result("r1"), 0, -1) == [b"one"]
     assert client.lrange(KEYS.result("r2"), 0, -1) == [b"two"]
-    assert 0 < client.pttl(KEYS.result("r1")) <= 30_000  # unread answers expire
+    assert 0 < client.pttl(KEYS.result("r1")) <= protocol.RESULT_TTL_SECONDS * 1000  # unread answers expire
     assert not client.exists(KEYS.processing("w1"))
 
 
 def test_publishing_removes_only_the_messages_it_handled(client):
     enqueue(client, job("r1"), job("r2"), job("r3"))
     first, second = take(client, max_size=1), take(client, max_size=2)
-    WorkerQueue(client, KEYS, "w1").publish_results({"r2": b"two", "r3": b"three"}, second, ttl_seconds=30)
+    WorkerQueue(client, KEYS, "w1").publish_results({"r2": b"two", "r3": b"three"}, second)
     assert client.lrange(KEYS.processing("w1"), 0, -1) == first
 
 
@@ -204,7 +204,7 @@ def test_a_worker_answers_only_what_it_still_holds_so_a_late_publish_adds_no_sec
     slow, other = WorkerQueue(client, KEYS, "slow"), WorkerQueue(client, KEYS, "other")
     batch = slow.take_batch(1, 0.01, 0)
     client.zadd(KEYS.workers, {"slow": 0})
-    other.reap_dead_workers(worker_timeout=5, max_attempts=3, result_ttl=30)
-    other.publish_results({"r1": b"from the other"}, other.take_retry(), ttl_seconds=30)
-    slow.publish_results({"r1": b"late"}, batch, ttl_seconds=30)
+    other.reap_dead_workers(worker_timeout=5, max_attempts=3)
+    other.publish_results({"r1": b"from the other"}, other.take_retry())
+    slow.publish_results({"r1": b"late"}, batch)
     assert client.lrange(KEYS.result("r1"), 0, -1) == [b"from the other"]

@@ -56,7 +56,7 @@ def test_a_pickled_checkpoint_loads_only_with_model_trusted(tmp_path, small_netw
 def test_the_state_dict_format_loads_without_unpickling_code(tmp_path, small_network, small_card):
     path = save_state_dict(small_network, small_card, tmp_path / "m.pt")
     torch.load(path, weights_only=True)  # tensors and plain data only
-    loaded = load_model(path, ModelOptions(format="state_dict"))
+    loaded = load_model(path)  # untrusted
     assert loaded.card == small_card and same_outputs(loaded.network, small_network)
 
 
@@ -78,21 +78,13 @@ def test_a_state_dict_of_another_architecture_is_refused(tmp_path, small_network
         load_model(path, ModelOptions(arch="resnet18"))
 
 
-def test_unknown_architectures_formats_and_missing_files_are_clear_errors(tmp_path, small_network):
+def test_unknown_architectures_and_missing_files_are_clear_errors(tmp_path, small_network):
     path = tmp_path / "bare.pt"
     torch.save(small_network.state_dict(), path)
     with pytest.raises(ModelLoadError, match="unknown architecture"):
         load_model(path, ModelOptions(arch="not_a_net"))
-    with pytest.raises(ModelLoadError, match="MODEL_FORMAT"):
-        load_model(path, ModelOptions(format="onnx-please"))
     with pytest.raises(ModelLoadError, match="does not exist"):
         load_model(tmp_path / "missing.pth")
-
-
-def test_state_dict_format_refuses_a_pickled_module(tmp_path, small_network, small_card):
-    path = save_classic(small_network, tmp_path / "m.pth", small_card)
-    with pytest.raises(ModelLoadError, match="not a tensors-only state_dict"):
-        load_model(path, ModelOptions(format="state_dict"))
 
 
 def test_torchvision_architectures_take_their_published_preprocessing():

@@ -6,7 +6,16 @@ from pathlib import Path
 
 import pytest
 
-from serving.config import ConfigError, Settings, parse_redis_url, settings_table
+from serving.config import (
+    LAUNCHER,
+    MODEL_TOOLS,
+    WORKER,
+    ConfigError,
+    Settings,
+    parse_redis_url,
+    read_by,
+    settings_table,
+)
 
 CONFIGURATION = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
 
@@ -38,8 +47,15 @@ def test_a_malformed_value_is_refused_naming_its_variable(name, value):
 
 
 def test_settings_survive_the_trip_through_a_child_environment():
-    settings = Settings.from_env({"PORT": "6000", "MODEL_TRUSTED": "1", "BATCH_WAIT_MS": "3.5"})
+    settings = Settings.from_env({"PORT": "6000", "MODEL_TRUSTED": "1", "BATCH_WAIT_MS": "3.5", "MEAN": "0.4,0.5,0.6"})
     assert Settings.from_env(settings.as_env()) == settings
+    assert Settings.from_env(Settings().as_env()) == Settings()  # an unset MEAN stays unset
+
+
+def test_mean_and_std_are_parsed_once_into_three_numbers_each():
+    settings = Settings.from_env({"MEAN": "0.4, 0.5,0.6", "STD": "0.2,0.25,0.3"})
+    assert (settings.mean, settings.std) == ((0.4, 0.5, 0.6), (0.2, 0.25, 0.3))
+    assert Settings().mean is None and Settings().std is None  # the model file's or the architecture's, then
 
 
 def test_the_configuration_page_lists_every_variable_exactly_as_the_code_defines_it():
@@ -49,7 +65,7 @@ def test_the_configuration_page_lists_every_variable_exactly_as_the_code_defines
 
 @pytest.mark.parametrize("variable, value, complaint", [
     ("TOP_K", "0", "at least 1"), ("BATCH_SIZE", "0", "at least 1"), ("INFERENCE_THREADS", "-1", "at least 0"),
-    ("RESULT_TTL", "0", "above 0"), ("WORKER_TIMEOUT", "0", "above 0"), ("REQUEST_TIMEOUT", "nan", "above 0"),
+    ("REDIS_TIMEOUT", "0", "above 0"), ("WORKER_TIMEOUT", "0", "above 0"), ("REQUEST_TIMEOUT", "nan", "above 0"),
     ("MAX_QUEUE", "-5", "at least 1"), ("INPUT_SIZE", "-224", "at least 0"), ("PORT", "70000", "at most 65535"),
     ("LOG_LEVEL", "LOUD", "expected one of DEBUG"), ("KEY_PREFIX", "{a}", "without braces"),
 ])
@@ -109,11 +125,13 @@ def test_a_malformed_redis_url_is_a_configuration_error_that_says_what_is_wrong(
         Settings(redis_url=url)
 
 
-@pytest.mark.parametrize("program", ["stack", "worker"])
-def test_help_prints_usage_and_the_configuration_and_starts_nothing(program):
+@pytest.mark.parametrize("program, reader", [("stack", LAUNCHER), ("worker", WORKER), ("model_tools", MODEL_TOOLS)])
+def test_help_prints_usage_and_the_settings_that_program_reads_and_starts_nothing(program, reader):
     finished = subprocess.run([sys.executable, "-m", program, "--help"], capture_output=True, text=True, timeout=60)
     assert finished.returncode == 0 and finished.stdout.startswith(f"usage: python -m {program}")
-    assert "REDIS_URL=redis://127.0.0.1:6379/0" in finished.stdout and "BATCH_SIZE=8" in finished.stdout
+    assert "REDIS_URL=redis://127.0.0.1:6379/0" in finished.stdout
+    listed = re.findall(r"^  ([A-Z_]+)=", finished.stdout, re.MULTILINE)
+    assert listed == [f.metadata["env"] for f in read_by(reader)]  # each once, in the table's order
 
 
 def test_forget_after_must_outlast_a_heartbeat_so_no_live_version_is_forgotten():

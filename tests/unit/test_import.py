@@ -50,7 +50,7 @@ def test_a_module_of_an_unknown_architecture_becomes_onnx_the_worker_serves_with
                                                mean=(0.4, 0.5, 0.6)), out)
     assert f"wrote {out}: ONNX, serves without trust" in report
     engine = open_engine(Settings(model_path=str(out), engine_cache_dir=""), CPU)
-    reference = open_engine(Settings(model_path=str(source), model_trusted=True, backend="torch", mean="0.4,0.5,0.6",
+    reference = open_engine(Settings(model_path=str(source), model_trusted=True, backend="torch", mean=(0.4, 0.5, 0.6),
                                      labels_path=labels_file(tmp_path, "\n".join(LABELS))), CPU)
     images = torch.randint(0, 256, (4, 224, 224, 3), dtype=torch.uint8).numpy()
     assert engine.card.class_names == tuple(LABELS) and engine.card.preprocessing.mean == (0.4, 0.5, 0.6)

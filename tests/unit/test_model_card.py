@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 import torchvision
 
+from engines.choose import model_options
 from model_tools.architectures import Preprocessing
 from model_tools.card import (
     ASSUMED,
@@ -65,9 +66,9 @@ def labels_file(tmp_path, text: str, name: str = "labels.txt"):
 
 
 def test_the_classic_checkpoint_loads_when_trusted_with_labels_and_normalization_from_configuration(classic, tmp_path):
-    settings = Settings(model_trusted=True, labels_path=labels_file(tmp_path, "\n".join(LABELS) + "\n"),
-                        mean="0.4,0.5,0.6", std="0.2,0.25,0.3")
-    card = load_model(classic, ModelOptions.from_settings(settings)).card
+    settings = Settings.from_env({"MODEL_TRUSTED": "1", "LABELS_PATH": labels_file(tmp_path, "\n".join(LABELS) + "\n"),
+                                  "MEAN": "0.4,0.5,0.6", "STD": "0.2,0.25,0.3"})
+    card = load_model(classic, model_options(settings)).card
     assert card.class_names == tuple(LABELS)
     assert card.preprocessing.mean == (0.4, 0.5, 0.6) and card.preprocessing.std == (0.2, 0.25, 0.3)
     assert (card.preprocessing.input_size, card.preprocessing.resize_size) == (224, 256)

@@ -43,7 +43,7 @@ def reaper(client) -> WorkerQueue:
 
 
 def reap(client, max_attempts=3):
-    return reaper(client).reap_dead_workers(TIMEOUT, max_attempts, result_ttl=30)
+    return reaper(client).reap_dead_workers(TIMEOUT, max_attempts)
 
 
 def queued_ids(client, key=KEYS.queue):
@@ -88,7 +88,7 @@ def test_every_exhausted_request_is_answered_in_one_pass(fake_redis):
         failed_before(fake_redis, job_id, 2)
     holding(fake_redis, "dead", request("p1"), request("p2"), request("p3"), heartbeat_age=TIMEOUT + 1)
     assert reaper(fake_redis).return_unfinished("dead", True, 3) == (0, 3)
-    assert reaper(fake_redis).answer_exhausted(3, 30) == 3
+    assert reaper(fake_redis).answer_exhausted(3) == 3
     assert all(fake_redis.exists(KEYS.result(job_id)) for job_id in ("p1", "p2", "p3"))
     assert not fake_redis.exists(KEYS.attempts)
 
@@ -97,7 +97,7 @@ def test_an_exhausted_answer_expires_if_nobody_reads_it(fake_redis):
     failed_before(fake_redis, "poison", 2)
     holding(fake_redis, "dead", request("poison"), heartbeat_age=TIMEOUT + 1)
     reap(fake_redis)
-    assert 0 < fake_redis.pttl(KEYS.result("poison")) <= 30_000
+    assert 0 < fake_redis.pttl(KEYS.result("poison")) <= protocol.RESULT_TTL_SECONDS * 1000
 
 
 def test_an_exhausted_request_is_answered_once_even_by_two_workers_and_after_its_reaper_died(fake_redis):
@@ -106,8 +106,8 @@ def test_an_exhausted_request_is_answered_once_even_by_two_workers_and_after_its
     holding(fake_redis, "dead", request("poison"), heartbeat_age=TIMEOUT + 1)
     assert reaper(fake_redis).return_unfinished("dead", True, 3) == (0, 1)  # its reaper dies right after this
     assert not fake_redis.exists(KEYS.result("poison"))
-    assert reaper(fake_redis).answer_exhausted(3, 30) == 1
-    assert reaper(fake_redis).answer_exhausted(3, 30) == 0  # a second worker finds nothing to answer
+    assert reaper(fake_redis).answer_exhausted(3) == 1
+    assert reaper(fake_redis).answer_exhausted(3) == 0  # a second worker finds nothing to answer
     assert fake_redis.llen(KEYS.result("poison")) == 1 and not fake_redis.exists(KEYS.exhausted)
 
 

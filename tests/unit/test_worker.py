@@ -358,8 +358,8 @@ def test_redis_errors_are_retried_after_a_delay_that_doubles_up_to_5_s_and_start
     assert waits == pytest.approx([0.2, 0.4, 0.8, 1.6, 3.2, 5.0, 5.0, 0.2])
 
 
-def test_the_heartbeat_thread_reaps_dead_workers_with_the_configured_timeout_attempts_and_ttl(fake_redis):
-    settings = Settings(key_prefix="t", worker_timeout=5.0, max_attempts=2, result_ttl=7)
+def test_the_heartbeat_thread_reaps_dead_workers_with_the_configured_timeout_and_attempts(fake_redis):
+    settings = Settings(key_prefix="t", worker_timeout=5.0, max_attempts=2)
     worker = Worker(fake_redis, tiny_classifier(), settings, worker_id="w1")
     pixels = np.zeros((INPUT_SIZE, INPUT_SIZE, 3), dtype=np.uint8)
     fake_redis.zadd(KEYS.workers, {"dead": time.time() - 6})
@@ -379,7 +379,7 @@ def test_the_heartbeat_thread_reaps_dead_workers_with_the_configured_timeout_att
         stop.set()
         thread.join(10)
     assert result(worker, "poison")["error"]["code"] == "attempts_exhausted"  # its second attempt: MAX_ATTEMPTS=2
-    assert 0 < fake_redis.pttl(KEYS.result("poison")) <= 7000
+    assert 0 < fake_redis.pttl(KEYS.result("poison")) <= protocol.RESULT_TTL_SECONDS * 1000
     assert [protocol.decode_message(m).job_id for m in fake_redis.lrange(KEYS.retry, 0, -1)] == ["fine"]
 
 
