@@ -295,6 +295,7 @@ class Settings:
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides) -> "Settings":
         """Settings from the environment; `overrides` (field names) win over it."""
         environ = os.environ if environ is None else environ
+        _refuse_removed(environ)
         values = {}
         for f in dataclasses.fields(cls):
             raw = environ.get(f.metadata["env"])
@@ -323,6 +324,21 @@ _ABOVE_ZERO = ("max_upload_mb", "request_timeout", "redis_timeout", "worker_time
 
 class ConfigError(ValueError):
     """An environment variable holds a value of the wrong kind."""
+
+
+# Settings that were removed, and what replaced them: one still set was meant to change something, and now would
+# not, so it is refused rather than ignored.
+REMOVED = {
+    "MODEL_FORMAT": "every file is read as MODEL_FORMAT=auto read it (tensors only unless MODEL_TRUSTED=1)",
+    "RESULT_TTL": ("the API takes each answer as soon as it is written; an unread one expires after "
+                   "serving.protocol.RESULT_TTL_SECONDS"),
+}
+
+
+def _refuse_removed(environ: Mapping[str, str]) -> None:
+    for name, instead in REMOVED.items():
+        if environ.get(name):
+            raise ConfigError(f"{name} is no longer a setting ({instead}): unset it")
 
 
 def check_model_id_part(value: object, what: str, error: type[ValueError] = ConfigError) -> str:

@@ -46,6 +46,12 @@ def test_a_malformed_value_is_refused_naming_its_variable(name, value):
         Settings.from_env({name: value})
 
 
+@pytest.mark.parametrize("name", ["MODEL_FORMAT", "RESULT_TTL"])
+def test_a_removed_setting_still_set_is_refused_saying_what_replaced_it(name):
+    with pytest.raises(ConfigError, match=rf"^{name} is no longer a setting \(.+\): unset it$"):
+        Settings.from_env({name: "state_dict"})
+
+
 def test_settings_survive_the_trip_through_a_child_environment():
     settings = Settings.from_env({"PORT": "6000", "MODEL_TRUSTED": "1", "BATCH_WAIT_MS": "3.5", "MEAN": "0.4,0.5,0.6"})
     assert Settings.from_env(settings.as_env()) == settings
