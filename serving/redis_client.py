@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import redis
 from redis.backoff import NoBackoff
-from redis.cluster import ClusterNode, RedisCluster
+from redis.cluster import ClusterNode, ClusterPipeline, RedisCluster
 from redis.exceptions import RedisClusterException
 from redis.retry import Retry
 from redis.sentinel import Sentinel
@@ -29,6 +29,7 @@ from redis.sentinel import Sentinel
 from serving.config import RedisAddress, parse_redis_url
 
 RedisClient = redis.Redis | RedisCluster
+RedisPipeline = redis.client.Pipeline | ClusterPipeline  # client.pipeline(): a Cluster's has no eval()
 # Every way a Redis call can fail, whatever the deployment: redis-py's cluster client also raises
 # RedisClusterException (no node covers a slot, ...), which is not a RedisError.
 REDIS_ERRORS = (redis.RedisError, RedisClusterException)
