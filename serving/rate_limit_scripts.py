@@ -92,17 +92,16 @@ def decode_allowance(reply: list) -> Allowance:
 # top_k the model cannot answer): the refusal costs the client nothing. KEYS: limits hash. ARGV: cost, rate (0: no
 # bucket), burst.
 _REFUND_TOKENS = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if redis.call('EXISTS', KEYS[1]) == 0 then return end
 local cost, rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 if rate > 0 then
   local tokens = math.min(burst, tonumber(redis.call('HGET', KEYS[1], 'tokens')) + cost)
   redis.call('HSET', KEYS[1], 'tokens', tostring(tokens))
 end
 redis.call('HSET', KEYS[1], 'used', math.max(0, tonumber(redis.call('HGET', KEYS[1], 'used')) - cost))
-return 1
 """
 
 
-def refund_tokens(client: RedisClient, *, keys: ClientKeys, cost: int, rate: float, burst: int) -> bool:
-    """Give `cost` tokens and images back to the key; False when its bucket had gone (expired: full anyway)."""
-    return bool(client.eval(_REFUND_TOKENS, 1, keys.limits, cost, repr(float(rate)), burst))
+def refund_tokens(client: RedisClient, *, keys: ClientKeys, cost: int, rate: float, burst: int) -> None:
+    """Give `cost` tokens and images back to the key (nothing when its bucket has gone: it was full again)."""
+    client.eval(_REFUND_TOKENS, 1, keys.limits, cost, repr(float(rate)), burst)
