@@ -8,8 +8,8 @@ images is also charged one token per image from the key's bucket in Redis, share
 429 `rate_limited`, over the day's quota 429 `quota_exceeded`, each with Retry-After and RateLimit-* headers. A
 request refused after its charge (no worker, a full queue, a top_k its model cannot answer) is given it back, here
 (charged_for), and a request wrong in itself is refused before it is charged. Redis down is 503 as for any request:
-no key's limit is ever skipped. A CORS preflight from an allowed origin
-(app/cors.py) carries no key and is answered before the check; the request that follows needs one.
+no key's limit is ever skipped. A CORS preflight from an allowed origin (app/cors.py) carries no key and is
+answered before the check; the request that follows needs one.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from serving import rate_limit_scripts
 from serving.config import Settings
 from serving.protocol import ClientKeys
 from serving.rate_limit_scripts import Allowance
-from serving.redis_client import RedisClient
+from serving.redis_client import RedisClient, RedisPipeline
 
 # Endpoints anyone may reach: liveness and readiness probes (Kubernetes, load balancers, TorchServe's and v2's
 # clients check them before they have a key to send) and the demo page with its files, where a person pastes a key.
@@ -107,7 +107,7 @@ class Charge:
     cost: int
     charge_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
-    def queue_on(self, pipe) -> None:
+    def queue_on(self, pipe: RedisPipeline) -> None:
         rate_limit_scripts.take_tokens(pipe, keys=self.keys, charge_id=self.charge_id, cost=self.cost,
                                        rate=self.key.rate, burst=self.key.burst, daily=self.key.daily)
 
