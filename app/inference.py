@@ -23,11 +23,10 @@ import numpy as np
 from flask import current_app, request
 
 from app import access, metrics
-from app.decode_budget import DecoderBusy
 from app.decode_pool import DecodePool
 from app.errors import ApiError, image_error_status
 from app.fleet import Fleet
-from app.queue_client import InferenceQueue, NoWorker, QueueFull
+from app.queue_client import InferenceQueue
 from app.request_log import log_fields, new_job_ids
 from serving.config import Settings
 from serving.preprocess import EncodedImage, ImageError, decode, fit_to_model, read_header
@@ -77,6 +76,7 @@ def classify(requested_name: str | None, pinned_version: str | None, images: lis
     started = time.perf_counter()
     settings: Settings = current_app.config["SETTINGS"]
     _check_count(len(images), min(settings.max_images_per_request, settings.max_queue))
+    _check_top_k_asked(options.top_k)  # here, before the charge: a request wrong in itself costs nothing
     deadline = time.time() + min(settings.request_timeout, options.timeout or math.inf)
     headers = [_read_header(image, settings.max_image_pixels) for image in images]  # cheap: before admission
     if all(isinstance(header, ApiError) for header in headers):
@@ -85,18 +85,14 @@ def classify(requested_name: str | None, pinned_version: str | None, images: lis
     queue = fleet.queue_for(fleet.name_for(requested_name), pinned_version)
     log_fields(model=queue.keys.model_id, images=len(images))
     metrics.observe_images(request.url_rule.rule, len(images))
-    # 429 or 503 now rather than after decoding, if the client is over its limits or nobody would answer.
-    charge = access.charge_for(len(images))
-    model = queue.admit(charge)
-    access.count_admitted(len(images))
-    top_k = _checked_top_k(options.top_k, settings.top_k, model.num_classes)
-    try:
+    # 429 or 503 now rather than after decoding, if the client is over its limits or nobody would answer; a
+    # refusal after the charge gives it back.
+    with access.charged_for(len(images), queue.client) as charge:
+        model = queue.admit(charge)
+        access.count_admitted(len(images))
+        top_k = _checked_top_k(options.top_k, settings.top_k, model.num_classes)
         prepared = _prepare_all(images, headers, model)
         outcomes = _await(queue, prepared, deadline, top_k, options.probabilities, settings.request_timeout)
-    except (DecoderBusy, NoWorker, QueueFull):  # no room to decode, or refused at the push after all (the
-        if charge is not None:                  # version closed, the lanes filled)
-            charge.refund(queue.client)  # a 503 costs the client nothing, as at admission
-        raise
     for outcome in outcomes:
         if outcome.result is not None and outcome.result.success:
             metrics.observe_prediction(outcome.result.model, outcome.result.version,
@@ -129,10 +125,16 @@ def _read_header(image: ImageInput, max_pixels: int):
         return ApiError(image_error_status(exc.code), exc.code, str(exc))
 
 
+def _check_top_k_asked(asked: int | None) -> None:
+    """What a top_k must be whatever the model: at least 1 (its ceiling, the model's classes, is known at admission)."""
+    if asked is not None and asked < 1:
+        raise ApiError(400, "invalid_top_k", f"top_k={asked}: ask for at least 1")
+
+
 def _checked_top_k(asked: int | None, default: int, classes: int) -> int:
     if asked is None:
         return min(default, classes)
-    if not 1 <= asked <= classes:
+    if asked > classes:
         raise ApiError(400, "invalid_top_k", f"top_k={asked}; the model has {classes} classes: ask for 1 to {classes}")
     return asked
 

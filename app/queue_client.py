@@ -47,8 +47,6 @@ class Charge(Protocol):
 
     def judge(self, reply) -> None: ...  # raises when the client may not go on
 
-    def refund(self, client: RedisClient) -> None: ...
-
 
 @dataclass(frozen=True)
 class VersionStatus:
@@ -73,8 +71,9 @@ class InferenceQueue:
         """The served model, if a worker is alive and the queue has room; one round trip, which reads Redis's clock.
 
         A `charge` (the client's rate limit) is taken in the same round trip, and judged first: a client over
-        its limit hears so whatever the queue's state. Refused for want of a worker or room, it gets its tokens
-        back.
+        its limit hears so whatever the queue's state. Refused then for want of a worker or room (NoWorker,
+        QueueFull), the request has been charged: giving the charge back is its owner's (app/access.py,
+        charged_for).
         """
         pipe = self.client.pipeline(transaction=False)
         if charge is not None:
@@ -87,15 +86,10 @@ class InferenceQueue:
         if charge is not None:
             charge.judge(charged[0])
         model = self._usable_model(admission.model_info)
-        try:
-            if model is None:
-                raise NoWorker(f"{self.keys.model_id} has no live worker (no heartbeat announces its model)")
-            if admission.depth >= self.max_queue:
-                raise QueueFull(admission.depth)
-        except (NoWorker, QueueFull):
-            if charge is not None:
-                charge.refund(self.client)
-            raise
+        if model is None:
+            raise NoWorker(f"{self.keys.model_id} has no live worker (no heartbeat announces its model)")
+        if admission.depth >= self.max_queue:
+            raise QueueFull(admission.depth)
         return model
 
     def version_status(self, worker_timeout: float) -> VersionStatus:

@@ -189,9 +189,18 @@ class ClientKeys:
     name: str  # the API key's name in API_KEYS_FILE, never the key
 
     @property
+    def tag(self) -> str:
+        return "{" + f"{self.prefix}:client:{self.name}" + "}"
+
+    @property
     def limits(self) -> str:
         """Hash: the token bucket (tokens, at) and the day's count of images (day, used)."""
-        return "{" + f"{self.prefix}:client:{self.name}" + "}:limits"
+        return f"{self.tag}:limits"
+
+    def charge(self, charge_id: str) -> str:
+        """One request's charge, remembered for a while after its take (its cost), so that a resend of the take
+        takes nothing (serving/rate_limit_scripts.py)."""
+        return f"{self.tag}:charge:{charge_id}"
 
 
 class MalformedMessage(ValueError):
@@ -411,80 +420,6 @@ def decode_result(raw: bytes) -> InferenceResult:
         fields["id"], fields["model"], fields["version"], tuple(Prediction(**p) for p in fields["predictions"]),
         fields["timing"],
         np.frombuffer(pybase64.b64decode(probabilities), "<f4") if probabilities is not None else None)
-
-
-# Take `cost` tokens from an API key's bucket and add `cost` images to its day, by Redis's clock; all or
-# nothing. The bucket holds at most `burst` tokens and gains `rate` a second; the day is Redis's UTC day.
-# KEYS: limits hash. ARGV: cost, rate (0: no bucket), burst, daily images (0: no quota).
-# Returns {verdict, tokens left, seconds, images left today, seconds until the day ends} (fractions as strings):
-# verdict 1 taken (seconds: until the bucket is full again), 0 rate limited (seconds: until the tokens are
-# there), -1 over the day's quota (seconds: until the day ends).
-TAKE_TOKENS = REDIS_NOW + """
-local cost, rate, burst, daily = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local state = redis.call('HMGET', KEYS[1], 'tokens', 'at', 'day', 'used')
-local tokens = burst
-if state[1] then tokens = math.min(burst, tonumber(state[1]) + (now - tonumber(state[2])) * rate) end
-local day = math.floor(now / 86400)
-local used = 0
-if state[3] and tonumber(state[3]) == day then used = tonumber(state[4]) end
-local day_left = (day + 1) * 86400 - now
-local function answer(verdict, seconds)
-  return {verdict, tostring(tokens), tostring(seconds), daily - used, tostring(day_left)}
-end
-if daily > 0 and used + cost > daily then return answer(-1, day_left) end
-if rate > 0 and tokens < cost then return answer(0, (cost - tokens) / rate) end
-if rate > 0 then tokens = tokens - cost end
-used = used + cost
-redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'at', tostring(now), 'day', day, 'used', used)
--- Kept while it says more than its absence would: a full bucket and a fresh day are what no hash means.
-local keep = 0
-if rate > 0 then keep = (burst - tokens) / rate end
-if daily > 0 then keep = math.max(keep, day_left) end
-redis.call('PEXPIRE', KEYS[1], math.ceil(keep * 1000) + 1000)
-return answer(1, rate > 0 and (burst - tokens) / rate or 0)
-"""
-
-
-@dataclass(frozen=True)
-class Allowance:
-    """TAKE_TOKENS's verdict on one request."""
-    verdict: int  # TAKEN, RATE_LIMITED or OVER_QUOTA
-    tokens: float  # left in the bucket after the verdict
-    seconds: float  # taken: until the bucket is full again; refused: until a retry can pass
-    left_today: int  # images the key may still send today (with a daily quota)
-    day_seconds: float  # until the day's quota starts again
-
-
-TAKEN, RATE_LIMITED, OVER_QUOTA = 1, 0, -1
-
-
-def take_tokens(client, keys: ClientKeys, cost: int, rate: float, burst: int, daily: int):
-    """Queue or run TAKE_TOKENS on a client or pipeline (plain EVAL: Cluster pipelines route it by its key);
-    decode_allowance reads its reply."""
-    return client.execute_command("EVAL", TAKE_TOKENS, 1, keys.limits, cost, repr(float(rate)), burst, daily)
-
-
-def decode_allowance(reply) -> Allowance:
-    verdict, tokens, seconds, left_today, day_seconds = reply
-    return Allowance(int(verdict), float(tokens), float(seconds), int(left_today), float(day_seconds))
-
-
-# Give back what TAKE_TOKENS took for a request that was then refused for another reason (no worker, a full
-# queue): a 503 costs a client nothing. KEYS: limits hash. ARGV: cost, rate (0: no bucket), burst.
-REFUND_TOKENS = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-local cost, rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-if rate > 0 then
-  local tokens = math.min(burst, tonumber(redis.call('HGET', KEYS[1], 'tokens')) + cost)
-  redis.call('HSET', KEYS[1], 'tokens', tostring(tokens))
-end
-redis.call('HSET', KEYS[1], 'used', math.max(0, tonumber(redis.call('HGET', KEYS[1], 'used')) - cost))
-return 1
-"""
-
-
-def refund_tokens(client, keys: ClientKeys, cost: int, rate: float, burst: int) -> None:
-    client.eval(REFUND_TOKENS, 1, keys.limits, cost, repr(float(rate)), burst)
 
 
 # Largest resize or crop side a model may take. The API sizes every request's crop (input_size² x 3 bytes) from

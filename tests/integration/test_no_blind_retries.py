@@ -1,4 +1,4 @@
-"""A queue command whose reply comes too late is sent once, on one server and on a Redis Cluster.
+"""A queue command whose reply comes too late is sent once, and a key charged once, on one server and on a Cluster.
 
 redis-py 8's cluster client sends a command again by itself after a read timeout (up to ten times): an
 ENQUEUE whose reply was late has run, so a repeat queues the request once more; a worker's TAKE whose reply
@@ -6,7 +6,10 @@ was late has moved messages into its processing list, so a repeat moves more. (A
 happens not to repeat; the test holds it to that too.) Here the Redis node that holds the queue is stopped
 (SIGSTOP) while the command is on its way, and goes on after its read timeout: the command fails within
 its timeout (the API answers 503; the worker serves what its processing list holds, tests/unit/test_worker.py)
-and ran once. (The worker's blocking wait, whose reply comes late: tests/integration/test_scale_out.py.)
+and ran once. (The worker's blocking wait, whose reply comes late: tests/integration/test_scale_out.py.) The
+admission is a pipeline, which the cluster client does send again command by command after a timeout, whatever its
+retry policy (redis/cluster.py, PipelineStrategy._send_cluster_commands): its take of a key's tokens remembers the
+request's charge id, so the repeat takes nothing.
 """
 
 from __future__ import annotations
@@ -21,9 +24,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from flask import Flask
 
+from app.access import Charge
+from app.keys import ApiKey
 from app.queue_client import InferenceQueue
-from serving.protocol import InferenceRequest, Keys, decode_message
+from serving.protocol import ClientKeys, InferenceRequest, Keys, ModelInfo, decode_message
 from serving.redis_client import REDIS_ERRORS, RedisClient, connect
 from stack.processes import free_port
 from tests.integration.client import wait_until
@@ -31,16 +37,17 @@ from tests.integration.redis_topologies import RedisProcesses, cluster_deploymen
 from worker.queue import WorkerQueue
 
 KEYS = Keys("t", "tiny@1")
+LIMITS = ClientKeys("t", "ci")  # under a tag of its own: maybe on another cluster node than the queue
 READ_TIMEOUT = 0.5  # short: a stopped cluster node is taken for failed after its node timeout (2 s)
 
 
 @contextlib.contextmanager
-def deployment(kind: str, folder: Path) -> Iterator[tuple[RedisClient, int]]:
-    """A client of a real `kind` deployment, and the pid of the server that holds KEYS.queue."""
+def deployment(kind: str, folder: Path, key: str = KEYS.queue) -> Iterator[tuple[RedisClient, int]]:
+    """A client of a real `kind` deployment, and the pid of the server that holds `key`."""
     if kind == "cluster":
         with cluster_deployment(folder) as (url, servers, _):
             client = connect(url, READ_TIMEOUT, READ_TIMEOUT)
-            yield client, servers.processes[client.get_node_from_key(KEYS.queue).port].pid
+            yield client, servers.processes[client.get_node_from_key(key).port].pid
         return
     servers, port = RedisProcesses(folder), free_port()
     try:
@@ -77,6 +84,21 @@ def test_a_take_whose_reply_comes_late_fails_within_its_timeout_and_moves_once(k
         time.sleep(0.5)  # room for a repeat of it, had one been sent
         assert queue.held_messages() == [b"m2"] and client.lrange(KEYS.queue, 0, -1) == [b"m3"]
         assert isinstance(error, REDIS_ERRORS) and answered_after < 3 * READ_TIMEOUT  # the worker's recovery path
+
+
+@pytest.mark.parametrize("kind", ["server", "cluster"])
+def test_an_admission_whose_charge_reply_comes_late_charges_the_key_once(kind, tmp_path):
+    with deployment(kind, tmp_path, LIMITS.limits) as (client, pid):
+        model = ModelInfo("tiny", "tiny", 3, 224, 256, (0.5,) * 3, (0.5,) * 3, "cpu", 8)
+        client.set(KEYS.model, model.to_json())  # a worker serves the version: admission lets the request on
+        queue = InferenceQueue(client, client, KEYS, max_queue=10)
+        key = ApiKey("ci", b"", rate=0.001, burst=10)
+        with Flask(__name__).app_context():  # a charge's verdict sets the answer's RateLimit-* headers
+            queue.admit(Charge(key, LIMITS, 1))  # connections made while the node answers
+            late_reply(pid, lambda: queue.admit(Charge(key, LIMITS, 2)))
+        wait_until(lambda: int(client.hget(LIMITS.limits, "used")) >= 3, 10, what="the late take run")
+        time.sleep(0.5)  # room for a repeat of it, had one been sent
+        assert int(client.hget(LIMITS.limits, "used")) == 3
 
 
 def image(job_id: str) -> list[InferenceRequest]:

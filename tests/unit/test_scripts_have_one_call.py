@@ -11,11 +11,6 @@ SCRIPTS_MODULES = sorted(ROOT.glob("serving/*_scripts.py"))
 # Redis commands and redis-py methods that run a script; `.eval()` without arguments is a torch module's.
 SCRIPT_COMMANDS = {"EVAL", "EVALSHA", "EVAL_RO", "EVALSHA_RO", "FCALL", "FCALL_RO", "SCRIPT"}
 SCRIPT_METHODS = {"eval", "evalsha", "eval_ro", "evalsha_ro", "fcall", "fcall_ro", "register_script", "script_load"}
-# Modules whose scripts have still to move to a scripts module of their own, each with where they go. An entry
-# fails this test once its module runs no script: drop it then.
-STILL_TO_MOVE = {
-    "serving/protocol.py": "the rate-limit scripts (TAKE_TOKENS, REFUND_TOKENS), moving on the branch 'access'",
-}
 
 
 def script_calls(tree: ast.AST) -> list[ast.Call]:
@@ -70,15 +65,12 @@ def test_no_module_but_a_scripts_module_sends_a_script():
             relative = str(path.relative_to(ROOT))
             if path not in SCRIPTS_MODULES and (lines := raw_script_calls(path)):
                 raw[relative] = lines
-    unexpected = {path: lines for path, lines in raw.items() if path not in STILL_TO_MOVE}
-    assert not unexpected, (f"scripts sent outside serving/*_scripts.py, at {unexpected}: make each script a private "
-                            "constant of a scripts module, beside the one typed function that runs it, and call that")
-    moved = sorted(set(STILL_TO_MOVE) - set(raw))
-    assert not moved, f"{moved} send no script now: drop them from STILL_TO_MOVE"
+    assert not raw, (f"scripts sent outside serving/*_scripts.py, at {raw}: make each script a private constant of a "
+                     "scripts module, beside the one typed function that runs it, and call that")
 
 
 def test_each_script_is_a_private_constant_of_its_module_run_by_exactly_one_function():
-    assert {path.name for path in SCRIPTS_MODULES} >= {"queue_scripts.py", "fleet_scripts.py"}
+    assert {path.name for path in SCRIPTS_MODULES} >= {"queue_scripts.py", "fleet_scripts.py", "rate_limit_scripts.py"}
     for path in SCRIPTS_MODULES:
         assert script_calls(ast.parse(path.read_text())), f"{path.name} sends no script"
         assert one_call_problems(path.read_text()) == [], path.name
