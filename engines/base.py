@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from model_tools import export
-from model_tools.card import ModelCard
-from model_tools.checkpoints import LoadedModel
+from model_files import export
+from model_files.card import ModelCard
+from model_files.checkpoints import LoadedModel
 
 Run = Callable[[np.ndarray], np.ndarray]  # uint8 NHWC batch -> float32 probabilities, one row per image
 

@@ -33,9 +33,9 @@ from pathlib import Path
 import torch
 
 from engines.base import ExportBackend
-from model_tools.card import ModelCard, card_to_json
-from model_tools.checkpoints import write_atomically
-from model_tools.precision import AgreementReport
+from model_files.card import ModelCard, card_to_json
+from model_files.checkpoints import write_atomically
+from model_files.precision import AgreementReport
 
 log = logging.getLogger("worker")
 

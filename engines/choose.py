@@ -1,7 +1,7 @@
 """Which engine serves the model: BACKEND's, or under `auto` the fastest that builds and gives eager PyTorch's answers.
 
 The worker serves one model file (MODEL_PATH), which is either a checkpoint
-(model_tools.checkpoints), a TorchScript file or an ONNX file (model_tools.export).
+(model_files.checkpoints), a TorchScript file or an ONNX file (model_files.export).
 BACKEND picks the engine that runs it:
 
 - `torch`: eager PyTorch, channels_last, any device.
@@ -33,11 +33,11 @@ from engines import eager, onnxruntime_cpu, openvino_cpu, precision, torchscript
 from engines.base import BackendError, Engine, ExportBackend, Run
 from engines.cache import EngineCache
 from engines.verify import verify
-from model_tools import export
-from model_tools.card import ModelCard, ModelOptions, card_fields, resolve_card
-from model_tools.checkpoints import LoadedModel, first_line, is_serving_torchscript, load_model
-from model_tools.precision import AgreementReport
-from model_tools.trust import TORCHSCRIPT_RUNS_CODE, require_trust
+from model_files import export
+from model_files.card import ModelCard, ModelOptions, card_fields, resolve_card
+from model_files.checkpoints import LoadedModel, first_line, is_serving_torchscript, load_model
+from model_files.precision import AgreementReport
+from model_files.trust import TORCHSCRIPT_RUNS_CODE, require_trust
 from serving.config import Settings
 
 log = logging.getLogger("worker")

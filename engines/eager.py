@@ -7,8 +7,8 @@ import copy
 import torch
 
 from engines.base import Run
-from model_tools.checkpoints import LoadedModel
-from model_tools.export import serving_module
+from model_files.checkpoints import LoadedModel
+from model_files.export import serving_module
 
 NAME = "torch"
 

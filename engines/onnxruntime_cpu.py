@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from engines.base import ExportBackend, Run, write_onnx
-from model_tools.card import ModelLoadError
+from model_files.card import ModelLoadError
 
 
 def open_file(path: Path, device: torch.device, threads: int) -> Run:

@@ -6,7 +6,7 @@
 - `int8`: a file `python -m model_tools quantize` wrote, which carries its agreement report, measured on
   held-out photos; ONNX Runtime and OpenVINO both run its QuantizeLinear/DequantizeLinear operators.
 
-Either way the card's report must reach PRECISION_MIN_AGREEMENT (model_tools.precision), or the worker refuses.
+Either way the card's report must reach PRECISION_MIN_AGREEMENT (model_files.precision), or the worker refuses.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import torch
 from engines import openvino_cpu
 from engines.base import BackendError, Run
 from engines.verify import check_batches
-from model_tools.card import ModelCard
-from model_tools.precision import AgreementReport, PrecisionRefused, compare, require_agreement
+from model_files.card import ModelCard
+from model_files.precision import AgreementReport, PrecisionRefused, compare, require_agreement
 from serving.config import Settings
 
 FULL = "fp32"

@@ -8,13 +8,13 @@ import torch
 
 from engines.base import ExportBackend, Run
 from engines.eager import run_module
-from model_tools import export
-from model_tools.card import ModelCard
-from model_tools.checkpoints import LoadedModel
+from model_files import export
+from model_files.card import ModelCard
+from model_files.checkpoints import LoadedModel
 
 
 def write(loaded: LoadedModel, path: Path, device: torch.device) -> Path:
-    # Frozen on the CPU: weights become constants and conv+batchnorm fold (model_tools.export says why
+    # Frozen on the CPU: weights become constants and conv+batchnorm fold (model_files.export says why
     # not optimize_for_inference).
     return export.export_torchscript(loaded, path, optimize=device.type == "cpu")
 

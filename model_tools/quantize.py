@@ -2,10 +2,10 @@
 
 `python -m model_tools quantize MODEL --calibration DIR --held-out DIR --out FILE` writes a QDQ ONNX file
 (QuantizeLinear/DequantizeLinear around each quantized operator, standard ONNX operators only, so an
-untrusted worker may load it: model_tools.trust), with weights int8 per output channel and activations
+untrusted worker may load it: model_files.trust), with weights int8 per output channel and activations
 uint8 (int8 activations did worse here: docs/precision.md), their ranges calibrated on the photos in
 --calibration by --method. The file's card says int8 and carries the agreement report
-(model_tools.precision) of the quantized model against float32 on the photos in --held-out, with ONNX
+(model_files.precision) of the quantized model against float32 on the photos in --held-out, with ONNX
 Runtime and with OpenVINO (each computes int8 its own way; the card keeps the worse); below
 --min-agreement the command refuses, naming the numbers, and --out stays as it was.
 """
@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from model_tools.card import ModelCard, ModelLoadError, ModelOptions
-from model_tools.precision import AgreementReport, compare, require_agreement
+from model_files.card import ModelCard, ModelLoadError, ModelOptions
+from model_files.precision import AgreementReport, compare, require_agreement
 from serving.config import Settings
 from serving.preprocess import prepare
 
@@ -35,7 +35,7 @@ BATCH = 8  # images per run when measuring the report
 def quantize(model: Path, calibration: Path, held_out: Path, out: Path, method: str, min_agreement: float,
              options: ModelOptions) -> AgreementReport:
     """Write the int8 model to `out` and return its report; PrecisionRefused (out unchanged) below min_agreement."""
-    from model_tools.checkpoints import written_aside
+    from model_files.checkpoints import written_aside
 
     if method not in METHODS:
         raise ValueError(f"--method {method!r}: expected one of {', '.join(METHODS)}")
@@ -67,7 +67,7 @@ def photos_in(folder: Path, card: ModelCard) -> np.ndarray:
 
 def _float32_onnx(model: Path, options: ModelOptions, scratch: Path) -> tuple[Path, ModelCard]:
     """The model as a float32 ONNX file: itself when it is one, else its verified export."""
-    from model_tools.export import read_onnx_card
+    from model_files.export import read_onnx_card
 
     if model.suffix == ".onnx":
         card = read_onnx_card(model, options)  # the trust check included
@@ -77,8 +77,8 @@ def _float32_onnx(model: Path, options: ModelOptions, scratch: Path) -> tuple[Pa
     from engines.eager import run_module
     from engines.onnxruntime_cpu import open_file
     from engines.verify import verify
-    from model_tools.checkpoints import load_model
-    from model_tools.export import export_onnx, serving_module
+    from model_files.checkpoints import load_model
+    from model_files.export import export_onnx, serving_module
 
     loaded = load_model(model, options)
     path = export_onnx(loaded, scratch / "float32.onnx")
@@ -154,7 +154,7 @@ def _probabilities(run, images: np.ndarray) -> np.ndarray:
 def _write_card(path: Path, card: ModelCard) -> None:
     import onnx
 
-    from model_tools.export import set_onnx_card
+    from model_files.export import set_onnx_card
 
     model = onnx.load(str(path))
     set_onnx_card(model, card)

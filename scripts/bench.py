@@ -30,8 +30,8 @@ import numpy as np
 import torch
 
 from engines.choose import CPU_PREFERENCE, engine_for_checkpoint, installed, open_engine
-from model_tools.card import ModelOptions
-from model_tools.checkpoints import load_model
+from model_files.card import ModelOptions
+from model_files.checkpoints import load_model
 from scripts.loadtest import SAMPLE_PHOTOS, Client, Report, closed_loop, open_loop, sample_photos, summarize
 from serving.config import Settings
 from serving.preprocess import prepare

@@ -77,7 +77,7 @@ MUTANTS = (
     Mutant("a crafted 'shape': [1e999] escapes the decoder", "serving/protocol.py",
            "except (TypeError, ValueError, OverflowError) as exc:",
            "except (TypeError, ValueError) as exc:", ("tests/unit/test_protocol.py",)),
-    Mutant("normalization constants in reversed channel order", "model_tools/serving_model.py",
+    Mutant("normalization constants in reversed channel order", "model_files/serving_model.py",
            "mean_tensor = torch.tensor(mean, dtype=torch.float32)",
            "mean_tensor = torch.tensor(mean[::-1], dtype=torch.float32)", ("tests/unit/test_serving_model.py",)),
     Mutant("transparent pixels shown on black", "serving/preprocess.py",
@@ -95,9 +95,9 @@ MUTANTS = (
            '\n                and b"eXIf" not in self.data)', ")", ("tests/unit/test_preprocess.py",)),
     Mutant("16-bit samples clipped instead of scaled", "serving/preprocess.py",
            ".point(lambda v: v / 256)", ".point(lambda v: v)", ("tests/unit/test_preprocess.py",)),
-    Mutant("a label count other than the model's outputs accepted", "model_tools/card.py",
+    Mutant("a label count other than the model's outputs accepted", "model_files/card.py",
            "    if len(names) != num_outputs:", "    if False:", ("tests/unit/test_model_card.py",)),
-    Mutant("configuration silently wins over what the model file says", "model_tools/card.py",
+    Mutant("configuration silently wins over what the model file says", "model_files/card.py",
            "if configured is not None and _differs(from_file, configured):", "if False:",
            ("tests/unit/test_model_card.py",)),
     Mutant("the engine cache ignores the model file's content", "engines/cache.py",
@@ -120,7 +120,7 @@ MUTANTS = (
            "reference, cache, compute)\n        except ZeroDivisionError as exc:",
            ("tests/unit/test_engine_cache.py",)),
     Mutant("torch's serializers write into the file themselves (a full disk aborts the process)",
-           "model_tools/checkpoints.py",
+           "model_files/checkpoints.py",
            "    serialize(buffer)\n"
            "    return write_atomically(path, lambda partial: partial.write_bytes(buffer.getbuffer()))",
            "    return write_atomically(path, lambda partial: serialize(str(partial)))",  # torch.jit.save to a path
@@ -318,12 +318,12 @@ _ACCEPTED: tuple[tuple[str, tuple[str, ...]], ...] = (
         "serving.preprocess.x_read_header__mutmut_13",
     )),
     ("view(3, 1, 1) broadcasts over NCHW as view(1, 3, 1, 1) does; torch makes Python floats float32 anyway", (
-        "model_tools.serving_model.xǁServingModelǁ__init____mutmut_7",
-        "model_tools.serving_model.xǁServingModelǁ__init____mutmut_12",
-        "model_tools.serving_model.xǁServingModelǁ__init____mutmut_14",
-        "model_tools.serving_model.xǁServingModelǁ__init____mutmut_24",
-        "model_tools.serving_model.xǁServingModelǁ__init____mutmut_29",
-        "model_tools.serving_model.xǁServingModelǁ__init____mutmut_31",
+        "model_files.serving_model.xǁServingModelǁ__init____mutmut_7",
+        "model_files.serving_model.xǁServingModelǁ__init____mutmut_12",
+        "model_files.serving_model.xǁServingModelǁ__init____mutmut_14",
+        "model_files.serving_model.xǁServingModelǁ__init____mutmut_24",
+        "model_files.serving_model.xǁServingModelǁ__init____mutmut_29",
+        "model_files.serving_model.xǁServingModelǁ__init____mutmut_31",
     )),
 )
 ACCEPTED_SURVIVORS = {name: reason for reason, names in _ACCEPTED for name in names}

@@ -28,10 +28,10 @@ from PIL import Image
 from engines import onnxruntime_cpu, openvino_cpu
 from engines.base import BackendError
 from engines.precision import require_supported
-from model_tools.card import ModelOptions
-from model_tools.checkpoints import load_model
-from model_tools.export import export_onnx
-from model_tools.precision import PrecisionRefused
+from model_files.card import ModelOptions
+from model_files.checkpoints import load_model
+from model_files.export import export_onnx
+from model_files.precision import PrecisionRefused
 from model_tools.quantize import METHODS, photos_in, quantize
 from serving.config import Settings
 

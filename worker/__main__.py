@@ -17,7 +17,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
-from model_tools.card import model_fingerprint
+from model_files.card import model_fingerprint
 from serving.config import LOG_FORMAT, ConfigError, Settings, program_settings
 from serving.protocol import MalformedModelInfo
 from serving.redis_client import RedisClient, connect
@@ -73,7 +73,7 @@ def load_classifier(settings: Settings) -> Classifier | None:
 
     from engines.base import BackendError
     from engines.choose import open_engine
-    from model_tools.card import ModelLoadError
+    from model_files.card import ModelLoadError
     from worker.inference import Classifier, choose_device
 
     torch.set_num_threads(settings.compute_threads)

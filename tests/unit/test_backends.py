@@ -12,8 +12,8 @@ from engines import choose, onnxruntime_cpu
 from engines.base import BackendError
 from engines.choose import CPU_PREFERENCE, engine_for_checkpoint, installed, open_engine
 from engines.verify import ExportMismatch
-from model_tools import export
-from model_tools.checkpoints import is_serving_torchscript, is_torchscript_file, load_model, save_state_dict
+from model_files import export
+from model_files.checkpoints import is_serving_torchscript, is_torchscript_file, load_model, save_state_dict
 from scripts.loadtest import SAMPLE_PHOTOS  # the photos the benchmarks send
 from serving.config import Settings
 from serving.preprocess import prepare

@@ -9,9 +9,9 @@ import torch
 
 from engines.cache import EngineCache
 from engines.choose import engine_for_checkpoint, open_engine
-from model_tools import export
-from model_tools.card import ModelLoadError, ModelOptions
-from model_tools.checkpoints import load_model
+from model_files import export
+from model_files.card import ModelLoadError, ModelOptions
+from model_files.checkpoints import load_model
 from serving.config import Settings
 from tests.hostile_models import TORCHSCRIPT_ATTACKS, PrintsInForward, hostile_exported_program, hostile_torchscript
 from tests.unit.tiny_model import tiny_loaded_model

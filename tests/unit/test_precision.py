@@ -13,9 +13,9 @@ from engines.base import BackendError, Engine
 from engines.cache import EngineCache
 from engines.choose import engine_for_checkpoint, open_engine
 from engines.precision import require_file_precision, require_supported
-from model_tools import export
-from model_tools.card import card_from_json, card_to_json
-from model_tools.precision import AgreementReport, PrecisionRefused, compare, require_agreement
+from model_files import export
+from model_files.card import card_from_json, card_to_json
+from model_files.precision import AgreementReport, PrecisionRefused, compare, require_agreement
 from serving.config import ConfigError, Settings
 from serving.protocol import MalformedModelInfo, ModelInfo
 from tests.unit.tiny_model import tiny_loaded_model

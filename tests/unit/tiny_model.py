@@ -7,9 +7,9 @@ import torch
 import torch.nn as nn
 
 from engines.choose import engine_for_checkpoint
-from model_tools.architectures import Preprocessing
-from model_tools.card import ModelCard
-from model_tools.checkpoints import LoadedModel
+from model_files.architectures import Preprocessing
+from model_files.card import ModelCard
+from model_files.checkpoints import LoadedModel
 from serving import protocol
 from serving.protocol import InferenceRequest, Keys
 from worker.inference import Classifier

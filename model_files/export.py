@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from model_tools import CARD_FILE
-from model_tools.card import ModelCard, ModelLoadError, ModelOptions, card_from_json, card_to_json
-from model_tools.checkpoints import LoadedModel, first_line, write_atomically, write_serialized
-from model_tools.serving_model import ServingModel
-from model_tools.trust import check_onnx
+from model_files import CARD_FILE
+from model_files.card import ModelCard, ModelLoadError, ModelOptions, card_from_json, card_to_json
+from model_files.checkpoints import LoadedModel, first_line, write_atomically, write_serialized
+from model_files.serving_model import ServingModel
+from model_files.trust import check_onnx
 
 METHODS = ("trace", "script")
 ONNX_OPSET = 17
@@ -147,7 +147,7 @@ def set_onnx_card(model, card: ModelCard) -> None:
 
 
 def read_onnx_card(path: str | os.PathLike, options: ModelOptions = ModelOptions()) -> ModelCard:
-    """The card of an ONNX file model_tools wrote, once model_tools.trust.check_onnx has passed the file."""
+    """The card of an ONNX file model_tools wrote, once model_files.trust.check_onnx has passed the file."""
     import onnx
 
     path = Path(path)

@@ -1,7 +1,7 @@
-"""Building, saving and loading model files; which of them may be read without trust is model_tools.trust's rule.
+"""Building, saving and loading model files; which of them may be read without trust is model_files.trust's rule.
 
 What `load_model` reads (the card's missing fields come from ModelOptions and
-defaults, model_tools.card says in which order):
+defaults, model_files.card says in which order):
 
 - `state_dict`: tensors only, loaded with `weights_only=True`, safe for any
   file. Either a dict `{'arch': ..., 'state_dict': {...}}` with optional card
@@ -9,13 +9,13 @@ defaults, model_tools.card says in which order):
   or a bare state_dict whose architecture MODEL_ARCH names.
 - `torch.export` programs (`.pt2`): a serialized graph and tensors, card
   inside if model_tools wrote it. torch runs code from the file while loading
-  it, so only with MODEL_TRUSTED=1 (model_tools.trust says which code).
+  it, so only with MODEL_TRUSTED=1 (model_files.trust says which code).
 - TorchScript: a bare network (float NCHW in, logits out), or the serving
   model model_tools exports, whose network is taken out of it. Code, so only
   with MODEL_TRUSTED=1 too.
 - TorchServe's model archives (`.mar`) with the stock image_classifier
   handler: TorchScript, or an eager model.py and its state dict, with their
-  labels; both are code, so only with MODEL_TRUSTED=1 (model_tools.archive
+  labels; both are code, so only with MODEL_TRUSTED=1 (model_files.archive
   refuses before anything of the archive runs).
 - `checkpoint`: pickled. The classic `{'model': module, 'model_state_dict':
   ...}` (card fields optional), or a whole module saved with
@@ -42,10 +42,10 @@ from typing import BinaryIO
 import torch
 import torch.nn as nn
 
-from model_tools import CARD_FILE, IMPORT_COMMAND
-from model_tools.architectures import build_architecture, default_preprocessing, imagenet_class_names
-from model_tools.archive import is_model_archive, read_archive
-from model_tools.card import (
+from model_files import CARD_FILE, IMPORT_COMMAND
+from model_files.architectures import build_architecture, default_preprocessing, imagenet_class_names
+from model_files.archive import is_model_archive, read_archive
+from model_files.card import (
     ModelCard,
     ModelLoadError,
     ModelOptions,
@@ -53,7 +53,7 @@ from model_tools.card import (
     first_line,
     resolve_card,
 )
-from model_tools.trust import EXPORTED_PROGRAM_RUNS_CODE, TORCHSCRIPT_RUNS_CODE, require_trust
+from model_files.trust import EXPORTED_PROGRAM_RUNS_CODE, TORCHSCRIPT_RUNS_CODE, require_trust
 from serving.config import Settings
 
 FORMATS = ("auto", "checkpoint", "state_dict")

@@ -30,11 +30,11 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from model_tools.architectures import Preprocessing, default_preprocessing, imagenet_class_names
-from model_tools.precision import AgreementReport
+from model_files.architectures import Preprocessing, default_preprocessing, imagenet_class_names
+from model_files.precision import AgreementReport
 from serving.config import PRECISIONS, ConfigError, Settings, channel_values, check_model_id_part
 
-log = logging.getLogger("model_tools")
+log = logging.getLogger("model_files")
 
 CARD_FORMAT = 1  # version of the JSON card exported models carry
 IMAGENET_CONVENTION = Preprocessing(224, 256, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
