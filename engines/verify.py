@@ -8,8 +8,7 @@ import numpy as np
 
 from engines.base import Run
 from model_files import TOLERANCE
-from model_files.checkpoints import first_line
-from model_files.export import ExportError
+from model_files.card import ExportError, first_line
 
 
 class ExportMismatch(ExportError):

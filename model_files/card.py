@@ -47,6 +47,13 @@ class ModelLoadError(RuntimeError):
     """The model file cannot be served; the message says why and what to do."""
 
 
+class ExportError(RuntimeError):
+    """This model has no export of this kind: the exporter refuses it, or (engines.verify.ExportMismatch) the
+    export computes other answers. The model's own property, the same at every try (the engine cache
+    remembers it); a failure of the machine's (memory, disk) is raised as what it is.
+    """
+
+
 @dataclass(frozen=True)
 class ModelCard:
     """Everything besides weights that serving a classifier needs."""

@@ -26,18 +26,14 @@ defaults, model_files.card says in which order):
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 import pickle
 import types
 import warnings
-import zipfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 import torch
 import torch.nn as nn
@@ -53,6 +49,7 @@ from model_files.card import (
     first_line,
     resolve_card,
 )
+from model_files.files import is_exported_program, is_torchscript_file, write_serialized
 from model_files.trust import EXPORTED_PROGRAM_RUNS_CODE, TORCHSCRIPT_RUNS_CODE, require_trust
 from serving.config import Settings
 
@@ -111,29 +108,6 @@ def load_model(path: str | os.PathLike, options: ModelOptions = ModelOptions()) 
     else:
         card = resolve_card(in_file, options, path, lambda size: _count_outputs(network, size, path))
     return LoadedModel(network, card)
-
-
-def is_torchscript_file(path: Path) -> bool:
-    """TorchScript archives are zip files with a code/ folder; torch.save's zip files have none."""
-    return any("/code/" in name for name in _zip_members(path))
-
-
-def is_exported_program(path: Path) -> bool:
-    """torch.export.save's archives hold an archive_format record and serialized models/*.json."""
-    return any(name.endswith("/archive_format") for name in _zip_members(path))
-
-
-def is_serving_torchscript(path: Path) -> bool:
-    """A TorchScript export of model_tools (uint8 images in, probabilities out, card inside)."""
-    members = _zip_members(path)
-    return any("/code/" in name for name in members) and any(name.endswith(f"/extra/{CARD_FILE}") for name in members)
-
-
-def _zip_members(path: Path) -> list[str]:
-    if not zipfile.is_zipfile(path):
-        return []
-    with zipfile.ZipFile(path) as archive:
-        return archive.namelist()
 
 
 def _from_torch_save(path: Path, options: ModelOptions) -> tuple[nn.Module, dict]:
@@ -264,42 +238,3 @@ def _output_size(state_dict: Mapping) -> int:
     if not matrices:
         raise ModelLoadError("the state_dict has no linear classifier layer to count classes from")
     return matrices[-1].shape[0]
-
-
-def write_atomically(path: Path, write: Callable[[Path], None]) -> Path:
-    """Have `write` fill a partial file beside `path`, then rename it over `path`: readers never see half a file."""
-    with written_aside(path) as partial:
-        write(partial)
-    return path
-
-
-@contextlib.contextmanager
-def written_aside(path: Path) -> Iterator[Path]:
-    """A partial file beside `path` (same folder, so the rename is atomic) for the block to write and check.
-
-    Renamed over `path` when the block ends without an error; removed in any case, so a write or a check
-    that fails leaves `path` as it was, or absent. The partial keeps the suffix: torch.export.load reads
-    a path only when it ends in .pt2.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f"{path.stem}.partial{path.suffix}")
-    try:
-        yield partial
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
-
-
-def write_serialized(path: Path, serialize: Callable[[BinaryIO], None]) -> Path:
-    """write_atomically for torch's serializers (torch.save, torch.jit.save, torch.export.save): a full disk
-    is an OSError, never an abort.
-
-    Their zip writer (PyTorchStreamWriter) finishes the archive in its C++ destructor; when a write into
-    a full disk fails there, the exception leaves the destructor and std::terminate aborts the process
-    (exit 134) whatever Python catches (torch 2.14: torch.jit.save to a path, torch.export.save to a file).
-    So they write into memory, where no write fails, and Python writes the bytes: the file's size in
-    memory once more, for the moment.
-    """
-    buffer = io.BytesIO()
-    serialize(buffer)
-    return write_atomically(path, lambda partial: partial.write_bytes(buffer.getbuffer()))

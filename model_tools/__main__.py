@@ -109,8 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         out = Path(args.out or default_export_path(args.checkpoint, ".ts.pt" if args.command == "trace" else ".onnx"))
     if getattr(args, "if_missing", False) and _up_to_date(args, out):
         return 0  # before importing torch (1.5-3 s), which `make run`, `make test` and `make cpp` ask this every time
-    from model_files.card import ModelLoadError
-    from model_files.export import ExportError  # engines.verify's ExportMismatch is one
+    from model_files.card import ExportError, ModelLoadError  # engines.verify's ExportMismatch is an ExportError
     from model_files.precision import PrecisionRefused
 
     try:
@@ -284,19 +283,18 @@ def quantize_and_report(args: argparse.Namespace, out: Path) -> int:
 
 
 def export_and_verify(args: argparse.Namespace, out: Path) -> int:
-    import torch
-
     from engines import onnxruntime_cpu, torchscript
     from engines.eager import run_module
     from engines.verify import verify
     from model_files.card import require_servable_name
-    from model_files.checkpoints import load_model, written_aside
+    from model_files.checkpoints import load_model
     from model_files.export import export_onnx, export_torchscript, serving_module
+    from model_files.files import written_aside
 
     tolerance = args.tolerance
     loaded = load_model(args.checkpoint, _model_options(args))
     require_servable_name(loaded.card)
-    cpu = torch.device("cpu")
+    cpu = "cpu"
     with written_aside(out) as partial:  # only a verified export replaces --out
         if args.command == "trace":
             method = "script" if args.script else "trace"

@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 import skimage
-import torch
 from PIL import Image
 
 from engines import onnxruntime_cpu, openvino_cpu
@@ -37,7 +36,7 @@ from serving.config import Settings
 
 PHOTOS = Path(skimage.data_dir)
 BATCH = 8
-CPU = torch.device("cpu")
+CPU = "cpu"
 
 
 def photo_split(folder: Path, photos: int = 25) -> tuple[Path, Path]:

@@ -12,7 +12,7 @@ import pytest
 import requests
 
 from model_files.card import ModelOptions
-from model_files.export import read_onnx_card
+from model_files.onnx_file import read_onnx_card
 from model_files.precision import LEAD_MARGIN
 from model_files.trust import STANDARD_ONNX_DOMAINS
 from scripts.precision_bench import photo_split

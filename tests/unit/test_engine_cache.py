@@ -24,7 +24,7 @@ from tests.full_disk import full_filesystem
 from tests.model_files import save_classic
 from tests.unit.tiny_model import MedianColour, tiny_loaded_model
 
-CPU = torch.device("cpu")
+CPU = "cpu"
 ARCH = "resnet18"
 CARD = ModelCard("small", ARCH, ("a", "b", "c"), Preprocessing(64, 72, (0.4, 0.45, 0.5), (0.2, 0.25, 0.3)))
 

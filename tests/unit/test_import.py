@@ -18,7 +18,7 @@ from serving.config import Settings
 from tests.model_files import save_classic, torchserve_archive
 from tests.unit.test_model_card import INDEX_TO_NAME_SHAPES, LABELS, SMALL_ARCH, FourClasses, labels_file
 
-CPU = torch.device("cpu")
+CPU = "cpu"
 
 
 def same_answers(first: torch.nn.Module, second: torch.nn.Module, size: int = 64) -> bool:

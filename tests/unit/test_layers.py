@@ -3,11 +3,15 @@
 Top to bottom: the programs (the API, the worker, the launcher, model_tools' commands), the engines, the
 model-file library, and what the API and the worker share (configuration, the Redis protocol, preprocessing).
 Every import counts, a function's own included: an import inside a function is still a dependency, only a later one.
+And torch is a dependency of some engines only: a worker serving an ONNX file imports none of it.
 """
 
 from __future__ import annotations
 
 import ast
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -19,6 +23,7 @@ LAYERS = (
     ("serving",),
 )
 NOT_LAYERED = {"tests", "scripts", "mutants"}  # above every layer: they drive and check them all
+WITHOUT_TORCH = ROOT / "tests" / "without_torch"  # on PYTHONPATH, its sitecustomize makes torch unimportable
 
 
 def layer_of() -> dict[str, int]:
@@ -66,3 +71,14 @@ def test_an_import_from_a_layer_above_is_found_even_inside_a_function(tmp_path):
     (tmp_path / "engines" / "base.py").write_text("from model_files import card\nfrom . import eager\n")
     (tmp_path / "worker" / "loop.py").write_text("from stack import processes\nfrom engines import base\n")
     assert upward_imports(tmp_path) == ["model_files/card.py imports model_tools", "serving/config.py imports engines"]
+
+
+def test_the_worker_and_the_engines_import_without_torch():
+    """What `python -m worker` imports before it opens a model; the torch engines import torch when they open one."""
+    code = "import worker.__main__, worker.loop, worker.inference, engines.choose, engines.cache"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(WITHOUT_TORCH), str(ROOT)])}
+    imported = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+                              timeout=60)
+    assert imported.returncode == 0, imported.stderr
+    hidden = subprocess.run([sys.executable, "-c", "import torch"], env=env, capture_output=True, timeout=60)
+    assert hidden.returncode == 1  # the check can tell

@@ -5,7 +5,6 @@ Each hostile file (tests/hostile_models.py) is shown to be real: with trust its 
 
 import onnx
 import pytest
-import torch
 
 from engines.cache import EngineCache
 from engines.choose import engine_for_checkpoint, open_engine
@@ -16,7 +15,7 @@ from serving.config import Settings
 from tests.hostile_models import TORCHSCRIPT_ATTACKS, PrintsInForward, hostile_exported_program, hostile_torchscript
 from tests.unit.tiny_model import tiny_loaded_model
 
-CPU = torch.device("cpu")
+CPU = "cpu"
 
 
 @pytest.mark.parametrize("attack", TORCHSCRIPT_ATTACKS, ids=lambda attack: attack.__name__)

@@ -5,7 +5,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from app.operations import _precision
 from engines import openvino_cpu
@@ -21,7 +20,7 @@ from serving.protocol import MalformedModelInfo, ModelInfo
 from tests.unit.tiny_model import tiny_loaded_model
 from worker.inference import Classifier
 
-CPU = torch.device("cpu")
+CPU = "cpu"
 WITHOUT_BF16 = ("FP32", "INT8", "BIN", "EXPORT_IMPORT")  # this project's AMD EPYC (Zen 3), as OpenVINO sees it
 WITH_BF16 = ("FP32", "BF16", "INT8", "BIN", "EXPORT_IMPORT")  # a Sapphire Rapids or Zen 4 CPU
 

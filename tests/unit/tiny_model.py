@@ -43,8 +43,7 @@ def tiny_loaded_model(network_class: type[nn.Module] = MeanColour) -> LoadedMode
 
 
 def tiny_classifier() -> Classifier:
-    cpu = torch.device("cpu")
-    return Classifier(engine_for_checkpoint(tiny_loaded_model(), "torch", cpu, 1), cpu)
+    return Classifier(engine_for_checkpoint(tiny_loaded_model(), "torch", "cpu", 1), "cpu")
 
 
 def message(client, job_id: str, colour: str = "red", deadline_in: float = 10.0, size: int = INPUT_SIZE,
