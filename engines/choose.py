@@ -1,7 +1,7 @@
 """Which engine serves the model: BACKEND's, or under `auto` the fastest that builds and gives eager PyTorch's answers.
 
 The worker serves one model file (MODEL_PATH), which is either a checkpoint
-(model_tools.checkpoints), a TorchScript file or an ONNX file (model_tools.export).
+(model_files.checkpoints), a TorchScript file or an ONNX file (model_files.export).
 BACKEND picks the engine that runs it:
 
 - `torch`: eager PyTorch, channels_last, any device.
@@ -26,19 +26,21 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from engines import eager, onnxruntime_cpu, openvino_cpu, precision, torchscript
-from engines.base import BackendError, Engine, ExportBackend, Run
+from engines.base import BackendError, Engine, ExportBackend, Run, device_type
 from engines.cache import EngineCache
 from engines.verify import verify
-from model_tools import export
-from model_tools.card import ModelCard, ModelOptions, card_fields, resolve_card
-from model_tools.checkpoints import LoadedModel, first_line, is_serving_torchscript, load_model
-from model_tools.precision import AgreementReport
-from model_tools.trust import TORCHSCRIPT_RUNS_CODE, require_trust
+from model_files.card import ExportError, ModelCard, ModelOptions, card_fields, first_line, resolve_card
+from model_files.files import is_serving_torchscript
+from model_files.onnx_file import read_onnx_card
+from model_files.precision import AgreementReport
+from model_files.trust import TORCHSCRIPT_RUNS_CODE, require_trust
 from serving.config import Settings
+
+if TYPE_CHECKING:
+    from model_files.checkpoints import LoadedModel
 
 log = logging.getLogger("worker")
 
@@ -54,7 +56,7 @@ Built = tuple[Run, AgreementReport | None]
 ONNX_FILE_ENGINES = ("onnxruntime", "openvino")
 
 
-def open_engine(settings: Settings, device: torch.device) -> Engine:
+def open_engine(settings: Settings, device: str) -> Engine:
     """The engine BACKEND asks for, serving MODEL_PATH on `device` in PRECISION."""
     _require_known(settings.backend)  # before the file's kind, whose messages name what BACKEND may be
     precision.require_supported(settings, device)
@@ -72,6 +74,8 @@ def open_engine(settings: Settings, device: torch.device) -> Engine:
                                "TorchScript, which runs in float32")
         engine = _engine_for_torchscript_file(path, options, settings.backend, device)
     else:
+        from model_files.checkpoints import load_model  # torch: what serves a checkpoint runs it or its export
+
         engine = engine_for_checkpoint(load_model(path, options), settings.backend, device, threads,
                                        _engine_cache(settings, path), settings.precision)
     precision.require_serving_agreement(engine.card, settings)
@@ -84,7 +88,7 @@ def model_options(settings: Settings) -> ModelOptions:
                         settings.mean, settings.std, settings.model_trusted)
 
 
-def engine_for_checkpoint(loaded: LoadedModel, backend: str, device: torch.device, threads: int,
+def engine_for_checkpoint(loaded: LoadedModel, backend: str, device: str, threads: int,
                           cache: EngineCache | None = None, compute: str = precision.FULL) -> Engine:
     """Build `backend` from a loaded model; `auto` keeps the first candidate that builds and matches eager PyTorch.
 
@@ -131,10 +135,10 @@ def _first_that_builds(backend: str, candidates: list[str], build: Callable[[str
     raise BackendError(f"no engine can serve this model ({'; '.join(failures)})")
 
 
-def _auto_candidates(device: torch.device, compute: str = precision.FULL) -> list[str]:
+def _auto_candidates(device: str, compute: str = precision.FULL) -> list[str]:
     if compute != precision.FULL:
         return precision.candidates(compute)
-    if device.type != "cpu":
+    if device_type(device) != "cpu":
         return [eager.NAME]  # the ONNX engines are installed for the CPU only
     return [name for name in CPU_PREFERENCE if installed(name)]
 
@@ -144,7 +148,7 @@ def _card_in(card: ModelCard, compute: str, report: AgreementReport | None) -> M
     return card if compute == precision.FULL else dataclasses.replace(card, precision=compute, agreement=report)
 
 
-def _verified_export(backend: ExportBackend, loaded: LoadedModel, device: torch.device, threads: int,
+def _verified_export(backend: ExportBackend, loaded: LoadedModel, device: str, threads: int,
                      reference: Callable[[], Run], cache: EngineCache | None,
                      compute: str) -> Built:
     """The backend running an export of the model that gives eager PyTorch's answers, from the cache if it has one;
@@ -165,7 +169,7 @@ def _verified_export(backend: ExportBackend, loaded: LoadedModel, device: torch.
         return _export_and_verify(backend, loaded, device, threads, reference, path, compute)
 
 
-def _cached_export(backend: ExportBackend, loaded: LoadedModel, device: torch.device, threads: int,
+def _cached_export(backend: ExportBackend, loaded: LoadedModel, device: str, threads: int,
                    reference: Callable[[], Run], cache: EngineCache, compute: str) -> Built:
     """The cache's verified export, else one made and verified now; only a verdict on the model is remembered.
 
@@ -180,7 +184,7 @@ def _cached_export(backend: ExportBackend, loaded: LoadedModel, device: torch.de
             return _opener(backend, compute)(entry.path, device, threads), entry.verdict.agreement
         try:
             run, report = _export_and_verify(backend, loaded, device, threads, reference, entry.path, compute)
-        except export.ExportError as exc:  # the exporter refuses this model, or its export differs: so at every start
+        except ExportError as exc:  # the exporter refuses this model, or its export differs: so at every start
             entry.remember_failure(first_line(exc))
             raise
         # Anything else (an out-of-memory, a full disk, a runtime's own error) is this start's: not remembered.
@@ -188,7 +192,7 @@ def _cached_export(backend: ExportBackend, loaded: LoadedModel, device: torch.de
         return run, report
 
 
-def _export_and_verify(backend: ExportBackend, loaded: LoadedModel, device: torch.device, threads: int,
+def _export_and_verify(backend: ExportBackend, loaded: LoadedModel, device: str, threads: int,
                        reference: Callable[[], Run], path: Path, compute: str) -> Built:
     backend.write(loaded, path, device)
     run = _opener(backend, compute)(path, device, threads)
@@ -202,7 +206,7 @@ def _export_and_verify(backend: ExportBackend, loaded: LoadedModel, device: torc
     return run, None
 
 
-def _opener(backend: ExportBackend, compute: str) -> Callable[[Path, torch.device, int], Run]:
+def _opener(backend: ExportBackend, compute: str) -> Callable[[Path, str, int], Run]:
     """How `backend` opens a file to compute in `compute`; BackendError where it cannot."""
     if compute == precision.FULL:
         return backend.open
@@ -211,14 +215,14 @@ def _opener(backend: ExportBackend, compute: str) -> Callable[[Path, torch.devic
     raise BackendError(f"BACKEND={backend.name} cannot compute in {compute}")
 
 
-def _engine_for_onnx_file(path: Path, options: ModelOptions, settings: Settings, device: torch.device,
+def _engine_for_onnx_file(path: Path, options: ModelOptions, settings: Settings, device: str,
                           threads: int) -> Engine:
     """An ONNX file as it is (int8 when quantized), or in bf16 judged against the same file in float32."""
     backend = settings.backend
     if backend not in ("auto", *ONNX_FILE_ENGINES):
         raise BackendError(f"{path} is an ONNX file; BACKEND={backend} needs a checkpoint or TorchScript file")
     _require_cpu("/".join(ONNX_FILE_ENGINES), device)
-    in_file = export.read_onnx_card(path, options)
+    in_file = read_onnx_card(path, options)
     precision.require_file_precision(in_file, settings.precision, str(path))
     card = _checked_card(in_file, options, path)
     compute = "bf16" if settings.precision == "bf16" else precision.FULL  # an int8 file's precision is in its weights
@@ -238,7 +242,7 @@ def _engine_for_onnx_file(path: Path, options: ModelOptions, settings: Settings,
     return _first_that_builds(backend, candidates, load)
 
 
-def _engine_for_torchscript_file(path: Path, options: ModelOptions, backend: str, device: torch.device) -> Engine:
+def _engine_for_torchscript_file(path: Path, options: ModelOptions, backend: str, device: str) -> Engine:
     if backend not in ("auto", eager.NAME, torchscript.BACKEND.name):
         raise BackendError(f"{path} is a TorchScript file; BACKEND={backend} needs a checkpoint or an ONNX file")
     if backend == eager.NAME:
@@ -277,8 +281,8 @@ def _require_known(backend: str) -> None:
         raise BackendError(f"BACKEND={backend!r}; expected one of {', '.join(BACKENDS)}")
 
 
-def _require_cpu(backend: str, device: torch.device) -> None:
-    if device.type != "cpu":
+def _require_cpu(backend: str, device: str) -> None:
+    if device_type(device) != "cpu":
         raise BackendError(f"BACKEND={backend} runs on the CPU only here; DEVICE={device} needs BACKEND=torch")
 
 

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from engines.base import ExportBackend, Run, write_onnx
-from model_tools.card import ModelLoadError
+from model_files.card import ModelLoadError
 
 
-def open_file(path: Path, device: torch.device, threads: int) -> Run:
+def open_file(path: Path, device: str, threads: int) -> Run:
     """An ONNX file run with `threads` compute threads (0: ONNX Runtime's own choice)."""
     import onnxruntime
 

@@ -4,19 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from engines.base import ExportBackend, Run, write_onnx
-from model_tools.card import ModelLoadError
+from model_files.card import ModelLoadError
 
 
-def open_file(path: Path, device: torch.device, threads: int) -> Run:
+def open_file(path: Path, device: str, threads: int) -> Run:
     """An ONNX file compiled for the CPU in float32, computing with `threads` threads."""
     # f32: OpenVINO would otherwise pick bf16 on CPUs that have it, which moves probabilities by ~0.03.
     return _compiled(path, threads, "f32")
 
 
-def open_bf16(path: Path, device: torch.device, threads: int) -> Run:
+def open_bf16(path: Path, device: str, threads: int) -> Run:
     """An ONNX file compiled to compute in bfloat16 (engines.choose checks cpu_has_bf16 first: elsewhere OpenVINO
     would quietly compute in float32 and the service would claim a precision it does not run)."""
     return _compiled(path, threads, "bf16")

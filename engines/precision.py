@@ -6,7 +6,7 @@
 - `int8`: a file `python -m model_tools quantize` wrote, which carries its agreement report, measured on
   held-out photos; ONNX Runtime and OpenVINO both run its QuantizeLinear/DequantizeLinear operators.
 
-Either way the card's report must reach PRECISION_MIN_AGREEMENT (model_tools.precision), or the worker refuses.
+Either way the card's report must reach PRECISION_MIN_AGREEMENT (model_files.precision), or the worker refuses.
 """
 
 from __future__ import annotations
@@ -14,13 +14,12 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-import torch
 
 from engines import openvino_cpu
-from engines.base import BackendError, Run
+from engines.base import BackendError, Run, device_type
 from engines.verify import check_batches
-from model_tools.card import ModelCard
-from model_tools.precision import AgreementReport, PrecisionRefused, compare, require_agreement
+from model_files.card import ModelCard
+from model_files.precision import AgreementReport, PrecisionRefused, compare, require_agreement
 from serving.config import Settings
 
 FULL = "fp32"
@@ -29,7 +28,7 @@ ENGINES = {"bf16": ("openvino",), "int8": ("onnxruntime", "openvino")}
 QUANTIZE_COMMAND = "python -m model_tools quantize"
 
 
-def require_supported(settings: Settings, device: torch.device,
+def require_supported(settings: Settings, device: str,
                       capabilities: Callable[[], tuple[str, ...]] | None = None) -> None:
     """BackendError unless BACKEND and this CPU can compute in PRECISION.
 
@@ -43,7 +42,7 @@ def require_supported(settings: Settings, device: torch.device,
     if backend != "auto" and backend not in engines:
         raise BackendError(f"PRECISION={precision} runs on BACKEND={' or '.join(engines)} (or auto); BACKEND={backend} "
                            f"cannot compute in {precision}")
-    if device.type != "cpu":
+    if device_type(device) != "cpu":
         raise BackendError(f"PRECISION={precision} runs on the CPU only here; DEVICE={device} needs PRECISION=fp32")
     if precision == "bf16":
         found = (capabilities or openvino_cpu.cpu_capabilities)()

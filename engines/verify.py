@@ -7,9 +7,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from engines.base import Run
-from model_tools import TOLERANCE
-from model_tools.checkpoints import first_line
-from model_tools.export import ExportError
+from model_files import TOLERANCE
+from model_files.card import ExportError, first_line
 
 
 class ExportMismatch(ExportError):

@@ -1,9 +1,6 @@
-"""Build, load, export and verify the models the service runs. Imports torch: never used by the API.
+"""model_tools' commands: build, import, export, quantize, route and forget models (`python -m model_tools`).
 
-This file itself imports nothing, so `python -m model_tools ... --if-missing` answers without loading torch.
+The model files themselves (card, loading, exports, trust) are the library model_files; the engines that
+run and verify them are engines/. This file itself imports nothing, so `python -m model_tools ...
+--if-missing` answers without loading torch.
 """
-
-IMPORT_COMMAND = "python -m model_tools import"  # named in the messages of files that need it
-CARD_FILE = "model_card.json"  # the card's name inside TorchScript, torch.export and ONNX files
-# Largest accepted difference of any probability between two engines; float32 reorderings stay near 1e-6.
-TOLERANCE = 1e-4

@@ -30,7 +30,7 @@ import sys
 import zipfile
 from pathlib import Path
 
-from model_tools import CARD_FILE, TOLERANCE
+from model_files import CARD_FILE, TOLERANCE
 from model_tools.quantize import DEFAULT_METHOD, METHODS
 from serving.config import MODEL_TOOLS, ConfigError, Settings, channel_values, check_model_id_part, settings_help
 
@@ -115,9 +115,8 @@ def main(argv: list[str] | None = None) -> int:
         out = Path(args.out or default_export_path(args.checkpoint, ".ts.pt" if args.command == "trace" else ".onnx"))
     if getattr(args, "if_missing", False) and _up_to_date(args, out):
         return 0  # before importing torch (1.5-3 s), which `make run`, `make test` and `make cpp` ask this every time
-    from model_tools.card import ModelLoadError
-    from model_tools.export import ExportError  # engines.verify's ExportMismatch is one
-    from model_tools.precision import PrecisionRefused
+    from model_files.card import ExportError, ModelLoadError  # engines.verify's ExportMismatch is an ExportError
+    from model_files.precision import PrecisionRefused
 
     try:
         if args.command == "build-default":
@@ -227,7 +226,7 @@ def _up_to_date(args: argparse.Namespace, out: Path) -> bool:
 
 
 def _export_options(args: argparse.Namespace) -> dict:
-    """How `trace` exports, as the card records it (model_tools.export.export_torchscript)."""
+    """How `trace` exports, as the card records it (model_files.export.export_torchscript)."""
     return {"method": "script" if args.script else "trace", "frozen": args.optimize}
 
 
@@ -263,7 +262,7 @@ def _add_model_options(command: argparse.ArgumentParser) -> None:
 
 
 def _model_options(args: argparse.Namespace):
-    from model_tools.card import ModelOptions
+    from model_files.card import ModelOptions
 
     return ModelOptions(args.arch, args.labels, args.input_size, args.resize_size,
                         channel_values(args.mean, "--mean"), channel_values(args.std, "--std", positive=True),
@@ -271,7 +270,7 @@ def _model_options(args: argparse.Namespace):
 
 
 def build_default(out: Path) -> int:
-    from model_tools.checkpoints import build_default_checkpoint, load_model
+    from model_files.checkpoints import build_default_checkpoint, load_model
 
     path = build_default_checkpoint(out)
     _earlier_version_marker(out).unlink(missing_ok=True)
@@ -290,19 +289,18 @@ def quantize_and_report(args: argparse.Namespace, out: Path) -> int:
 
 
 def export_and_verify(args: argparse.Namespace, out: Path) -> int:
-    import torch
-
     from engines import onnxruntime_cpu, torchscript
     from engines.eager import run_module
     from engines.verify import verify
-    from model_tools.card import require_servable_name
-    from model_tools.checkpoints import load_model, written_aside
-    from model_tools.export import export_onnx, export_torchscript, serving_module
+    from model_files.card import require_servable_name
+    from model_files.checkpoints import load_model
+    from model_files.export import export_onnx, export_torchscript, serving_module
+    from model_files.files import written_aside
 
     tolerance = args.tolerance
     loaded = load_model(args.checkpoint, _model_options(args))
     require_servable_name(loaded.card)
-    cpu = torch.device("cpu")
+    cpu = "cpu"
     with written_aside(out) as partial:  # only a verified export replaces --out
         if args.command == "trace":
             method = "script" if args.script else "trace"

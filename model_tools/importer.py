@@ -2,7 +2,7 @@
 
 The result is the state_dict format when the architecture is known by name and
 the weights fit it; otherwise ONNX of the serving model (normalization and
-softmax inside). Those are the two formats that hold no code (model_tools.trust):
+softmax inside). Those are the two formats that hold no code (model_files.trust):
 a TorchScript or torch.export network becomes ONNX too. Each carries the whole
 card, so serving it needs no configuration and no MODEL_TRUSTED. Before it
 counts, the written file is read back as the worker would read it (no options,
@@ -17,16 +17,17 @@ import logging
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from engines import onnxruntime_cpu
 from engines.base import Run
 from engines.eager import run_module
 from engines.verify import ExportMismatch, verify
-from model_tools import TOLERANCE, export
-from model_tools.architectures import build_architecture
-from model_tools.card import ModelCard, ModelLoadError, ModelOptions, require_servable_name
-from model_tools.checkpoints import LoadedModel, first_line, load_model, save_state_dict, written_aside
+from model_files import TOLERANCE, export
+from model_files.architectures import build_architecture
+from model_files.card import ModelCard, ModelLoadError, ModelOptions, first_line, require_servable_name
+from model_files.checkpoints import LoadedModel, load_model, save_state_dict
+from model_files.files import written_aside
+from model_files.onnx_file import read_onnx_card
 from serving.preprocess import prepare
 
 log = logging.getLogger("model_tools")
@@ -76,7 +77,7 @@ def _read_state_dict(out: Path) -> tuple[ModelCard, Run]:
 
 
 def _read_onnx(out: Path) -> tuple[ModelCard, Run]:
-    return export.read_onnx_card(out), onnxruntime_cpu.open_file(out, torch.device("cpu"), 0)
+    return read_onnx_card(out), onnxruntime_cpu.open_file(out, "cpu", 0)
 
 
 def _fits_architecture(loaded: LoadedModel) -> bool:

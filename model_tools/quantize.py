@@ -2,10 +2,10 @@
 
 `python -m model_tools quantize MODEL --calibration DIR --held-out DIR --out FILE` writes a QDQ ONNX file
 (QuantizeLinear/DequantizeLinear around each quantized operator, standard ONNX operators only, so an
-untrusted worker may load it: model_tools.trust), with weights int8 per output channel and activations
+untrusted worker may load it: model_files.trust), with weights int8 per output channel and activations
 uint8 (int8 activations did worse here: docs/precision.md), their ranges calibrated on the photos in
 --calibration by --method. The file's card says int8 and carries the agreement report
-(model_tools.precision) of the quantized model against float32 on the photos in --held-out, with ONNX
+(model_files.precision) of the quantized model against float32 on the photos in --held-out, with ONNX
 Runtime and with OpenVINO (each computes int8 its own way; the card keeps the worse); below
 --min-agreement the command refuses, naming the numbers, and --out stays as it was.
 """
@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from model_tools.card import ModelCard, ModelLoadError, ModelOptions
-from model_tools.precision import AgreementReport, compare, require_agreement
+from model_files.card import ModelCard, ModelLoadError, ModelOptions
+from model_files.precision import AgreementReport, compare, require_agreement
 from serving.config import Settings
 from serving.preprocess import prepare
 
@@ -35,7 +35,7 @@ BATCH = 8  # images per run when measuring the report
 def quantize(model: Path, calibration: Path, held_out: Path, out: Path, method: str, min_agreement: float,
              options: ModelOptions) -> AgreementReport:
     """Write the int8 model to `out` and return its report; PrecisionRefused (out unchanged) below min_agreement."""
-    from model_tools.checkpoints import written_aside
+    from model_files.files import written_aside
 
     if method not in METHODS:
         raise ValueError(f"--method {method!r}: expected one of {', '.join(METHODS)}")
@@ -67,7 +67,7 @@ def photos_in(folder: Path, card: ModelCard) -> np.ndarray:
 
 def _float32_onnx(model: Path, options: ModelOptions, scratch: Path) -> tuple[Path, ModelCard]:
     """The model as a float32 ONNX file: itself when it is one, else its verified export."""
-    from model_tools.export import read_onnx_card
+    from model_files.onnx_file import read_onnx_card
 
     if model.suffix == ".onnx":
         card = read_onnx_card(model, options)  # the trust check included
@@ -77,12 +77,12 @@ def _float32_onnx(model: Path, options: ModelOptions, scratch: Path) -> tuple[Pa
     from engines.eager import run_module
     from engines.onnxruntime_cpu import open_file
     from engines.verify import verify
-    from model_tools.checkpoints import load_model
-    from model_tools.export import export_onnx, serving_module
+    from model_files.checkpoints import load_model
+    from model_files.export import export_onnx, serving_module
 
     loaded = load_model(model, options)
     path = export_onnx(loaded, scratch / "float32.onnx")
-    verify(run_module(serving_module(loaded)), open_file(path, _cpu(), 0), loaded.card.preprocessing.input_size)
+    verify(run_module(serving_module(loaded)), open_file(path, "cpu", 0), loaded.card.preprocessing.input_size)
     return path, loaded.card
 
 
@@ -139,7 +139,7 @@ def _worst_engine_report(fp32: Path, int8: Path, images: np.ndarray, source: str
     """The int8 file's report against float32 with each engine that can serve it; the worse of them."""
     from engines import onnxruntime_cpu, openvino_cpu
 
-    cpu = _cpu()
+    cpu = "cpu"
     expected = _probabilities(onnxruntime_cpu.open_file(fp32, cpu, 0), images)
     reports = [compare(expected, _probabilities(engine.open_file(int8, cpu, 0), images), "int8",
                        images_source=source, engine=name)
@@ -154,7 +154,7 @@ def _probabilities(run, images: np.ndarray) -> np.ndarray:
 def _write_card(path: Path, card: ModelCard) -> None:
     import onnx
 
-    from model_tools.export import set_onnx_card
+    from model_files.onnx_file import set_onnx_card
 
     model = onnx.load(str(path))
     set_onnx_card(model, card)
@@ -164,8 +164,3 @@ def _write_card(path: Path, card: ModelCard) -> None:
 def _digest(image: np.ndarray) -> str:
     return hashlib.sha256(image.tobytes()).hexdigest()
 
-
-def _cpu():
-    import torch
-
-    return torch.device("cpu")

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from engines.choose import CPU_PREFERENCE, engine_for_checkpoint, installed, model_options, open_engine
-from model_tools.checkpoints import load_model
+from model_files.checkpoints import load_model
 from scripts.loadtest import SAMPLE_PHOTOS, Client, Report, closed_loop, open_loop, sample_photos, summarize
 from serving.config import Settings
 from serving.preprocess import prepare
@@ -59,7 +59,7 @@ def model_ceilings(settings: Settings, photos: list[tuple[str, bytes]], seconds:
     pixels = [prepare(data, size.resize_size, size.input_size, settings.max_image_pixels) for _, data in photos]
     results = {}
     for backend in backends:
-        run = engine_for_checkpoint(loaded, backend, torch.device("cpu"), settings.compute_threads).run
+        run = engine_for_checkpoint(loaded, backend, "cpu", settings.compute_threads).run
         rates, latency = {}, None
         for batch_size in batch_sizes:
             batch = np.stack(list(islice(cycle(pixels), batch_size)))
@@ -89,7 +89,7 @@ def pipeline_ceiling(settings: Settings, photos: list[tuple[str, bytes]],
 
 def _pipeline_rate(settings: Settings, photos: list[tuple[str, bytes]], seconds: float) -> tuple[float, str]:
     torch.set_num_threads(settings.compute_threads)  # for the torch engines; main() sets the worker's count back
-    engine = open_engine(settings, torch.device("cpu"))
+    engine = open_engine(settings, "cpu")
     size = engine.card.preprocessing
 
     def decode(item: tuple[str, bytes]) -> np.ndarray:

@@ -63,8 +63,8 @@ def python_run(kind: str, model: str, folder: str, batch: int, threads: int, war
     """
     import torch
 
-    from model_tools.checkpoints import load_model
-    from model_tools.export import load_torchscript, serving_module
+    from model_files.checkpoints import load_model
+    from model_files.export import load_torchscript, serving_module
     from serving.config import Settings
     from serving.preprocess import prepare
 

@@ -22,22 +22,21 @@ from pathlib import Path
 
 import numpy as np
 import skimage
-import torch
 from PIL import Image
 
 from engines import onnxruntime_cpu, openvino_cpu
 from engines.base import BackendError
 from engines.precision import require_supported
-from model_tools.card import ModelOptions
-from model_tools.checkpoints import load_model
-from model_tools.export import export_onnx
-from model_tools.precision import PrecisionRefused
+from model_files.card import ModelOptions
+from model_files.checkpoints import load_model
+from model_files.export import export_onnx
+from model_files.precision import PrecisionRefused
 from model_tools.quantize import METHODS, photos_in, quantize
 from serving.config import Settings
 
 PHOTOS = Path(skimage.data_dir)
 BATCH = 8
-CPU = torch.device("cpu")
+CPU = "cpu"
 
 
 def photo_split(folder: Path, photos: int = 25) -> tuple[Path, Path]:

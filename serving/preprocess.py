@@ -3,7 +3,7 @@
 Runs in the API process, so it must not import torch. What it produces
 is exactly what torchvision's Resize(resize_size) + CenterCrop(input_size)
 produce on the same decoded image; normalization (mean/std) belongs to the
-model itself (model_tools.serving_model), so it happens on the worker's device.
+model itself (model_files.serving_model), so it happens on the worker's device.
 """
 
 from __future__ import annotations

@@ -497,7 +497,7 @@ class ModelInfo:
 
 
 _MODEL_INFO_FIELDS = {f.name for f in dataclasses.fields(ModelInfo)}
-# A report is a few numbers and a description of at most 300 characters (model_tools/precision.py): the heartbeat
+# A report is a few numbers and a description of at most 300 characters (model_files/precision.py): the heartbeat
 # that carries it stays small, and a forged one cannot make every reader of the fleet hold a large string.
 MAX_AGREEMENT_CHARS = 1000
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from model_tools.card import ModelCard, card_fields
+from model_files.card import ModelCard, card_fields
 
 
 def save_classic(network: nn.Module, path: Path, card: ModelCard | None = None) -> Path:

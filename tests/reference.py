@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from PIL import Image
 
-from model_tools.checkpoints import load_model
-from model_tools.serving_model import ServingModel
+from model_files.checkpoints import load_model
+from model_files.serving_model import ServingModel
 from serving.config import Settings
 from serving.preprocess import prepare
 from tests.images import PHOTOS, encode

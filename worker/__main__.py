@@ -5,6 +5,9 @@ exporting and warming up a large model, minutes) ends it at once, with exit code
 taken no work yet, and a launcher that restarts workers which exit otherwise (`python -m stack`) must
 not take a stop for a crash. So the signals are handled first, and the modules that import torch only
 after that.
+
+Serving an ONNX file needs no torch at all (requirements-worker-onnx.txt): torch is imported by the engines
+of checkpoints and TorchScript files only, and by choose_device where it is installed.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
-from model_tools.card import model_fingerprint
+from model_files.card import model_fingerprint
 from serving.config import LOG_FORMAT, WORKER, ConfigError, Settings, program_settings
 from serving.protocol import MalformedModelInfo
 from serving.redis_client import RedisClient, connect
@@ -70,14 +73,13 @@ def main() -> int:
 
 def load_classifier(settings: Settings) -> Classifier | None:
     """The model on its engine, warmed up; None (said in the log) when it cannot be served."""
-    import torch  # here, not at the top: only once the stop signals are handled (the module docstring)
-
+    # Here, not at the top: torch only once the stop signals are handled (the module docstring).
     from engines.base import BackendError
     from engines.choose import open_engine
-    from model_tools.card import ModelLoadError
-    from worker.inference import Classifier, choose_device
+    from model_files.card import ModelLoadError
+    from worker.inference import Classifier, choose_device, limit_torch_threads
 
-    torch.set_num_threads(settings.compute_threads)
+    limit_torch_threads(settings.compute_threads)
     try:
         device = choose_device(settings.device)
         classifier = Classifier(open_engine(settings, device), device)

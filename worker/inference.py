@@ -5,24 +5,44 @@ from __future__ import annotations
 import time
 
 import numpy as np
-import torch
 
 from engines.base import Engine
 from serving.protocol import ModelInfo, Prediction
 
 
-def choose_device(setting: str) -> torch.device:
-    """`auto` means the first GPU when torch sees one, else the CPU."""
+def choose_device(setting: str) -> str:
+    """`auto` means the first GPU when torch sees one, else the CPU (the only device of a worker without torch)."""
+    torch = _installed_torch()
+    if torch is None:
+        if setting not in ("auto", "cpu"):
+            raise RuntimeError(f"DEVICE={setting} needs torch, which is not installed (requirements.txt)")
+        return "cpu"
     if setting == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(setting)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"DEVICE={setting} but torch sees no CUDA device")
-    return device
+    return str(device)
+
+
+def limit_torch_threads(threads: int) -> None:
+    """torch's compute threads (its engines', and exporting at start); a worker without torch has none to limit."""
+    torch = _installed_torch()
+    if torch is not None:
+        torch.set_num_threads(threads)
+
+
+def _installed_torch():
+    """The torch module, or None in a worker that serves ONNX files without it (requirements-worker-onnx.txt)."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch
 
 
 class Classifier:
-    def __init__(self, engine: Engine, device: torch.device):
+    def __init__(self, engine: Engine, device: str):
         self.card = engine.card
         self.backend = engine.name
         self.device = device

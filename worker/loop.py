@@ -11,7 +11,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from model_tools.card import model_fingerprint
+from model_files.card import model_fingerprint
 from serving import protocol
 from serving.config import ConfigError, Settings, check_model_id_part
 from serving.protocol import (

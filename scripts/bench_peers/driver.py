@@ -39,7 +39,7 @@ from scripts.loadtest import SAMPLE_PHOTOS, Client, Report, closed_loop, request
 from stack.processes import REPO_ROOT
 
 if TYPE_CHECKING:
-    from model_tools.checkpoints import LoadedModel
+    from model_files.checkpoints import LoadedModel
 
 SYSTEMS: tuple[Peer, ...] = (Ours(), BentoML(), LitServe(), TorchServeOnnx(), TorchServeStock())
 WORK = REPO_ROOT / ".bench-peers"  # git-ignored: venvs, exported models, each run's configs and logs
@@ -64,9 +64,9 @@ def export_model_files(model_path: Path, work: Path) -> tuple[ModelFiles, Loaded
     once per model file (in a folder named by its digest, so a changed file is exported anew)."""
     import torch  # here, not at the top: the unit tests import this module and need no torch
 
-    from model_tools.card import ModelOptions
-    from model_tools.checkpoints import load_model
-    from model_tools.export import export_onnx
+    from model_files.card import ModelOptions
+    from model_files.checkpoints import load_model
+    from model_files.export import export_onnx
 
     loaded = load_model(model_path, ModelOptions())
     folder = work / f"{model_path.stem}-{hashlib.sha256(model_path.read_bytes()).hexdigest()[:16]}"
@@ -90,7 +90,7 @@ def eager_answers(loaded: LoadedModel, files: ModelFiles, photos: list[tuple[str
     """Eager PyTorch's top-1 of each photo, through the same Pillow resize and crop the peers run."""
     import torch
 
-    from model_tools.export import serving_module
+    from model_files.export import serving_module
 
     crops = np.stack([resize_and_crop(Image.open(io.BytesIO(data)).convert("RGB"), files.resize_size,
                                       files.input_size) for _, data in photos])

@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from model_tools import CARD_FILE
+from model_files import CARD_FILE
 from serving.preprocess import prepare
 from tests.images import CAT_LABELS, PHOTOS, jpeg_with_orientation
 from tests.reference import COLOUR_PHOTOS, reference_top3

@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from model_tools.checkpoints import load_model
+from model_files.checkpoints import load_model
 from serving.config import Settings
 from stack.processes import REPO_ROOT, Stack, StartupError
 from tests.images import CAT_LABELS, photo_bytes

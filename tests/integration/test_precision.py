@@ -11,10 +11,10 @@ import onnx
 import pytest
 import requests
 
-from model_tools.card import ModelOptions
-from model_tools.export import read_onnx_card
-from model_tools.precision import LEAD_MARGIN
-from model_tools.trust import STANDARD_ONNX_DOMAINS
+from model_files.card import ModelOptions
+from model_files.onnx_file import read_onnx_card
+from model_files.precision import LEAD_MARGIN
+from model_files.trust import STANDARD_ONNX_DOMAINS
 from scripts.precision_bench import photo_split
 from serving.config import Settings
 from stack.processes import REPO_ROOT, Stack, StartupError
@@ -43,7 +43,7 @@ def test_the_quantized_file_holds_standard_operators_only_and_loads_without_trus
     operators = {(node.domain, node.op_type) for node in onnx.load(str(out)).graph.node}
     assert {domain for domain, _ in operators} <= STANDARD_ONNX_DOMAINS
     assert {("", "QuantizeLinear"), ("", "DequantizeLinear")} <= operators
-    card = read_onnx_card(out, ModelOptions())  # untrusted: model_tools.trust's check passes it
+    card = read_onnx_card(out, ModelOptions())  # untrusted: model_files.trust's check passes it
     assert card.precision == "int8" and card.agreement.images == len(held_out) == 12
     assert card.agreement.summary() in printed
 

@@ -193,7 +193,7 @@ def _check_settings(make_run: str) -> None:
 
 def _user_layout(folder: Path) -> None:
     """The packages, models/ and .venv as the README's commands expect them, the user's files to go beside."""
-    for package in ("app", "engines", "model_tools", "serving", "stack", "worker"):
+    for package in ("app", "engines", "model_files", "model_tools", "serving", "stack", "worker"):
         (folder / package).symlink_to(REPO_ROOT / package)
     (folder / "models").mkdir()
     (folder / ".venv").symlink_to(sys.prefix)  # this test's venv, where the README says .venv

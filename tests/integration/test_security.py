@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from model_tools.architectures import Preprocessing
-from model_tools.card import ModelCard
+from model_files.architectures import Preprocessing
+from model_files.card import ModelCard
 from serving.protocol import Keys, model_id
 from stack.processes import REPO_ROOT, WORKER_ARGUMENTS, Stack, StartupError
 from tests.hostile_models import WritesAFileInForward, hostile_torchscript

@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 from torchvision import transforms
 
-from model_tools.checkpoints import load_model
+from model_files.checkpoints import load_model
 from serving.config import Settings
 from stack.processes import REPO_ROOT, Stack
 from tests.images import photo_bytes

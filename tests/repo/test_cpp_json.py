@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from model_tools.architectures import imagenet_class_names
-from model_tools.card import IMAGENET_CONVENTION, ModelCard, card_to_json
+from model_files.architectures import imagenet_class_names
+from model_files.card import IMAGENET_CONVENTION, ModelCard, card_to_json
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPTH_LIMIT = 64  # kMaxDepth in cpp/src/json.cpp

@@ -187,7 +187,7 @@ def test_the_image_builds_the_model_runs_as_a_user_and_copies_what_it_runs():
     assert any("model_tools build-default" in run for run in dockerfile_instructions("RUN"))
     assert dockerfile_instructions("USER") and dockerfile_instructions("USER")[-1] not in ("root", "0")
     copied = {line.split()[0].rstrip("/") for line in dockerfile_instructions("COPY")}
-    assert {"app", "engines", "worker", "serving", "model_tools"} <= copied
+    assert {"app", "engines", "worker", "serving", "model_files", "model_tools"} <= copied
     ignored = (ROOT / ".dockerignore").read_text().splitlines()
     assert not copied & set(ignored)
     assert {".venv", ".git"} <= set(ignored)

@@ -6,14 +6,14 @@ import dataclasses
 
 import numpy as np
 import pytest
-import torch
 
 from engines import choose, onnxruntime_cpu
 from engines.base import BackendError
 from engines.choose import CPU_PREFERENCE, engine_for_checkpoint, installed, open_engine
 from engines.verify import ExportMismatch
-from model_tools import export
-from model_tools.checkpoints import is_serving_torchscript, is_torchscript_file, load_model, save_state_dict
+from model_files import export
+from model_files.checkpoints import load_model, save_state_dict
+from model_files.files import is_serving_torchscript, is_torchscript_file
 from scripts.loadtest import SAMPLE_PHOTOS  # the photos the benchmarks send
 from serving.config import Settings
 from serving.preprocess import prepare
@@ -22,7 +22,7 @@ from tests.model_files import save_classic
 from tests.unit.tiny_model import COLOURS, INPUT_SIZE, MedianColour, tiny_loaded_model
 from worker.inference import Classifier
 
-CPU = torch.device("cpu")
+CPU = "cpu"
 ENGINES = ("torch", "torchscript", "onnxruntime", "openvino")
 
 
@@ -113,12 +113,12 @@ def test_auto_goes_on_when_a_runtime_fails_with_an_error_of_its_own(monkeypatch)
 
 
 def test_on_a_gpu_auto_means_eager_torch():
-    assert choose._auto_candidates(torch.device("cuda")) == ["torch"]
+    assert choose._auto_candidates("cuda") == ["torch"]
 
 
 def test_the_onnx_engines_refuse_a_gpu_device():
     with pytest.raises(BackendError, match="CPU only"):
-        engine_for_checkpoint(tiny_loaded_model(), "onnxruntime", torch.device("cuda"), 1)
+        engine_for_checkpoint(tiny_loaded_model(), "onnxruntime", "cuda", 1)
 
 
 def test_an_unknown_backend_is_a_clear_error(tmp_path):
@@ -174,6 +174,6 @@ def test_the_eager_engine_leaves_the_checkpoint_network_on_the_cpu_for_the_expor
     # "meta" stands in for a GPU: Module.to would move the shared network there in place, and the
     # TorchScript and ONNX exports built from it next trace CPU example images.
     loaded = tiny_loaded_model()
-    engine_for_checkpoint(loaded, "torch", torch.device("meta"), 1)
+    engine_for_checkpoint(loaded, "torch", "meta", 1)
     assert {p.device.type for p in loaded.network.parameters()} == {"cpu"}
     export.export_torchscript(loaded, tmp_path / "tiny.ts.pt")

@@ -6,9 +6,9 @@ import pytest
 import torch
 import torchvision
 
-from model_tools.architectures import Preprocessing, default_preprocessing
-from model_tools.card import ModelCard, ModelLoadError, ModelOptions
-from model_tools.checkpoints import load_model, save_state_dict
+from model_files.architectures import Preprocessing, default_preprocessing
+from model_files.card import ModelCard, ModelLoadError, ModelOptions
+from model_files.checkpoints import load_model, save_state_dict
 from serving.config import Settings
 from tests.model_files import save_classic
 

@@ -106,7 +106,7 @@ def _makes_settings(node: ast.AST | None) -> bool:
 def project_modules() -> dict[str, Path]:
     """Every module of the programs' packages, by its dotted name."""
     modules = {}
-    for package in ("app", "engines", "model_tools", "serving", "stack", "worker"):
+    for package in ("app", "engines", "model_files", "model_tools", "serving", "stack", "worker"):
         for path in (ROOT / package).rglob("*.py"):
             parts = path.relative_to(ROOT).with_suffix("").parts
             modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path

@@ -15,16 +15,16 @@ from engines import choose, onnxruntime_cpu
 from engines.base import BackendError
 from engines.choose import open_engine
 from engines.verify import ExportMismatch
-from model_tools import export
-from model_tools.architectures import Preprocessing
-from model_tools.card import ModelCard
-from model_tools.checkpoints import save_state_dict
+from model_files import export
+from model_files.architectures import Preprocessing
+from model_files.card import ModelCard
+from model_files.checkpoints import save_state_dict
 from serving.config import Settings
 from tests.full_disk import full_filesystem
 from tests.model_files import save_classic
 from tests.unit.tiny_model import MedianColour, tiny_loaded_model
 
-CPU = torch.device("cpu")
+CPU = "cpu"
 ARCH = "resnet18"
 CARD = ModelCard("small", ARCH, ("a", "b", "c"), Preprocessing(64, 72, (0.4, 0.45, 0.5), (0.2, 0.25, 0.3)))
 

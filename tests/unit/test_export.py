@@ -14,24 +14,18 @@ import torch.nn as nn
 from engines import onnxruntime_cpu
 from engines.eager import run_module
 from engines.verify import ExportMismatch, verify
+from model_files.architectures import Preprocessing
+from model_files.card import ExportError, ModelCard, ModelLoadError, card_from_json, card_to_json
+from model_files.checkpoints import LoadedModel
+from model_files.export import export_onnx, export_torchscript, load_torchscript, serving_module
+from model_files.onnx_file import read_onnx_card
 from model_tools.__main__ import main as model_tools_main
-from model_tools.architectures import Preprocessing
-from model_tools.card import ModelCard, ModelLoadError, card_from_json, card_to_json
-from model_tools.checkpoints import LoadedModel
-from model_tools.export import (
-    ExportError,
-    export_onnx,
-    export_torchscript,
-    load_torchscript,
-    read_onnx_card,
-    serving_module,
-)
 from serving.config import Settings
 from tests.full_disk import full_filesystem
 from tests.model_files import save_classic
 
 ROOT = Path(__file__).resolve().parents[2]
-CPU = torch.device("cpu")
+CPU = "cpu"
 SIZE = 16
 CARD = ModelCard("small", "small_cnn", ("red", "green", "blue", "other"),
                  Preprocessing(SIZE, 18, (0.4, 0.45, 0.5), (0.2, 0.25, 0.3)))
@@ -190,7 +184,7 @@ WRITE_EVERY_FORMAT = """
 import sys
 from pathlib import Path
 
-from model_tools import checkpoints, export
+from model_files import checkpoints, export
 from tests.unit.tiny_model import tiny_loaded_model
 
 loaded, folder = tiny_loaded_model(), Path(sys.argv[1])

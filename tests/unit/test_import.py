@@ -8,17 +8,17 @@ import torch
 import torchvision
 
 from engines.choose import open_engine
+from model_files.architectures import Preprocessing
+from model_files.card import FROM_FILE, ModelLoadError, ModelOptions
+from model_files.checkpoints import load_model
+from model_files.serving_model import ServingModel
 from model_tools.__main__ import main as model_tools_main
-from model_tools.architectures import Preprocessing
-from model_tools.card import FROM_FILE, ModelLoadError, ModelOptions
-from model_tools.checkpoints import load_model
 from model_tools.importer import import_model
-from model_tools.serving_model import ServingModel
 from serving.config import Settings
 from tests.model_files import save_classic, torchserve_archive
 from tests.unit.test_model_card import INDEX_TO_NAME_SHAPES, LABELS, SMALL_ARCH, FourClasses, labels_file
 
-CPU = torch.device("cpu")
+CPU = "cpu"
 
 
 def same_answers(first: torch.nn.Module, second: torch.nn.Module, size: int = 64) -> bool:

@@ -14,8 +14,8 @@ import torch.nn as nn
 import torchvision
 
 from engines.choose import model_options
-from model_tools.architectures import Preprocessing
-from model_tools.card import (
+from model_files.architectures import Preprocessing
+from model_files.card import (
     ASSUMED,
     FROM_FILE,
     IMAGENET_CONVENTION,
@@ -24,7 +24,7 @@ from model_tools.card import (
     ModelOptions,
     read_labels,
 )
-from model_tools.checkpoints import load_model, save_state_dict
+from model_files.checkpoints import load_model, save_state_dict
 from serving.config import ConfigError, Settings
 from tests.model_files import save_classic
 
@@ -78,7 +78,7 @@ def test_the_classic_checkpoint_loads_when_trusted_with_labels_and_normalization
 
 
 def test_what_nobody_says_is_torchvisions_imagenet_convention_and_logged_as_assumed(classic, caplog):
-    with caplog.at_level(logging.WARNING, logger="model_tools"):
+    with caplog.at_level(logging.WARNING, logger="model_files"):
         card = load_model(classic, ModelOptions(trusted=True)).card
     assert card.preprocessing == IMAGENET_CONVENTION
     assert card.class_names == ("class_0", "class_1", "class_2", "class_3")

@@ -5,18 +5,17 @@ Each hostile file (tests/hostile_models.py) is shown to be real: with trust its 
 
 import onnx
 import pytest
-import torch
 
 from engines.cache import EngineCache
 from engines.choose import engine_for_checkpoint, open_engine
-from model_tools import export
-from model_tools.card import ModelLoadError, ModelOptions
-from model_tools.checkpoints import load_model
+from model_files import export
+from model_files.card import ModelLoadError, ModelOptions
+from model_files.checkpoints import load_model
 from serving.config import Settings
 from tests.hostile_models import TORCHSCRIPT_ATTACKS, PrintsInForward, hostile_exported_program, hostile_torchscript
 from tests.unit.tiny_model import tiny_loaded_model
 
-CPU = torch.device("cpu")
+CPU = "cpu"
 
 
 @pytest.mark.parametrize("attack", TORCHSCRIPT_ATTACKS, ids=lambda attack: attack.__name__)

@@ -5,7 +5,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from app.operations import _precision
 from engines import openvino_cpu
@@ -13,15 +12,15 @@ from engines.base import BackendError, Engine
 from engines.cache import EngineCache
 from engines.choose import engine_for_checkpoint, open_engine
 from engines.precision import require_file_precision, require_supported
-from model_tools import export
-from model_tools.card import card_from_json, card_to_json
-from model_tools.precision import AgreementReport, PrecisionRefused, compare, require_agreement
+from model_files import export
+from model_files.card import card_from_json, card_to_json
+from model_files.precision import AgreementReport, PrecisionRefused, compare, require_agreement
 from serving.config import ConfigError, Settings
 from serving.protocol import MalformedModelInfo, ModelInfo
 from tests.unit.tiny_model import tiny_loaded_model
 from worker.inference import Classifier
 
-CPU = torch.device("cpu")
+CPU = "cpu"
 WITHOUT_BF16 = ("FP32", "INT8", "BIN", "EXPORT_IMPORT")  # this project's AMD EPYC (Zen 3), as OpenVINO sees it
 WITH_BF16 = ("FP32", "BF16", "INT8", "BIN", "EXPORT_IMPORT")  # a Sapphire Rapids or Zen 4 CPU
 

@@ -6,7 +6,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("app", "worker", "serving", "stack", "model_tools", "engines", "scripts")
+PACKAGES = ("app", "worker", "serving", "stack", "model_tools", "model_files", "engines", "scripts")
 SCRIPTS_MODULES = sorted(ROOT.glob("serving/*_scripts.py"))
 # Redis commands and redis-py methods that run a script; `.eval()` without arguments is a torch module's.
 SCRIPT_COMMANDS = {"EVAL", "EVALSHA", "EVAL_RO", "EVALSHA_RO", "FCALL", "FCALL_RO", "SCRIPT"}

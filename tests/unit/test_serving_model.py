@@ -4,7 +4,7 @@ import torch
 import torch.nn as nn
 from torchvision.transforms import v2
 
-from model_tools.serving_model import ServingModel
+from model_files.serving_model import ServingModel
 
 # ImageNet's constants: a different value in every channel, so a channel-order mistake shows.
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)

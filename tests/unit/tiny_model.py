@@ -7,9 +7,9 @@ import torch
 import torch.nn as nn
 
 from engines.choose import engine_for_checkpoint
-from model_tools.architectures import Preprocessing
-from model_tools.card import ModelCard
-from model_tools.checkpoints import LoadedModel
+from model_files.architectures import Preprocessing
+from model_files.card import ModelCard
+from model_files.checkpoints import LoadedModel
 from serving import protocol
 from serving.protocol import InferenceRequest, Keys
 from worker.inference import Classifier
@@ -43,8 +43,7 @@ def tiny_loaded_model(network_class: type[nn.Module] = MeanColour) -> LoadedMode
 
 
 def tiny_classifier() -> Classifier:
-    cpu = torch.device("cpu")
-    return Classifier(engine_for_checkpoint(tiny_loaded_model(), "torch", cpu, 1), cpu)
+    return Classifier(engine_for_checkpoint(tiny_loaded_model(), "torch", "cpu", 1), "cpu")
 
 
 def message(client, job_id: str, colour: str = "red", deadline_in: float = 10.0, size: int = INPUT_SIZE,

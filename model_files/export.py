@@ -4,7 +4,8 @@ Every export is of `ServingModel`: uint8 NHWC RGB images with a dynamic batch
 dimension in, softmax probabilities out, so normalization travels inside the
 file. The model card (class names, resize, crop, mean, std) travels too, as
 JSON: a TorchScript extra file named CARD_FILE, or an ONNX metadata property
-with that key. A client needs only the file and the images. The engines that
+with that key (model_files.onnx_file, which reads it back without torch). A
+client needs only the file and the images. The engines that
 run these files, and the check that they give the eager model's answers
 (engines.verify), live in engines/.
 """
@@ -19,21 +20,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from model_tools import CARD_FILE
-from model_tools.card import ModelCard, ModelLoadError, ModelOptions, card_from_json, card_to_json
-from model_tools.checkpoints import LoadedModel, first_line, write_atomically, write_serialized
-from model_tools.serving_model import ServingModel
-from model_tools.trust import check_onnx
+from model_files import CARD_FILE
+from model_files.card import ExportError, ModelCard, ModelLoadError, card_from_json, card_to_json, first_line
+from model_files.checkpoints import LoadedModel
+from model_files.files import write_atomically, write_serialized
+from model_files.onnx_file import set_onnx_card
+from model_files.serving_model import ServingModel
 
 METHODS = ("trace", "script")
 ONNX_OPSET = 17
-
-
-class ExportError(RuntimeError):
-    """This model has no export of this kind: the exporter refuses it, or (engines.verify.ExportMismatch) the
-    export computes other answers. The model's own property, the same at every try (the engine cache
-    remembers it); a failure of the machine's (memory, disk) is raised as what it is.
-    """
 
 
 def serving_module(loaded: LoadedModel) -> ServingModel:
@@ -78,7 +73,7 @@ def export_torchscript(loaded: LoadedModel, out: str | os.PathLike, *, method: s
             _extra_files={CARD_FILE: card_to_json(loaded.card, {"method": method, "frozen": optimize})}))
 
 
-def load_torchscript(path: str | os.PathLike, device: str | torch.device = "cpu"
+def load_torchscript(path: str | os.PathLike, device: str = "cpu"
                      ) -> tuple[torch.jit.ScriptModule, ModelCard]:
     """A TorchScript file written by export_torchscript, in eval mode on `device`, and its card."""
     path = Path(path)
@@ -135,33 +130,6 @@ def _traceable(module: ServingModel, images: torch.Tensor) -> torch.nn.Module:
         return module
     with torch.no_grad(), _quiet_jit():
         return torch.jit.trace(module, images)
-
-
-def set_onnx_card(model, card: ModelCard) -> None:
-    """Put `card` in an ONNX model's metadata (an onnx.ModelProto), in place of any card it carried."""
-    kept = [entry for entry in model.metadata_props if entry.key != CARD_FILE]
-    del model.metadata_props[:]
-    model.metadata_props.extend(kept)
-    entry = model.metadata_props.add()
-    entry.key, entry.value = CARD_FILE, card_to_json(card)
-
-
-def read_onnx_card(path: str | os.PathLike, options: ModelOptions = ModelOptions()) -> ModelCard:
-    """The card of an ONNX file model_tools wrote, once model_tools.trust.check_onnx has passed the file."""
-    import onnx
-
-    path = Path(path)
-    if not path.is_file():
-        raise ModelLoadError(f"ONNX file {path} does not exist (`python -m model_tools export-onnx` writes one)")
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:
-        raise ModelLoadError(f"{path} is not an ONNX file: {exc}") from None
-    check_onnx(model, path, options)
-    for entry in model.metadata_props:
-        if entry.key == CARD_FILE:
-            return card_from_json(entry.value)
-    raise ModelLoadError(f"{path} carries no {CARD_FILE} metadata; export it with `python -m model_tools export-onnx`")
 
 
 @contextlib.contextmanager

@@ -3,7 +3,7 @@
 Without trust the worker (and `python -m model_tools`) reads only files that hold data, never code:
 
 - a tensors-only state_dict, read with `torch.load(weights_only=True)`, of an architecture this
-  project builds by name (model_tools.architectures);
+  project builds by name (model_files.architectures);
 - an ONNX file whose every node is an operator of the standard domains (STANDARD_ONNX_DOMAINS)
   and whose external tensor data, if any, lies in the model file's own folder (check_onnx).
 
@@ -31,7 +31,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from model_tools.card import ModelLoadError, ModelOptions
+from model_files.card import ModelLoadError, ModelOptions
 
 # ai.onnx (spelled "" or "ai.onnx") and ai.onnx.ml: the operators the ONNX standard defines. Any other
 # domain is a custom operator, code that onnxruntime or OpenVINO runs only from a library of its own.

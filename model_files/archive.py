@@ -33,8 +33,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from model_tools import IMPORT_COMMAND
-from model_tools.card import IMAGENET_CONVENTION, ModelLoadError, ModelOptions, first_line, labels_from_json
+from model_files import IMPORT_COMMAND
+from model_files.card import IMAGENET_CONVENTION, ModelLoadError, ModelOptions, first_line, labels_from_json
 
 MANIFEST = "MAR-INF/MANIFEST.json"
 LABELS_FILE = "index_to_name.json"  # where TorchServe's BaseHandler looks for labels, beside the manifest

@@ -1,7 +1,7 @@
-"""Building, saving and loading model files; which of them may be read without trust is model_tools.trust's rule.
+"""Building, saving and loading model files; which of them may be read without trust is model_files.trust's rule.
 
 What `load_model` reads (the card's missing fields come from ModelOptions and
-defaults, model_tools.card says in which order):
+defaults, model_files.card says in which order):
 
 - a state_dict: tensors only, loaded with `weights_only=True`, safe for any
   file; a `torch.save` file is read so whenever it can be. Either a dict
@@ -10,13 +10,13 @@ defaults, model_tools.card says in which order):
   state_dict whose architecture MODEL_ARCH names.
 - `torch.export` programs (`.pt2`): a serialized graph and tensors, card
   inside if model_tools wrote it. torch runs code from the file while loading
-  it, so only with MODEL_TRUSTED=1 (model_tools.trust says which code).
+  it, so only with MODEL_TRUSTED=1 (model_files.trust says which code).
 - TorchScript: a bare network (float NCHW in, logits out), or the serving
   model model_tools exports, whose network is taken out of it. Code, so only
   with MODEL_TRUSTED=1 too.
 - TorchServe's model archives (`.mar`) with the stock image_classifier
   handler: TorchScript, or an eager model.py and its state dict, with their
-  labels; both are code, so only with MODEL_TRUSTED=1 (model_tools.archive
+  labels; both are code, so only with MODEL_TRUSTED=1 (model_files.archive
   refuses before anything of the archive runs).
 - a pickled checkpoint: every other `torch.save` file. The classic
   `{'model': module, 'model_state_dict': ...}` (card fields optional), or a
@@ -28,26 +28,22 @@ defaults, model_tools.card says in which order):
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 import pickle
 import types
 import warnings
-import zipfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 import torch
 import torch.nn as nn
 
-from model_tools import CARD_FILE, IMPORT_COMMAND
-from model_tools.architectures import build_architecture, default_preprocessing, imagenet_class_names
-from model_tools.archive import is_model_archive, read_archive
-from model_tools.card import (
+from model_files import CARD_FILE, IMPORT_COMMAND
+from model_files.architectures import build_architecture, default_preprocessing, imagenet_class_names
+from model_files.archive import is_model_archive, read_archive
+from model_files.card import (
     ModelCard,
     ModelLoadError,
     ModelOptions,
@@ -55,7 +51,8 @@ from model_tools.card import (
     first_line,
     resolve_card,
 )
-from model_tools.trust import EXPORTED_PROGRAM_RUNS_CODE, TORCHSCRIPT_RUNS_CODE, require_trust
+from model_files.files import is_exported_program, is_torchscript_file, write_serialized
+from model_files.trust import EXPORTED_PROGRAM_RUNS_CODE, TORCHSCRIPT_RUNS_CODE, require_trust
 from serving.config import Settings
 
 DEFAULT_ARCH = "efficientnet_lite0"
@@ -110,29 +107,6 @@ def load_model(path: str | os.PathLike, options: ModelOptions = ModelOptions()) 
     else:
         card = resolve_card(in_file, options, path, lambda size: _count_outputs(network, size, path))
     return LoadedModel(network, card)
-
-
-def is_torchscript_file(path: Path) -> bool:
-    """TorchScript archives are zip files with a code/ folder; torch.save's zip files have none."""
-    return any("/code/" in name for name in _zip_members(path))
-
-
-def is_exported_program(path: Path) -> bool:
-    """torch.export.save's archives hold an archive_format record and serialized models/*.json."""
-    return any(name.endswith("/archive_format") for name in _zip_members(path))
-
-
-def is_serving_torchscript(path: Path) -> bool:
-    """A TorchScript export of model_tools (uint8 images in, probabilities out, card inside)."""
-    members = _zip_members(path)
-    return any("/code/" in name for name in members) and any(name.endswith(f"/extra/{CARD_FILE}") for name in members)
-
-
-def _zip_members(path: Path) -> list[str]:
-    if not zipfile.is_zipfile(path):
-        return []
-    with zipfile.ZipFile(path) as archive:
-        return archive.namelist()
 
 
 def _from_torch_save(path: Path, options: ModelOptions) -> tuple[nn.Module, dict]:
@@ -260,42 +234,3 @@ def _output_size(state_dict: Mapping) -> int:
     if not matrices:
         raise ModelLoadError("the state_dict has no linear classifier layer to count classes from")
     return matrices[-1].shape[0]
-
-
-def write_atomically(path: Path, write: Callable[[Path], None]) -> Path:
-    """Have `write` fill a partial file beside `path`, then rename it over `path`: readers never see half a file."""
-    with written_aside(path) as partial:
-        write(partial)
-    return path
-
-
-@contextlib.contextmanager
-def written_aside(path: Path) -> Iterator[Path]:
-    """A partial file beside `path` (same folder, so the rename is atomic) for the block to write and check.
-
-    Renamed over `path` when the block ends without an error; removed in any case, so a write or a check
-    that fails leaves `path` as it was, or absent. The partial keeps the suffix: torch.export.load reads
-    a path only when it ends in .pt2.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f"{path.stem}.partial{path.suffix}")
-    try:
-        yield partial
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
-
-
-def write_serialized(path: Path, serialize: Callable[[BinaryIO], None]) -> Path:
-    """write_atomically for torch's serializers (torch.save, torch.jit.save, torch.export.save): a full disk
-    is an OSError, never an abort.
-
-    Their zip writer (PyTorchStreamWriter) finishes the archive in its C++ destructor; when a write into
-    a full disk fails there, the exception leaves the destructor and std::terminate aborts the process
-    (exit 134) whatever Python catches (torch 2.14: torch.jit.save to a path, torch.export.save to a file).
-    So they write into memory, where no write fails, and Python writes the bytes: the file's size in
-    memory once more, for the moment.
-    """
-    buffer = io.BytesIO()
-    serialize(buffer)
-    return write_atomically(path, lambda partial: partial.write_bytes(buffer.getbuffer()))

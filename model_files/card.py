@@ -30,11 +30,11 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from model_tools.architectures import Preprocessing, default_preprocessing, imagenet_class_names
-from model_tools.precision import AgreementReport
+from model_files.architectures import Preprocessing, default_preprocessing, imagenet_class_names
+from model_files.precision import AgreementReport
 from serving.config import PRECISIONS, ConfigError, check_model_id_part
 
-log = logging.getLogger("model_tools")
+log = logging.getLogger("model_files")
 
 CARD_FORMAT = 1  # version of the JSON card exported models carry
 IMAGENET_CONVENTION = Preprocessing(224, 256, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
@@ -45,6 +45,13 @@ PREPROCESSING_FIELDS = ("input_size", "resize_size", "mean", "std")
 
 class ModelLoadError(RuntimeError):
     """The model file cannot be served; the message says why and what to do."""
+
+
+class ExportError(RuntimeError):
+    """This model has no export of this kind: the exporter refuses it, or (engines.verify.ExportMismatch) the
+    export computes other answers. The model's own property, the same at every try (the engine cache
+    remembers it); a failure of the machine's (memory, disk) is raised as what it is.
+    """
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ calibrated on:
 - the largest difference of any probability.
 
 Below the threshold (PRECISION_MIN_AGREEMENT, or `quantize --min-agreement`) the model is refused, the
-message naming the numbers. The report travels in the model card (model_tools.card) and GET /model shows it.
+message naming the numbers. The report travels in the model card (model_files.card) and GET /model shows it.
 Imports numpy only.
 """
 
