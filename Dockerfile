@@ -1,8 +1,12 @@
-# Two images of the service, one per program (scripts/build-images.sh builds both; BuildKit, the default builder
+# Images of the service, one per program (scripts/build-images.sh builds them; BuildKit, the default builder
 # since Docker 23, DOCKER_BUILDKIT=1 with 20.10):
-#   --target api     the API (gunicorn, Flask): its own requirements only, no torch (a few hundred MB)
-#   --target worker  (the default) the worker, `python -m worker`: torch and every engine, the default model; it
-#                    runs the API too. GPU, eager and export all need it (torch's CUDA wheel is most of its size).
+#   --target api          the API (gunicorn, Flask): its own requirements only, no torch (a few hundred MB)
+#   --target worker       (the default) the worker, `python -m worker`: torch and every engine, the default model;
+#                         it runs the API too. GPU, eager and export all need it (torch's CUDA wheel is most of its
+#                         size).
+#   --target worker-onnx  a worker without torch: ONNX Runtime serving the default model exported to ONNX (made
+#                         by the worker image's own export command, verified against eager PyTorch there), or any
+#                         ONNX file mounted as MODEL_PATH (requirements-worker-onnx.txt).
 # Layers go from least to most often changed, so a code change rebuilds only the last ones: the Python
 # environment, then the default model (worker), then the code.
 #
@@ -29,8 +33,15 @@ RUN --mount=type=secret,id=pip_ca \
  && python -m venv /opt/venv \
  && pip install -r /tmp/requirements-api.txt
 
+# Then the ONNX worker's: ONNX and ONNX Runtime on top of the API's.
+FROM api-environment AS worker-onnx-environment
+COPY requirements-worker-onnx.txt /tmp/
+RUN --mount=type=secret,id=pip_ca \
+    if [ -s /run/secrets/pip_ca ]; then export PIP_CERT=/run/secrets/pip_ca; fi \
+ && pip install -r /tmp/requirements-worker-onnx.txt
+
 # Then the worker's: everything in requirements.txt above its "# Tests" line (the tests' own come after it).
-FROM api-environment AS worker-environment
+FROM worker-onnx-environment AS worker-environment
 COPY requirements.txt /tmp/
 RUN --mount=type=secret,id=pip_ca \
     if [ -s /run/secrets/pip_ca ]; then export PIP_CERT=/run/secrets/pip_ca; fi \
@@ -63,5 +74,22 @@ RUN mkdir -p /var/cache/imgcls && chown imgcls /var/cache/imgcls
 # The service user has no home; libraries that keep a cache file there (ONNX Runtime writes one at its first
 # session, and warns at every start when it cannot) use XDG_CACHE_HOME instead.
 ENV ENGINE_CACHE_DIR=/var/cache/imgcls XDG_CACHE_HOME=/var/cache/imgcls
+USER 10001
+CMD ["python", "-m", "worker"]
+
+# The default model as ONNX, exported and checked against eager PyTorch by the worker image's own command.
+FROM worker AS onnx-export
+RUN python -m model_tools export-onnx --checkpoint models/efficientnet_lite0.pth --out /tmp/efficientnet_lite0.onnx
+
+FROM base AS worker-onnx
+COPY --from=worker-onnx-environment /opt/venv /opt/venv
+COPY serving/ serving/
+COPY model_files/ model_files/
+COPY engines/ engines/
+COPY worker/ worker/
+COPY --from=onnx-export /tmp/efficientnet_lite0.onnx models/efficientnet_lite0.onnx
+RUN mkdir -p /var/cache/imgcls && chown imgcls /var/cache/imgcls
+ENV MODEL_PATH=models/efficientnet_lite0.onnx BACKEND=onnxruntime \
+    ENGINE_CACHE_DIR=/var/cache/imgcls XDG_CACHE_HOME=/var/cache/imgcls
 USER 10001
 CMD ["python", "-m", "worker"]

@@ -40,7 +40,7 @@ bench-heavy: setup
 
 setup: $(VENV)/.installed redis-server model
 
-$(VENV)/.installed: requirements.txt requirements-api.txt
+$(VENV)/.installed: requirements.txt requirements-worker-onnx.txt requirements-api.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -r requirements.txt
 	touch $@

@@ -29,7 +29,7 @@ from PIL import Image
 from scripts.bench_peers.answers import WrongAnswers, check_answers
 from scripts.bench_peers.bentoml import BentoML
 from scripts.bench_peers.litserve import LitServe
-from scripts.bench_peers.ours import Ours
+from scripts.bench_peers.ours import Ours, OursBf16
 from scripts.bench_peers.peer import REQUIREMENTS, ModelFiles, Peer, Serving
 from scripts.bench_peers.processes import PeerUnavailable, ensure_venv, last_lines
 from scripts.bench_peers.servers.classify import resize_and_crop
@@ -41,7 +41,7 @@ from stack.processes import REPO_ROOT
 if TYPE_CHECKING:
     from model_files.checkpoints import LoadedModel
 
-SYSTEMS: tuple[Peer, ...] = (Ours(), BentoML(), LitServe(), TorchServeOnnx(), TorchServeStock())
+SYSTEMS: tuple[Peer, ...] = (Ours(), OursBf16(), BentoML(), LitServe(), TorchServeOnnx(), TorchServeStock())
 WORK = REPO_ROOT / ".bench-peers"  # git-ignored: venvs, exported models, each run's configs and logs
 READY_TIMEOUT_SECONDS = 300.0  # TorchServe starts a JVM, then two Python workers that import torch
 REQUEST_TIMEOUT_SECONDS = 30.0

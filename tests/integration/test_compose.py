@@ -37,7 +37,7 @@ def stack(tmp_path_factory):
             wait_until(lambda: ready_workers(project.url) >= 1, WORKER_START, interval=1, what="a ready worker")
             yield project
         finally:
-            project("--profile", "rollout", "down", "-v", check=False)
+            project("--profile", "rollout", "--profile", "onnx", "down", "-v", check=False)
 
 
 def ready_workers(url: str) -> int:
@@ -87,7 +87,7 @@ def test_redis_refuses_a_client_without_the_password(stack):
     assert stack.exec("redis", "redis-cli", "ping").stdout.strip() == b"PONG"  # REDISCLI_AUTH: the health check's
 
 
-@pytest.mark.parametrize("setting", ["API_IMAGE", "WORKER_IMAGE"])
+@pytest.mark.parametrize("setting", ["API_IMAGE", "WORKER_IMAGE", "WORKER_ONNX_IMAGE"])
 def test_the_ca_pip_trusted_in_the_build_is_in_no_image(stack, setting):
     """Built with the machine's CA bundle as the pip_ca secret (containers.build_service_images)."""
     image = containers.official_images()[setting]
@@ -158,7 +158,40 @@ def live_versions(url: str) -> set[str]:
     return {version["version"] for version in served["versions"] if version["workers"] > 0}
 
 
+ONNX_MODEL = "efficientnet_lite0_onnx"  # docker-compose.yml's default ONNX_MODEL_NAME
+
+
+def image_bytes(setting: str) -> int:
+    image = containers.official_images()[setting]
+    return int(containers.run("docker", "image", "inspect", "--format", "{{.Size}}", image).stdout)
+
+
+def served_names(url: str) -> set[str]:
+    return {served["name"] for served in requests.get(url + "/models", timeout=5).json()["models"]
+            if any(version["workers"] > 0 for version in served["versions"])}
+
+
+def test_the_onnx_worker_has_no_torch_weighs_a_fraction_of_the_worker_and_answers_as_it_does(stack):
+    """Issue #24's slim worker: the default model exported to ONNX in the build, served by ONNX Runtime alone."""
+    onnx_image, worker_image = image_bytes("WORKER_ONNX_IMAGE"), image_bytes("WORKER_IMAGE")
+    assert onnx_image < 1.5e9 and onnx_image < worker_image / 4, (onnx_image, worker_image)
+    stack("--profile", "onnx", "up", "-d", "worker-onnx")
+    try:
+        wait_until(lambda: ONNX_MODEL in served_names(stack.url), WORKER_START, interval=1, what=f"{ONNX_MODEL} live")
+        imported = stack.exec("worker-onnx", "python", "-c", "import torch", check=False)
+        assert imported.returncode != 0 and b"No module named 'torch'" in imported.stderr
+        for photo in ("chelsea.png", "coffee.png"):
+            full = post_image(stack.url, photo_bytes(photo), path=f"/models/{MODEL}/predict").json()["predictions"][0]
+            onnx = post_image(stack.url, photo_bytes(photo), path=f"/models/{ONNX_MODEL}/predict").json()
+            assert onnx["model"] == ONNX_MODEL, onnx
+            (top, *_) = onnx["predictions"]
+            assert (top["index"], top["label"]) == (full["index"], full["label"]), photo
+            assert top["probability"] == pytest.approx(full["probability"], abs=1e-4), photo
+    finally:
+        stack("--profile", "onnx", "rm", "--stop", "--force", "worker-onnx", check=False)
+
+
 def test_down_v_leaves_no_container_network_or_volume(stack):
     assert stack.leftovers()  # the check can tell: the project is up
-    stack("--profile", "rollout", "down", "-v")
+    stack("--profile", "rollout", "--profile", "onnx", "down", "-v")
     assert stack.leftovers() == {}

