@@ -140,14 +140,15 @@ def _worst_engine_report(fp32: Path, int8: Path, images: np.ndarray, source: str
     from engines import onnxruntime_cpu, openvino_cpu
 
     cpu = "cpu"
-    expected = _probabilities(onnxruntime_cpu.open_file(fp32, cpu, 0), images)
-    reports = [compare(expected, _probabilities(engine.open_file(int8, cpu, 0), images), "int8",
+    expected = batched_probabilities(onnxruntime_cpu.open_file(fp32, cpu, 0), images)
+    reports = [compare(expected, batched_probabilities(engine.open_file(int8, cpu, 0), images), "int8",
                        images_source=source, engine=name)
                for name, engine in (("onnxruntime", onnxruntime_cpu), ("openvino", openvino_cpu))]
     return min(reports, key=lambda report: (report.top1_agreement, report.top5_overlap, -report.max_difference))
 
 
-def _probabilities(run, images: np.ndarray) -> np.ndarray:
+def batched_probabilities(run, images: np.ndarray) -> np.ndarray:
+    """run(batch) over `images` in batches of BATCH, its rows together."""
     return np.concatenate([run(images[i:i + BATCH]) for i in range(0, len(images), BATCH)])
 
 

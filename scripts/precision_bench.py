@@ -30,8 +30,8 @@ from engines.precision import require_supported
 from model_files.card import ModelOptions
 from model_files.checkpoints import load_model
 from model_files.export import export_onnx
-from model_files.precision import PrecisionRefused
-from model_tools.quantize import METHODS, photos_in, quantize
+from model_files.precision import PrecisionRefused, compare
+from model_tools.quantize import METHODS, batched_probabilities, photos_in, quantize
 from serving.config import Settings
 
 PHOTOS = Path(skimage.data_dir)
@@ -88,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             print(f"  int8 {method:10s} {report.summary()}", flush=True)
             int8[method] = out
+        print_bf16_agreement(fp32, np.concatenate([photos_in(calibration, loaded.card),
+                                                   photos_in(held_out, loaded.card)]))
         print_throughput(fp32, int8, photos_in(held_out, loaded.card)[:BATCH], args.rounds, args.seconds)
     return 0
 
@@ -105,6 +107,19 @@ def variants(fp32: Path, int8: dict[str, Path]) -> dict[str, object]:
         runs[f"onnxruntime int8 ({method})"] = onnxruntime_cpu.open_file(path, CPU, 1)
         runs[f"openvino int8 ({method})"] = openvino_cpu.open_file(path, CPU, 1)
     return runs
+
+
+def print_bf16_agreement(fp32: Path, photos: np.ndarray) -> None:
+    """BF16's report on every photo (BF16 calibrates on nothing, so none is held out): against the same file in
+    float32 on OpenVINO, as the worker judges it at start on engines.verify's synthetic images."""
+    try:
+        require_supported(Settings(precision="bf16", backend="openvino"), CPU)
+    except BackendError:
+        return  # variants() says why
+    reference, candidate = (openvino_cpu.open_file(fp32, CPU, 1), openvino_cpu.open_bf16(fp32, CPU, 1))
+    report = compare(batched_probabilities(reference, photos), batched_probabilities(candidate, photos), "bf16",
+                     images_source=f"{len(photos)} sample photos and their variants", engine="openvino")
+    print(f"  bf16 {' ' * 10} {report.summary()}", flush=True)
 
 
 def images_per_second(run, batch: np.ndarray, seconds: float) -> tuple[float, float]:
