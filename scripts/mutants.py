@@ -61,7 +61,7 @@ MUTANTS = (
            "messages = self.queue.take_retry() or self.queue.take_batch(",
            "messages = self.queue.take_batch(", ("tests/unit/test_worker.py",)),
     Mutant("deadlines compared with the worker host's clock", "worker/loop.py",
-           "taken_at = self.clock.now()", "taken_at = time.time()",
+           "taken_at = self.heartbeat.clock.now()", "taken_at = time.time()",
            ("tests/integration/test_reliability.py::test_workers_whose_clocks_are_20s_off_answer_every_request_and_"
             "reap_nobody",)),
     Mutant("the reaper's script does not check the heartbeat again (Lua)", "serving/queue_scripts.py",
