@@ -21,7 +21,7 @@ from tests.unit.tiny_model import COLOURS, INPUT_SIZE, message, processed, store
 from worker import loop
 from worker.__main__ import redis_client
 from worker.loop import Worker
-from worker.queue import WorkerQueue
+from worker.queue import ModelMismatch, WorkerQueue
 from worker.retry import retry_on_redis_errors
 
 SETTINGS = Settings(key_prefix="t", batch_size=8)
@@ -261,6 +261,17 @@ def test_a_heartbeat_that_fails_for_good_stops_the_worker_instead_of_serving_una
     thread.join(10)
     assert not thread.is_alive() and finished == [False]
     assert worker.client.zscore(KEYS.workers, "w1") is None  # signed off: its work goes back at once
+
+
+def test_a_worker_of_another_model_than_its_versions_live_workers_refuses_to_run_and_touches_nothing(fake_redis):
+    """Refused at its first heartbeat: run() is False at once, with the reason, and the queue is left to the others."""
+    WorkerQueue(fake_redis, KEYS, "w0").announce(b"{}", "another model", SETTINGS.worker_timeout)
+    fake_redis.lpush(KEYS.queue, message(fake_redis, "theirs"))
+    worker = Worker(fake_redis, tiny_classifier(), SETTINGS, worker_id="w1")
+    assert worker.run(threading.Event()) is False
+    assert isinstance(worker.heartbeat.refusal, ModelMismatch)
+    assert fake_redis.llen(KEYS.queue) == 1 and result(worker, "theirs") is None
+    assert fake_redis.zscore(KEYS.workers, "w1") is None and fake_redis.zscore(KEYS.workers, "w0") is not None
 
 
 def test_every_answer_names_its_request_and_a_failure_says_why(worker, monkeypatch):
