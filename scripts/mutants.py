@@ -61,7 +61,7 @@ MUTANTS = (
            "messages = self.queue.take_retry() or self.queue.take_batch(",
            "messages = self.queue.take_batch(", ("tests/unit/test_worker.py",)),
     Mutant("deadlines compared with the worker host's clock", "worker/loop.py",
-           "taken_at = self.clock.now()", "taken_at = time.time()",
+           "taken_at = self.heartbeat.clock.now()", "taken_at = time.time()",
            ("tests/integration/test_reliability.py::test_workers_whose_clocks_are_20s_off_answer_every_request_and_"
             "reap_nobody",)),
     Mutant("the reaper's script does not check the heartbeat again (Lua)", "serving/queue_scripts.py",
@@ -225,7 +225,7 @@ _ACCEPTED: tuple[tuple[str, tuple[str, ...]], ...] = (
     )),
     ("feeds only the batch's log line (batch count, oldest wait, answered count) or the statistics of a batch "
      "that ran nothing, which record no inference time", (
-        "worker.loop.xǁWorkerǁ__init____mutmut_27",
+        "worker.loop.xǁWorkerǁ__init____mutmut_29",
         "worker.loop.xǁWorkerǁprocess__mutmut_19",
         "worker.loop.xǁWorkerǁprocess__mutmut_27",
         "worker.loop.xǁWorkerǁprocess__mutmut_28",
@@ -241,24 +241,28 @@ _ACCEPTED: tuple[tuple[str, tuple[str, ...]], ...] = (
         "worker.loop.xǁWorkerǁprocess__mutmut_45",
     )),
     ("None for False: falsy wherever it is read", (
-        "worker.loop.xǁWorkerǁ__init____mutmut_35",
-        "worker.loop.xǁWorkerǁ__init____mutmut_39",
-        "worker.loop.xǁWorkerǁserve_once__mutmut_16",
+        "worker.loop.xǁWorkerǁ__init____mutmut_37",
+        "worker.loop.xǁWorkerǁserve_once__mutmut_18",
+        "worker.heartbeat.xǁHeartbeatǁ__init____mutmut_8",
     )),
     ("BATCH_WAIT_MS / 1001 instead of / 1000: 0.1% of a wait", (
-        "worker.loop.xǁWorkerǁserve_once__mutmut_14",
+        "worker.loop.xǁWorkerǁserve_once__mutmut_16",
     )),
-    ("the heartbeat thread's name and daemon flag: cosmetic, and run() joins the thread before it returns", (
-        "worker.loop.xǁWorkerǁrun__mutmut_5",
-        "worker.loop.xǁWorkerǁrun__mutmut_6",
-        "worker.loop.xǁWorkerǁrun__mutmut_9",
-        "worker.loop.xǁWorkerǁrun__mutmut_10",
-        "worker.loop.xǁWorkerǁrun__mutmut_11",
-        "worker.loop.xǁWorkerǁrun__mutmut_12",
-        "worker.loop.xǁWorkerǁrun__mutmut_13",
+    ("the heartbeat thread's name and daemon flag: cosmetic, and run() ends (joins) the thread before it returns", (
+        "worker.heartbeat.xǁHeartbeatǁstart__mutmut_4",
+        "worker.heartbeat.xǁHeartbeatǁstart__mutmut_5",
+        "worker.heartbeat.xǁHeartbeatǁstart__mutmut_8",
+        "worker.heartbeat.xǁHeartbeatǁstart__mutmut_9",
+        "worker.heartbeat.xǁHeartbeatǁstart__mutmut_10",
+        "worker.heartbeat.xǁHeartbeatǁstart__mutmut_11",
+        "worker.heartbeat.xǁHeartbeatǁstart__mutmut_12",
     )),
-    ("the poll interval while waiting for the first heartbeat (0.1 s or 1.1 s)", (
-        "worker.loop.xǁWorkerǁrun__mutmut_17",
+    ("the heartbeat's thread before start(): start() sets it before end() joins it", (
+        "worker.heartbeat.xǁHeartbeatǁ__init____mutmut_11",
+    )),
+    ("the worker id handed to the Redis-error retry only names the worker in its log line", (
+        "worker.loop.xǁWorkerǁserve__mutmut_3",
+        "worker.heartbeat.xǁHeartbeatǁ_beat_or_stop__mutmut_3",
     )),
     ("7 hex digits of a uuid in the worker id instead of 6", (
         "worker.loop.x_new_worker_id__mutmut_1",

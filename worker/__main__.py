@@ -68,7 +68,7 @@ def main() -> int:
         return 2
     if worker.run(stop):
         return 0
-    return 2 if worker.refusal else 1  # 2: another model serves its name@version; restarting cannot help
+    return 2 if worker.heartbeat.refusal else 1  # 2: another model serves its name@version; restarting cannot help
 
 
 def load_classifier(settings: Settings) -> Classifier | None:

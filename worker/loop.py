@@ -21,16 +21,15 @@ from serving.protocol import (
     MalformedMessage,
     MissingPixels,
     QueuedRequest,
-    RedisClock,
 )
 from serving.redis_client import REDIS_ERRORS, RedisClient
+from worker.heartbeat import Heartbeat
 from worker.inference import Classifier
 from worker.metrics import BatchStats
-from worker.queue import ModelMismatch, WorkerQueue, worker_id_prefix
+from worker.queue import WorkerQueue, worker_id_prefix
+from worker.retry import retry_on_redis_errors
 
 log = logging.getLogger("worker")
-
-MAX_RECONNECT_DELAY_SECONDS = 5.0
 
 
 class Refusal(NamedTuple):
@@ -72,45 +71,34 @@ class Worker:
         self.expired = 0
         self.stats = BatchStats(client, self.keys)
         self._may_hold_messages = False  # True after a Redis error: the processing list may hold unpublished work
-        self.clock = RedisClock()  # read again at every heartbeat
-        self.first_heartbeat = threading.Event()
-        self.heartbeat_failed = False
-        self.refusal: ModelMismatch | None = None  # set when the version's live workers serve another model
-        self.model_info = classifier.describe(self.name, self.version, settings.batch_size).to_json()
-        self.fingerprint = fingerprint or model_fingerprint(classifier.card)  # main() passes the file's too
+        self.heartbeat = Heartbeat(self.queue, settings,
+                                   classifier.describe(self.name, self.version, settings.batch_size).to_json(),
+                                   fingerprint or model_fingerprint(classifier.card))  # main() passes the file's too
 
     def run(self, stop: threading.Event) -> bool:
         """Serve until `stop` is set; the batch in hand is always finished first. False if the heartbeat failed.
 
         A worker whose model differs from its version's live workers' (ModelMismatch, at its first heartbeat)
-        leaves at once: `refusal` says why. Heartbeats and maintenance run in a thread of their own, so a batch
-        that computes for longer than WORKER_TIMEOUT never makes this worker look dead. It stops before the
-        sign-off, so no late heartbeat registers a worker that has left. Should it fail for anything but a Redis error
-        (which it retries), the worker stops too: serving on without heartbeats would get its requests
-        run twice and, were it the only worker, have the API answer 503 while it computes.
+        leaves at once: `heartbeat.refusal` says why. The heartbeat ends before the sign-off, so no late heartbeat
+        registers a worker that has left.
         """
         log.info("worker=%s ready model=%s device=%s batch_size=%d", self.worker_id,
                  self.model_id, self.classifier.device, self.settings.batch_size)
-        beating = threading.Event()
-        heartbeat = threading.Thread(target=self._beat_or_stop, args=(beating, stop), name="heartbeat", daemon=True)
-        heartbeat.start()
-        while not (self.first_heartbeat.wait(0.1) or stop.is_set()):
-            pass  # messages' deadlines are by Redis's clock, which the first heartbeat reads
-        if self.refusal is not None:  # it never joined the version: nothing taken, nothing to hand back
-            heartbeat.join()
+        self.heartbeat.start(stop)  # messages' deadlines are by Redis's clock, which the first heartbeat reads
+        if self.heartbeat.refusal is not None:  # it never joined the version: nothing taken, nothing to hand back
+            self.heartbeat.end()
             return False
-        self._retry_on_redis_errors(self.serve_once, stop)
-        if not self.heartbeat_failed:
+        self.serve(stop)
+        if not self.heartbeat.failed:
             self.drain_if_last()
-        beating.set()
-        heartbeat.join()
-        try:
-            self.sign_off()
-        except REDIS_ERRORS as exc:
-            # Whatever it held is recovered by the others once its heartbeat ages out.
-            log.warning("worker=%s could not sign off: %s", self.worker_id, exc)
+        self.heartbeat.end()
+        self.sign_off()
         log.info("worker=%s stopped after %d batches", self.worker_id, self.batches)
-        return not self.heartbeat_failed
+        return not self.heartbeat.failed
+
+    def serve(self, stop: threading.Event) -> None:
+        """Batch after batch until `stop`, riding out Redis errors."""
+        retry_on_redis_errors(self.serve_once, stop, self.worker_id)
 
     def drain_if_last(self) -> None:
         """Serve what is still queued for this version before leaving, if no other worker of it stays.
@@ -138,40 +126,6 @@ class Worker:
             log.warning("worker=%s stops without serving what is queued for %s: %s", self.worker_id,
                         self.model_id, exc)
 
-    def _beat_or_stop(self, beating: threading.Event, stop: threading.Event) -> None:
-        try:
-            self.beat_until(beating)
-        except ModelMismatch as exc:
-            log.error("worker=%s refuses to start: %s", self.worker_id, exc)
-            self.refusal = exc
-            stop.set()
-        except Exception:
-            log.exception("worker=%s heartbeat failed; stopping the worker", self.worker_id)
-            self.heartbeat_failed = True
-            stop.set()
-
-    def beat_until(self, stop: threading.Event) -> None:
-        """Every heartbeat period until `stop`: announce this worker, then reap dead ones."""
-        def beat_and_reap():
-            self.heartbeat()
-            self.queue.reap_dead_workers(self.settings.worker_timeout, self.settings.max_attempts)
-            self.queue.forget_idle_versions(self.settings.forget_after)
-            stop.wait(self.settings.heartbeat_seconds)
-        self._retry_on_redis_errors(beat_and_reap, stop)
-
-    def _retry_on_redis_errors(self, step, stop: threading.Event) -> None:
-        """Run step() until `stop`, backing off while Redis fails."""
-        failures = 0
-        while not stop.is_set():
-            try:
-                step()
-                failures = 0
-            except REDIS_ERRORS as exc:
-                failures += 1
-                delay = min(MAX_RECONNECT_DELAY_SECONDS, 0.1 * 2 ** failures)
-                log.warning("worker=%s redis error (%s); retrying in %.1fs", self.worker_id, exc, delay)
-                stop.wait(delay)
-
     def serve_once(self) -> None:
         """Serve what the processing list still holds after a Redis error; else a retried message alone; else a batch.
 
@@ -198,22 +152,20 @@ class Worker:
         never not at all."""
         return self.batches % self.settings.low_lane_every == self.settings.low_lane_every - 1
 
-    def heartbeat(self) -> None:
-        """Announce this worker and the model it serves, both expiring unless renewed."""
-        sent_at = time.time()
-        redis_now = self.queue.announce(self.model_info, self.fingerprint, self.settings.worker_timeout)
-        self.clock.observe(redis_now, sent_at, time.time())
-        self.first_heartbeat.set()
-
     def sign_off(self) -> None:
         """Hand back anything not started (not a failed attempt) and leave the registry."""
-        returned = self.queue.sign_off(self.settings.max_attempts)
+        try:
+            returned = self.queue.sign_off(self.settings.max_attempts)
+        except REDIS_ERRORS as exc:
+            # Whatever it held is recovered by the others once its heartbeat ages out.
+            log.warning("worker=%s could not sign off: %s", self.worker_id, exc)
+            return
         if returned:
             log.info("worker=%s handed back %d unstarted requests", self.worker_id, returned)
 
     def process(self, messages: list[bytes]) -> None:
         """Answer every message of the batch: a prediction, or an error saying why not."""
-        taken_at = self.clock.now()  # messages' times are by Redis's clock
+        taken_at = self.heartbeat.clock.now()  # messages' times are by Redis's clock
         queued: list[QueuedRequest] = []
         answers: dict[str, bytes | None] = {}  # job id -> its answer, for every message that names its job
         for message in messages:

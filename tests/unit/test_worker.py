@@ -21,7 +21,8 @@ from tests.unit.tiny_model import COLOURS, INPUT_SIZE, message, processed, store
 from worker import loop
 from worker.__main__ import redis_client
 from worker.loop import Worker
-from worker.queue import WorkerQueue
+from worker.queue import ModelMismatch, WorkerQueue
+from worker.retry import retry_on_redis_errors
 
 SETTINGS = Settings(key_prefix="t", batch_size=8)
 KEYS = Keys("t", "tiny@1")
@@ -109,7 +110,7 @@ def test_the_batch_leaves_the_processing_list_once_answered(worker):
 
 
 def test_heartbeat_announces_the_model_and_the_worker_with_expiry(worker):
-    worker.heartbeat()
+    worker.heartbeat.beat()
     info = protocol.ModelInfo.from_json(worker.client.get(KEYS.model))
     assert (info.name, info.input_size, info.num_classes, info.device) == ("tiny", INPUT_SIZE, 3, "cpu")
     assert 0 < worker.client.pttl(KEYS.model) <= SETTINGS.worker_timeout * 1000
@@ -117,7 +118,7 @@ def test_heartbeat_announces_the_model_and_the_worker_with_expiry(worker):
 
 
 def test_stopping_hands_back_unstarted_work_without_counting_an_attempt(worker):
-    worker.heartbeat()
+    worker.heartbeat.beat()
     worker.client.lpush(KEYS.processing("w1"), message(worker.client, "unstarted"))
     worker.sign_off()
     assert worker.client.zscore(KEYS.workers, "w1") is None
@@ -128,7 +129,7 @@ def test_stopping_hands_back_unstarted_work_without_counting_an_attempt(worker):
 @pytest.mark.parametrize("others_stay", [False, True])
 def test_the_last_worker_of_a_version_serves_its_queue_before_it_stops(worker, others_stay):
     """Nobody else would: the version's queue is its own. With another worker of it staying, it just leaves."""
-    worker.heartbeat()
+    worker.heartbeat.beat()
     if others_stay:
         worker.client.zadd(KEYS.workers, {"w2": float(worker.client.time()[0])})
     worker.client.lpush(KEYS.queue, *(message(worker.client, f"r{i}") for i in range(12)))
@@ -143,7 +144,7 @@ def test_the_last_worker_of_a_version_serves_its_queue_before_it_stops(worker, o
 @pytest.mark.parametrize("others_stay", [False, True])
 def test_the_last_worker_to_stop_closes_its_version_and_one_that_others_outlive_leaves_it_open(worker, others_stay):
     """Closed: no model description (the API answers no_worker at once) and not live in the fleet's registry."""
-    worker.heartbeat()
+    worker.heartbeat.beat()
     if others_stay:
         worker.client.zadd(KEYS.workers, {"w2": float(worker.client.time()[0])})
     stop = threading.Event()
@@ -155,9 +156,9 @@ def test_the_last_worker_to_stop_closes_its_version_and_one_that_others_outlive_
 
 
 def test_the_heartbeats_of_a_draining_last_worker_keep_it_registered_but_do_not_reopen_its_version(worker):
-    worker.heartbeat()
+    worker.heartbeat.beat()
     assert worker.queue.announce_stopping(SETTINGS.worker_timeout) == 0
-    worker.heartbeat()  # its heartbeat thread beats on while it serves what is queued
+    worker.heartbeat.beat()  # its heartbeat thread beats on while it serves what is queued
     assert not worker.client.exists(KEYS.model)
     assert fleet_scripts.model_ages(worker.client, fleet=FleetKeys("t"))[KEYS.model_id] > SETTINGS.worker_timeout
     assert worker.client.zscore(KEYS.workers, "w1") is not None  # not reaped while it drains
@@ -165,7 +166,7 @@ def test_the_heartbeats_of_a_draining_last_worker_keep_it_registered_but_do_not_
 
 def test_the_last_worker_stops_once_its_queue_is_empty_not_at_the_request_timeout(fake_redis):
     worker = Worker(fake_redis, tiny_classifier(), Settings(key_prefix="t", request_timeout=60), worker_id="w1")
-    worker.heartbeat()
+    worker.heartbeat.beat()
     fake_redis.lpush(KEYS.queue, message(worker.client, "last"))
     stop = threading.Event()
     stop.set()
@@ -250,9 +251,9 @@ def test_a_heartbeat_that_fails_for_good_stops_the_worker_instead_of_serving_una
         if len(beats) > 1:
             raise ValueError("unexpected reply")
         fake_redis.zadd(KEYS.workers, {"w1": time.time()})
-        worker.first_heartbeat.set()
+        worker.heartbeat.first_beat.set()
 
-    monkeypatch.setattr(worker, "heartbeat", second_beat_breaks)
+    monkeypatch.setattr(worker.heartbeat, "beat", second_beat_breaks)
     stop = threading.Event()
     finished = []
     thread = threading.Thread(target=lambda: finished.append(worker.run(stop)))
@@ -260,6 +261,17 @@ def test_a_heartbeat_that_fails_for_good_stops_the_worker_instead_of_serving_una
     thread.join(10)
     assert not thread.is_alive() and finished == [False]
     assert worker.client.zscore(KEYS.workers, "w1") is None  # signed off: its work goes back at once
+
+
+def test_a_worker_of_another_model_than_its_versions_live_workers_refuses_to_run_and_touches_nothing(fake_redis):
+    """Refused at its first heartbeat: run() is False at once, with the reason, and the queue is left to the others."""
+    WorkerQueue(fake_redis, KEYS, "w0").announce(b"{}", "another model", SETTINGS.worker_timeout)
+    fake_redis.lpush(KEYS.queue, message(fake_redis, "theirs"))
+    worker = Worker(fake_redis, tiny_classifier(), SETTINGS, worker_id="w1")
+    assert worker.run(threading.Event()) is False
+    assert isinstance(worker.heartbeat.refusal, ModelMismatch)
+    assert fake_redis.llen(KEYS.queue) == 1 and result(worker, "theirs") is None
+    assert fake_redis.zscore(KEYS.workers, "w1") is None and fake_redis.zscore(KEYS.workers, "w0") is not None
 
 
 def test_every_answer_names_its_request_and_a_failure_says_why(worker, monkeypatch):
@@ -282,7 +294,7 @@ def test_every_answer_names_its_request_and_a_failure_says_why(worker, monkeypat
 
 def test_an_answer_times_its_wait_in_the_queue_by_redis_clock_and_the_batch_inference_in_ms(worker, monkeypatch):
     taken_at = 5000.0  # Redis's clock when the batch was taken
-    monkeypatch.setattr(worker.clock, "now", lambda: taken_at)
+    monkeypatch.setattr(worker.heartbeat.clock, "now", lambda: taken_at)
     ticks = iter([100.0, 100.0456789])  # the model runs for 45.6789 ms
     monkeypatch.setattr(loop, "time", types.SimpleNamespace(perf_counter=lambda: next(ticks)))
     pixels = np.zeros((INPUT_SIZE, INPUT_SIZE, 3), dtype=np.uint8)
@@ -312,7 +324,7 @@ def test_expired_requests_are_counted_across_batches_and_a_batch_of_them_never_r
 def test_the_heartbeat_announces_the_card_the_batch_size_and_the_engine(fake_redis):
     classifier = tiny_classifier()
     classifier.card = card = dataclasses.replace(classifier.card, sources={"arch": "the model file"})
-    Worker(fake_redis, classifier, SETTINGS, worker_id="w1").heartbeat()
+    Worker(fake_redis, classifier, SETTINGS, worker_id="w1").heartbeat.beat()
     preprocessing = card.preprocessing
     assert ModelInfo.from_json(fake_redis.get(KEYS.model)) == ModelInfo(
         "tiny", "mean_colour", 3, preprocessing.input_size, preprocessing.resize_size, preprocessing.mean,
@@ -354,7 +366,7 @@ def test_redis_errors_are_retried_after_a_delay_that_doubles_up_to_5_s_and_start
         if outcome == "fail":
             raise redis.ConnectionError("connection refused")
 
-    worker._retry_on_redis_errors(step, Stop())
+    retry_on_redis_errors(step, Stop(), worker_id="w1")
     assert waits == pytest.approx([0.2, 0.4, 0.8, 1.6, 3.2, 5.0, 5.0, 0.2])
 
 
@@ -367,17 +379,14 @@ def test_the_heartbeat_thread_reaps_dead_workers_with_the_configured_timeout_and
     for job_id in ("poison", "fine"):
         held = InferenceRequest(job_id, pixels, time.time(), time.time() + 60, 5)
         fake_redis.lpush(KEYS.processing("dead"), stored(fake_redis, KEYS, held))
-    stop = threading.Event()
-    thread = threading.Thread(target=worker.beat_until, args=(stop,), daemon=True)
-    thread.start()
+    worker.heartbeat.start(threading.Event())
     try:
         for _ in range(100):
             if fake_redis.exists(KEYS.result("poison")):
                 break
             time.sleep(0.05)
     finally:
-        stop.set()
-        thread.join(10)
+        worker.heartbeat.end()
     assert result(worker, "poison")["error"]["code"] == "attempts_exhausted"  # its second attempt: MAX_ATTEMPTS=2
     assert 0 < fake_redis.pttl(KEYS.result("poison")) <= protocol.RESULT_TTL_SECONDS * 1000
     assert [protocol.decode_message(m).job_id for m in fake_redis.lrange(KEYS.retry, 0, -1)] == ["fine"]
@@ -395,7 +404,7 @@ def test_a_worker_stopped_before_its_first_heartbeat_stops():
     thread = threading.Thread(target=lambda: finished.append(worker.run(stop)), daemon=True)
     thread.start()
     time.sleep(0.3)
-    assert thread.is_alive() and not worker.first_heartbeat.is_set()
+    assert thread.is_alive() and not worker.heartbeat.first_beat.is_set()
     stop.set()
     thread.join(5)
     assert not thread.is_alive() and finished == [True]
