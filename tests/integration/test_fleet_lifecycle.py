@@ -106,6 +106,10 @@ def test_another_model_under_a_live_name_and_version_refuses_to_start_until_the_
         assert predict(stack, path="/models/twin/predict").status_code == 200  # the version is not broken
 
         serving.send_signal(signal.SIGKILL)
+        # Its fingerprint lives WORKER_TIMEOUT past its last heartbeat: a replacement that starts sooner (one whose
+        # export is in the engine cache is ready in 3 s) is refused in its turn.
+        wait_until(lambda: not stack.redis().exists(Keys(stack.settings.key_prefix, "twin@1").fingerprint), 30, 0.2,
+                   "the dead worker's fingerprint expired with its heartbeat")
         replacement = stack.start_worker({"MODEL_NAME": "twin", **(other if serving is first else {})})
         expected_classes = len(SHAPES) if serving is first else 1000
         wait_until(lambda: names(stack)["twin"]["versions"][0].get("num_classes") == expected_classes, 180, 0.5,
