@@ -22,8 +22,8 @@ if TYPE_CHECKING:
 Run = Callable[[np.ndarray], np.ndarray]  # uint8 NHWC batch -> float32 probabilities, one row per image
 
 
-class BackendError(RuntimeError):
-    """The configured backend cannot serve this model file here; the message says why."""
+class EngineError(RuntimeError):
+    """The configured engine cannot serve this model file here; the message says why."""
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ class Engine:
 
 
 @dataclass(frozen=True)
-class ExportBackend:
+class ExportEngine:
     """An engine that runs an export file of the serving model: one model_tools writes, here or beforehand."""
 
     name: str  # its BACKEND value

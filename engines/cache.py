@@ -30,7 +30,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from engines.base import ExportBackend, device_type
+from engines.base import ExportEngine, device_type
 from model_files.card import ModelCard, card_to_json
 from model_files.files import write_atomically
 from model_files.precision import AgreementReport
@@ -123,18 +123,18 @@ class EngineCache:
         return cls(directory, file_sha256(model_path))
 
     @contextlib.contextmanager
-    def entry(self, backend: ExportBackend, device: str, card: ModelCard,
+    def entry(self, engine: ExportEngine, device: str, card: ModelCard,
               precision: str = "fp32") -> Iterator[Entry]:
         """The entry of this export, held under an exclusive lock while the caller reads or makes it."""
-        key = self.key(backend, device, card, precision)
+        key = self.key(engine, device, card, precision)
         self.directory.mkdir(parents=True, exist_ok=True)
         with open(self.directory / f"{key}.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if the process dies
-            yield Entry(self.directory / f"{key}{backend.suffix}")
+            yield Entry(self.directory / f"{key}{engine.suffix}")
 
-    def key(self, backend: ExportBackend, device: str, card: ModelCard, precision: str = "fp32") -> str:
-        versions = [f"{name}=={importlib.metadata.version(name)}" for name in backend.runtimes]
+    def key(self, engine: ExportEngine, device: str, card: ModelCard, precision: str = "fp32") -> str:
+        versions = [f"{name}=={importlib.metadata.version(name)}" for name in engine.runtimes]
         # float32's keys are those of before reduced precision, so existing entries stay hits.
         computed_in = [] if precision == "fp32" else [f"precision={precision}"]
-        parts = [self.model_digest, card_to_json(card), backend.name, device_type(device), *versions, *computed_in]
-        return f"{backend.name}-{hashlib.sha256(chr(0).join(parts).encode()).hexdigest()[:24]}"
+        parts = [self.model_digest, card_to_json(card), engine.name, device_type(device), *versions, *computed_in]
+        return f"{engine.name}-{hashlib.sha256(chr(0).join(parts).encode()).hexdigest()[:24]}"

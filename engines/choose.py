@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from engines import eager, onnxruntime_cpu, openvino_cpu, precision, torchscript
-from engines.base import BackendError, Engine, ExportBackend, Run, device_type
+from engines.base import Engine, EngineError, ExportEngine, Run, device_type
 from engines.cache import EngineCache
 from engines.verify import verify
 from model_files.card import ExportError, ModelCard, ModelOptions, card_fields, first_line, resolve_card
@@ -44,9 +44,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("worker")
 
-EXPORT_BACKENDS = {backend.name: backend for backend in (torchscript.BACKEND, onnxruntime_cpu.BACKEND,
-                                                        openvino_cpu.BACKEND)}
-BACKENDS = ("auto", eager.NAME, *EXPORT_BACKENDS)
+EXPORT_ENGINES = {engine.name: engine for engine in (torchscript.ENGINE, onnxruntime_cpu.ENGINE,
+                                                    openvino_cpu.ENGINE)}
+ENGINE_CHOICES = ("auto", eager.NAME, *EXPORT_ENGINES)
 # Fastest first in the service on this project's 2-core CPU with EfficientNet-Lite0 (docs/performance.md "make bench"):
 # alone, openvino computes faster, but beside the API processes onnxruntime serves more.
 CPU_PREFERENCE = ("onnxruntime", "openvino", "torchscript", "torch")
@@ -66,11 +66,11 @@ def open_engine(settings: Settings, device: str) -> Engine:
     if path.suffix == ".onnx":
         engine = _engine_for_onnx_file(path, options, settings, device, threads)
     elif settings.precision == "int8":  # before loading the model: a checkpoint has no int8 answers to judge
-        raise BackendError(f"PRECISION=int8 serves an ONNX file {precision.QUANTIZE_COMMAND} wrote; MODEL_PATH={path} "
+        raise EngineError(f"PRECISION=int8 serves an ONNX file {precision.QUANTIZE_COMMAND} wrote; MODEL_PATH={path} "
                            "is not one")
     elif is_serving_torchscript(path):
         if settings.precision != precision.FULL:
-            raise BackendError(f"PRECISION={settings.precision} needs a checkpoint or an ONNX file; {path} is "
+            raise EngineError(f"PRECISION={settings.precision} needs a checkpoint or an ONNX file; {path} is "
                                "TorchScript, which runs in float32")
         engine = _engine_for_torchscript_file(path, options, settings.backend, device)
     else:
@@ -96,22 +96,22 @@ def engine_for_checkpoint(loaded: LoadedModel, backend: str, device: str, thread
     caller judges. With a cache, an export verified before is used without exporting or verifying again.
     """
     _require_known(backend)
-    if backend in EXPORT_BACKENDS and EXPORT_BACKENDS[backend].cpu_only:
+    if backend in EXPORT_ENGINES and EXPORT_ENGINES[backend].cpu_only:
         _require_cpu(backend, device)
     reference = functools.cache(lambda: eager.open_loaded(loaded, device))  # only built when something needs it
 
     def build(name: str) -> Engine:
         if name == eager.NAME:
             return Engine(name, loaded.card, reference())
-        run, report = _verified_export(EXPORT_BACKENDS[name], loaded, device, threads, reference, cache, compute)
+        run, report = _verified_export(EXPORT_ENGINES[name], loaded, device, threads, reference, cache, compute)
         return Engine(name, _card_in(loaded.card, compute, report), run)
 
     candidates = [backend] if backend != "auto" else _auto_candidates(device, compute)
     return _first_that_builds(backend, candidates, build)
 
 
-def installed(backend: str) -> bool:
-    return backend not in EXPORT_BACKENDS or EXPORT_BACKENDS[backend].installed()
+def installed(name: str) -> bool:
+    return name not in EXPORT_ENGINES or EXPORT_ENGINES[name].installed()
 
 
 def _first_that_builds(backend: str, candidates: list[str], build: Callable[[str], Engine]) -> Engine:
@@ -129,10 +129,10 @@ def _first_that_builds(backend: str, candidates: list[str], build: Callable[[str
         except Exception as exc:
             reason = first_line(exc)
             if backend != "auto":
-                raise BackendError(f"BACKEND={name} cannot serve this model: {reason}") from exc
+                raise EngineError(f"BACKEND={name} cannot serve this model: {reason}") from exc
             log.warning("backend %s skipped: %s", name, reason)
             failures.append(f"{name}: {reason}")
-    raise BackendError(f"no engine can serve this model ({'; '.join(failures)})")
+    raise EngineError(f"no engine can serve this model ({'; '.join(failures)})")
 
 
 def _auto_candidates(device: str, compute: str = precision.FULL) -> list[str]:
@@ -148,42 +148,42 @@ def _card_in(card: ModelCard, compute: str, report: AgreementReport | None) -> M
     return card if compute == precision.FULL else dataclasses.replace(card, precision=compute, agreement=report)
 
 
-def _verified_export(backend: ExportBackend, loaded: LoadedModel, device: str, threads: int,
+def _verified_export(engine: ExportEngine, loaded: LoadedModel, device: str, threads: int,
                      reference: Callable[[], Run], cache: EngineCache | None,
                      compute: str) -> Built:
-    """The backend running an export of the model that gives eager PyTorch's answers, from the cache if it has one;
+    """The engine running an export of the model that gives eager PyTorch's answers, from the cache if it has one;
     in bf16, one whose answers are measured against eager PyTorch's, with the report.
 
     A cache that cannot hold the export (a full or read-only disk) costs this start the cache, not the
     engine: the export is made again in a temporary folder, elsewhere.
     """
-    _require_installed(backend)  # before the cache's key, which reads the runtime's version
+    _require_installed(engine)  # before the cache's key, which reads the runtime's version
     if cache is not None:
         try:
-            return _cached_export(backend, loaded, device, threads, reference, cache, compute)
+            return _cached_export(engine, loaded, device, threads, reference, cache, compute)
         except OSError as exc:
             log.warning("backend %s: the engine cache cannot hold its export (%s): exporting in a temporary folder",
-                        backend.name, exc.strerror or exc)
+                        engine.name, exc.strerror or exc)
     with tempfile.TemporaryDirectory() as scratch:
-        path = Path(scratch) / f"model{backend.suffix}"
-        return _export_and_verify(backend, loaded, device, threads, reference, path, compute)
+        path = Path(scratch) / f"model{engine.suffix}"
+        return _export_and_verify(engine, loaded, device, threads, reference, path, compute)
 
 
-def _cached_export(backend: ExportBackend, loaded: LoadedModel, device: str, threads: int,
+def _cached_export(engine: ExportEngine, loaded: LoadedModel, device: str, threads: int,
                    reference: Callable[[], Run], cache: EngineCache, compute: str) -> Built:
     """The cache's verified export, else one made and verified now; only a verdict on the model is remembered.
 
     A bf16 entry keeps its agreement report: judged against PRECISION_MIN_AGREEMENT at every start, since the
     threshold may have changed, while the report itself is the model's and the runtime's.
     """
-    with cache.entry(backend, device, loaded.card, compute) as entry:
+    with cache.entry(engine, device, loaded.card, compute) as entry:
         if entry.verdict is not None:
             if not entry.verdict.verified:
-                raise BackendError(f"{entry.verdict.reason} (remembered in {entry.path.parent})")
-            log.info("backend %s from the engine cache (%s), verified before", backend.name, entry.path.name)
-            return _opener(backend, compute)(entry.path, device, threads), entry.verdict.agreement
+                raise EngineError(f"{entry.verdict.reason} (remembered in {entry.path.parent})")
+            log.info("backend %s from the engine cache (%s), verified before", engine.name, entry.path.name)
+            return _opener(engine, compute)(entry.path, device, threads), entry.verdict.agreement
         try:
-            run, report = _export_and_verify(backend, loaded, device, threads, reference, entry.path, compute)
+            run, report = _export_and_verify(engine, loaded, device, threads, reference, entry.path, compute)
         except ExportError as exc:  # the exporter refuses this model, or its export differs: so at every start
             entry.remember_failure(first_line(exc))
             raise
@@ -192,27 +192,27 @@ def _cached_export(backend: ExportBackend, loaded: LoadedModel, device: str, thr
         return run, report
 
 
-def _export_and_verify(backend: ExportBackend, loaded: LoadedModel, device: str, threads: int,
+def _export_and_verify(engine: ExportEngine, loaded: LoadedModel, device: str, threads: int,
                        reference: Callable[[], Run], path: Path, compute: str) -> Built:
-    backend.write(loaded, path, device)
-    run = _opener(backend, compute)(path, device, threads)
+    engine.write(loaded, path, device)
+    run = _opener(engine, compute)(path, device, threads)
     input_size = loaded.card.preprocessing.input_size
     if compute != precision.FULL:
-        report = precision.agreement_on_test_images(reference(), run, input_size, compute, backend.name)
-        log.info("backend %s against eager PyTorch: %s", backend.name, report.summary())
+        report = precision.agreement_on_test_images(reference(), run, input_size, compute, engine.name)
+        log.info("backend %s against eager PyTorch: %s", engine.name, report.summary())
         return run, report
     difference = verify(reference(), run, input_size)
-    log.info("backend %s matches eager PyTorch (largest probability difference %.2g)", backend.name, difference)
+    log.info("backend %s matches eager PyTorch (largest probability difference %.2g)", engine.name, difference)
     return run, None
 
 
-def _opener(backend: ExportBackend, compute: str) -> Callable[[Path, str, int], Run]:
-    """How `backend` opens a file to compute in `compute`; BackendError where it cannot."""
+def _opener(engine: ExportEngine, compute: str) -> Callable[[Path, str, int], Run]:
+    """How `engine` opens a file to compute in `compute`; EngineError where it cannot."""
     if compute == precision.FULL:
-        return backend.open
-    if compute == "bf16" and backend.open_bf16 is not None:
-        return backend.open_bf16
-    raise BackendError(f"BACKEND={backend.name} cannot compute in {compute}")
+        return engine.open
+    if compute == "bf16" and engine.open_bf16 is not None:
+        return engine.open_bf16
+    raise EngineError(f"BACKEND={engine.name} cannot compute in {compute}")
 
 
 def _engine_for_onnx_file(path: Path, options: ModelOptions, settings: Settings, device: str,
@@ -220,7 +220,7 @@ def _engine_for_onnx_file(path: Path, options: ModelOptions, settings: Settings,
     """An ONNX file as it is (int8 when quantized), or in bf16 judged against the same file in float32."""
     backend = settings.backend
     if backend not in ("auto", *ONNX_FILE_ENGINES):
-        raise BackendError(f"{path} is an ONNX file; BACKEND={backend} needs a checkpoint or TorchScript file")
+        raise EngineError(f"{path} is an ONNX file; BACKEND={backend} needs a checkpoint or TorchScript file")
     _require_cpu("/".join(ONNX_FILE_ENGINES), device)
     in_file = read_onnx_card(path, options)
     precision.require_file_precision(in_file, settings.precision, str(path))
@@ -228,7 +228,7 @@ def _engine_for_onnx_file(path: Path, options: ModelOptions, settings: Settings,
     compute = "bf16" if settings.precision == "bf16" else precision.FULL  # an int8 file's precision is in its weights
 
     def load(name: str) -> Engine:
-        engine = EXPORT_BACKENDS[name]
+        engine = EXPORT_ENGINES[name]
         _require_installed(engine)
         run = _opener(engine, compute)(path, device, threads)
         if compute == precision.FULL:
@@ -243,13 +243,13 @@ def _engine_for_onnx_file(path: Path, options: ModelOptions, settings: Settings,
 
 
 def _engine_for_torchscript_file(path: Path, options: ModelOptions, backend: str, device: str) -> Engine:
-    if backend not in ("auto", eager.NAME, torchscript.BACKEND.name):
-        raise BackendError(f"{path} is a TorchScript file; BACKEND={backend} needs a checkpoint or an ONNX file")
+    if backend not in ("auto", eager.NAME, torchscript.ENGINE.name):
+        raise EngineError(f"{path} is a TorchScript file; BACKEND={backend} needs a checkpoint or an ONNX file")
     if backend == eager.NAME:
         log.warning("BACKEND=torch with a TorchScript export (%s): it runs on the TorchScript engine", path)
     require_trust(path, TORCHSCRIPT_RUNS_CODE, options)
     run, card = torchscript.open_with_card(path, device)
-    return Engine(torchscript.BACKEND.name, _checked_card(card, options, path), run)
+    return Engine(torchscript.ENGINE.name, _checked_card(card, options, path), run)
 
 
 def _engine_cache(settings: Settings, model_path: Path) -> EngineCache | None:
@@ -277,15 +277,15 @@ def _checked_card(card: ModelCard, options: ModelOptions, path: Path) -> ModelCa
 
 
 def _require_known(backend: str) -> None:
-    if backend not in BACKENDS:
-        raise BackendError(f"BACKEND={backend!r}; expected one of {', '.join(BACKENDS)}")
+    if backend not in ENGINE_CHOICES:
+        raise EngineError(f"BACKEND={backend!r}; expected one of {', '.join(ENGINE_CHOICES)}")
 
 
 def _require_cpu(backend: str, device: str) -> None:
     if device_type(device) != "cpu":
-        raise BackendError(f"BACKEND={backend} runs on the CPU only here; DEVICE={device} needs BACKEND=torch")
+        raise EngineError(f"BACKEND={backend} runs on the CPU only here; DEVICE={device} needs BACKEND=torch")
 
 
-def _require_installed(backend: ExportBackend) -> None:
-    if not backend.installed():
-        raise BackendError(f"BACKEND={backend.name} is not installed (pip install {backend.package})")
+def _require_installed(engine: ExportEngine) -> None:
+    if not engine.installed():
+        raise EngineError(f"BACKEND={engine.name} is not installed (pip install {engine.package})")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from engines.base import ExportBackend, Run, write_onnx
+from engines.base import ExportEngine, Run, write_onnx
 from model_files.card import ModelLoadError
 
 
@@ -24,5 +24,5 @@ def open_file(path: Path, device: str, threads: int) -> Run:
     return lambda images: session.run(None, {input_name: images})[0]
 
 
-BACKEND = ExportBackend("onnxruntime", ".onnx", write_onnx, open_file, runtimes=("torch", "onnx", "onnxruntime"),
+ENGINE = ExportEngine("onnxruntime", ".onnx", write_onnx, open_file, runtimes=("torch", "onnx", "onnxruntime"),
                         package="onnxruntime", cpu_only=True)

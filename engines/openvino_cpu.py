@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from engines.base import ExportBackend, Run, write_onnx
+from engines.base import ExportEngine, Run, write_onnx
 from model_files.card import ModelLoadError
 
 
@@ -38,5 +38,5 @@ def _compiled(path: Path, threads: int, precision: str) -> Run:
     return lambda images: compiled(images)[0]
 
 
-BACKEND = ExportBackend("openvino", ".onnx", write_onnx, open_file, runtimes=("torch", "onnx", "openvino"),
+ENGINE = ExportEngine("openvino", ".onnx", write_onnx, open_file, runtimes=("torch", "onnx", "openvino"),
                         package="openvino", cpu_only=True, open_bf16=open_bf16)

@@ -16,7 +16,7 @@ from collections.abc import Callable
 import numpy as np
 
 from engines import openvino_cpu
-from engines.base import BackendError, Run, device_type
+from engines.base import EngineError, Run, device_type
 from engines.verify import check_batches
 from model_files.card import ModelCard
 from model_files.precision import AgreementReport, PrecisionRefused, compare, require_agreement
@@ -30,7 +30,7 @@ QUANTIZE_COMMAND = "python -m model_tools quantize"
 
 def require_supported(settings: Settings, device: str,
                       capabilities: Callable[[], tuple[str, ...]] | None = None) -> None:
-    """BackendError unless BACKEND and this CPU can compute in PRECISION.
+    """EngineError unless BACKEND and this CPU can compute in PRECISION.
 
     `capabilities` says what the CPU computes in (default: OpenVINO's CPU plugin's answer, looked up when
     called), so that a test can be a CPU without BF16 on one with it, or the other way round.
@@ -40,14 +40,14 @@ def require_supported(settings: Settings, device: str,
         return
     engines = ENGINES[precision]
     if backend != "auto" and backend not in engines:
-        raise BackendError(f"PRECISION={precision} runs on BACKEND={' or '.join(engines)} (or auto); BACKEND={backend} "
+        raise EngineError(f"PRECISION={precision} runs on BACKEND={' or '.join(engines)} (or auto); BACKEND={backend} "
                            f"cannot compute in {precision}")
     if device_type(device) != "cpu":
-        raise BackendError(f"PRECISION={precision} runs on the CPU only here; DEVICE={device} needs PRECISION=fp32")
+        raise EngineError(f"PRECISION={precision} runs on the CPU only here; DEVICE={device} needs PRECISION=fp32")
     if precision == "bf16":
         found = (capabilities or openvino_cpu.cpu_capabilities)()
         if "BF16" not in found:
-            raise BackendError(f"PRECISION=bf16: this CPU has no BF16 instructions (OpenVINO's CPU capabilities: "
+            raise EngineError(f"PRECISION=bf16: this CPU has no BF16 instructions (OpenVINO's CPU capabilities: "
                                f"{', '.join(found)}); serve PRECISION=fp32, or int8 ({QUANTIZE_COMMAND})")
 
 
@@ -59,23 +59,23 @@ def candidates(precision: str) -> list[str]:
 def require_file_precision(card: ModelCard, precision: str, path: str) -> None:
     """A quantized file is served as what it is: PRECISION must say int8 exactly when the file is int8."""
     if card.precision == "int8" and precision != "int8":
-        raise BackendError(f"{path} is quantized to int8 ({QUANTIZE_COMMAND}): set PRECISION=int8 to serve it")
+        raise EngineError(f"{path} is quantized to int8 ({QUANTIZE_COMMAND}): set PRECISION=int8 to serve it")
     if precision == "int8" and card.precision != "int8":
-        raise BackendError(f"PRECISION=int8 serves a file {QUANTIZE_COMMAND} wrote; {path} computes in "
+        raise EngineError(f"PRECISION=int8 serves a file {QUANTIZE_COMMAND} wrote; {path} computes in "
                            f"{card.precision}")
 
 
 def require_serving_agreement(card: ModelCard, settings: Settings) -> None:
-    """BackendError unless a reduced-precision card's report reaches PRECISION_MIN_AGREEMENT."""
+    """EngineError unless a reduced-precision card's report reaches PRECISION_MIN_AGREEMENT."""
     if card.precision == FULL:
         return
     if card.agreement is None:
-        raise BackendError(f"the {card.precision} model carries no agreement report: make it again with "
+        raise EngineError(f"the {card.precision} model carries no agreement report: make it again with "
                            f"{QUANTIZE_COMMAND}")
     try:
         require_agreement(card.agreement, settings.precision_min_agreement, "PRECISION_MIN_AGREEMENT")
     except PrecisionRefused as exc:
-        raise BackendError(f"PRECISION={card.precision} refused: {exc}") from None
+        raise EngineError(f"PRECISION={card.precision} refused: {exc}") from None
 
 
 def agreement_on_test_images(reference: Run, candidate: Run, input_size: int, precision: str,

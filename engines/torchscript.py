@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from engines.base import ExportBackend, Run, device_type
+from engines.base import ExportEngine, Run, device_type
 from engines.eager import run_module
 from model_files.card import ModelCard
 
@@ -36,4 +36,4 @@ def open_file(path: Path, device: str, threads: int) -> Run:
     return open_with_card(path, device)[0]  # torch's own thread count (torch.set_num_threads) applies
 
 
-BACKEND = ExportBackend("torchscript", ".ts.pt", write, open_file, runtimes=("torch",))
+ENGINE = ExportEngine("torchscript", ".ts.pt", write, open_file, runtimes=("torch",))

@@ -1,6 +1,6 @@
 """`make bench`: how fast the service is, measured against what the model and the machine allow.
 
-1. Model ceiling: each installed backend on preprocessed images already in memory,
+1. Model ceiling: each installed engine on preprocessed images already in memory,
    batch sizes 1..32, the worker's thread count: images/s.
 2. Pipeline ceiling: decode + preprocess + infer of the benchmark photos in one
    process (decoding on a thread pool while the model runs), no HTTP, no Redis.
@@ -53,7 +53,7 @@ def images_per_second(run, batch: np.ndarray, seconds: float) -> tuple[float, fl
 
 def model_ceilings(settings: Settings, photos: list[tuple[str, bytes]], seconds: float, backends: list[str],
                    batch_sizes: list[int]) -> dict[str, dict]:
-    """Per backend: images/s at each batch size and the latency of the first, on real preprocessed photos."""
+    """Per engine: images/s at each batch size and the latency of the first, on real preprocessed photos."""
     loaded = load_model(settings.model_path, model_options(settings))
     size = loaded.card.preprocessing
     pixels = [prepare(data, size.resize_size, size.input_size, settings.max_image_pixels) for _, data in photos]
@@ -73,7 +73,7 @@ def model_ceilings(settings: Settings, photos: list[tuple[str, bytes]], seconds:
 
 def pipeline_ceiling(settings: Settings, photos: list[tuple[str, bytes]],
                      seconds: float) -> tuple[float, int, str]:
-    """Best (images/s, inference threads) for upload bytes -> predictions in one process, and the backend.
+    """Best (images/s, inference threads) for upload bytes -> predictions in one process, and the engine.
 
     The engine the worker opens (open_engine) and its batch size; the inference thread count
     that does best here, so the ceiling is what the machine allows, not what the service's

@@ -25,7 +25,7 @@ import skimage
 from PIL import Image
 
 from engines import onnxruntime_cpu, openvino_cpu
-from engines.base import BackendError
+from engines.base import EngineError
 from engines.precision import require_supported
 from model_files.card import ModelOptions
 from model_files.checkpoints import load_model
@@ -101,7 +101,7 @@ def variants(fp32: Path, int8: dict[str, Path]) -> dict[str, object]:
     try:
         require_supported(Settings(precision="bf16", backend="openvino"), CPU)
         runs["openvino bf16"] = openvino_cpu.open_bf16(fp32, CPU, 1)
-    except BackendError as exc:
+    except EngineError as exc:
         print(f"  openvino bf16: {exc}")
     for method, path in int8.items():
         runs[f"onnxruntime int8 ({method})"] = onnxruntime_cpu.open_file(path, CPU, 1)
@@ -114,7 +114,7 @@ def print_bf16_agreement(fp32: Path, photos: np.ndarray) -> None:
     float32 on OpenVINO, as the worker judges it at start on engines.verify's synthetic images."""
     try:
         require_supported(Settings(precision="bf16", backend="openvino"), CPU)
-    except BackendError:
+    except EngineError:
         return  # variants() says why
     reference, candidate = (openvino_cpu.open_file(fp32, CPU, 1), openvino_cpu.open_bf16(fp32, CPU, 1))
     report = compare(batched_probabilities(reference, photos), batched_probabilities(candidate, photos), "bf16",

@@ -74,7 +74,7 @@ def main() -> int:
 def load_classifier(settings: Settings) -> Classifier | None:
     """The model on its engine, warmed up; None (said in the log) when it cannot be served."""
     # Here, not at the top: torch only once the stop signals are handled (the module docstring).
-    from engines.base import BackendError
+    from engines.base import EngineError
     from engines.choose import open_engine
     from model_files.card import ModelLoadError
     from worker.inference import Classifier, choose_device, limit_torch_threads
@@ -84,11 +84,11 @@ def load_classifier(settings: Settings) -> Classifier | None:
         device = choose_device(settings.device)
         classifier = Classifier(open_engine(settings, device), device)
         batch_seconds = classifier.warm_up(settings.batch_size)
-    except (ModelLoadError, BackendError, RuntimeError) as exc:
+    except (ModelLoadError, EngineError, RuntimeError) as exc:
         log.error("cannot serve the model: %s", exc)
         return None
     log.info("serving %s with backend=%s on %s; a batch of %d takes %.2fs", classifier.card.name,
-             classifier.backend, device, settings.batch_size, batch_seconds)
+             classifier.engine_name, device, settings.batch_size, batch_seconds)
     if 2 * batch_seconds > settings.request_timeout:
         # A request that arrives while a full batch computes waits for it, then runs in the next one.
         log.warning("REQUEST_TIMEOUT=%gs is shorter than two full batches of %d (%.1fs): when batches fill, "

@@ -1,6 +1,6 @@
 """`make bench` end to end, with short measurements: a model ceiling, the pipeline ceiling, the service table.
 
-One engine at two batch sizes: every engine's answers are checked in tests/unit/test_backends.py; here only
+One engine at two batch sizes: every engine's answers are checked in tests/unit/test_engines.py; here only
 the benchmark's plumbing is, and each engine costs seconds of export and measurement.
 """
 

@@ -12,7 +12,7 @@ import torch
 import torchvision
 
 from engines import choose, onnxruntime_cpu
-from engines.base import BackendError
+from engines.base import EngineError
 from engines.choose import open_engine
 from engines.verify import ExportMismatch
 from model_files import export
@@ -124,7 +124,7 @@ def test_a_passing_failure_of_an_export_skips_the_engine_at_that_start_only(tmp_
 
     monkeypatch.setattr(export, "export_onnx", fails_once)
     if first_start is None:  # BACKEND=onnxruntime: this start stops (the worker exits 2) ...
-        with pytest.raises(BackendError, match="BACKEND=onnxruntime cannot serve this model"):
+        with pytest.raises(EngineError, match="BACKEND=onnxruntime cannot serve this model"):
             open_engine(settings, CPU)
     else:  # ... under auto the next engine serves
         assert open_engine(settings, CPU).name == first_start
@@ -165,8 +165,8 @@ def test_a_cached_export_that_changed_on_disk_is_not_loaded_but_exported_and_ver
         opened.append(hashlib.sha256(path.read_bytes()).hexdigest())
         return onnxruntime_cpu.open_file(path, device, threads)
 
-    monkeypatch.setitem(choose.EXPORT_BACKENDS, "onnxruntime",
-                        dataclasses.replace(onnxruntime_cpu.BACKEND, open=hashing_open))
+    monkeypatch.setitem(choose.EXPORT_ENGINES, "onnxruntime",
+                        dataclasses.replace(onnxruntime_cpu.ENGINE, open=hashing_open))
     assert start(model, tmp_path / "cache").name == "onnxruntime"
     assert len(exports) == 2 and damaged not in opened
     assert "changed since it was verified" in caplog.text

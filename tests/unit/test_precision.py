@@ -8,7 +8,7 @@ import pytest
 
 from app.operations import _precision
 from engines import openvino_cpu
-from engines.base import BackendError, Engine
+from engines.base import Engine, EngineError
 from engines.cache import EngineCache
 from engines.choose import engine_for_checkpoint, open_engine
 from engines.precision import require_file_precision, require_supported
@@ -90,14 +90,14 @@ def test_a_precision_setting_that_is_not_one_is_refused_at_start(name, value):
 
 def test_bf16_on_a_cpu_without_bf16_is_refused_naming_what_it_has():
     settings = Settings(precision="bf16", backend="openvino")
-    with pytest.raises(BackendError, match="this CPU has no BF16 instructions .*FP32, INT8, BIN.*PRECISION=fp32"):
+    with pytest.raises(EngineError, match="this CPU has no BF16 instructions .*FP32, INT8, BIN.*PRECISION=fp32"):
         require_supported(settings, CPU, lambda: WITHOUT_BF16)
     require_supported(settings, CPU, lambda: WITH_BF16)
 
 
 @pytest.mark.parametrize("backend", ["torch", "torchscript", "onnxruntime"])
 def test_bf16_on_an_engine_that_cannot_compute_in_it_is_refused_whatever_the_cpu(backend):
-    with pytest.raises(BackendError, match=f"PRECISION=bf16 runs on BACKEND=openvino .*BACKEND={backend} cannot"):
+    with pytest.raises(EngineError, match=f"PRECISION=bf16 runs on BACKEND=openvino .*BACKEND={backend} cannot"):
         require_supported(Settings(precision="bf16", backend=backend), CPU, lambda: WITH_BF16)
 
 
@@ -108,7 +108,7 @@ def test_the_worker_refuses_bf16_on_this_cpu_by_openvinos_own_answer_when_it_lac
     if "BF16" in openvino_cpu.cpu_capabilities():
         assert open_engine(settings, CPU).card.precision == "bf16"
     else:
-        with pytest.raises(BackendError, match="no BF16 instructions"):
+        with pytest.raises(EngineError, match="no BF16 instructions"):
             open_engine(settings, CPU)
 
 
@@ -131,9 +131,9 @@ def test_the_cache_keys_bf16_apart_and_keeps_float32s_keys_of_before(tmp_path):
 
     card = tiny_loaded_model().card
     cache = EngineCache(tmp_path, "0" * 64)
-    fp32, bf16 = (cache.key(openvino_cpu.BACKEND, CPU, card, precision) for precision in ("fp32", "bf16"))
-    assert fp32 != bf16 and fp32 == cache.key(openvino_cpu.BACKEND, CPU, card)
-    assert cache.key(onnxruntime_cpu.BACKEND, CPU, card) != fp32
+    fp32, bf16 = (cache.key(openvino_cpu.ENGINE, CPU, card, precision) for precision in ("fp32", "bf16"))
+    assert fp32 != bf16 and fp32 == cache.key(openvino_cpu.ENGINE, CPU, card)
+    assert cache.key(onnxruntime_cpu.ENGINE, CPU, card) != fp32
 
 
 def test_the_card_keeps_precision_and_report_through_its_json():
@@ -173,13 +173,13 @@ def test_a_heartbeat_with_a_forged_precision_or_an_oversized_report_is_no_usable
 def test_a_quantized_file_is_served_only_as_int8_and_int8_only_from_a_quantized_file():
     card = tiny_loaded_model().card
     int8 = dataclasses.replace(card, precision="int8")
-    with pytest.raises(BackendError, match="is quantized to int8 .*set PRECISION=int8"):
+    with pytest.raises(EngineError, match="is quantized to int8 .*set PRECISION=int8"):
         require_file_precision(int8, "fp32", "m.onnx")
-    with pytest.raises(BackendError, match="PRECISION=int8 serves a file python -m model_tools quantize wrote"):
+    with pytest.raises(EngineError, match="PRECISION=int8 serves a file python -m model_tools quantize wrote"):
         require_file_precision(card, "int8", "m.onnx")
     require_file_precision(int8, "int8", "m.onnx")
 
 
 def test_the_worker_refuses_int8_for_a_checkpoint_before_loading_it(tmp_path):
-    with pytest.raises(BackendError, match="PRECISION=int8 serves an ONNX file"):
+    with pytest.raises(EngineError, match="PRECISION=int8 serves an ONNX file"):
         open_engine(Settings(model_path=str(tmp_path / "absent.pth"), precision="int8"), CPU)

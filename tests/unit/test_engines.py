@@ -1,4 +1,4 @@
-"""Inference backends: every engine gives the eager model's answers; `auto` picks the fastest that builds and does."""
+"""Engines: every engine gives the eager model's answers; `auto` picks the fastest that builds and does."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from engines import choose, onnxruntime_cpu
-from engines.base import BackendError
+from engines.base import EngineError
 from engines.choose import CPU_PREFERENCE, engine_for_checkpoint, installed, open_engine
 from engines.verify import ExportMismatch
 from model_files import export
@@ -47,12 +47,12 @@ def test_every_engine_is_installed():
     assert all(installed(name) for name in ENGINES)
 
 
-@pytest.mark.parametrize("backend", ENGINES[1:])
-def test_every_engine_gives_the_eager_top_1_on_real_photos(default_model, sample_batch, backend):
+@pytest.mark.parametrize("name", ENGINES[1:])
+def test_every_engine_gives_the_eager_top_1_on_real_photos(default_model, sample_batch, name):
     eager = engine_for_checkpoint(default_model, "torch", CPU, 1).run(sample_batch)
-    engine = engine_for_checkpoint(default_model, backend, CPU, 1)
+    engine = engine_for_checkpoint(default_model, name, CPU, 1)
     probabilities = engine.run(sample_batch)
-    assert engine.name == backend
+    assert engine.name == name
     assert (probabilities.argmax(axis=1) == eager.argmax(axis=1)).all()
     assert np.abs(probabilities - eager).max() < 1e-3
 
@@ -80,7 +80,7 @@ def test_an_explicit_engine_whose_answers_differ_refuses_to_serve(monkeypatch):
         raise ExportMismatch("differs by 0.5")
 
     monkeypatch.setattr(choose, "verify", always_differs)
-    with pytest.raises(BackendError, match="BACKEND=onnxruntime cannot serve this model: differs by 0.5"):
+    with pytest.raises(EngineError, match="BACKEND=onnxruntime cannot serve this model: differs by 0.5"):
         engine_for_checkpoint(tiny_loaded_model(), "onnxruntime", CPU, 1)
 
 
@@ -91,7 +91,7 @@ def test_auto_goes_on_to_the_next_engine_when_one_cannot_export_the_model_and_th
     model = save_classic(MedianColour().eval(), tmp_path / "median.pth", tiny_loaded_model().card)
     settings = Settings(model_path=str(model), model_trusted=True, engine_cache_dir="", inference_threads=1)
     classifier = Classifier(open_engine(settings, CPU), CPU)  # as `python -m worker` opens it
-    assert classifier.backend == "torchscript"
+    assert classifier.engine_name == "torchscript"
     for name in ("onnxruntime", "openvino"):  # each skipped with the exporter's own words
         assert f"backend {name} skipped: {UNSUPPORTED_BY_ONNX}" in caplog.text
     top_1 = [classifier.top_k(row, 1)[0].label for row in classifier.probabilities(solid_colours())]
@@ -99,7 +99,7 @@ def test_auto_goes_on_to_the_next_engine_when_one_cannot_export_the_model_and_th
 
 
 def test_an_explicit_engine_that_cannot_export_the_model_refuses_to_serve():
-    with pytest.raises(BackendError, match=f"BACKEND=onnxruntime cannot serve this model: {UNSUPPORTED_BY_ONNX}"):
+    with pytest.raises(EngineError, match=f"BACKEND=onnxruntime cannot serve this model: {UNSUPPORTED_BY_ONNX}"):
         engine_for_checkpoint(tiny_loaded_model(MedianColour), "onnxruntime", CPU, 1)
 
 
@@ -107,8 +107,8 @@ def test_auto_goes_on_when_a_runtime_fails_with_an_error_of_its_own(monkeypatch)
     def crashing_open(path, device, threads):
         raise SystemError("the runtime's own failure")  # a type no engine module wraps
 
-    monkeypatch.setitem(choose.EXPORT_BACKENDS, "onnxruntime",
-                        dataclasses.replace(onnxruntime_cpu.BACKEND, open=crashing_open))
+    monkeypatch.setitem(choose.EXPORT_ENGINES, "onnxruntime",
+                        dataclasses.replace(onnxruntime_cpu.ENGINE, open=crashing_open))
     assert engine_for_checkpoint(tiny_loaded_model(), "auto", CPU, 1).name == "openvino"
 
 
@@ -117,12 +117,12 @@ def test_on_a_gpu_auto_means_eager_torch():
 
 
 def test_the_onnx_engines_refuse_a_gpu_device():
-    with pytest.raises(BackendError, match="CPU only"):
+    with pytest.raises(EngineError, match="CPU only"):
         engine_for_checkpoint(tiny_loaded_model(), "onnxruntime", "cuda", 1)
 
 
 def test_an_unknown_backend_is_a_clear_error(tmp_path):
-    with pytest.raises(BackendError, match="BACKEND='tensorrt'; expected one of auto, torch"):
+    with pytest.raises(EngineError, match="BACKEND='tensorrt'; expected one of auto, torch"):
         open_engine(Settings(model_path=str(tmp_path / "m.pth"), backend="tensorrt"), CPU)
 
 
@@ -149,7 +149,7 @@ def test_exported_files_are_served_by_the_engines_that_can_run_them(model_files,
 @pytest.mark.parametrize("kind, backend", [("onnx", "torch"), ("onnx", "torchscript"),
                                            ("torchscript", "onnxruntime"), ("torchscript", "openvino")])
 def test_an_engine_that_cannot_run_the_file_says_so(model_files, kind, backend):
-    with pytest.raises(BackendError, match=f"BACKEND={backend} needs"):
+    with pytest.raises(EngineError, match=f"BACKEND={backend} needs"):
         open_engine(Settings(model_path=str(model_files[kind]), backend=backend), CPU)
 
 
@@ -157,8 +157,8 @@ def test_auto_serves_an_onnx_file_with_openvino_when_onnxruntime_cannot_load_it(
     def cannot_load(path, device, threads):
         raise RuntimeError("[ONNXRuntimeError] : 1 : FAIL : Load model failed")
 
-    monkeypatch.setitem(choose.EXPORT_BACKENDS, "onnxruntime",
-                        dataclasses.replace(onnxruntime_cpu.BACKEND, open=cannot_load))
+    monkeypatch.setitem(choose.EXPORT_ENGINES, "onnxruntime",
+                        dataclasses.replace(onnxruntime_cpu.ENGINE, open=cannot_load))
     engine = open_engine(Settings(model_path=str(model_files["onnx"])), CPU)
     assert engine.name == "openvino"
     assert [engine.card.class_names[i] for i in engine.run(solid_colours()).argmax(axis=1)] == list(COLOURS)
