@@ -14,7 +14,7 @@ run: setup
 TEST_PROCESSES ?= $(shell n=$$(($$(nproc) + 1)); echo $$((n > 4 ? 4 : n)))
 test: setup test-tools
 	$(PY) -m ruff check .
-	$(PY) -m pytest -n $(TEST_PROCESSES) --dist loadfile
+	$(PY) -m pytest -n $(TEST_PROCESSES) --dist loadfile --durations=15
 
 # The unit tests alone (tests/unit: in-process, fakeredis): the quick loop while editing.
 test-fast: setup
