@@ -67,6 +67,15 @@ def queue_live_worker_count(pipe: RedisPipeline, *, keys: Keys, worker_timeout: 
     pipe.execute_command("EVAL", _LIVE_WORKERS, 1, keys.workers, worker_timeout)
 
 
+def live_worker_counts(client: RedisClient, *, prefix: str, model_ids: list[str],
+                       worker_timeout: float) -> dict[str, int]:
+    """Each model version's count of workers heard from within worker_timeout, all in one round trip."""
+    pipe = client.pipeline(transaction=False)
+    for model_id in model_ids:
+        queue_live_worker_count(pipe, keys=Keys(prefix, model_id), worker_timeout=worker_timeout)
+    return dict(zip(model_ids, pipe.execute()))
+
+
 # Workers whose last heartbeat is older than ARGV[1] seconds by Redis's clock. KEYS: workers set.
 _SILENT_WORKERS = REDIS_NOW + "return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. (now - tonumber(ARGV[1])))"
 

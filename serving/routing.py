@@ -13,8 +13,8 @@ from __future__ import annotations
 import random
 import re
 
-from serving.fleet_scripts import model_ages, queue_live_worker_count
-from serving.protocol import FleetKeys, Keys, model_id
+from serving.fleet_scripts import live_worker_counts, model_ages
+from serving.protocol import FleetKeys, model_id
 
 
 class RoutingError(ValueError):
@@ -43,10 +43,9 @@ def write_weights(client, fleet: FleetKeys, name: str, weights: dict[str, int], 
 def _without_live_workers(client, fleet: FleetKeys, name: str, versions: list[str],
                           worker_timeout: float) -> list[str]:
     """Those of a name's `versions` that have no live worker now, in one round trip."""
-    pipe = client.pipeline(transaction=False)
-    for version in versions:
-        queue_live_worker_count(pipe, keys=Keys(fleet.prefix, model_id(name, version)), worker_timeout=worker_timeout)
-    return [version for version, live_workers in zip(versions, pipe.execute()) if live_workers == 0]
+    counts = live_worker_counts(client, prefix=fleet.prefix, model_ids=[model_id(name, v) for v in versions],
+                                worker_timeout=worker_timeout)
+    return [version for version in versions if counts[model_id(name, version)] == 0]
 
 
 def live_models(client, fleet: FleetKeys, worker_timeout: float) -> str:

@@ -24,7 +24,7 @@ from pathlib import Path
 import requests
 
 from serving.config import Settings
-from serving.fleet_scripts import model_ages, queue_live_worker_count
+from serving.fleet_scripts import live_worker_counts, model_ages
 from serving.protocol import FleetKeys, Keys
 from serving.redis_client import REDIS_ERRORS, RedisClient, connect
 from worker.queue import WorkerQueue, worker_id_prefix
@@ -261,10 +261,9 @@ class Stack:
 
     def _require_live_workers(self, count: int) -> None:
         client, prefix = self.redis(), self.settings.key_prefix
-        pipe = client.pipeline(transaction=False)  # every version's count in one round trip
-        for model in model_ages(client, fleet=FleetKeys(prefix)):
-            queue_live_worker_count(pipe, keys=Keys(prefix, model), worker_timeout=self.settings.worker_timeout)
-        live = sum(pipe.execute())
+        versions = list(model_ages(client, fleet=FleetKeys(prefix)))
+        live = sum(live_worker_counts(client, prefix=prefix, model_ids=versions,
+                                      worker_timeout=self.settings.worker_timeout).values())
         if live < count:
             raise StartupError(f"{live} of {count} workers announced")
 

@@ -56,7 +56,7 @@ class Classifier:
         return ModelInfo(name=name, version=version, arch=card.arch, num_classes=len(card.class_names),
                          input_size=preprocessing.input_size, resize_size=preprocessing.resize_size,
                          mean=preprocessing.mean, std=preprocessing.std, sources=dict(card.sources),
-                         device=str(self.device), batch_size=batch_size, backend=self.engine_name,
+                         device=self.device, batch_size=batch_size, backend=self.engine_name,
                          precision=card.precision,
                          agreement=card.agreement.to_json() if card.agreement is not None else None)
 

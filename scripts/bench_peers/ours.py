@@ -28,9 +28,8 @@ class Ours(Peer):
         settings = dataclasses.replace(Settings.from_env(), port=free_port(), **self.overrides)
         stack = Stack(settings, workers=settings.workers, log_dir=folder)
         try:
-            stack.start()
+            stack.__enter__()  # a start that fails stops what it started
         except StartupError as exc:  # e.g. PRECISION=bf16 on a CPU without BF16: a row that says why
-            stack.stop()
             raise PeerUnavailable(str(exc)) from None
         try:
             yield Serving(stack.url + "/predict", folder / "api.log", lambda: stack.api_process.poll() is None)
