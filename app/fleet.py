@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 import redis
 
 from app import metrics
-from app.queue_client import InferenceQueue, NoWorker, VersionStatus
+from app.queue_client import Charge, InferenceQueue, NoWorker, VersionStatus
 from serving import routing
 from serving.fleet_scripts import model_ages
-from serving.protocol import FleetKeys, Keys, model_id, split_model_id
+from serving.protocol import FleetKeys, Keys, ModelInfo, model_id, split_model_id
 from serving.redis_client import RedisClient
 
 log = logging.getLogger("api")
@@ -174,10 +174,30 @@ class Fleet:
         except NoDefaultModel as exc:
             raise NotReady(f"POST /predict would answer 404 no_default_model: {no_default_message(exc)}") from None
 
-    def queue_for(self, name: str, pinned_version: str | None = None) -> InferenceQueue:
+    def admitted(self, name: str, pinned_version: str | None,
+                 charge: Charge | None = None) -> tuple[InferenceQueue, ModelInfo]:
+        """The queue this request goes to (queue_for) and its admission there (InferenceQueue.admit).
+
+        This process's snapshot may be up to REFRESH_SECONDS old: a version it counts live may have closed since
+        (its last worker left, which the registry already says). Its admission finds no model then, and a request
+        that did not pin it is chosen for again from a fresh read rather than answered 503 while another version
+        serves. The charge goes along: its id makes the second take take nothing (serving/rate_limit_scripts.py).
+        """
+        queue = self.queue_for(name, pinned_version)
+        try:
+            return queue, queue.admit(charge)
+        except NoWorker:
+            if pinned_version is not None:
+                raise
+            again = self.queue_for(name, fresh=True)
+            if again is queue:
+                raise
+            return again, again.admit(charge)
+
+    def queue_for(self, name: str, pinned_version: str | None = None, fresh: bool = False) -> InferenceQueue:
         """The queue of the version this request goes to: the pinned one, else one chosen by the name's weights
-        among its live versions (NoWorker, naming why, when there is none)."""
-        snapshot = self.snapshot()
+        among its live versions (NoWorker, naming why, when there is none); `fresh`: from a new registry read."""
+        snapshot = self.snapshot(fresh)
         if not snapshot.live.get(name):  # perhaps a worker came up since the last read: look again before 503
             snapshot = self.snapshot(fresh=True)
         if pinned_version is not None:

@@ -82,13 +82,14 @@ def classify(requested_name: str | None, pinned_version: str | None, images: lis
     if all(isinstance(header, ApiError) for header in headers):
         raise headers[0]  # nothing to classify: the request is as bad as its first image
     fleet: Fleet = current_app.extensions["fleet"]
-    queue = fleet.queue_for(fleet.name_for(requested_name), pinned_version)
-    log_fields(model=queue.keys.model_id, images=len(images))
+    name = fleet.name_for(requested_name)
+    log_fields(model=name if pinned_version is None else f"{name}@{pinned_version}", images=len(images))
     metrics.observe_images(request.url_rule.rule, len(images))
     # 429 or 503 now rather than after decoding, if the client is over its limits or nobody would answer; a
     # refusal after the charge gives it back.
-    with access.charged_for(len(images), queue.client) as charge:
-        model = queue.admit(charge)
+    with access.charged_for(len(images), fleet.client) as charge:
+        queue, model = fleet.admitted(name, pinned_version, charge)
+        log_fields(model=queue.keys.model_id)
         access.count_admitted(len(images))
         top_k = _checked_top_k(options.top_k, settings.top_k, model.num_classes)
         prepared = _prepare_all(images, headers, model)

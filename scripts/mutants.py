@@ -174,6 +174,9 @@ MUTANTS = (
            "    return min(live_versions, key=version_order) if live_versions else None\n",
            "    return next(iter(weights), None) if weights else (min(live_versions, key=version_order) if "
            "live_versions else None)\n", ("tests/unit/test_models.py",)),
+    Mutant("a version closed since the last registry read answers 503 while another serves", "app/fleet.py",
+           "            again = self.queue_for(name, fresh=True)\n", "            again = self.queue_for(name)\n",
+           ("tests/unit/test_fleet.py",)),
 )
 
 

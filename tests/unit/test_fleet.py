@@ -12,8 +12,9 @@ import pytest
 import redis
 
 from app.fleet import Fleet, RegistryReadTooSlow
+from app.queue_client import NoWorker
 from serving import fleet_scripts
-from serving.protocol import FleetKeys
+from serving.protocol import FleetKeys, Keys, ModelInfo
 
 REDIS_TIMEOUT = 0.5
 CALLERS = 16
@@ -92,3 +93,26 @@ def test_a_failed_read_is_not_remembered_the_next_request_reads_again():
             fleet.snapshot()
     client.fails = False
     assert fleet.snapshot().versions == {"tiny": ["1"]} and client.reads == 3
+
+
+def test_a_routed_version_closed_since_the_last_read_sends_the_request_to_a_live_one_not_a_503():
+    """Each API process reads the registry at most once a REFRESH_SECONDS: between two reads the routed version's last
+    worker may leave (its model key goes, the registry retires it). Its admission says so; the request is chosen for
+    again from a fresh read and served by the version still live. A request pinned to the closed version is not."""
+    client = fakeredis.FakeRedis()
+    fleet_keys = FleetKeys("t")
+    for version in ("1", "2"):
+        keys = Keys("t", f"tiny@{version}")
+        client.set(keys.model, ModelInfo("tiny", "tiny", 3, 224, 256, (0.5,) * 3, (0.5,) * 3, "cpu", 8).to_json())
+        fleet_scripts.register_model(client, fleet=fleet_keys, model_id=keys.model_id, worker_timeout=10)
+    client.hset(fleet_keys.routes("tiny"), mapping={"1": 0, "2": 100})
+    fleet = fleet_on(client)
+    assert fleet.admitted("tiny", None)[0].keys.model_id == "tiny@2"  # the snapshot that counts 2 live
+
+    client.delete(Keys("t", "tiny@2").model)  # v2's last worker stops (STOPPING) and leaves (RETIRE_MODEL)
+    fleet_scripts.retire_model(client, fleet=fleet_keys, model_id="tiny@2", worker_timeout=10)
+    assert "2" in fleet.snapshot().live["tiny"]  # this process has not read the registry since
+    queue, model = fleet.admitted("tiny", None)
+    assert (queue.keys.model_id, model.name) == ("tiny@1", "tiny")
+    with pytest.raises(NoWorker):
+        fleet.admitted("tiny", "2")
