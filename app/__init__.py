@@ -36,7 +36,7 @@ def create_app(settings: Settings | None = None, redis_client: RedisClient | Non
         redis_client = _redis(settings, settings.redis_timeout)
         waiting_client = _redis(settings, settings.request_timeout + settings.redis_timeout)
     app.extensions["fleet"] = Fleet(redis_client, waiting_client, settings.key_prefix, settings.max_queue,
-                                    settings.worker_timeout, settings.default_model, settings.redis_timeout)
+                                    settings.worker_timeout, settings.default_model)
     app.extensions["decode_pool"] = DecodePool(DecodeBudget(settings.decode_pixel_budget), cores_available())
     register_error_handlers(app)
     request_log.install(app, settings.log_level)

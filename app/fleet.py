@@ -5,8 +5,11 @@ heartbeat; the API reads the registry and the names' routing weights at most onc
 `REFRESH_SECONDS` per process, so choosing a version costs a request no round trip to Redis.
 
 One read at a time, and no request waits behind another's: the requests that find the snapshot stale
-while a read is in flight wait for that read's outcome (its snapshot, or its error) for at most
-REDIS_TIMEOUT. Were each to read in turn, a hung Redis would answer the n-th of them after n timeouts.
+while a read is in flight take that read's outcome (its snapshot, or its error) when the reader has it. Were
+each to read in turn, a hung Redis would answer the n-th of them after n timeouts; shared, its timeout is
+everybody's 503 at once (each of the read's two round trips ends within REDIS_TIMEOUT).
+A waiter keeps no clock of its own: the reader's thread can be slow without Redis being slow (it waits for
+the CPU, or for the GIL while another thread decodes), and that is no reason to answer 503.
 """
 
 from __future__ import annotations
@@ -16,8 +19,6 @@ import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-
-import redis
 
 from app import metrics
 from app.queue_client import Charge, InferenceQueue, NoWorker, VersionStatus
@@ -53,10 +54,6 @@ def no_default_message(exc: NoDefaultModel) -> str:
             "POST /models/<name>/predict, or set DEFAULT_MODEL")
 
 
-class RegistryReadTooSlow(redis.TimeoutError):
-    """The registry read this request waited for was still going after REDIS_TIMEOUT (a Redis error: 503)."""
-
-
 @dataclass(frozen=True)
 class Snapshot:
     versions: dict[str, list[str]]  # name -> every version the registry knows
@@ -69,11 +66,10 @@ class Snapshot:
 
 class Fleet:
     def __init__(self, client: RedisClient, waiting_client: RedisClient, key_prefix: str, max_queue: int,
-                 worker_timeout: float, default_model: str, redis_timeout: float):
+                 worker_timeout: float, default_model: str):
         self.client, self.waiting_client = client, waiting_client
         self.keys = FleetKeys(key_prefix)
         self.max_queue, self.worker_timeout, self.default_model = max_queue, worker_timeout, default_model
-        self.redis_timeout = redis_timeout
         self._queues: dict[str, InferenceQueue] = {}
         self._snapshot = Snapshot({}, {}, {}, 0.0)
         self._stranded: set[str] = set()  # names whose route prefers versions without a live worker (logged once)
@@ -83,19 +79,15 @@ class Fleet:
     def snapshot(self, fresh: bool = False) -> Snapshot:
         """Versions and weights, read again when older than REFRESH_SECONDS (or `fresh`).
 
-        A read already in flight counts as fresh: it began less than REDIS_TIMEOUT ago. Its error is
-        every waiting request's error; a read slower than REDIS_TIMEOUT is RegistryReadTooSlow to them.
+        A read already in flight counts as fresh: it began less than REDIS_TIMEOUT ago. Its outcome, snapshot
+        or error, is every waiting request's.
         """
         if not fresh and time.monotonic() - self._snapshot.taken_at <= REFRESH_SECONDS:
             return self._snapshot
         read, leads = self._join_read()
         if leads:
             self._finish(read)
-        try:
-            return read.result(timeout=self.redis_timeout)
-        except TimeoutError:  # the Future's own wait (redis's TimeoutError is another class)
-            raise RegistryReadTooSlow(f"the registry read in flight took over REDIS_TIMEOUT="
-                                      f"{self.redis_timeout:g}s") from None
+        return read.result()
 
     def _join_read(self) -> tuple[Future[Snapshot], bool]:
         """The registry read in flight, and whether this caller is the one to do it (none was in flight)."""
@@ -109,8 +101,8 @@ class Fleet:
         try:
             self._snapshot = self._read()
             read.set_result(self._snapshot)
-        except Exception as exc:  # every waiter gets it, as the leader does, through read.result()
-            read.set_exception(exc)
+        except BaseException as exc:  # every waiter gets it, as the leader does, through read.result(): even an
+            read.set_exception(exc)   # interrupt of the leader's thread leaves none of them waiting for ever
         finally:
             with self._lock:
                 self._read_in_flight = None

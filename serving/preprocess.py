@@ -29,6 +29,10 @@ RESIZE_FILTER = Image.Resampling.BILINEAR  # torchvision's Resize default; /mode
 ACCEPTED_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "TIFF", "BMP")
 _SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
 _ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
+# libspng decodes a PNG 1.6-1.8x faster than Pillow, but holds the GIL throughout, and every other thread of the
+# API process waits (another request's Redis call, a health check): 80 ms for 4 megapixels here, and a 36-megapixel
+# scan held it for seconds under load. Larger PNGs go to Pillow's decoder, which releases it.
+SPNG_MAX_PIXELS = 2048 * 2048
 
 
 class ImageError(ValueError):
@@ -47,16 +51,17 @@ class EncodedImage:
     header: Image.Image  # Pillow's handle: format, mode and size known, decoding deferred
 
     @property
-    def is_plain_png(self) -> bool:
-        """8-bit RGB or RGBA PNG without an EXIF block: what libspng decodes for us.
+    def for_libspng(self) -> bool:
+        """An 8-bit RGB or RGBA PNG of at most SPNG_MAX_PIXELS without an EXIF block: what libspng decodes for us.
 
         The IHDR chunk comes first in every PNG (Pillow has checked that): bit depth at
         byte 24, colour type at byte 25 (2 = RGB, 6 = RGBA). An eXIf chunk may carry an
         orientation, and only Pillow applies it; a chance match inside compressed data
         merely sends the image down the slower path.
         """
+        width, height = self.header.size
         return (self.header.format == "PNG" and self.data[24] == 8 and self.data[25] in (2, 6)
-                and b"eXIf" not in self.data)
+                and width * height <= SPNG_MAX_PIXELS and b"eXIf" not in self.data)
 
 
 def read_header(data: bytes, max_pixels: int) -> EncodedImage:
@@ -96,10 +101,11 @@ def decode(encoded: EncodedImage, min_side: int = 0) -> Image.Image:
     With min_side, a JPEG is decoded at a reduced scale (libjpeg scales by 1/2, 1/4
     or 1/8 while decoding) as long as both sides stay at least min_side: a 1920x1280
     photo decodes about 5x faster, and the model sees it resized far below that anyway.
-    Plain PNGs go to libspng, which gives Pillow's pixels 1.5-5x faster (docs/performance.md "Levers measured").
+    Plain PNGs up to 4 megapixels go to libspng, which gives Pillow's pixels 1.5-5x faster (docs/performance.md
+    "Levers measured").
     """
     with _undecodable_as_image_error():
-        if encoded.is_plain_png:
+        if encoded.for_libspng:
             return _to_rgb(Image.fromarray(pyspng.load(encoded.data)))
         image = encoded.header
         if min_side and image.format == "JPEG":

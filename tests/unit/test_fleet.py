@@ -11,7 +11,7 @@ import fakeredis
 import pytest
 import redis
 
-from app.fleet import Fleet, RegistryReadTooSlow
+from app.fleet import Fleet
 from app.queue_client import NoWorker
 from serving import fleet_scripts
 from serving.protocol import FleetKeys, Keys, ModelInfo
@@ -41,8 +41,7 @@ class SlowRegistry:
 
 
 def fleet_on(client) -> Fleet:
-    return Fleet(client, client, "t", max_queue=10, worker_timeout=10, default_model="",
-                 redis_timeout=REDIS_TIMEOUT)
+    return Fleet(client, client, "t", max_queue=10, worker_timeout=10, default_model="")
 
 
 def snapshot_outcomes(fleet: Fleet) -> list[tuple[object, float]]:
@@ -77,12 +76,14 @@ def test_a_read_that_times_out_is_every_waiting_requests_error_at_once_not_one_t
     assert max(seconds for _, seconds in outcomes) < 2 * REDIS_TIMEOUT  # in turn, the last would wait 16 of them
 
 
-def test_a_request_waits_for_a_read_in_flight_at_most_redis_timeout():
+def test_a_read_slow_for_want_of_cpu_not_of_redis_is_every_waiting_requests_snapshot_not_a_503():
+    """Redis answered each round trip in time; the reading thread itself was slow to run (a large PNG decoding
+    in its process holds the GIL for seconds under load). Waiting requests have the read's outcome, not a
+    clock of their own that would blame Redis: a timeout is Redis's socket timeout, in the reader's round trip."""
     client = SlowRegistry(seconds=4 * REDIS_TIMEOUT)
     outcomes = snapshot_outcomes(fleet_on(client))
-    too_slow = [seconds for outcome, seconds in outcomes if isinstance(outcome, RegistryReadTooSlow)]
-    assert len(too_slow) == CALLERS - 1 and max(too_slow) < 2 * REDIS_TIMEOUT
-    assert [snapshot.versions for snapshot, _ in outcomes if not isinstance(snapshot, Exception)] == [{"tiny": ["1"]}]
+    assert client.reads == 1
+    assert [snapshot.versions for snapshot, _ in outcomes] == [{"tiny": ["1"]}] * CALLERS
 
 
 def test_a_failed_read_is_not_remembered_the_next_request_reads_again():

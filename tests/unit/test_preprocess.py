@@ -1,11 +1,13 @@
 import io
+import threading
+import time
 
 import numpy as np
 import pytest
 import torchvision.transforms as T
 from PIL import Image
 
-from serving.preprocess import ImageError, decode, decode_image, fit_to_model, prepare, read_header
+from serving.preprocess import SPNG_MAX_PIXELS, ImageError, decode, decode_image, fit_to_model, prepare, read_header
 from tests.images import (
     PHOTOS,
     animated_gif,
@@ -158,7 +160,7 @@ def pillow_rgb(data: bytes) -> np.ndarray:
 @pytest.mark.parametrize("name", ["chelsea.png", "coffee.png", "astronaut.png", "motorcycle_left.png"])
 def test_plain_pngs_are_decoded_by_libspng_to_exactly_pillows_pixels(name):
     upload = read_header(photo_bytes(name), LIMIT)
-    assert upload.is_plain_png
+    assert upload.for_libspng
     assert np.array_equal(np.asarray(decode(upload)), pillow_rgb(upload.data))
 
 
@@ -166,7 +168,7 @@ def test_an_interlaced_rgba_png_takes_the_fast_path_and_is_composited_on_white()
     image = Image.new("RGBA", (40, 30), (255, 0, 0, 255))
     image.paste((0, 0, 255, 0), (20, 0, 40, 30))  # right half fully transparent
     upload = read_header(encode(image, "PNG", interlace=1), LIMIT)
-    assert upload.is_plain_png
+    assert upload.for_libspng
     decoded = decode(upload)
     assert decoded.getpixel((0, 0)) == (255, 0, 0) and decoded.getpixel((39, 0)) == (255, 255, 255)
 
@@ -178,13 +180,42 @@ def test_an_interlaced_rgba_png_takes_the_fast_path_and_is_composited_on_white()
     encode(Image.new("RGB", (8, 8)), "PNG", exif=Image.Exif().tobytes()),
 ], ids=["16-bit", "palette", "grey", "exif"])
 def test_other_pngs_are_left_to_pillow(data):
-    assert not read_header(data, LIMIT).is_plain_png
+    assert not read_header(data, LIMIT).for_libspng
+
+
+def test_a_png_over_the_libspng_limit_decodes_in_pillow_and_lets_the_processs_other_threads_run():
+    """libspng holds the GIL while it decodes: a 36-megapixel scan froze every thread of its API process for
+    seconds (another request's Redis call, a health check). Pillow's decoder releases it: a thread that wakes
+    every 2 ms keeps waking while the large PNG decodes (beside libspng it slept through the whole inflate)."""
+    side = int(SPNG_MAX_PIXELS ** 0.5) * 2
+    noise = np.random.default_rng(0).integers(0, 256, (side, side, 3), dtype=np.uint8)  # costly to inflate, as photos
+    upload = read_header(encode(Image.fromarray(noise), "PNG", compress_level=1), LIMIT)
+    assert not upload.for_libspng
+    wakes, decoding = [], threading.Event()
+
+    def wake_every_2_ms():
+        while decoding.is_set():
+            time.sleep(0.002)
+            wakes.append(time.perf_counter())
+
+    decoding.set()
+    waker = threading.Thread(target=wake_every_2_ms)
+    waker.start()
+    started = time.perf_counter()
+    decoded = decode(upload)
+    finished = time.perf_counter()
+    decoding.clear()
+    waker.join()
+    assert np.array_equal(np.asarray(decoded), pillow_rgb(upload.data))
+    during = [wake for wake in wakes if started < wake < finished]
+    longest_wait = max(np.diff([started, *during, finished]))
+    assert longest_wait < (finished - started) / 4, (longest_wait, finished - started)
 
 
 def test_a_truncated_plain_png_is_an_invalid_image():
     data = photo_bytes("chelsea.png")
     upload = read_header(data[:len(data) // 2], LIMIT)
-    assert upload.is_plain_png
+    assert upload.for_libspng
     with pytest.raises(ImageError) as caught:
         decode(upload)
     assert caught.value.code == "invalid_image"
