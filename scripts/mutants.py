@@ -102,7 +102,7 @@ MUTANTS = (
     Mutant("EXIF orientation ignored", "serving/preprocess.py",
            "ImageOps.exif_transpose(image, in_place=True)", "pass", ("tests/unit/test_preprocess.py",)),
     Mutant("PNGs with an eXIf chunk decoded unrotated by libspng", "serving/preprocess.py",
-           '\n                and b"eXIf" not in self.data)', ")", ("tests/unit/test_preprocess.py",)),
+           ' and b"eXIf" not in self.data)', ")", ("tests/unit/test_preprocess.py",)),
     Mutant("16-bit samples clipped instead of scaled", "serving/preprocess.py",
            ".point(lambda v: v / 256)", ".point(lambda v: v)", ("tests/unit/test_preprocess.py",)),
     Mutant("a label count other than the model's outputs accepted", "model_files/card.py",
@@ -177,6 +177,11 @@ MUTANTS = (
     Mutant("a version closed since the last registry read answers 503 while another serves", "app/fleet.py",
            "            again = self.queue_for(name, fresh=True)\n", "            again = self.queue_for(name)\n",
            ("tests/unit/test_fleet.py",)),
+    Mutant("a request waiting for its process's registry read gives up on a clock of its own", "app/fleet.py",
+           "        return read.result()\n", "        return read.result(timeout=0.5)\n",
+           ("tests/unit/test_fleet.py",)),
+    Mutant("a PNG of any size goes to libspng, which holds the GIL", "serving/preprocess.py",
+           "and width * height <= SPNG_MAX_PIXELS and ", "and ", ("tests/unit/test_preprocess.py",)),
 )
 
 
