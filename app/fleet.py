@@ -79,7 +79,7 @@ class Fleet:
     def snapshot(self, fresh: bool = False) -> Snapshot:
         """Versions and weights, read again when older than REFRESH_SECONDS (or `fresh`).
 
-        A read already in flight counts as fresh: it began less than REDIS_TIMEOUT ago. Its outcome, snapshot
+        A read already in flight counts as fresh: it began after the snapshot went stale. Its outcome, snapshot
         or error, is every waiting request's.
         """
         if not fresh and time.monotonic() - self._snapshot.taken_at <= REFRESH_SECONDS:
