@@ -190,7 +190,7 @@ class Fleet:
         """The queue of the version this request goes to: the pinned one, else one chosen by the name's weights
         among its live versions (NoWorker, naming why, when there is none); `fresh`: from a new registry read."""
         snapshot = self.snapshot(fresh)
-        if not snapshot.live.get(name):  # perhaps a worker came up since the last read: look again before 503
+        if not snapshot.live.get(name) and not fresh:  # a worker may have come up since the last read: look again
             snapshot = self.snapshot(fresh=True)
         if pinned_version is not None:
             if pinned_version not in snapshot.versions.get(name, []):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from scripts.bench_peers.peer import ModelFiles, Peer, Serving
@@ -26,15 +26,12 @@ class Ours(Peer):
     @contextmanager
     def serve(self, folder: Path, files: ModelFiles, python: Path | None) -> Iterator[Serving]:
         settings = dataclasses.replace(Settings.from_env(), port=free_port(), **self.overrides)
-        stack = Stack(settings, workers=settings.workers, log_dir=folder)
-        try:
-            stack.__enter__()  # a start that fails stops what it started
-        except StartupError as exc:  # e.g. PRECISION=bf16 on a CPU without BF16: a row that says why
-            raise PeerUnavailable(str(exc)) from None
-        try:
+        with ExitStack() as started:
+            try:  # a start that fails stops what it started (Stack's __enter__)
+                stack = started.enter_context(Stack(settings, workers=settings.workers, log_dir=folder))
+            except StartupError as exc:  # e.g. PRECISION=bf16 on a CPU without BF16: a row that says why
+                raise PeerUnavailable(str(exc)) from None
             yield Serving(stack.url + "/predict", folder / "api.log", lambda: stack.api_process.poll() is None)
-        finally:
-            stack.stop()
 
     def top1(self, payload: bytes) -> str:
         return json.loads(payload)["predictions"][0]["label"]
