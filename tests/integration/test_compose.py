@@ -27,8 +27,7 @@ WORKER_START = 300  # seconds for a worker container to load the model and verif
 def stack(tmp_path_factory):
     """The compose project up (images built first), with its URL; taken down, volumes and all, afterwards."""
     with containers.docker_engine(tmp_path_factory.mktemp("docker")):
-        settings = containers.base_images()
-        containers.build_service_images(settings)
+        settings = containers.images()
         settings.update(PROXY_PORT=str(free_port()), REDIS_PASSWORD="compose-test-password",
                         NEXT_MODEL=f"{MODEL}.pth", NEXT_VERSION="2")
         project = containers.ComposeProject(f"imgcls-test-{os.getpid()}", settings)
@@ -94,7 +93,9 @@ def test_the_ca_pip_trusted_in_the_build_is_in_no_image(stack, setting):
     assert containers.MACHINE_CA.exists()
     config = json.loads(containers.run("docker", "image", "inspect", "--format", "{{json .Config}}", image).stdout)
     assert not [variable for variable in config["Env"] if variable.startswith("PIP_CERT=")]
-    assert containers.run("docker", "run", "--rm", image, "ls", "/run/secrets", check=False).returncode != 0
+    # The secret's mount point may stay behind, empty: BuildKit leaves the directory it mounted the secret in.
+    found = containers.run("docker", "run", "--rm", "--user", "0", image, "find", "/", "-xdev", "-name", "pip_ca")
+    assert found.stdout == b"", found.stdout
 
 
 def test_scale_worker_3_gives_three_live_workers(stack):
