@@ -167,6 +167,21 @@ def image_bytes(setting: str) -> int:
     return int(containers.run("docker", "image", "inspect", "--format", "{{.Size}}", image).stdout)
 
 
+def layers(setting: str) -> list[str]:
+    image = containers.official_images()[setting]
+    return json.loads(containers.run("docker", "image", "inspect", "--format", "{{json .RootFS.Layers}}",
+                                     image).stdout)
+
+
+def test_each_image_shares_the_layers_of_the_environment_below_it(stack):
+    """A host that has the API image fetches only ONNX Runtime's layers more for the ONNX worker, and only torch's
+    (5.9 GB) more for the full worker: the environments build on each other (the Dockerfile)."""
+    api, onnx, worker = layers("API_IMAGE"), layers("WORKER_ONNX_IMAGE"), layers("WORKER_IMAGE")
+    api_environment = api[:-2]  # the API image is its environment, then serving/ and app/
+    onnx_environment = onnx[:len(api_environment) + 1]  # then ONNX Runtime's requirements
+    assert onnx_environment[:-1] == api_environment and worker[:len(onnx_environment)] == onnx_environment
+
+
 def served_names(url: str) -> set[str]:
     return {served["name"] for served in requests.get(url + "/models", timeout=5).json()["models"]
             if any(version["workers"] > 0 for version in served["versions"])}
