@@ -60,6 +60,8 @@ MUTANTS = (
     Mutant("a retried request is batched with the queue", "worker/loop.py",
            "messages = self.queue.take_retry() or self.queue.take_batch(",
            "messages = self.queue.take_batch(", ("tests/unit/test_worker.py",)),
+    Mutant("the low lane never goes first: low keys starve under load", "worker/loop.py",
+           "low_first=self._low_lane_turn())", "low_first=False)", ("tests/unit/test_worker.py",)),
     Mutant("deadlines compared with the worker host's clock", "worker/loop.py",
            "taken_at = self.heartbeat.clock.now()", "taken_at = time.time()",
            ("tests/integration/test_reliability.py::test_workers_whose_clocks_are_20s_off_answer_every_request_and_"

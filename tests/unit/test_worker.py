@@ -242,6 +242,21 @@ def test_a_retried_request_runs_alone_before_the_queue(worker):
     assert result(worker, "q1")["timing"]["batch_size"] == result(worker, "q2")["timing"]["batch_size"] == 2
 
 
+def test_every_low_lane_every_th_batch_starts_with_the_low_lane_so_low_keys_are_never_starved(fake_redis):
+    """Under load the normal lane never empties, and a low key's images are still served: every LOW_LANE_EVERY-th
+    batch takes the low lane first."""
+    worker = Worker(fake_redis, tiny_classifier(), dataclasses.replace(SETTINGS, batch_size=1, low_lane_every=3),
+                    worker_id="w1")
+    fake_redis.lpush(KEYS.lane("normal"), *[message(fake_redis, f"normal{i}", priority="normal") for i in range(6)])
+    fake_redis.lpush(KEYS.lane("low"), *[message(fake_redis, f"low{i}", priority="low") for i in range(2)])
+    served = []
+    for _ in range(6):
+        worker.serve_once()
+        served += [job for job in [f"normal{i}" for i in range(6)] + ["low0", "low1"]
+                   if job not in served and result(worker, job) is not None]
+    assert served == ["normal0", "normal1", "low0", "normal2", "normal3", "low1"]
+
+
 def test_a_heartbeat_that_fails_for_good_stops_the_worker_instead_of_serving_unannounced(fake_redis, monkeypatch):
     worker = Worker(fake_redis, tiny_classifier(), SETTINGS, worker_id="w1")
     beats = []
