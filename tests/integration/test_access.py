@@ -256,14 +256,18 @@ def test_at_saturation_the_high_key_waits_at_most_half_the_low_keys_wait_and_the
 
         with ThreadPoolExecutor(16) as pool:
             runs = {name: [pool.submit(client, name) for _ in range(8)] for name in ("high", "low")}
-            time.sleep(6)  # the lanes in the middle of the run
-            depths = requests.get(stack.url + "/models", headers={"Authorization": "Bearer key-of-low"},
-                                  timeout=30).json()["models"][0]["versions"][0]["lanes"]
+            lanes = []  # each lane's depth as /models shows it, twice a second through the run's middle
+            while time.monotonic() < stop_at - 2:
+                time.sleep(0.5)
+                lanes.append(requests.get(stack.url + "/models", headers={"Authorization": "Bearer key-of-low"},
+                                          timeout=30).json()["models"][0]["versions"][0]["lanes"])
             seen = {name: [answer for run in futures for answer in run.result()] for name, futures in runs.items()}
     p50 = {name: sorted(seconds for _, seconds in answers)[len(answers) // 2] for name, answers in seen.items()}
     print(f"\nhigh: {len(seen['high'])} answered, p50 {p50['high'] * 1000:.0f} ms; low: {len(seen['low'])} "
-          f"answered, p50 {p50['low'] * 1000:.0f} ms; lanes during the run: {depths}")
+          f"answered, p50 {p50['low'] * 1000:.0f} ms; lanes during the run: {lanes}")
     assert {status for name in seen for status, _ in seen[name]} == {200}
     assert p50["high"] <= p50["low"] / 2
     assert len(seen["low"]) >= 8  # served, if later: every LOW_LANE_EVERY-th batch is the low lane's first
-    assert depths["low"] > 0 and depths["normal"] == 0  # /models shows each lane's depth: the low lane's queue
+    # /models shows each lane's depth: the low lane's backlog (at some moments: where the worker outpaces the API
+    # processes, the lanes empty now and then), and nothing in the normal lane, which no key sends to.
+    assert max(depths["low"] for depths in lanes) > 0 and all(depths["normal"] == 0 for depths in lanes)
