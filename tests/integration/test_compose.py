@@ -91,8 +91,7 @@ def test_the_ca_pip_trusted_in_the_build_is_in_no_image(stack, setting):
     """Built with the machine's CA bundle as the pip_ca secret (containers.build_service_images)."""
     image = containers.official_images()[setting]
     assert containers.MACHINE_CA.exists()
-    config = json.loads(containers.run("docker", "image", "inspect", "--format", "{{json .Config}}", image).stdout)
-    assert not [variable for variable in config["Env"] if variable.startswith("PIP_CERT=")]
+    assert not [variable for variable in inspected(setting, "Config")["Env"] if variable.startswith("PIP_CERT=")]
     # The secret's mount point may stay behind, empty: BuildKit leaves the directory it mounted the secret in.
     found = containers.run("docker", "run", "--rm", "--user", "0", image, "find", "/", "-xdev", "-name", "pip_ca")
     assert found.stdout == b"", found.stdout
@@ -162,21 +161,17 @@ def live_versions(url: str) -> set[str]:
 ONNX_MODEL = "efficientnet_lite0_onnx"  # docker-compose.yml's default ONNX_MODEL_NAME
 
 
-def image_bytes(setting: str) -> int:
+def inspected(setting: str, field: str):
+    """One field of `docker image inspect` (e.g. Size, Config, RootFS.Layers) of the image a setting names."""
     image = containers.official_images()[setting]
-    return int(containers.run("docker", "image", "inspect", "--format", "{{.Size}}", image).stdout)
-
-
-def layers(setting: str) -> list[str]:
-    image = containers.official_images()[setting]
-    return json.loads(containers.run("docker", "image", "inspect", "--format", "{{json .RootFS.Layers}}",
-                                     image).stdout)
+    return json.loads(containers.run("docker", "image", "inspect", "--format", f"{{{{json .{field}}}}}", image).stdout)
 
 
 def test_each_image_shares_the_layers_of_the_environment_below_it(stack):
     """A host that has the API image fetches only ONNX Runtime's layers more for the ONNX worker, and only torch's
     (5.9 GB) more for the full worker: the environments build on each other (the Dockerfile)."""
-    api, onnx, worker = layers("API_IMAGE"), layers("WORKER_ONNX_IMAGE"), layers("WORKER_IMAGE")
+    api, onnx, worker = (inspected(setting, "RootFS.Layers") for setting in ("API_IMAGE", "WORKER_ONNX_IMAGE",
+                                                                              "WORKER_IMAGE"))
     api_environment = api[:-2]  # the API image is its environment, then serving/ and app/
     onnx_environment = onnx[:len(api_environment) + 1]  # then ONNX Runtime's requirements
     assert onnx_environment[:-1] == api_environment and worker[:len(onnx_environment)] == onnx_environment
@@ -189,7 +184,7 @@ def served_names(url: str) -> set[str]:
 
 def test_the_onnx_worker_has_no_torch_weighs_a_fraction_of_the_worker_and_answers_as_it_does(stack):
     """Issue #24's slim worker: the default model exported to ONNX in the build, served by ONNX Runtime alone."""
-    onnx_image, worker_image = image_bytes("WORKER_ONNX_IMAGE"), image_bytes("WORKER_IMAGE")
+    onnx_image, worker_image = inspected("WORKER_ONNX_IMAGE", "Size"), inspected("WORKER_IMAGE", "Size")
     assert onnx_image < 1.5e9 and onnx_image < worker_image / 4, (onnx_image, worker_image)
     stack("--profile", "onnx", "up", "-d", "worker-onnx")
     try:

@@ -247,13 +247,14 @@ def test_every_low_lane_every_th_batch_starts_with_the_low_lane_so_low_keys_are_
     batch takes the low lane first."""
     worker = Worker(fake_redis, tiny_classifier(), dataclasses.replace(SETTINGS, batch_size=1, low_lane_every=3),
                     worker_id="w1")
-    fake_redis.lpush(KEYS.lane("normal"), *[message(fake_redis, f"normal{i}", priority="normal") for i in range(6)])
-    fake_redis.lpush(KEYS.lane("low"), *[message(fake_redis, f"low{i}", priority="low") for i in range(2)])
+    jobs = {"normal": [f"normal{i}" for i in range(6)], "low": ["low0", "low1"]}
+    for lane, ids in jobs.items():
+        fake_redis.lpush(KEYS.lane(lane), *[message(fake_redis, job_id, priority=lane) for job_id in ids])
     served = []
     for _ in range(6):
         worker.serve_once()
-        served += [job for job in [f"normal{i}" for i in range(6)] + ["low0", "low1"]
-                   if job not in served and result(worker, job) is not None]
+        served += [job_id for job_id in jobs["normal"] + jobs["low"]
+                   if job_id not in served and result(worker, job_id) is not None]
     assert served == ["normal0", "normal1", "low0", "normal2", "normal3", "low1"]
 
 
