@@ -3,8 +3,10 @@
 For each system chosen with --peers, in turn: install it into its own venv under .bench-peers/ (once), start it
 on a free loopback port, wait until it answers a photo, refuse to report it unless its top-1 equals eager
 PyTorch's on every photo, warm it up, then closed-loop load (scripts.loadtest's client) at each --clients count
-for --seconds, and stop its whole process group. Then the table of issue 28 and how each system was configured
-(the same, with the reasons, in docs/performance.md "Peers, side by side").
+for --seconds, and stop its whole process group. --rounds repeats that for every system, each round starting one
+system later in the order (no system always first), so that each round compares systems measured minutes apart
+(scripts/bench_peers/table.py). Then the table of issue 28 and how each system was configured (the same, with
+the reasons, in docs/performance.md "Peers, side by side").
 """
 
 from __future__ import annotations
@@ -33,9 +35,9 @@ from scripts.bench_peers.ours import Ours, OursBf16
 from scripts.bench_peers.peer import REQUIREMENTS, ModelFiles, Peer, Serving
 from scripts.bench_peers.processes import PeerUnavailable, ensure_venv, last_lines
 from scripts.bench_peers.servers.classify import resize_and_crop
-from scripts.bench_peers.table import Result, markdown_table
+from scripts.bench_peers.table import Result, Round, markdown_table
 from scripts.bench_peers.torchserve import TorchServeOnnx, TorchServeStock
-from scripts.loadtest import SAMPLE_PHOTOS, Client, Report, closed_loop, request_body, sample_photos, summarize
+from scripts.loadtest import SAMPLE_PHOTOS, Client, closed_loop, request_body, sample_photos, summarize
 from stack.processes import REPO_ROOT
 
 if TYPE_CHECKING:
@@ -128,7 +130,7 @@ def answers_of(peer: Peer, serving: Serving, photos: list[tuple[str, bytes]]) ->
     return answers
 
 
-def measure(peer: Peer, serving: Serving, sitting: Sitting) -> dict[int, Report]:
+def measure(peer: Peer, serving: Serving, sitting: Sitting) -> Round:
     client = Client(serving.url, sitting.photos, REQUEST_TIMEOUT_SECONDS, peer.protocol)
     wait_until_answering(client, serving, READY_TIMEOUT_SECONDS)
     check_answers(peer.title, sitting.reference, answers_of(peer, serving, sitting.photos))
@@ -155,7 +157,7 @@ def run_system(peer: Peer, sitting: Sitting) -> Result:
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
         with peer.serve(folder, sitting.files, python) as serving:
-            result.reports = measure(peer, serving, sitting)
+            result.rounds.append(measure(peer, serving, sitting))
     except (PeerUnavailable, WrongAnswers) as exc:
         result.refused = str(exc)
     except Exception as exc:  # a peer's own failure (its start-up, a config it refuses) must not end the sitting
@@ -165,6 +167,23 @@ def run_system(peer: Peer, sitting: Sitting) -> Result:
     return result
 
 
+def sit(chosen: list[Peer], sitting: Sitting, rounds: int) -> list[Result]:
+    """Every chosen system measured in each round, round k starting with the k-th system; one refused is not
+    run again."""
+    results = {peer.name: Result(peer.title, is_peer=peer.requirements is not None) for peer in chosen}
+    for index in range(rounds):
+        if rounds > 1:
+            print(f"round {index + 1} of {rounds}", flush=True)
+        start = index % len(chosen)
+        for peer in chosen[start:] + chosen[:start]:
+            merged = results[peer.name]
+            if merged.refused is None:
+                this = run_system(peer, sitting)
+                merged.rounds += this.rounds
+                merged.refused = this.refused
+    return [results[peer.name] for peer in chosen]
+
+
 def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     names = [peer.name for peer in SYSTEMS]
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -172,6 +191,8 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
                         help=f"systems to run, in turn (default: {','.join(names)})")
     parser.add_argument("--seconds", type=float, default=20.0, help="length of each closed-loop run")
     parser.add_argument("--clients", default="1,16", help="closed-loop client counts (default: %(default)s)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="times every system is measured, each round starting one system later (default: 1)")
     parser.add_argument("--warmup-seconds", type=float, default=5.0, help="load before timing, at the most clients")
     parser.add_argument("--python", default="python3", help="the interpreter the peers' venvs are made with")
     parser.add_argument("--model", default=str(REPO_ROOT / "models" / "efficientnet_lite0.pth"))
@@ -184,8 +205,8 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
         args.clients = sorted({int(c) for c in args.clients.split(",")})
     except ValueError:
         parser.error("--clients takes client counts separated by commas, like 1,16")
-    if args.clients[0] < 1 or args.seconds <= 0:
-        parser.error("--clients must be at least 1 and --seconds positive")
+    if args.clients[0] < 1 or args.seconds <= 0 or args.rounds < 1:
+        parser.error("--clients and --rounds must be at least 1 and --seconds positive")
     return args
 
 
@@ -197,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     sitting = Sitting(photos, eager_answers(loaded, files, photos), files, args.clients, args.seconds,
                       args.warmup_seconds, args.python)
     print(f"photos: {', '.join(SAMPLE_PHOTOS)}; eager PyTorch's top-1: {sitting.reference}", flush=True)
-    results = [run_system(peer, sitting) for peer in chosen]
+    results = sit(chosen, sitting, args.rounds)
     print()
     print(markdown_table(results, args.clients))
     print()
@@ -205,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"- {peer.title}: {peer.configuration}")
     if args.json:
         Path(args.json).write_text(json.dumps([result.to_json() for result in results], indent=2) + "\n")
-    return 0 if any(result.reports for result in results) else 1
+    return 0 if any(result.measured for result in results) else 1
 
 
 if __name__ == "__main__":

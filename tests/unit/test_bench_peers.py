@@ -53,9 +53,9 @@ def test_a_photo_without_an_answer_counts_as_wrong():
 
 
 def test_the_table_gives_each_row_its_ratio_to_the_best_peer_not_to_ours():
-    results = [Result("ours", is_peer=False, reports={1: report(50, 20, 30), 16: report(120, 150, 300)}),
-               Result("fast peer", is_peer=True, reports={1: report(40, 25, 40), 16: report(100, 160, 280)}),
-               Result("slow peer", is_peer=True, reports={1: report(20, 50, 60), 16: report(50, 300, 500)})]
+    results = [Result("ours", is_peer=False, rounds=[{1: report(50, 20, 30), 16: report(120, 150, 300)}]),
+               Result("fast peer", is_peer=True, rounds=[{1: report(40, 25, 40), 16: report(100, 160, 280)}]),
+               Result("slow peer", is_peer=True, rounds=[{1: report(20, 50, 60), 16: report(50, 300, 500)}])]
     lines = markdown_table(results, [1, 16]).splitlines()
     assert lines[0] == "| system | c=1 req/s (p50) | c=16 req/s (p50 / p99) | c=16 images/s | vs best peer |"
     rows = {line.split(" | ")[0].strip("| "): line.split(" | ")[1:] for line in lines[2:]}
@@ -67,7 +67,7 @@ def test_the_table_gives_each_row_its_ratio_to_the_best_peer_not_to_ours():
 
 
 def test_a_refused_system_keeps_its_row_with_the_reason_and_is_no_best_peer():
-    results = [Result("ours", is_peer=False, reports={1: report(50, 20, 30), 16: report(120, 150, 300)}),
+    results = [Result("ours", is_peer=False, rounds=[{1: report(50, 20, 30), 16: report(120, 150, 300)}]),
                Result("broken peer", is_peer=True, refused="pip install failed (exit 1)\nlong log | tail")]
     table = markdown_table(results, [1, 16])
     assert "| broken peer | not reported: pip install failed (exit 1) |" in table
@@ -76,7 +76,7 @@ def test_a_refused_system_keeps_its_row_with_the_reason_and_is_no_best_peer():
 
 
 def test_failed_requests_are_shown_beside_the_throughput():
-    results = [Result("peer", is_peer=True, reports={1: report(10, 20, 30), 16: report(10, 20, 30, failed=3)})]
+    results = [Result("peer", is_peer=True, rounds=[{1: report(10, 20, 30), 16: report(10, 20, 30, failed=3)}])]
     assert ", 3 failed" in markdown_table(results, [1, 16])
 
 
@@ -130,11 +130,13 @@ def test_our_answer_is_read_from_predictions():
     assert Ours().top1(payload) == "tabby"
 
 
-def test_unknown_peers_and_bad_client_counts_are_refused():
+def test_unknown_peers_bad_client_counts_and_no_rounds_are_refused():
     with pytest.raises(SystemExit):
         parse_arguments(["--peers", "ours,tritonserver"])
     with pytest.raises(SystemExit):
         parse_arguments(["--clients", "0,16"])
+    with pytest.raises(SystemExit):
+        parse_arguments(["--rounds", "0"])
     assert parse_arguments(["--clients", "16,1,4"]).clients == [1, 4, 16]
 
 
@@ -184,11 +186,49 @@ def test_a_peer_that_cannot_start_keeps_its_row_and_the_sitting_goes_on(tmp_path
 
     sitting = Sitting([], {}, FILES, [1], 1.0, 0.0, "python3", work=tmp_path)
     result = run_system(Unstartable(), sitting)
-    assert (result.reports, result.refused) == (None, "no Java")
+    assert (result.rounds, result.refused) == ([], "no Java")
 
 
 def test_the_figures_file_holds_each_runs_report_and_each_refusal():
-    measured = Result("peer", is_peer=True, reports={16: report(100, 160, 280)}).to_json()
-    assert measured["closed_loop"]["16"]["throughput_rps"] == 100
+    measured = Result("peer", is_peer=True, rounds=[{16: report(100, 160, 280)}, {16: report(90, 170, 290)}])
+    assert [r["16"]["throughput_rps"] for r in measured.to_json()["rounds"]] == [100, 90]
     assert Result("broken", is_peer=True, refused="no Java").to_json() == {
-        "system": "broken", "is_peer": True, "closed_loop": None, "refused": "no Java"}
+        "system": "broken", "is_peer": True, "rounds": None, "refused": "no Java"}
+
+
+def test_over_rounds_a_row_shows_its_median_round_and_the_median_of_its_ratios_within_rounds():
+    # The machine slows in round 2: compared across rounds, ours (120 in round 1) would look slower than the
+    # peer (100 in round 1), yet within every round ours leads it.
+    ours = Result("ours", is_peer=False, rounds=[{16: report(120, 150, 300)}, {16: report(66, 250, 400)},
+                                                  {16: report(90, 200, 350)}])
+    peer = Result("peer", is_peer=True, rounds=[{16: report(100, 160, 280)}, {16: report(60, 270, 420)},
+                                                {16: report(75, 210, 330)}])
+    lines = markdown_table([ours, peer], [16]).splitlines()
+    assert lines[0].endswith("| vs best peer | c=16 req/s, each round |")
+    assert lines[2] == "| ours | 90.0 (200 / 350 ms) | 90.0 | 1.20 | 120.0, 66.0, 90.0 |"  # ratios 1.2, 1.1, 1.2
+    assert lines[3] == "| peer | 75.0 (210 / 330 ms) | 75.0 | 1.00 | 100.0, 60.0, 75.0 |"
+
+
+def test_each_round_starts_one_system_later_and_a_refused_system_is_not_run_again(tmp_path, monkeypatch):
+    from scripts.bench_peers import driver
+
+    class Named(Peer):
+        def __init__(self, name: str, requirements: str | None):
+            self.name = self.title = name
+            self.requirements = requirements
+
+    ran = []
+
+    def run_once(peer, sitting):
+        ran.append(peer.name)
+        if peer.name == "broken":
+            return Result(peer.title, is_peer=True, refused="wrong answers")
+        return Result(peer.title, is_peer=True, rounds=[{16: report(10 * len(ran), 100, 200)}])
+
+    monkeypatch.setattr(driver, "run_system", run_once)
+    sitting = Sitting([], {}, FILES, [16], 1.0, 0.0, "python3", work=tmp_path)
+    chosen = [Named("ours", None), Named("peer", "peer"), Named("broken", "broken")]
+    results = driver.sit(chosen, sitting, rounds=3)
+    assert ran == ["ours", "peer", "broken", "peer", "ours", "ours", "peer"]
+    assert [len(r.rounds) for r in results] == [3, 3, 0]
+    assert results[2].refused == "wrong answers"
