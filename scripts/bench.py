@@ -32,6 +32,7 @@ import torch
 from engines.choose import CPU_PREFERENCE, engine_for_checkpoint, installed, model_options, open_engine
 from model_files.checkpoints import load_model
 from scripts.loadtest import SAMPLE_PHOTOS, Client, Report, closed_loop, open_loop, sample_photos, summarize
+from scripts.process_cpu import CpuMeter, CpuUse
 from serving.config import Settings
 from serving.preprocess import prepare
 from stack.processes import Stack, free_port
@@ -111,19 +112,31 @@ def _pipeline_rate(settings: Settings, photos: list[tuple[str, bytes]], seconds:
 
 
 def service(settings: Settings, photos: list[tuple[str, bytes]], seconds: float,
-            concurrency: int) -> dict[str, Report]:
-    """Saturation, half load and unloaded figures of the service `make run` starts."""
+            concurrency: int) -> tuple[dict[str, Report], CpuUse]:
+    """Saturation, half load and unloaded figures of the service `make run` starts, and where the CPU went
+    during the saturation run."""
     with tempfile.TemporaryDirectory() as logs, Stack(settings, workers=settings.workers, log_dir=Path(logs)) as stack:
         client = Client(stack.url + "/predict", photos, timeout=30)
         closed_loop(client, concurrency, 4 * concurrency, 60, progress=False)  # warm connections and caches
+        meter = CpuMeter({"API": [stack.api_process.pid], "workers": [p.pid for p in stack.worker_processes],
+                          "Redis": [stack.redis_process.pid]})
         saturation = summarize("saturation", closed_loop(client, concurrency, 10**6, seconds, progress=False))
+        cpu = meter.used()
         half_rate = saturation.throughput_rps / 2
         half = summarize("half load", open_loop(client, half_rate, seconds, 256, progress=False))
         unloaded = summarize("unloaded", closed_loop(client, 1, 10**6, seconds / 2, progress=False))
-    return {"saturation": saturation, "half_load": half, "unloaded": unloaded}
+    return {"saturation": saturation, "half_load": half, "unloaded": unloaded}, cpu
 
 
-def markdown(ceilings: dict, pipeline: float, pipeline_threads: int, backend: str, runs: dict[str, Report]) -> str:
+def cpu_per_image(cpu: CpuUse, saturation: Report) -> str:
+    """The saturation run's CPU milliseconds per image served, per group of processes, and the machine's load."""
+    images = round(saturation.images_per_s * cpu.seconds)
+    shares = ", ".join(f"{name} {ms:.1f}" for name, ms in cpu.per_unit_ms(images).items())
+    return f"{shares} (machine {100 * cpu.machine_busy:.0f} % busy)"
+
+
+def markdown(ceilings: dict, pipeline: float, pipeline_threads: int, backend: str, runs: dict[str, Report],
+             cpu: CpuUse) -> str:
     model = ceilings[backend]
     best_batch, best_rate = max(model["images_per_s"].items(), key=lambda item: item[1])
     saturation, half, unloaded = runs["saturation"], runs["half_load"], runs["unloaded"]
@@ -133,6 +146,7 @@ def markdown(ceilings: dict, pipeline: float, pipeline_threads: int, backend: st
          f"({saturation.mean_batch_size} mean batch, {saturation.latency_ms.get('p50', 0):.0f} ms p50)"),
         ("Pipeline ceiling (decode + preprocess + infer, one process)",
          f"{pipeline:.1f} images/s ({pipeline_threads} inference threads)"),
+        ("CPU ms per image at saturation", cpu_per_image(cpu, saturation)),
         ("Service / pipeline ceiling", f"**{saturation.throughput_rps / pipeline:.2f}** (target >= 0.85)"),
         (f"Model ceiling, {backend}", f"{best_rate:.1f} images/s at batch {best_batch}"),
         (f"Latency at half load ({half.throughput_rps:.1f} requests/s)",
@@ -174,16 +188,18 @@ def main(argv: list[str] | None = None) -> int:
     pipeline, pipeline_threads, backend = pipeline_ceiling(settings, photos, args.seconds / 2)
     torch.set_num_threads(settings.compute_threads)
     print(f"  pipeline ceiling {pipeline:.1f} images/s ({pipeline_threads} inference threads)", flush=True)
-    runs = service(settings, photos, args.seconds, args.concurrency)
+    runs, cpu = service(settings, photos, args.seconds, args.concurrency)
     for report in runs.values():
         print(f"  service {report.mode}: {report.throughput_rps:.1f} requests/s, latency {report.latency_ms}, "
               f"statuses {report.statuses}", flush=True)
     print()
-    print(markdown(ceilings, pipeline, pipeline_threads, backend, runs))
+    print(markdown(ceilings, pipeline, pipeline_threads, backend, runs, cpu))
     if args.json:
         figures = {"model_ceilings": ceilings, "pipeline_ceiling": pipeline, "pipeline_threads": pipeline_threads,
                    "backend": backend,
-                   "service": {name: report.to_json() for name, report in runs.items()}}
+                   "service": {name: report.to_json() for name, report in runs.items()},
+                   "saturation_cpu_seconds": {**cpu.groups, "load generator": cpu.own},
+                   "saturation_machine_busy": cpu.machine_busy}
         Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
     return 0
 

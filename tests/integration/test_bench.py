@@ -25,5 +25,9 @@ def test_bench_measures_ceilings_and_the_service_and_prints_the_table(tmp_path):
     service = figures["service"]
     assert {name: run["statuses"] for name, run in service.items()} == {
         name: {"200": service[name]["requests"]} for name in ("saturation", "half_load", "unloaded")}
+    cpu = figures["saturation_cpu_seconds"]  # every group did work serving the saturation run's images
+    assert set(cpu) == {"API", "workers", "Redis", "load generator"} and all(seconds > 0 for seconds in cpu.values())
+    assert 0 < figures["saturation_machine_busy"] <= 1
+    assert "| CPU ms per image at saturation | API " in completed.stdout
     assert "| Service / pipeline ceiling |" in completed.stdout
     assert "| onnxruntime |" in completed.stdout
