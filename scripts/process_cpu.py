@@ -1,6 +1,6 @@
 """Where a machine's CPU went during a measurement: each named group of processes (a process and all its
 descendants, as they were when the measurement began), this process itself, and the whole machine, from Linux's
-/proc. `make bench` divides it by the images served (docs/performance.md, "Where each process's CPU goes").
+/proc. `make bench` divides it by the images served (docs/performance.md, "make bench").
 """
 
 from __future__ import annotations
