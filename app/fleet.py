@@ -21,7 +21,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 from app import metrics
-from app.queue_client import Charge, InferenceQueue, NoWorker, VersionStatus
+from app.queue_client import Charge, InferenceQueue, NoWorker, RedisPersistence, VersionStatus
 from serving import routing
 from serving.fleet_scripts import model_ages
 from serving.protocol import FleetKeys, Keys, ModelInfo, model_id, split_model_id
@@ -71,6 +71,7 @@ class Fleet:
         self.keys = FleetKeys(key_prefix)
         self.max_queue, self.worker_timeout, self.default_model = max_queue, worker_timeout, default_model
         self._queues: dict[str, InferenceQueue] = {}
+        self.persistence = RedisPersistence(client)  # one Redis: one reading, shared by every version's queue
         self._snapshot = Snapshot({}, {}, {}, 0.0)
         self._stranded: set[str] = set()  # names whose route prefers versions without a live worker (logged once)
         self._read_in_flight: Future[Snapshot] | None = None
@@ -239,7 +240,8 @@ class Fleet:
         """One InferenceQueue per model version (its id), made once."""
         if model_id not in self._queues:
             self._queues.setdefault(model_id, InferenceQueue(self.client, self.waiting_client,
-                                                             Keys(self.keys.prefix, model_id), self.max_queue))
+                                                             Keys(self.keys.prefix, model_id), self.max_queue,
+                                                             self.persistence))
         return self._queues[model_id]
 
 

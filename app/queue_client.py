@@ -27,6 +27,8 @@ from serving.worker_stats import WorkerStats, decode_worker_stats
 # stopped container's does).
 RECONNECT_INTERVAL = 0.2
 CONNECTION_LOST = (redis.ConnectionError, redis.TimeoutError)
+# How long what was read of Redis's persistence holds: it is needed when Redis has gone, and cannot be asked.
+PERSISTENCE_READ_EVERY = 30.0
 
 log = logging.getLogger("api")
 
@@ -48,6 +50,42 @@ class Charge(Protocol):
     def judge(self, reply) -> None: ...  # raises when the client may not go on
 
 
+class RedisPersistence:
+    """Whether the Redis behind a client keeps its data across a restart (its append-only file is on), as read at
+    most every PERSISTENCE_READ_EVERY seconds. One per client, shared by its queues.
+
+    A request whose connection is lost while it waits for its answer asks this: against a Redis that keeps
+    nothing its message is gone, and waiting for that Redis to come back would only delay the 503 by the whole
+    outage, up to the request's deadline.
+    """
+
+    def __init__(self, client: RedisClient):
+        self.client = client
+        self._keeps_data: bool | None = None  # None: not read yet, or not readable
+        self._read_at = -PERSISTENCE_READ_EVERY
+
+    def read_if_stale(self) -> None:
+        """Read it again if the last read is older than PERSISTENCE_READ_EVERY (one round trip then)."""
+        if time.monotonic() - self._read_at >= PERSISTENCE_READ_EVERY:
+            self._read_at = time.monotonic()
+            self.read()
+
+    def read(self) -> bool | None:
+        """Whether Redis keeps its data now, remembered; None when this client may not ask (an ACL without INFO)."""
+        try:
+            info = self.client.info("persistence")
+        except redis.ResponseError:
+            info = None
+        # A Cluster's client answers with every node's INFO by name, and a Cluster's queue lives on one
+        # node: counted as keeping nothing, as its failover may lose the node's last writes anyway.
+        self._keeps_data = None if info is None else info.get("aof_enabled") == 1
+        return self._keeps_data
+
+    def keeps_nothing(self) -> bool:
+        """True when the last read said Redis keeps nothing across a restart; unknown counts as keeping."""
+        return self._keeps_data is False
+
+
 @dataclass(frozen=True)
 class VersionStatus:
     model: ModelInfo | None  # None: no worker has announced a (usable) model within WORKER_TIMEOUT
@@ -60,12 +98,14 @@ class VersionStatus:
 class InferenceQueue:
     """`client` answers within the Redis timeout; `waiting_client` allows for a whole request's wait."""
 
-    def __init__(self, client: RedisClient, waiting_client: RedisClient, keys: Keys, max_queue: int):
+    def __init__(self, client: RedisClient, waiting_client: RedisClient, keys: Keys, max_queue: int,
+                 persistence: RedisPersistence | None = None):
         self.client = client
         self.waiting_client = waiting_client
         self.keys = keys
         self.max_queue = max_queue
         self.clock = RedisClock()  # read again at every admission
+        self.persistence = persistence or RedisPersistence(client)  # read again, when stale, at admission
 
     def admit(self, charge: Charge | None = None) -> ModelInfo:
         """The served model, if a worker is alive and the queue has room; one round trip, which reads Redis's clock.
@@ -75,6 +115,7 @@ class InferenceQueue:
         QueueFull), the request has been charged: giving the charge back is its owner's (app/access.py,
         charged_for).
         """
+        self.persistence.read_if_stale()
         pipe = self.client.pipeline(transaction=False)
         if charge is not None:
             charge.queue_on(pipe)
@@ -148,7 +189,8 @@ class InferenceQueue:
         BLPOP wakes the moment a worker pushes an answer: no polling, no sleeps. Images of one request are
         usually answered by one batch, so after each wake the answers already there are taken in one round trip.
         A connection lost while waiting (Redis restarting) is waited out when the Redis that comes back kept its
-        data (the queued messages, and the answers, are still there); else the error goes to the client.
+        data (the queued messages, and the answers, are still there); else the error goes to the client, at once
+        when the Redis that went away was known to keep nothing.
         """
         waiting = {self.keys.result(job_id): job_id for job_id in job_ids}
         results: dict[str, InferenceResult] = {}
@@ -161,7 +203,7 @@ class InferenceQueue:
                 results[waiting.pop(popped[0].decode())] = protocol.decode_result(popped[1])
                 results.update(self._answers_already_in(waiting))
             except CONNECTION_LOST:
-                if not self._back_with_its_data(deadline):
+                if self.persistence.keeps_nothing() or not self._back_with_its_data(deadline):
                     raise
             waiting = {key: job_id for key, job_id in waiting.items() if job_id not in results}
         return results
@@ -171,7 +213,7 @@ class InferenceQueue:
         so that what was queued survived the restart (without it, a restarted Redis starts empty)."""
         while time.time() < deadline:
             try:
-                return self.client.info("persistence").get("aof_enabled") == 1
+                return self.persistence.read() is True
             except CONNECTION_LOST:
                 time.sleep(RECONNECT_INTERVAL)
         return False

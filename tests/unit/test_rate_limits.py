@@ -123,6 +123,9 @@ class ResendingClient:
     def pipeline(self, transaction: bool = False) -> ResendingPipeline:
         return ResendingPipeline(self.client)
 
+    def __getattr__(self, command: str):  # INFO and the rest: the server itself
+        return getattr(self.client, command)
+
 
 def test_an_admission_resent_command_by_command_charges_its_key_once(fake_redis):
     heartbeat(fake_redis)
