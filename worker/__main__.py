@@ -4,7 +4,9 @@ A stop signal that arrives while the worker starts (importing torch alone takes 
 exporting and warming up a large model, minutes) ends it at once, with exit code 0 and a log line: it has
 taken no work yet, and a launcher that restarts workers which exit otherwise (`python -m stack`) must
 not take a stop for a crash. So the signals are handled first, and the modules that import torch only
-after that.
+after that. The stop is an exception raised wherever start-up is, and code that catches everything can
+stop it on its way out (C code that calls back into Python and clears what was raised there): start-up
+that goes on regardless is ended STOP_GRACE_SECONDS later, or when it finishes, whichever comes first.
 
 Serving an ONNX file needs no torch at all (requirements-worker-onnx.txt): torch is imported by the engines
 of checkpoints and TorchScript files only, and by choose_device where it is installed.
@@ -17,6 +19,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
@@ -31,6 +34,37 @@ if TYPE_CHECKING:
 log = logging.getLogger("worker")
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# Far more than the clean-ups a stop's exception runs on its way out take (removing temporary export directories).
+STOP_GRACE_SECONDS = 2.0
+
+
+class StartupStop:
+    """The stop signals' handler until the worker serves: raises StoppedWhileStarting, and makes sure of the exit
+    should start-up go on all the same (the module docstring)."""
+
+    def __init__(self):
+        self.signal_name: str | None = None
+        self._signalled = threading.Event()
+        # Started now, not by the handler: a handler that started a thread could wait forever for a lock of
+        # `threading` that the code it interrupted holds.
+        threading.Thread(target=self._exit_after_grace, name="stop-while-starting", daemon=True).start()
+
+    def __call__(self, signum: int, frame) -> None:
+        if self.signal_name is None:
+            self.signal_name = signal.Signals(signum).name
+            self._signalled.set()
+        raise StoppedWhileStarting(self.signal_name)
+
+    def raise_if_stopped(self) -> None:
+        """At the end of start-up: a stop whose exception was caught on its way out ends it here."""
+        if self.signal_name is not None:
+            raise StoppedWhileStarting(self.signal_name)
+
+    def _exit_after_grace(self) -> None:
+        self._signalled.wait()
+        time.sleep(STOP_GRACE_SECONDS)
+        log.warning("start-up went on after %s (its exception was caught on the way out)", self.signal_name)
+        _exit_stopped_while_starting(self.signal_name)
 
 
 class StoppedWhileStarting(BaseException):
@@ -47,7 +81,8 @@ def main() -> int:
                                 "in REDIS_URL until SIGTERM or SIGINT, finishing the batch in hand.", WORKER,
                                 sys.argv[1:])
     logging.basicConfig(level=settings.log_level, format=LOG_FORMAT)
-    _on_stop_signals(_stop_starting)
+    starting = StartupStop()
+    _on_stop_signals(starting)
     try:
         log.info("loading model_path=%s backend=%s device=%s", settings.model_path, settings.backend,
                  settings.device)
@@ -55,11 +90,11 @@ def main() -> int:
         if classifier is None:
             return 2
         from worker.loop import Worker
+        starting.raise_if_stopped()
         stop = threading.Event()
         _on_stop_signals(lambda *_: stop.set())  # from now on a stop finishes the batch in hand first
     except StoppedWhileStarting as exc:
-        log.info("stopped by %s while starting; exiting before serving anything", exc)
-        _exit_at_once()
+        _exit_stopped_while_starting(str(exc))
     try:
         worker = Worker(redis_client(settings), classifier, settings,
                         fingerprint=model_fingerprint(classifier.card, Path(settings.model_path)))
@@ -97,10 +132,11 @@ def load_classifier(settings: Settings) -> Classifier | None:
     return classifier
 
 
-def _exit_at_once() -> NoReturn:
+def _exit_stopped_while_starting(signal_name: str | None) -> NoReturn:
     """Exit 0 without the interpreter's teardown, which with torch and the engines' libraries loaded takes
     seconds (2.6-3.1 s on this 2-core VM under load, 0.1-0.3 s without it): a worker stopped while starting
     has taken and announced nothing, so there is nothing to finish but the log."""
+    log.info("stopped by %s while starting; exiting before serving anything", signal_name)
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
@@ -110,10 +146,6 @@ def _exit_at_once() -> NoReturn:
 def _on_stop_signals(handler) -> None:
     for signum in STOP_SIGNALS:
         signal.signal(signum, handler)
-
-
-def _stop_starting(signum: int, frame) -> None:
-    raise StoppedWhileStarting(signal.Signals(signum).name)
 
 
 def redis_client(settings: Settings) -> RedisClient:

@@ -16,7 +16,7 @@ from tests.images import photo_bytes
 from tests.integration.client import post_image, timed_post, wait_until
 from tests.integration.conftest import stack_settings
 from tests.integration.faults import freeze_while_holding_work, keys_of
-from tests.integration.standins import SlowToLoad
+from tests.integration.standins import SlowToLoad, SwallowsStops
 from tests.model_files import save_classic
 
 
@@ -108,10 +108,14 @@ def test_sigterm_lets_the_api_finish_requests_in_flight(one_worker_stack):
     assert api.wait(timeout=30) == 0
 
 
-@pytest.mark.parametrize("moment", ["loading model_path=", SlowToLoad.UNPICKLING])  # importing torch; in torch.load
-def test_sigterm_while_the_worker_starts_ends_it_at_once_with_exit_zero(tmp_path, moment):
+@pytest.mark.parametrize("standin, moment", [
+    (SlowToLoad, "loading model_path="),  # importing the engines and torch
+    (SlowToLoad, SlowToLoad.UNPICKLING),  # in torch.load
+    (SwallowsStops, SlowToLoad.UNPICKLING),  # in a load that catches the stop's exception and goes on
+])
+def test_sigterm_while_the_worker_starts_ends_it_at_once_with_exit_zero(tmp_path, standin, moment):
     """Not a crash: nothing was taken yet, and a launcher restarts a worker that exits non-zero."""
-    model = save_classic(SlowToLoad(seconds=300).eval(), tmp_path / "slow_to_load.pth")
+    model = save_classic(standin(seconds=300).eval(), tmp_path / "slow_to_load.pth")
     stack = Stack(stack_settings(model_path=str(model), model_trusted=True, backend="torch"), workers=0,
                   log_dir=tmp_path / "logs")
     try:
