@@ -132,7 +132,7 @@ def load_classifier(settings: Settings) -> Classifier | None:
     return classifier
 
 
-def _exit_stopped_while_starting(signal_name: str | None) -> NoReturn:
+def _exit_stopped_while_starting(signal_name: str) -> NoReturn:
     """Exit 0 without the interpreter's teardown, which with torch and the engines' libraries loaded takes
     seconds (2.6-3.1 s on this 2-core VM under load, 0.1-0.3 s without it): a worker stopped while starting
     has taken and announced nothing, so there is nothing to finish but the log."""
