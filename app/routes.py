@@ -12,6 +12,7 @@ from flask import Blueprint, request
 from app import inference
 from app.errors import ApiError
 from app.inference import ImageOutcome, Options
+from app.multipart import Form, request_form
 from app.request_log import log_fields
 
 api = Blueprint("api", __name__)
@@ -70,7 +71,9 @@ def _native_request() -> tuple[list[bytes], int | None]:
     if request.mimetype == "application/json":
         return _json_request()
     if request.mimetype == "multipart/form-data":
-        return _uploads(), parse_top_k(request.form.get(TOP_K_FIELD, request.args.get(TOP_K_FIELD)))
+        form = request_form()
+        in_form = form.field(TOP_K_FIELD)
+        return _uploads(form), parse_top_k(request.args.get(TOP_K_FIELD) if in_form is None else in_form)
     if request.mimetype.startswith("image/") or request.mimetype == "application/octet-stream":
         return [request.get_data()], parse_top_k(request.args.get(TOP_K_FIELD))
     raise ApiError(400, "missing_image",
@@ -78,11 +81,11 @@ def _native_request() -> tuple[list[bytes], int | None]:
                    f'{{"image": "<base64>"}}, or as a raw image/* body (got Content-Type {request.mimetype or "none"})')
 
 
-def _uploads() -> list[bytes]:
-    files = request.files.getlist(UPLOAD_FIELD)
+def _uploads(form: Form) -> list[bytes]:
+    files = form.files_named(UPLOAD_FIELD)
     if not files:
         raise ApiError(400, "missing_image", f"no file field '{UPLOAD_FIELD}' in the form")
-    return [upload.read() for upload in files]
+    return files
 
 
 def _json_request() -> tuple[list[bytes], int | None]:

@@ -17,6 +17,7 @@ from app import inference
 from app.errors import ApiError, failure_of, respond
 from app.fleet import Fleet
 from app.inference import Classification, Options
+from app.multipart import request_form
 from app.routes import TOP_K_FIELD, parse_top_k
 
 torchserve_api = Blueprint("torchserve", __name__)
@@ -57,7 +58,7 @@ def predictions(name: str, version: str | None = None):
 
 def _inputs() -> list[bytes]:
     if request.mimetype == "multipart/form-data":
-        files = [upload.read() for field in UPLOAD_FIELDS for upload in request.files.getlist(field)]
+        files = request_form().files_named(*UPLOAD_FIELDS)
         if not files:
             raise ApiError(400, "missing_image", f"no file in the form's field {' or '.join(UPLOAD_FIELDS)}")
         return files

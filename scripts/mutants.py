@@ -184,6 +184,12 @@ MUTANTS = (
            ("tests/unit/test_fleet.py",)),
     Mutant("a PNG of any size goes to libspng, which holds the GIL", "serving/preprocess.py",
            "and width * height <= SPNG_MAX_PIXELS and ", "and ", ("tests/unit/test_preprocess.py",)),
+    Mutant("an empty upload whose blank line and delimiter share one CRLF swallows the next part", "app/multipart.py",
+           "content_end = body.find(delimiter, content_start - len(_CRLF))",
+           "content_end = body.find(delimiter, content_start)", ("tests/unit/test_multipart.py",)),
+    Mutant("a form may have one part more than MAX_FORM_PARTS", "app/multipart.py",
+           "if max_parts is not None and len(files) + len(fields) >= max_parts:",
+           "if max_parts is not None and len(files) + len(fields) > max_parts:", ("tests/unit/test_multipart.py",)),
 )
 
 
