@@ -1,7 +1,7 @@
 """multipart/form-data bodies (RFC 7578) parsed whole, from the body read once.
 
 werkzeug's form parser streams a body through its decoder in 64 KB pieces and spools every file over 500 KB
-to a temporary file, which the route then reads back into memory: 1.1-2.3 ms of API CPU per uploaded photo,
+to a temporary file, which the route then reads back into memory: 1.1-3.0 ms of API CPU per uploaded photo,
 where finding the delimiters in the body with `bytes.find` costs 0.1-0.2 ms more than reading it
 (docs/performance.md, "Levers measured"). The body is already capped at MAX_UPLOAD_MB before it is read, and
 each upload is held in memory right after for decoding anyway.
