@@ -37,9 +37,9 @@ class Form:
         """The contents of the files sent in these fields, field by field in the order of `names`."""
         return [content for name in names for field, content in self.files if field == name]
 
-    def field(self, name: str) -> str | None:
-        """The first value of a plain field, None when the form has none."""
-        return next((value for field, value in self.fields if field == name), None)
+    def field(self, name: str, default: str | None = None) -> str | None:
+        """The first value of a plain field, `default` when the form has none."""
+        return next((value for field, value in self.fields if field == name), default)
 
 
 def request_form() -> Form:
@@ -62,20 +62,21 @@ def parse_form(body: bytes, boundary: bytes, max_parts: int | None = None,
     position = _after_first_delimiter(body, delimiter)
     files, fields, field_bytes = [], [], 0
     while not body.startswith(b"--", position):  # the closing delimiter ends in "--"
-        if max_parts is not None and len(files) + len(fields) >= max_parts:
+        index = len(files) + len(fields)
+        if max_parts is not None and index >= max_parts:
             raise RequestEntityTooLarge()
         headers_start = _after_delimiter_line(body, position)
         headers_end = body.find(_HEADERS_END, headers_start - 2, headers_start + MAX_PART_HEADER_BYTES)
         if headers_end < 0:
-            raise _malformed(f"part {len(files) + len(fields)}'s headers have no end within "
-                             f"{MAX_PART_HEADER_BYTES} bytes (a blank line ends them)")
+            raise _malformed(f"part {index}'s headers have no end within {MAX_PART_HEADER_BYTES} bytes "
+                             "(a blank line ends them)")
         content_start = headers_end + len(_HEADERS_END)
         # From the blank line's own CRLF: an empty file is sent by some encoders (werkzeug's among them) as the
         # blank line then at once the next delimiter, the one CRLF serving both.
         content_end = body.find(delimiter, content_start - len(_CRLF))
         if content_end < 0:
             raise _malformed("the body ends inside a part: no closing delimiter")
-        name, filename, charset = _disposition(body[headers_start:headers_end], len(files) + len(fields))
+        name, filename, charset = _disposition(body[headers_start:headers_end], index)
         content = body[content_start:content_end]  # empty when content_end is before content_start
         if filename is None:
             field_bytes += len(content)
@@ -90,11 +91,12 @@ def parse_form(body: bytes, boundary: bytes, max_parts: int | None = None,
 
 def _after_first_delimiter(body: bytes, delimiter: bytes) -> int:
     """Where the first delimiter ends. Most clients open the body with it; a preamble before it is allowed."""
-    if body.startswith(delimiter[len(_CRLF):]):
-        return len(delimiter) - len(_CRLF)
+    first_line = delimiter[len(_CRLF):]  # "--" and the boundary
+    if body.startswith(first_line):
+        return len(first_line)
     found = body.find(delimiter)
     if found < 0:
-        raise _malformed(f"no line starts with the delimiter --{delimiter[4:].decode()}")
+        raise _malformed(f"no line starts with the delimiter {first_line.decode()}")
     return found + len(delimiter)
 
 

@@ -72,8 +72,7 @@ def _native_request() -> tuple[list[bytes], int | None]:
         return _json_request()
     if request.mimetype == "multipart/form-data":
         form = request_form()
-        in_form = form.field(TOP_K_FIELD)
-        return _uploads(form), parse_top_k(request.args.get(TOP_K_FIELD) if in_form is None else in_form)
+        return _uploads(form), parse_top_k(form.field(TOP_K_FIELD, request.args.get(TOP_K_FIELD)))
     if request.mimetype.startswith("image/") or request.mimetype == "application/octet-stream":
         return [request.get_data()], parse_top_k(request.args.get(TOP_K_FIELD))
     raise ApiError(400, "missing_image",

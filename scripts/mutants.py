@@ -188,8 +188,8 @@ MUTANTS = (
            "content_end = body.find(delimiter, content_start - len(_CRLF))",
            "content_end = body.find(delimiter, content_start)", ("tests/unit/test_multipart.py",)),
     Mutant("a form may have one part more than MAX_FORM_PARTS", "app/multipart.py",
-           "if max_parts is not None and len(files) + len(fields) >= max_parts:",
-           "if max_parts is not None and len(files) + len(fields) > max_parts:", ("tests/unit/test_multipart.py",)),
+           "if max_parts is not None and index >= max_parts:",
+           "if max_parts is not None and index > max_parts:", ("tests/unit/test_multipart.py",)),
 )
 
 

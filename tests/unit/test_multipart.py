@@ -85,7 +85,7 @@ def test_what_requests_sends_reads_as_werkzeug_reads_it():
 def test_a_boundary_longer_than_rfc_2046s_70_characters_is_taken_as_werkzeugs_test_client_writes_one(
         client, fake_redis):
     # werkzeug.test's f"---------------WerkzeugFormPart_{time()}{random()}", at its longest
-    boundary = b"---------------WerkzeugFormPart_1764811077.2801233" + b"1.2345678901234567e-05"
+    boundary = b"---------------WerkzeugFormPart_1764811077.28012331.2345678901234567e-05"
     assert len(boundary) == 72
     heartbeat(fake_redis)
     seen = answer_next_request(fake_redis, success(TABBY))
