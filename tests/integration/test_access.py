@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from app.keys import key_line
+from app.keys import RECHECK_SECONDS, key_line
 from serving import fleet_scripts
 from serving.protocol import FleetKeys, Keys, ModelInfo
 from stack.processes import Stack, free_port
@@ -189,7 +189,10 @@ def test_the_keys_file_is_read_again_when_it_changes_without_a_restart(service, 
     newcomer = "key-of-newcomer"
     keys_file.write_text("\n".join([*LINES[1:], key_line("newcomer", newcomer, None, None, None, "normal")]) + "\n")
     headers = {"Authorization": f"Bearer {newcomer}"}
-    # Each API process sees it within a second of looking.
+    # Each API process sees it at its first look RECHECK_SECONDS or more after its last one. Without this wait
+    # the new key's checks could all land on a process that had last looked long ago, and the old key's check
+    # then on one that had looked just before the write.
+    time.sleep(RECHECK_SECONDS)
     wait_until(lambda: {requests.get(service.url + "/model", headers=headers, timeout=10).status_code
                         for _ in range(6)} == {200}, 15, interval=0.2, what="the new key let in by every process")
     assert {requests.get(service.url + "/model", headers=bearer("burst"), timeout=10).status_code
