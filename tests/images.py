@@ -8,7 +8,7 @@ import zlib
 from pathlib import Path
 
 import skimage
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 # scikit-image's real sample photos: chelsea.png is a cat, coffee.png an espresso, ...
 PHOTOS = Path(skimage.data_dir)
@@ -41,6 +41,36 @@ def exif_orientation(orientation: int) -> bytes:
 
 def jpeg_with_orientation(image: Image.Image, orientation: int) -> bytes:
     return encode(image, "JPEG", exif=exif_orientation(orientation), quality=100, subsampling=0)
+
+
+def png_oriented_by(carrier: str, image: Image.Image, orientation: int) -> bytes:
+    """A PNG that says how it is turned in one of the chunks Pillow reads an orientation from: an eXIf chunk,
+    ImageMagick's hex "raw profile" in a tEXt or zTXt chunk, or XMP's tiff:Orientation in an iTXt chunk."""
+    exif = exif_orientation(orientation)
+    info = PngImagePlugin.PngInfo()
+    if carrier == "eXIf":
+        return encode(image, "PNG", exif=exif)
+    if carrier in ("tEXt raw profile", "zTXt raw profile"):
+        info.add_text("Raw profile type exif", f"\nexif\n{len(exif):8d}\n{exif.hex()}\n", zip=carrier.startswith("z"))
+    elif carrier == "iTXt XMP":
+        info.add_itxt("XML:com.adobe.xmp", '<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF><rdf:Description '
+                      f'xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="{orientation}"/></rdf:RDF>'
+                      '</x:xmpmeta>')
+    else:
+        raise ValueError(carrier)
+    return encode(image, "PNG", pnginfo=info)
+
+
+def png_chunk_moved_after_pixels(data: bytes, kind: bytes) -> bytes:
+    """The PNG with its first chunk of type `kind` moved to just before IEND, where encoders may also put it."""
+    chunks, position = [], 8
+    while position < len(data):
+        length = struct.unpack(">I", data[position:position + 4])[0]
+        chunks.append(data[position:position + 12 + length])
+        position += 12 + length
+    moved = next(chunk for chunk in chunks if chunk[4:8] == kind)
+    chunks.remove(moved)
+    return data[:8] + b"".join(chunks[:-1]) + moved + chunks[-1]
 
 
 def png_claiming_size(width: int, height: int) -> bytes:

@@ -16,7 +16,9 @@ from tests.images import (
     half_red_half_blue,
     jpeg_with_orientation,
     photo_bytes,
+    png_chunk_moved_after_pixels,
     png_claiming_size,
+    png_oriented_by,
     png_rgb16,
 )
 
@@ -177,10 +179,35 @@ def test_an_interlaced_rgba_png_takes_the_fast_path_and_is_composited_on_white()
     png_rgb16(4, 4, 32768),
     encode(Image.new("P", (8, 8)), "PNG"),
     encode(Image.new("L", (8, 8)), "PNG"),
-    encode(Image.new("RGB", (8, 8)), "PNG", exif=Image.Exif().tobytes()),
-], ids=["16-bit", "palette", "grey", "exif"])
+], ids=["16-bit", "palette", "grey"])
 def test_other_pngs_are_left_to_pillow(data):
     assert not read_header(data, LIMIT).for_libspng
+
+
+ORIENTATION_CARRIERS = {"eXIf": b"eXIf", "tEXt raw profile": b"tEXt", "zTXt raw profile": b"zTXt",
+                        "iTXt XMP": b"iTXt"}
+
+
+def turned_png(carrier: str) -> tuple[Image.Image, bytes]:
+    upright = half_red_half_blue(64, 32)
+    return upright, png_oriented_by(carrier, upright.transpose(Image.Transpose.ROTATE_90), orientation=6)
+
+
+@pytest.mark.parametrize("carrier", ORIENTATION_CARRIERS)
+def test_a_png_turned_by_any_chunk_pillow_reads_before_its_pixels_is_decoded_by_libspng_upright(carrier):
+    upright, data = turned_png(carrier)
+    upload = read_header(data, LIMIT)
+    assert upload.for_libspng
+    assert np.array_equal(np.asarray(decode(upload)), np.asarray(upright))
+
+
+@pytest.mark.parametrize("carrier", ORIENTATION_CARRIERS)
+def test_a_png_turned_by_a_chunk_after_its_pixels_is_left_to_pillow_which_reads_it_when_decoding(carrier):
+    upright, data = turned_png(carrier)
+    upload = read_header(png_chunk_moved_after_pixels(data, ORIENTATION_CARRIERS[carrier]), LIMIT)
+    assert not upload.for_libspng
+    assert np.array_equal(np.asarray(decode(upload)), np.asarray(upright))
+
 
 
 def test_a_png_over_the_libspng_limit_decodes_in_pillow_and_lets_the_processs_other_threads_run():
