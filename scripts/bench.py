@@ -1,7 +1,7 @@
 """`make bench`: how fast the service is, measured against what the model and the machine allow.
 
 1. Model ceiling: each installed engine on preprocessed images already in memory,
-   batch sizes 1..32, the worker's thread count: images/s.
+   batch sizes 1..32, the worker's thread count, in PRECISION: images/s.
 2. Pipeline ceiling: decode + preprocess + infer of the benchmark photos in one
    process (decoding on a thread pool while the model runs), no HTTP, no Redis.
 3. The service as `make run` starts it (private Redis, default settings): saturation
@@ -29,8 +29,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engines.choose import CPU_PREFERENCE, engine_for_checkpoint, installed, model_options, open_engine
-from model_files.checkpoints import load_model
+from engines import precision
+from engines.base import EngineError
+from engines.choose import CPU_PREFERENCE, ONNX_FILE_ENGINES, installed, open_engine
 from scripts.loadtest import SAMPLE_PHOTOS, Client, Report, closed_loop, open_loop, sample_photos, summarize
 from scripts.process_cpu import CpuMeter, CpuUse
 from serving.config import Settings
@@ -54,17 +55,17 @@ def images_per_second(run, batch: np.ndarray, seconds: float) -> tuple[float, fl
 
 def model_ceilings(settings: Settings, photos: list[tuple[str, bytes]], seconds: float, backends: list[str],
                    batch_sizes: list[int]) -> dict[str, dict]:
-    """Per engine: images/s at each batch size and the latency of the first, on real preprocessed photos."""
-    loaded = load_model(settings.model_path, model_options(settings))
-    size = loaded.card.preprocessing
-    pixels = [prepare(data, size.resize_size, size.input_size, settings.max_image_pixels) for _, data in photos]
+    """Per engine, opened as the worker opens it (MODEL_PATH in PRECISION): images/s at each batch size and the
+    latency of the first, on real preprocessed photos."""
     results = {}
     for backend in backends:
-        run = engine_for_checkpoint(loaded, backend, "cpu", settings.compute_threads).run
+        engine = open_engine(dataclasses.replace(settings, backend=backend), "cpu")
+        size = engine.card.preprocessing
+        pixels = [prepare(data, size.resize_size, size.input_size, settings.max_image_pixels) for _, data in photos]
         rates, latency = {}, None
         for batch_size in batch_sizes:
             batch = np.stack(list(islice(cycle(pixels), batch_size)))
-            rates[batch_size], per_call = images_per_second(run, batch, seconds)
+            rates[batch_size], per_call = images_per_second(engine.run, batch, seconds)
             latency = latency or per_call
         results[backend] = {"images_per_s": rates, "batch1_latency_ms": latency * 1000}
         print(f"  model ceiling {backend:12s} " + "  ".join(f"b{b}: {r:6.1f}" for b, r in rates.items())
@@ -135,8 +136,13 @@ def cpu_per_image(cpu: CpuUse, saturation: Report) -> str:
     return f"{shares} (machine {100 * cpu.machine_busy:.0f} % busy)"
 
 
-def markdown(ceilings: dict, pipeline: float, pipeline_threads: int, backend: str, runs: dict[str, Report],
-             cpu: CpuUse) -> str:
+def engine_label(backend: str, compute: str) -> str:
+    """An engine's name in the tables, with its precision when that is not float32."""
+    return backend if compute == precision.FULL else f"{backend} {compute}"
+
+
+def markdown(ceilings: dict, pipeline: float, pipeline_threads: int, backend: str, compute: str,
+             runs: dict[str, Report], cpu: CpuUse) -> str:
     model = ceilings[backend]
     best_batch, best_rate = max(model["images_per_s"].items(), key=lambda item: item[1])
     saturation, half, unloaded = runs["saturation"], runs["half_load"], runs["unloaded"]
@@ -148,7 +154,7 @@ def markdown(ceilings: dict, pipeline: float, pipeline_threads: int, backend: st
          f"{pipeline:.1f} images/s ({pipeline_threads} inference threads)"),
         ("CPU ms per image at saturation", cpu_per_image(cpu, saturation)),
         ("Service / pipeline ceiling", f"**{saturation.throughput_rps / pipeline:.2f}** (target >= 0.85)"),
-        (f"Model ceiling, {backend}", f"{best_rate:.1f} images/s at batch {best_batch}"),
+        (f"Model ceiling, {engine_label(backend, compute)}", f"{best_rate:.1f} images/s at batch {best_batch}"),
         (f"Latency at half load ({half.throughput_rps:.1f} requests/s)",
          f"p50 {half.latency_ms['p50']:.0f} ms, p99 {half.latency_ms['p99']:.0f} ms "
          f"(**{half.latency_ms['p99'] / unloaded.latency_ms['p50']:.1f}x** unloaded p50; target <= 3x)"),
@@ -162,8 +168,17 @@ def markdown(ceilings: dict, pipeline: float, pipeline_threads: int, backend: st
                 "| --- |" + " ---: |" * (len(batch_sizes) + 1)]
     for name, figures in ceilings.items():
         rates = " | ".join(f"{figures['images_per_s'][b]:.1f}" for b in batch_sizes)
-        backends.append(f"| {name} | {rates} | {figures['batch1_latency_ms']:.1f} ms |")
+        backends.append(f"| {engine_label(name, compute)} | {rates} | {figures['batch1_latency_ms']:.1f} ms |")
     return "\n".join(table + backends)
+
+
+def default_backends(compute: str, model_path: str) -> list[str]:
+    """Every installed engine that computes in `compute` (PRECISION) and runs the file, in the order the table
+    lists them."""
+    able = CPU_PREFERENCE if compute == precision.FULL else precision.candidates(compute)
+    if model_path.endswith(".onnx"):
+        able = [name for name in able if name in ONNX_FILE_ENGINES]
+    return [name for name in reversed(CPU_PREFERENCE) if name in able and installed(name)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -171,20 +186,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=20.0, help="length of each service measurement")
     parser.add_argument("--model-seconds", type=float, default=2.0, help="length of each model measurement")
     parser.add_argument("--concurrency", type=int, default=32, help="clients of the saturation run")
-    parser.add_argument("--backends", default=",".join(name for name in reversed(CPU_PREFERENCE) if installed(name)),
-                        help="engines whose model ceiling to measure (default: every installed one)")
+    parser.add_argument("--backends", help="engines whose model ceiling to measure (default: every installed one "
+                        "that computes in PRECISION)")
     parser.add_argument("--batch-sizes", default=",".join(map(str, BATCH_SIZES)),
                         help="batch sizes of the model ceilings, 1 first (default: %(default)s)")
     parser.add_argument("--json", help="also write every figure to this file")
     args = parser.parse_args(argv)
     settings = dataclasses.replace(Settings.from_env(), port=free_port())
+    backends = args.backends.split(",") if args.backends else default_backends(settings.precision, settings.model_path)
+    batch_sizes = [int(size) for size in args.batch_sizes.split(",")]
+    if batch_sizes[0] != 1:  # the unloaded request is compared with one image's pass through the model
+        parser.error(f"--batch-sizes must start with 1, not {batch_sizes[0]}: the unloaded request is compared with "
+                     "batch 1's latency")
+    try:
+        for backend in backends:  # before minutes of measuring: an engine that cannot compute in PRECISION
+            precision.require_supported(dataclasses.replace(settings, backend=backend), "cpu")
+    except EngineError as refused:
+        parser.error(str(refused))
     photos = sample_photos()
     torch.set_num_threads(settings.compute_threads)  # the worker's thread count, for every engine
 
     print(f"{os.cpu_count()} CPUs, {settings.compute_threads} inference threads, torch {torch.__version__}; "
           f"photos: {', '.join(SAMPLE_PHOTOS)}", flush=True)
-    ceilings = model_ceilings(settings, photos, args.model_seconds, args.backends.split(","),
-                              [int(b) for b in args.batch_sizes.split(",")])
+    ceilings = model_ceilings(settings, photos, args.model_seconds, backends, batch_sizes)
     pipeline, pipeline_threads, backend = pipeline_ceiling(settings, photos, args.seconds / 2)
     torch.set_num_threads(settings.compute_threads)
     print(f"  pipeline ceiling {pipeline:.1f} images/s ({pipeline_threads} inference threads)", flush=True)
@@ -193,9 +217,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  service {report.mode}: {report.throughput_rps:.1f} requests/s, latency {report.latency_ms}, "
               f"statuses {report.statuses}", flush=True)
     print()
-    print(markdown(ceilings, pipeline, pipeline_threads, backend, runs, cpu))
+    print(markdown(ceilings, pipeline, pipeline_threads, backend, settings.precision, runs, cpu))
     if args.json:
-        figures = {"model_ceilings": ceilings, "pipeline_ceiling": pipeline, "pipeline_threads": pipeline_threads,
+        figures = {"precision": settings.precision, "model_ceilings": ceilings, "pipeline_ceiling": pipeline,
+                   "pipeline_threads": pipeline_threads,
                    "backend": backend,
                    "service": {name: report.to_json() for name, report in runs.items()},
                    "saturation_cpu_seconds": {**cpu.groups, "load generator": cpu.own},
