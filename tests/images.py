@@ -47,9 +47,9 @@ def png_oriented_by(carrier: str, image: Image.Image, orientation: int) -> bytes
     """A PNG that says how it is turned in one of the chunks Pillow reads an orientation from: an eXIf chunk,
     ImageMagick's hex "raw profile" in a tEXt or zTXt chunk, or XMP's tiff:Orientation in an iTXt chunk."""
     exif = exif_orientation(orientation)
-    info = PngImagePlugin.PngInfo()
     if carrier == "eXIf":
         return encode(image, "PNG", exif=exif)
+    info = PngImagePlugin.PngInfo()
     if carrier in ("tEXt raw profile", "zTXt raw profile"):
         info.add_text("Raw profile type exif", f"\nexif\n{len(exif):8d}\n{exif.hex()}\n", zip=carrier.startswith("z"))
     elif carrier == "iTXt XMP":
