@@ -19,9 +19,9 @@ BUILD_TYPE=${BUILD_TYPE:-Release}
 
 fail() { echo "cpp/build.sh: $*" >&2; exit 1; }
 
-# OpenCV is there when its CMake config is (the glob is expanded by the script).
+# OpenCV is there when its CMake config is (the glob is expanded by the script); zlib when its header is.
 ../scripts/ensure-debian-package.sh cmake cmake g++ g++ \
-    '/usr/lib/*/cmake/opencv4/OpenCVConfig.cmake' libopencv-dev
+    '/usr/lib/*/cmake/opencv4/OpenCVConfig.cmake' libopencv-dev /usr/include/zlib.h zlib1g-dev
 
 find_wheel() {
     # TORCH_WHEEL if set; else pip, which finds the wheel in its configured find-links folder or

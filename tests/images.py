@@ -43,6 +43,11 @@ def jpeg_with_orientation(image: Image.Image, orientation: int) -> bytes:
     return encode(image, "JPEG", exif=exif_orientation(orientation), quality=100, subsampling=0)
 
 
+# Each place Pillow reads a PNG's orientation from (png_oriented_by writes one), and the type of its chunk.
+PNG_ORIENTATION_CARRIERS = {"eXIf": b"eXIf", "tEXt raw profile": b"tEXt", "zTXt raw profile": b"zTXt",
+                            "iTXt XMP": b"iTXt"}
+
+
 def png_oriented_by(carrier: str, image: Image.Image, orientation: int) -> bytes:
     """A PNG that says how it is turned in one of the chunks Pillow reads an orientation from: an eXIf chunk,
     ImageMagick's hex "raw profile" in a tEXt or zTXt chunk, or XMP's tiff:Orientation in an iTXt chunk."""

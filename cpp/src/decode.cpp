@@ -12,6 +12,8 @@
 #include <opencv2/imgproc.hpp>
 
 #include "jpeg.h"
+#include "orientation.h"
+#include "png.h"
 
 namespace classify {
 namespace {
@@ -98,6 +100,8 @@ Decoded decode_image(const std::filesystem::path& path, int min_side) {
   std::string opencv_said;
   cv::Mat image = opencv_decode(bytes, min_side, opencv_said);
   if (image.empty()) return not_decoded(undecodable_reason(bytes, opencv_said));
+  // IMREAD_UNCHANGED applies no orientation, and OpenCV reads none of the places a PNG can keep one in
+  if (is_png(bytes)) image = apply_orientation(image, png_orientation(bytes));
   if (image.depth() == CV_16U) image.convertTo(image, CV_8U, 1.0 / 256.0);
   if (image.depth() != CV_8U)
     return not_decoded("samples of OpenCV depth " + std::to_string(image.depth()) +

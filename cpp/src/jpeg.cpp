@@ -16,6 +16,8 @@
 #include <jpeglib.h>
 #endif
 
+#include "orientation.h"
+
 namespace classify {
 namespace {
 
@@ -64,62 +66,19 @@ int opencv_draft_flag(const std::vector<uint8_t>& bytes, int min_side) {
 #ifdef CLASSIFY_HAVE_LIBJPEG
 namespace {
 
-// The EXIF orientation (1-8) of a JPEG's APP1 segment; 1 when there is none or it is unreadable.
-int exif_orientation(const std::vector<uint8_t>& b) {
+// The EXIF orientation of a JPEG's APP1 segment; 1 when there is none or it is unreadable.
+unsigned exif_orientation(const std::vector<uint8_t>& b) {
   size_t i = 2;
   while (i + 4 <= b.size() && b[i] == 0xFF) {
     uint8_t marker = b[i + 1];
     size_t length = (size_t(b[i + 2]) << 8) | b[i + 3];
     if (marker == 0xDA || length < 2) break;  // start of scan: no more metadata
     size_t start = i + 4, end = std::min(b.size(), i + 2 + length);
-    if (marker == 0xE1 && end - start >= 14 && std::memcmp(&b[start], "Exif\0\0", 6) == 0) {
-      const uint8_t* tiff = &b[start + 6];
-      size_t size = end - start - 6;
-      bool little = tiff[0] == 'I';
-      auto u16 = [&](size_t at) -> unsigned {
-        return at + 2 > size ? 0 : little ? tiff[at] | tiff[at + 1] << 8 : tiff[at] << 8 | tiff[at + 1];
-      };
-      auto u32 = [&](size_t at) -> size_t {
-        return little ? u16(at) | size_t(u16(at + 2)) << 16 : size_t(u16(at)) << 16 | u16(at + 2);
-      };
-      size_t ifd = u32(4);
-      unsigned entries = u16(ifd);
-      for (unsigned e = 0; e < entries; ++e) {
-        size_t entry = ifd + 2 + 12 * e;
-        if (u16(entry) == 0x0112) {
-          unsigned value = u16(entry + 8);
-          return value >= 1 && value <= 8 ? static_cast<int>(value) : 1;
-        }
-      }
-      return 1;
-    }
+    if (marker == 0xE1 && end - start >= 14 && std::memcmp(&b[start], "Exif\0\0", 6) == 0)
+      return exif_orientation_tag(&b[start], end - start).value_or(1);
     i += 2 + length;
   }
   return 1;
-}
-
-// Turn a decoded image upright as its EXIF orientation says (as OpenCV's IMREAD_COLOR does).
-cv::Mat apply_orientation(cv::Mat image, int orientation) {
-  cv::Mat out;
-  switch (orientation) {
-    case 2: cv::flip(image, out, 1); return out;
-    case 3: cv::flip(image, out, -1); return out;
-    case 4: cv::flip(image, out, 0); return out;
-    case 5: cv::transpose(image, out); return out;
-    case 6:
-      cv::transpose(image, out);
-      cv::flip(out, out, 1);
-      return out;
-    case 7:
-      cv::transpose(image, out);
-      cv::flip(out, out, -1);
-      return out;
-    case 8:
-      cv::transpose(image, out);
-      cv::flip(out, out, 0);
-      return out;
-    default: return image;
-  }
 }
 
 struct JpegErrorJump {

@@ -17,7 +17,14 @@ from PIL import Image
 
 from model_files import CARD_FILE
 from serving.preprocess import prepare
-from tests.images import CAT_LABELS, PHOTOS, jpeg_with_orientation
+from tests.images import (
+    CAT_LABELS,
+    PHOTOS,
+    PNG_ORIENTATION_CARRIERS,
+    jpeg_with_orientation,
+    png_chunk_moved_after_pixels,
+    png_oriented_by,
+)
 from tests.reference import COLOUR_PHOTOS, reference_top3
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -96,6 +103,28 @@ def test_jpegs_are_turned_upright_by_their_exif_orientation(classify, tmp_path):
         ours = np.asarray(Image.open(crops / f"{orientation}.jpg.png").convert("RGB"), dtype=np.int16)
         service = prepare((photos / f"{orientation}.jpg").read_bytes(), 256, 224, 10**9).astype(np.int16)
         assert np.abs(ours - service).max() <= 1, orientation
+
+
+def test_pngs_are_turned_upright_wherever_the_service_reads_their_orientation(classify, tmp_path):
+    """Pillow reads a PNG's orientation from an eXIf chunk, ImageMagick's raw EXIF profile (tEXt, zTXt) or XMP
+    (iTXt), before the pixels or after them; OpenCV reads none of them, so the client does."""
+    photos, crops = tmp_path / "photos", tmp_path / "crops"
+    photos.mkdir()
+    chelsea = Image.open(PHOTOS / "chelsea.png").convert("RGB")
+    for carrier, kind in PNG_ORIENTATION_CARRIERS.items():
+        for orientation in (3, 6, 7):
+            turned = png_oriented_by(carrier, chelsea, orientation)
+            name = f"{carrier.replace(' ', '-')}-{orientation}"
+            (photos / f"{name}-before.png").write_bytes(turned)
+            (photos / f"{name}-after.png").write_bytes(png_chunk_moved_after_pixels(turned, kind))
+    completed = run(classify, "--json", "--save-crops", crops, photos)
+    assert completed.returncode == 0, completed.stderr
+    upright = prepare((PHOTOS / "chelsea.png").read_bytes(), 256, 224, 10**9)
+    for photo in sorted(photos.iterdir()):
+        ours = np.asarray(Image.open(crops / f"{photo.name}.png").convert("RGB"), dtype=np.int16)
+        service = prepare(photo.read_bytes(), 256, 224, 10**9).astype(np.int16)
+        assert not np.array_equal(service, upright), photo.name  # the service did turn it
+        assert np.abs(ours - service).max() <= 1, photo.name
 
 
 def test_batch_size_does_not_change_the_answers(classify, photo_folder):

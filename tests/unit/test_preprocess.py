@@ -10,6 +10,7 @@ from PIL import Image
 from serving.preprocess import SPNG_MAX_PIXELS, ImageError, decode, decode_image, fit_to_model, prepare, read_header
 from tests.images import (
     PHOTOS,
+    PNG_ORIENTATION_CARRIERS,
     animated_gif,
     encode,
     exif_orientation,
@@ -184,16 +185,12 @@ def test_other_pngs_are_left_to_pillow(data):
     assert not read_header(data, LIMIT).for_libspng
 
 
-ORIENTATION_CARRIERS = {"eXIf": b"eXIf", "tEXt raw profile": b"tEXt", "zTXt raw profile": b"zTXt",
-                        "iTXt XMP": b"iTXt"}
-
-
 def turned_png(carrier: str) -> tuple[Image.Image, bytes]:
     upright = half_red_half_blue(64, 32)
     return upright, png_oriented_by(carrier, upright.transpose(Image.Transpose.ROTATE_90), orientation=6)
 
 
-@pytest.mark.parametrize("carrier", ORIENTATION_CARRIERS)
+@pytest.mark.parametrize("carrier", PNG_ORIENTATION_CARRIERS)
 def test_a_png_turned_by_any_chunk_pillow_reads_before_its_pixels_is_decoded_by_libspng_upright(carrier):
     upright, data = turned_png(carrier)
     upload = read_header(data, LIMIT)
@@ -201,10 +198,10 @@ def test_a_png_turned_by_any_chunk_pillow_reads_before_its_pixels_is_decoded_by_
     assert np.array_equal(np.asarray(decode(upload)), np.asarray(upright))
 
 
-@pytest.mark.parametrize("carrier", ORIENTATION_CARRIERS)
+@pytest.mark.parametrize("carrier", PNG_ORIENTATION_CARRIERS)
 def test_a_png_turned_by_a_chunk_after_its_pixels_is_left_to_pillow_which_reads_it_when_decoding(carrier):
     upright, data = turned_png(carrier)
-    upload = read_header(png_chunk_moved_after_pixels(data, ORIENTATION_CARRIERS[carrier]), LIMIT)
+    upload = read_header(png_chunk_moved_after_pixels(data, PNG_ORIENTATION_CARRIERS[carrier]), LIMIT)
     assert not upload.for_libspng
     assert np.array_equal(np.asarray(decode(upload)), np.asarray(upright))
 
