@@ -5,7 +5,6 @@
 #include <cctype>
 #include <cstring>
 #include <optional>
-#include <regex>
 #include <string>
 
 #include "orientation.h"
@@ -90,6 +89,23 @@ std::optional<std::string> raw_profile_bytes(const std::string& text) {
   return bytes;
 }
 
+// The first digit of XMP's tiff:Orientation, written as an attribute or an element: Pillow's regular expression
+// tiff:Orientation(="|>)([0-9]). 1 when there is none.
+unsigned xmp_orientation(const std::string& xmp) {
+  static const std::string kName = "tiff:Orientation";
+  for (size_t at = xmp.find(kName); at != std::string::npos; at = xmp.find(kName, at + 1)) {
+    size_t value = at + kName.size();
+    if (xmp.compare(value, 2, "=\"") == 0)
+      value += 2;
+    else if (xmp.compare(value, 1, ">") == 0)
+      value += 1;
+    else
+      continue;
+    if (value < xmp.size() && std::isdigit(static_cast<unsigned char>(xmp[value]))) return unsigned(xmp[value] - '0');
+  }
+  return 1;
+}
+
 }  // namespace
 
 bool is_png(const std::vector<uint8_t>& bytes) {
@@ -121,10 +137,7 @@ unsigned png_orientation(const std::vector<uint8_t>& bytes) {
     auto tag = exif_orientation_tag(reinterpret_cast<const uint8_t*>(exif->data()), exif->size());
     if (tag) return *tag;
   }
-  static const std::regex kXmpOrientation("tiff:Orientation(=\"|>)([0-9])");
-  std::smatch match;
-  if (xmp && std::regex_search(*xmp, match, kXmpOrientation)) return static_cast<unsigned>(std::stoi(match[2]));
-  return 1;
+  return xmp ? xmp_orientation(*xmp) : 1;
 }
 
 }  // namespace classify
