@@ -40,10 +40,16 @@ struct TextChunk {
   std::string keyword, text;
 };
 
-// A tEXt, zTXt or iTXt chunk's keyword and text, read as Pillow reads each (PngImagePlugin.chunk_*Xt).
-std::optional<TextChunk> text_chunk(const std::string& kind, const std::string& data) {
+// The keywords of the text chunks Pillow reads an orientation from.
+const std::string kExifKeyword = "exif", kRawProfileKeyword = "Raw profile type exif",
+                  kXmpKeyword = "XML:com.adobe.xmp";
+
+// A tEXt, zTXt or iTXt chunk's keyword and text, read as Pillow reads each (PngImagePlugin.chunk_*Xt); nothing
+// for a chunk under any other keyword, which is never inflated.
+std::optional<TextChunk> orientation_text(const std::string& kind, const std::string& data) {
   size_t nul = data.find('\0');
   std::string keyword = data.substr(0, nul);
+  if (keyword != kExifKeyword && keyword != kRawProfileKeyword && keyword != kXmpKeyword) return std::nullopt;
   std::string rest = nul == std::string::npos ? "" : data.substr(nul + 1);
   if (kind == "tEXt") return TextChunk{keyword, rest};
   if (kind == "zTXt") {  // a compression method byte (0: zlib), then the compressed text
@@ -118,14 +124,14 @@ unsigned png_orientation(const std::vector<uint8_t>& bytes) {
     size_t length = be32(bytes, at);
     std::string kind(bytes.begin() + at + 4, bytes.begin() + at + 8);
     if (kind == "IEND" || length > bytes.size() - at - 8) break;
-    std::string data(bytes.begin() + at + 8, bytes.begin() + at + 8 + length);
+    auto data = [&] { return std::string(bytes.begin() + at + 8, bytes.begin() + at + 8 + length); };
     if (kind == "eXIf") {
-      exif = data;
+      exif = data();
     } else if (kind == "tEXt" || kind == "zTXt" || kind == "iTXt") {
-      auto chunk = text_chunk(kind, data);
-      if (chunk && chunk->keyword == "exif" && kind == "tEXt") exif = chunk->text;
-      if (chunk && chunk->keyword == "Raw profile type exif") raw_profile = chunk->text;
-      if (chunk && chunk->keyword == "XML:com.adobe.xmp") xmp = chunk->text;
+      auto chunk = orientation_text(kind, data());
+      if (chunk && chunk->keyword == kExifKeyword && kind == "tEXt") exif = chunk->text;
+      if (chunk && chunk->keyword == kRawProfileKeyword) raw_profile = chunk->text;
+      if (chunk && chunk->keyword == kXmpKeyword) xmp = chunk->text;
     }
     at += 8 + length + 4;  // the header, the data, the CRC
   }
