@@ -43,6 +43,12 @@ def jpeg_with_orientation(image: Image.Image, orientation: int) -> bytes:
     return encode(image, "JPEG", exif=exif_orientation(orientation), quality=100, subsampling=0)
 
 
+def xmp_with_orientation(orientation: int) -> str:
+    """An XMP packet that says only how the picture is turned (tiff:Orientation, as an attribute)."""
+    return ('<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF><rdf:Description '
+            f'xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="{orientation}"/></rdf:RDF></x:xmpmeta>')
+
+
 # Each place Pillow reads a PNG's orientation from (png_oriented_by writes one), and the type of its chunk.
 PNG_ORIENTATION_CARRIERS = {"eXIf": b"eXIf", "tEXt raw profile": b"tEXt", "zTXt raw profile": b"zTXt",
                             "iTXt XMP": b"iTXt"}
@@ -58,9 +64,7 @@ def png_oriented_by(carrier: str, image: Image.Image, orientation: int) -> bytes
     if carrier in ("tEXt raw profile", "zTXt raw profile"):
         info.add_text("Raw profile type exif", f"\nexif\n{len(exif):8d}\n{exif.hex()}\n", zip=carrier.startswith("z"))
     elif carrier == "iTXt XMP":
-        info.add_itxt("XML:com.adobe.xmp", '<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF><rdf:Description '
-                      f'xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="{orientation}"/></rdf:RDF>'
-                      '</x:xmpmeta>')
+        info.add_itxt("XML:com.adobe.xmp", xmp_with_orientation(orientation))
     else:
         raise ValueError(carrier)
     return encode(image, "PNG", pnginfo=info)

@@ -14,6 +14,7 @@
 #include "jpeg.h"
 #include "orientation.h"
 #include "png.h"
+#include "webp.h"
 
 namespace classify {
 namespace {
@@ -100,8 +101,9 @@ Decoded decode_image(const std::filesystem::path& path, int min_side) {
   std::string opencv_said;
   cv::Mat image = opencv_decode(bytes, min_side, opencv_said);
   if (image.empty()) return not_decoded(undecodable_reason(bytes, opencv_said));
-  // IMREAD_UNCHANGED applies no orientation, and OpenCV reads none of the places a PNG can keep one in
+  // IMREAD_UNCHANGED applies no orientation, and OpenCV reads none from a PNG or a WebP (libtiff turns a TIFF)
   if (is_png(bytes)) image = apply_orientation(image, png_orientation(bytes));
+  if (is_webp(bytes)) image = apply_orientation(image, webp_orientation(bytes));
   if (image.depth() == CV_16U) image.convertTo(image, CV_8U, 1.0 / 256.0);
   if (image.depth() != CV_8U)
     return not_decoded("samples of OpenCV depth " + std::to_string(image.depth()) +

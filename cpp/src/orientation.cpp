@@ -1,5 +1,6 @@
 #include "orientation.h"
 
+#include <cctype>
 #include <cstring>
 
 namespace classify {
@@ -25,6 +26,34 @@ std::optional<unsigned> exif_orientation_tag(const uint8_t* block, size_t size) 
     if (u16(entry) == 0x0112) return u16(entry + 8);
   }
   return std::nullopt;
+}
+
+namespace {
+
+// Pillow's regular expression tiff:Orientation(="|>)([0-9]), searched for by hand.
+unsigned xmp_orientation(const std::string& xmp) {
+  static const std::string kName = "tiff:Orientation";
+  for (size_t at = xmp.find(kName); at != std::string::npos; at = xmp.find(kName, at + 1)) {
+    size_t value = at + kName.size();
+    if (xmp.compare(value, 2, "=\"") == 0)
+      value += 2;
+    else if (xmp.compare(value, 1, ">") == 0)
+      value += 1;
+    else
+      continue;
+    if (value < xmp.size() && std::isdigit(static_cast<unsigned char>(xmp[value]))) return unsigned(xmp[value] - '0');
+  }
+  return 1;
+}
+
+}  // namespace
+
+unsigned metadata_orientation(const std::optional<std::string>& exif, const std::optional<std::string>& xmp) {
+  if (exif) {
+    auto tag = exif_orientation_tag(reinterpret_cast<const uint8_t*>(exif->data()), exif->size());
+    if (tag) return *tag;
+  }
+  return xmp ? xmp_orientation(*xmp) : 1;
 }
 
 cv::Mat apply_orientation(cv::Mat image, unsigned orientation) {

@@ -95,23 +95,6 @@ std::optional<std::string> raw_profile_bytes(const std::string& text) {
   return bytes;
 }
 
-// The first digit of XMP's tiff:Orientation, written as an attribute or an element: Pillow's regular expression
-// tiff:Orientation(="|>)([0-9]). 1 when there is none.
-unsigned xmp_orientation(const std::string& xmp) {
-  static const std::string kName = "tiff:Orientation";
-  for (size_t at = xmp.find(kName); at != std::string::npos; at = xmp.find(kName, at + 1)) {
-    size_t value = at + kName.size();
-    if (xmp.compare(value, 2, "=\"") == 0)
-      value += 2;
-    else if (xmp.compare(value, 1, ">") == 0)
-      value += 1;
-    else
-      continue;
-    if (value < xmp.size() && std::isdigit(static_cast<unsigned char>(xmp[value]))) return unsigned(xmp[value] - '0');
-  }
-  return 1;
-}
-
 }  // namespace
 
 bool is_png(const std::vector<uint8_t>& bytes) {
@@ -139,11 +122,7 @@ unsigned png_orientation(const std::vector<uint8_t>& bytes) {
     exif = raw_profile_bytes(*raw_profile);
     if (!exif) return 1;
   }
-  if (exif) {
-    auto tag = exif_orientation_tag(reinterpret_cast<const uint8_t*>(exif->data()), exif->size());
-    if (tag) return *tag;
-  }
-  return xmp ? xmp_orientation(*xmp) : 1;
+  return metadata_orientation(exif, xmp);
 }
 
 }  // namespace classify

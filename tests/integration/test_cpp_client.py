@@ -21,9 +21,12 @@ from tests.images import (
     CAT_LABELS,
     PHOTOS,
     PNG_ORIENTATION_CARRIERS,
+    encode,
+    exif_orientation,
     jpeg_with_orientation,
     png_chunk_moved_after_pixels,
     png_oriented_by,
+    xmp_with_orientation,
 )
 from tests.reference import COLOUR_PHOTOS, reference_top3
 
@@ -271,3 +274,25 @@ def test_scikit_images_folder_as_the_readme_runs_it_names_each_skipped_file_in_o
         "(OpenCV has no GIF reader)",
         "error: 2 image file(s) skipped, each named above; the other 27 were classified"], completed.stderr
     assert "chelsea.png\n    0.3773  Egyptian cat (285)" in completed.stdout
+
+
+def test_webps_and_tiffs_are_turned_upright_as_the_service_turns_them(classify, tmp_path):
+    """A WebP by its EXIF chunk or, without one, its XMP chunk (OpenCV reads neither); a TIFF by its orientation
+    tag, which libtiff applies under OpenCV."""
+    photos, crops = tmp_path / "photos", tmp_path / "crops"
+    photos.mkdir()
+    chelsea = Image.open(PHOTOS / "chelsea.png").convert("RGB")
+    for orientation in (3, 6, 7):
+        (photos / f"exif-{orientation}.webp").write_bytes(
+            encode(chelsea, "WEBP", lossless=True, exif=exif_orientation(orientation)))
+        (photos / f"xmp-{orientation}.webp").write_bytes(
+            encode(chelsea, "WEBP", lossless=True, xmp=xmp_with_orientation(orientation).encode()))
+        (photos / f"tag-{orientation}.tiff").write_bytes(encode(chelsea, "TIFF", exif=exif_orientation(orientation)))
+    completed = run(classify, "--json", "--save-crops", crops, photos)
+    assert completed.returncode == 0, completed.stderr
+    upright = prepare((PHOTOS / "chelsea.png").read_bytes(), 256, 224, 10**9)
+    for photo in sorted(photos.iterdir()):
+        ours = np.asarray(Image.open(crops / f"{photo.name}.png").convert("RGB"), dtype=np.int16)
+        service = prepare(photo.read_bytes(), 256, 224, 10**9).astype(np.int16)
+        assert not np.array_equal(service, upright), photo.name  # the service did turn it
+        assert np.abs(ours - service).max() <= 1, photo.name
