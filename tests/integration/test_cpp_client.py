@@ -108,10 +108,23 @@ def test_jpegs_are_turned_upright_by_their_exif_orientation(classify, tmp_path):
         assert np.abs(ours - service).max() <= 1, orientation
 
 
+def assert_crops_are_the_services_of_turned_chelseas(classify: Path, photos: Path, crops: Path) -> None:
+    """Every photo in the folder is chelsea.png stored turned: the client's crop of it is the service's, which is
+    not the upright photo's (the service did turn it)."""
+    completed = run(classify, "--json", "--save-crops", crops, photos)
+    assert completed.returncode == 0, completed.stderr
+    upright = prepare((PHOTOS / "chelsea.png").read_bytes(), 256, 224, 10**9)
+    for photo in sorted(photos.iterdir()):
+        ours = np.asarray(Image.open(crops / f"{photo.name}.png").convert("RGB"), dtype=np.int16)
+        service = prepare(photo.read_bytes(), 256, 224, 10**9).astype(np.int16)
+        assert not np.array_equal(service, upright), photo.name
+        assert np.abs(ours - service).max() <= 1, photo.name
+
+
 def test_pngs_are_turned_upright_wherever_the_service_reads_their_orientation(classify, tmp_path):
     """Pillow reads a PNG's orientation from an eXIf chunk, ImageMagick's raw EXIF profile (tEXt, zTXt) or XMP
     (iTXt), before the pixels or after them; OpenCV reads none of them, so the client does."""
-    photos, crops = tmp_path / "photos", tmp_path / "crops"
+    photos = tmp_path / "photos"
     photos.mkdir()
     chelsea = Image.open(PHOTOS / "chelsea.png").convert("RGB")
     for carrier, kind in PNG_ORIENTATION_CARRIERS.items():
@@ -120,14 +133,22 @@ def test_pngs_are_turned_upright_wherever_the_service_reads_their_orientation(cl
             name = f"{carrier.replace(' ', '-')}-{orientation}"
             (photos / f"{name}-before.png").write_bytes(turned)
             (photos / f"{name}-after.png").write_bytes(png_chunk_moved_after_pixels(turned, kind))
-    completed = run(classify, "--json", "--save-crops", crops, photos)
-    assert completed.returncode == 0, completed.stderr
-    upright = prepare((PHOTOS / "chelsea.png").read_bytes(), 256, 224, 10**9)
-    for photo in sorted(photos.iterdir()):
-        ours = np.asarray(Image.open(crops / f"{photo.name}.png").convert("RGB"), dtype=np.int16)
-        service = prepare(photo.read_bytes(), 256, 224, 10**9).astype(np.int16)
-        assert not np.array_equal(service, upright), photo.name  # the service did turn it
-        assert np.abs(ours - service).max() <= 1, photo.name
+    assert_crops_are_the_services_of_turned_chelseas(classify, photos, tmp_path / "crops")
+
+
+def test_webps_and_tiffs_are_turned_upright_as_the_service_turns_them(classify, tmp_path):
+    """A WebP by its EXIF chunk or, without one, its XMP chunk (OpenCV reads neither); a TIFF by its orientation
+    tag, which libtiff applies under OpenCV."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    chelsea = Image.open(PHOTOS / "chelsea.png").convert("RGB")
+    for orientation in (3, 6, 7):
+        (photos / f"exif-{orientation}.webp").write_bytes(
+            encode(chelsea, "WEBP", lossless=True, exif=exif_orientation(orientation)))
+        (photos / f"xmp-{orientation}.webp").write_bytes(
+            encode(chelsea, "WEBP", lossless=True, xmp=xmp_with_orientation(orientation).encode()))
+        (photos / f"tag-{orientation}.tiff").write_bytes(encode(chelsea, "TIFF", exif=exif_orientation(orientation)))
+    assert_crops_are_the_services_of_turned_chelseas(classify, photos, tmp_path / "crops")
 
 
 def test_batch_size_does_not_change_the_answers(classify, photo_folder):
@@ -275,24 +296,3 @@ def test_scikit_images_folder_as_the_readme_runs_it_names_each_skipped_file_in_o
         "error: 2 image file(s) skipped, each named above; the other 27 were classified"], completed.stderr
     assert "chelsea.png\n    0.3773  Egyptian cat (285)" in completed.stdout
 
-
-def test_webps_and_tiffs_are_turned_upright_as_the_service_turns_them(classify, tmp_path):
-    """A WebP by its EXIF chunk or, without one, its XMP chunk (OpenCV reads neither); a TIFF by its orientation
-    tag, which libtiff applies under OpenCV."""
-    photos, crops = tmp_path / "photos", tmp_path / "crops"
-    photos.mkdir()
-    chelsea = Image.open(PHOTOS / "chelsea.png").convert("RGB")
-    for orientation in (3, 6, 7):
-        (photos / f"exif-{orientation}.webp").write_bytes(
-            encode(chelsea, "WEBP", lossless=True, exif=exif_orientation(orientation)))
-        (photos / f"xmp-{orientation}.webp").write_bytes(
-            encode(chelsea, "WEBP", lossless=True, xmp=xmp_with_orientation(orientation).encode()))
-        (photos / f"tag-{orientation}.tiff").write_bytes(encode(chelsea, "TIFF", exif=exif_orientation(orientation)))
-    completed = run(classify, "--json", "--save-crops", crops, photos)
-    assert completed.returncode == 0, completed.stderr
-    upright = prepare((PHOTOS / "chelsea.png").read_bytes(), 256, 224, 10**9)
-    for photo in sorted(photos.iterdir()):
-        ours = np.asarray(Image.open(crops / f"{photo.name}.png").convert("RGB"), dtype=np.int16)
-        service = prepare(photo.read_bytes(), 256, 224, 10**9).astype(np.int16)
-        assert not np.array_equal(service, upright), photo.name  # the service did turn it
-        assert np.abs(ours - service).max() <= 1, photo.name
